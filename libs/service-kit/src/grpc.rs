@@ -1,0 +1,64 @@
+//! Serving and calling gRPC the same way in every service.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Endpoint, Server};
+use tower::Layer;
+
+use crate::health::HealthService;
+
+/// An instrumented client channel: a span per call, `traceparent` and forwarded
+/// headers injected, `x-served-by` collected, client RED metrics.
+pub type Channel = telemetry::grpc::Client<tonic::transport::Channel>;
+
+/// A lazily connecting channel to `url` (e.g. `http://127.0.0.1:50053`); calls
+/// fail with UNAVAILABLE while the peer is down and succeed once it is back.
+pub fn channel(url: &str) -> anyhow::Result<Channel> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("invalid gRPC URL `{url}`"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    Ok(telemetry::grpc::ClientLayer.layer(endpoint.connect_lazy()))
+}
+
+/// Serves `routes` plus gRPC health and reflection (for the given encoded file
+/// descriptor sets) on `listener` until `draining` is cancelled; then stops
+/// accepting and waits for open calls (bounded by the lifecycle's deadline).
+pub async fn serve(
+    listener: TcpListener,
+    served_by: String,
+    routes: Routes,
+    health: HealthService,
+    descriptors: &[&'static [u8]],
+    draining: CancellationToken,
+) -> anyhow::Result<()> {
+    // Both reflection versions: grpcurl < 1.9 and many tools speak only v1alpha.
+    let reflection = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for descriptor in descriptors {
+            builder = builder.register_encoded_file_descriptor_set(descriptor);
+        }
+        builder
+    };
+    let routes = routes
+        .add_service(health)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(telemetry::grpc::ServerLayer::new(served_by))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, draining.cancelled_owned())
+        .await
+        .context("gRPC server failed")
+}

@@ -1,0 +1,25 @@
+//! The shared runtime of every exchange service binary.
+//!
+//! - [`config`]: runtime settings common to all services (version, pod name, drain
+//!   timings), parsed by clap from flags or environment variables.
+//! - [`lifecycle`]: SIGTERM/SIGINT → health NOT_SERVING → drain delay → servers stop
+//!   accepting and finish in-flight work → exit, bounded by a deadline.
+//! - [`health`]: gRPC `grpc.health.v1` statuses and HTTP readiness from one switch.
+//! - [`grpc`]: serve tonic routes with health, reflection, tracing, RED metrics and
+//!   `x-served-by`; build instrumented client channels.
+//! - [`admin`]: the admin HTTP port: `/metrics`, `/healthz`, `/readyz`.
+//! - [`postgres`]: per-service schema and role bootstrap, pools pinned to the
+//!   service's schema, migrations under the migrator's advisory lock.
+//! - [`server`]: one service process: listeners + health + lifecycle.
+//! - [`retry`]: exponential backoff with jitter for startup dependencies.
+
+pub mod admin;
+pub mod config;
+pub mod grpc;
+pub mod health;
+pub mod lifecycle;
+pub mod postgres;
+pub mod retry;
+pub mod server;
+
+pub use telemetry::Identity;

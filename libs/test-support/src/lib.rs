@@ -1,0 +1,325 @@
+//! Helpers for integration tests (dev-dependency only).
+//!
+//! - [`TestDb`]: a fresh Postgres database per test, dropped afterwards; URLs for
+//!   the admin and for each service role.
+//! - [`redis_url`] and [`unique_prefix`]: tests share one Redis and isolate by key
+//!   prefix.
+//! - [`wait_serving`]: poll gRPC health until SERVING (a condition, not a sleep).
+//! - [`init_logs`]: test logs on stderr only when `TEST_LOG` is set.
+//!
+//! `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) must
+//! name a role that can create databases and roles; `TEST_REDIS_URL` defaults to
+//! `redis://127.0.0.1:6379`. `scripts/test` sets both after making sure the servers
+//! are up.
+
+use std::time::{Duration, Instant};
+
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// The admin URL tests connect with.
+pub fn admin_base_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The Redis tests use.
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A prefix no other test uses (for Redis keys and channels).
+pub fn unique_prefix() -> String {
+    format!("t{}:", uuid::Uuid::new_v4().simple())
+}
+
+/// Logs to stderr when `TEST_LOG` is set (its value is the filter).
+pub fn init_logs() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// A database created for one test and dropped (with its connections) on drop.
+pub struct TestDb {
+    pub name: String,
+    base: url::Url,
+}
+
+impl TestDb {
+    /// Creates an empty database with a unique name.
+    pub async fn create() -> anyhow::Result<Self> {
+        let base = url::Url::parse(&admin_base_url())?;
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(base.as_str()).await?;
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+        Ok(Self { name, base })
+    }
+
+    /// The admin URL pointed at this database.
+    pub fn admin_url(&self) -> String {
+        let mut url = self.base.clone();
+        url.set_path(&self.name);
+        url.to_string()
+    }
+
+    /// A URL for `role` (password = role name) on this database.
+    pub fn role_url(&self, role: &str) -> String {
+        let mut url = self.base.clone();
+        url.set_path(&self.name);
+        let _ = url.set_username(role);
+        let _ = url.set_password(Some(role));
+        url.to_string()
+    }
+
+    /// A connection as the admin.
+    pub async fn admin(&self) -> anyhow::Result<PgConnection> {
+        Ok(PgConnection::connect(&self.admin_url()).await?)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let base = self.base.to_string();
+        let name = self.name.clone();
+        // Drop runs outside any runtime guarantee: use a private one on a thread.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(mut conn) = PgConnection::connect(&base).await {
+                    let _ = sqlx::query(AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Polls `grpc.health.v1.Health/Check` for `service` ("" = overall) at `addr` until
+/// it reports SERVING, failing after `timeout`.
+pub async fn wait_serving(
+    addr: std::net::SocketAddr,
+    service: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let attempt = async {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await?;
+            let mut client = HealthClient::new(channel);
+            let resp = client
+                .check(HealthCheckRequest {
+                    service: service.to_owned(),
+                })
+                .await?;
+            anyhow::Ok(resp.into_inner().status)
+        };
+        match attempt.await {
+            Ok(status) if status == ServingStatus::Serving as i32 => return Ok(()),
+            Ok(status) => {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "{addr}: status {status} after {timeout:?}"
+                )
+            }
+            Err(e) => anyhow::ensure!(Instant::now() < deadline, "{addr}: {e} after {timeout:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The services a server lists through gRPC reflection (`grpcurl list`).
+pub async fn reflection_services(addr: std::net::SocketAddr) -> anyhow::Result<Vec<String>> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await?
+        .into_inner();
+    let response = stream
+        .message()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no reflection response"))?;
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+            names.sort();
+            Ok(names)
+        }
+        other => anyhow::bail!("unexpected reflection response: {other:?}"),
+    }
+}
+
+/// GET `url` and return (status, body).
+pub async fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
+    let resp = reqwest::get(url).await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.text().await?))
+}
+
+/// Checks what every gRPC service promises: overall and per-service health
+/// SERVING, reflection listing `service` (plus health and reflection), a
+/// Prometheus `/metrics` and a ready `/readyz` on the admin port.
+pub async fn assert_grpc_basics(
+    grpc: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    service: &str,
+) -> anyhow::Result<()> {
+    wait_serving(grpc, "", Duration::from_secs(30)).await?;
+    wait_serving(grpc, service, Duration::from_secs(5)).await?;
+    let listed = reflection_services(grpc).await?;
+    for expected in [
+        service,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
+        anyhow::ensure!(
+            listed.iter().any(|s| s == expected),
+            "{expected} not in {listed:?}"
+        );
+    }
+    let (status, body) = http_get(&format!("http://{admin}/readyz")).await?;
+    anyhow::ensure!(status == 200, "/readyz answered {status}: {body}");
+    let (status, body) = http_get(&format!("http://{admin}/metrics")).await?;
+    anyhow::ensure!(
+        status == 200 && body.contains("service_info"),
+        "/metrics: {status} {body}"
+    );
+    Ok(())
+}
+
+/// A service running in this test process, stopped through its token.
+pub struct Running {
+    pub stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Spawns `run` (a service's `App::run()`), stopped by cancelling `stop`.
+    pub fn spawn<F>(stop: tokio_util::sync::CancellationToken, run: F) -> Self
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        Self {
+            stop,
+            task: tokio::spawn(run),
+        }
+    }
+
+    /// Requests a graceful stop and asserts the service exits cleanly in time.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let joined = tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("service stops within its shutdown deadline");
+        joined
+            .expect("service task did not panic")
+            .expect("service exited cleanly");
+    }
+}
+
+/// A service started by a test: its gRPC and admin addresses and its handle.
+pub struct Started {
+    pub grpc: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+    pub running: Running,
+}
+
+/// Starts a service twice on the same database and checks that migrations are
+/// recorded once each in `<schema>._sqlx_migrations` and that `table` belongs to
+/// the service role `role`.
+pub async fn assert_migrations_idempotent<F, Fut>(
+    db: &TestDb,
+    start: F,
+    schema: &str,
+    role: &str,
+    table: &str,
+    migrations_dir: &str,
+) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Started>,
+{
+    for _ in 0..2 {
+        let svc = start().await;
+        wait_serving(svc.grpc, "", Duration::from_secs(30)).await?;
+        svc.running.stop().await;
+    }
+    let mut admin = db.admin().await?;
+    let applied: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {schema}._sqlx_migrations WHERE success"
+    )))
+    .fetch_one(&mut admin)
+    .await?;
+    let files = std::fs::read_dir(migrations_dir)?
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
+        })
+        .count();
+    anyhow::ensure!(
+        applied as usize == files,
+        "{applied} migrations recorded, {files} files"
+    );
+    let owner: String = sqlx::query_scalar(
+        "SELECT tableowner::text FROM pg_tables WHERE schemaname = $1 AND tablename = $2",
+    )
+    .bind(schema)
+    .bind(table)
+    .fetch_one(&mut admin)
+    .await?;
+    anyhow::ensure!(
+        owner == role,
+        "{schema}.{table} is owned by {owner}, not {role}"
+    );
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! The Upbit protocol, shared by the ingestor (client), `upbit-sim` (server) and the
+//! gateway (server).
+//!
+//! - [`types`]: ticker, trade, orderbook and candle messages with exact decimals.
+//! - [`parse`]: one parser for WebSocket frames in both the DEFAULT and SIMPLE
+//!   formats. Decimals are read from the JSON number's text (never through `f64`,
+//!   exponents accepted); unknown fields are ignored; malformed input is an
+//!   [`parse::ParseError`], never a panic.
+//! - [`write`]: writers for the DEFAULT, SIMPLE and `*_LIST` WebSocket formats and
+//!   for the REST quotation shapes.
+//! - [`request`]: subscription requests (`[{ticket},{type,codes},{format}]`), parsed
+//!   with Upbit's error names and built for clients.
+//! - [`market`]: market codes (`QUOTE-BASE`), tick sizes, minimum order totals.
+//! - [`error`]: Upbit's error body `{"error":{"name","message"}}`.
+
+pub mod error;
+pub mod market;
+pub mod parse;
+pub mod request;
+pub mod types;
+pub mod write;
+
+pub use parse::{ParseError, parse_message};
+pub use types::*;

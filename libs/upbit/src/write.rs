@@ -1,0 +1,510 @@
+//! Writing Upbit JSON: the WebSocket formats and the REST quotation shapes.
+//!
+//! Decimals are written as JSON numbers in their exact, normalised text
+//! (`148601000`, `0.00016823`), as Upbit sends them.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::types::{Candle, Orderbook, OrderbookUnit, Ticker, Trade};
+
+/// The `format` of a WebSocket connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    Default,
+    Simple,
+    /// DEFAULT keys, each message wrapped in a one-element array.
+    JsonList,
+    /// SIMPLE keys, each message wrapped in a one-element array.
+    SimpleList,
+}
+
+impl Format {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "DEFAULT" => Some(Self::Default),
+            "SIMPLE" => Some(Self::Simple),
+            "JSON_LIST" => Some(Self::JsonList),
+            "SIMPLE_LIST" => Some(Self::SimpleList),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Default => "DEFAULT",
+            Self::Simple => "SIMPLE",
+            Self::JsonList => "JSON_LIST",
+            Self::SimpleList => "SIMPLE_LIST",
+        }
+    }
+
+    fn simple(self) -> bool {
+        matches!(self, Self::Simple | Self::SimpleList)
+    }
+
+    fn list(self) -> bool {
+        matches!(self, Self::JsonList | Self::SimpleList)
+    }
+}
+
+/// The answer to a `PING` text frame.
+pub const STATUS_UP: &str = r#"{"status":"UP"}"#;
+
+/// Appends `s` as a JSON string literal.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Appends a decimal as a JSON number.
+fn push_decimal(out: &mut String, d: Decimal) {
+    if d.is_zero() {
+        out.push('0');
+    } else {
+        let _ = write!(out, "{}", d.normalize());
+    }
+}
+
+/// A JSON object writer choosing DEFAULT or SIMPLE keys.
+struct Obj<'a> {
+    out: &'a mut String,
+    simple: bool,
+    first: bool,
+}
+
+impl<'a> Obj<'a> {
+    fn open(out: &'a mut String, simple: bool) -> Self {
+        out.push('{');
+        Self {
+            out,
+            simple,
+            first: true,
+        }
+    }
+    fn key(&mut self, long: &str, short: &str) {
+        if !self.first {
+            self.out.push(',');
+        }
+        self.first = false;
+        self.out.push('"');
+        self.out.push_str(if self.simple { short } else { long });
+        self.out.push_str("\":");
+    }
+    fn str(&mut self, long: &str, short: &str, v: &str) -> &mut Self {
+        self.key(long, short);
+        push_json_str(self.out, v);
+        self
+    }
+    fn opt_str(&mut self, long: &str, short: &str, v: Option<&str>) -> &mut Self {
+        match v {
+            Some(v) => self.str(long, short, v),
+            None => self.null(long, short),
+        }
+    }
+    fn dec(&mut self, long: &str, short: &str, v: Decimal) -> &mut Self {
+        self.key(long, short);
+        push_decimal(self.out, v);
+        self
+    }
+    fn opt_dec(&mut self, long: &str, short: &str, v: Option<Decimal>) -> &mut Self {
+        match v {
+            Some(v) => self.dec(long, short, v),
+            None => self.null(long, short),
+        }
+    }
+    fn int(&mut self, long: &str, short: &str, v: i64) -> &mut Self {
+        self.key(long, short);
+        let _ = write!(self.out, "{v}");
+        self
+    }
+    fn bool(&mut self, long: &str, short: &str, v: bool) -> &mut Self {
+        self.key(long, short);
+        self.out.push_str(if v { "true" } else { "false" });
+        self
+    }
+    fn null(&mut self, long: &str, short: &str) -> &mut Self {
+        self.key(long, short);
+        self.out.push_str("null");
+        self
+    }
+    fn raw(&mut self, long: &str, short: &str) -> &mut String {
+        self.key(long, short);
+        self.out
+    }
+    fn close(self) {
+        self.out.push('}');
+    }
+}
+
+fn utc(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// `yyyyMMdd` and `HHmmss` of an epoch-ms timestamp, UTC (ticker fields).
+pub fn compact_date_time(ms: i64) -> (String, String) {
+    let t = utc(ms);
+    (
+        t.format("%Y%m%d").to_string(),
+        t.format("%H%M%S").to_string(),
+    )
+}
+
+/// `yyyy-MM-dd` and `HH:mm:ss` of an epoch-ms timestamp, UTC (trade fields).
+pub fn dashed_date_time(ms: i64) -> (String, String) {
+    let t = utc(ms);
+    (
+        t.format("%Y-%m-%d").to_string(),
+        t.format("%H:%M:%S").to_string(),
+    )
+}
+
+/// `yyyy-MM-ddTHH:mm:ss` of an epoch-ms timestamp in UTC and in KST (UTC+9).
+pub fn candle_date_times(ms: i64) -> (String, String) {
+    let t = utc(ms);
+    let kst = t + Duration::hours(9);
+    (
+        t.format("%Y-%m-%dT%H:%M:%S").to_string(),
+        kst.format("%Y-%m-%dT%H:%M:%S").to_string(),
+    )
+}
+
+fn frame(format: Format, body: impl FnOnce(&mut String, bool)) -> String {
+    let mut out = String::with_capacity(640);
+    if format.list() {
+        out.push('[');
+    }
+    body(&mut out, format.simple());
+    if format.list() {
+        out.push(']');
+    }
+    out
+}
+
+/// A ticker frame.
+pub fn ticker(t: &Ticker, format: Format) -> String {
+    frame(format, |out, simple| {
+        let (date, time) = compact_date_time(t.trade_timestamp);
+        let mut o = Obj::open(out, simple);
+        o.str("type", "ty", "ticker")
+            .str("code", "cd", &t.code)
+            .dec("opening_price", "op", t.opening_price)
+            .dec("high_price", "hp", t.high_price)
+            .dec("low_price", "lp", t.low_price)
+            .dec("trade_price", "tp", t.trade_price)
+            .dec("prev_closing_price", "pcp", t.prev_closing_price)
+            .str("change", "c", t.change.as_str())
+            .dec("change_price", "cp", t.change_price)
+            .dec("signed_change_price", "scp", t.signed_change_price)
+            .dec("change_rate", "cr", t.change_rate)
+            .dec("signed_change_rate", "scr", t.signed_change_rate)
+            .dec("trade_volume", "tv", t.trade_volume)
+            .dec("acc_trade_volume", "atv", t.acc_trade_volume)
+            .dec("acc_trade_volume_24h", "atv24h", t.acc_trade_volume_24h)
+            .dec("acc_trade_price", "atp", t.acc_trade_price)
+            .dec("acc_trade_price_24h", "atp24h", t.acc_trade_price_24h)
+            .str("trade_date", "tdt", &date)
+            .str("trade_time", "ttm", &time)
+            .int("trade_timestamp", "ttms", t.trade_timestamp)
+            .opt_str("ask_bid", "ab", t.ask_bid.map(|a| a.as_str()))
+            .dec("acc_ask_volume", "aav", t.acc_ask_volume)
+            .dec("acc_bid_volume", "abv", t.acc_bid_volume)
+            .opt_dec("highest_52_week_price", "h52wp", t.highest_52_week_price)
+            .opt_str(
+                "highest_52_week_date",
+                "h52wdt",
+                t.highest_52_week_date.as_deref(),
+            )
+            .opt_dec("lowest_52_week_price", "l52wp", t.lowest_52_week_price)
+            .opt_str(
+                "lowest_52_week_date",
+                "l52wdt",
+                t.lowest_52_week_date.as_deref(),
+            )
+            .str("market_state", "ms", t.market_state.as_str())
+            .bool("is_trading_suspended", "its", false)
+            .opt_str("delisting_date", "dd", t.delisting_date.as_deref())
+            .str("market_warning", "mw", "NONE")
+            .int("timestamp", "tms", t.timestamp)
+            .str("stream_type", "st", t.stream_type.as_str());
+        o.close();
+    })
+}
+
+/// A trade frame.
+pub fn trade(t: &Trade, format: Format) -> String {
+    frame(format, |out, simple| {
+        let (date, time) = dashed_date_time(t.trade_timestamp);
+        let mut o = Obj::open(out, simple);
+        o.str("type", "ty", "trade")
+            .str("code", "cd", &t.code)
+            .dec("trade_price", "tp", t.trade_price)
+            .dec("trade_volume", "tv", t.trade_volume)
+            .str("ask_bid", "ab", t.ask_bid.as_str())
+            .dec("prev_closing_price", "pcp", t.prev_closing_price)
+            .str("change", "c", t.change.as_str())
+            .dec("change_price", "cp", t.change_price)
+            .str("trade_date", "td", &date)
+            .str("trade_time", "ttm", &time)
+            .int("trade_timestamp", "ttms", t.trade_timestamp)
+            .int("timestamp", "tms", t.timestamp)
+            .int("sequential_id", "sid", t.sequential_id)
+            .opt_dec("best_ask_price", "bap", t.best_ask_price)
+            .opt_dec("best_ask_size", "bas", t.best_ask_size)
+            .opt_dec("best_bid_price", "bbp", t.best_bid_price)
+            .opt_dec("best_bid_size", "bbs", t.best_bid_size)
+            .str("stream_type", "st", t.stream_type.as_str());
+        o.close();
+    })
+}
+
+fn push_units(out: &mut String, units: &[OrderbookUnit], simple: bool) {
+    out.push('[');
+    for (i, u) in units.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let mut o = Obj::open(out, simple);
+        o.dec("ask_price", "ap", u.ask_price)
+            .dec("bid_price", "bp", u.bid_price)
+            .dec("ask_size", "as", u.ask_size)
+            .dec("bid_size", "bs", u.bid_size);
+        o.close();
+    }
+    out.push(']');
+}
+
+/// An orderbook frame.
+pub fn orderbook(ob: &Orderbook, format: Format) -> String {
+    frame(format, |out, simple| {
+        let mut o = Obj::open(out, simple);
+        o.str("type", "ty", "orderbook")
+            .str("code", "cd", &ob.code)
+            .dec("total_ask_size", "tas", ob.total_ask_size)
+            .dec("total_bid_size", "tbs", ob.total_bid_size);
+        push_units(o.raw("orderbook_units", "obu"), &ob.orderbook_units, simple);
+        o.int("timestamp", "tms", ob.timestamp)
+            .dec("level", "lv", ob.level)
+            .str("stream_type", "st", ob.stream_type.as_str());
+        o.close();
+    })
+}
+
+/// A candle frame.
+pub fn candle(c: &Candle, format: Format) -> String {
+    frame(format, |out, simple| {
+        let kst =
+            chrono::NaiveDateTime::parse_from_str(&c.candle_date_time_utc, "%Y-%m-%dT%H:%M:%S")
+                .map(|t| {
+                    (t + Duration::hours(9))
+                        .format("%Y-%m-%dT%H:%M:%S")
+                        .to_string()
+                })
+                .unwrap_or_default();
+        let mut o = Obj::open(out, simple);
+        o.str("type", "ty", &c.candle_type)
+            .str("code", "cd", &c.code)
+            .str("candle_date_time_utc", "cdttmu", &c.candle_date_time_utc)
+            .str("candle_date_time_kst", "cdttmk", &kst)
+            .dec("opening_price", "op", c.opening_price)
+            .dec("high_price", "hp", c.high_price)
+            .dec("low_price", "lp", c.low_price)
+            .dec("trade_price", "tp", c.trade_price)
+            .dec("candle_acc_trade_volume", "catv", c.candle_acc_trade_volume)
+            .dec("candle_acc_trade_price", "catp", c.candle_acc_trade_price)
+            .int("timestamp", "tms", c.timestamp)
+            .str("stream_type", "st", c.stream_type.as_str());
+        o.close();
+    })
+}
+
+/// REST quotation shapes (`/v1/ticker`, `/v1/trades/ticks`, `/v1/orderbook`,
+/// `/v1/candles/*`, `/v1/market/all`). Arrays are built by the caller with
+/// [`rest::array`].
+pub mod rest {
+    use super::*;
+
+    /// `[a,b,c]` from already-written JSON objects.
+    pub fn array<I: IntoIterator<Item = String>>(items: I) -> String {
+        let mut out = String::from("[");
+        for (i, item) in items.into_iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&item);
+        }
+        out.push(']');
+        out
+    }
+
+    /// One element of `GET /v1/ticker`.
+    pub fn ticker(t: &Ticker) -> String {
+        let mut out = String::with_capacity(640);
+        let (date, time) = compact_date_time(t.trade_timestamp);
+        let (date_kst, time_kst) = compact_date_time(t.trade_timestamp + 9 * 3_600_000);
+        let mut o = Obj::open(&mut out, false);
+        o.str("market", "", &t.code)
+            .str("trade_date", "", &date)
+            .str("trade_time", "", &time)
+            .str("trade_date_kst", "", &date_kst)
+            .str("trade_time_kst", "", &time_kst)
+            .int("trade_timestamp", "", t.trade_timestamp)
+            .dec("opening_price", "", t.opening_price)
+            .dec("high_price", "", t.high_price)
+            .dec("low_price", "", t.low_price)
+            .dec("trade_price", "", t.trade_price)
+            .dec("prev_closing_price", "", t.prev_closing_price)
+            .str("change", "", t.change.as_str())
+            .dec("change_price", "", t.change_price)
+            .dec("change_rate", "", t.change_rate)
+            .dec("signed_change_price", "", t.signed_change_price)
+            .dec("signed_change_rate", "", t.signed_change_rate)
+            .dec("trade_volume", "", t.trade_volume)
+            .dec("acc_trade_price", "", t.acc_trade_price)
+            .dec("acc_trade_price_24h", "", t.acc_trade_price_24h)
+            .dec("acc_trade_volume", "", t.acc_trade_volume)
+            .dec("acc_trade_volume_24h", "", t.acc_trade_volume_24h)
+            .opt_dec("highest_52_week_price", "", t.highest_52_week_price)
+            .opt_str(
+                "highest_52_week_date",
+                "",
+                t.highest_52_week_date.as_deref(),
+            )
+            .opt_dec("lowest_52_week_price", "", t.lowest_52_week_price)
+            .opt_str("lowest_52_week_date", "", t.lowest_52_week_date.as_deref())
+            .int("timestamp", "", t.timestamp);
+        o.close();
+        out
+    }
+
+    /// One element of `GET /v1/trades/ticks`.
+    pub fn trade(t: &Trade) -> String {
+        let mut out = String::with_capacity(320);
+        let (date, time) = dashed_date_time(t.trade_timestamp);
+        let mut o = Obj::open(&mut out, false);
+        o.str("market", "", &t.code)
+            .str("trade_date_utc", "", &date)
+            .str("trade_time_utc", "", &time)
+            .int("timestamp", "", t.trade_timestamp)
+            .dec("trade_price", "", t.trade_price)
+            .dec("trade_volume", "", t.trade_volume)
+            .dec("prev_closing_price", "", t.prev_closing_price)
+            .dec("change_price", "", t.change_price)
+            .str("ask_bid", "", t.ask_bid.as_str())
+            .int("sequential_id", "", t.sequential_id);
+        o.close();
+        out
+    }
+
+    /// One element of `GET /v1/orderbook`.
+    pub fn orderbook(ob: &Orderbook) -> String {
+        let mut out = String::with_capacity(2048);
+        let mut o = Obj::open(&mut out, false);
+        o.str("market", "", &ob.code)
+            .int("timestamp", "", ob.timestamp)
+            .dec("total_ask_size", "", ob.total_ask_size)
+            .dec("total_bid_size", "", ob.total_bid_size);
+        push_units(o.raw("orderbook_units", ""), &ob.orderbook_units, false);
+        o.dec("level", "", ob.level);
+        o.close();
+        out
+    }
+
+    /// A candle for `GET /v1/candles/minutes/{unit}` (`unit` set) or
+    /// `GET /v1/candles/days` (`day` set).
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RestCandle {
+        pub market: String,
+        /// Start of the period, epoch ms.
+        pub start: i64,
+        pub opening_price: Decimal,
+        pub high_price: Decimal,
+        pub low_price: Decimal,
+        pub trade_price: Decimal,
+        /// Last trade's timestamp.
+        pub timestamp: i64,
+        pub candle_acc_trade_price: Decimal,
+        pub candle_acc_trade_volume: Decimal,
+        pub unit: Option<u32>,
+        pub day: Option<DayFields>,
+    }
+
+    /// Extra fields of day candles.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct DayFields {
+        pub prev_closing_price: Decimal,
+        pub change_price: Decimal,
+        pub change_rate: Decimal,
+    }
+
+    /// One element of a candles response.
+    pub fn candle(c: &RestCandle) -> String {
+        let mut out = String::with_capacity(400);
+        let (utc, kst) = candle_date_times(c.start);
+        let mut o = Obj::open(&mut out, false);
+        o.str("market", "", &c.market)
+            .str("candle_date_time_utc", "", &utc)
+            .str("candle_date_time_kst", "", &kst)
+            .dec("opening_price", "", c.opening_price)
+            .dec("high_price", "", c.high_price)
+            .dec("low_price", "", c.low_price)
+            .dec("trade_price", "", c.trade_price)
+            .int("timestamp", "", c.timestamp)
+            .dec("candle_acc_trade_price", "", c.candle_acc_trade_price)
+            .dec("candle_acc_trade_volume", "", c.candle_acc_trade_volume);
+        if let Some(unit) = c.unit {
+            o.int("unit", "", i64::from(unit));
+        }
+        if let Some(day) = &c.day {
+            o.dec("prev_closing_price", "", day.prev_closing_price)
+                .dec("change_price", "", day.change_price)
+                .dec("change_rate", "", day.change_rate);
+        }
+        o.close();
+        out
+    }
+
+    /// `market_event.caution` of `/v1/market/all?is_details=true`.
+    #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+    #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+    pub struct Caution {
+        pub price_fluctuations: bool,
+        pub trading_volume_soaring: bool,
+        pub deposit_amount_soaring: bool,
+        pub global_price_differences: bool,
+        pub concentration_of_small_accounts: bool,
+    }
+
+    #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+    pub struct MarketEvent {
+        pub warning: bool,
+        pub caution: Caution,
+    }
+
+    /// One element of `GET /v1/market/all`.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+    pub struct MarketInfo {
+        pub market: String,
+        pub korean_name: String,
+        pub english_name: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub market_event: Option<MarketEvent>,
+    }
+}

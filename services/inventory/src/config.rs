@@ -1,0 +1,28 @@
+//! Configuration from flags or environment variables (`--help` lists them).
+
+use clap::Parser;
+use service_kit::config::RuntimeArgs;
+use service_kit::postgres::DbArgs;
+
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "inventory",
+    version,
+    about = "Inventory: paper balances, reservations and the ledger (gRPC)",
+    after_help = telemetry::ENV_HELP
+)]
+pub struct Config {
+    /// gRPC listen address.
+    #[arg(long, env = "GRPC_ADDR", default_value = "0.0.0.0:50053")]
+    pub grpc_addr: String,
+
+    /// Admin HTTP address: /metrics, /healthz, /readyz.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9103")]
+    pub metrics_addr: String,
+
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}

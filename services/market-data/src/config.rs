@@ -1,0 +1,36 @@
+//! Configuration from flags or environment variables (`--help` lists them).
+
+use clap::Parser;
+use service_kit::config::RuntimeArgs;
+use service_kit::postgres::DbArgs;
+
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "market-data",
+    version,
+    about = "Market data: latest tickers/orderbooks in Redis, trades and candles in Postgres (gRPC)",
+    after_help = telemetry::ENV_HELP
+)]
+pub struct Config {
+    /// gRPC listen address.
+    #[arg(long, env = "GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: String,
+
+    /// Admin HTTP address: /metrics, /healthz, /readyz.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9101")]
+    pub metrics_addr: String,
+
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Redis URL for hot state and pub/sub fan-out.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key and channel (keys are `<prefix>md:*`).
+    #[arg(long, env = "REDIS_PREFIX", default_value = "")]
+    pub redis_prefix: String,
+
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
