@@ -10,12 +10,14 @@
 //!   for the REST quotation shapes.
 //! - [`request`]: subscription requests (`[{ticket},{type,codes},{format}]`), parsed
 //!   with Upbit's error names and built for clients.
+//! - [`query`]: REST query parameters validated with client-safe messages.
 //! - [`market`]: market codes (`QUOTE-BASE`), tick sizes, minimum order totals.
 //! - [`error`]: Upbit's error body `{"error":{"name","message"}}`.
 
 pub mod error;
 pub mod market;
 pub mod parse;
+pub mod query;
 pub mod request;
 pub mod types;
 pub mod write;

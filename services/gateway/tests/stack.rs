@@ -40,15 +40,9 @@ impl Stack {
         let runtime = RuntimeArgs::default;
 
         let sim_stop = CancellationToken::new();
-        let sim = upbit_sim::App::build(
-            upbit_sim::Config {
-                http_addr: LOCAL.into(),
-                shutdown_timeout: Duration::from_secs(2),
-            },
-            sim_stop.clone(),
-        )
-        .await
-        .unwrap();
+        let sim = upbit_sim::App::build(upbit_sim::Config::local(LOCAL), sim_stop.clone())
+            .await
+            .unwrap();
         let sim_addr = sim.http_addr();
         running.push(Running::spawn(sim_stop, sim.run()));
 

@@ -1,32 +1,101 @@
 //! upbit-sim: a simulated Upbit exchange for offline runs, tests and benchmarks.
+//!
+//! Serves Upbit's public WebSocket protocol at `/websocket/v1` and the REST
+//! quotation subset under `/v1/*` over a set of random-walk markets (seeded), a
+//! JSONL replay, or trades injected through `/sim/trade`; fault switches drop,
+//! stall or corrupt the feed on demand (`/sim/*`, see [`admin`]).
 
+pub mod admin;
 pub mod config;
+pub mod engine;
+pub mod feed;
+pub mod markets;
+pub mod rest;
+pub mod ws;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+
+/// Shared by every handler.
+pub struct AppState {
+    pub sim: Arc<feed::Sim>,
+    pub connects: ws::ConnectLimiter,
+    pub rest_limit: rest::RestLimiter,
+    pub idle_timeout: Duration,
+    pub stop: CancellationToken,
+}
 
 pub struct App {
     listener: TcpListener,
     addr: SocketAddr,
     config: Config,
-    stop: CancellationToken,
+    state: Arc<AppState>,
+}
+
+/// The HTTP router (WebSocket, REST, controls).
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/websocket/v1", get(ws::upgrade))
+        .route("/v1/market/all", get(rest::market_all))
+        .route("/v1/ticker", get(rest::ticker))
+        .route("/v1/ticker/all", get(rest::ticker_all))
+        .route("/v1/orderbook", get(rest::orderbook))
+        .route("/v1/trades/ticks", get(rest::trades))
+        .route("/v1/candles/minutes/{unit}", get(rest::candles_minutes))
+        .route("/v1/candles/days", get(rest::candles_days))
+        .route("/sim/stats", get(admin::stats))
+        .route("/sim/rate", post(admin::rate))
+        .route("/sim/trade", post(admin::trade))
+        .route("/sim/drop", post(admin::drop_connections))
+        .route("/sim/stall", post(admin::stall))
+        .route("/sim/malformed", post(admin::malformed))
+        .fallback(|| async {
+            (
+                axum::http::StatusCode::NOT_FOUND,
+                axum::Json(upbit::error::ErrorResponse::new("404", "Not found")),
+            )
+        })
+        .with_state(state)
 }
 
 impl App {
     pub async fn build(config: Config, stop: CancellationToken) -> anyhow::Result<Self> {
+        let specs = match &config.markets {
+            Some(spec) => markets::parse(spec).map_err(anyhow::Error::msg)?,
+            None => markets::defaults(),
+        };
+        let mut engine = engine::Engine::new(specs, config.seed);
+        let warm = if config.replay.is_none() {
+            engine.warm_up(feed::now_ms())
+        } else {
+            Vec::new()
+        };
+        let sim = feed::Sim::new(engine, config.rate, config.malformed_every);
+        sim.publish(warm);
         let listener = service_kit::server::bind(&config.http_addr, "HTTP_ADDR").await?;
         let addr = listener.local_addr()?;
+        let state = Arc::new(AppState {
+            sim,
+            connects: ws::ConnectLimiter::new(config.connect_limit),
+            rest_limit: rest::RestLimiter::new(config.rest_limit),
+            idle_timeout: config.idle_timeout,
+            stop,
+        });
         Ok(Self {
             listener,
             addr,
             config,
-            stop,
+            state,
         })
     }
 
@@ -34,17 +103,65 @@ impl App {
         self.addr
     }
 
+    /// The simulator, for tests that drive it directly.
+    pub fn sim(&self) -> Arc<feed::Sim> {
+        self.state.sim.clone()
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
-        let router = Router::new().route("/healthz", get(|| async { "ok" }));
-        let stop = self.stop.clone();
-        let serve = axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await });
-        tokio::select! {
-            result = serve => Ok(result?),
-            _ = async {
-                self.stop.cancelled().await;
-                tokio::time::sleep(self.config.shutdown_timeout).await;
-            } => Ok(()),
+        let stop = self.state.stop.clone();
+        let mut tasks = JoinSet::new();
+        let sim = self.state.sim.clone();
+        match self.config.replay.clone() {
+            Some(path) => {
+                tasks.spawn(feed::run_replay(
+                    sim.clone(),
+                    path,
+                    self.config.replay_speed,
+                    self.config.replay_loop,
+                    stop.clone(),
+                ));
+            }
+            None => {
+                tasks.spawn(feed::run_generator(sim.clone(), stop.clone()));
+            }
         }
+        if !self.config.drop_every.is_zero() {
+            let (sim, stop, every) = (sim.clone(), stop.clone(), self.config.drop_every);
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(every) => sim.drop_connections(),
+                    }
+                }
+            });
+        }
+        if !self.config.stall_every.is_zero() {
+            let (sim, stop) = (sim.clone(), stop.clone());
+            let (every, length) = (self.config.stall_every, self.config.stall_for);
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(every) => sim.stall_for(length),
+                    }
+                }
+            });
+        }
+        let app = router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let graceful = stop.clone();
+        let serve = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move { graceful.cancelled().await });
+        let deadline = self.config.shutdown_timeout;
+        let result = tokio::select! {
+            result = serve => result.map_err(anyhow::Error::from),
+            _ = async { stop.cancelled().await; tokio::time::sleep(deadline).await } => Ok(()),
+        };
+        stop.cancel();
+        while let Some(joined) = tasks.join_next().await {
+            joined??;
+        }
+        result
     }
 }

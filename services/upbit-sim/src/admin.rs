@@ -1,0 +1,132 @@
+//! `/sim/*`: controls for tests, demos and benchmarks.
+//!
+//! - `GET  /sim/stats` — rate, messages generated, frames sent
+//! - `POST /sim/rate?eps=N` — generator rate in messages/s (0 pauses)
+//! - `POST /sim/trade` `{"market","price","volume","ask_bid","timestamp"?}` — trade now
+//!   at that price (emits trade, ticker, orderbook)
+//! - `POST /sim/drop` — drop every open WebSocket connection (no close frame)
+//! - `POST /sim/stall?secs=N` — send no data frames for N seconds
+//! - `POST /sim/malformed?count=N` — send the next N data frames malformed
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use upbit::AskBid;
+use upbit::error::ErrorResponse;
+
+use crate::AppState;
+
+fn bad(message: impl Into<String>) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(ErrorResponse::new("validation_error", message)),
+    )
+        .into_response()
+}
+
+fn number(q: &HashMap<String, String>, key: &str) -> Result<u64, String> {
+    q.get(key)
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| format!("{key} must be a non-negative integer"))
+}
+
+pub async fn stats(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "rate": app.sim.rate(),
+        "generated": app.sim.generated(),
+        "frames_sent": app.sim.frames_sent(),
+        "markets": app.sim.markets().len(),
+    }))
+}
+
+pub async fn rate(
+    State(app): State<Arc<AppState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    match number(&q, "eps") {
+        Ok(eps) => {
+            app.sim.set_rate(eps);
+            Json(serde_json::json!({ "rate": eps })).into_response()
+        }
+        Err(message) => bad(message),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct TradeRequest {
+    market: String,
+    price: String,
+    volume: String,
+    #[serde(default)]
+    ask_bid: Option<String>,
+    #[serde(default)]
+    timestamp: Option<i64>,
+}
+
+pub async fn trade(State(app): State<Arc<AppState>>, Json(req): Json<TradeRequest>) -> Response {
+    let (Some(price), Some(volume)) = (
+        upbit::parse::parse_decimal(&req.price),
+        upbit::parse::parse_decimal(&req.volume),
+    ) else {
+        return bad("price and volume must be decimals");
+    };
+    let side = match req.ask_bid.as_deref() {
+        None | Some("BID") => AskBid::Bid,
+        Some("ASK") => AskBid::Ask,
+        Some(_) => return bad("ask_bid must be ASK or BID"),
+    };
+    let now = req.timestamp.unwrap_or_else(crate::feed::now_ms);
+    let result = app
+        .sim
+        .engine()
+        .inject(&req.market, price, volume, side, now);
+    match result {
+        Ok(payloads) => {
+            let sid = match &payloads[0] {
+                crate::engine::Payload::Trade(t) => t.sequential_id,
+                _ => 0,
+            };
+            app.sim.publish(payloads);
+            Json(serde_json::json!({ "sequential_id": sid, "price": price.to_string() }))
+                .into_response()
+        }
+        Err(e) => bad(e.to_string()),
+    }
+}
+
+pub async fn drop_connections(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    app.sim.drop_connections();
+    Json(serde_json::json!({ "dropped": true }))
+}
+
+pub async fn stall(
+    State(app): State<Arc<AppState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    match number(&q, "secs") {
+        Ok(secs) => {
+            app.sim.stall_for(Duration::from_secs(secs));
+            Json(serde_json::json!({ "stalled_for_secs": secs })).into_response()
+        }
+        Err(message) => bad(message),
+    }
+}
+
+pub async fn malformed(
+    State(app): State<Arc<AppState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    match number(&q, "count") {
+        Ok(n) => {
+            app.sim.malform_next(n);
+            Json(serde_json::json!({ "malformed_next": n })).into_response()
+        }
+        Err(message) => bad(message),
+    }
+}

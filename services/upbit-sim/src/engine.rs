@@ -1,0 +1,710 @@
+//! The simulated markets: a seeded random walk on tick-aligned prices, an
+//! orderbook that agrees with the last trade, and the ticker, recent trades and
+//! 1-minute candles derived from those trades.
+//!
+//! Prices move by whole ticks; trades execute at the best ask (taker BID) or best
+//! bid (taker ASK) for at most the size shown there; every step emits a trade, the
+//! updated ticker and the updated orderbook, as Upbit does. Only the random walk is
+//! seeded: the same seed gives the same sequence of markets, prices, sides and
+//! volumes, whatever the clock says.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rust_decimal::Decimal;
+use upbit::market::{is_on_tick, tick_size};
+use upbit::write::{self, Format};
+use upbit::{AskBid, Change, MarketState, Orderbook, OrderbookUnit, StreamType, Ticker, Trade};
+
+use crate::markets::MarketSpec;
+
+/// Levels kept on each side of a book.
+pub const DEPTH: usize = 30;
+/// Recent trades kept per market for `/v1/trades/ticks`.
+pub const RECENT_TRADES: usize = 500;
+/// 1-minute candles kept per market (two days).
+pub const CANDLE_MINUTES: usize = 2 * 1440;
+
+const MS_PER_DAY: i64 = 86_400_000;
+
+/// One message of the feed.
+// Payloads are created once and shared behind an `Arc<Event>`.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Payload {
+    Ticker(Ticker),
+    Trade(Trade),
+    Orderbook(Orderbook),
+}
+
+impl Payload {
+    pub fn code(&self) -> &str {
+        match self {
+            Self::Ticker(t) => &t.code,
+            Self::Trade(t) => &t.code,
+            Self::Orderbook(o) => &o.code,
+        }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Ticker(_) => "ticker",
+            Self::Trade(_) => "trade",
+            Self::Orderbook(_) => "orderbook",
+        }
+    }
+}
+
+/// A feed message with its serialised frames cached, so many connections share
+/// the serialisation work.
+#[derive(Debug)]
+pub struct Event {
+    pub payload: Payload,
+    default: OnceLock<String>,
+    simple: OnceLock<String>,
+}
+
+impl Event {
+    pub fn new(payload: Payload) -> Arc<Self> {
+        Arc::new(Self {
+            payload,
+            default: OnceLock::new(),
+            simple: OnceLock::new(),
+        })
+    }
+
+    /// The frame for `format`; orderbooks cut to `depth` levels.
+    pub fn frame(&self, format: Format, depth: usize) -> String {
+        let cache = match format {
+            Format::Default => Some(&self.default),
+            Format::Simple => Some(&self.simple),
+            Format::JsonList | Format::SimpleList => None,
+        };
+        let full_depth = match &self.payload {
+            Payload::Orderbook(o) => depth >= o.orderbook_units.len(),
+            _ => true,
+        };
+        match cache {
+            Some(cell) if full_depth => cell
+                .get_or_init(|| render(&self.payload, format, depth))
+                .clone(),
+            _ => render(&self.payload, format, depth),
+        }
+    }
+}
+
+/// Serialises a payload (as a snapshot when `stream_type` says so).
+pub fn render(payload: &Payload, format: Format, depth: usize) -> String {
+    match payload {
+        Payload::Ticker(t) => write::ticker(t, format),
+        Payload::Trade(t) => write::trade(t, format),
+        Payload::Orderbook(o) if o.orderbook_units.len() > depth => {
+            let mut cut = o.clone();
+            cut.orderbook_units.truncate(depth);
+            cut.total_ask_size = cut.orderbook_units.iter().map(|u| u.ask_size).sum();
+            cut.total_bid_size = cut.orderbook_units.iter().map(|u| u.bid_size).sum();
+            write::orderbook(&cut, format)
+        }
+        Payload::Orderbook(o) => write::orderbook(o, format),
+    }
+}
+
+/// A 1-minute candle built from the simulator's own trades.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimCandle {
+    pub start: i64,
+    pub open: Decimal,
+    pub high: Decimal,
+    pub low: Decimal,
+    pub close: Decimal,
+    pub volume: Decimal,
+    pub value: Decimal,
+    pub last_ts: i64,
+}
+
+/// Why an injected trade was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InjectError {
+    #[error("unknown market {0}")]
+    UnknownMarket(String),
+    #[error("price {0} is not positive or not on the market's tick")]
+    BadPrice(Decimal),
+    #[error("volume {0} is not positive")]
+    BadVolume(Decimal),
+}
+
+struct Book {
+    spec: MarketSpec,
+    best_bid: Decimal,
+    ask_sizes: [Decimal; DEPTH],
+    bid_sizes: [Decimal; DEPTH],
+    prev_close: Decimal,
+    open: Decimal,
+    high: Decimal,
+    low: Decimal,
+    last_price: Decimal,
+    acc_volume: Decimal,
+    acc_price: Decimal,
+    acc_ask_volume: Decimal,
+    acc_bid_volume: Decimal,
+    day: i64,
+    last_sid: i64,
+    last_trade_ts: i64,
+    high_52w: Decimal,
+    low_52w: Decimal,
+    ticker: Option<Ticker>,
+    orderbook: Option<Orderbook>,
+    trades: VecDeque<Trade>,
+    candles: VecDeque<SimCandle>,
+}
+
+/// The simulated exchange state.
+pub struct Engine {
+    rng: StdRng,
+    books: Vec<Book>,
+    index: HashMap<String, usize>,
+}
+
+fn quote_of(spec: &MarketSpec) -> &str {
+    spec.code.quote()
+}
+
+/// The next price level above `p`.
+fn up(quote: &str, p: Decimal) -> Decimal {
+    p + tick_size(quote, p)
+}
+
+/// The next price level below `p` (zero when there is none).
+fn down(quote: &str, p: Decimal) -> Decimal {
+    let mut next = p - tick_size(quote, p);
+    if next > Decimal::ZERO && tick_size(quote, next) < tick_size(quote, p) {
+        next = p - tick_size(quote, next);
+    }
+    next.max(Decimal::ZERO)
+}
+
+/// Random size worth a plausible amount of quote currency at `price`.
+fn random_size(rng: &mut StdRng, quote: &str, price: Decimal) -> Decimal {
+    // Notional in minor units of the quote, as an integer with a scale.
+    let notional = match quote {
+        "KRW" => Decimal::new(rng.random_range(10_000..=30_000_000), 0),
+        "BTC" => Decimal::new(rng.random_range(20_000..=50_000_000), 8),
+        _ => Decimal::new(rng.random_range(1_000..=2_000_000), 2),
+    };
+    let size = (notional / price).round_dp(8);
+    size.max(Decimal::new(1, 8))
+}
+
+impl Engine {
+    pub fn new(markets: Vec<MarketSpec>, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut books = Vec::with_capacity(markets.len());
+        let mut index = HashMap::new();
+        for spec in markets {
+            let quote = quote_of(&spec).to_owned();
+            let price = upbit::market::floor_to_tick(&quote, spec.price);
+            let mut ask_sizes = [Decimal::ZERO; DEPTH];
+            let mut bid_sizes = [Decimal::ZERO; DEPTH];
+            for i in 0..DEPTH {
+                ask_sizes[i] = random_size(&mut rng, &quote, price);
+                bid_sizes[i] = random_size(&mut rng, &quote, price);
+            }
+            index.insert(spec.code.to_string(), books.len());
+            books.push(Book {
+                best_bid: down(&quote, price),
+                ask_sizes,
+                bid_sizes,
+                prev_close: price,
+                open: price,
+                high: price,
+                low: price,
+                last_price: price,
+                acc_volume: Decimal::ZERO,
+                acc_price: Decimal::ZERO,
+                acc_ask_volume: Decimal::ZERO,
+                acc_bid_volume: Decimal::ZERO,
+                day: i64::MIN,
+                last_sid: 0,
+                last_trade_ts: 0,
+                high_52w: price * Decimal::new(15, 1),
+                low_52w: upbit::market::floor_to_tick(&quote, price * Decimal::new(6, 1)),
+                ticker: None,
+                orderbook: None,
+                trades: VecDeque::with_capacity(RECENT_TRADES),
+                candles: VecDeque::new(),
+                spec,
+            });
+        }
+        Self { rng, books, index }
+    }
+
+    pub fn markets(&self) -> impl Iterator<Item = &MarketSpec> {
+        self.books.iter().map(|b| &b.spec)
+    }
+
+    pub fn has_market(&self, code: &str) -> bool {
+        self.index.contains_key(code)
+    }
+
+    /// One random step: pick a market, maybe move its price, trade at the top of
+    /// the book. Returns the trade, ticker and orderbook messages.
+    pub fn step(&mut self, now_ms: i64) -> [Payload; 3] {
+        let i = self.rng.random_range(0..self.books.len());
+        let side = if self.rng.random_bool(0.5) {
+            AskBid::Bid
+        } else {
+            AskBid::Ask
+        };
+        let book = &mut self.books[i];
+        let quote = quote_of(&book.spec).to_owned();
+        // Random walk with a pull back towards the starting price.
+        if self.rng.random_bool(0.3) {
+            let start = book.spec.price;
+            let ratio_up = book.best_bid > start * Decimal::new(12, 1);
+            let ratio_down = book.best_bid < start * Decimal::new(8, 1);
+            let go_up = if ratio_up {
+                self.rng.random_bool(0.3)
+            } else if ratio_down {
+                self.rng.random_bool(0.7)
+            } else {
+                self.rng.random_bool(0.5)
+            };
+            let next = if go_up {
+                up(&quote, book.best_bid)
+            } else {
+                down(&quote, book.best_bid)
+            };
+            if next > Decimal::ZERO {
+                book.best_bid = next;
+            }
+        }
+        let (price, level_size) = match side {
+            AskBid::Bid => (up(&quote, book.best_bid), book.ask_sizes[0]),
+            AskBid::Ask => (book.best_bid, book.bid_sizes[0]),
+        };
+        let fraction = Decimal::new(self.rng.random_range(1..=100), 2);
+        let volume = (level_size * fraction).round_dp(8).max(Decimal::new(1, 8));
+        // Refresh a few level sizes so the book breathes.
+        for _ in 0..3 {
+            let level = self.rng.random_range(1..DEPTH);
+            book.ask_sizes[level] = random_size(&mut self.rng, &quote, price);
+            let level = self.rng.random_range(1..DEPTH);
+            book.bid_sizes[level] = random_size(&mut self.rng, &quote, price);
+        }
+        let refill = random_size(&mut self.rng, &quote, price);
+        self.trade(i, price, volume, side, now_ms, refill)
+    }
+
+    /// Trades `volume` at `price` with taker `side` in `market` (tests, benchmarks).
+    pub fn inject(
+        &mut self,
+        market: &str,
+        price: Decimal,
+        volume: Decimal,
+        side: AskBid,
+        now_ms: i64,
+    ) -> Result<[Payload; 3], InjectError> {
+        let i = *self
+            .index
+            .get(market)
+            .ok_or_else(|| InjectError::UnknownMarket(market.to_owned()))?;
+        let quote = quote_of(&self.books[i].spec).to_owned();
+        if price <= Decimal::ZERO || !is_on_tick(&quote, price) {
+            return Err(InjectError::BadPrice(price));
+        }
+        if volume <= Decimal::ZERO {
+            return Err(InjectError::BadVolume(volume));
+        }
+        let book = &mut self.books[i];
+        // Put the book where this trade could happen, with enough size there.
+        match side {
+            AskBid::Bid => {
+                book.best_bid = down(&quote, price);
+                book.ask_sizes[0] = book.ask_sizes[0].max(volume);
+            }
+            AskBid::Ask => {
+                book.best_bid = price;
+                book.bid_sizes[0] = book.bid_sizes[0].max(volume);
+            }
+        }
+        let refill = random_size(&mut self.rng, &quote, price);
+        Ok(self.trade(i, price, volume, side, now_ms, refill))
+    }
+
+    fn trade(
+        &mut self,
+        i: usize,
+        price: Decimal,
+        volume: Decimal,
+        side: AskBid,
+        now_ms: i64,
+        refill: Decimal,
+    ) -> [Payload; 3] {
+        let book = &mut self.books[i];
+        let quote = quote_of(&book.spec).to_owned();
+        let code = book.spec.code.to_string();
+        let ts = now_ms.max(book.last_trade_ts);
+        let day = ts.div_euclid(MS_PER_DAY);
+        if day != book.day {
+            if book.day != i64::MIN {
+                book.prev_close = book.last_price;
+            }
+            book.day = day;
+            book.open = price;
+            book.high = price;
+            book.low = price;
+            book.acc_volume = Decimal::ZERO;
+            book.acc_price = Decimal::ZERO;
+            book.acc_ask_volume = Decimal::ZERO;
+            book.acc_bid_volume = Decimal::ZERO;
+        }
+        book.last_price = price;
+        book.last_trade_ts = ts;
+        book.high = book.high.max(price);
+        book.low = book.low.min(price);
+        book.high_52w = book.high_52w.max(price);
+        book.low_52w = book.low_52w.min(price);
+        let funds = price * volume;
+        book.acc_volume += volume;
+        book.acc_price += funds;
+        match side {
+            AskBid::Ask => book.acc_ask_volume += volume,
+            AskBid::Bid => book.acc_bid_volume += volume,
+        }
+        // Consume the top level; when it is gone the book moves one level.
+        let level = match side {
+            AskBid::Bid => &mut book.ask_sizes,
+            AskBid::Ask => &mut book.bid_sizes,
+        };
+        if level[0] > volume {
+            level[0] -= volume;
+        } else {
+            level.rotate_left(1);
+            level[DEPTH - 1] = refill;
+            book.best_bid = match side {
+                AskBid::Bid => up(&quote, book.best_bid),
+                AskBid::Ask => down(&quote, book.best_bid).max(tick_size(&quote, book.best_bid)),
+            };
+        }
+        let sid = (ts * 1000).max(book.last_sid + 1);
+        book.last_sid = sid;
+        let change = Change::between(book.prev_close, price);
+        let signed_change_price = price - book.prev_close;
+        let signed_change_rate = if book.prev_close.is_zero() {
+            Decimal::ZERO
+        } else {
+            (signed_change_price / book.prev_close).round_dp(10)
+        };
+        let orderbook = Self::orderbook_of(book, &quote, ts);
+        let best = &orderbook.orderbook_units[0];
+        let trade = Trade {
+            code: code.clone(),
+            trade_price: price,
+            trade_volume: volume,
+            ask_bid: side,
+            prev_closing_price: book.prev_close,
+            change,
+            change_price: signed_change_price.abs(),
+            trade_timestamp: ts,
+            timestamp: ts,
+            sequential_id: sid,
+            best_ask_price: Some(best.ask_price),
+            best_ask_size: Some(best.ask_size),
+            best_bid_price: Some(best.bid_price),
+            best_bid_size: Some(best.bid_size),
+            stream_type: StreamType::Realtime,
+        };
+        let ticker = Ticker {
+            code,
+            opening_price: book.open,
+            high_price: book.high,
+            low_price: book.low,
+            trade_price: price,
+            prev_closing_price: book.prev_close,
+            change,
+            change_price: signed_change_price.abs(),
+            signed_change_price,
+            change_rate: signed_change_rate.abs(),
+            signed_change_rate,
+            trade_volume: volume,
+            acc_trade_volume: book.acc_volume,
+            acc_trade_volume_24h: book.acc_volume,
+            acc_trade_price: book.acc_price.round_dp(8),
+            acc_trade_price_24h: book.acc_price.round_dp(8),
+            trade_timestamp: ts,
+            ask_bid: Some(side),
+            acc_ask_volume: book.acc_ask_volume,
+            acc_bid_volume: book.acc_bid_volume,
+            highest_52_week_price: Some(book.high_52w),
+            highest_52_week_date: Some("2025-03-28".into()),
+            lowest_52_week_price: Some(book.low_52w),
+            lowest_52_week_date: Some("2025-08-05".into()),
+            market_state: MarketState::Active,
+            delisting_date: None,
+            timestamp: ts,
+            stream_type: StreamType::Realtime,
+        };
+        if book.trades.len() == RECENT_TRADES {
+            book.trades.pop_front();
+        }
+        book.trades.push_back(trade.clone());
+        Self::add_to_candle(book, ts, price, volume, funds);
+        book.ticker = Some(ticker.clone());
+        book.orderbook = Some(orderbook.clone());
+        [
+            Payload::Trade(trade),
+            Payload::Ticker(ticker),
+            Payload::Orderbook(orderbook),
+        ]
+    }
+
+    fn orderbook_of(book: &Book, quote: &str, ts: i64) -> Orderbook {
+        let mut units = Vec::with_capacity(DEPTH);
+        let mut ask = up(quote, book.best_bid);
+        let mut bid = book.best_bid;
+        for i in 0..DEPTH {
+            units.push(OrderbookUnit {
+                ask_price: ask,
+                bid_price: bid,
+                ask_size: book.ask_sizes[i],
+                bid_size: if bid > Decimal::ZERO {
+                    book.bid_sizes[i]
+                } else {
+                    Decimal::ZERO
+                },
+            });
+            ask = up(quote, ask);
+            bid = down(quote, bid);
+        }
+        Orderbook {
+            code: book.spec.code.to_string(),
+            total_ask_size: units.iter().map(|u| u.ask_size).sum(),
+            total_bid_size: units.iter().map(|u| u.bid_size).sum(),
+            orderbook_units: units,
+            timestamp: ts,
+            level: Decimal::ZERO,
+            stream_type: StreamType::Realtime,
+        }
+    }
+
+    fn add_to_candle(book: &mut Book, ts: i64, price: Decimal, volume: Decimal, funds: Decimal) {
+        let start = ts - ts.rem_euclid(60_000);
+        match book.candles.back_mut() {
+            Some(c) if c.start == start => {
+                c.high = c.high.max(price);
+                c.low = c.low.min(price);
+                c.close = price;
+                c.volume += volume;
+                c.value += funds;
+                c.last_ts = ts;
+            }
+            _ => {
+                if book.candles.len() == CANDLE_MINUTES {
+                    book.candles.pop_front();
+                }
+                book.candles.push_back(SimCandle {
+                    start,
+                    open: price,
+                    high: price,
+                    low: price,
+                    close: price,
+                    volume,
+                    value: funds,
+                    last_ts: ts,
+                });
+            }
+        }
+    }
+
+    /// Current ticker of a market (None before its first trade or when unknown).
+    pub fn ticker(&self, code: &str) -> Option<&Ticker> {
+        self.index
+            .get(code)
+            .and_then(|i| self.books[*i].ticker.as_ref())
+    }
+
+    pub fn orderbook(&self, code: &str) -> Option<&Orderbook> {
+        self.index
+            .get(code)
+            .and_then(|i| self.books[*i].orderbook.as_ref())
+    }
+
+    /// Recent trades, newest first.
+    pub fn trades(&self, code: &str) -> Vec<Trade> {
+        self.index
+            .get(code)
+            .map(|i| self.books[*i].trades.iter().rev().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// 1-minute candles, oldest first.
+    pub fn candles(&self, code: &str) -> Vec<SimCandle> {
+        self.index
+            .get(code)
+            .map(|i| self.books[*i].candles.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Makes every market trade once so tickers and orderbooks exist.
+    pub fn warm_up(&mut self, now_ms: i64) -> Vec<Payload> {
+        let codes: Vec<String> = self.books.iter().map(|b| b.spec.code.to_string()).collect();
+        let mut out = Vec::new();
+        for code in codes {
+            let i = self.index[&code];
+            let quote = quote_of(&self.books[i].spec).to_owned();
+            let price = up(&quote, self.books[i].best_bid);
+            let volume = random_size(&mut self.rng, &quote, price) / Decimal::from(10);
+            let volume = volume.round_dp(8).max(Decimal::new(1, 8));
+            if let Ok(events) = self.inject(&code, price, volume, AskBid::Bid, now_ms) {
+                out.extend(events);
+            }
+        }
+        out
+    }
+
+    /// Applies a recorded message (replay): trades and tickers update the state the
+    /// REST endpoints and snapshots serve; orderbooks replace the book.
+    pub fn apply_recorded(&mut self, payload: &Payload) {
+        let Some(&i) = self.index.get(payload.code()) else {
+            return;
+        };
+        let book = &mut self.books[i];
+        match payload {
+            Payload::Trade(t) => {
+                book.last_price = t.trade_price;
+                book.last_trade_ts = t.trade_timestamp;
+                book.last_sid = book.last_sid.max(t.sequential_id);
+                if book.trades.len() == RECENT_TRADES {
+                    book.trades.pop_front();
+                }
+                book.trades.push_back(t.clone());
+                Self::add_to_candle(
+                    book,
+                    t.trade_timestamp,
+                    t.trade_price,
+                    t.trade_volume,
+                    t.trade_price * t.trade_volume,
+                );
+            }
+            Payload::Ticker(t) => book.ticker = Some(t.clone()),
+            Payload::Orderbook(o) => {
+                if let Some(best) = o.orderbook_units.first() {
+                    book.best_bid = best.bid_price;
+                }
+                book.orderbook = Some(o.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn engine(seed: u64) -> Engine {
+        Engine::new(crate::markets::defaults(), seed)
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_market_path() {
+        let (mut a, mut b) = (engine(7), engine(7));
+        for n in 0..2000 {
+            // Different clocks, same path.
+            let (pa, pb) = (a.step(1_000_000 + n), b.step(9_000_000 + n * 3));
+            let (Payload::Trade(ta), Payload::Trade(tb)) = (&pa[0], &pb[0]) else {
+                panic!()
+            };
+            assert_eq!(
+                (&ta.code, ta.trade_price, ta.trade_volume, ta.ask_bid),
+                (&tb.code, tb.trade_price, tb.trade_volume, tb.ask_bid)
+            );
+        }
+        let mut c = engine(8);
+        let differs = (0..50).any(|n| a.step(n) != c.step(n));
+        assert!(differs, "another seed gives another path");
+    }
+
+    #[test]
+    fn prices_stay_on_tick_and_books_agree_with_trades() {
+        let mut e = engine(42);
+        let mut sids: HashMap<String, i64> = HashMap::new();
+        for n in 0..20_000 {
+            let [trade, ticker, book] = e.step(1_700_000_000_000 + n);
+            let (Payload::Trade(t), Payload::Ticker(tk), Payload::Orderbook(ob)) =
+                (trade, ticker, book)
+            else {
+                panic!("trade, ticker, orderbook in that order");
+            };
+            let quote = t.code.split('-').next().unwrap().to_owned();
+            assert!(
+                is_on_tick(&quote, t.trade_price),
+                "{} off tick",
+                t.trade_price
+            );
+            assert!(t.trade_volume > Decimal::ZERO);
+            assert_eq!(tk.trade_price, t.trade_price);
+            assert_eq!(ob.orderbook_units.len(), DEPTH);
+            let best = &ob.orderbook_units[0];
+            assert!(best.ask_price > best.bid_price, "crossed book {best:?}");
+            // The book after a trade still contains the traded level or moved past it.
+            match t.ask_bid {
+                AskBid::Bid => assert!(best.ask_price >= t.trade_price),
+                AskBid::Ask => assert!(best.bid_price <= t.trade_price),
+            }
+            for u in &ob.orderbook_units {
+                assert!(
+                    is_on_tick(&quote, u.ask_price)
+                        && (u.bid_price.is_zero() || is_on_tick(&quote, u.bid_price))
+                );
+            }
+            let last = sids.insert(t.code.clone(), t.sequential_id);
+            assert!(
+                last.is_none_or(|l| l < t.sequential_id),
+                "sequential ids unique per market"
+            );
+        }
+    }
+
+    #[test]
+    fn injected_trades_set_the_price_and_candles_sum_them() {
+        let mut e = engine(1);
+        let minute = 1_700_000_040_000; // a whole minute
+        let p = |s| Decimal::from_str(s).unwrap();
+        e.inject("KRW-BTC", p("148001000"), p("0.5"), AskBid::Bid, minute + 1)
+            .unwrap();
+        e.inject(
+            "KRW-BTC",
+            p("148005000"),
+            p("0.25"),
+            AskBid::Bid,
+            minute + 2,
+        )
+        .unwrap();
+        e.inject("KRW-BTC", p("147990000"), p("1"), AskBid::Ask, minute + 3)
+            .unwrap();
+        assert_eq!(e.ticker("KRW-BTC").unwrap().trade_price, p("147990000"));
+        let c = e.candles("KRW-BTC").pop().unwrap();
+        assert_eq!(
+            (c.open, c.high, c.low, c.close),
+            (
+                p("148001000"),
+                p("148005000"),
+                p("147990000"),
+                p("147990000")
+            )
+        );
+        assert_eq!(c.volume, p("1.75"));
+        assert_eq!(e.trades("KRW-BTC")[0].trade_price, p("147990000"));
+        assert_eq!(
+            e.inject("KRW-BTC", p("148001500"), p("1"), AskBid::Bid, minute),
+            Err(InjectError::BadPrice(p("148001500")))
+        );
+        assert!(matches!(
+            e.inject("KRW-NOPE", p("1"), p("1"), AskBid::Bid, 0),
+            Err(InjectError::UnknownMarket(_))
+        ));
+    }
+}

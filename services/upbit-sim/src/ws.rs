@@ -1,0 +1,292 @@
+//! `/websocket/v1`: Upbit's public WebSocket protocol.
+//!
+//! One text frame `[{ticket},{type,codes,...},{format}]` subscribes; a new request
+//! replaces the whole subscription set; each subscribed code first gets a SNAPSHOT
+//! message (unless `is_only_realtime`), then REALTIME messages (unless
+//! `is_only_snapshot`). Data frames are binary UTF-8 JSON in the connection's
+//! format. `PING` is answered with `{"status":"UP"}`; malformed requests with an
+//! error frame. Connections idle longer than the idle timeout are closed.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::broadcast::error::RecvError;
+use upbit::StreamType;
+use upbit::error::{ErrorBody, ErrorResponse};
+use upbit::request::{ClientFrame, DataType, Subscription, parse_request};
+use upbit::write::{Format, STATUS_UP};
+
+use crate::AppState;
+use crate::engine::{Event, Payload, render};
+
+/// Per-IP limit on new connections per second (Upbit: 5/s).
+pub struct ConnectLimiter {
+    per_second: u32,
+    seen: Mutex<HashMap<IpAddr, (u64, u32)>>,
+}
+
+impl ConnectLimiter {
+    pub fn new(per_second: u32) -> Self {
+        Self {
+            per_second,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn allow(&self, ip: IpAddr) -> bool {
+        if self.per_second == 0 {
+            return true;
+        }
+        let second = crate::feed::now_ms() as u64 / 1000;
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() > 10_000 {
+            seen.retain(|_, (s, _)| *s == second);
+        }
+        let entry = seen.entry(ip).or_insert((second, 0));
+        if entry.0 != second {
+            *entry = (second, 0);
+        }
+        entry.1 += 1;
+        entry.1 <= self.per_second
+    }
+}
+
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    State(app): State<Arc<AppState>>,
+) -> Response {
+    if !app.connects.allow(peer.ip()) {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(ErrorResponse::new(
+                "too_many_requests",
+                "Too many connection requests.",
+            )),
+        )
+            .into_response();
+    }
+    ws.on_upgrade(move |socket| connection(socket, app))
+}
+
+/// What a connection is subscribed to: type → code → orderbook depth.
+#[derive(Default)]
+struct Subscriptions {
+    realtime: HashMap<&'static str, HashMap<String, usize>>,
+    list: Vec<Subscription>,
+}
+
+impl Subscriptions {
+    fn depth_for(&self, event: &Event) -> Option<usize> {
+        self.realtime
+            .get(event.payload.type_name())?
+            .get(event.payload.code())
+            .copied()
+    }
+}
+
+fn type_key(t: &DataType) -> Option<&'static str> {
+    match t {
+        DataType::Ticker => Some("ticker"),
+        DataType::Trade => Some("trade"),
+        DataType::Orderbook => Some("orderbook"),
+        DataType::Candle(_) => None,
+    }
+}
+
+fn error_frame(name: &str, message: &str) -> Message {
+    Message::Binary(
+        ErrorResponse::new(name, message)
+            .to_json()
+            .into_bytes()
+            .into(),
+    )
+}
+
+/// Requests a connection may send: 5 per second and 100 per minute.
+struct RequestLimit(VecDeque<Instant>);
+
+impl RequestLimit {
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        while self
+            .0
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            self.0.pop_front();
+        }
+        let last_second = self
+            .0
+            .iter()
+            .filter(|t| now.duration_since(**t) < Duration::from_secs(1))
+            .count();
+        if last_second >= 5 || self.0.len() >= 100 {
+            return false;
+        }
+        self.0.push_back(now);
+        true
+    }
+}
+
+async fn connection(socket: WebSocket, app: Arc<AppState>) {
+    let sim = app.sim.clone();
+    let (mut sink, mut stream) = socket.split();
+    let mut events = sim.subscribe();
+    let mut drops = sim.drops();
+    drops.borrow_and_update();
+    let mut subs = Subscriptions::default();
+    let mut format = Format::Default;
+    let mut limit = RequestLimit(VecDeque::new());
+    let idle = app.idle_timeout;
+    let mut last_heard = Instant::now();
+    let mut unflushed = false;
+    let stop = app.stop.clone();
+    loop {
+        let idle_deadline = tokio::time::Instant::from_std(last_heard + idle);
+        tokio::select! {
+            incoming = stream.next() => {
+                let text = match incoming {
+                    None | Some(Err(_)) => return,
+                    Some(Ok(Message::Close(_))) => return,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => { last_heard = Instant::now(); continue; }
+                    Some(Ok(Message::Text(t))) => t.to_string(),
+                    Some(Ok(Message::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
+                };
+                last_heard = Instant::now();
+                let replies = handle_request(&text, &app, &mut subs, &mut format, &mut limit);
+                for reply in replies {
+                    if sink.feed(reply).await.is_err() { return; }
+                }
+                if sink.flush().await.is_err() { return; }
+                unflushed = false;
+            }
+            received = events.recv() => {
+                let event = match received {
+                    Ok(e) => e,
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                };
+                if let Some(depth) = subs.depth_for(&event).filter(|_| !sim.stalled()) {
+                    let mut frame = event.frame(format, depth).into_bytes();
+                    if sim.take_malformed() {
+                        // Half a message: what a broken upstream sends.
+                        frame.truncate(frame.len() / 2);
+                    }
+                    if sink.feed(Message::Binary(frame.into())).await.is_err() { return; }
+                    unflushed = true;
+                }
+                // Write frames out in batches, but never leave one waiting.
+                if unflushed && events.is_empty() {
+                    if sink.flush().await.is_err() { return; }
+                    unflushed = false;
+                }
+            }
+            _ = drops.changed() => {
+                // Simulated network failure: no close frame.
+                return;
+            }
+            _ = tokio::time::sleep_until(idle_deadline) => {
+                let _ = sink.send(Message::Close(Some(CloseFrame { code: 1000, reason: "idle timeout".into() }))).await;
+                return;
+            }
+            _ = stop.cancelled() => {
+                let _ = sink.send(Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() }))).await;
+                return;
+            }
+        }
+    }
+}
+
+fn handle_request(
+    text: &str,
+    app: &AppState,
+    subs: &mut Subscriptions,
+    format: &mut Format,
+    limit: &mut RequestLimit,
+) -> Vec<Message> {
+    let frame = match parse_request(text) {
+        Ok(f) => f,
+        Err(ErrorBody { name, message }) => return vec![error_frame(&name, &message)],
+    };
+    match frame {
+        ClientFrame::Ping => vec![Message::Binary(STATUS_UP.as_bytes().to_vec().into())],
+        ClientFrame::ListSubscriptions { ticket } => {
+            let result: Vec<serde_json::Value> = subs
+                .list
+                .iter()
+                .map(|s| serde_json::json!({"type": s.data_type.as_str(), "codes": s.codes, "level": s.level.clone().unwrap_or_else(|| "0".into())}))
+                .collect();
+            let body = serde_json::json!({"method": "LIST_SUBSCRIPTIONS", "result": result, "ticket": ticket});
+            vec![Message::Binary(body.to_string().into_bytes().into())]
+        }
+        ClientFrame::Subscribe(request) => {
+            if !limit.allow() {
+                return vec![error_frame(
+                    "TOO_MANY_REQUESTS",
+                    "at most 5 requests per second and 100 per minute",
+                )];
+            }
+            if request
+                .subscriptions
+                .iter()
+                .any(|s| matches!(s.data_type, DataType::Candle(_)))
+            {
+                return vec![error_frame(
+                    "INVALID_PARAM",
+                    "candle streams are not simulated; subscribe to ticker, trade or orderbook",
+                )];
+            }
+            if let Some(f) = request.format {
+                *format = f;
+            }
+            let mut replies = Vec::new();
+            let mut realtime: HashMap<&'static str, HashMap<String, usize>> = HashMap::new();
+            let engine = app.sim.engine();
+            for sub in &request.subscriptions {
+                let Some(key) = type_key(&sub.data_type) else {
+                    continue;
+                };
+                for (code, depth) in sub.codes.iter().zip(&sub.depths) {
+                    if sub.wants_snapshot() {
+                        let snapshot = match key {
+                            "ticker" => engine.ticker(code).cloned().map(|mut t| {
+                                t.stream_type = StreamType::Snapshot;
+                                Payload::Ticker(t)
+                            }),
+                            "trade" => engine.trades(code).into_iter().next().map(|mut t| {
+                                t.stream_type = StreamType::Snapshot;
+                                Payload::Trade(t)
+                            }),
+                            _ => engine.orderbook(code).cloned().map(|mut o| {
+                                o.stream_type = StreamType::Snapshot;
+                                Payload::Orderbook(o)
+                            }),
+                        };
+                        if let Some(p) = snapshot {
+                            replies.push(Message::Binary(
+                                render(&p, *format, *depth).into_bytes().into(),
+                            ));
+                        }
+                    }
+                    if sub.wants_realtime() {
+                        realtime
+                            .entry(key)
+                            .or_default()
+                            .insert(code.clone(), *depth);
+                    }
+                }
+            }
+            subs.realtime = realtime;
+            subs.list = request.subscriptions;
+            replies
+        }
+    }
+}
