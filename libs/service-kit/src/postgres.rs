@@ -47,6 +47,7 @@ impl DbArgs {
             admin_url: self.database_admin_url.clone(),
             schema,
             max_connections: self.database_max_connections.max(1),
+            optional_extensions: &[],
         }
     }
 }
@@ -61,6 +62,9 @@ pub struct PgConfig {
     /// The schema this service owns, e.g. `orders`.
     pub schema: &'static str,
     pub max_connections: u32,
+    /// Extensions the admin bootstrap creates when the server has them
+    /// (e.g. `timescaledb`); their absence is not an error.
+    pub optional_extensions: &'static [&'static str],
 }
 
 fn validate_ident(name: &str) -> anyhow::Result<()> {
@@ -175,6 +179,30 @@ impl PgConfig {
                 if !duplicate {
                     return Err(err).with_context(|| format!("bootstrap: {statement}"));
                 }
+            }
+        }
+        for ext in self.optional_extensions {
+            validate_ident(ext)?;
+            let available: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = $1)",
+            )
+            .bind(*ext)
+            .fetch_one(&admin)
+            .await?;
+            if !available {
+                tracing::info!(
+                    extension = ext,
+                    "extension not available; using plain tables"
+                );
+                continue;
+            }
+            if let Err(err) = sqlx::query(AssertSqlSafe(format!(
+                "CREATE EXTENSION IF NOT EXISTS {ext}"
+            )))
+            .execute(&admin)
+            .await
+            {
+                tracing::warn!(extension = ext, error = %err, "extension could not be created; using plain tables");
             }
         }
         admin.close().await;

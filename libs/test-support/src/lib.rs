@@ -30,6 +30,18 @@ pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// The address of the Redis tests use.
+pub fn redis_addr() -> std::net::SocketAddr {
+    let url = url::Url::parse(&redis_url()).expect("TEST_REDIS_URL is a URL");
+    let host = url
+        .host_str()
+        .unwrap_or("127.0.0.1")
+        .replace("localhost", "127.0.0.1");
+    format!("{host}:{}", url.port().unwrap_or(6379))
+        .parse()
+        .expect("Redis host is an IP")
+}
+
 /// A prefix no other test uses (for Redis keys and channels).
 pub fn unique_prefix() -> String {
     format!("t{}:", uuid::Uuid::new_v4().simple())
@@ -78,6 +90,23 @@ impl TestDb {
         let _ = url.set_username(role);
         let _ = url.set_password(Some(role));
         url.to_string()
+    }
+
+    /// A URL for `role` on this database through another address (a [`TcpProxy`]).
+    pub fn role_url_via(&self, role: &str, addr: std::net::SocketAddr) -> String {
+        let mut url = url::Url::parse(&self.role_url(role)).expect("valid URL");
+        let _ = url.set_ip_host(addr.ip());
+        let _ = url.set_port(Some(addr.port()));
+        url.to_string()
+    }
+
+    /// The Postgres server address of this database.
+    pub fn server_addr(&self) -> std::net::SocketAddr {
+        let host = self.base.host_str().unwrap_or("127.0.0.1");
+        let port = self.base.port().unwrap_or(5432);
+        format!("{host}:{port}")
+            .parse()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
     /// A connection as the admin.
@@ -322,4 +351,66 @@ where
         "{schema}.{table} is owned by {owner}, not {role}"
     );
     Ok(())
+}
+
+/// A TCP proxy to a real server that a test can cut and restore, to see how a
+/// service behaves when Postgres or Redis goes away and comes back.
+pub struct TcpProxy {
+    pub addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Listens on 127.0.0.1:0 and forwards to `target`.
+    pub async fn start(target: std::net::SocketAddr) -> anyhow::Result<Self> {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let (up2, cut2) = (up.clone(), cut.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cut_rx = cut2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            up,
+            cut,
+            task,
+        })
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -31,6 +31,22 @@ pub struct Config {
     #[arg(long, env = "REDIS_PREFIX", default_value = "")]
     pub redis_prefix: String,
 
+    /// Trades written to Postgres per batch.
+    #[arg(long, env = "WRITE_BATCH", default_value_t = 5000)]
+    pub write_batch: usize,
+
+    /// Trades that may wait for Postgres in memory before ingest slows down.
+    #[arg(long, env = "WRITE_QUEUE", default_value_t = 500_000)]
+    pub write_queue: usize,
+
+    /// Messages buffered per live stream consumer before it is dropped as too slow.
+    #[arg(long, env = "STREAM_BUFFER", default_value_t = 4096)]
+    pub stream_buffer: usize,
+
+    /// A live stream consumer whose buffer stays full this long is dropped.
+    #[arg(long, env = "STREAM_SLOW_AFTER", default_value = "5s", value_parser = service_kit::config::parse_duration)]
+    pub stream_slow_after: std::time::Duration,
+
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }

@@ -6,6 +6,10 @@
 
 pub mod config;
 mod grpc;
+pub mod hot;
+mod metrics;
+pub mod store;
+mod writer;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,23 +35,26 @@ pub struct App {
     pg: PgConfig,
     pool: sqlx::PgPool,
     redis: fred::clients::Client,
+    subscriber: fred::clients::SubscriberClient,
+    config: Config,
 }
 
-/// A Redis client that reconnects forever with backoff; commands issued while
-/// disconnected wait (bounded by their timeout) instead of failing the process.
-pub fn redis_client(url: &str) -> anyhow::Result<fred::clients::Client> {
+/// A Redis client builder that reconnects forever with backoff; commands issued
+/// while disconnected wait (bounded by their timeout) instead of failing the process.
+pub fn redis_builder(url: &str) -> anyhow::Result<fred::types::Builder> {
     let config =
         fred::types::config::Config::from_url(url).context("REDIS_URL is not a redis:// URL")?;
-    let client = fred::types::Builder::from_config(config)
+    let mut builder = fred::types::Builder::from_config(config);
+    builder
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(5);
         })
         .with_performance_config(|p| {
             p.default_command_timeout = Duration::from_secs(5);
-        })
-        .build()?;
-    Ok(client)
+            p.broadcast_channel_capacity = 16_384;
+        });
+    Ok(builder)
 }
 
 impl App {
@@ -62,14 +69,19 @@ impl App {
             stop,
         )
         .await?;
-        let pg = config.db.pg_config(SCHEMA);
+        let mut pg = config.db.pg_config(SCHEMA);
+        pg.optional_extensions = &["timescaledb"];
         let pool = pg.lazy_pool()?;
-        let redis = redis_client(&config.redis_url)?;
+        let builder = redis_builder(&config.redis_url)?;
+        let redis = builder.build()?;
+        let subscriber = builder.build_subscriber_client()?;
         Ok(Self {
             server,
             pg,
             pool,
             redis,
+            subscriber,
+            config,
         })
     }
 
@@ -84,10 +96,42 @@ impl App {
     }
 
     /// Serves until the stop token is cancelled and the drain completes.
-    pub async fn run(self) -> anyhow::Result<()> {
+    pub async fn run(mut self) -> anyhow::Result<()> {
         let stopping = self.server.stopping();
+        let draining = self.server.draining();
+        let _connection = self.redis.connect();
+        let hot = hot::Hot::new(self.redis.clone(), self.config.redis_prefix.clone());
+
+        let (live, _) = tokio::sync::broadcast::channel(65_536);
+        let fan_out = {
+            let (hot, live, subscriber, draining) = (
+                hot.clone(),
+                live.clone(),
+                self.subscriber.clone(),
+                draining.clone(),
+            );
+            async move { hot.fan_out(subscriber, live, draining).await }
+        };
+        self.server.spawn("fan-out", fan_out);
+
+        let writer_stop = CancellationToken::new();
+        let (writer, writer_task) = writer::Writer::spawn(
+            self.pool.clone(),
+            self.config.write_queue,
+            self.config.write_batch,
+            writer_stop.clone(),
+        );
+        let service = grpc::MarketData::new(
+            self.pool.clone(),
+            hot,
+            writer,
+            live,
+            draining,
+            self.config.stream_buffer,
+            self.config.stream_slow_after,
+        );
+
         let (pg, pool, redis) = (self.pg, self.pool.clone(), self.redis.clone());
-        let _connection = redis.connect();
         let ready = async move {
             pg.prepare(&pool, sqlx::migrate!("./migrations"), &stopping)
                 .await?;
@@ -97,14 +141,14 @@ impl App {
                 .context("connecting to Redis")?;
             Ok(())
         };
-        let routes = Routes::new(MarketDataServiceServer::new(grpc::MarketData::new(
-            self.pool,
-            self.redis.clone(),
-        )));
+        let routes = Routes::new(MarketDataServiceServer::new(service));
         let result = self
             .server
             .serve_grpc(Some(routes), DESCRIPTORS, ready)
             .await;
+        // The ingest handlers are gone: write what they queued, then close.
+        writer_stop.cancel();
+        let _ = writer_task.await;
         let _ = self.redis.quit().await;
         result
     }

@@ -1,23 +1,56 @@
-//! Market data against real Postgres and Redis: one integration-test binary.
+//! Market data against real Postgres and Redis, over real gRPC.
 
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use exchange_proto::marketdata::v1 as pb;
+use exchange_proto::marketdata::v1::market_data_service_client::MarketDataServiceClient;
 use market_data::{App, Config};
+use pb::market_event::Event;
 use service_kit::config::RuntimeArgs;
 use service_kit::postgres::DbArgs;
-use test_support::{Running, Started, TestDb};
+use test_support::{Running, Started, TcpProxy, TestDb};
 use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
 
-async fn start(db: &TestDb) -> Started {
+struct Opts {
+    database_url: Option<String>,
+    redis_url: String,
+    prefix: String,
+}
+
+impl Opts {
+    fn new() -> Self {
+        Self {
+            database_url: None,
+            redis_url: test_support::redis_url(),
+            prefix: test_support::unique_prefix(),
+        }
+    }
+}
+
+async fn start_with(db: &TestDb, opts: &Opts) -> Started {
     test_support::init_logs();
     let config = Config {
         grpc_addr: "127.0.0.1:0".into(),
         metrics_addr: "127.0.0.1:0".into(),
         db: DbArgs {
-            database_url: Some(db.role_url(market_data::SCHEMA)),
+            database_url: Some(
+                opts.database_url
+                    .clone()
+                    .unwrap_or_else(|| db.role_url(market_data::SCHEMA)),
+            ),
             database_admin_url: Some(db.admin_url()),
             database_max_connections: 5,
         },
-        redis_url: test_support::redis_url(),
-        redis_prefix: test_support::unique_prefix(),
+        redis_url: opts.redis_url.clone(),
+        redis_prefix: opts.prefix.clone(),
+        write_batch: 1000,
+        write_queue: 100_000,
+        stream_buffer: 4096,
+        stream_slow_after: Duration::from_millis(500),
         runtime: RuntimeArgs::default(),
     };
     let stop = CancellationToken::new();
@@ -27,6 +60,117 @@ async fn start(db: &TestDb) -> Started {
         admin: app.metrics_addr(),
         running: Running::spawn(stop, app.run()),
     }
+}
+
+async fn start(db: &TestDb) -> Started {
+    start_with(db, &Opts::new()).await
+}
+
+async fn client(addr: SocketAddr) -> MarketDataServiceClient<Channel> {
+    test_support::wait_serving(addr, "", Duration::from_secs(30))
+        .await
+        .unwrap();
+    MarketDataServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+fn market(code: &str) -> pb::Market {
+    pb::Market {
+        market: code.into(),
+        korean_name: "코인".into(),
+        english_name: code.into(),
+        warning: false,
+    }
+}
+
+fn trade(code: &str, price: &str, volume: &str, ts: i64, sid: i64) -> pb::MarketEvent {
+    pb::MarketEvent {
+        event: Some(Event::Trade(pb::Trade {
+            market: code.into(),
+            trade_price: price.into(),
+            trade_volume: volume.into(),
+            ask_bid: pb::Side::Bid as i32,
+            prev_closing_price: "100".into(),
+            trade_timestamp: ts,
+            timestamp: ts,
+            sequential_id: sid,
+            ..Default::default()
+        })),
+        received_at: ts,
+    }
+}
+
+fn ticker(code: &str, price: &str, ts: i64) -> pb::MarketEvent {
+    pb::MarketEvent {
+        event: Some(Event::Ticker(pb::Ticker {
+            market: code.into(),
+            trade_price: price.into(),
+            timestamp: ts,
+            trade_timestamp: ts,
+            ..Default::default()
+        })),
+        received_at: ts,
+    }
+}
+
+fn book(code: &str, levels: usize, ts: i64) -> pb::MarketEvent {
+    let units = (0..levels)
+        .map(|i| pb::OrderbookUnit {
+            ask_price: (1000 + i).to_string(),
+            bid_price: (999 - i).to_string(),
+            ask_size: "1.5".into(),
+            bid_size: "2".into(),
+        })
+        .collect();
+    pb::MarketEvent {
+        event: Some(Event::Orderbook(pb::Orderbook {
+            market: code.into(),
+            timestamp: ts,
+            units,
+            total_ask_size: (1.5 * levels as f64).to_string(),
+            total_bid_size: (2 * levels).to_string(),
+            level: "0".into(),
+        })),
+        received_at: ts,
+    }
+}
+
+/// Sends batches on one ingest stream (markets first) and returns the summary.
+async fn ingest(
+    client: &mut MarketDataServiceClient<Channel>,
+    markets: &[&str],
+    batches: Vec<Vec<pb::MarketEvent>>,
+) -> Result<pb::IngestResponse, tonic::Status> {
+    let mut requests = vec![pb::IngestRequest {
+        events: vec![],
+        source: "test".into(),
+        markets: markets.iter().map(|m| market(m)).collect(),
+    }];
+    requests.extend(batches.into_iter().map(|events| pb::IngestRequest {
+        events,
+        source: "test".into(),
+        markets: vec![],
+    }));
+    client
+        .ingest(tokio_stream::iter(requests))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn trade_rows(db: &TestDb, code: &str) -> i64 {
+    let mut admin = db.admin().await.unwrap();
+    sqlx::query_scalar("SELECT count(*) FROM market_data.trades WHERE market = $1")
+        .bind(code)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap()
+}
+
+/// A whole minute, a few hours back, so no other test's "now" interferes.
+fn minute(n: i64) -> i64 {
+    let base = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+    base + n * 60_000
 }
 
 #[tokio::test]
@@ -57,4 +201,536 @@ async fn migrations_are_idempotent_across_restarts() {
     )
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingested_state_is_served_and_candles_agree_with_trades() {
+    let db = TestDb::create().await.unwrap();
+    let svc = start(&db).await;
+    let mut md = client(svc.grpc).await;
+    // Minute 0: 100 → 105 → 95 → 101; minute 1: none (gap); minute 2: 110, 108; minute 5: 120.
+    let trades = [
+        trade("KRW-AAA", "100", "1", minute(0) + 1_000, 1),
+        trade("KRW-AAA", "105", "0.5", minute(0) + 2_000, 2),
+        trade("KRW-AAA", "95", "2", minute(0) + 3_000, 3),
+        trade("KRW-AAA", "101", "1.25", minute(0) + 59_000, 4),
+        trade("KRW-AAA", "110", "3", minute(2) + 10_000, 5),
+        trade("KRW-AAA", "108", "1", minute(2) + 20_000, 6),
+        trade("KRW-AAA", "120", "0.1", minute(5) + 1, 7),
+    ];
+    // Out of order across batches on purpose: candles must not care.
+    let (late, early) = trades.split_at(4);
+    let summary = ingest(
+        &mut md,
+        &["KRW-AAA", "KRW-BBB"],
+        vec![
+            late.to_vec(),
+            early.to_vec(),
+            vec![
+                ticker("KRW-AAA", "120", minute(5) + 1),
+                book("KRW-AAA", 30, minute(5) + 1),
+                ticker("KRW-BBB", "7", minute(5)),
+            ],
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            summary.events_received,
+            summary.trades_stored,
+            summary.trades_duplicate
+        ),
+        (10, 7, 0)
+    );
+
+    let markets = md
+        .list_markets(pb::ListMarketsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .markets;
+    assert_eq!(
+        markets
+            .iter()
+            .map(|m| m.market.as_str())
+            .collect::<Vec<_>>(),
+        vec!["KRW-AAA", "KRW-BBB"]
+    );
+
+    let tickers = md
+        .get_tickers(pb::GetTickersRequest {
+            markets: vec!["KRW-AAA".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tickers;
+    assert_eq!(tickers[0].trade_price, "120");
+    let all = md
+        .get_tickers(pb::GetTickersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .tickers;
+    assert_eq!(all.len(), 2);
+
+    let books = md
+        .get_orderbooks(pb::GetOrderbooksRequest {
+            markets: vec!["KRW-AAA".into()],
+            depth: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .orderbooks;
+    assert_eq!(books[0].units.len(), 5);
+    assert_eq!(
+        books[0].total_ask_size, "7.5",
+        "totals follow the cut depth"
+    );
+
+    // Trades are written asynchronously: wait for all seven.
+    test_support::eventually(Duration::from_secs(10), "trades in Postgres", || async {
+        (trade_rows(&db, "KRW-AAA").await == 7).then_some(())
+    })
+    .await
+    .unwrap();
+    let recent = md
+        .list_trades(pb::ListTradesRequest {
+            market: "KRW-AAA".into(),
+            count: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .trades;
+    assert_eq!(
+        recent.iter().map(|t| t.sequential_id).collect::<Vec<_>>(),
+        vec![7, 6, 5],
+        "newest first"
+    );
+    let older = md
+        .list_trades(pb::ListTradesRequest {
+            market: "KRW-AAA".into(),
+            count: 10,
+            cursor: Some(5),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .trades;
+    assert_eq!(
+        older.iter().map(|t| t.sequential_id).collect::<Vec<_>>(),
+        vec![4, 3, 2, 1]
+    );
+
+    let candles = |interval: pb::CandleInterval, count: u32| {
+        let mut md = md.clone();
+        async move {
+            md.list_candles(pb::ListCandlesRequest {
+                market: "KRW-AAA".into(),
+                interval: interval as i32,
+                to: Some(minute(6)),
+                count,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .candles
+        }
+    };
+    let ones = candles(pb::CandleInterval::Minute1, 6).await;
+    let ohlcv = |c: &pb::Candle| {
+        (
+            c.opening_price.clone(),
+            c.high_price.clone(),
+            c.low_price.clone(),
+            c.trade_price.clone(),
+            c.candle_acc_trade_volume.clone(),
+        )
+    };
+    assert_eq!(
+        ones.iter()
+            .map(|c| (c.start_time - minute(0)) / 60_000)
+            .collect::<Vec<_>>(),
+        vec![5, 2, 0],
+        "newest first, gaps absent"
+    );
+    assert_eq!(
+        ohlcv(&ones[2]),
+        (
+            "100".into(),
+            "105".into(),
+            "95".into(),
+            "101".into(),
+            "4.75".into()
+        )
+    );
+    assert_eq!(
+        ones[2].candle_acc_trade_price, "468.75",
+        "100 + 52.5 + 190 + 126.25"
+    );
+    assert_eq!(
+        ohlcv(&ones[1]),
+        (
+            "110".into(),
+            "110".into(),
+            "108".into(),
+            "108".into(),
+            "4".into()
+        )
+    );
+    let fives = candles(pb::CandleInterval::Minute5, 2).await;
+    assert_eq!(
+        fives
+            .iter()
+            .map(|c| (c.start_time - minute(0)) / 60_000)
+            .collect::<Vec<_>>(),
+        vec![5, 0]
+    );
+    assert_eq!(
+        ohlcv(&fives[1]),
+        (
+            "100".into(),
+            "110".into(),
+            "95".into(),
+            "108".into(),
+            "8.75".into()
+        )
+    );
+    let days = candles(pb::CandleInterval::Day1, 1).await;
+    assert_eq!(
+        ohlcv(&days[0]),
+        (
+            "100".into(),
+            "120".into(),
+            "95".into(),
+            "120".into(),
+            "8.85".into()
+        )
+    );
+    assert_eq!(
+        days[0].change_price, "20",
+        "against the day's open when there is no previous day"
+    );
+
+    // Bad input is a clear error, not a crash.
+    let err = md
+        .get_tickers(pb::GetTickersRequest {
+            markets: vec!["KRW-ZZZ".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = md
+        .get_tickers(pb::GetTickersRequest {
+            markets: vec!["krw-btc".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = md
+        .list_candles(pb::ListCandlesRequest {
+            market: "KRW-AAA".into(),
+            interval: 0,
+            to: None,
+            count: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = md
+        .list_trades(pb::ListTradesRequest {
+            market: "KRW-AAA".into(),
+            count: 501,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    svc.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ingestors_sending_the_same_trades_store_and_publish_them_once() {
+    let db = TestDb::create().await.unwrap();
+    let opts = Opts::new();
+    // Two replicas sharing Redis and Postgres, one ingestor each.
+    let (a, b) = (start_with(&db, &opts).await, start_with(&db, &opts).await);
+    let (mut ma, mut mb) = (client(a.grpc).await, client(b.grpc).await);
+    ingest(&mut ma, &["KRW-DUP"], vec![]).await.unwrap();
+    let mut live = mb
+        .stream_trades(pb::StreamTradesRequest {
+            markets: vec!["KRW-DUP".into()],
+            snapshot: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut tickers = ma
+        .stream_tickers(pb::StreamTickersRequest {
+            markets: vec!["KRW-DUP".into()],
+            snapshot: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let events: Vec<_> = (0..200)
+        .map(|i| trade("KRW-DUP", "5000", "0.1", minute(10) + i, 1_000 + i))
+        .collect();
+    let newer = ticker("KRW-DUP", "5005", minute(10) + 500);
+    let older = ticker("KRW-DUP", "4990", minute(10) + 100);
+    let (ra, rb) = tokio::join!(
+        ingest(
+            &mut ma,
+            &["KRW-DUP"],
+            vec![
+                events[..120].to_vec(),
+                vec![newer.clone()],
+                events[120..].to_vec()
+            ]
+        ),
+        ingest(
+            &mut mb,
+            &["KRW-DUP"],
+            vec![
+                events[80..].to_vec(),
+                vec![newer, older],
+                events[..80].to_vec()
+            ]
+        ),
+    );
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(
+        ra.trades_stored + rb.trades_stored,
+        200,
+        "each trade accepted once over both replicas"
+    );
+    assert_eq!(ra.trades_duplicate + rb.trades_duplicate, 200);
+
+    let mut seen = HashSet::new();
+    while seen.len() < 200 {
+        let msg = tokio::time::timeout(Duration::from_secs(5), live.message())
+            .await
+            .expect("live trades")
+            .unwrap()
+            .unwrap();
+        assert!(
+            seen.insert(msg.trade.unwrap().sequential_id),
+            "a trade published twice"
+        );
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), live.message())
+            .await
+            .is_err(),
+        "no duplicates after"
+    );
+    let first = tokio::time::timeout(Duration::from_secs(5), tickers.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.ticker.unwrap().trade_price, "5005");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), tickers.message())
+            .await
+            .is_err(),
+        "the copy and the older ticker are not published"
+    );
+    let current = ma
+        .get_tickers(pb::GetTickersRequest {
+            markets: vec!["KRW-DUP".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tickers;
+    assert_eq!(
+        current[0].trade_price, "5005",
+        "an older ticker never replaces a newer one"
+    );
+
+    test_support::eventually(Duration::from_secs(10), "200 rows", || async {
+        (trade_rows(&db, "KRW-DUP").await == 200).then_some(())
+    })
+    .await
+    .unwrap();
+    a.running.stop().await;
+    b.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_stops_reading_does_not_hold_back_others() {
+    let db = TestDb::create().await.unwrap();
+    let svc = start(&db).await;
+    let mut md = client(svc.grpc).await;
+    ingest(&mut md, &["KRW-SLO"], vec![]).await.unwrap();
+    let request = || pb::StreamTradesRequest {
+        markets: vec!["KRW-SLO".into()],
+        snapshot: false,
+    };
+    // Never read: its messages pile up on its own connection and buffers only.
+    let other = tonic::transport::Endpoint::from_shared(format!("http://{}", svc.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let _idle = MarketDataServiceClient::new(other)
+        .stream_trades(request())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut fast = md.stream_trades(request()).await.unwrap().into_inner();
+    let reader = tokio::spawn(async move {
+        let mut n = 0;
+        while n < 5_000 {
+            match tokio::time::timeout(Duration::from_secs(10), fast.message()).await {
+                Ok(Ok(Some(_))) => n += 1,
+                other => panic!("reading consumer cut off after {n}: {other:?}"),
+            }
+        }
+        n
+    });
+    let batches: Vec<Vec<_>> = (0..10)
+        .map(|b| {
+            (0..500)
+                .map(|i| {
+                    trade(
+                        "KRW-SLO",
+                        "5000",
+                        "1",
+                        minute(20) + b * 500 + i,
+                        b * 500 + i,
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    ingest(&mut md, &["KRW-SLO"], batches).await.unwrap();
+    assert_eq!(
+        reader.await.unwrap(),
+        5_000,
+        "the reading consumer got everything"
+    );
+    svc.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_and_postgres_outages_mean_retries_not_crashes() {
+    let db = TestDb::create().await.unwrap();
+    let redis = TcpProxy::start(test_support::redis_addr()).await.unwrap();
+    let pg = TcpProxy::start(db.server_addr()).await.unwrap();
+    let mut opts = Opts::new();
+    opts.redis_url = format!("redis://{}", redis.addr);
+    opts.database_url = Some(db.role_url_via(market_data::SCHEMA, pg.addr));
+    let svc = start_with(&db, &opts).await;
+    let mut md = client(svc.grpc).await;
+    ingest(
+        &mut md,
+        &["KRW-OUT"],
+        vec![vec![trade("KRW-OUT", "100", "1", minute(30), 1)]],
+    )
+    .await
+    .unwrap();
+
+    // Postgres away: hot state keeps flowing, trades wait in memory.
+    pg.cut();
+    ingest(
+        &mut md,
+        &[],
+        vec![vec![
+            trade("KRW-OUT", "101", "1", minute(30) + 1, 2),
+            ticker("KRW-OUT", "101", minute(30) + 1),
+        ]],
+    )
+    .await
+    .unwrap();
+    let t = md
+        .get_tickers(pb::GetTickersRequest {
+            markets: vec!["KRW-OUT".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        t.tickers[0].trade_price, "101",
+        "Redis path unaffected by Postgres"
+    );
+    let err = md
+        .list_trades(pb::ListTradesRequest {
+            market: "KRW-OUT".into(),
+            count: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unavailable,
+        "history answers UNAVAILABLE, not a crash: {err:?}"
+    );
+    pg.restore();
+    test_support::eventually(
+        Duration::from_secs(20),
+        "the queued trade written after Postgres returns",
+        || async { (trade_rows(&db, "KRW-OUT").await == 2).then_some(()) },
+    )
+    .await
+    .unwrap();
+
+    // Redis away: ingest is refused with UNAVAILABLE (the ingestor retries), queries too.
+    redis.cut();
+    let err = ingest(
+        &mut md,
+        &[],
+        vec![vec![ticker("KRW-OUT", "102", minute(30) + 2)]],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    redis.restore();
+    test_support::eventually(
+        Duration::from_secs(30),
+        "ingest works again after Redis returns",
+        || {
+            let mut md = md.clone();
+            async move {
+                ingest(
+                    &mut md,
+                    &[],
+                    vec![vec![ticker("KRW-OUT", "103", minute(30) + 3)]],
+                )
+                .await
+                .ok()?;
+                let t = md
+                    .get_tickers(pb::GetTickersRequest {
+                        markets: vec!["KRW-OUT".into()],
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?;
+                (t.into_inner().tickers[0].trade_price == "103").then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let (_, metrics) = test_support::http_get(&format!("http://{}/metrics", svc.admin))
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("market_data_write_errors_total"),
+        "write retries are visible"
+    );
+    svc.running.stop().await;
 }

@@ -1,0 +1,319 @@
+//! Hot state in Redis: the latest ticker and orderbook of each market, and pub/sub
+//! fan-out of everything new.
+//!
+//! Keys (all under the configured prefix):
+//! - `md:ticker:<market>`, `md:orderbook:<market>` — protobuf of the latest message
+//! - `md:ts:ticker`, `md:ts:orderbook` — hashes of the stored messages' timestamps
+//! - `md:seen:<market>:<minute>` — trade ids seen recently (dedupe across ingestors)
+//! - channels `md:ch:ticker`, `md:ch:trade`, `md:ch:orderbook` — each message is a
+//!   batch of protobuf messages, each prefixed by its 4-byte big-endian length
+//!
+//! One Lua script applies a whole batch atomically: a ticker or orderbook replaces
+//! the stored one only when strictly newer (so a second ingestor's copy is a no-op),
+//! a trade is published only the first time its (market, sequential_id) is seen.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use exchange_proto::marketdata::v1::{Orderbook, Ticker, Trade};
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
+use fred::types::scripts::Script;
+use prost::Message as _;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// Seconds a trade id is remembered for deduplication.
+pub const DEDUPE_TTL_SECS: u64 = 600;
+
+const APPLY: &str = r#"
+local p = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local i = 3
+local out = {}
+local function latest(kind)
+  local n = tonumber(ARGV[i]); i = i + 1
+  local tskey = p .. 'md:ts:' .. kind
+  local frames = {}
+  for _ = 1, n do
+    local market, ts, payload = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+    i = i + 3
+    local current = tonumber(redis.call('HGET', tskey, market) or '-1')
+    if ts > current then
+      redis.call('HSET', tskey, market, ARGV[i - 2])
+      redis.call('SET', p .. 'md:' .. kind .. ':' .. market, payload)
+      frames[#frames + 1] = struct.pack('>I4', #payload) .. payload
+    end
+  end
+  if #frames > 0 then
+    redis.call('PUBLISH', p .. 'md:ch:' .. kind, table.concat(frames))
+  end
+  out[#out + 1] = #frames
+end
+latest('ticker')
+latest('orderbook')
+local n = tonumber(ARGV[i]); i = i + 1
+local frames = {}
+local fresh = {}
+local touched = {}
+for _ = 1, n do
+  local market, sid, minute, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  i = i + 4
+  local key = p .. 'md:seen:' .. market .. ':' .. minute
+  if redis.call('SADD', key, sid) == 1 then
+    touched[key] = true
+    frames[#frames + 1] = struct.pack('>I4', #payload) .. payload
+    fresh[#fresh + 1] = '1'
+  else
+    fresh[#fresh + 1] = '0'
+  end
+end
+for key in pairs(touched) do
+  redis.call('EXPIRE', key, ttl)
+end
+if #frames > 0 then
+  redis.call('PUBLISH', p .. 'md:ch:trade', table.concat(frames))
+end
+out[#out + 1] = table.concat(fresh)
+return out
+"#;
+
+/// A batch to apply: latest tickers and orderbooks, and trades.
+#[derive(Default)]
+pub struct Batch {
+    pub tickers: Vec<Ticker>,
+    pub orderbooks: Vec<Orderbook>,
+    pub trades: Vec<Trade>,
+}
+
+/// What applying a batch changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub tickers: usize,
+    pub orderbooks: usize,
+    /// Per input trade: whether it was new.
+    pub fresh_trades: Vec<bool>,
+}
+
+/// A live message fanned out to stream consumers.
+#[derive(Clone, Debug)]
+pub enum Live {
+    Ticker(Arc<Ticker>),
+    Trade(Arc<Trade>),
+    Orderbook(Arc<Orderbook>),
+}
+
+impl Live {
+    pub fn market(&self) -> &str {
+        match self {
+            Self::Ticker(t) => &t.market,
+            Self::Trade(t) => &t.market,
+            Self::Orderbook(o) => &o.market,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Hot {
+    client: Client,
+    prefix: String,
+    script: Arc<Script>,
+}
+
+fn frame_payloads(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = data;
+    std::iter::from_fn(move || {
+        if rest.len() < 4 {
+            return None;
+        }
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let payload = rest.get(4..4 + len)?;
+        rest = &rest[4 + len..];
+        Some(payload)
+    })
+}
+
+impl Hot {
+    pub fn new(client: Client, prefix: String) -> Self {
+        Self {
+            client,
+            prefix,
+            script: Arc::new(Script::from_lua(APPLY)),
+        }
+    }
+
+    fn key(&self, kind: &str, market: &str) -> String {
+        format!("{}md:{kind}:{market}", self.prefix)
+    }
+
+    pub fn channel(&self, kind: &str) -> String {
+        format!("{}md:ch:{kind}", self.prefix)
+    }
+
+    /// Applies a batch in one round trip.
+    pub async fn apply(&self, batch: &Batch) -> Result<Applied, fred::error::Error> {
+        let mut args: Vec<Bytes> = Vec::with_capacity(
+            5 + 3 * (batch.tickers.len() + batch.orderbooks.len()) + 4 * batch.trades.len(),
+        );
+        args.push(Bytes::from(self.prefix.clone()));
+        args.push(Bytes::from(DEDUPE_TTL_SECS.to_string()));
+        args.push(Bytes::from(batch.tickers.len().to_string()));
+        for t in &batch.tickers {
+            args.push(Bytes::from(t.market.clone()));
+            args.push(Bytes::from(t.timestamp.to_string()));
+            args.push(Bytes::from(t.encode_to_vec()));
+        }
+        args.push(Bytes::from(batch.orderbooks.len().to_string()));
+        for o in &batch.orderbooks {
+            args.push(Bytes::from(o.market.clone()));
+            args.push(Bytes::from(o.timestamp.to_string()));
+            args.push(Bytes::from(o.encode_to_vec()));
+        }
+        args.push(Bytes::from(batch.trades.len().to_string()));
+        for t in &batch.trades {
+            args.push(Bytes::from(t.market.clone()));
+            args.push(Bytes::from(t.sequential_id.to_string()));
+            args.push(Bytes::from(
+                (t.trade_timestamp.div_euclid(60_000)).to_string(),
+            ));
+            args.push(Bytes::from(t.encode_to_vec()));
+        }
+        let (tickers, orderbooks, fresh): (i64, i64, String) = self
+            .script
+            .evalsha_with_reload(&self.client, Vec::<String>::new(), args)
+            .await?;
+        Ok(Applied {
+            tickers: tickers as usize,
+            orderbooks: orderbooks as usize,
+            fresh_trades: fresh.bytes().map(|b| b == b'1').collect(),
+        })
+    }
+
+    async fn get_many<M: prost::Message + Default>(
+        &self,
+        kind: &str,
+        markets: &[String],
+    ) -> Result<Vec<Option<M>>, fred::error::Error> {
+        if markets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = markets.iter().map(|m| self.key(kind, m)).collect();
+        let values: Vec<Option<Bytes>> = if keys.len() == 1 {
+            vec![self.client.get(keys[0].clone()).await?]
+        } else {
+            self.client.mget(keys).await?
+        };
+        Ok(values
+            .into_iter()
+            .map(|v| v.and_then(|b| M::decode(b.as_ref()).ok()))
+            .collect())
+    }
+
+    /// Latest tickers of `markets` (None where none is stored yet).
+    pub async fn tickers(
+        &self,
+        markets: &[String],
+    ) -> Result<Vec<Option<Ticker>>, fred::error::Error> {
+        self.get_many("ticker", markets).await
+    }
+
+    /// Latest orderbooks of `markets`.
+    pub async fn orderbooks(
+        &self,
+        markets: &[String],
+    ) -> Result<Vec<Option<Orderbook>>, fred::error::Error> {
+        self.get_many("orderbook", markets).await
+    }
+
+    /// Subscribes to the three channels and forwards every message into `tx` until
+    /// `stop`. Reconnects and resubscribes on its own.
+    pub async fn fan_out(
+        &self,
+        subscriber: SubscriberClient,
+        tx: broadcast::Sender<Live>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut messages = subscriber.message_rx();
+        let _connection = subscriber.connect();
+        let _resubscribe = subscriber.manage_subscriptions();
+        let (ticker, trade, orderbook) = (
+            self.channel("ticker"),
+            self.channel("trade"),
+            self.channel("orderbook"),
+        );
+        // Subscribe once connected; manage_subscriptions repeats it after reconnects.
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                connected = subscriber.wait_for_connect() => {
+                    if connected.is_ok()
+                        && subscriber.subscribe(vec![ticker.clone(), trade.clone(), orderbook.clone()]).await.is_ok()
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        loop {
+            let message = tokio::select! {
+                _ = stop.cancelled() => break,
+                m = messages.recv() => m,
+            };
+            let message = match message {
+                Ok(m) => m,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    crate::metrics::FANOUT_LAGGED.inc_by(n);
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            };
+            let Some(data) = message.value.as_bytes() else {
+                continue;
+            };
+            let channel: &str = &message.channel;
+            for payload in frame_payloads(data) {
+                let live = if channel == ticker {
+                    Ticker::decode(payload)
+                        .ok()
+                        .map(|t| Live::Ticker(Arc::new(t)))
+                } else if channel == trade {
+                    Trade::decode(payload)
+                        .ok()
+                        .map(|t| Live::Trade(Arc::new(t)))
+                } else if channel == orderbook {
+                    Orderbook::decode(payload)
+                        .ok()
+                        .map(|o| Live::Orderbook(Arc::new(o)))
+                } else {
+                    None
+                };
+                if let Some(live) = live {
+                    // No stream consumers is fine.
+                    let _ = tx.send(live);
+                }
+            }
+        }
+        let _ = subscriber.quit().await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_and_stop_at_truncation() {
+        let mut data = Vec::new();
+        for p in [&b"abc"[..], b"", b"hello"] {
+            data.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            data.extend_from_slice(p);
+        }
+        let parts: Vec<&[u8]> = frame_payloads(&data).collect();
+        assert_eq!(parts, vec![&b"abc"[..], b"", b"hello"]);
+        let truncated = &data[..data.len() - 2];
+        assert_eq!(frame_payloads(truncated).count(), 2);
+    }
+}

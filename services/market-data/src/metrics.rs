@@ -1,0 +1,181 @@
+//! market-data's business metrics.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
+    prometheus::register(Box::new(metric.clone())).expect("metric registered once");
+    metric
+}
+
+/// Latency buckets for pipeline lag (seconds): 0.5 ms .. 60 s.
+const LAG_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+];
+
+pub static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "market_data_events_total",
+                "Events received from ingestors, by type.",
+            ),
+            &["type"],
+        )
+        .expect("valid"),
+    )
+});
+
+pub static PUBLISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "market_data_published_total",
+                "Events stored in Redis and published (newer than what was there), by type.",
+            ),
+            &["type"],
+        )
+        .expect("valid"),
+    )
+});
+
+pub static EVENT_TO_REDIS: LazyLock<Histogram> = LazyLock::new(|| {
+    register(
+        Histogram::with_opts(
+            HistogramOpts::new(
+                "market_data_event_to_redis_seconds",
+                "Exchange timestamp of an event to its publication in Redis.",
+            )
+            .buckets(LAG_BUCKETS.to_vec()),
+        )
+        .expect("valid"),
+    )
+});
+
+pub static REDIS_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "market_data_redis_errors_total",
+            "Failed Redis batch applications (retried).",
+        )
+        .expect("valid"),
+    )
+});
+
+pub static TRADES_STORED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "market_data_trades_stored_total",
+            "Trades written to Postgres.",
+        )
+        .expect("valid"),
+    )
+});
+
+pub static TRADES_DUPLICATE: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "market_data_trades_duplicate_total",
+            "Trades received again (same market and sequential_id) and not stored twice.",
+        )
+        .expect("valid"),
+    )
+});
+
+pub static WRITE_QUEUE: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "market_data_write_queue",
+            "Trades waiting to be written to Postgres.",
+        )
+        .expect("valid"),
+    )
+});
+
+pub static WRITE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "market_data_write_errors_total",
+            "Failed Postgres batch writes (retried).",
+        )
+        .expect("valid"),
+    )
+});
+
+pub static WRITE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register(
+        Histogram::with_opts(
+            HistogramOpts::new(
+                "market_data_write_seconds",
+                "Time to write one batch of trades and candles.",
+            )
+            .buckets(LAG_BUCKETS.to_vec()),
+        )
+        .expect("valid"),
+    )
+});
+
+pub static WRITE_BATCH: LazyLock<Histogram> = LazyLock::new(|| {
+    register(
+        Histogram::with_opts(
+            HistogramOpts::new(
+                "market_data_write_batch_trades",
+                "Trades per Postgres batch.",
+            )
+            .buckets(vec![1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0]),
+        )
+        .expect("valid"),
+    )
+});
+
+pub static TRADE_TO_POSTGRES: LazyLock<Histogram> = LazyLock::new(|| {
+    register(
+        Histogram::with_opts(
+            HistogramOpts::new(
+                "market_data_trade_to_postgres_seconds",
+                "Exchange timestamp of a trade to its row in Postgres (the write lag).",
+            )
+            .buckets(LAG_BUCKETS.to_vec()),
+        )
+        .expect("valid"),
+    )
+});
+
+pub static STREAMS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new(
+                "market_data_stream_consumers",
+                "Open live streams, by type.",
+            ),
+            &["type"],
+        )
+        .expect("valid"),
+    )
+});
+
+pub static STREAMS_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "market_data_stream_dropped_total",
+                "Live streams ended by the server because the consumer could not keep up.",
+            ),
+            &["type"],
+        )
+        .expect("valid"),
+    )
+});
+
+pub static FANOUT_LAGGED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "market_data_fanout_lagged_total",
+            "Pub/sub messages this replica missed because its fan-out fell behind.",
+        )
+        .expect("valid"),
+    )
+});

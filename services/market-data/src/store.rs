@@ -1,0 +1,368 @@
+//! Postgres: markets, trades (deduplicated on market + sequential_id) and
+//! 1-minute candles; longer intervals aggregated from the 1-minute table.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+
+/// A trade row as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TradeRow {
+    pub market: String,
+    pub ts: DateTime<Utc>,
+    pub sequential_id: i64,
+    pub price: Decimal,
+    pub volume: Decimal,
+    /// `ASK` or `BID`
+    pub ask_bid: &'static str,
+    pub prev_closing_price: Decimal,
+    pub change_price: Decimal,
+}
+
+/// A market row.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct MarketRow {
+    pub market: String,
+    pub korean_name: String,
+    pub english_name: String,
+    pub warning: bool,
+}
+
+/// A candle of any interval.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CandleRow {
+    pub start: DateTime<Utc>,
+    pub open: Decimal,
+    pub high: Decimal,
+    pub low: Decimal,
+    pub close: Decimal,
+    pub volume: Decimal,
+    pub value: Decimal,
+    pub last_trade: DateTime<Utc>,
+    /// Close of the previous period (day candles).
+    pub prev_close: Option<Decimal>,
+}
+
+/// Candle periods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Period {
+    Minutes(u32),
+    Days,
+    Weeks,
+    Months,
+}
+
+/// Inserts trades (duplicates skipped) and folds the new ones into their 1-minute
+/// candles, in one statement. Returns how many trades were new.
+pub async fn insert_trades(pool: &PgPool, trades: &[TradeRow]) -> Result<u64, sqlx::Error> {
+    let n = trades.len();
+    let mut markets = Vec::with_capacity(n);
+    let mut ts = Vec::with_capacity(n);
+    let mut sids = Vec::with_capacity(n);
+    let mut prices = Vec::with_capacity(n);
+    let mut volumes = Vec::with_capacity(n);
+    let mut sides = Vec::with_capacity(n);
+    let mut prev = Vec::with_capacity(n);
+    let mut change = Vec::with_capacity(n);
+    for t in trades {
+        markets.push(t.market.as_str());
+        ts.push(t.ts);
+        sids.push(t.sequential_id);
+        prices.push(t.price);
+        volumes.push(t.volume);
+        sides.push(t.ask_bid);
+        prev.push(t.prev_closing_price);
+        change.push(t.change_price);
+    }
+    let stored: i64 = sqlx::query_scalar(
+        r#"
+        WITH input AS (
+            SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::bigint[], $4::numeric[],
+                                 $5::numeric[], $6::text[], $7::numeric[], $8::numeric[])
+                AS t(market, ts, sequential_id, price, volume, ask_bid, prev_closing_price, change_price)
+        ),
+        inserted AS (
+            INSERT INTO trades (market, ts, sequential_id, price, volume, ask_bid, prev_closing_price, change_price)
+            SELECT * FROM input
+            ON CONFLICT DO NOTHING
+            RETURNING market, ts, sequential_id, price, volume
+        ),
+        agg AS (
+            SELECT market,
+                   date_bin(interval '1 minute', ts, timestamptz 'epoch') AS bucket,
+                   (array_agg(price ORDER BY ts, sequential_id))[1] AS open,
+                   max(price) AS high,
+                   min(price) AS low,
+                   (array_agg(price ORDER BY ts DESC, sequential_id DESC))[1] AS close,
+                   sum(volume) AS volume,
+                   round(sum(price * volume), 8) AS value,
+                   min(ts) AS open_ts,
+                   (array_agg(sequential_id ORDER BY ts, sequential_id))[1] AS open_sid,
+                   max(ts) AS close_ts,
+                   (array_agg(sequential_id ORDER BY ts DESC, sequential_id DESC))[1] AS close_sid,
+                   count(*)::int AS n
+            FROM inserted
+            GROUP BY 1, 2
+        ),
+        upserted AS (
+            INSERT INTO candles_1m AS c (market, bucket, open, high, low, close, volume, value,
+                                         open_ts, open_sid, close_ts, close_sid, trade_count)
+            SELECT market, bucket, open, high, low, close, volume, value,
+                   open_ts, open_sid, close_ts, close_sid, n
+            FROM agg
+            ORDER BY market, bucket
+            ON CONFLICT (market, bucket) DO UPDATE SET
+                open = CASE WHEN (EXCLUDED.open_ts, EXCLUDED.open_sid) < (c.open_ts, c.open_sid)
+                            THEN EXCLUDED.open ELSE c.open END,
+                open_sid = CASE WHEN (EXCLUDED.open_ts, EXCLUDED.open_sid) < (c.open_ts, c.open_sid)
+                            THEN EXCLUDED.open_sid ELSE c.open_sid END,
+                open_ts = LEAST(c.open_ts, EXCLUDED.open_ts),
+                close = CASE WHEN (EXCLUDED.close_ts, EXCLUDED.close_sid) > (c.close_ts, c.close_sid)
+                            THEN EXCLUDED.close ELSE c.close END,
+                close_sid = CASE WHEN (EXCLUDED.close_ts, EXCLUDED.close_sid) > (c.close_ts, c.close_sid)
+                            THEN EXCLUDED.close_sid ELSE c.close_sid END,
+                close_ts = GREATEST(c.close_ts, EXCLUDED.close_ts),
+                high = GREATEST(c.high, EXCLUDED.high),
+                low = LEAST(c.low, EXCLUDED.low),
+                volume = c.volume + EXCLUDED.volume,
+                value = c.value + EXCLUDED.value,
+                trade_count = c.trade_count + EXCLUDED.trade_count
+            RETURNING 1
+        )
+        SELECT count(*) FROM inserted
+        "#,
+    )
+    .bind(markets)
+    .bind(ts)
+    .bind(sids)
+    .bind(prices)
+    .bind(volumes)
+    .bind(sides)
+    .bind(prev)
+    .bind(change)
+    .fetch_one(pool)
+    .await?;
+    Ok(stored as u64)
+}
+
+/// Inserts or renames markets.
+pub async fn upsert_markets(pool: &PgPool, markets: &[MarketRow]) -> Result<(), sqlx::Error> {
+    if markets.is_empty() {
+        return Ok(());
+    }
+    let codes: Vec<&str> = markets.iter().map(|m| m.market.as_str()).collect();
+    let ko: Vec<&str> = markets.iter().map(|m| m.korean_name.as_str()).collect();
+    let en: Vec<&str> = markets.iter().map(|m| m.english_name.as_str()).collect();
+    let warning: Vec<bool> = markets.iter().map(|m| m.warning).collect();
+    sqlx::query(
+        r#"
+        INSERT INTO markets (market, korean_name, english_name, warning)
+        SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bool[])
+        ORDER BY 1
+        ON CONFLICT (market) DO UPDATE SET
+            korean_name = EXCLUDED.korean_name,
+            english_name = EXCLUDED.english_name,
+            warning = EXCLUDED.warning,
+            updated_at = now()
+        WHERE (markets.korean_name, markets.english_name, markets.warning)
+              IS DISTINCT FROM (EXCLUDED.korean_name, EXCLUDED.english_name, EXCLUDED.warning)
+        "#,
+    )
+    .bind(codes)
+    .bind(ko)
+    .bind(en)
+    .bind(warning)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn list_markets(pool: &PgPool) -> Result<Vec<MarketRow>, sqlx::Error> {
+    sqlx::query_as("SELECT market, korean_name, english_name, warning FROM markets ORDER BY market")
+        .fetch_all(pool)
+        .await
+}
+
+#[derive(sqlx::FromRow)]
+struct TradeQueryRow {
+    market: String,
+    ts: DateTime<Utc>,
+    sequential_id: i64,
+    price: Decimal,
+    volume: Decimal,
+    ask_bid: String,
+    prev_closing_price: Decimal,
+    change_price: Decimal,
+}
+
+/// Trades of a market, newest first: older than the trade `cursor` (a
+/// sequential_id) and before `to` when given.
+pub async fn list_trades(
+    pool: &PgPool,
+    market: &str,
+    count: u32,
+    cursor: Option<i64>,
+    to: Option<DateTime<Utc>>,
+) -> Result<Vec<TradeRow>, sqlx::Error> {
+    let rows: Vec<TradeQueryRow> = sqlx::query_as(
+        r#"
+        SELECT market, ts, sequential_id, price, volume, ask_bid, prev_closing_price, change_price
+        FROM trades
+        WHERE market = $1
+          AND ($2::timestamptz IS NULL OR ts < $2)
+          AND ($3::bigint IS NULL OR (ts, sequential_id) < (
+                SELECT ts, sequential_id FROM trades WHERE market = $1 AND sequential_id = $3 LIMIT 1))
+        ORDER BY ts DESC, sequential_id DESC
+        LIMIT $4
+        "#,
+    )
+    .bind(market)
+    .bind(to)
+    .bind(cursor)
+    .bind(i64::from(count))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| TradeRow {
+            market: r.market,
+            ts: r.ts,
+            sequential_id: r.sequential_id,
+            price: r.price,
+            volume: r.volume,
+            ask_bid: if r.ask_bid == "ASK" { "ASK" } else { "BID" },
+            prev_closing_price: r.prev_closing_price,
+            change_price: r.change_price,
+        })
+        .collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct CandleQueryRow {
+    start: DateTime<Utc>,
+    open: Decimal,
+    high: Decimal,
+    low: Decimal,
+    close: Decimal,
+    volume: Decimal,
+    value: Decimal,
+    last_trade: DateTime<Utc>,
+    prev_close: Option<Decimal>,
+}
+
+const MINUTE_MS: i64 = 60_000;
+const DAY_MS: i64 = 86_400_000;
+/// 2000-01-03 was a Monday: weeks are aligned to it.
+const MONDAY_MS: i64 = 946_857_600_000;
+
+fn ms(t: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t).unwrap_or_default()
+}
+
+/// `count` periods ending with the one containing the instant just before `to`
+/// (exclusive), newest first; periods without trades are absent (gaps).
+pub async fn list_candles(
+    pool: &PgPool,
+    market: &str,
+    period: Period,
+    to: DateTime<Utc>,
+    count: u32,
+) -> Result<Vec<CandleRow>, sqlx::Error> {
+    let last = to.timestamp_millis() - 1;
+    let count = i64::from(count.max(1));
+    // The first 1-minute bucket to read, and the SQL that maps a bucket to its period.
+    let (from, bin) = match period {
+        Period::Minutes(unit) => {
+            let len = i64::from(unit) * MINUTE_MS;
+            let first = last - last.rem_euclid(len) - (count - 1) * len;
+            (
+                first,
+                format!("date_bin(interval '{unit} minutes', bucket, timestamptz 'epoch')"),
+            )
+        }
+        Period::Days => {
+            // One more day for the previous close of the oldest.
+            let first = last - last.rem_euclid(DAY_MS) - count * DAY_MS;
+            (
+                first,
+                "date_bin(interval '1 day', bucket, timestamptz 'epoch')".to_owned(),
+            )
+        }
+        Period::Weeks => {
+            let len = 7 * DAY_MS;
+            let first = last - (last - MONDAY_MS).rem_euclid(len) - (count - 1) * len;
+            (
+                first,
+                "date_bin(interval '7 days', bucket, timestamptz '2000-01-03 00:00:00+00')"
+                    .to_owned(),
+            )
+        }
+        Period::Months => {
+            let t = ms(last).date_naive();
+            let mut y = chrono::Datelike::year(&t);
+            let mut m = chrono::Datelike::month(&t) as i32 - (count as i32 - 1);
+            while m <= 0 {
+                m += 12;
+                y -= 1;
+            }
+            let first = chrono::NaiveDate::from_ymd_opt(y, m as u32, 1)
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|d| d.and_utc().timestamp_millis())
+                .unwrap_or(0);
+            (first, "date_trunc('month', bucket, 'UTC')".to_owned())
+        }
+    };
+    let sql = format!(
+        r#"
+        WITH periods AS (
+            SELECT {bin} AS start,
+                   (array_agg(open ORDER BY open_ts, open_sid))[1] AS open,
+                   max(high) AS high,
+                   min(low) AS low,
+                   (array_agg(close ORDER BY close_ts DESC, close_sid DESC))[1] AS close,
+                   sum(volume) AS volume,
+                   sum(value) AS value,
+                   max(close_ts) AS last_trade
+            FROM candles_1m
+            WHERE market = $1 AND bucket >= $2 AND bucket < $3
+            GROUP BY 1
+        )
+        SELECT start, open, high, low, close, volume, value, last_trade,
+               lag(close) OVER (ORDER BY start) AS prev_close
+        FROM periods
+        ORDER BY start DESC
+        LIMIT $4
+        "#
+    );
+    let rows: Vec<CandleQueryRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(market)
+        .bind(ms(from))
+        .bind(to)
+        .bind(count)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| CandleRow {
+            start: r.start,
+            open: r.open,
+            high: r.high,
+            low: r.low,
+            close: r.close,
+            volume: r.volume,
+            value: r.value,
+            last_trade: r.last_trade,
+            prev_close: r.prev_close,
+        })
+        .collect())
+}
+
+/// Parses a decimal string from the wire.
+pub fn decimal(s: &str) -> Option<Decimal> {
+    if s.is_empty() {
+        return Some(Decimal::ZERO);
+    }
+    Decimal::from_str(s).ok()
+}

@@ -1,0 +1,98 @@
+//! The batched Postgres writer: trades queue up in memory (bounded) and are
+//! written in batches by one task; a failed batch is retried with backoff until
+//! it is written, so a database that is briefly away delays trades and candles
+//! (visible in `market_data_trade_to_postgres_seconds`) but loses nothing.
+
+use std::time::Duration;
+
+use service_kit::retry::Backoff;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics;
+use crate::store::{self, TradeRow};
+
+/// The sending side: `send` waits when the queue is full (backpressure).
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<TradeRow>,
+}
+
+impl Writer {
+    /// Starts the writer task; it drains the queue and returns after `stop`.
+    pub fn spawn(
+        pool: PgPool,
+        capacity: usize,
+        batch: usize,
+        stop: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let task = tokio::spawn(run(pool, rx, batch.max(1), stop));
+        (Self { tx }, task)
+    }
+
+    /// Queues a trade for writing.
+    pub async fn send(&self, trade: TradeRow) -> bool {
+        let ok = self.tx.send(trade).await.is_ok();
+        metrics::WRITE_QUEUE.set((self.tx.max_capacity() - self.tx.capacity()) as i64);
+        ok
+    }
+}
+
+async fn run(
+    pool: PgPool,
+    mut rx: mpsc::Receiver<TradeRow>,
+    batch: usize,
+    stop: CancellationToken,
+) {
+    let mut buf = Vec::with_capacity(batch);
+    loop {
+        let received = tokio::select! {
+            n = rx.recv_many(&mut buf, batch) => n,
+            _ = stop.cancelled() => {
+                // Drain what is queued, then end.
+                rx.close();
+                rx.recv_many(&mut buf, batch).await
+            }
+        };
+        if received == 0 {
+            return;
+        }
+        metrics::WRITE_QUEUE.set(rx.len() as i64);
+        write_with_retry(&pool, &buf, &stop).await;
+        buf.clear();
+    }
+}
+
+async fn write_with_retry(pool: &PgPool, batch: &[TradeRow], stop: &CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        let started = std::time::Instant::now();
+        match store::insert_trades(pool, batch).await {
+            Ok(stored) => {
+                metrics::WRITE_SECONDS.observe(started.elapsed().as_secs_f64());
+                metrics::TRADES_STORED.inc_by(stored);
+                metrics::TRADES_DUPLICATE.inc_by(batch.len() as u64 - stored);
+                metrics::WRITE_BATCH.observe(batch.len() as f64);
+                let now = chrono::Utc::now();
+                for t in batch {
+                    let lag = (now - t.ts).num_milliseconds().max(0) as f64 / 1000.0;
+                    metrics::TRADE_TO_POSTGRES.observe(lag);
+                }
+                return;
+            }
+            Err(err) => {
+                metrics::WRITE_ERRORS.inc();
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %err, trades = batch.len(), ?delay, "writing trades failed; retrying");
+                // After a stop request keep trying for a while, then give up loudly.
+                if stop.is_cancelled() && backoff.attempts() > 10 {
+                    tracing::error!(trades = batch.len(), "shutting down with unwritten trades");
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
