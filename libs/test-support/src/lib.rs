@@ -414,3 +414,28 @@ impl Drop for TcpProxy {
         self.task.abort();
     }
 }
+
+/// Sum of the samples of `metric` in a Prometheus text page whose labels contain
+/// every `label="value"` pair in `labels` (all samples when empty).
+pub fn metric_sum(page: &str, metric: &str, labels: &[&str]) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name_labels, value) = l.rsplit_once(' ')?;
+            let (name, rest) = match name_labels.split_once('{') {
+                Some((n, r)) => (n, r),
+                None => (name_labels, ""),
+            };
+            (name == metric && labels.iter().all(|want| rest.contains(want)))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// Reads `metric` (summed over matching labels) from an admin port.
+pub async fn read_metric(admin: std::net::SocketAddr, metric: &str, labels: &[&str]) -> f64 {
+    match http_get(&format!("http://{admin}/metrics")).await {
+        Ok((200, page)) => metric_sum(&page, metric, labels),
+        _ => 0.0,
+    }
+}

@@ -1,7 +1,9 @@
 //! Configuration from flags or environment variables (`--help` lists them).
 
+use std::time::Duration;
+
 use clap::Parser;
-use service_kit::config::RuntimeArgs;
+use service_kit::config::{RuntimeArgs, parse_duration};
 
 #[derive(Parser, Clone, Debug)]
 #[command(
@@ -39,6 +41,48 @@ pub struct Config {
     #[arg(long, env = "UPBIT_REST_URL", default_value = "https://api.upbit.com")]
     pub upbit_rest_url: String,
 
+    /// Markets to follow: market codes (KRW-BTC) and/or quote currencies (KRW = every KRW market).
+    #[arg(long, env = "UPBIT_MARKETS", default_value = "KRW")]
+    pub markets: String,
+
+    /// WebSocket ping interval (Upbit closes connections idle for ~120 s).
+    #[arg(long, env = "PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// Reconnect when no message arrived for this long (a stalled feed).
+    #[arg(long, env = "STALE_AFTER", default_value = "20s", value_parser = parse_duration)]
+    pub stale_after: Duration,
+
+    /// Largest batch of events sent to market-data.
+    #[arg(long, env = "BATCH_MAX", default_value_t = 2000)]
+    pub batch_max: usize,
+
+    /// How long a batch may wait for more events once the first one arrived.
+    #[arg(long, env = "BATCH_LINGER", default_value = "2ms", value_parser = parse_duration)]
+    pub batch_linger: Duration,
+
+    /// Trades held while market-data is slow or away; beyond it the oldest are dropped.
+    /// (Tickers and orderbooks always keep just the newest per market.)
+    #[arg(long, env = "BUFFER_TRADES", default_value_t = 200_000)]
+    pub buffer_trades: usize,
+
+    /// Most new WebSocket connections per second (Upbit allows 5 per IP).
+    #[arg(long, env = "MAX_CONNECTS_PER_SEC", default_value_t = 4)]
+    pub max_connects_per_sec: u32,
+
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+}
+
+impl Config {
+    /// Defaults, pointed at the given upbit-sim and market-data (tests).
+    pub fn local(sim: std::net::SocketAddr, market_data: std::net::SocketAddr) -> Self {
+        let mut c = Self::parse_from(["ingestor"]);
+        c.grpc_addr = "127.0.0.1:0".into();
+        c.metrics_addr = "127.0.0.1:0".into();
+        c.market_data_url = format!("http://{market_data}");
+        c.upbit_ws_url = format!("ws://{sim}/websocket/v1");
+        c.upbit_rest_url = format!("http://{sim}");
+        c
+    }
 }

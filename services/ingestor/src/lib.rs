@@ -1,11 +1,24 @@
-//! Ingestor: keeps a WebSocket subscription to Upbit (or `upbit-sim`) and forwards
-//! normalised events to market-data. Serves gRPC health and reflection only.
+//! Ingestor: keeps a WebSocket subscription to Upbit (or `upbit-sim`) for the
+//! configured markets and forwards normalised events to market-data in batches.
+//!
+//! feed (WebSocket) → [`buffer::Buffer`] (bounded, conflating) → forwarder (gRPC
+//! client stream). Serves gRPC health and reflection only; ready once the feed is
+//! subscribed the first time.
 
+pub mod buffer;
 pub mod config;
+mod convert;
+pub mod feed;
+mod forward;
+pub mod markets;
+mod metrics;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use exchange_proto::marketdata::v1::market_data_service_client::MarketDataServiceClient;
 use service_kit::server::Server;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -13,6 +26,7 @@ pub use config::Config;
 /// A built service, listening, not yet serving.
 pub struct App {
     server: Server,
+    config: Config,
 }
 
 impl App {
@@ -26,7 +40,7 @@ impl App {
             stop,
         )
         .await?;
-        Ok(Self { server })
+        Ok(Self { server, config })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -37,8 +51,60 @@ impl App {
         self.server.admin_addr()
     }
 
-    /// Serves until the stop token is cancelled and the drain completes.
-    pub async fn run(self) -> anyhow::Result<()> {
-        self.server.serve_grpc(None, &[], async { Ok(()) }).await
+    /// Runs the feed and the forwarder until the stop token is cancelled.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let config = self.config;
+        let draining = self.server.draining();
+        let channel = service_kit::grpc::channel(&config.market_data_url)?;
+        let client = MarketDataServiceClient::new(channel);
+        let buffer = Arc::new(buffer::Buffer::new(config.buffer_trades));
+        let subscribed = Arc::new(Notify::new());
+        let source = config.runtime.identity("ingestor").served_by();
+
+        let pipeline = {
+            let (buffer, subscribed, draining) =
+                (buffer.clone(), subscribed.clone(), draining.clone());
+            async move {
+                let listed = markets::fetch(&config.upbit_rest_url, &draining).await?;
+                let chosen = markets::select(&config.markets, &listed);
+                anyhow::ensure!(
+                    !chosen.is_empty(),
+                    "UPBIT_MARKETS={} selects no market",
+                    config.markets
+                );
+                let feed_config = feed::FeedConfig {
+                    url: config.upbit_ws_url.clone(),
+                    markets: chosen.iter().map(|m| m.market.clone()).collect(),
+                    ping_interval: config.ping_interval,
+                    stale_after: config.stale_after,
+                    max_connects_per_sec: config.max_connects_per_sec,
+                };
+                let forward_config = forward::ForwardConfig {
+                    source,
+                    markets: chosen,
+                    batch_max: config.batch_max,
+                    batch_linger: config.batch_linger,
+                };
+                let feed_stop = CancellationToken::new();
+                let feed = feed::run(feed_config, buffer.clone(), feed_stop.clone(), move || {
+                    subscribed.notify_one()
+                });
+                let forwarder = forward::run(client, forward_config, buffer, draining.clone());
+                // Stop reading the feed first, then let the forwarder flush.
+                let stop_feed = async {
+                    draining.cancelled().await;
+                    feed_stop.cancel();
+                };
+                let (feed, forwarder, ()) = tokio::join!(feed, forwarder, stop_feed);
+                feed?;
+                forwarder
+            }
+        };
+        self.server.spawn("pipeline", pipeline);
+        let ready = async move {
+            subscribed.notified().await;
+            Ok(())
+        };
+        self.server.serve_grpc(None, &[], ready).await
     }
 }

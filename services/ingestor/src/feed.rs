@@ -1,0 +1,281 @@
+//! The WebSocket side: connect, subscribe once with every market and type,
+//! read frames into the buffer, ping, detect a stalled feed, and reconnect with
+//! exponential backoff and jitter, never more than the allowed connects per second.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use exchange_proto::marketdata::v1 as pb;
+use futures_util::{SinkExt, StreamExt};
+use pb::market_event::Event;
+use service_kit::retry::Backoff;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_util::sync::CancellationToken;
+use upbit::Message;
+use upbit::request::{DataType, Subscription, SubscriptionRequest};
+
+use crate::buffer::Buffer;
+use crate::{convert, metrics};
+
+/// Settings of the feed loop.
+#[derive(Clone, Debug)]
+pub struct FeedConfig {
+    pub url: String,
+    pub markets: Vec<String>,
+    pub ping_interval: Duration,
+    pub stale_after: Duration,
+    pub max_connects_per_sec: u32,
+}
+
+/// Why a connection ended.
+enum End {
+    Stop,
+    Reconnect(&'static str),
+}
+
+/// The one subscription message: ticker, trade and orderbook for every market.
+pub fn subscription(markets: &[String]) -> String {
+    let ticket = format!("ingestor-{}", std::process::id());
+    SubscriptionRequest {
+        ticket,
+        subscriptions: vec![
+            Subscription::new(DataType::Ticker, markets.to_vec()),
+            Subscription::new(DataType::Trade, markets.to_vec()),
+            Subscription::new(DataType::Orderbook, markets.to_vec()),
+        ],
+        format: Some(upbit::write::Format::Default),
+    }
+    .to_json()
+}
+
+/// Spaces connection attempts so at most `per_sec` start in any second.
+struct ConnectPacer {
+    per_sec: u32,
+    recent: std::collections::VecDeque<tokio::time::Instant>,
+}
+
+impl ConnectPacer {
+    async fn wait(&mut self) {
+        let window = Duration::from_secs(1);
+        loop {
+            let now = tokio::time::Instant::now();
+            while self
+                .recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= window)
+            {
+                self.recent.pop_front();
+            }
+            if (self.recent.len() as u32) < self.per_sec.max(1) {
+                self.recent.push_back(now);
+                return;
+            }
+            let oldest = *self.recent.front().unwrap_or(&now);
+            tokio::time::sleep(window.saturating_sub(now.duration_since(oldest))).await;
+        }
+    }
+}
+
+/// Runs until `stop`: keeps one subscribed connection and feeds `buffer`.
+/// `on_subscribed` is called after every successful subscription.
+pub async fn run(
+    config: FeedConfig,
+    buffer: Arc<Buffer>,
+    stop: CancellationToken,
+    on_subscribed: impl Fn() + Send + Sync,
+) -> anyhow::Result<()> {
+    let request = subscription(&config.markets);
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+    let mut pacer = ConnectPacer {
+        per_sec: config.max_connects_per_sec,
+        recent: Default::default(),
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = pacer.wait() => {}
+        }
+        let connected = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(config.url.as_str()),
+        )
+        .await;
+        let mut ws = match connected {
+            Ok(Ok((ws, _))) => ws,
+            Ok(Err(err)) => {
+                metrics::RECONNECTS
+                    .with_label_values(&["connect_failed"])
+                    .inc();
+                let delay = backoff.next_delay();
+                tracing::warn!(url = %config.url, error = %err, ?delay, "feed connection failed");
+                tokio::select! { _ = stop.cancelled() => return Ok(()), _ = tokio::time::sleep(delay) => {} }
+                continue;
+            }
+            Err(_) => {
+                metrics::RECONNECTS
+                    .with_label_values(&["connect_failed"])
+                    .inc();
+                let delay = backoff.next_delay();
+                tracing::warn!(url = %config.url, ?delay, "feed connection timed out");
+                tokio::select! { _ = stop.cancelled() => return Ok(()), _ = tokio::time::sleep(delay) => {} }
+                continue;
+            }
+        };
+        if let Err(err) = ws.send(WsMessage::Text(request.clone().into())).await {
+            metrics::RECONNECTS.with_label_values(&["error"]).inc();
+            tracing::warn!(error = %err, "sending the subscription failed");
+            continue;
+        }
+        tracing::info!(url = %config.url, markets = config.markets.len(), "subscribed to the feed");
+        metrics::FEED_CONNECTED.set(1);
+        on_subscribed();
+        let connected_at = Instant::now();
+        let end = read(&mut ws, &config, &buffer, &stop).await;
+        metrics::FEED_CONNECTED.set(0);
+        match end {
+            End::Stop => {
+                let _ = ws.close(None).await;
+                return Ok(());
+            }
+            End::Reconnect(reason) => {
+                metrics::RECONNECTS.with_label_values(&[reason]).inc();
+                // A connection that lived a while starts the backoff over.
+                if connected_at.elapsed() > Duration::from_secs(30) {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(reason, ?delay, "feed connection lost; reconnecting");
+                tokio::select! { _ = stop.cancelled() => return Ok(()), _ = tokio::time::sleep(delay) => {} }
+            }
+        }
+    }
+}
+
+async fn read<S>(ws: &mut S, config: &FeedConfig, buffer: &Buffer, stop: &CancellationToken) -> End
+where
+    S: futures_util::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>>
+        + futures_util::Sink<WsMessage>
+        + Unpin,
+{
+    let mut ping = tokio::time::interval(config.ping_interval);
+    ping.reset();
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return End::Stop,
+            _ = ping.tick() => {
+                if ws.send(WsMessage::Ping(Vec::new().into())).await.is_err() {
+                    return End::Reconnect("error");
+                }
+                continue;
+            }
+            n = tokio::time::timeout(config.stale_after, ws.next()) => n,
+        };
+        let frame = match next {
+            Err(_) => return End::Reconnect("stale"),
+            Ok(None) => return End::Reconnect("closed"),
+            Ok(Some(Err(err))) => {
+                tracing::debug!(error = %err, "feed read error");
+                return End::Reconnect("error");
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let bytes = match &frame {
+            WsMessage::Binary(b) => b.as_ref(),
+            WsMessage::Text(t) => t.as_bytes(),
+            WsMessage::Close(_) => return End::Reconnect("closed"),
+            _ => continue,
+        };
+        handle(bytes, buffer);
+    }
+}
+
+/// Parses one frame into the buffer; malformed frames are counted and skipped.
+pub fn handle(bytes: &[u8], buffer: &Buffer) {
+    let now = chrono::Utc::now().timestamp_millis();
+    let lag = |ts: i64| (now - ts).max(0) as f64 / 1000.0;
+    let event = match upbit::parse_message(bytes) {
+        Ok(Message::Ticker(t)) => {
+            metrics::EVENTS
+                .with_label_values(&["ticker", &t.code])
+                .inc();
+            metrics::LAG
+                .with_label_values(&["ticker"])
+                .observe(lag(t.timestamp));
+            Event::Ticker(convert::ticker(&t))
+        }
+        Ok(Message::Trade(t)) => {
+            metrics::EVENTS.with_label_values(&["trade", &t.code]).inc();
+            metrics::LAG
+                .with_label_values(&["trade"])
+                .observe(lag(t.trade_timestamp));
+            Event::Trade(convert::trade(&t))
+        }
+        Ok(Message::Orderbook(o)) => {
+            metrics::EVENTS
+                .with_label_values(&["orderbook", &o.code])
+                .inc();
+            metrics::LAG
+                .with_label_values(&["orderbook"])
+                .observe(lag(o.timestamp));
+            Event::Orderbook(convert::orderbook(&o))
+        }
+        Ok(Message::Candle(_)) | Ok(Message::Status(_)) => return,
+        Ok(Message::Error(e)) => {
+            tracing::warn!(name = %e.name, message = %e.message, "the feed answered an error");
+            return;
+        }
+        Err(err) => {
+            metrics::PARSE_ERRORS.inc();
+            tracing::debug!(error = %err, "skipping a malformed frame");
+            return;
+        }
+    };
+    buffer.push(pb::MarketEvent {
+        event: Some(event),
+        received_at: now,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn connects_are_paced_under_the_limit() {
+        let mut pacer = ConnectPacer {
+            per_sec: 4,
+            recent: Default::default(),
+        };
+        let start = tokio::time::Instant::now();
+        for _ in 0..12 {
+            pacer.wait().await;
+        }
+        // 12 connects at 4 per second need at least two full seconds.
+        assert!(
+            start.elapsed() >= Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn the_subscription_is_one_complete_request() {
+        let text = subscription(&["KRW-BTC".into(), "KRW-ETH".into()]);
+        let upbit::request::ClientFrame::Subscribe(req) =
+            upbit::request::parse_request(&text).unwrap()
+        else {
+            panic!()
+        };
+        let types: Vec<_> = req
+            .subscriptions
+            .iter()
+            .map(|s| s.data_type.as_str().to_owned())
+            .collect();
+        assert_eq!(types, vec!["ticker", "trade", "orderbook"]);
+        assert!(
+            req.subscriptions
+                .iter()
+                .all(|s| s.codes == vec!["KRW-BTC", "KRW-ETH"])
+        );
+    }
+}
