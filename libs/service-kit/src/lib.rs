@@ -19,6 +19,7 @@ pub mod grpc;
 pub mod health;
 pub mod lifecycle;
 pub mod postgres;
+pub mod ratelimit;
 pub mod retry;
 pub mod server;
 

@@ -95,6 +95,36 @@ pub fn to_time(value: Option<&str>) -> Result<Option<i64>, InvalidParam> {
     ))
 }
 
+/// `to` (`HHmmss` or `HH:mm:ss`, UTC) and `days_ago` (1..=7) of
+/// `/v1/trades/ticks`, as an exclusive epoch-ms bound relative to `now_ms`.
+pub fn trades_to(
+    to: Option<&str>,
+    days_ago: Option<&str>,
+    now_ms: i64,
+) -> Result<Option<i64>, InvalidParam> {
+    let days = match days_ago.map(str::trim).filter(|v| !v.is_empty()) {
+        None => 0,
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|d| (1..=7).contains(d))
+            .ok_or_else(|| invalid("days_ago must be between 1 and 7"))?,
+    };
+    let day_start = now_ms - now_ms.rem_euclid(86_400_000) - days * 86_400_000;
+    let Some(t) = to.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok((days > 0).then_some(day_start + 86_400_000));
+    };
+    let digits: String = t.chars().filter(|c| *c != ':').collect();
+    let parsed = (digits.len() == 6 && digits.chars().all(|c| c.is_ascii_digit()))
+        .then(|| {
+            let n = |i: usize| digits[i..i + 2].parse::<i64>().unwrap_or(99);
+            (n(0), n(2), n(4))
+        })
+        .filter(|(h, m, s)| *h < 24 && *m < 60 && *s < 60);
+    let (h, m, s) = parsed.ok_or_else(|| invalid("to must be HHmmss or HH:mm:ss"))?;
+    Ok(Some(day_start + ((h * 60 + m) * 60 + s) * 1000))
+}
+
 /// The `{unit}` of `/v1/candles/minutes/{unit}`.
 pub fn minute_unit(value: &str) -> Result<u32, InvalidParam> {
     value
@@ -138,6 +168,23 @@ mod tests {
         assert_eq!(to_time(Some("2025-01-02T13:28:00+09:00")), Ok(utc));
         assert_eq!(to_time(None), Ok(None));
         assert!(to_time(Some("yesterday")).is_err());
+    }
+
+    #[test]
+    fn trades_to_is_a_time_of_day_days_ago() {
+        let now = 1_735_792_085_824; // 2025-01-02T04:28:05.824Z
+        let day = 1_735_776_000_000; // 2025-01-02T00:00:00Z
+        assert_eq!(
+            trades_to(Some("04:00:00"), None, now),
+            Ok(Some(day + 4 * 3_600_000))
+        );
+        assert_eq!(
+            trades_to(Some("040000"), Some("1"), now),
+            Ok(Some(day - 86_400_000 + 4 * 3_600_000))
+        );
+        assert_eq!(trades_to(None, None, now), Ok(None));
+        assert!(trades_to(Some("25:00:00"), None, now).is_err());
+        assert!(trades_to(None, Some("9"), now).is_err());
     }
 
     #[test]

@@ -108,6 +108,50 @@ pub struct SubscriptionRequest {
     pub format: Option<Format>,
 }
 
+/// Upbit's limit on subscription requests per connection: 5 per second and 100
+/// per minute.
+#[derive(Debug, Default)]
+pub struct RequestWindow(std::collections::VecDeque<std::time::Instant>);
+
+impl RequestWindow {
+    /// Counts a request; false when it is over the limit (and not counted).
+    pub fn allow(&mut self) -> bool {
+        use std::time::{Duration, Instant};
+        let now = Instant::now();
+        while self
+            .0
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+        {
+            self.0.pop_front();
+        }
+        let last_second = self
+            .0
+            .iter()
+            .rev()
+            .take_while(|t| now.duration_since(**t) < Duration::from_secs(1))
+            .count();
+        if last_second >= 5 || self.0.len() >= 100 {
+            return false;
+        }
+        self.0.push_back(now);
+        true
+    }
+}
+
+/// The error frame for a refused request.
+pub fn too_many_requests() -> ErrorBody {
+    error(
+        "TOO_MANY_REQUESTS",
+        "at most 5 requests per second and 100 per minute",
+    )
+}
+
+/// An `INVALID_PARAM` error frame.
+pub fn invalid_param(message: impl Into<String>) -> ErrorBody {
+    error("INVALID_PARAM", message)
+}
+
 fn error(name: &str, message: impl Into<String>) -> ErrorBody {
     ErrorBody {
         name: name.to_owned(),
@@ -335,6 +379,13 @@ mod tests {
             parse_err(r#"[{"ticket":"x"},{"type":"trade","codes":["KRW-BTC"]},{"format":"XML"}]"#),
             "INVALID_PARAM"
         );
+    }
+
+    #[test]
+    fn request_window_allows_five_per_second() {
+        let mut w = RequestWindow::default();
+        let allowed = (0..8).filter(|_| w.allow()).count();
+        assert_eq!(allowed, 5);
     }
 
     #[test]

@@ -444,6 +444,8 @@ pub mod rest {
         pub candle_acc_trade_volume: Decimal,
         pub unit: Option<u32>,
         pub day: Option<DayFields>,
+        /// Weeks and months carry `first_day_of_period` (`yyyy-MM-dd`).
+        pub first_day_of_period: bool,
     }
 
     /// Extra fields of day candles.
@@ -471,6 +473,10 @@ pub mod rest {
             .dec("candle_acc_trade_volume", "", c.candle_acc_trade_volume);
         if let Some(unit) = c.unit {
             o.int("unit", "", i64::from(unit));
+        }
+        if c.first_day_of_period {
+            let date = super::utc(c.start).format("%Y-%m-%d").to_string();
+            o.str("first_day_of_period", "", &date);
         }
         if let Some(day) = &c.day {
             o.dec("prev_closing_price", "", day.prev_closing_price)

@@ -47,6 +47,37 @@ pub struct Config {
     #[arg(long, env = "REDIS_PREFIX", default_value = "")]
     pub redis_prefix: String,
 
+    /// Quotation requests per second per client IP and group, as Upbit (0 = no limit).
+    #[arg(long, env = "RATE_LIMIT_QUOTATION", default_value_t = 10)]
+    pub rate_limit_quotation: u32,
+
+    /// New WebSocket connections per second per client IP, as Upbit (0 = no limit).
+    #[arg(long, env = "WS_CONNECT_LIMIT", default_value_t = 5)]
+    pub ws_connect_limit: u32,
+
+    /// Frames queued per WebSocket client before it is disconnected as too slow.
+    #[arg(long, env = "WS_BUFFER", default_value_t = 4096)]
+    pub ws_buffer: usize,
+
+    /// Close WebSocket connections that send nothing (not even a ping) for this long.
+    #[arg(long, env = "WS_IDLE_TIMEOUT", default_value = "120s", value_parser = service_kit::config::parse_duration)]
+    pub ws_idle_timeout: std::time::Duration,
+
+    /// Take the client IP from the first X-Forwarded-For hop (behind the mesh ingress).
+    #[arg(long, env = "TRUST_X_FORWARDED_FOR", default_value_t = true, action = clap::ArgAction::Set)]
+    pub trust_x_forwarded_for: bool,
+
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+}
+
+impl Config {
+    /// Defaults pointed at the given services, listening on port 0 (tests).
+    pub fn local(market_data: std::net::SocketAddr) -> Self {
+        let mut c = Self::parse_from(["gateway"]);
+        c.http_addr = "127.0.0.1:0".into();
+        c.metrics_addr = "127.0.0.1:0".into();
+        c.market_data_url = format!("http://{market_data}");
+        c
+    }
 }

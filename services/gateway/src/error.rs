@@ -1,8 +1,17 @@
 //! Errors as HTTP responses with Upbit's body `{"error":{"name","message"}}`.
+//!
+//! One table maps gRPC codes from the services to HTTP statuses. Services may
+//! name the error for clients in the `x-error-name` metadata (e.g.
+//! `insufficient_funds_bid`); otherwise a name per code is used. Messages of
+//! internal failures are never passed on: they are logged.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use tonic::Code;
+
+/// Metadata key services use to name an error for clients.
+pub const ERROR_NAME: &str = "x-error-name";
 
 /// An error answered to a client: status, Upbit error name, a safe message.
 #[derive(Debug)]
@@ -21,8 +30,82 @@ impl ApiError {
         }
     }
 
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "validation_error", message)
+    }
+
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    }
+
+    /// Upbit's answer for an unknown market on quotation endpoints.
+    pub fn code_not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "404", "Code not found")
+    }
+}
+
+/// HTTP status and default error name for a gRPC code.
+pub fn classify(code: Code) -> (StatusCode, &'static str) {
+    match code {
+        Code::InvalidArgument | Code::OutOfRange => (StatusCode::BAD_REQUEST, "validation_error"),
+        Code::FailedPrecondition => (StatusCode::BAD_REQUEST, "failed_precondition"),
+        Code::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        Code::AlreadyExists | Code::Aborted => (StatusCode::CONFLICT, "conflict"),
+        Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "invalid_access_key"),
+        Code::PermissionDenied => (StatusCode::FORBIDDEN, "out_of_scope"),
+        Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+        Code::Unavailable | Code::Cancelled => {
+            (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable")
+        }
+        Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+        Code::Unimplemented => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
+        Code::Ok | Code::Unknown | Code::Internal | Code::DataLoss => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "server_error")
+        }
+    }
+}
+
+impl From<tonic::Status> for ApiError {
+    fn from(status: tonic::Status) -> Self {
+        let (http, default_name) = classify(status.code());
+        let name = status
+            .metadata()
+            .get(ERROR_NAME)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(default_name)
+            .to_owned();
+        let message = match status.code() {
+            // These messages are written for clients by the services.
+            Code::InvalidArgument
+            | Code::OutOfRange
+            | Code::FailedPrecondition
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::Aborted
+            | Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::ResourceExhausted => status.message().to_owned(),
+            Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "upstream unavailable");
+                "the service is temporarily unavailable; retry shortly".to_owned()
+            }
+            Code::Unimplemented => "not implemented yet".to_owned(),
+            _ => {
+                tracing::error!(code = ?status.code(), message = status.message(), "upstream failure");
+                "internal error".to_owned()
+            }
+        };
+        Self {
+            status: http,
+            name,
+            message,
+        }
+    }
+}
+
+impl From<upbit::query::InvalidParam> for ApiError {
+    fn from(e: upbit::query::InvalidParam) -> Self {
+        Self::bad_request(e.0)
     }
 }
 

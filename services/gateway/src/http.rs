@@ -1,24 +1,51 @@
-//! The HTTP router.
+//! The HTTP router: probes, Upbit-compatible quotation and WebSocket, the
+//! native JSON API. Every matched route is observed (span, RED metrics,
+//! `x-served-by`).
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use service_kit::health::Health;
 
 use crate::error::ApiError;
+use crate::state::Shared;
+use crate::{native, observe, quotation, ws};
 
-pub fn router(health: Health) -> Router {
+pub fn router(gw: Shared) -> Router {
+    let api = Router::new()
+        // Upbit-compatible quotation API.
+        .route("/v1/market/all", get(quotation::market_all))
+        .route("/v1/ticker", get(quotation::ticker))
+        .route("/v1/ticker/all", get(quotation::ticker_all))
+        .route("/v1/orderbook", get(quotation::orderbook))
+        .route("/v1/trades/ticks", get(quotation::trades))
+        .route(
+            "/v1/candles/minutes/{unit}",
+            get(quotation::candles_minutes),
+        )
+        .route("/v1/candles/days", get(quotation::candles_days))
+        .route("/v1/candles/weeks", get(quotation::candles_weeks))
+        .route("/v1/candles/months", get(quotation::candles_months))
+        .route("/websocket/v1", get(ws::upgrade))
+        // Native API.
+        .route("/api/v1/markets", get(native::markets))
+        .route("/api/v1/tickers", get(native::tickers))
+        .route("/api/v1/orderbooks/{market}", get(native::orderbook))
+        .route("/api/v1/trades/{market}", get(native::trades))
+        .route("/api/v1/candles/{market}", get(native::candles))
+        .route_layer(middleware::from_fn_with_state(gw.clone(), observe::observe));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .merge(api)
         .fallback(|| async { ApiError::not_found() })
-        .with_state(health)
+        .with_state(gw)
 }
 
-async fn readyz(State(health): State<Health>) -> impl IntoResponse {
-    if health.is_ready() {
+async fn readyz(State(gw): State<Shared>) -> impl IntoResponse {
+    if gw.health.is_ready() {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")

@@ -1,13 +1,23 @@
-//! Gateway: the only HTTP/WebSocket entry point. Serves the native JSON API under
-//! `/api/v1`, Upbit-compatible `/v1/*` and `/websocket/v1`, the dashboard, and
-//! `/healthz` / `/readyz`; calls user, order, inventory and market-data over gRPC.
+//! Gateway: the only HTTP/WebSocket entry point. Serves Upbit-compatible
+//! quotation endpoints (`/v1/*`) and `/websocket/v1`, the native JSON API under
+//! `/api/v1`, and `/healthz` / `/readyz`; calls market-data over gRPC and counts
+//! rate limits in Redis.
 
 pub mod config;
+mod convert;
 mod error;
 mod http;
+mod native;
+mod observe;
+mod quotation;
+mod ratelimit;
+mod state;
+mod ws;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use exchange_proto::marketdata::v1::market_data_service_client::MarketDataServiceClient;
 use service_kit::server::Server;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +29,7 @@ pub struct App {
     server: Server,
     http: TcpListener,
     http_addr: SocketAddr,
+    config: Config,
 }
 
 impl App {
@@ -38,6 +49,7 @@ impl App {
             server,
             http,
             http_addr,
+            config,
         })
     }
 
@@ -51,7 +63,24 @@ impl App {
 
     /// Serves until the stop token is cancelled and the drain completes.
     pub async fn run(mut self) -> anyhow::Result<()> {
-        let router = http::router(self.server.health());
+        let config = self.config;
+        let md = MarketDataServiceClient::new(service_kit::grpc::channel(&config.market_data_url)?);
+        let redis = market_data_redis(&config.redis_url)?;
+        ratelimit::connect(&redis);
+        let limiter = ratelimit::RateLimiter::new(redis.clone(), config.redis_prefix.clone());
+        let gw = Arc::new(state::Gateway::new(
+            md,
+            limiter,
+            config.rate_limit_quotation,
+            config.ws_connect_limit,
+            config.ws_buffer,
+            config.ws_idle_timeout,
+            config.trust_x_forwarded_for,
+            self.server.served_by().to_owned(),
+            self.server.draining(),
+            self.server.health(),
+        ));
+        let router = http::router(gw).into_make_service_with_connect_info::<SocketAddr>();
         let draining = self.server.draining();
         let listener = self.http;
         self.server.spawn("http", async move {
@@ -60,6 +89,25 @@ impl App {
                 .await?;
             Ok(())
         });
-        self.server.serve_grpc(None, &[], async { Ok(()) }).await
+        let result = self.server.serve_grpc(None, &[], async { Ok(()) }).await;
+        let _ = fred::interfaces::ClientLike::quit(&redis).await;
+        result
     }
+}
+
+/// A Redis client that reconnects forever; commands wait at most briefly.
+fn market_data_redis(url: &str) -> anyhow::Result<fred::clients::Client> {
+    use anyhow::Context as _;
+    let config =
+        fred::types::config::Config::from_url(url).context("REDIS_URL is not a redis:// URL")?;
+    let client = fred::types::Builder::from_config(config)
+        .set_policy(fred::types::config::ReconnectPolicy::new_exponential(
+            0, 100, 5_000, 2,
+        ))
+        .with_connection_config(|c| c.connection_timeout = std::time::Duration::from_secs(2))
+        .with_performance_config(|p| {
+            p.default_command_timeout = std::time::Duration::from_millis(500)
+        })
+        .build()?;
+    Ok(client)
 }

@@ -28,7 +28,7 @@ pub use config::Config;
 /// Shared by every handler.
 pub struct AppState {
     pub sim: Arc<feed::Sim>,
-    pub connects: ws::ConnectLimiter,
+    pub connects: service_kit::ratelimit::PerSecond<std::net::IpAddr>,
     pub rest_limit: rest::RestLimiter,
     pub idle_timeout: Duration,
     pub stop: CancellationToken,
@@ -86,7 +86,7 @@ impl App {
         let addr = listener.local_addr()?;
         let state = Arc::new(AppState {
             sim,
-            connects: ws::ConnectLimiter::new(config.connect_limit),
+            connects: service_kit::ratelimit::PerSecond::new(config.connect_limit),
             rest_limit: rest::RestLimiter::new(config.rest_limit),
             idle_timeout: config.idle_timeout,
             stop,

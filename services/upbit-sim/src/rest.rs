@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -18,38 +18,8 @@ use upbit::write::rest::{self, DayFields, MarketEvent, MarketInfo, RestCandle};
 use crate::AppState;
 use crate::engine::SimCandle;
 
-/// (second, requests in it) per (IP, group).
-type Counts = HashMap<(IpAddr, &'static str), (u64, u32)>;
-
-/// Per-IP, per-group request counter for the current second.
-pub struct RestLimiter {
-    per_second: u32,
-    counts: Mutex<Counts>,
-}
-
-impl RestLimiter {
-    pub fn new(per_second: u32) -> Self {
-        Self {
-            per_second,
-            counts: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Counts a request; returns the remaining allowance this second, or None when over.
-    fn take(&self, ip: IpAddr, group: &'static str) -> Option<u32> {
-        let second = crate::feed::now_ms() as u64 / 1000;
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if counts.len() > 10_000 {
-            counts.retain(|_, (s, _)| *s == second);
-        }
-        let entry = counts.entry((ip, group)).or_insert((second, 0));
-        if entry.0 != second {
-            *entry = (second, 0);
-        }
-        entry.1 += 1;
-        self.per_second.checked_sub(entry.1)
-    }
-}
+/// Per-IP, per-group request counter (Upbit: 10 per second per group).
+pub type RestLimiter = service_kit::ratelimit::PerSecond<(IpAddr, &'static str)>;
 
 /// A REST answer: JSON text or an Upbit error, with the group for `Remaining-Req`.
 struct Reply {
@@ -71,7 +41,7 @@ impl IntoResponse for Reply {
         let value = format!(
             "group={}; min={}; sec={}",
             self.group,
-            self.remaining * 60,
+            self.remaining.saturating_mul(60),
             self.remaining
         );
         if let Ok(v) = HeaderValue::from_str(&value) {
@@ -103,10 +73,11 @@ fn limited(
     group: &'static str,
     body: impl FnOnce() -> Result<String, (StatusCode, ErrorResponse)>,
 ) -> Response {
-    match app.rest_limit.take(peer.ip(), group) {
+    match app.rest_limit.take((peer.ip(), group)) {
         Some(remaining) => Reply {
             group,
-            remaining,
+            // Unlimited: show Upbit's usual allowance rather than u32::MAX.
+            remaining: remaining.min(app.rest_limit.limit().max(10)),
             result: body(),
         }
         .into_response(),
@@ -325,6 +296,7 @@ fn candles_reply(
             candle_acc_trade_volume: c.volume,
             unit,
             day,
+            first_day_of_period: false,
         }));
     }
     Ok(rest::array(items))

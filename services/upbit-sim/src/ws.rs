@@ -7,10 +7,10 @@
 //! format. `PING` is answered with `{"status":"UP"}`; malformed requests with an
 //! error frame. Connections idle longer than the idle timeout are closed.
 
-use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
@@ -20,50 +20,21 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 use upbit::StreamType;
 use upbit::error::{ErrorBody, ErrorResponse};
-use upbit::request::{ClientFrame, DataType, Subscription, parse_request};
+use upbit::request::{
+    ClientFrame, DataType, RequestWindow, Subscription, invalid_param, parse_request,
+    too_many_requests,
+};
 use upbit::write::{Format, STATUS_UP};
 
 use crate::AppState;
 use crate::engine::{Event, Payload, render};
-
-/// Per-IP limit on new connections per second (Upbit: 5/s).
-pub struct ConnectLimiter {
-    per_second: u32,
-    seen: Mutex<HashMap<IpAddr, (u64, u32)>>,
-}
-
-impl ConnectLimiter {
-    pub fn new(per_second: u32) -> Self {
-        Self {
-            per_second,
-            seen: Mutex::new(HashMap::new()),
-        }
-    }
-
-    pub fn allow(&self, ip: IpAddr) -> bool {
-        if self.per_second == 0 {
-            return true;
-        }
-        let second = crate::feed::now_ms() as u64 / 1000;
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() > 10_000 {
-            seen.retain(|_, (s, _)| *s == second);
-        }
-        let entry = seen.entry(ip).or_insert((second, 0));
-        if entry.0 != second {
-            *entry = (second, 0);
-        }
-        entry.1 += 1;
-        entry.1 <= self.per_second
-    }
-}
 
 pub async fn upgrade(
     ws: WebSocketUpgrade,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     State(app): State<Arc<AppState>>,
 ) -> Response {
-    if !app.connects.allow(peer.ip()) {
+    if app.connects.take(peer.ip()).is_none() {
         return (
             StatusCode::TOO_MANY_REQUESTS,
             axum::Json(ErrorResponse::new(
@@ -110,32 +81,6 @@ fn error_frame(name: &str, message: &str) -> Message {
     )
 }
 
-/// Requests a connection may send: 5 per second and 100 per minute.
-struct RequestLimit(VecDeque<Instant>);
-
-impl RequestLimit {
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        while self
-            .0
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
-        {
-            self.0.pop_front();
-        }
-        let last_second = self
-            .0
-            .iter()
-            .filter(|t| now.duration_since(**t) < Duration::from_secs(1))
-            .count();
-        if last_second >= 5 || self.0.len() >= 100 {
-            return false;
-        }
-        self.0.push_back(now);
-        true
-    }
-}
-
 async fn connection(socket: WebSocket, app: Arc<AppState>) {
     let sim = app.sim.clone();
     let (mut sink, mut stream) = socket.split();
@@ -144,7 +89,7 @@ async fn connection(socket: WebSocket, app: Arc<AppState>) {
     drops.borrow_and_update();
     let mut subs = Subscriptions::default();
     let mut format = Format::Default;
-    let mut limit = RequestLimit(VecDeque::new());
+    let mut limit = RequestWindow::default();
     let idle = app.idle_timeout;
     let mut last_heard = Instant::now();
     let mut unflushed = false;
@@ -210,7 +155,7 @@ fn handle_request(
     app: &AppState,
     subs: &mut Subscriptions,
     format: &mut Format,
-    limit: &mut RequestLimit,
+    limit: &mut RequestWindow,
 ) -> Vec<Message> {
     let frame = match parse_request(text) {
         Ok(f) => f,
@@ -229,10 +174,8 @@ fn handle_request(
         }
         ClientFrame::Subscribe(request) => {
             if !limit.allow() {
-                return vec![error_frame(
-                    "TOO_MANY_REQUESTS",
-                    "at most 5 requests per second and 100 per minute",
-                )];
+                let e = too_many_requests();
+                return vec![error_frame(&e.name, &e.message)];
             }
             if request
                 .subscriptions
@@ -244,12 +187,21 @@ fn handle_request(
                     "candle streams are not simulated; subscribe to ticker, trade or orderbook",
                 )];
             }
+            let engine = app.sim.engine();
+            if let Some(unknown) = request
+                .subscriptions
+                .iter()
+                .flat_map(|s| &s.codes)
+                .find(|c| !engine.has_market(c))
+            {
+                let e = invalid_param(format!("unknown market code: {unknown}"));
+                return vec![error_frame(&e.name, &e.message)];
+            }
             if let Some(f) = request.format {
                 *format = f;
             }
             let mut replies = Vec::new();
             let mut realtime: HashMap<&'static str, HashMap<String, usize>> = HashMap::new();
-            let engine = app.sim.engine();
             for sub in &request.subscriptions {
                 let Some(key) = type_key(&sub.data_type) else {
                     continue;

@@ -1,0 +1,119 @@
+//! What every handler shares.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use exchange_proto::marketdata::v1 as pb;
+use exchange_proto::marketdata::v1::market_data_service_client::MarketDataServiceClient;
+use service_kit::grpc::Channel;
+use service_kit::health::Health;
+use service_kit::ratelimit::PerSecond;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+use crate::ratelimit::RateLimiter;
+
+pub struct Gateway {
+    pub md: MarketDataServiceClient<Channel>,
+    pub limiter: RateLimiter,
+    /// Quotation requests per second per IP and group (0 = unlimited).
+    pub quotation_limit: u32,
+    pub ws_connects: PerSecond<IpAddr>,
+    pub ws_buffer: usize,
+    pub ws_idle: Duration,
+    pub trust_forwarded: bool,
+    pub served_by: String,
+    pub draining: CancellationToken,
+    pub health: Health,
+    markets: RwLock<Option<(Instant, Arc<Vec<pb::Market>>)>>,
+}
+
+pub type Shared = Arc<Gateway>;
+
+/// How long the market list is cached.
+const MARKETS_TTL: Duration = Duration::from_secs(30);
+
+impl Gateway {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        md: MarketDataServiceClient<Channel>,
+        limiter: RateLimiter,
+        quotation_limit: u32,
+        ws_connect_limit: u32,
+        ws_buffer: usize,
+        ws_idle: Duration,
+        trust_forwarded: bool,
+        served_by: String,
+        draining: CancellationToken,
+        health: Health,
+    ) -> Self {
+        Self {
+            md,
+            limiter,
+            quotation_limit,
+            ws_connects: PerSecond::new(ws_connect_limit),
+            ws_buffer,
+            ws_idle,
+            trust_forwarded,
+            served_by,
+            draining,
+            health,
+            markets: RwLock::new(None),
+        }
+    }
+
+    /// The market list (cached briefly).
+    pub async fn markets(&self) -> Result<Arc<Vec<pb::Market>>, ApiError> {
+        if let Some((at, list)) = self.markets.read().ok().and_then(|m| m.clone())
+            && at.elapsed() < MARKETS_TTL
+        {
+            return Ok(list);
+        }
+        let list = Arc::new(
+            self.md
+                .clone()
+                .list_markets(pb::ListMarketsRequest::default())
+                .await?
+                .into_inner()
+                .markets,
+        );
+        if let Ok(mut cache) = self.markets.write() {
+            *cache = Some((Instant::now(), list.clone()));
+        }
+        Ok(list)
+    }
+}
+
+/// The client's address: the first `X-Forwarded-For` hop when trusted (behind
+/// the mesh ingress), else the TCP peer.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp(pub IpAddr);
+
+impl FromRequestParts<Shared> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Shared,
+    ) -> Result<Self, Self::Rejection> {
+        if state.trust_forwarded
+            && let Some(ip) = parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.trim().parse::<IpAddr>().ok())
+        {
+            return Ok(Self(ip));
+        }
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        Ok(Self(peer))
+    }
+}

@@ -1,0 +1,469 @@
+//! `/websocket/v1`: Upbit's public WebSocket protocol, fed from market-data's
+//! live streams (which fan out from Redis, so every gateway replica sees every
+//! event).
+//!
+//! Per connection: a request replaces the whole subscription set (the streams
+//! of the previous one are cancelled); each type gets a market-data stream with
+//! a SNAPSHOT first unless `is_only_realtime`; `is_only_snapshot` reads the
+//! current state once. Frames are binary in the connection's format. The
+//! upstream streams are always read promptly: a WebSocket client that cannot
+//! keep up is disconnected instead of backing up the shared gRPC connection.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use exchange_proto::marketdata::v1 as pb;
+use futures_util::{SinkExt, StreamExt};
+use prometheus::{IntCounterVec, IntGauge, Opts};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use upbit::error::ErrorResponse;
+use upbit::request::{
+    ClientFrame, DataType, RequestWindow, Subscription, invalid_param, parse_request,
+    too_many_requests,
+};
+use upbit::write::{self, Format, STATUS_UP};
+
+use crate::convert;
+use crate::state::{ClientIp, Shared};
+
+static CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    let g = IntGauge::new("gateway_ws_connections", "Open WebSocket connections.").expect("valid");
+    prometheus::register(Box::new(g.clone())).expect("registered once");
+    g
+});
+
+static CLOSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let c = IntCounterVec::new(
+        Opts::new(
+            "gateway_ws_closed_total",
+            "WebSocket connections closed, by reason.",
+        ),
+        &["reason"],
+    )
+    .expect("valid");
+    prometheus::register(Box::new(c.clone())).expect("registered once");
+    c
+});
+
+pub async fn upgrade(ws: WebSocketUpgrade, State(gw): State<Shared>, ip: ClientIp) -> Response {
+    if gw.ws_connects.take(ip.0).is_none() {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(ErrorResponse::new(
+                "too_many_requests",
+                "Too many connection requests.",
+            )),
+        )
+            .into_response();
+    }
+    ws.on_upgrade(move |socket| connection(socket, gw))
+}
+
+fn binary(text: String) -> Message {
+    Message::Binary(text.into_bytes().into())
+}
+
+fn error_frame(e: &upbit::error::ErrorBody) -> Message {
+    binary(ErrorResponse::new(e.name.clone(), e.message.clone()).to_json())
+}
+
+async fn connection(socket: WebSocket, gw: Shared) {
+    CONNECTIONS.inc();
+    let reason = serve(socket, &gw).await;
+    CLOSED.with_label_values(&[reason]).inc();
+    CONNECTIONS.dec();
+}
+
+async fn serve(socket: WebSocket, gw: &Shared) -> &'static str {
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<Message>(gw.ws_buffer.max(16));
+    let slow = CancellationToken::new();
+    let mut upstream = Upstream::default();
+    let mut format = Format::Default;
+    let mut window = RequestWindow::default();
+    let mut subscribed: Vec<Subscription> = Vec::new();
+    let mut last_heard = Instant::now();
+    let mut unflushed = false;
+    loop {
+        let idle = tokio::time::Instant::from_std(last_heard + gw.ws_idle);
+        tokio::select! {
+            incoming = stream.next() => {
+                let text = match incoming {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => { upstream.stop().await; return "client"; }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => { last_heard = Instant::now(); continue; }
+                    Some(Ok(Message::Text(t))) => t.to_string(),
+                    Some(Ok(Message::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
+                };
+                last_heard = Instant::now();
+                let replies = match parse_request(&text) {
+                    Err(e) => vec![error_frame(&e)],
+                    Ok(ClientFrame::Ping) => vec![binary(STATUS_UP.to_owned())],
+                    Ok(ClientFrame::ListSubscriptions { ticket }) => {
+                        let result: Vec<serde_json::Value> = subscribed.iter().map(|s| serde_json::json!({
+                            "type": s.data_type.as_str(), "codes": s.codes, "level": s.level.clone().unwrap_or_else(|| "0".into()),
+                        })).collect();
+                        vec![binary(serde_json::json!({"method": "LIST_SUBSCRIPTIONS", "result": result, "ticket": ticket}).to_string())]
+                    }
+                    Ok(ClientFrame::Subscribe(request)) => {
+                        if !window.allow() {
+                            vec![error_frame(&too_many_requests())]
+                        } else {
+                            match validate(gw, &request.subscriptions).await {
+                                Err(e) => vec![error_frame(&e)],
+                                Ok(()) => {
+                                    if let Some(f) = request.format {
+                                        format = f;
+                                    }
+                                    upstream.stop().await;
+                                    upstream = Upstream::start(gw, &request.subscriptions, format, &tx, &slow);
+                                    subscribed = request.subscriptions;
+                                    Vec::new()
+                                }
+                            }
+                        }
+                    }
+                };
+                for reply in replies {
+                    if sink.feed(reply).await.is_err() { upstream.stop().await; return "client"; }
+                    unflushed = true;
+                }
+                if unflushed {
+                    if sink.flush().await.is_err() { upstream.stop().await; return "client"; }
+                    unflushed = false;
+                }
+            }
+            out = rx.recv() => {
+                let Some(frame) = out else { continue };
+                if sink.feed(frame).await.is_err() { upstream.stop().await; return "client"; }
+                unflushed = true;
+                if rx.is_empty() {
+                    if sink.flush().await.is_err() { upstream.stop().await; return "client"; }
+                    unflushed = false;
+                }
+            }
+            _ = slow.cancelled() => {
+                upstream.stop().await;
+                let _ = sink.send(Message::Close(Some(CloseFrame { code: 1008, reason: "too slow: messages were not read".into() }))).await;
+                return "slow";
+            }
+            _ = tokio::time::sleep_until(idle) => {
+                upstream.stop().await;
+                let _ = sink.send(Message::Close(Some(CloseFrame { code: 1000, reason: "idle timeout".into() }))).await;
+                return "idle";
+            }
+            _ = gw.draining.cancelled() => {
+                upstream.stop().await;
+                let _ = sink.send(Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() }))).await;
+                return "shutdown";
+            }
+        }
+    }
+}
+
+/// Rejects requests for candle types (not served) and for codes that are not
+/// markets of this exchange, with `INVALID_PARAM`.
+async fn validate(gw: &Shared, subs: &[Subscription]) -> Result<(), upbit::error::ErrorBody> {
+    if subs
+        .iter()
+        .any(|s| matches!(s.data_type, DataType::Candle(_)))
+    {
+        return Err(invalid_param(
+            "candle streams are not served; subscribe to ticker, trade or orderbook",
+        ));
+    }
+    let markets = gw
+        .markets()
+        .await
+        .map_err(|_| invalid_param("market list temporarily unavailable; retry"))?;
+    for code in subs.iter().flat_map(|s| &s.codes) {
+        if upbit::market::MarketCode::parse(code).is_err() {
+            return Err(invalid_param(format!(
+                "`{code}` is not a market code like KRW-BTC"
+            )));
+        }
+        if !markets.iter().any(|m| &m.market == code) {
+            return Err(invalid_param(format!("unknown market code: {code}")));
+        }
+    }
+    Ok(())
+}
+
+/// The upstream tasks of one subscription set.
+#[derive(Default)]
+struct Upstream {
+    tasks: JoinSet<()>,
+    cancel: CancellationToken,
+}
+
+impl Upstream {
+    fn start(
+        gw: &Shared,
+        subs: &[Subscription],
+        format: Format,
+        tx: &mpsc::Sender<Message>,
+        slow: &CancellationToken,
+    ) -> Self {
+        let mut up = Self::default();
+        for sub in subs {
+            let depths: HashMap<String, usize> = sub
+                .codes
+                .iter()
+                .cloned()
+                .zip(sub.depths.iter().copied())
+                .collect();
+            let sink = Sink {
+                tx: tx.clone(),
+                slow: slow.clone(),
+                format,
+                depths,
+            };
+            let (md, cancel) = (gw.md.clone(), up.cancel.clone());
+            let codes = sub.codes.clone();
+            let (snapshot, realtime) = (sub.wants_snapshot(), sub.wants_realtime());
+            match sub.data_type {
+                DataType::Ticker => up
+                    .tasks
+                    .spawn(tickers(md, codes, snapshot, realtime, sink, cancel)),
+                DataType::Trade => up
+                    .tasks
+                    .spawn(trades(md, codes, snapshot, realtime, sink, cancel)),
+                DataType::Orderbook => up
+                    .tasks
+                    .spawn(orderbooks(md, codes, snapshot, realtime, sink, cancel)),
+                DataType::Candle(_) => continue,
+            };
+        }
+        up
+    }
+
+    async fn stop(&mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Where an upstream task puts frames.
+struct Sink {
+    tx: mpsc::Sender<Message>,
+    slow: CancellationToken,
+    format: Format,
+    depths: HashMap<String, usize>,
+}
+
+impl Sink {
+    /// False when the connection is gone or too slow (the task should end).
+    fn put(&self, text: String) -> bool {
+        match self.tx.try_send(binary(text)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.slow.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn depth(&self, market: &str) -> usize {
+        self.depths
+            .get(market)
+            .copied()
+            .unwrap_or(upbit::request::DEFAULT_ORDERBOOK_DEPTH)
+    }
+}
+
+/// Backoff between upstream reconnects.
+const RETRY: Duration = Duration::from_millis(500);
+
+type Md = exchange_proto::marketdata::v1::market_data_service_client::MarketDataServiceClient<
+    service_kit::grpc::Channel,
+>;
+
+/// Forwards one market-data stream into the connection until cancelled,
+/// reopening it (without a snapshot) when it breaks. `open(snapshot)` opens the
+/// stream; `render` turns a message into a frame.
+async fn pump<M, F, Fut, R>(open: F, render: R, sink: Sink, cancel: CancellationToken)
+where
+    F: Fn(bool) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<tonic::Streaming<M>>, tonic::Status>>,
+    R: Fn(M, &Sink) -> Option<String>,
+{
+    let mut first = true;
+    loop {
+        let opened = tokio::select! { _ = cancel.cancelled() => return, r = open(first) => r };
+        if let Ok(resp) = opened {
+            first = false;
+            let mut stream = resp.into_inner();
+            loop {
+                let next =
+                    tokio::select! { _ = cancel.cancelled() => return, m = stream.message() => m };
+                let Ok(Some(message)) = next else { break };
+                if let Some(frame) = render(message, &sink)
+                    && !sink.put(frame)
+                {
+                    return;
+                }
+            }
+        }
+        tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(RETRY) => {} }
+    }
+}
+
+/// Sends the frames of a one-off snapshot (`is_only_snapshot`).
+fn put_all(sink: &Sink, frames: Vec<String>) {
+    for frame in frames {
+        if !sink.put(frame) {
+            return;
+        }
+    }
+}
+
+async fn tickers(
+    md: Md,
+    codes: Vec<String>,
+    snapshot: bool,
+    realtime: bool,
+    sink: Sink,
+    cancel: CancellationToken,
+) {
+    if !realtime {
+        let request = pb::GetTickersRequest {
+            markets: codes,
+            quote_currencies: vec![],
+        };
+        if let Ok(r) = md.clone().get_tickers(request).await {
+            let frames = r
+                .into_inner()
+                .tickers
+                .iter()
+                .map(|t| write::ticker(&convert::ticker(t, true), sink.format))
+                .collect();
+            put_all(&sink, frames);
+        }
+        return;
+    }
+    let open = |first: bool| {
+        let (mut md, markets) = (md.clone(), codes.clone());
+        async move {
+            md.stream_tickers(pb::StreamTickersRequest {
+                markets,
+                snapshot: snapshot && first,
+            })
+            .await
+        }
+    };
+    let render = |m: pb::StreamTickersResponse, sink: &Sink| {
+        m.ticker
+            .map(|t| write::ticker(&convert::ticker(&t, m.snapshot), sink.format))
+    };
+    pump(open, render, sink, cancel).await;
+}
+
+async fn trades(
+    md: Md,
+    codes: Vec<String>,
+    snapshot: bool,
+    realtime: bool,
+    sink: Sink,
+    cancel: CancellationToken,
+) {
+    if !realtime {
+        let mut frames = Vec::new();
+        for market in codes {
+            if let Ok(r) = md
+                .clone()
+                .list_trades(pb::ListTradesRequest {
+                    market,
+                    count: 1,
+                    cursor: None,
+                    to: None,
+                })
+                .await
+            {
+                frames.extend(
+                    r.into_inner()
+                        .trades
+                        .iter()
+                        .map(|t| write::trade(&convert::trade(t, true), sink.format)),
+                );
+            }
+        }
+        put_all(&sink, frames);
+        return;
+    }
+    let open = |first: bool| {
+        let (mut md, markets) = (md.clone(), codes.clone());
+        async move {
+            md.stream_trades(pb::StreamTradesRequest {
+                markets,
+                snapshot: snapshot && first,
+            })
+            .await
+        }
+    };
+    let render = |m: pb::StreamTradesResponse, sink: &Sink| {
+        m.trade
+            .map(|t| write::trade(&convert::trade(&t, m.snapshot), sink.format))
+    };
+    pump(open, render, sink, cancel).await;
+}
+
+async fn orderbooks(
+    md: Md,
+    codes: Vec<String>,
+    snapshot: bool,
+    realtime: bool,
+    sink: Sink,
+    cancel: CancellationToken,
+) {
+    if !realtime {
+        if let Ok(r) = md
+            .clone()
+            .get_orderbooks(pb::GetOrderbooksRequest {
+                markets: codes,
+                depth: 0,
+            })
+            .await
+        {
+            let frames = r
+                .into_inner()
+                .orderbooks
+                .iter()
+                .map(|o| {
+                    write::orderbook(
+                        &convert::orderbook(o, sink.depth(&o.market), true),
+                        sink.format,
+                    )
+                })
+                .collect();
+            put_all(&sink, frames);
+        }
+        return;
+    }
+    let open = |first: bool| {
+        let (mut md, markets) = (md.clone(), codes.clone());
+        async move {
+            md.stream_orderbooks(pb::StreamOrderbooksRequest {
+                markets,
+                snapshot: snapshot && first,
+                depth: 0,
+            })
+            .await
+        }
+    };
+    let render = |m: pb::StreamOrderbooksResponse, sink: &Sink| {
+        m.orderbook.map(|o| {
+            write::orderbook(
+                &convert::orderbook(&o, sink.depth(&o.market), m.snapshot),
+                sink.format,
+            )
+        })
+    };
+    pump(open, render, sink, cancel).await;
+}

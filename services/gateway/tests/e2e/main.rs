@@ -1,0 +1,5 @@
+//! End-to-end tests of the whole system (one test binary).
+
+mod foundation;
+mod market;
+mod stack;

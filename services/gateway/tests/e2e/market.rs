@@ -1,0 +1,429 @@
+//! Market data end to end: upbit-sim → ingestor → market-data → gateway REST and
+//! WebSocket, as an Upbit client sees it.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use std::str::FromStr;
+use test_support::{TestDb, eventually};
+use upbit::{Message, StreamType};
+
+use crate::stack::{Options, Stack, ws_connect, ws_next, ws_request, ws_send, ws_wait};
+
+fn dec(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+async fn json(stack: &Stack, url: &str) -> (u16, serde_json::Value) {
+    json_as(stack, url, "127.0.0.1").await
+}
+
+/// GET as the client `ip` (X-Forwarded-For), so rate limits are per test client.
+async fn json_as(stack: &Stack, url: &str, ip: &str) -> (u16, serde_json::Value) {
+    let resp = stack
+        .http
+        .get(url)
+        .header("x-forwarded-for", ip)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// Waits until the gateway's REST ticker shows `price`.
+async fn wait_rest_price(stack: &Stack, market: &str, price: &str) {
+    let url = format!("{}/v1/ticker?markets={market}", stack.gw());
+    eventually(
+        Duration::from_secs(20),
+        &format!("{market} at {price} over REST"),
+        || async {
+            let (status, body) = json(stack, &url).await;
+            let got = body[0]["trade_price"].as_number().map(ToString::to_string);
+            (status == 200 && got.as_deref() == Some(price)).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_the_sim_emits_is_served_by_rest_and_pushed_on_the_websocket() {
+    let db = TestDb::create().await.unwrap();
+    let stack = Stack::start(&db, Options::default()).await;
+    // The warm-up trades reach market-data first; then subscribe.
+    wait_rest_price(&stack, "KRW-ETH", "5200000").await;
+    let mut ws = ws_connect(stack.gateways[0].http).await;
+    let snapshots = ws_request(
+        &mut ws,
+        r#"[{"ticket":"e2e"},{"type":"ticker","codes":["KRW-BTC"]},{"type":"trade","codes":["KRW-BTC"],"is_only_realtime":true},{"format":"DEFAULT"}]"#,
+    )
+    .await;
+    assert!(
+        snapshots
+            .iter()
+            .all(|m| matches!(m, Message::Ticker(t) if t.stream_type == StreamType::Snapshot)),
+        "{snapshots:?}"
+    );
+
+    stack
+        .sim_trade("KRW-BTC", "151234000", "0.0123", "BID", None)
+        .await;
+    let (ticker_price, trade_volume) = {
+        let mut ticker = None;
+        let mut trade = None;
+        while ticker.is_none() || trade.is_none() {
+            ws_wait(&mut ws, Duration::from_secs(20), |m| {
+                match m {
+                    Message::Ticker(t) if t.trade_price == dec("151234000") => {
+                        assert_eq!(t.stream_type, StreamType::Realtime);
+                        ticker = Some(t.trade_price);
+                    }
+                    Message::Trade(t) if t.trade_price == dec("151234000") => {
+                        trade = Some(t.trade_volume)
+                    }
+                    _ => return None,
+                }
+                Some(())
+            })
+            .await;
+        }
+        (ticker.unwrap(), trade.unwrap())
+    };
+    assert_eq!(
+        (ticker_price, trade_volume),
+        (dec("151234000"), dec("0.0123"))
+    );
+
+    wait_rest_price(&stack, "KRW-BTC", "151234000").await;
+    let (_, native) = json(
+        &stack,
+        &format!("{}/api/v1/tickers?markets=KRW-BTC", stack.gw()),
+    )
+    .await;
+    assert_eq!(native["tickers"][0]["price"], "151234000");
+    let resp = stack
+        .get(&format!("{}/v1/ticker?markets=KRW-BTC", stack.gw()))
+        .await;
+    assert!(resp.headers().contains_key("x-served-by"));
+    let served_by = resp.headers()["x-served-by"].to_str().unwrap().to_owned();
+    assert!(
+        served_by.starts_with("gateway/v1/") && served_by.contains("market-data/v1/"),
+        "{served_by}"
+    );
+
+    // The sim drops the feed: the ingestor reconnects and the next price still arrives.
+    stack.sim_post("/sim/drop").await;
+    let admin = stack.ingestors[0].1;
+    eventually(Duration::from_secs(10), "ingestor reconnected", || async {
+        (test_support::read_metric(admin, "ingestor_reconnects_total", &[]).await >= 1.0
+            && test_support::read_metric(admin, "ingestor_feed_connected", &[]).await == 1.0)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    // A malformed frame in between is skipped.
+    stack.sim_post("/sim/malformed?count=1").await;
+    stack
+        .sim_trade("KRW-BTC", "151000000", "0.5", "ASK", None)
+        .await;
+    stack
+        .sim_trade("KRW-BTC", "152000000", "0.5", "BID", None)
+        .await;
+    ws_wait(&mut ws, Duration::from_secs(20), |m| match m {
+        Message::Ticker(t) if t.trade_price == dec("152000000") => Some(()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        test_support::read_metric(admin, "ingestor_parse_errors_total", &[]).await,
+        1.0
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candles_agree_with_the_trades_that_built_them_and_with_upbit_sim() {
+    let db = TestDb::create().await.unwrap();
+    let stack = Stack::start(&db, Options::default()).await;
+    // Trades in minutes of their own, an hour ahead of the warm-up trades.
+    let now = chrono::Utc::now().timestamp_millis();
+    let base = now - now % 3_600_000 + 3_600_000;
+    let at = |minute: i64, ms: i64| Some(base + minute * 60_000 + ms);
+    let trades = [
+        ("5300000", "1", "BID", at(0, 1_000)),
+        ("5310000", "0.5", "BID", at(0, 2_000)),
+        ("5290000", "2", "ASK", at(0, 30_000)),
+        ("5305000", "0.25", "BID", at(1, 5_000)),
+        ("5320000", "1.5", "BID", at(4, 59_000)),
+        ("5280000", "0.1", "ASK", at(7, 0)),
+    ];
+    for (price, volume, side, ts) in trades {
+        stack.sim_trade("KRW-ETH", price, volume, side, ts).await;
+    }
+    let to = chrono::DateTime::from_timestamp_millis(base + 10 * 60_000)
+        .unwrap()
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string();
+    // Windows that end at `to` and stay inside the hour of these trades.
+    for (path, count, expect) in [
+        ("minutes/1", 10, 4usize),
+        ("minutes/5", 2, 2),
+        ("minutes/10", 1, 1),
+    ] {
+        let ours_url = format!(
+            "{}/v1/candles/{path}?market=KRW-ETH&count={count}&to={to}",
+            stack.gw()
+        );
+        let theirs_url = format!(
+            "http://{}/v1/candles/{path}?market=KRW-ETH&count={count}&to={to}",
+            stack.sim
+        );
+        let ours = eventually(
+            Duration::from_secs(20),
+            &format!("{path} candles"),
+            || async {
+                let (status, body) = json(&stack, &ours_url).await;
+                (status == 200 && body.as_array().map(Vec::len) == Some(expect)).then_some(body)
+            },
+        )
+        .await
+        .unwrap();
+        let (_, theirs) = json(&stack, &theirs_url).await;
+        assert_eq!(
+            ours, theirs,
+            "{path}: gateway and upbit-sim agree on the same trades"
+        );
+    }
+    let (_, ones) = json(
+        &stack,
+        &format!(
+            "{}/v1/candles/minutes/1?market=KRW-ETH&count=10&to={to}",
+            stack.gw()
+        ),
+    )
+    .await;
+    let first = &ones[3];
+    assert_eq!(first["opening_price"].to_string(), "5300000");
+    assert_eq!(first["high_price"].to_string(), "5310000");
+    assert_eq!(first["low_price"].to_string(), "5290000");
+    assert_eq!(first["trade_price"].to_string(), "5290000");
+    assert_eq!(first["candle_acc_trade_volume"].to_string(), "3.5");
+    assert_eq!(
+        first["candle_acc_trade_price"].to_string(),
+        "18535000",
+        "5300000 + 2655000 + 10580000"
+    );
+    let (_, five) = json(
+        &stack,
+        &format!(
+            "{}/v1/candles/minutes/5?market=KRW-ETH&count=1&to={to}",
+            stack.gw()
+        ),
+    )
+    .await;
+    assert_eq!(
+        five[0]["opening_price"].to_string(),
+        "5280000",
+        "the newest 5-minute period, minutes 5..9"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_trades_from_two_ingestors_are_stored_and_pushed_once() {
+    let db = TestDb::create().await.unwrap();
+    let stack = Stack::start(
+        &db,
+        Options {
+            ingestors: 2,
+            gateways: 2,
+            ..Options::default()
+        },
+    )
+    .await;
+    wait_rest_price(&stack, "KRW-XRP", "3200").await;
+    // One WebSocket client on each gateway replica.
+    let mut clients = Vec::new();
+    for gw in &stack.gateways {
+        let mut ws = ws_connect(gw.http).await;
+        ws_request(
+            &mut ws,
+            r#"[{"ticket":"dup"},{"type":"trade","codes":["KRW-XRP"],"is_only_realtime":true}]"#,
+        )
+        .await;
+        clients.push(ws);
+    }
+    let mut sids = Vec::new();
+    for i in 0..20 {
+        sids.push(
+            stack
+                .sim_trade("KRW-XRP", &format!("{}", 3300 + i), "10", "BID", None)
+                .await,
+        );
+    }
+    for ws in &mut clients {
+        let mut seen = HashSet::new();
+        while seen.len() < sids.len() {
+            let sid = ws_wait(ws, Duration::from_secs(20), |m| match m {
+                Message::Trade(t) if t.code == "KRW-XRP" && t.trade_price >= dec("3300") => {
+                    Some(t.sequential_id)
+                }
+                _ => None,
+            })
+            .await;
+            assert!(seen.insert(sid), "trade {sid} pushed twice");
+        }
+        assert!(
+            ws_next(ws, Duration::from_millis(500)).await.is_none(),
+            "nothing after the 20 trades"
+        );
+    }
+    let admin = sqlx::PgPool::connect(&db.admin_url()).await.unwrap();
+    let stored: i64 = eventually(Duration::from_secs(20), "20 stored trades", || {
+        let (sids, admin) = (sids.clone(), admin.clone());
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM market_data.trades WHERE market = 'KRW-XRP' AND sequential_id = ANY($1)")
+                .bind(&sids)
+                .fetch_one(&admin)
+                .await
+                .ok()?;
+            (n == 20).then_some(n)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(stored, 20);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM market_data.trades WHERE market = 'KRW-XRP' AND sequential_id = ANY($1)")
+        .bind(&sids)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(rows, 20, "stored once each");
+    admin.close().await;
+    let duplicates: f64 = {
+        let md_admin = stack
+            .admins
+            .iter()
+            .find(|(_, n)| *n == "market-data")
+            .unwrap()
+            .0;
+        test_support::read_metric(md_admin, "market_data_events_total", &["type=\"trade\""]).await
+    };
+    assert!(
+        duplicates >= 40.0,
+        "both ingestors delivered every trade ({duplicates} received)"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_upbit_errors_never_a_5xx() {
+    let db = TestDb::create().await.unwrap();
+    let stack = Stack::start(
+        &db,
+        Options {
+            quotation_limit: 5,
+            ..Options::default()
+        },
+    )
+    .await;
+    wait_rest_price(&stack, "KRW-BTC", "148000000").await;
+    let gw = stack.gw();
+    for (i, path, status) in [
+        ("/v1/ticker?markets=KRW-NOPE", 404),
+        ("/v1/ticker?markets=krw-btc", 400),
+        ("/v1/ticker", 400),
+        ("/v1/orderbook?markets=KRW-BTC&count=31", 400),
+        ("/v1/candles/minutes/7?market=KRW-BTC", 400),
+        ("/v1/candles/minutes/1?market=KRW-BTC&count=201", 400),
+        ("/v1/candles/days?market=KRW-BTC&to=yesterday", 400),
+        ("/v1/trades/ticks?market=KRW-BTC&count=0", 400),
+        ("/v1/trades/ticks?market=KRW-NOPE", 404),
+        ("/api/v1/candles/KRW-BTC?interval=2m", 400),
+        ("/api/v1/orderbooks/KRW-NOPE", 404),
+        ("/v2/anything", 404),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (p, s))| (i, p, s))
+    {
+        let (got, body) = json_as(&stack, &format!("{gw}{path}"), &format!("10.0.0.{i}")).await;
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(
+            body["error"]["name"].is_string() && body["error"]["message"].is_string(),
+            "{path}: {body}"
+        );
+    }
+    let (_, nope) = json_as(
+        &stack,
+        &format!("{gw}/v1/ticker?markets=KRW-NOPE"),
+        "10.0.1.1",
+    )
+    .await;
+    assert_eq!(nope["error"]["message"], "Code not found");
+
+    // Remaining-Req and the per-IP group limit (5/s here).
+    let mut statuses = Vec::new();
+    for _ in 0..15 {
+        let resp = stack
+            .http
+            .get(format!("{gw}/v1/orderbook?markets=KRW-BTC"))
+            .header("x-forwarded-for", "10.9.9.9")
+            .send()
+            .await
+            .unwrap();
+        let header = resp
+            .headers()
+            .get("remaining-req")
+            .map(|h| h.to_str().unwrap().to_owned());
+        assert!(
+            header
+                .as_deref()
+                .is_some_and(|h| h.starts_with("group=orderbook; min=")),
+            "{header:?}"
+        );
+        statuses.push(resp.status().as_u16());
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+
+    // WebSocket: malformed requests and unknown markets get error frames; the
+    // connection survives them.
+    let mut ws = ws_connect(stack.gateways[0].http).await;
+    for (request, name) in [
+        ("{not json", "WRONG_FORMAT"),
+        (r#"[{"type":"ticker","codes":["KRW-BTC"]}]"#, "NO_TICKET"),
+        (r#"[{"ticket":"t"}]"#, "NO_TYPE"),
+        (
+            r#"[{"ticket":"t"},{"type":"trade","codes":[]}]"#,
+            "NO_CODES",
+        ),
+        (
+            r#"[{"ticket":"t"},{"type":"trade","codes":["KRW-NOPE"]}]"#,
+            "INVALID_PARAM",
+        ),
+        (
+            r#"[{"ticket":"t"},{"type":"trade","codes":["krw-btc"]}]"#,
+            "INVALID_PARAM",
+        ),
+    ] {
+        ws_send(&mut ws, request).await;
+        let bytes = ws_next(&mut ws, Duration::from_secs(5))
+            .await
+            .expect("an error frame");
+        let Ok(Message::Error(e)) = upbit::parse_message(&bytes) else {
+            panic!("{request}: {}", String::from_utf8_lossy(&bytes))
+        };
+        assert_eq!(e.name, name, "{request}");
+    }
+    let snap = ws_request(&mut ws, r#"[{"ticket":"t"},{"type":"orderbook","codes":["KRW-BTC.5"],"is_only_snapshot":true},{"format":"SIMPLE"}]"#).await;
+    let [Message::Orderbook(book)] = &snap[..] else {
+        panic!("{snap:?}")
+    };
+    assert_eq!(
+        (book.orderbook_units.len(), book.stream_type),
+        (5, StreamType::Snapshot)
+    );
+    stack.stop().await;
+}

@@ -1,0 +1,327 @@
+//! The whole system in one process: every service on port 0 against one real
+//! Postgres database and Redis, talking real gRPC over loopback, fed by a real
+//! upbit-sim over a real WebSocket.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use service_kit::config::RuntimeArgs;
+use service_kit::postgres::DbArgs;
+use test_support::{Running, TestDb};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+pub const LOCAL: &str = "127.0.0.1:0";
+
+fn db_args(db: &TestDb, role: &str) -> DbArgs {
+    DbArgs {
+        database_url: Some(db.role_url(role)),
+        database_admin_url: Some(db.admin_url()),
+        database_max_connections: 5,
+    }
+}
+
+/// What to start.
+pub struct Options {
+    pub ingestors: usize,
+    pub gateways: usize,
+    pub quotation_limit: u32,
+    /// Markets the simulator trades (paused: only injected trades happen).
+    pub sim_markets: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            ingestors: 1,
+            gateways: 1,
+            quotation_limit: 0,
+            sim_markets: "KRW-BTC,KRW-ETH,KRW-XRP,BTC-ETH",
+        }
+    }
+}
+
+pub struct Gateway {
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+pub struct Stack {
+    pub sim: SocketAddr,
+    pub market_data: SocketAddr,
+    pub order: SocketAddr,
+    pub inventory: SocketAddr,
+    pub user: SocketAddr,
+    pub ingestors: Vec<(SocketAddr, SocketAddr)>,
+    pub gateways: Vec<Gateway>,
+    pub admins: Vec<(SocketAddr, &'static str)>,
+    pub http: reqwest::Client,
+    running: Vec<Running>,
+}
+
+impl Stack {
+    pub async fn start(db: &TestDb, options: Options) -> Self {
+        test_support::init_logs();
+        let prefix = test_support::unique_prefix();
+        let mut running = Vec::new();
+        let mut admins = Vec::new();
+        let runtime = RuntimeArgs::default;
+
+        let mut sim_config = upbit_sim::Config::local(LOCAL);
+        sim_config.rate = 0;
+        sim_config.connect_limit = 0;
+        sim_config.rest_limit = 0;
+        sim_config.markets = Some(options.sim_markets.into());
+        let stop = CancellationToken::new();
+        let sim_app = upbit_sim::App::build(sim_config, stop.clone())
+            .await
+            .unwrap();
+        let sim = sim_app.http_addr();
+        running.push(Running::spawn(stop, sim_app.run()));
+
+        let stop = CancellationToken::new();
+        let md = market_data::App::build(
+            market_data::Config {
+                grpc_addr: LOCAL.into(),
+                metrics_addr: LOCAL.into(),
+                db: db_args(db, market_data::SCHEMA),
+                redis_url: test_support::redis_url(),
+                redis_prefix: prefix.clone(),
+                write_batch: 1000,
+                write_queue: 100_000,
+                stream_buffer: 1024,
+                stream_slow_after: Duration::from_secs(5),
+                runtime: runtime(),
+            },
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let market_data = md.grpc_addr();
+        admins.push((md.metrics_addr(), "market-data"));
+        running.push(Running::spawn(stop, md.run()));
+
+        let stop = CancellationToken::new();
+        let inv = inventory::App::build(
+            inventory::Config {
+                grpc_addr: LOCAL.into(),
+                metrics_addr: LOCAL.into(),
+                db: db_args(db, inventory::SCHEMA),
+                runtime: runtime(),
+            },
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let inventory = inv.grpc_addr();
+        admins.push((inv.metrics_addr(), "inventory"));
+        running.push(Running::spawn(stop, inv.run()));
+
+        let stop = CancellationToken::new();
+        let usr = user::App::build(
+            user::Config {
+                grpc_addr: LOCAL.into(),
+                metrics_addr: LOCAL.into(),
+                db: db_args(db, user::SCHEMA),
+                runtime: runtime(),
+            },
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let user = usr.grpc_addr();
+        admins.push((usr.metrics_addr(), "user"));
+        running.push(Running::spawn(stop, usr.run()));
+
+        let stop = CancellationToken::new();
+        let ord = order::App::build(
+            order::Config {
+                grpc_addr: LOCAL.into(),
+                metrics_addr: LOCAL.into(),
+                db: db_args(db, order::SCHEMA),
+                runtime: runtime(),
+            },
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let order = ord.grpc_addr();
+        admins.push((ord.metrics_addr(), "order"));
+        running.push(Running::spawn(stop, ord.run()));
+
+        test_support::wait_serving(market_data, "", Duration::from_secs(30))
+            .await
+            .unwrap();
+        let mut ingestors = Vec::new();
+        for _ in 0..options.ingestors {
+            let stop = CancellationToken::new();
+            let mut config = ingestor::Config::local(sim, market_data);
+            config.markets = "KRW,BTC".into();
+            let ing = ingestor::App::build(config, stop.clone()).await.unwrap();
+            ingestors.push((ing.grpc_addr(), ing.metrics_addr()));
+            admins.push((ing.metrics_addr(), "ingestor"));
+            running.push(Running::spawn(stop, ing.run()));
+        }
+        for (grpc, _) in &ingestors {
+            test_support::wait_serving(*grpc, "", Duration::from_secs(30))
+                .await
+                .unwrap();
+        }
+
+        let mut gateways = Vec::new();
+        for _ in 0..options.gateways {
+            let stop = CancellationToken::new();
+            let mut config = gateway::Config::local(market_data);
+            config.order_url = format!("http://{order}");
+            config.inventory_url = format!("http://{inventory}");
+            config.user_url = format!("http://{user}");
+            config.redis_url = test_support::redis_url();
+            config.redis_prefix = prefix.clone();
+            config.rate_limit_quotation = options.quotation_limit;
+            config.ws_connect_limit = 0;
+            let gw = gateway::App::build(config, stop.clone()).await.unwrap();
+            gateways.push(Gateway {
+                http: gw.http_addr(),
+                admin: gw.metrics_addr(),
+            });
+            admins.push((gw.metrics_addr(), "gateway"));
+            running.push(Running::spawn(stop, gw.run()));
+        }
+
+        Self {
+            sim,
+            market_data,
+            order,
+            inventory,
+            user,
+            ingestors,
+            gateways,
+            admins,
+            http: reqwest::Client::new(),
+            running,
+        }
+    }
+
+    /// Stops everything in reverse start order, each cleanly.
+    pub async fn stop(mut self) {
+        while let Some(r) = self.running.pop() {
+            r.stop().await;
+        }
+    }
+
+    pub fn gw(&self) -> String {
+        format!("http://{}", self.gateways[0].http)
+    }
+
+    /// Makes the simulator trade now (or at `at`, epoch ms).
+    pub async fn sim_trade(
+        &self,
+        market: &str,
+        price: &str,
+        volume: &str,
+        side: &str,
+        at: Option<i64>,
+    ) -> i64 {
+        let mut body = serde_json::json!({"market": market, "price": price, "volume": volume, "ask_bid": side});
+        if let Some(at) = at {
+            body["timestamp"] = at.into();
+        }
+        let resp = self
+            .http
+            .post(format!("http://{}/sim/trade", self.sim))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            resp.status().is_success(),
+            "sim trade: {}",
+            resp.text().await.unwrap()
+        );
+        resp.json::<serde_json::Value>().await.unwrap()["sequential_id"]
+            .as_i64()
+            .unwrap()
+    }
+
+    pub async fn sim_post(&self, path: &str) {
+        let resp = self
+            .http
+            .post(format!("http://{}{path}", self.sim))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+    }
+
+    pub async fn get(&self, url: &str) -> reqwest::Response {
+        self.http.get(url).send().await.unwrap()
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client of the gateway (or the simulator).
+pub async fn ws_connect(addr: SocketAddr) -> Ws {
+    tokio_tungstenite::connect_async(format!("ws://{addr}/websocket/v1"))
+        .await
+        .unwrap()
+        .0
+}
+
+pub async fn ws_send(ws: &mut Ws, text: &str) {
+    ws.send(WsMessage::Text(text.into())).await.unwrap();
+}
+
+/// The next frame's bytes within `wait` (None on timeout or close).
+pub async fn ws_next(ws: &mut Ws, wait: Duration) -> Option<Vec<u8>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) | Ok(None) | Ok(Some(Err(_))) => return None,
+            Ok(Some(Ok(WsMessage::Binary(b)))) => return Some(b.to_vec()),
+            Ok(Some(Ok(WsMessage::Text(t)))) => return Some(t.as_bytes().to_vec()),
+            Ok(Some(Ok(WsMessage::Close(_)))) => return None,
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+/// Sends a request then PING, and returns what arrived before `{"status":"UP"}`
+/// (requests are handled in order, so the subscription is then in place).
+pub async fn ws_request(ws: &mut Ws, text: &str) -> Vec<upbit::Message> {
+    ws_send(ws, text).await;
+    ws_send(ws, "PING").await;
+    let mut before = Vec::new();
+    loop {
+        let bytes = ws_next(ws, Duration::from_secs(10)).await.expect("a reply");
+        match upbit::parse_message(&bytes)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&bytes)))
+        {
+            upbit::Message::Status(s) if s == "UP" => return before,
+            other => before.push(other),
+        }
+    }
+}
+
+/// Waits for the first data message satisfying `want`.
+pub async fn ws_wait<T>(
+    ws: &mut Ws,
+    wait: Duration,
+    mut want: impl FnMut(upbit::Message) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let bytes = ws_next(ws, left)
+            .await
+            .expect("the expected WebSocket message in time");
+        if let Ok(msg) = upbit::parse_message(&bytes)
+            && let Some(v) = want(msg)
+        {
+            return v;
+        }
+    }
+}
