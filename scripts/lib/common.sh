@@ -189,3 +189,28 @@ ensure_cargo() {
 target_dir() {
   printf '%s' "${CARGO_TARGET_DIR:-$ROOT/target}"
 }
+
+# free_port: a port nothing listens on, below the kernel's ephemeral range
+# (32768+) so outgoing connections cannot take it meanwhile.
+free_port() {
+  local p
+  while :; do
+    p=$((15000 + RANDOM % 17000))
+    tcp_open 127.0.0.1 "$p" || { echo "$p"; return; }
+  done
+}
+
+# wait_http PORT PATH PID NAME LOG: waits (120 s at most) for a 200 on
+# 127.0.0.1:PORT/PATH while PID lives; on failure shows LOG and exits.
+wait_http() {
+  local port=$1 path=$2 pid=$3 name=$4 log=$5 deadline=$((SECONDS + 120))
+  until [[ $(http_status 127.0.0.1 "$port" "$path") == 200 ]]; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      say "$name exited during start; last log lines:"
+      tail -n 20 "$log" >&2
+      exit 1
+    fi
+    ((SECONDS < deadline)) || die "$name not ready after 120s (see $log)"
+    sleep 0.2
+  done
+}

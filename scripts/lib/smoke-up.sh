@@ -6,14 +6,6 @@ set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-free_port() {
-  local p
-  while true; do
-    p=$((20000 + RANDOM % 30000))
-    tcp_open 127.0.0.1 "$p" || { echo "$p"; return; }
-  done
-}
-
 GRPCURL=${GRPCURL:-}
 if [[ -z $GRPCURL ]]; then
   if have grpcurl; then GRPCURL=grpcurl

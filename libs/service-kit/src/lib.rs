@@ -22,5 +22,6 @@ pub mod postgres;
 pub mod ratelimit;
 pub mod retry;
 pub mod server;
+pub mod ws;
 
 pub use telemetry::Identity;

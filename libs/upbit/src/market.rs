@@ -58,53 +58,56 @@ impl fmt::Display for MarketCode {
     }
 }
 
-fn d(mantissa: i64, scale: u32) -> Decimal {
-    Decimal::new(mantissa, scale)
+const fn d(mantissa: u32, scale: u32) -> Decimal {
+    Decimal::from_parts(mantissa, 0, 0, false, scale)
 }
 
-/// KRW market tick size for `price` (Upbit policy since 2025-07-31).
+/// (lower bound, tick) for KRW prices, highest first (policy since 2025-07-31).
+const KRW_TICKS: [(Decimal, Decimal); 14] = [
+    (d(1_000_000, 0), d(1000, 0)),
+    (d(500_000, 0), d(500, 0)),
+    (d(100_000, 0), d(100, 0)),
+    (d(50_000, 0), d(50, 0)),
+    (d(10_000, 0), d(10, 0)),
+    (d(5_000, 0), d(5, 0)),
+    (d(100, 0), d(1, 0)),
+    (d(10, 0), d(1, 1)),
+    (d(1, 0), d(1, 2)),
+    (d(1, 1), d(1, 3)),
+    (d(1, 2), d(1, 4)),
+    (d(1, 3), d(1, 5)),
+    (d(1, 4), d(1, 6)),
+    (d(1, 5), d(1, 7)),
+];
+
+/// (lower bound, tick) for USDT prices, highest first.
+const USDT_TICKS: [(Decimal, Decimal); 6] = [
+    (d(10, 0), d(1, 2)),
+    (d(1, 0), d(1, 3)),
+    (d(1, 1), d(1, 4)),
+    (d(1, 2), d(1, 5)),
+    (d(1, 3), d(1, 6)),
+    (d(1, 4), d(1, 7)),
+];
+
+/// The smallest tick of every market: 1e-8.
+const SATOSHI: Decimal = d(1, 8);
+
+fn tick_from(table: &[(Decimal, Decimal)], price: Decimal) -> Decimal {
+    table
+        .iter()
+        .find(|(floor, _)| price >= *floor)
+        .map_or(SATOSHI, |(_, tick)| *tick)
+}
+
+/// KRW market tick size for `price`.
 pub fn krw_tick(price: Decimal) -> Decimal {
-    let table: [(Decimal, Decimal); 15] = [
-        (d(1_000_000, 0), d(1000, 0)),
-        (d(500_000, 0), d(500, 0)),
-        (d(100_000, 0), d(100, 0)),
-        (d(50_000, 0), d(50, 0)),
-        (d(10_000, 0), d(10, 0)),
-        (d(5_000, 0), d(5, 0)),
-        (d(100, 0), d(1, 0)),
-        (d(10, 0), d(1, 1)),
-        (d(1, 0), d(1, 2)),
-        (d(1, 1), d(1, 3)),
-        (d(1, 2), d(1, 4)),
-        (d(1, 3), d(1, 5)),
-        (d(1, 4), d(1, 6)),
-        (d(1, 5), d(1, 7)),
-        (Decimal::ZERO, d(1, 8)),
-    ];
-    for (floor, tick) in table {
-        if price >= floor {
-            return tick;
-        }
-    }
-    d(1, 8)
+    tick_from(&KRW_TICKS, price)
 }
 
 /// USDT market tick size for `price`.
 pub fn usdt_tick(price: Decimal) -> Decimal {
-    let table: [(Decimal, Decimal); 6] = [
-        (d(10, 0), d(1, 2)),
-        (d(1, 0), d(1, 3)),
-        (d(1, 1), d(1, 4)),
-        (d(1, 2), d(1, 5)),
-        (d(1, 3), d(1, 6)),
-        (d(1, 4), d(1, 7)),
-    ];
-    for (floor, tick) in table {
-        if price >= floor {
-            return tick;
-        }
-    }
-    d(1, 8)
+    tick_from(&USDT_TICKS, price)
 }
 
 /// Tick size of `price` in a market quoted in `quote`.
@@ -113,7 +116,7 @@ pub fn tick_size(quote: &str, price: Decimal) -> Decimal {
         "KRW" => krw_tick(price),
         "USDT" => usdt_tick(price),
         // BTC markets and anything else: one satoshi.
-        _ => d(1, 8),
+        _ => SATOSHI,
     }
 }
 

@@ -74,12 +74,56 @@ fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// Appends a decimal as a JSON number.
-fn push_decimal(out: &mut String, d: Decimal) {
+/// A decimal in its normalised text form (see [`push_decimal`]).
+pub fn decimal_string(d: Decimal) -> String {
+    let mut out = String::with_capacity(24);
+    push_decimal(&mut out, d);
+    out
+}
+
+/// Appends a decimal as a JSON number in its normalised form (`148601000`,
+/// `0.00016823`): trailing zeros dropped, never an exponent. This is on the hot
+/// path of every writer, so it formats the mantissa directly.
+pub fn push_decimal(out: &mut String, d: Decimal) {
     if d.is_zero() {
         out.push('0');
+        return;
+    }
+    if d.is_sign_negative() {
+        out.push('-');
+    }
+    let mut scale = d.scale() as usize;
+    let mut digits_buf = itoa::Buffer::new();
+    let digits = match u64::try_from(d.mantissa().unsigned_abs()) {
+        Ok(mut m) => {
+            while scale > 0 && m.is_multiple_of(10) {
+                m /= 10;
+                scale -= 1;
+            }
+            digits_buf.format(m)
+        }
+        Err(_) => {
+            let mut m = d.mantissa().unsigned_abs();
+            while scale > 0 && m.is_multiple_of(10) {
+                m /= 10;
+                scale -= 1;
+            }
+            digits_buf.format(m)
+        }
+    };
+    let len = digits.len();
+    if scale == 0 {
+        out.push_str(digits);
+    } else if len > scale {
+        out.push_str(&digits[..len - scale]);
+        out.push('.');
+        out.push_str(&digits[len - scale..]);
     } else {
-        let _ = write!(out, "{}", d.normalize());
+        out.push_str("0.");
+        for _ in 0..scale - len {
+            out.push('0');
+        }
+        out.push_str(digits);
     }
 }
 
@@ -132,7 +176,7 @@ impl<'a> Obj<'a> {
     }
     fn int(&mut self, long: &str, short: &str, v: i64) -> &mut Self {
         self.key(long, short);
-        let _ = write!(self.out, "{v}");
+        self.out.push_str(itoa::Buffer::new().format(v));
         self
     }
     fn bool(&mut self, long: &str, short: &str, v: bool) -> &mut Self {
@@ -184,6 +228,42 @@ pub fn candle_date_times(ms: i64) -> (String, String) {
         t.format("%Y-%m-%dT%H:%M:%S").to_string(),
         kst.format("%Y-%m-%dT%H:%M:%S").to_string(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn decimals_print_like_normalised_display() {
+        for text in [
+            "0",
+            "1",
+            "-1",
+            "148601000",
+            "0.00016823",
+            "0.50000000",
+            "100.10",
+            "-0.0000001",
+            "79228162514264337593543950335",
+            "0.0000000000000000000000000001",
+            "12345678901234567890.12345678",
+            "1000000",
+            "10.0",
+            "-45.600",
+        ] {
+            let d = Decimal::from_str(text).unwrap();
+            let mut out = String::new();
+            push_decimal(&mut out, d);
+            let expected = if d.is_zero() {
+                "0".to_owned()
+            } else {
+                d.normalize().to_string()
+            };
+            assert_eq!(out, expected, "{text}");
+        }
+    }
 }
 
 fn frame(format: Format, body: impl FnOnce(&mut String, bool)) -> String {

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use exchange_proto::marketdata::v1 as pb;
 use futures_util::{SinkExt, StreamExt};
 use prometheus::{IntCounterVec, IntGauge, Opts};
+use service_kit::ws::{Incoming, spawn_reader};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -81,27 +82,29 @@ async fn connection(socket: WebSocket, gw: Shared) {
     CONNECTIONS.dec();
 }
 
+/// Most frames written between two checks of the other inputs.
+const BURST: usize = 256;
+
 async fn serve(socket: WebSocket, gw: &Shared) -> &'static str {
-    let (mut sink, mut stream) = socket.split();
+    let (mut sink, stream) = socket.split();
+    let mut incoming = spawn_reader(stream);
     let (tx, mut rx) = mpsc::channel::<Message>(gw.ws_buffer.max(16));
     let slow = CancellationToken::new();
     let mut upstream = Upstream::default();
     let mut format = Format::Default;
     let mut window = RequestWindow::default();
     let mut subscribed: Vec<Subscription> = Vec::new();
-    let mut last_heard = Instant::now();
-    let mut unflushed = false;
-    loop {
-        let idle = tokio::time::Instant::from_std(last_heard + gw.ws_idle);
+    let idle = tokio::time::sleep(gw.ws_idle);
+    tokio::pin!(idle);
+    let reason = loop {
         tokio::select! {
-            incoming = stream.next() => {
-                let text = match incoming {
-                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => { upstream.stop().await; return "client"; }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => { last_heard = Instant::now(); continue; }
-                    Some(Ok(Message::Text(t))) => t.to_string(),
-                    Some(Ok(Message::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
+            received = incoming.recv() => {
+                idle.as_mut().reset(tokio::time::Instant::now() + gw.ws_idle);
+                let text = match received {
+                    None => break "client",
+                    Some(Incoming::Heard) => continue,
+                    Some(Incoming::Text(t)) => t,
                 };
-                last_heard = Instant::now();
                 let replies = match parse_request(&text) {
                     Err(e) => vec![error_frame(&e)],
                     Ok(ClientFrame::Ping) => vec![binary(STATUS_UP.to_owned())],
@@ -130,41 +133,45 @@ async fn serve(socket: WebSocket, gw: &Shared) -> &'static str {
                         }
                     }
                 };
+                let mut failed = false;
                 for reply in replies {
-                    if sink.feed(reply).await.is_err() { upstream.stop().await; return "client"; }
-                    unflushed = true;
+                    failed = failed || sink.feed(reply).await.is_err();
                 }
-                if unflushed {
-                    if sink.flush().await.is_err() { upstream.stop().await; return "client"; }
-                    unflushed = false;
+                if failed || sink.flush().await.is_err() {
+                    break "client";
                 }
             }
             out = rx.recv() => {
-                let Some(frame) = out else { continue };
-                if sink.feed(frame).await.is_err() { upstream.stop().await; return "client"; }
-                unflushed = true;
-                if rx.is_empty() {
-                    if sink.flush().await.is_err() { upstream.stop().await; return "client"; }
-                    unflushed = false;
+                let mut next = out;
+                let mut written = 0;
+                let mut failed = false;
+                while let Some(frame) = next.take() {
+                    if sink.feed(frame).await.is_err() { failed = true; break; }
+                    written += 1;
+                    if written < BURST {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                if failed || (written > 0 && sink.flush().await.is_err()) {
+                    break "client";
                 }
             }
             _ = slow.cancelled() => {
-                upstream.stop().await;
                 let _ = sink.send(Message::Close(Some(CloseFrame { code: 1008, reason: "too slow: messages were not read".into() }))).await;
-                return "slow";
+                break "slow";
             }
-            _ = tokio::time::sleep_until(idle) => {
-                upstream.stop().await;
+            _ = &mut idle => {
                 let _ = sink.send(Message::Close(Some(CloseFrame { code: 1000, reason: "idle timeout".into() }))).await;
-                return "idle";
+                break "idle";
             }
             _ = gw.draining.cancelled() => {
-                upstream.stop().await;
                 let _ = sink.send(Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() }))).await;
-                return "shutdown";
+                break "shutdown";
             }
         }
-    }
+    };
+    upstream.stop().await;
+    reason
 }
 
 /// Rejects requests for candle types (not served) and for codes that are not

@@ -1,10 +1,12 @@
 //! The bounded buffer between the feed and market-data.
 //!
 //! Tickers and orderbooks are conflated: only the newest per market waits to be
-//! sent (a full snapshot replaces an older one). Trades queue in order up to a
-//! bound; beyond it the oldest are dropped and counted. So when market-data is
-//! slow or away, memory stays bounded and what is sent when it returns is the
-//! newest state.
+//! sent (a full snapshot replaces an older one). They are kept as the raw frame
+//! and parsed only when a batch is taken, so a busy feed does not pay for parsing
+//! messages that a newer one replaces. Trades queue in order up to a bound;
+//! beyond it the oldest are dropped and counted. So when market-data is slow or
+//! away, memory stays bounded and what is sent when it returns is the newest
+//! state.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -17,10 +19,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
 
+/// A conflated message: parsed already, or the raw frame and when it arrived.
+enum Latest {
+    Parsed(Box<pb::MarketEvent>),
+    Raw(bytes::Bytes, i64),
+}
+
 #[derive(Default)]
 struct Inner {
-    tickers: HashMap<String, pb::MarketEvent>,
-    orderbooks: HashMap<String, pb::MarketEvent>,
+    tickers: HashMap<String, Latest>,
+    orderbooks: HashMap<String, Latest>,
     trades: VecDeque<pb::MarketEvent>,
 }
 
@@ -49,19 +57,51 @@ impl Buffer {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Adds the raw frame of a ticker (`orderbook = false`) or orderbook of
+    /// `market`, replacing any older one; it is parsed when taken.
+    pub fn push_raw(&self, orderbook: bool, market: &str, frame: bytes::Bytes, received_at: i64) {
+        let mut inner = self.lock();
+        let (map, kind) = if orderbook {
+            (&mut inner.orderbooks, "orderbook")
+        } else {
+            (&mut inner.tickers, "ticker")
+        };
+        let latest = Latest::Raw(frame, received_at);
+        match map.get_mut(market) {
+            Some(slot) => {
+                *slot = latest;
+                metrics::CONFLATED.with_label_values(&[kind]).inc();
+            }
+            None => {
+                map.insert(market.to_owned(), latest);
+            }
+        }
+        metrics::BUFFERED.set(inner.len() as i64);
+        drop(inner);
+        self.ready.notify_one();
+    }
+
     /// Adds an event (conflating tickers and orderbooks per market).
     pub fn push(&self, event: pb::MarketEvent) {
         let mut inner = self.lock();
         match &event.event {
             Some(Event::Ticker(t)) => {
                 let market = t.market.clone();
-                if inner.tickers.insert(market, event).is_some() {
+                if inner
+                    .tickers
+                    .insert(market, Latest::Parsed(Box::new(event)))
+                    .is_some()
+                {
                     metrics::CONFLATED.with_label_values(&["ticker"]).inc();
                 }
             }
             Some(Event::Orderbook(o)) => {
                 let market = o.market.clone();
-                if inner.orderbooks.insert(market, event).is_some() {
+                if inner
+                    .orderbooks
+                    .insert(market, Latest::Parsed(Box::new(event)))
+                    .is_some()
+                {
                     metrics::CONFLATED.with_label_values(&["orderbook"]).inc();
                 }
             }
@@ -82,17 +122,31 @@ impl Buffer {
     /// Takes up to `max` events: every conflated ticker and orderbook, then trades
     /// in arrival order.
     pub fn take(&self, max: usize) -> Vec<pb::MarketEvent> {
-        let mut inner = self.lock();
-        let mut out = Vec::with_capacity(max.min(inner.len()));
-        let books: Vec<_> = inner.orderbooks.drain().map(|(_, e)| e).collect();
-        let tickers: Vec<_> = inner.tickers.drain().map(|(_, e)| e).collect();
-        // Trades first keeps their order relative to the snapshots that follow them.
-        let room = max.saturating_sub(books.len() + tickers.len()).max(max / 2);
-        let n = inner.trades.len().min(room);
-        out.extend(inner.trades.drain(..n));
-        out.extend(tickers);
-        out.extend(books);
-        metrics::BUFFERED.set(inner.len() as i64);
+        let (trades, tickers, books) = {
+            let mut inner = self.lock();
+            let books: Vec<_> = inner.orderbooks.drain().map(|(_, e)| e).collect();
+            let tickers: Vec<_> = inner.tickers.drain().map(|(_, e)| e).collect();
+            let room = max.saturating_sub(books.len() + tickers.len()).max(max / 2);
+            let n = inner.trades.len().min(room);
+            let trades: Vec<_> = inner.trades.drain(..n).collect();
+            metrics::BUFFERED.set(inner.len() as i64);
+            (trades, tickers, books)
+        };
+        // Parse outside the lock. Trades first keeps their order relative to the
+        // snapshots that follow them.
+        let mut out = Vec::with_capacity(trades.len() + tickers.len() + books.len());
+        out.extend(trades);
+        out.extend(
+            tickers
+                .into_iter()
+                .chain(books)
+                .filter_map(|latest| match latest {
+                    Latest::Parsed(e) => Some(*e),
+                    Latest::Raw(frame, received_at) => {
+                        crate::feed::parse_event(&frame, received_at)
+                    }
+                }),
+        );
         out
     }
 

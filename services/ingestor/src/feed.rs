@@ -179,9 +179,9 @@ where
             }
             Ok(Some(Ok(frame))) => frame,
         };
-        let bytes = match &frame {
-            WsMessage::Binary(b) => b.as_ref(),
-            WsMessage::Text(t) => t.as_bytes(),
+        let bytes = match frame {
+            WsMessage::Binary(b) => b,
+            WsMessage::Text(t) => bytes::Bytes::from(t.as_str().to_owned()),
             WsMessage::Close(_) => return End::Reconnect("closed"),
             _ => continue,
         };
@@ -189,15 +189,81 @@ where
     }
 }
 
-/// Parses one frame into the buffer; malformed frames are counted and skipped.
-pub fn handle(bytes: &[u8], buffer: &Buffer) {
+/// The type and market of a frame, read without parsing the rest.
+#[derive(serde::Deserialize)]
+struct Head<'a> {
+    #[serde(alias = "ty", borrow)]
+    r#type: Option<&'a str>,
+    #[serde(alias = "cd", borrow)]
+    code: Option<&'a str>,
+}
+
+/// The value of `"key":"value"` when the frame starts with it (after `{` or
+/// `[{`), as Upbit writes `type` then `code` first; None otherwise.
+fn leading_str<'a>(frame: &'a [u8], keys: [&str; 2]) -> Option<(&'a str, &'a [u8])> {
+    let rest = frame.strip_prefix(b"[").unwrap_or(frame);
+    let rest = rest
+        .strip_prefix(b"{")
+        .or_else(|| rest.strip_prefix(b","))?;
+    for key in keys {
+        let quoted = [&b"\""[..], key.as_bytes(), &b"\":\""[..]].concat();
+        if let Some(after) = rest.strip_prefix(quoted.as_slice()) {
+            let end = after.iter().position(|b| *b == b'"')?;
+            let value = std::str::from_utf8(&after[..end]).ok()?;
+            return Some((value, &after[end + 1..]));
+        }
+    }
+    None
+}
+
+/// Type and market from the start of a frame without reading the rest;
+/// falls back to a full (allocation-free) scan of the document.
+fn head(frame: &[u8]) -> Option<(&str, &str)> {
+    if let Some((kind, rest)) = leading_str(frame, ["type", "ty"])
+        && let Some((code, _)) = leading_str(rest, ["code", "cd"])
+    {
+        return Some((kind, code));
+    }
+    match serde_json::from_slice::<Head<'_>>(frame) {
+        Ok(Head {
+            r#type: Some(kind),
+            code: Some(code),
+        }) => Some((kind, code)),
+        _ => None,
+    }
+}
+
+/// Routes one frame into the buffer: trades are parsed now; tickers and
+/// orderbooks are kept raw (the newest per market) and parsed when sent.
+/// Malformed frames are counted and skipped.
+pub fn handle(frame: bytes::Bytes, buffer: &Buffer) {
     let now = chrono::Utc::now().timestamp_millis();
-    let lag = |ts: i64| (now - ts).max(0) as f64 / 1000.0;
+    match head(&frame) {
+        // A frame cut short is parsed (and counted as malformed) right away.
+        Some((kind @ ("ticker" | "orderbook"), code))
+            if upbit::market::MarketCode::parse(code).is_ok()
+                && frame
+                    .trim_ascii_end()
+                    .last()
+                    .is_some_and(|b| matches!(b, b'}' | b']')) =>
+        {
+            metrics::EVENTS.with_label_values(&[kind, code]).inc();
+            let code = code.to_owned();
+            buffer.push_raw(kind == "orderbook", &code, frame, now);
+        }
+        _ => {
+            if let Some(event) = parse_event(&frame, now) {
+                buffer.push(event);
+            }
+        }
+    }
+}
+
+/// Parses a frame into an event (None for frames that carry none).
+pub fn parse_event(bytes: &[u8], received_at: i64) -> Option<pb::MarketEvent> {
+    let lag = |ts: i64| (received_at - ts).max(0) as f64 / 1000.0;
     let event = match upbit::parse_message(bytes) {
         Ok(Message::Ticker(t)) => {
-            metrics::EVENTS
-                .with_label_values(&["ticker", &t.code])
-                .inc();
             metrics::LAG
                 .with_label_values(&["ticker"])
                 .observe(lag(t.timestamp));
@@ -211,29 +277,26 @@ pub fn handle(bytes: &[u8], buffer: &Buffer) {
             Event::Trade(convert::trade(&t))
         }
         Ok(Message::Orderbook(o)) => {
-            metrics::EVENTS
-                .with_label_values(&["orderbook", &o.code])
-                .inc();
             metrics::LAG
                 .with_label_values(&["orderbook"])
                 .observe(lag(o.timestamp));
             Event::Orderbook(convert::orderbook(&o))
         }
-        Ok(Message::Candle(_)) | Ok(Message::Status(_)) => return,
+        Ok(Message::Candle(_)) | Ok(Message::Status(_)) => return None,
         Ok(Message::Error(e)) => {
             tracing::warn!(name = %e.name, message = %e.message, "the feed answered an error");
-            return;
+            return None;
         }
         Err(err) => {
             metrics::PARSE_ERRORS.inc();
             tracing::debug!(error = %err, "skipping a malformed frame");
-            return;
+            return None;
         }
     };
-    buffer.push(pb::MarketEvent {
+    Some(pb::MarketEvent {
         event: Some(event),
-        received_at: now,
-    });
+        received_at,
+    })
 }
 
 #[cfg(test)]
@@ -255,6 +318,21 @@ mod tests {
             start.elapsed() >= Duration::from_secs(2),
             "{:?}",
             start.elapsed()
+        );
+    }
+
+    #[test]
+    fn the_head_is_read_from_the_start_or_found_anywhere() {
+        let default = br#"{"type":"orderbook","code":"KRW-BTC","total_ask_size":1}"#;
+        assert_eq!(head(default), Some(("orderbook", "KRW-BTC")));
+        let simple = br#"[{"ty":"ticker","cd":"KRW-ETH","tp":1}]"#;
+        assert_eq!(head(simple), Some(("ticker", "KRW-ETH")));
+        let reordered = br#"{"code":"KRW-XRP","tp":1,"type":"trade"}"#;
+        assert_eq!(head(reordered), Some(("trade", "KRW-XRP")));
+        assert_eq!(
+            head(br#"{"type":"orderbook","code":"KRW"#),
+            None,
+            "truncated"
         );
     }
 

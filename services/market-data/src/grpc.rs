@@ -1,6 +1,8 @@
 //! gRPC adapter: validate, call Redis (hot state) or Postgres (history), map errors.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+
+use futures_util::FutureExt;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -28,6 +30,8 @@ type BoxStream<T> =
 const MAX_TRADES: u32 = 500;
 const MAX_CANDLES: u32 = 200;
 const MAX_DEPTH: u32 = 30;
+/// Largest number of events merged into one Redis round trip.
+const COALESCE_EVENTS: usize = 10_000;
 
 pub struct MarketData {
     pool: PgPool,
@@ -220,6 +224,26 @@ impl MarketData {
         Ok(requested.to_vec())
     }
 
+    async fn register_markets(&self, message: &pb::IngestRequest) -> Result<(), Status> {
+        let rows: Vec<MarketRow> = message
+            .markets
+            .iter()
+            .filter(|m| check_market(&m.market).is_ok())
+            .map(|m| MarketRow {
+                market: m.market.clone(),
+                korean_name: m.korean_name.clone(),
+                english_name: m.english_name.clone(),
+                warning: m.warning,
+            })
+            .collect();
+        store::upsert_markets(&self.pool, &rows)
+            .await
+            .map_err(|e| unavailable("the database", &e))?;
+        self.known_markets(true).await?;
+        tracing::info!(source = %message.source, markets = rows.len(), "markets registered");
+        Ok(())
+    }
+
     async fn apply_with_retry(&self, batch: &Batch) -> Result<crate::hot::Applied, Status> {
         let mut delay = Duration::from_millis(50);
         for attempt in 0..5 {
@@ -336,74 +360,93 @@ impl MarketDataService for MarketData {
     ) -> Result<Response<pb::IngestResponse>, Status> {
         let mut stream = request.into_inner();
         let mut response = pb::IngestResponse::default();
-        loop {
-            let message = tokio::select! {
+        let (tickers_in, books_in, trades_in) = (
+            metrics::EVENTS.with_label_values(&["ticker"]),
+            metrics::EVENTS.with_label_values(&["orderbook"]),
+            metrics::EVENTS.with_label_values(&["trade"]),
+        );
+        let mut ended = false;
+        while !ended {
+            let first = tokio::select! {
                 m = stream.message() => m,
                 _ = self.draining.cancelled() => break,
             };
-            let message = match message {
-                Ok(Some(m)) => m,
+            let mut messages = match first {
+                Ok(Some(m)) => vec![m],
                 Ok(None) => break,
                 Err(status) => {
                     tracing::debug!(%status, "ingest stream ended by the client");
                     break;
                 }
             };
-            if !message.markets.is_empty() {
-                let rows: Vec<MarketRow> = message
-                    .markets
-                    .iter()
-                    .filter(|m| check_market(&m.market).is_ok())
-                    .map(|m| MarketRow {
-                        market: m.market.clone(),
-                        korean_name: m.korean_name.clone(),
-                        english_name: m.english_name.clone(),
-                        warning: m.warning,
-                    })
-                    .collect();
-                store::upsert_markets(&self.pool, &rows)
-                    .await
-                    .map_err(|e| unavailable("the database", &e))?;
-                self.known_markets(true).await?;
-                tracing::info!(source = %message.source, markets = rows.len(), "markets registered");
+            // Under load, merge the messages already waiting into one Redis round
+            // trip: batches grow with the load instead of queueing behind each other.
+            let mut waiting = messages[0].events.len();
+            while waiting < COALESCE_EVENTS {
+                match stream.message().now_or_never() {
+                    Some(Ok(Some(m))) => {
+                        waiting += m.events.len();
+                        messages.push(m);
+                    }
+                    Some(Ok(None)) | Some(Err(_)) => {
+                        ended = true;
+                        break;
+                    }
+                    None => break,
+                }
             }
-            response.events_received += message.events.len() as u64;
+            for message in &messages {
+                if !message.markets.is_empty() {
+                    self.register_markets(message).await?;
+                }
+            }
             let mut batch = Batch::default();
             let mut rows = Vec::new();
-            for event in message.events {
+            let mut latest: HashMap<(bool, String), usize> = HashMap::new();
+            let (mut n_tickers, mut n_books) = (0u64, 0u64);
+            for event in messages.into_iter().flat_map(|m| m.events) {
+                response.events_received += 1;
                 match event.event {
                     Some(Event::Ticker(t)) if check_market(&t.market).is_ok() => {
-                        metrics::EVENTS.with_label_values(&["ticker"]).inc();
+                        n_tickers += 1;
                         // Keep only the newest per market within the batch.
-                        match batch.tickers.iter_mut().find(|x| x.market == t.market) {
-                            Some(existing) if existing.timestamp <= t.timestamp => *existing = t,
+                        match latest.get(&(false, t.market.clone())) {
+                            Some(&i) if batch.tickers[i].timestamp <= t.timestamp => {
+                                batch.tickers[i] = t
+                            }
                             Some(_) => {}
-                            None => batch.tickers.push(t),
+                            None => {
+                                latest.insert((false, t.market.clone()), batch.tickers.len());
+                                batch.tickers.push(t);
+                            }
                         }
                     }
                     Some(Event::Orderbook(o)) if check_market(&o.market).is_ok() => {
-                        metrics::EVENTS.with_label_values(&["orderbook"]).inc();
-                        match batch.orderbooks.iter_mut().find(|x| x.market == o.market) {
-                            Some(existing) if existing.timestamp <= o.timestamp => *existing = o,
+                        n_books += 1;
+                        match latest.get(&(true, o.market.clone())) {
+                            Some(&i) if batch.orderbooks[i].timestamp <= o.timestamp => {
+                                batch.orderbooks[i] = o
+                            }
                             Some(_) => {}
-                            None => batch.orderbooks.push(o),
-                        }
-                    }
-                    Some(Event::Trade(t)) => {
-                        metrics::EVENTS.with_label_values(&["trade"]).inc();
-                        match to_trade_row(&t) {
-                            Some(row) => {
-                                rows.push(row);
-                                batch.trades.push(t);
-                            }
                             None => {
-                                tracing::debug!(market = %t.market, "skipping an invalid trade")
+                                latest.insert((true, o.market.clone()), batch.orderbooks.len());
+                                batch.orderbooks.push(o);
                             }
                         }
                     }
+                    Some(Event::Trade(t)) => match to_trade_row(&t) {
+                        Some(row) => {
+                            rows.push(row);
+                            batch.trades.push(t);
+                        }
+                        None => tracing::debug!(market = %t.market, "skipping an invalid trade"),
+                    },
                     _ => {}
                 }
             }
+            tickers_in.inc_by(n_tickers);
+            books_in.inc_by(n_books);
+            trades_in.inc_by(batch.trades.len() as u64);
             let applied = self.apply_with_retry(&batch).await?;
             let now = Utc::now().timestamp_millis();
             let lag = |ts: i64| (now - ts).max(0) as f64 / 1000.0;
@@ -416,11 +459,11 @@ impl MarketDataService for MarketData {
             for t in &batch.tickers {
                 metrics::EVENT_TO_REDIS.observe(lag(t.timestamp));
             }
+            let mut fresh_count = 0;
             for (row, fresh) in rows.into_iter().zip(applied.fresh_trades.iter().copied()) {
                 if fresh {
+                    fresh_count += 1;
                     metrics::EVENT_TO_REDIS.observe(lag(row.ts.timestamp_millis()));
-                    metrics::PUBLISHED.with_label_values(&["trade"]).inc();
-                    response.trades_stored += 1;
                     if !self.writer.send(row).await {
                         return Err(Status::unavailable("shutting down"));
                     }
@@ -428,6 +471,10 @@ impl MarketDataService for MarketData {
                     response.trades_duplicate += 1;
                 }
             }
+            response.trades_stored += fresh_count;
+            metrics::PUBLISHED
+                .with_label_values(&["trade"])
+                .inc_by(fresh_count);
         }
         Ok(Response::new(response))
     }

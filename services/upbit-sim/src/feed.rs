@@ -162,6 +162,10 @@ pub async fn run_generator(sim: Arc<Sim>, stop: CancellationToken) -> anyhow::Re
                 _ = sim.rate_changed.notified() => break,
                 _ = tick.tick() => {}
             }
+            // A change notified while we were generating is seen here.
+            if sim.rate() != rate {
+                break;
+            }
             let due = u128::from(rate) * epoch.elapsed().as_micros() / 1_000_000;
             // After a stall of the runtime, do not burst more than 100 ms worth.
             let behind = due.saturating_sub(emitted).min(u128::from(rate / 10 + 3));

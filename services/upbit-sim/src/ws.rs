@@ -10,13 +10,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
+use service_kit::ws::{Incoming, spawn_reader};
 use tokio::sync::broadcast::error::RecvError;
 use upbit::StreamType;
 use upbit::error::{ErrorBody, ErrorResponse};
@@ -81,64 +81,71 @@ fn error_frame(name: &str, message: &str) -> Message {
     )
 }
 
+/// Most events written between two checks of the other inputs.
+const BURST: usize = 256;
+
 async fn connection(socket: WebSocket, app: Arc<AppState>) {
     let sim = app.sim.clone();
-    let (mut sink, mut stream) = socket.split();
+    let (mut sink, stream) = socket.split();
+    let mut incoming = spawn_reader(stream);
     let mut events = sim.subscribe();
     let mut drops = sim.drops();
     drops.borrow_and_update();
     let mut subs = Subscriptions::default();
     let mut format = Format::Default;
     let mut limit = RequestWindow::default();
-    let idle = app.idle_timeout;
-    let mut last_heard = Instant::now();
-    let mut unflushed = false;
+    let idle = tokio::time::sleep(app.idle_timeout);
+    tokio::pin!(idle);
     let stop = app.stop.clone();
     loop {
-        let idle_deadline = tokio::time::Instant::from_std(last_heard + idle);
         tokio::select! {
-            incoming = stream.next() => {
-                let text = match incoming {
-                    None | Some(Err(_)) => return,
-                    Some(Ok(Message::Close(_))) => return,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => { last_heard = Instant::now(); continue; }
-                    Some(Ok(Message::Text(t))) => t.to_string(),
-                    Some(Ok(Message::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
+            received = incoming.recv() => {
+                idle.as_mut().reset(tokio::time::Instant::now() + app.idle_timeout);
+                let text = match received {
+                    None => return,
+                    Some(Incoming::Heard) => continue,
+                    Some(Incoming::Text(t)) => t,
                 };
-                last_heard = Instant::now();
                 let replies = handle_request(&text, &app, &mut subs, &mut format, &mut limit);
                 for reply in replies {
                     if sink.feed(reply).await.is_err() { return; }
                 }
                 if sink.flush().await.is_err() { return; }
-                unflushed = false;
             }
             received = events.recv() => {
-                let event = match received {
-                    Ok(e) => e,
-                    Err(RecvError::Lagged(_)) => continue,
-                    Err(RecvError::Closed) => return,
-                };
-                if let Some(depth) = subs.depth_for(&event).filter(|_| !sim.stalled()) {
-                    let mut frame = event.frame(format, depth).into_bytes();
-                    if sim.take_malformed() {
-                        // Half a message: what a broken upstream sends.
-                        frame.truncate(frame.len() / 2);
+                let mut next = Some(received);
+                let mut written = 0;
+                // Write a burst of events, then flush once.
+                while let Some(received) = next.take() {
+                    let event = match received {
+                        Ok(e) => e,
+                        Err(RecvError::Lagged(_)) => { next = events.try_recv().ok().map(Ok); continue; }
+                        Err(RecvError::Closed) => return,
+                    };
+                    if let Some(depth) = subs.depth_for(&event).filter(|_| !sim.stalled()) {
+                        let mut frame = event.frame(format, depth).into_bytes();
+                        if sim.take_malformed() {
+                            // Half a message: what a broken upstream sends.
+                            frame.truncate(frame.len() / 2);
+                        }
+                        if sink.feed(Message::Binary(frame.into())).await.is_err() { return; }
+                        written += 1;
                     }
-                    if sink.feed(Message::Binary(frame.into())).await.is_err() { return; }
-                    unflushed = true;
+                    if written < BURST {
+                        next = match events.try_recv() {
+                            Ok(e) => Some(Ok(e)),
+                            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                            Err(_) => None,
+                        };
+                    }
                 }
-                // Write frames out in batches, but never leave one waiting.
-                if unflushed && events.is_empty() {
-                    if sink.flush().await.is_err() { return; }
-                    unflushed = false;
-                }
+                if written > 0 && sink.flush().await.is_err() { return; }
             }
             _ = drops.changed() => {
                 // Simulated network failure: no close frame.
                 return;
             }
-            _ = tokio::time::sleep_until(idle_deadline) => {
+            _ = &mut idle => {
                 let _ = sink.send(Message::Close(Some(CloseFrame { code: 1000, reason: "idle timeout".into() }))).await;
                 return;
             }

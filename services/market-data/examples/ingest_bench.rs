@@ -1,0 +1,303 @@
+//! Measures the market-data pipeline that `scripts/bench-ingest` starts
+//! (upbit-sim → ingestor → market-data → Redis), step by step at increasing
+//! simulator rates, next to a Redis ceiling measured in the same run.
+//!
+//! For each rate it sets the simulator's rate, waits for the pipeline to settle,
+//! then for the measuring window records:
+//! - offered: messages/s the simulator generated;
+//! - ingested: events/s the ingestor parsed from its WebSocket;
+//! - published: trades/s that reached Redis pub/sub (this tool subscribes);
+//! - latency p50/p99/max of trade → Redis (receipt on the channel minus the
+//!   trade's exchange timestamp, which the simulator stamps at generation).
+//!
+//! The ceiling: market-data's own batch-apply script run against the same Redis
+//! by two concurrent writers with 2000-trade batches, with no network pipeline
+//! in front (what Redis can absorb in this shape), plus `redis-benchmark` SET
+//! with pipelining when it is installed.
+//!
+//! Usage: cargo run --release -p market-data --example ingest_bench -- \
+//!   --redis redis://127.0.0.1:6379 --prefix bench: --sim http://127.0.0.1:9090 \
+//!   --ingestor-metrics http://127.0.0.1:9105 --rates 10000,50000,100000 --seconds 10
+
+#![allow(clippy::print_stdout)] // a report on stdout is its purpose
+
+use std::time::{Duration, Instant};
+
+use exchange_proto::marketdata::v1 as pb;
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use prost::Message as _;
+
+struct Args {
+    redis: String,
+    prefix: String,
+    sim: String,
+    ingestor_metrics: String,
+    md_metrics: String,
+    rates: Vec<u64>,
+    seconds: u64,
+    settle: u64,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        redis: "redis://127.0.0.1:6379".into(),
+        prefix: "bench:".into(),
+        sim: "http://127.0.0.1:9090".into(),
+        ingestor_metrics: "http://127.0.0.1:9105".into(),
+        md_metrics: "http://127.0.0.1:9101".into(),
+        rates: vec![10_000, 25_000, 50_000, 100_000, 150_000, 200_000],
+        seconds: 10,
+        settle: 3,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_default();
+        match flag.as_str() {
+            "--redis" => a.redis = value,
+            "--prefix" => a.prefix = value,
+            "--sim" => a.sim = value,
+            "--ingestor-metrics" => a.ingestor_metrics = value,
+            "--md-metrics" => a.md_metrics = value,
+            "--rates" => {
+                a.rates = value
+                    .split(',')
+                    .filter_map(|r| r.trim().parse().ok())
+                    .collect()
+            }
+            "--seconds" => a.seconds = value.parse().unwrap_or(10),
+            "--settle" => a.settle = value.parse().unwrap_or(3),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    a
+}
+
+fn percentile(sorted: &[u32], p: usize) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
+}
+
+async fn metric(http: &reqwest::Client, url: &str, name: &str) -> f64 {
+    let Ok(resp) = http.get(format!("{url}/metrics")).send().await else {
+        return 0.0;
+    };
+    let body = resp.text().await.unwrap_or_default();
+    body.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Cumulative buckets (upper bound in seconds, count) of a histogram.
+async fn buckets(http: &reqwest::Client, url: &str, name: &str) -> Vec<(f64, f64)> {
+    let Ok(resp) = http.get(format!("{url}/metrics")).send().await else {
+        return Vec::new();
+    };
+    let body = resp.text().await.unwrap_or_default();
+    let prefix = format!("{name}_bucket{{le=\"");
+    body.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The bucket bound under which `q` of the observations between two readings fall.
+fn quantile_bound(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+    let total = after.last().map_or(0.0, |b| b.1) - before.last().map_or(0.0, |b| b.1);
+    if total <= 0.0 {
+        return 0.0;
+    }
+    for (i, (le, count)) in after.iter().enumerate() {
+        let delta = count - before.get(i).map_or(0.0, |b| b.1);
+        if delta >= q * total {
+            return *le;
+        }
+    }
+    f64::INFINITY
+}
+
+async fn sim_generated(http: &reqwest::Client, sim: &str) -> f64 {
+    match http.get(format!("{sim}/sim/stats")).send().await {
+        Ok(r) => r
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|v| v["generated"].as_f64())
+            .unwrap_or(0.0),
+        Err(_) => 0.0,
+    }
+}
+
+/// market-data's batch script against Redis directly: events/s it absorbs.
+async fn redis_ceiling(url: &str, prefix: &str) -> anyhow::Result<f64> {
+    let client = market_data::redis_builder(url)?.build()?;
+    client.init().await?;
+    let hot = market_data::hot::Hot::new(client.clone(), format!("{prefix}ceiling:"));
+    let batch_of = |base: i64| market_data::hot::Batch {
+        tickers: Vec::new(),
+        orderbooks: Vec::new(),
+        trades: (0..2000)
+            .map(|i| pb::Trade {
+                market: format!("KRW-C{}", i % 20),
+                trade_price: "148000000".into(),
+                trade_volume: "0.00016823".into(),
+                ask_bid: pb::Side::Bid as i32,
+                trade_timestamp: 1_700_000_000_000 + base,
+                timestamp: 1_700_000_000_000 + base,
+                sequential_id: base * 10_000 + i,
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let started = Instant::now();
+    let window = Duration::from_secs(5);
+    let writer = |offset: i64| {
+        let hot = hot.clone();
+        async move {
+            let mut n = 0u64;
+            let mut base = offset;
+            while started.elapsed() < window {
+                let batch = batch_of(base);
+                base += 2;
+                hot.apply(&batch).await.expect("apply");
+                n += batch.trades.len() as u64;
+            }
+            n
+        }
+    };
+    let (a, b) = tokio::join!(writer(0), writer(1));
+    let rate = (a + b) as f64 / started.elapsed().as_secs_f64();
+    let _ = client.quit().await;
+    Ok(rate)
+}
+
+fn redis_benchmark(url: &str) -> Option<String> {
+    let hostport = url.trim_start_matches("redis://");
+    let (host, port) = hostport.split_once(':').unwrap_or((hostport, "6379"));
+    let out = std::process::Command::new("redis-benchmark")
+        .args([
+            "-h",
+            host,
+            "-p",
+            port.trim_end_matches('/'),
+            "-t",
+            "set",
+            "-n",
+            "1000000",
+            "-P",
+            "64",
+            "-q",
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .rev()
+        .find(|l| l.contains("requests per second"))
+        .map(|l| l.rsplit('\r').next().unwrap_or(l).trim().to_owned())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = args();
+    let http = reqwest::Client::new();
+
+    println!("# Redis ceiling (same machine, same run)");
+    match redis_benchmark(&a.redis) {
+        Some(line) => println!("redis-benchmark SET -P 64: {line}"),
+        None => println!("redis-benchmark: not installed (apt-get install redis-tools)"),
+    }
+    let ceiling = redis_ceiling(&a.redis, &a.prefix).await?;
+    println!("market-data batch script, 2 writers x 2000 trades/batch: {ceiling:.0} events/s");
+    println!();
+
+    // Subscribe to the trade channel and time every trade on arrival.
+    let subscriber = market_data::redis_builder(&a.redis)?.build_subscriber_client()?;
+    subscriber.init().await?;
+    let mut rx = subscriber.message_rx();
+    subscriber
+        .subscribe(format!("{}md:ch:trade", a.prefix))
+        .await?;
+    let (tx_lat, mut rx_lat) = tokio::sync::mpsc::unbounded_channel::<u32>();
+    tokio::spawn(async move {
+        while let Ok(message) = rx.recv().await {
+            let now = chrono::Utc::now().timestamp_millis();
+            let Some(data) = message.value.as_bytes() else {
+                continue;
+            };
+            let mut rest = data;
+            while rest.len() >= 4 {
+                let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                let Some(payload) = rest.get(4..4 + len) else {
+                    break;
+                };
+                if let Ok(t) = pb::Trade::decode(payload) {
+                    let _ = tx_lat.send((now - t.trade_timestamp).max(0) as u32);
+                }
+                rest = &rest[4 + len..];
+            }
+        }
+    });
+
+    println!(
+        "Latency: trade exchange timestamp → received on the Redis channel by this tool (exact),"
+    );
+    println!("and → stored by market-data's Redis script (its histogram; bucket upper bounds).");
+    println!();
+    println!(
+        "| sim rate (msg/s) | offered (msg/s) | ingested (events/s) | trades to Redis (/s) | p50 ms | p99 ms | max ms | stored p50 ≤ ms | stored p99 ≤ ms |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for rate in &a.rates {
+        http.post(format!("{}/sim/rate?eps={rate}", a.sim))
+            .send()
+            .await?;
+        tokio::time::sleep(Duration::from_secs(a.settle)).await;
+        while rx_lat.try_recv().is_ok() {}
+        let g0 = sim_generated(&http, &a.sim).await;
+        let i0 = metric(&http, &a.ingestor_metrics, "ingestor_events_total").await;
+        let h0 = buckets(&http, &a.md_metrics, "market_data_event_to_redis_seconds").await;
+        let started = Instant::now();
+        let mut lat = Vec::new();
+        let window = Duration::from_secs(a.seconds);
+        while started.elapsed() < window {
+            match tokio::time::timeout(window.saturating_sub(started.elapsed()), rx_lat.recv())
+                .await
+            {
+                Ok(Some(ms)) => lat.push(ms),
+                _ => break,
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let g1 = sim_generated(&http, &a.sim).await;
+        let i1 = metric(&http, &a.ingestor_metrics, "ingestor_events_total").await;
+        let h1 = buckets(&http, &a.md_metrics, "market_data_event_to_redis_seconds").await;
+        lat.sort_unstable();
+        println!(
+            "| {rate} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} |",
+            (g1 - g0) / secs,
+            (i1 - i0) / secs,
+            lat.len() as f64 / secs,
+            percentile(&lat, 50),
+            percentile(&lat, 99),
+            lat.last().copied().unwrap_or(0),
+            quantile_bound(&h0, &h1, 0.5) * 1000.0,
+            quantile_bound(&h0, &h1, 0.99) * 1000.0,
+        );
+    }
+    http.post(format!("{}/sim/rate?eps=0", a.sim))
+        .send()
+        .await?;
+    let _ = subscriber.quit().await;
+    Ok(())
+}
