@@ -62,3 +62,24 @@ pub async fn serve(
         .await
         .context("gRPC server failed")
 }
+
+/// Metadata key naming an error for clients (Upbit's error `name`, e.g.
+/// `insufficient_funds_bid`); the gateway passes it through.
+pub const ERROR_NAME: &str = "x-error-name";
+
+/// A status whose client-facing name travels in `x-error-name`.
+pub fn named_status(code: tonic::Code, name: &str, message: impl Into<String>) -> tonic::Status {
+    let mut status = tonic::Status::new(code, message);
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(name) {
+        status.metadata_mut().insert(ERROR_NAME, v);
+    }
+    status
+}
+
+/// The `x-error-name` of a status, if any.
+pub fn error_name(status: &tonic::Status) -> Option<&str> {
+    status
+        .metadata()
+        .get(ERROR_NAME)
+        .and_then(|v| v.to_str().ok())
+}

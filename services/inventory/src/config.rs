@@ -1,6 +1,7 @@
 //! Configuration from flags or environment variables (`--help` lists them).
 
 use clap::Parser;
+use rust_decimal::Decimal;
 use service_kit::config::RuntimeArgs;
 use service_kit::postgres::DbArgs;
 
@@ -23,6 +24,25 @@ pub struct Config {
     #[command(flatten)]
     pub db: DbArgs,
 
+    /// KRW credited once to every new account.
+    #[arg(long, env = "INITIAL_KRW_BALANCE", default_value = "10000000")]
+    pub initial_krw_balance: Decimal,
+
+    /// The paper faucet keeps a currency's total (available + locked) at or under this.
+    #[arg(long, env = "DEPOSIT_CAP", default_value = "100000000")]
+    pub deposit_cap: Decimal,
+
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+}
+
+impl Config {
+    /// Defaults listening on port 0 (tests).
+    pub fn local(db: DbArgs) -> Self {
+        let mut c = Self::parse_from(["inventory"]);
+        c.grpc_addr = "127.0.0.1:0".into();
+        c.metrics_addr = "127.0.0.1:0".into();
+        c.db = db;
+        c
+    }
 }

@@ -3,7 +3,10 @@
 //! (`exchange.inventory.v1.InventoryService`). Owns Postgres schema `inventory`.
 
 pub mod config;
+pub mod domain;
+mod error;
 mod grpc;
+mod store;
 
 use std::net::SocketAddr;
 
@@ -25,6 +28,7 @@ pub struct App {
     server: Server,
     pg: PgConfig,
     pool: sqlx::PgPool,
+    config: Config,
 }
 
 impl App {
@@ -41,7 +45,12 @@ impl App {
         .await?;
         let pg = config.db.pg_config(SCHEMA);
         let pool = pg.lazy_pool()?;
-        Ok(Self { server, pg, pool })
+        Ok(Self {
+            server,
+            pg,
+            pool,
+            config,
+        })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -62,7 +71,12 @@ impl App {
             pg.prepare(&pool, sqlx::migrate!("./migrations"), &stopping)
                 .await
         };
-        let routes = Routes::new(InventoryServiceServer::new(grpc::Inventory::new(self.pool)));
+        let service = grpc::Inventory::new(
+            self.pool,
+            self.config.initial_krw_balance,
+            self.config.deposit_cap,
+        );
+        let routes = Routes::new(InventoryServiceServer::new(service));
         self.server
             .serve_grpc(Some(routes), DESCRIPTORS, ready)
             .await

@@ -106,12 +106,7 @@ impl Stack {
 
         let stop = CancellationToken::new();
         let inv = inventory::App::build(
-            inventory::Config {
-                grpc_addr: LOCAL.into(),
-                metrics_addr: LOCAL.into(),
-                db: db_args(db, inventory::SCHEMA),
-                runtime: runtime(),
-            },
+            inventory::Config::local(db_args(db, inventory::SCHEMA)),
             stop.clone(),
         )
         .await

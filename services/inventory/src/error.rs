@@ -1,0 +1,43 @@
+//! Inventory errors and their gRPC statuses (with Upbit error names where the
+//! client will see them).
+
+use service_kit::grpc::named_status;
+use tonic::Code;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("insufficient funds")]
+    InsufficientFunds,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Inconsistent(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<InventoryError> for tonic::Status {
+    fn from(err: InventoryError) -> Self {
+        match err {
+            InventoryError::InsufficientFunds => named_status(
+                Code::FailedPrecondition,
+                "insufficient_funds",
+                "insufficient funds",
+            ),
+            InventoryError::NotFound(m) => named_status(Code::NotFound, "not_found", m),
+            InventoryError::Invalid(m) => {
+                named_status(Code::InvalidArgument, "validation_error", m)
+            }
+            InventoryError::Inconsistent(m) => {
+                tracing::error!(message = %m, "inconsistent inventory request");
+                named_status(Code::FailedPrecondition, "inconsistent_request", m)
+            }
+            InventoryError::Database(e) => {
+                tracing::warn!(error = %e, "database error");
+                tonic::Status::unavailable("the database is temporarily unavailable; retry")
+            }
+        }
+    }
+}

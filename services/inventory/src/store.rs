@@ -1,0 +1,248 @@
+//! SQL: each call is one statement (one transaction) invoking the functions of
+//! migration 0002. Deadlocks and serialization failures are retried here.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::{Fill, Side};
+use crate::error::InventoryError;
+
+/// One balance row.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct BalanceRow {
+    pub currency: String,
+    pub available: Decimal,
+    pub locked: Decimal,
+    pub avg_buy_price: Decimal,
+}
+
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct ReservationRow {
+    pub currency: String,
+    pub reserved: Decimal,
+    pub locked: Decimal,
+    pub last_fill_seq: i32,
+    pub released: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct LedgerRow {
+    pub id: i64,
+    pub currency: String,
+    pub available_delta: Decimal,
+    pub locked_delta: Decimal,
+    pub kind: String,
+    pub order_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+fn map(err: sqlx::Error) -> InventoryError {
+    if let Some(db) = err.as_database_error() {
+        match (db.code().as_deref(), db.constraint()) {
+            (Some("23514"), Some("balances_available_non_negative")) => {
+                return InventoryError::InsufficientFunds;
+            }
+            (Some("23514"), _) => {
+                return InventoryError::Inconsistent("a balance would go negative".into());
+            }
+            (Some("P0002"), _) => return InventoryError::NotFound(db.message().to_owned()),
+            (Some("23503"), _) => {
+                return InventoryError::NotFound("the user has no account".into());
+            }
+            (Some("22023"), _) => return InventoryError::Invalid(db.message().to_owned()),
+            _ => {}
+        }
+    }
+    InventoryError::Database(err)
+}
+
+fn retryable(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|c| c == "40P01" || c == "40001")
+}
+
+/// Runs `op` and retries it a few times on deadlock or serialization failure
+/// (every function here is idempotent, so a retry is safe).
+async fn with_retry<T, F, Fut>(mut op: F) -> Result<T, InventoryError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut delay = Duration::from_millis(5);
+    for _ in 0..5 {
+        match op().await {
+            Err(e) if retryable(&e) => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            other => return other.map_err(map),
+        }
+    }
+    op().await.map_err(map)
+}
+
+pub async fn open_account(
+    pool: &PgPool,
+    user: Uuid,
+    initial: Decimal,
+) -> Result<bool, InventoryError> {
+    with_retry(|| {
+        sqlx::query_scalar("SELECT open_account($1, $2)")
+            .bind(user)
+            .bind(initial)
+            .fetch_one(pool)
+    })
+    .await
+}
+
+pub async fn balances(pool: &PgPool, user: Uuid) -> Result<Vec<BalanceRow>, InventoryError> {
+    sqlx::query_as(
+        "SELECT currency, available, locked, avg_buy_price FROM balances
+         WHERE user_id = $1 AND (available > 0 OR locked > 0 OR currency = 'KRW')
+         ORDER BY currency <> 'KRW', currency",
+    )
+    .bind(user)
+    .fetch_all(pool)
+    .await
+    .map_err(map)
+}
+
+pub async fn balance(
+    pool: &PgPool,
+    user: Uuid,
+    currency: &str,
+) -> Result<Option<BalanceRow>, InventoryError> {
+    sqlx::query_as("SELECT currency, available, locked, avg_buy_price FROM balances WHERE user_id = $1 AND currency = $2")
+        .bind(user)
+        .bind(currency)
+        .fetch_optional(pool)
+        .await
+        .map_err(map)
+}
+
+pub async fn deposit(
+    pool: &PgPool,
+    user: Uuid,
+    currency: &str,
+    amount: Decimal,
+    key: &str,
+    cap: Decimal,
+) -> Result<bool, InventoryError> {
+    with_retry(|| {
+        sqlx::query_scalar("SELECT deposit($1, $2, $3, $4, $5)")
+            .bind(user)
+            .bind(currency)
+            .bind(amount)
+            .bind(key)
+            .bind(cap)
+            .fetch_one(pool)
+    })
+    .await
+}
+
+pub async fn reserve(
+    pool: &PgPool,
+    order: Uuid,
+    user: Uuid,
+    currency: &str,
+    amount: Decimal,
+) -> Result<bool, InventoryError> {
+    with_retry(|| {
+        sqlx::query_scalar("SELECT reserve($1, $2, $3, $4)")
+            .bind(order)
+            .bind(user)
+            .bind(currency)
+            .bind(amount)
+            .fetch_one(pool)
+    })
+    .await
+}
+
+/// What a settle call did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Settled {
+    pub fills_applied: u32,
+    pub released: Decimal,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn settle(
+    pool: &PgPool,
+    order: Uuid,
+    user: Uuid,
+    side: Side,
+    base: &str,
+    quote: &str,
+    fills: &[Fill],
+    finalize: bool,
+    reserve: Option<Decimal>,
+) -> Result<Settled, InventoryError> {
+    let fills_json = serde_json::Value::Array(
+        fills
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "seq": f.seq,
+                    "price": f.price.to_string(),
+                    "volume": f.volume.to_string(),
+                    "funds": f.funds.to_string(),
+                    "fee": f.fee.to_string(),
+                })
+            })
+            .collect(),
+    );
+    let (applied, released): (i32, Decimal) = with_retry(|| {
+        sqlx::query_as("SELECT fills_applied, released FROM settle($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(order)
+            .bind(user)
+            .bind(side.as_str())
+            .bind(base)
+            .bind(quote)
+            .bind(&fills_json)
+            .bind(finalize)
+            .bind(reserve)
+            .fetch_one(pool)
+    })
+    .await?;
+    Ok(Settled {
+        fills_applied: applied.max(0) as u32,
+        released,
+    })
+}
+
+pub async fn reservation(
+    pool: &PgPool,
+    order: Uuid,
+) -> Result<Option<ReservationRow>, InventoryError> {
+    sqlx::query_as("SELECT currency, reserved, locked, last_fill_seq, released FROM reservations WHERE order_id = $1")
+        .bind(order)
+        .fetch_optional(pool)
+        .await
+        .map_err(map)
+}
+
+pub async fn ledger(
+    pool: &PgPool,
+    user: Uuid,
+    currency: Option<&str>,
+    limit: i64,
+    before: Option<i64>,
+) -> Result<Vec<LedgerRow>, InventoryError> {
+    sqlx::query_as(
+        "SELECT id, currency, available_delta, locked_delta, kind, order_id, created_at FROM ledger
+         WHERE user_id = $1 AND ($2::text IS NULL OR currency = $2) AND ($3::bigint IS NULL OR id < $3)
+         ORDER BY id DESC LIMIT $4",
+    )
+    .bind(user)
+    .bind(currency)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(map)
+}
