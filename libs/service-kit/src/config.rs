@@ -57,7 +57,7 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "local".into())
 }
 
-/// Parses `500ms`, `5s`, `2m` or a bare number of seconds.
+/// Parses `500ms`, `5s`, `2m`, `3h`, `14d` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
@@ -71,7 +71,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("`{text}` is not a duration like 500ms, 5s or 2m")),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        "d" => Ok(Duration::from_secs(n * 86_400)),
+        _ => Err(format!(
+            "`{text}` is not a duration like 500ms, 5s, 2m, 3h or 14d"
+        )),
     }
 }
 
@@ -85,7 +89,9 @@ mod tests {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("5h").is_err());
+        assert_eq!(parse_duration("3h"), Ok(Duration::from_secs(10_800)));
+        assert_eq!(parse_duration("14d"), Ok(Duration::from_secs(1_209_600)));
+        assert!(parse_duration("5y").is_err());
         assert!(parse_duration("soon").is_err());
     }
 }

@@ -1,7 +1,9 @@
 //! Configuration from flags or environment variables (`--help` lists them).
 
+use std::time::Duration;
+
 use clap::Parser;
-use service_kit::config::RuntimeArgs;
+use service_kit::config::{RuntimeArgs, parse_duration};
 use service_kit::postgres::DbArgs;
 
 #[derive(Parser, Clone, Debug)]
@@ -23,6 +25,42 @@ pub struct Config {
     #[command(flatten)]
     pub db: DbArgs,
 
+    /// inventory gRPC URL (new users' paper accounts).
+    #[arg(long, env = "INVENTORY_URL", default_value = "http://127.0.0.1:50053")]
+    pub inventory_url: String,
+
+    /// Key signing access tokens (HS256). Unset: a random key per process, so
+    /// tokens do not survive a restart or work across replicas.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Key from which API key secrets are derived (they are never stored).
+    /// Unset: a random key per process (API keys stop working on restart).
+    #[arg(long, env = "API_KEY_SECRET", hide_env_values = true)]
+    pub api_key_secret: Option<String>,
+
+    /// Lifetime of access tokens.
+    #[arg(long, env = "ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_duration)]
+    pub access_token_ttl: Duration,
+
+    /// Lifetime of refresh tokens (each is single use).
+    #[arg(long, env = "REFRESH_TOKEN_TTL", default_value = "14d", value_parser = parse_duration)]
+    pub refresh_token_ttl: Duration,
+
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+}
+
+impl Config {
+    /// Defaults listening on port 0 with fixed test keys (tests).
+    pub fn local(db: DbArgs, inventory: std::net::SocketAddr) -> Self {
+        let mut c = Self::parse_from(["user"]);
+        c.grpc_addr = "127.0.0.1:0".into();
+        c.metrics_addr = "127.0.0.1:0".into();
+        c.db = db;
+        c.inventory_url = format!("http://{inventory}");
+        c.jwt_secret = Some("test-jwt-secret".into());
+        c.api_key_secret = Some("test-api-key-secret".into());
+        c
+    }
 }

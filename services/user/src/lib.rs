@@ -4,9 +4,16 @@
 //! to open each new user's paper account.
 
 pub mod config;
+mod error;
 mod grpc;
+pub mod jwt;
+mod service;
+mod store;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use exchange_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 
 use exchange_proto::user::v1::user_service_server::{SERVICE_NAME, UserServiceServer};
 use service_kit::postgres::PgConfig;
@@ -24,6 +31,7 @@ pub struct App {
     server: Server,
     pg: PgConfig,
     pool: sqlx::PgPool,
+    config: Config,
 }
 
 impl App {
@@ -40,7 +48,12 @@ impl App {
         .await?;
         let pg = config.db.pg_config(SCHEMA);
         let pool = pg.lazy_pool()?;
-        Ok(Self { server, pg, pool })
+        Ok(Self {
+            server,
+            pg,
+            pool,
+            config,
+        })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -52,14 +65,28 @@ impl App {
     }
 
     /// Serves until the stop token is cancelled and the drain completes.
-    pub async fn run(self) -> anyhow::Result<()> {
+    pub async fn run(mut self) -> anyhow::Result<()> {
         let stopping = self.server.stopping();
         let (pg, pool) = (self.pg, self.pool.clone());
         let ready = async move {
             pg.prepare(&pool, sqlx::migrate!("./migrations"), &stopping)
                 .await
         };
-        let routes = Routes::new(UserServiceServer::new(grpc::User::new(self.pool)));
+        let inventory =
+            InventoryServiceClient::new(service_kit::grpc::channel(&self.config.inventory_url)?);
+        let users = Arc::new(service::Users::new(
+            self.pool,
+            inventory,
+            service::key_or_random(self.config.jwt_secret.as_deref(), "JWT_SECRET"),
+            service::key_or_random(self.config.api_key_secret.as_deref(), "API_KEY_SECRET"),
+            self.config.access_token_ttl,
+            self.config.refresh_token_ttl,
+        ));
+        let (housekeeper, draining) = (users.clone(), self.server.draining());
+        self.server.spawn("housekeeping", async move {
+            housekeeper.housekeeping(draining).await
+        });
+        let routes = Routes::new(UserServiceServer::new(grpc::User::new(users)));
         self.server
             .serve_grpc(Some(routes), DESCRIPTORS, ready)
             .await

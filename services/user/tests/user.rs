@@ -1,49 +1,167 @@
-//! User service against real Postgres: one integration-test binary.
+//! The user service with a real inventory and Postgres, over real gRPC.
 
-use service_kit::config::RuntimeArgs;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use exchange_proto::inventory::v1::GetBalancesRequest;
+use exchange_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use exchange_proto::user::v1 as pb;
+use exchange_proto::user::v1::user_service_client::UserServiceClient;
+use pb::verify_credentials_request::Credentials;
 use service_kit::postgres::DbArgs;
-use test_support::{Running, Started, TestDb};
+use sha2::Digest;
+use test_support::{Running, Started, TcpProxy, TestDb};
 use tokio_util::sync::CancellationToken;
-use user::{App, Config};
+use tonic::Code;
+use tonic::transport::Channel;
+use user::jwt::{self, Alg};
 
-async fn start(db: &TestDb) -> Started {
-    test_support::init_logs();
-    let config = Config {
-        grpc_addr: "127.0.0.1:0".into(),
-        metrics_addr: "127.0.0.1:0".into(),
-        db: DbArgs {
-            database_url: Some(db.role_url(user::SCHEMA)),
-            database_admin_url: Some(db.admin_url()),
-            database_max_connections: 5,
-        },
-        runtime: RuntimeArgs::default(),
-    };
+async fn start_inventory(db: &TestDb) -> Started {
+    let config = inventory::Config::local(DbArgs {
+        database_url: Some(db.role_url(inventory::SCHEMA)),
+        database_admin_url: Some(db.admin_url()),
+        database_max_connections: 4,
+    });
     let stop = CancellationToken::new();
-    let app = App::build(config, stop.clone()).await.expect("app builds");
+    let app = inventory::App::build(config, stop.clone()).await.unwrap();
+    let (grpc, admin) = (app.grpc_addr(), app.metrics_addr());
     Started {
-        grpc: app.grpc_addr(),
-        admin: app.metrics_addr(),
+        grpc,
+        admin,
         running: Running::spawn(stop, app.run()),
     }
+}
+
+async fn start_user(db: &TestDb, inventory: SocketAddr) -> Started {
+    test_support::init_logs();
+    let mut config = user::Config::local(
+        DbArgs {
+            database_url: Some(db.role_url(user::SCHEMA)),
+            database_admin_url: Some(db.admin_url()),
+            database_max_connections: 4,
+        },
+        inventory,
+    );
+    config.access_token_ttl = Duration::from_secs(2);
+    let stop = CancellationToken::new();
+    let app = user::App::build(config, stop.clone()).await.unwrap();
+    let (grpc, admin) = (app.grpc_addr(), app.metrics_addr());
+    Started {
+        grpc,
+        admin,
+        running: Running::spawn(stop, app.run()),
+    }
+}
+
+struct Env {
+    users: UserServiceClient<Channel>,
+    inventory: InventoryServiceClient<Channel>,
+    running: Vec<Running>,
+}
+
+async fn env(db: &TestDb) -> Env {
+    let inv = start_inventory(db).await;
+    test_support::wait_serving(inv.grpc, "", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let usr = start_user(db, inv.grpc).await;
+    test_support::wait_serving(usr.grpc, "", Duration::from_secs(30))
+        .await
+        .unwrap();
+    Env {
+        users: UserServiceClient::connect(format!("http://{}", usr.grpc))
+            .await
+            .unwrap(),
+        inventory: InventoryServiceClient::connect(format!("http://{}", inv.grpc))
+            .await
+            .unwrap(),
+        running: vec![inv.running, usr.running],
+    }
+}
+
+impl Env {
+    async fn stop(mut self) {
+        while let Some(r) = self.running.pop() {
+            r.stop().await;
+        }
+    }
+
+    async fn register(
+        &mut self,
+        email: &str,
+        password: &str,
+    ) -> Result<pb::RegisterResponse, tonic::Status> {
+        self.users
+            .register(pb::RegisterRequest {
+                email: email.into(),
+                password: password.into(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn login(&mut self, email: &str, password: &str) -> Result<pb::TokenPair, tonic::Status> {
+        self.users
+            .login(pb::LoginRequest {
+                email: email.into(),
+                password: password.into(),
+            })
+            .await
+            .map(|r| r.into_inner().tokens.unwrap())
+    }
+
+    async fn verify(&mut self, credentials: Credentials) -> Result<String, tonic::Status> {
+        self.users
+            .verify_credentials(pb::VerifyCredentialsRequest {
+                credentials: Some(credentials),
+            })
+            .await
+            .map(|r| r.into_inner().user_id)
+    }
+
+    async fn krw(&mut self, user: &str) -> rust_decimal::Decimal {
+        let b = self
+            .inventory
+            .get_balances(GetBalancesRequest {
+                user_id: user.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        b.balances
+            .iter()
+            .find(|b| b.currency == "KRW")
+            .map(|b| rust_decimal::Decimal::from_str(&b.balance).unwrap())
+            .unwrap_or_default()
+    }
+}
+
+fn name(err: &tonic::Status) -> Option<&str> {
+    service_kit::grpc::error_name(err)
 }
 
 #[tokio::test]
 async fn serves_health_reflection_metrics_and_stops_gracefully() {
     let db = TestDb::create().await.unwrap();
-    let svc = start(&db).await;
+    let inv = start_inventory(&db).await;
+    let svc = start_user(&db, inv.grpc).await;
     test_support::assert_grpc_basics(svc.grpc, svc.admin, "exchange.user.v1.UserService")
         .await
         .unwrap();
     svc.running.stop().await;
+    inv.running.stop().await;
 }
 
 #[tokio::test]
 async fn migrations_are_idempotent_across_restarts() {
     let db = TestDb::create().await.unwrap();
+    let inv = start_inventory(&db).await;
     let migrations = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
     test_support::assert_migrations_idempotent(
         &db,
-        || start(&db),
+        || start_user(&db, inv.grpc),
         "users",
         "users",
         "users",
@@ -51,4 +169,372 @@ async fn migrations_are_idempotent_across_restarts() {
     )
     .await
     .unwrap();
+    inv.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_opens_one_paper_account_even_when_retried() {
+    let db = TestDb::create().await.unwrap();
+    let mut e = env(&db).await;
+    let first = e
+        .register("Alice@Example.com ", "correct horse")
+        .await
+        .unwrap();
+    assert!(first.created);
+    let user = first.user.unwrap();
+    assert_eq!(user.email, "alice@example.com");
+    let retry = e
+        .register("alice@example.com", "correct horse")
+        .await
+        .unwrap();
+    assert!(!retry.created);
+    assert_eq!(
+        retry.user.unwrap().id,
+        user.id,
+        "a retry returns the same user"
+    );
+    assert_eq!(
+        e.krw(&user.id).await,
+        rust_decimal::Decimal::from(10_000_000),
+        "credited once"
+    );
+    let taken = e
+        .register("alice@example.com", "another password")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (taken.code(), name(&taken)),
+        (Code::AlreadyExists, Some("email_already_registered"))
+    );
+    for (email, password) in [
+        ("not-an-email", "long enough"),
+        ("a@b.c", "short"),
+        ("a b@c.d", "long enough"),
+    ] {
+        let err = e.register(email, password).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{email} / {password}");
+    }
+    e.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_survives_inventory_being_away() {
+    let db = TestDb::create().await.unwrap();
+    let inv = start_inventory(&db).await;
+    test_support::wait_serving(inv.grpc, "", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let proxy = TcpProxy::start(inv.grpc).await.unwrap();
+    let usr = start_user(&db, proxy.addr).await;
+    test_support::wait_serving(usr.grpc, "", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut users = UserServiceClient::connect(format!("http://{}", usr.grpc))
+        .await
+        .unwrap();
+    proxy.cut();
+    let err = users
+        .register(pb::RegisterRequest {
+            email: "bob@example.com".into(),
+            password: "hunter2hunter2".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    proxy.restore();
+    let retry = test_support::eventually(
+        Duration::from_secs(15),
+        "registration once inventory is back",
+        || {
+            let mut users = users.clone();
+            async move {
+                users
+                    .register(pb::RegisterRequest {
+                        email: "bob@example.com".into(),
+                        password: "hunter2hunter2".into(),
+                    })
+                    .await
+                    .ok()
+            }
+        },
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    let mut inventory = InventoryServiceClient::connect(format!("http://{}", inv.grpc))
+        .await
+        .unwrap();
+    let b = inventory
+        .get_balances(GetBalancesRequest {
+            user_id: retry.user.unwrap().id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(b.balances[0].balance, "10000000");
+    usr.running.stop().await;
+    inv.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_verify_expire_refresh_once_and_refuse_forgeries() {
+    let db = TestDb::create().await.unwrap();
+    let mut e = env(&db).await;
+    let id = e
+        .register("carol@example.com", "s3cret-password")
+        .await
+        .unwrap()
+        .user
+        .unwrap()
+        .id;
+    let bad = e
+        .login("carol@example.com", "wrong password")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (bad.code(), name(&bad)),
+        (Code::Unauthenticated, Some("invalid_credentials"))
+    );
+    let unknown = e
+        .login("nobody@example.com", "s3cret-password")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        unknown.message(),
+        bad.message(),
+        "unknown emails look like wrong passwords"
+    );
+
+    let pair = e
+        .login("carol@example.com", "s3cret-password")
+        .await
+        .unwrap();
+    assert_eq!(
+        e.verify(Credentials::AccessToken(pair.access_token.clone()))
+            .await
+            .unwrap(),
+        id
+    );
+    // Forged: signed with another key, alg none, tampered payload.
+    let claims =
+        serde_json::json!({"sub": id, "typ": "access", "exp": chrono::Utc::now().timestamp() + 60});
+    let forged = jwt::sign(Alg::Hs256, b"not-the-key", &claims);
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let none = format!(
+        "{}.{}.",
+        b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        b64.encode(claims.to_string())
+    );
+    for token in [
+        forged,
+        none,
+        "garbage".to_owned(),
+        pair.refresh_token.clone(),
+    ] {
+        let err = e
+            .verify(Credentials::AccessToken(token.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{token}");
+    }
+    // Refresh tokens are single use; reuse revokes the family.
+    let next = e
+        .users
+        .refresh(pb::RefreshRequest {
+            refresh_token: pair.refresh_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    let reused = e
+        .users
+        .refresh(pb::RefreshRequest {
+            refresh_token: pair.refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(name(&reused), Some("invalid_refresh_token"));
+    let revoked = e
+        .users
+        .refresh(pb::RefreshRequest {
+            refresh_token: next.refresh_token,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        name(&revoked),
+        Some("invalid_refresh_token"),
+        "reuse revoked the newer token too"
+    );
+    // Access tokens expire (2 s in this test).
+    let token = next.access_token;
+    let expired = test_support::eventually(Duration::from_secs(10), "token expiry", || {
+        let mut users = e.users.clone();
+        let token = token.clone();
+        async move {
+            let err = users
+                .verify_credentials(pb::VerifyCredentialsRequest {
+                    credentials: Some(Credentials::AccessToken(token)),
+                })
+                .await
+                .err()?;
+            Some(err)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(name(&expired), Some("expired_access_token"));
+    e.stop().await;
+}
+
+fn upbit_token(access: &str, secret: &str, query: Option<&str>, nonce: &str, alg: Alg) -> String {
+    let mut claims = serde_json::json!({"access_key": access, "nonce": nonce});
+    if let Some(q) = query {
+        claims["query_hash"] = hex::encode(sha2::Sha512::digest(q.as_bytes())).into();
+        claims["query_hash_alg"] = "SHA512".into();
+    }
+    jwt::sign(alg, secret.as_bytes(), &claims)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_sign_upbit_requests() {
+    let db = TestDb::create().await.unwrap();
+    let mut e = env(&db).await;
+    let id = e
+        .register("dave@example.com", "s3cret-password")
+        .await
+        .unwrap()
+        .user
+        .unwrap()
+        .id;
+    let key = e
+        .users
+        .create_api_key(pb::CreateApiKeyRequest {
+            user_id: id.clone(),
+            label: "bot".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .api_key
+        .unwrap();
+    assert_eq!((key.access_key.len(), key.secret_key.len()), (40, 40));
+    let listed = e
+        .users
+        .list_api_keys(pb::ListApiKeysRequest {
+            user_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .api_keys;
+    assert_eq!(listed.len(), 1);
+    assert!(
+        listed[0].secret_key.is_empty(),
+        "the secret is shown only once"
+    );
+
+    let query = "market=KRW-BTC&side=bid&ord_type=price&price=10000";
+    let upbit = |jwt: String, query: &str| {
+        Credentials::Upbit(pb::UpbitToken {
+            jwt,
+            query: query.into(),
+        })
+    };
+    let ok = upbit_token(
+        &key.access_key,
+        &key.secret_key,
+        Some(query),
+        "n-1",
+        Alg::Hs256,
+    );
+    assert_eq!(e.verify(upbit(ok.clone(), query)).await.unwrap(), id);
+    let replay = e.verify(upbit(ok, query)).await.unwrap_err();
+    assert_eq!(name(&replay), Some("nonce_used"));
+    let hs512 = upbit_token(&key.access_key, &key.secret_key, None, "n-2", Alg::Hs512);
+    assert_eq!(
+        e.verify(upbit(hs512, "")).await.unwrap(),
+        id,
+        "no query, HS512"
+    );
+    let tampered = upbit_token(
+        &key.access_key,
+        &key.secret_key,
+        Some(query),
+        "n-3",
+        Alg::Hs256,
+    );
+    let err = e
+        .verify(upbit(
+            tampered,
+            "market=KRW-BTC&side=bid&ord_type=price&price=99999999",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(name(&err), Some("invalid_query_payload"));
+    let wrong_secret = upbit_token(
+        &key.access_key,
+        "x".repeat(40).as_str(),
+        None,
+        "n-4",
+        Alg::Hs256,
+    );
+    assert_eq!(
+        name(&e.verify(upbit(wrong_secret, "")).await.unwrap_err()),
+        Some("jwt_verification")
+    );
+    let unknown = upbit_token(
+        "A".repeat(40).as_str(),
+        &key.secret_key,
+        None,
+        "n-5",
+        Alg::Hs256,
+    );
+    assert_eq!(
+        name(&e.verify(upbit(unknown, "")).await.unwrap_err()),
+        Some("invalid_access_key")
+    );
+
+    e.users
+        .revoke_api_key(pb::RevokeApiKeyRequest {
+            user_id: id.clone(),
+            access_key: key.access_key.clone(),
+        })
+        .await
+        .unwrap();
+    let after = upbit_token(&key.access_key, &key.secret_key, None, "n-6", Alg::Hs256);
+    assert_eq!(
+        name(&e.verify(upbit(after, "")).await.unwrap_err()),
+        Some("invalid_access_key"),
+        "revoked"
+    );
+    // Someone else cannot revoke or list this user's keys.
+    let other = e
+        .register("eve@example.com", "s3cret-password")
+        .await
+        .unwrap()
+        .user
+        .unwrap()
+        .id;
+    let err = e
+        .users
+        .revoke_api_key(pb::RevokeApiKeyRequest {
+            user_id: other.clone(),
+            access_key: key.access_key,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(
+        e.users
+            .list_api_keys(pb::ListApiKeysRequest { user_id: other })
+            .await
+            .unwrap()
+            .into_inner()
+            .api_keys
+            .is_empty()
+    );
+    e.stop().await;
 }

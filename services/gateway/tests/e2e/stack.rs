@@ -117,12 +117,7 @@ impl Stack {
 
         let stop = CancellationToken::new();
         let usr = user::App::build(
-            user::Config {
-                grpc_addr: LOCAL.into(),
-                metrics_addr: LOCAL.into(),
-                db: db_args(db, user::SCHEMA),
-                runtime: runtime(),
-            },
+            user::Config::local(db_args(db, user::SCHEMA), inventory),
             stop.clone(),
         )
         .await

@@ -1,0 +1,434 @@
+//! What the user service does, apart from gRPC: registration, login, tokens,
+//! API keys and the verification of both kinds of credentials.
+
+use std::time::Duration;
+
+use argon2::Argon2;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use chrono::Utc;
+use exchange_proto::inventory::v1::OpenAccountRequest;
+use exchange_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use hmac::{Hmac, KeyInit, Mac};
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use service_kit::grpc::Channel;
+use sha2::{Digest, Sha256, Sha512};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::error::UserError;
+use crate::jwt::{self, Alg};
+use crate::store::{self, ApiKeyRow, RefreshUse, UserRow};
+
+/// Most active API keys per user.
+const MAX_API_KEYS: i64 = 10;
+
+/// A new access/refresh token pair.
+pub struct Tokens {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: i64,
+}
+
+pub struct Users {
+    pool: PgPool,
+    inventory: InventoryServiceClient<Channel>,
+    jwt_key: Vec<u8>,
+    api_key_secret: Vec<u8>,
+    access_ttl: Duration,
+    refresh_ttl: Duration,
+}
+
+fn random_key() -> Vec<u8> {
+    let mut key = vec![0u8; 32];
+    rand::rng().fill(&mut key[..]);
+    key
+}
+
+/// The key from configuration, or a random one with a warning.
+pub fn key_or_random(configured: Option<&str>, what: &str) -> Vec<u8> {
+    match configured.filter(|k| !k.is_empty()) {
+        Some(k) => k.as_bytes().to_vec(),
+        None => {
+            tracing::warn!("{what} is not set: using a random key for this process only");
+            random_key()
+        }
+    }
+}
+
+/// Lowercased, trimmed email if it looks like one.
+pub fn normalize_email(email: &str) -> Result<String, UserError> {
+    let email = email.trim().to_lowercase();
+    let valid = (3..=254).contains(&email.len())
+        && !email.contains(char::is_whitespace)
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.contains('@')
+        });
+    if valid {
+        Ok(email)
+    } else {
+        Err(UserError::Invalid(
+            "email must look like name@example.com".into(),
+        ))
+    }
+}
+
+pub fn check_password(password: &str) -> Result<(), UserError> {
+    if (8..=128).contains(&password.chars().count()) {
+        Ok(())
+    } else {
+        Err(UserError::Invalid(
+            "password must be 8 to 128 characters".into(),
+        ))
+    }
+}
+
+async fn hash_password(password: String) -> Result<String, UserError> {
+    tokio::task::spawn_blocking(move || {
+        Argon2::default()
+            .hash_password(password.as_bytes())
+            .map(|h| h.to_string())
+            .map_err(|e| UserError::Internal(format!("hashing: {e}")))
+    })
+    .await
+    .map_err(|e| UserError::Internal(e.to_string()))?
+}
+
+async fn verify_password(password: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+impl Users {
+    pub fn new(
+        pool: PgPool,
+        inventory: InventoryServiceClient<Channel>,
+        jwt_key: Vec<u8>,
+        api_key_secret: Vec<u8>,
+        access_ttl: Duration,
+        refresh_ttl: Duration,
+    ) -> Self {
+        Self {
+            pool,
+            inventory,
+            jwt_key,
+            api_key_secret,
+            access_ttl,
+            refresh_ttl,
+        }
+    }
+
+    /// Opens the user's paper account (idempotent in inventory) and records it.
+    async fn open_account(&self, user: Uuid) -> Result<(), UserError> {
+        self.inventory
+            .clone()
+            .open_account(OpenAccountRequest {
+                user_id: user.to_string(),
+            })
+            .await
+            .map_err(|s| UserError::Unavailable(format!("inventory: {}", s.message())))?;
+        store::mark_account_opened(&self.pool, user).await?;
+        Ok(())
+    }
+
+    /// Registers a user and opens their account exactly once. Registering again
+    /// with the same email and password (a retry) returns the same user.
+    pub async fn register(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<(UserRow, bool), UserError> {
+        let email = normalize_email(email)?;
+        check_password(password)?;
+        let hash = hash_password(password.to_owned()).await?;
+        let (user, created) =
+            match store::insert_user(&self.pool, Uuid::now_v7(), &email, &hash).await? {
+                Some(user) => (user, true),
+                None => {
+                    let existing = store::user_by_email(&self.pool, &email)
+                        .await?
+                        .ok_or(UserError::Conflict)?;
+                    if !verify_password(password.to_owned(), existing.password_hash.clone()).await {
+                        return Err(UserError::Conflict);
+                    }
+                    (existing, false)
+                }
+            };
+        if !user.account_opened {
+            self.open_account(user.id).await?;
+        }
+        Ok((user, created))
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Result<(Tokens, UserRow), UserError> {
+        let email = normalize_email(email).map_err(|_| UserError::BadCredentials)?;
+        let user = store::user_by_email(&self.pool, &email).await?;
+        // Verify against a dummy hash when the user is unknown, so timing does not
+        // tell which emails exist.
+        let hash = match &user {
+            Some(u) => u.password_hash.clone(),
+            None => dummy_hash().await,
+        };
+        let ok = verify_password(password.to_owned(), hash).await;
+        let user = user.filter(|_| ok).ok_or(UserError::BadCredentials)?;
+        if !user.account_opened {
+            self.open_account(user.id).await?;
+        }
+        Ok((self.issue(user.id).await?, user))
+    }
+
+    async fn issue(&self, user: Uuid) -> Result<Tokens, UserError> {
+        let now = Utc::now().timestamp();
+        let ttl = self.access_ttl.as_secs() as i64;
+        let claims = serde_json::json!({
+            "sub": user.to_string(),
+            "typ": "access",
+            "iat": now,
+            "exp": now + ttl,
+            "jti": Uuid::new_v4().to_string(),
+        });
+        let access_token = jwt::sign(Alg::Hs256, &self.jwt_key, &claims);
+        let refresh_token = B64.encode(random_key());
+        let expires = Utc::now() + chrono::Duration::seconds(self.refresh_ttl.as_secs() as i64);
+        store::insert_refresh(
+            &self.pool,
+            &sha256_hex(refresh_token.as_bytes()),
+            user,
+            expires,
+        )
+        .await?;
+        Ok(Tokens {
+            access_token,
+            refresh_token,
+            expires_in: ttl,
+        })
+    }
+
+    /// Spends a refresh token for a new pair. Presenting a spent one again
+    /// revokes all of the user's refresh tokens.
+    pub async fn refresh(&self, token: &str) -> Result<Tokens, UserError> {
+        match store::use_refresh(&self.pool, &sha256_hex(token.as_bytes())).await? {
+            RefreshUse::Spent(user) => self.issue(user).await,
+            RefreshUse::Reused(user) => {
+                tracing::warn!(%user, "a spent refresh token was presented again; revoked all of the user's refresh tokens");
+                Err(UserError::Token(
+                    "invalid_refresh_token",
+                    "refresh token already used".into(),
+                ))
+            }
+            RefreshUse::Invalid => Err(UserError::Token(
+                "invalid_refresh_token",
+                "unknown or expired refresh token".into(),
+            )),
+        }
+    }
+
+    /// The user an access token was issued to.
+    pub fn verify_access_token(&self, token: &str) -> Result<Uuid, UserError> {
+        let invalid = |m: &str| UserError::Token("invalid_access_token", m.into());
+        let claims = jwt::decode(token)
+            .and_then(|t| t.verify(&self.jwt_key, &[Alg::Hs256]))
+            .map_err(|e| invalid(&e.to_string()))?;
+        if claims.get("typ").and_then(|t| t.as_str()) != Some("access") {
+            return Err(invalid("not an access token"));
+        }
+        let exp = claims
+            .get("exp")
+            .and_then(|e| e.as_i64())
+            .ok_or_else(|| invalid("no expiry"))?;
+        if exp <= Utc::now().timestamp() {
+            return Err(UserError::Token(
+                "expired_access_token",
+                "the access token has expired".into(),
+            ));
+        }
+        claims
+            .get("sub")
+            .and_then(|s| s.as_str())
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .ok_or_else(|| invalid("no subject"))
+    }
+
+    /// The secret of an API key: derived, never stored.
+    fn secret_of(&self, access_key: &str) -> String {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.api_key_secret)
+            .expect("HMAC takes any key length");
+        mac.update(b"upbit-secret:");
+        mac.update(access_key.as_bytes());
+        let mut secret = B64.encode(mac.finalize().into_bytes());
+        secret.truncate(40);
+        secret
+    }
+
+    pub async fn create_api_key(
+        &self,
+        user: Uuid,
+        label: &str,
+    ) -> Result<(ApiKeyRow, String), UserError> {
+        if label.chars().count() > 64 {
+            return Err(UserError::Invalid(
+                "label must be at most 64 characters".into(),
+            ));
+        }
+        store::user_by_id(&self.pool, user)
+            .await?
+            .ok_or(UserError::NotFound("user"))?;
+        let access_key: String = rand::rng()
+            .sample_iter(&Alphanumeric)
+            .take(40)
+            .map(char::from)
+            .collect();
+        let row = store::insert_api_key(&self.pool, &access_key, user, label, MAX_API_KEYS)
+            .await?
+            .ok_or(UserError::Limit)?;
+        let secret = self.secret_of(&access_key);
+        Ok((row, secret))
+    }
+
+    pub async fn api_keys(&self, user: Uuid) -> Result<Vec<ApiKeyRow>, UserError> {
+        Ok(store::api_keys(&self.pool, user).await?)
+    }
+
+    pub async fn revoke_api_key(&self, user: Uuid, key: &str) -> Result<ApiKeyRow, UserError> {
+        store::revoke_api_key(&self.pool, user, key)
+            .await?
+            .ok_or(UserError::NotFound("API key"))
+    }
+
+    /// Verifies an Upbit-style request token: HS256/HS512 over the API key's
+    /// secret, `query_hash` = SHA512 of the request's query, a fresh `nonce`.
+    pub async fn verify_upbit(
+        &self,
+        token: &str,
+        query: &str,
+    ) -> Result<(Uuid, String), UserError> {
+        let unverified = jwt::decode(token)
+            .map_err(|_| UserError::Token("jwt_verification", "malformed JWT".into()))?;
+        let access_key = unverified
+            .claims
+            .get("access_key")
+            .and_then(|k| k.as_str())
+            .ok_or_else(|| {
+                UserError::Token("invalid_access_key", "the token has no access_key".into())
+            })?
+            .to_owned();
+        let key = store::api_key(&self.pool, &access_key)
+            .await?
+            .filter(|k| k.revoked_at.is_none())
+            .ok_or_else(|| {
+                UserError::Token("invalid_access_key", "unknown or revoked access key".into())
+            })?;
+        if key.expire_at.is_some_and(|at| at <= Utc::now()) {
+            return Err(UserError::Token(
+                "expired_access_key",
+                "the API key has expired".into(),
+            ));
+        }
+        let claims = unverified
+            .verify(
+                self.secret_of(&access_key).as_bytes(),
+                &[Alg::Hs256, Alg::Hs512],
+            )
+            .map_err(|e| {
+                UserError::Token("jwt_verification", format!("JWT verification failed: {e}"))
+            })?;
+        if !query.is_empty() {
+            let alg = claims
+                .get("query_hash_alg")
+                .and_then(|a| a.as_str())
+                .unwrap_or("SHA512");
+            let expected = match alg {
+                "SHA512" => hex::encode(Sha512::digest(query.as_bytes())),
+                "SHA256" => hex::encode(Sha256::digest(query.as_bytes())),
+                _ => {
+                    return Err(UserError::Token(
+                        "invalid_query_payload",
+                        "query_hash_alg must be SHA512".into(),
+                    ));
+                }
+            };
+            let given = claims
+                .get("query_hash")
+                .and_then(|h| h.as_str())
+                .unwrap_or_default();
+            if !given.eq_ignore_ascii_case(&expected) {
+                return Err(UserError::Token(
+                    "invalid_query_payload",
+                    "query_hash does not match the request".into(),
+                ));
+            }
+        }
+        let nonce = claims
+            .get("nonce")
+            .and_then(|n| n.as_str())
+            .filter(|n| !n.is_empty() && n.len() <= 128)
+            .ok_or_else(|| UserError::Token("jwt_verification", "the token has no nonce".into()))?;
+        if !store::use_nonce(&self.pool, &access_key, nonce).await? {
+            return Err(UserError::Token(
+                "nonce_used",
+                "this nonce was used before".into(),
+            ));
+        }
+        Ok((key.user_id, access_key))
+    }
+
+    pub async fn user(&self, id: Uuid) -> Result<UserRow, UserError> {
+        store::user_by_id(&self.pool, id)
+            .await?
+            .ok_or(UserError::NotFound("user"))
+    }
+
+    /// Opens the accounts of registrations that were interrupted, and forgets
+    /// old nonces. Runs until `stop`.
+    pub async fn housekeeping(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<()> {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            }
+            if let Ok(pending) = store::users_without_account(&self.pool, 100).await {
+                for user in pending {
+                    if let Err(e) = self.open_account(user).await {
+                        tracing::warn!(%user, error = %e, "opening a pending account failed; will retry");
+                        break;
+                    }
+                    tracing::info!(%user, "opened the account of an interrupted registration");
+                }
+            }
+            let _ = store::forget_old_nonces(&self.pool).await;
+        }
+    }
+}
+
+/// An argon2 hash of a random password, verified against when a login names an
+/// unknown email (made once per process).
+async fn dummy_hash() -> String {
+    static DUMMY: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    DUMMY
+        .get_or_init(|| async {
+            hash_password(B64.encode(random_key()))
+                .await
+                .unwrap_or_default()
+        })
+        .await
+        .clone()
+}
