@@ -95,6 +95,12 @@ impl PgConfig {
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500)))
     }
 
+    /// Options for a connection of the service's own (outside the pool), e.g. to
+    /// hold a session advisory lock.
+    pub fn connect_options(&self) -> anyhow::Result<PgConnectOptions> {
+        self.app_options()
+    }
+
     /// The role this service runs as (the user of `DATABASE_URL`).
     pub fn role(&self) -> anyhow::Result<String> {
         Ok(PgConnectOptions::from_str(&self.url)?

@@ -1,8 +1,13 @@
 //! Configuration from flags or environment variables (`--help` lists them).
 
+use std::time::Duration;
+
 use clap::Parser;
-use service_kit::config::RuntimeArgs;
+use rust_decimal::Decimal;
+use service_kit::config::{RuntimeArgs, parse_duration};
 use service_kit::postgres::DbArgs;
+
+use crate::service::Fault;
 
 #[derive(Parser, Clone, Debug)]
 #[command(
@@ -23,6 +28,56 @@ pub struct Config {
     #[command(flatten)]
     pub db: DbArgs,
 
+    /// inventory gRPC URL (funds).
+    #[arg(long, env = "INVENTORY_URL", default_value = "http://127.0.0.1:50053")]
+    pub inventory_url: String,
+
+    /// market-data gRPC URL (orderbooks, trades).
+    #[arg(
+        long,
+        env = "MARKET_DATA_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub market_data_url: String,
+
+    /// Trading fee rate, charged on each execution (0.0005 = 0.05%).
+    #[arg(long, env = "FEE_RATE", default_value = "0.0005")]
+    pub fee_rate: Decimal,
+
+    /// Compete to run the limit-order matcher and recovery (one replica runs them).
+    #[arg(long, env = "MATCHER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub matcher: bool,
+
+    /// How often the matcher looks for orders a crash left unfinished.
+    #[arg(long, env = "RECOVERY_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub recovery_interval: Duration,
+
+    /// Orders younger than this are left to the request that is handling them.
+    #[arg(long, env = "RECOVERY_MIN_AGE", default_value = "10s", value_parser = parse_duration)]
+    pub recovery_min_age: Duration,
+
+    /// Chaos testing: abort the process at this step of every order
+    /// (persist: after writing it PENDING; reserve: after inventory took the funds).
+    #[arg(long, env = "FAULT_AFTER", value_enum)]
+    pub fault_after: Option<Fault>,
+
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+}
+
+impl Config {
+    /// Defaults listening on port 0 (tests).
+    pub fn local(
+        db: DbArgs,
+        inventory: std::net::SocketAddr,
+        market_data: std::net::SocketAddr,
+    ) -> Self {
+        let mut c = Self::parse_from(["order"]);
+        c.grpc_addr = "127.0.0.1:0".into();
+        c.metrics_addr = "127.0.0.1:0".into();
+        c.db = db;
+        c.inventory_url = format!("http://{inventory}");
+        c.market_data_url = format!("http://{market_data}");
+        c
+    }
 }

@@ -1,17 +1,301 @@
-//! gRPC adapter. RPCs not implemented yet answer UNIMPLEMENTED (generated stubs).
+//! gRPC adapter for the order service.
 
+use std::sync::Arc;
+
+use exchange_proto::order::v1 as pb;
 use exchange_proto::order::v1::order_service_server::OrderService;
+use rust_decimal::{Decimal, RoundingStrategy};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::domain::{OrdType, Side};
+use crate::error::OrderError;
+use crate::service::{Orders, Place, View};
+use crate::store;
+use crate::updates::Change;
+
+type BoxStream<T> =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 pub struct Order {
-    #[allow(dead_code)]
-    pool: sqlx::PgPool,
+    orders: Arc<Orders>,
+    changes: broadcast::Sender<Change>,
 }
 
 impl Order {
-    pub fn new(pool: sqlx::PgPool) -> Self {
-        Self { pool }
+    pub fn new(orders: Arc<Orders>, changes: broadcast::Sender<Change>) -> Self {
+        Self { orders, changes }
+    }
+}
+
+fn text(d: Decimal) -> String {
+    upbit::write::decimal_string(d)
+}
+
+fn uuid(field: &str, value: &str) -> Result<Option<Uuid>, OrderError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    Uuid::parse_str(value)
+        .map(Some)
+        .map_err(|_| OrderError::invalid(format!("{field} must be a UUID")))
+}
+
+fn user(value: &str) -> Result<Uuid, OrderError> {
+    uuid("user_id", value)?.ok_or_else(|| OrderError::invalid("user_id is required"))
+}
+
+fn state(s: &str) -> pb::OrderState {
+    match s {
+        "pending" => pb::OrderState::Pending,
+        "wait" => pb::OrderState::Wait,
+        "done" => pb::OrderState::Done,
+        "cancel" => pb::OrderState::Cancel,
+        "rejected" => pb::OrderState::Rejected,
+        _ => pb::OrderState::Unspecified,
+    }
+}
+
+fn side(s: &str) -> pb::Side {
+    if s == "bid" {
+        pb::Side::Bid
+    } else {
+        pb::Side::Ask
+    }
+}
+
+/// The order as clients see it (Upbit's fields).
+pub fn order_pb(view: &View) -> pb::Order {
+    let o = &view.order;
+    let ceil8 = |d: Decimal| d.round_dp_with_strategy(8, RoundingStrategy::AwayFromZero);
+    let open = o.state == "wait" || o.state == "pending";
+    let (volume, remaining_volume) = match o.volume {
+        Some(v) => (text(v), text((v - o.executed_volume).max(Decimal::ZERO))),
+        None => (String::new(), String::new()),
+    };
+    let bid = o.side == "bid";
+    let reserved_fee = if bid {
+        let total = match (o.ord_type.as_str(), o.price, o.volume) {
+            ("limit", Some(p), Some(v)) => p * v,
+            (_, Some(total), _) => total,
+            _ => Decimal::ZERO,
+        };
+        ceil8(total * o.fee_rate)
+    } else {
+        Decimal::ZERO
+    };
+    let remaining_fee = if open && bid {
+        (reserved_fee - o.paid_fee).max(Decimal::ZERO)
+    } else {
+        Decimal::ZERO
+    };
+    let locked = if !open {
+        Decimal::ZERO
+    } else if bid {
+        (o.reserved_amount - o.executed_funds - o.paid_fee).max(Decimal::ZERO)
+    } else {
+        (o.reserved_amount - o.executed_volume).max(Decimal::ZERO)
+    };
+    pb::Order {
+        uuid: o.id.to_string(),
+        user_id: o.user_id.to_string(),
+        market: o.market.clone(),
+        side: side(&o.side) as i32,
+        ord_type: match o.ord_type.as_str() {
+            "limit" => pb::OrderType::Limit,
+            "price" => pb::OrderType::Price,
+            _ => pb::OrderType::Market,
+        } as i32,
+        price: o.price.map(text).unwrap_or_default(),
+        volume,
+        remaining_volume,
+        reserved_fee: text(reserved_fee),
+        remaining_fee: text(remaining_fee),
+        paid_fee: text(o.paid_fee),
+        locked: text(locked),
+        executed_volume: text(o.executed_volume),
+        executed_funds: text(o.executed_funds),
+        state: state(&o.state) as i32,
+        created_at: o.created_at.timestamp_millis(),
+        trades_count: o.trades_count.max(0) as u32,
+        identifier: o.identifier.clone().unwrap_or_default(),
+        trades: view
+            .executions
+            .iter()
+            .map(|e| pb::Execution {
+                seq: e.seq.max(0) as u32,
+                price: text(e.price),
+                volume: text(e.volume),
+                funds: text(e.funds),
+                fee: text(e.fee),
+                trend: side(&e.trend) as i32,
+                created_at: e.created_at.timestamp_millis(),
+            })
+            .collect(),
+        reject_reason: o.reject_reason.clone().unwrap_or_default(),
+    }
+}
+
+fn state_name(v: i32) -> Result<&'static str, OrderError> {
+    match pb::OrderState::try_from(v) {
+        Ok(pb::OrderState::Pending) => Ok("pending"),
+        Ok(pb::OrderState::Wait) => Ok("wait"),
+        Ok(pb::OrderState::Done) => Ok("done"),
+        Ok(pb::OrderState::Cancel) => Ok("cancel"),
+        Ok(pb::OrderState::Rejected) => Ok("rejected"),
+        _ => Err(OrderError::invalid("unknown order state")),
     }
 }
 
 #[tonic::async_trait]
-impl OrderService for Order {}
+impl OrderService for Order {
+    async fn place_order(
+        &self,
+        request: Request<pb::PlaceOrderRequest>,
+    ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
+        let req = request.into_inner();
+        let side = match pb::Side::try_from(req.side) {
+            Ok(pb::Side::Bid) => Side::Bid,
+            Ok(pb::Side::Ask) => Side::Ask,
+            _ => return Err(OrderError::invalid("side must be bid or ask").into()),
+        };
+        let ord_type = match pb::OrderType::try_from(req.ord_type) {
+            Ok(pb::OrderType::Limit) => OrdType::Limit,
+            Ok(pb::OrderType::Price) => OrdType::Price,
+            Ok(pb::OrderType::Market) => OrdType::Market,
+            _ => return Err(OrderError::invalid("ord_type must be limit, price or market").into()),
+        };
+        let place = Place {
+            user: user(&req.user_id)?,
+            market: &req.market,
+            side,
+            ord_type,
+            price: &req.price,
+            volume: &req.volume,
+            identifier: (!req.identifier.is_empty()).then_some(req.identifier.as_str()),
+        };
+        let (view, created) = self.orders.place(place).await?;
+        Ok(Response::new(pb::PlaceOrderResponse {
+            order: Some(order_pb(&view)),
+            created,
+        }))
+    }
+
+    async fn cancel_order(
+        &self,
+        request: Request<pb::CancelOrderRequest>,
+    ) -> Result<Response<pb::CancelOrderResponse>, Status> {
+        let req = request.into_inner();
+        let identifier = (!req.identifier.is_empty()).then_some(req.identifier.as_str());
+        let view = self
+            .orders
+            .cancel(user(&req.user_id)?, uuid("uuid", &req.uuid)?, identifier)
+            .await?;
+        Ok(Response::new(pb::CancelOrderResponse {
+            order: Some(order_pb(&view)),
+        }))
+    }
+
+    async fn get_order(
+        &self,
+        request: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let req = request.into_inner();
+        let identifier = (!req.identifier.is_empty()).then_some(req.identifier.as_str());
+        let view = self
+            .orders
+            .get(user(&req.user_id)?, uuid("uuid", &req.uuid)?, identifier)
+            .await?;
+        Ok(Response::new(pb::GetOrderResponse {
+            order: Some(order_pb(&view)),
+        }))
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<pb::ListOrdersRequest>,
+    ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let req = request.into_inner();
+        let user = user(&req.user_id)?;
+        let states: Vec<&str> = if req.states.is_empty() {
+            vec!["pending", "wait"]
+        } else {
+            req.states
+                .iter()
+                .map(|s| state_name(*s))
+                .collect::<Result<_, _>>()?
+        };
+        let limit = match req.limit {
+            0 => 100,
+            n if n <= 100 => i64::from(n),
+            _ => return Err(OrderError::invalid("limit must be between 1 and 100").into()),
+        };
+        let page = i64::from(req.page.max(1));
+        let ids = req
+            .uuids
+            .iter()
+            .map(|u| uuid("uuids", u).map(|o| o.unwrap_or_default()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let market = (!req.market.is_empty()).then_some(req.market.as_str());
+        let rows = store::list(
+            self.orders.pool(),
+            user,
+            market,
+            &states,
+            &ids,
+            limit,
+            (page - 1) * limit,
+            req.ascending,
+        )
+        .await
+        .map_err(OrderError::from)?;
+        let orders = rows
+            .into_iter()
+            .map(|order| {
+                order_pb(&View {
+                    order,
+                    executions: Vec::new(),
+                })
+            })
+            .collect();
+        Ok(Response::new(pb::ListOrdersResponse { orders }))
+    }
+
+    async fn stream_order_updates(
+        &self,
+        request: Request<pb::StreamOrderUpdatesRequest>,
+    ) -> Result<Response<BoxStream<pb::StreamOrderUpdatesResponse>>, Status> {
+        let user = user(&request.into_inner().user_id)?;
+        let mut changes = self.changes.subscribe();
+        let (tx, rx) = mpsc::channel(64);
+        let orders = self.orders.clone();
+        tokio::spawn(async move {
+            loop {
+                let change = tokio::select! {
+                    _ = tx.closed() => return,
+                    c = changes.recv() => c,
+                };
+                let (order, owner) = match change {
+                    Ok(c) => c,
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if owner != user {
+                    continue;
+                }
+                let update = match orders.get(user, Some(order), None).await {
+                    Ok(view) => Ok(pb::StreamOrderUpdatesResponse {
+                        order: Some(order_pb(&view)),
+                    }),
+                    Err(e) => Err(Status::from(e)),
+                };
+                if tx.send(update).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

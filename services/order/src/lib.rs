@@ -2,12 +2,24 @@
 //! (`exchange.order.v1.OrderService`); market orders walk the live orderbook,
 //! limit orders fill when live trades cross their price. Owns Postgres schema
 //! `orders`; calls inventory (funds) and market-data (prices).
+//!
+//! See [`service`] for the flow and its crash recovery, [`matcher`] for limit
+//! orders.
 
 pub mod config;
+pub mod domain;
+mod error;
 mod grpc;
+pub mod matcher;
+pub mod service;
+mod store;
+mod updates;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use exchange_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use exchange_proto::marketdata::v1::market_data_service_client::MarketDataServiceClient;
 use exchange_proto::order::v1::order_service_server::{OrderServiceServer, SERVICE_NAME};
 use service_kit::postgres::PgConfig;
 use service_kit::server::Server;
@@ -24,6 +36,7 @@ pub struct App {
     server: Server,
     pg: PgConfig,
     pool: sqlx::PgPool,
+    config: Config,
 }
 
 impl App {
@@ -40,7 +53,12 @@ impl App {
         .await?;
         let pg = config.db.pg_config(SCHEMA);
         let pool = pg.lazy_pool()?;
-        Ok(Self { server, pg, pool })
+        Ok(Self {
+            server,
+            pg,
+            pool,
+            config,
+        })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -52,14 +70,48 @@ impl App {
     }
 
     /// Serves until the stop token is cancelled and the drain completes.
-    pub async fn run(self) -> anyhow::Result<()> {
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let config = self.config;
+        let inventory =
+            InventoryServiceClient::new(service_kit::grpc::channel(&config.inventory_url)?);
+        let market_data =
+            MarketDataServiceClient::new(service_kit::grpc::channel(&config.market_data_url)?);
+        let orders = Arc::new(service::Orders::new(
+            self.pool.clone(),
+            inventory,
+            market_data,
+            config.fee_rate,
+            config.fault_after,
+        ));
+        let draining = self.server.draining();
+        let (changes, _) = tokio::sync::broadcast::channel(4096);
+        self.server.spawn(
+            "order-updates",
+            updates::listen(self.pool.clone(), changes.clone(), draining.clone()),
+        );
+
         let stopping = self.server.stopping();
-        let (pg, pool) = (self.pg, self.pool.clone());
+        let (pg, pool) = (self.pg.clone(), self.pool.clone());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
         let ready = async move {
             pg.prepare(&pool, sqlx::migrate!("./migrations"), &stopping)
-                .await
+                .await?;
+            let _ = ready_tx.send(());
+            Ok(())
         };
-        let routes = Routes::new(OrderServiceServer::new(grpc::Order::new(self.pool)));
+        if config.matcher {
+            let (orders, options, stop) =
+                (orders.clone(), self.pg.connect_options()?, draining.clone());
+            let (every, min_age) = (config.recovery_interval, config.recovery_min_age);
+            self.server.spawn("matcher", async move {
+                // Match only once this replica's migrations are done.
+                if ready_rx.await.is_err() {
+                    return Ok(());
+                }
+                matcher::run(orders, options, every, min_age, stop).await
+            });
+        }
+        let routes = Routes::new(OrderServiceServer::new(grpc::Order::new(orders, changes)));
         self.server
             .serve_grpc(Some(routes), DESCRIPTORS, ready)
             .await

@@ -1,49 +1,281 @@
-//! Order service against real Postgres: one integration-test binary.
+//! The order service with real inventory, market-data, Postgres and Redis.
 
-use order::{App, Config};
-use service_kit::config::RuntimeArgs;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use exchange_proto::inventory::v1 as inv;
+use exchange_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use exchange_proto::marketdata::v1 as md;
+use exchange_proto::marketdata::v1::market_data_service_client::MarketDataServiceClient;
+use exchange_proto::order::v1 as pb;
+use exchange_proto::order::v1::order_service_client::OrderServiceClient;
+use rust_decimal::Decimal;
 use service_kit::postgres::DbArgs;
-use test_support::{Running, Started, TestDb};
+use test_support::{Running, Started, TestDb, eventually};
 use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
+use uuid::Uuid;
 
-async fn start(db: &TestDb) -> Started {
-    test_support::init_logs();
-    let config = Config {
-        grpc_addr: "127.0.0.1:0".into(),
-        metrics_addr: "127.0.0.1:0".into(),
-        db: DbArgs {
-            database_url: Some(db.role_url(order::SCHEMA)),
-            database_admin_url: Some(db.admin_url()),
-            database_max_connections: 5,
-        },
-        runtime: RuntimeArgs::default(),
-    };
+fn db_args(db: &TestDb, role: &str) -> DbArgs {
+    DbArgs {
+        database_url: Some(db.role_url(role)),
+        database_admin_url: Some(db.admin_url()),
+        database_max_connections: 8,
+    }
+}
+
+fn dec(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+struct Env {
+    db: TestDb,
+    inventory_addr: SocketAddr,
+    market_data_addr: SocketAddr,
+    inventory: InventoryServiceClient<Channel>,
+    md: MarketDataServiceClient<Channel>,
+    orders: Option<OrderServiceClient<Channel>>,
+    running: Vec<Running>,
+}
+
+async fn start_order(env: &Env, tweak: impl FnOnce(&mut order::Config)) -> Started {
+    let mut config = order::Config::local(
+        db_args(&env.db, order::SCHEMA),
+        env.inventory_addr,
+        env.market_data_addr,
+    );
+    config.recovery_interval = Duration::from_millis(300);
+    config.recovery_min_age = Duration::ZERO;
+    tweak(&mut config);
     let stop = CancellationToken::new();
-    let app = App::build(config, stop.clone()).await.expect("app builds");
+    let app = order::App::build(config, stop.clone()).await.unwrap();
+    let (grpc, admin) = (app.grpc_addr(), app.metrics_addr());
     Started {
-        grpc: app.grpc_addr(),
-        admin: app.metrics_addr(),
+        grpc,
+        admin,
         running: Running::spawn(stop, app.run()),
     }
 }
 
-#[tokio::test]
-async fn serves_health_reflection_metrics_and_stops_gracefully() {
+/// inventory and market-data, with KRW-BTC and KRW-ETH listed and an orderbook.
+async fn env() -> Env {
+    test_support::init_logs();
     let db = TestDb::create().await.unwrap();
-    let svc = start(&db).await;
+    let stop = CancellationToken::new();
+    let app = inventory::App::build(
+        inventory::Config::local(db_args(&db, inventory::SCHEMA)),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let inventory_addr = app.grpc_addr();
+    let inv_running = Running::spawn(stop, app.run());
+
+    let mut config = market_data::Config {
+        grpc_addr: "127.0.0.1:0".into(),
+        metrics_addr: "127.0.0.1:0".into(),
+        db: db_args(&db, market_data::SCHEMA),
+        redis_url: test_support::redis_url(),
+        redis_prefix: test_support::unique_prefix(),
+        write_batch: 1000,
+        write_queue: 10_000,
+        stream_buffer: 1024,
+        stream_slow_after: Duration::from_secs(5),
+        runtime: Default::default(),
+    };
+    config.runtime.drain_delay = Duration::ZERO;
+    let stop = CancellationToken::new();
+    let app = market_data::App::build(config, stop.clone()).await.unwrap();
+    let market_data_addr = app.grpc_addr();
+    let md_running = Running::spawn(stop, app.run());
+    for addr in [inventory_addr, market_data_addr] {
+        test_support::wait_serving(addr, "", Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    let mut env = Env {
+        db,
+        inventory_addr,
+        market_data_addr,
+        inventory: InventoryServiceClient::connect(format!("http://{inventory_addr}"))
+            .await
+            .unwrap(),
+        md: MarketDataServiceClient::connect(format!("http://{market_data_addr}"))
+            .await
+            .unwrap(),
+        orders: None,
+        running: vec![inv_running, md_running],
+    };
+    env.feed(vec![
+        book("KRW-BTC", "148000000", "0.005", 1000),
+        book("KRW-ETH", "5200000", "1", 1000),
+    ])
+    .await;
+    env
+}
+
+/// An orderbook around `best_ask` (tick 1000 for BTC, 1000 for ETH here): 30
+/// levels of `size` each side, asks from best_ask up, bids from one tick under.
+fn book(market: &str, best_ask: &str, size: &str, tick: i64) -> md::MarketEvent {
+    let ask = dec(best_ask);
+    let tick = Decimal::from(tick);
+    let units = (0..30)
+        .map(|i| md::OrderbookUnit {
+            ask_price: (ask + tick * Decimal::from(i)).to_string(),
+            bid_price: (ask - tick * Decimal::from(i + 1)).to_string(),
+            ask_size: size.into(),
+            bid_size: size.into(),
+        })
+        .collect();
+    md::MarketEvent {
+        event: Some(md::market_event::Event::Orderbook(md::Orderbook {
+            market: market.into(),
+            timestamp: chrono::Utc::now().timestamp_millis(),
+            units,
+            ..Default::default()
+        })),
+        received_at: 0,
+    }
+}
+
+fn trade(market: &str, price: &str, volume: &str, sid: i64) -> md::MarketEvent {
+    let now = chrono::Utc::now().timestamp_millis() + 1000;
+    md::MarketEvent {
+        event: Some(md::market_event::Event::Trade(md::Trade {
+            market: market.into(),
+            trade_price: price.into(),
+            trade_volume: volume.into(),
+            ask_bid: md::Side::Ask as i32,
+            trade_timestamp: now,
+            timestamp: now,
+            sequential_id: sid,
+            ..Default::default()
+        })),
+        received_at: 0,
+    }
+}
+
+impl Env {
+    async fn feed(&mut self, events: Vec<md::MarketEvent>) {
+        let markets = ["KRW-BTC", "KRW-ETH"]
+            .iter()
+            .map(|m| md::Market {
+                market: (*m).into(),
+                ..Default::default()
+            })
+            .collect();
+        let requests = vec![md::IngestRequest {
+            events,
+            source: "test".into(),
+            markets,
+        }];
+        self.md.ingest(tokio_stream::iter(requests)).await.unwrap();
+    }
+
+    async fn with_order_service(&mut self) {
+        let svc = start_order(self, |_| {}).await;
+        test_support::wait_serving(svc.grpc, "", Duration::from_secs(30))
+            .await
+            .unwrap();
+        self.orders = Some(
+            OrderServiceClient::connect(format!("http://{}", svc.grpc))
+                .await
+                .unwrap(),
+        );
+        self.running.push(svc.running);
+    }
+
+    fn orders(&self) -> OrderServiceClient<Channel> {
+        self.orders.clone().expect("order service started")
+    }
+
+    async fn new_user(&mut self) -> Uuid {
+        let user = Uuid::new_v4();
+        self.inventory
+            .open_account(inv::OpenAccountRequest {
+                user_id: user.to_string(),
+            })
+            .await
+            .unwrap();
+        user
+    }
+
+    async fn balance(&mut self, user: Uuid, currency: &str) -> (Decimal, Decimal) {
+        self.inventory
+            .get_balances(inv::GetBalancesRequest {
+                user_id: user.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .balances
+            .into_iter()
+            .find(|b| b.currency == currency)
+            .map(|b| (dec(&b.balance), dec(&b.locked)))
+            .unwrap_or_default()
+    }
+
+    /// Balances equal their ledgers; nothing is negative.
+    async fn assert_books_balance(&self) {
+        let mut admin = self.db.admin().await.unwrap();
+        let bad: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (
+                SELECT b.user_id FROM inventory.balances b
+                LEFT JOIN inventory.ledger l ON l.user_id = b.user_id AND l.currency = b.currency
+                GROUP BY b.user_id, b.currency, b.available, b.locked
+                HAVING b.available <> coalesce(sum(l.available_delta), 0)
+                    OR b.locked <> coalesce(sum(l.locked_delta), 0) OR b.available < 0 OR b.locked < 0) x",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        assert_eq!(bad, 0, "ledger and balances disagree");
+    }
+
+    async fn stop(mut self) {
+        while let Some(r) = self.running.pop() {
+            r.stop().await;
+        }
+    }
+}
+
+fn place(
+    user: Uuid,
+    market: &str,
+    side: pb::Side,
+    ord_type: pb::OrderType,
+    price: &str,
+    volume: &str,
+) -> pb::PlaceOrderRequest {
+    pb::PlaceOrderRequest {
+        user_id: user.to_string(),
+        market: market.into(),
+        side: side as i32,
+        ord_type: ord_type as i32,
+        price: price.into(),
+        volume: volume.into(),
+        identifier: String::new(),
+    }
+}
+
+fn error_name(s: &tonic::Status) -> Option<&str> {
+    service_kit::grpc::error_name(s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_health_reflection_metrics_and_migrates_idempotently() {
+    let env = env().await;
+    let svc = start_order(&env, |_| {}).await;
     test_support::assert_grpc_basics(svc.grpc, svc.admin, "exchange.order.v1.OrderService")
         .await
         .unwrap();
     svc.running.stop().await;
-}
-
-#[tokio::test]
-async fn migrations_are_idempotent_across_restarts() {
-    let db = TestDb::create().await.unwrap();
     let migrations = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
     test_support::assert_migrations_idempotent(
-        &db,
-        || start(&db),
+        &env.db,
+        || start_order(&env, |_| {}),
         "orders",
         "orders",
         "orders",
@@ -51,4 +283,585 @@ async fn migrations_are_idempotent_across_restarts() {
     )
     .await
     .unwrap();
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn market_orders_walk_the_book_and_money_adds_up() {
+    let mut env = env().await;
+    env.with_order_service().await;
+    let mut orders = env.orders();
+    let user = env.new_user().await;
+    // Buy for 1,000,000 KRW: 0.005 at 148,000,000 then the rest at 148,001,000.
+    let bought = orders
+        .place_order(place(
+            user,
+            "KRW-BTC",
+            pb::Side::Bid,
+            pb::OrderType::Price,
+            "1000000",
+            "",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(bought.state, pb::OrderState::Done as i32);
+    assert_eq!(bought.trades.len(), 2, "walked two levels");
+    assert_eq!(
+        (
+            bought.trades[0].price.as_str(),
+            bought.trades[0].volume.as_str()
+        ),
+        ("148000000", "0.005")
+    );
+    assert_eq!(
+        (
+            bought.trades[1].price.as_str(),
+            bought.trades[1].volume.as_str()
+        ),
+        ("148001000", "0.00175674")
+    );
+    assert_eq!(bought.executed_volume, "0.00675674");
+    assert_eq!(bought.paid_fee, "499.99963837");
+    let krw = dec("10000000") - dec(&bought.executed_funds) - dec(&bought.paid_fee);
+    assert_eq!(
+        env.balance(user, "KRW").await,
+        (krw, dec("0")),
+        "funds plus fee paid, the rest released"
+    );
+    assert_eq!(
+        env.balance(user, "BTC").await,
+        (dec("0.00675674"), dec("0"))
+    );
+
+    // Sell it all back into the bids (147,999,000 and below).
+    let sold = orders
+        .place_order(place(
+            user,
+            "KRW-BTC",
+            pb::Side::Ask,
+            pb::OrderType::Market,
+            "",
+            "0.00675674",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(sold.state, pb::OrderState::Done as i32);
+    let proceeds = dec(&sold.executed_funds) - dec(&sold.paid_fee);
+    assert_eq!(env.balance(user, "KRW").await, (krw + proceeds, dec("0")));
+    assert_eq!(env.balance(user, "BTC").await, (dec("0"), dec("0")));
+    let got = orders
+        .get_order(pb::GetOrderRequest {
+            user_id: user.to_string(),
+            uuid: sold.uuid.clone(),
+            identifier: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(got.trades.len(), sold.trades.len());
+    let closed = orders
+        .list_orders(pb::ListOrdersRequest {
+            user_id: user.to_string(),
+            states: vec![pb::OrderState::Done as i32, pb::OrderState::Cancel as i32],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .orders;
+    assert_eq!(
+        closed.iter().map(|o| o.uuid.clone()).collect::<Vec<_>>(),
+        vec![sold.uuid.clone(), bought.uuid.clone()],
+        "newest first"
+    );
+    env.assert_books_balance().await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_orders_rest_fill_on_crossing_trades_and_cancel_releases_funds() {
+    let mut env = env().await;
+    env.with_order_service().await;
+    let mut orders = env.orders();
+    let user = env.new_user().await;
+    // A bid under the book rests: funds locked (total + fee).
+    let resting = orders
+        .place_order(place(
+            user,
+            "KRW-ETH",
+            pb::Side::Bid,
+            pb::OrderType::Limit,
+            "5100000",
+            "0.5",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(resting.state, pb::OrderState::Wait as i32);
+    assert_eq!(
+        env.balance(user, "KRW").await,
+        (dec("7448725"), dec("2551275"))
+    );
+    // A second one to cancel after a partial fill.
+    let other = orders
+        .place_order(place(
+            user,
+            "KRW-ETH",
+            pb::Side::Bid,
+            pb::OrderType::Limit,
+            "5050000",
+            "0.2",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    // A live trade at 5,100,000 for 0.3 fills the first order partly, at its price.
+    env.feed(vec![trade("KRW-ETH", "5100000", "0.3", 1)]).await;
+    let get = |uuid: String| {
+        let mut orders = orders.clone();
+        async move {
+            orders
+                .get_order(pb::GetOrderRequest {
+                    user_id: user.to_string(),
+                    uuid,
+                    identifier: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .order
+                .unwrap()
+        }
+    };
+    let partly = eventually(Duration::from_secs(20), "a partial fill", || {
+        let uuid = resting.uuid.clone();
+        async move {
+            let o = get(uuid).await;
+            (o.executed_volume == "0.3").then_some(o)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (partly.state, partly.trades.len()),
+        (pb::OrderState::Wait as i32, 1)
+    );
+    // Then a trade at 5,040,000 crosses both: the rest of the first (0.2), the second (0.2).
+    env.feed(vec![trade("KRW-ETH", "5040000", "0.3", 2)]).await;
+    let done = eventually(Duration::from_secs(20), "the first order filled", || {
+        let uuid = resting.uuid.clone();
+        async move {
+            let o = get(uuid).await;
+            (o.state == pb::OrderState::Done as i32).then_some(o)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(done.executed_volume, "0.5");
+    assert!(
+        done.trades.iter().all(|t| t.price == "5100000"),
+        "fills at the limit price"
+    );
+    let second = eventually(
+        Duration::from_secs(20),
+        "the second order partly filled",
+        || {
+            let uuid = other.uuid.clone();
+            async move {
+                let o = get(uuid).await;
+                (o.executed_volume == "0.1").then_some(o)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        second.state,
+        pb::OrderState::Wait as i32,
+        "0.1 of 0.2: the trade had 0.3, 0.2 went to the better bid"
+    );
+    let cancelled = orders
+        .cancel_order(pb::CancelOrderRequest {
+            user_id: user.to_string(),
+            uuid: other.uuid.clone(),
+            identifier: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(cancelled.state, pb::OrderState::Cancel as i32);
+    let again = orders
+        .cancel_order(pb::CancelOrderRequest {
+            user_id: user.to_string(),
+            uuid: other.uuid.clone(),
+            identifier: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error_name(&again), Some("order_not_cancellable"));
+    // Everything settled: 0.6 ETH bought, nothing locked.
+    let spent = dec("5100000") * dec("0.5") + dec("5050000") * dec("0.1");
+    let fees = dec("1275") + dec("252.5");
+    assert_eq!(env.balance(user, "ETH").await, (dec("0.6"), dec("0")));
+    assert_eq!(
+        env.balance(user, "KRW").await,
+        (dec("10000000") - spent - fees, dec("0"))
+    );
+    env.assert_books_balance().await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_orders_never_overdraw_and_retries_make_one_order() {
+    let mut env = env().await;
+    env.with_order_service().await;
+    let orders = env.orders();
+    let user = env.new_user().await;
+    // 12 market buys of 2,000,000 (+ fee) race for 10,000,000: exactly 4 fit.
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let mut orders = orders.clone();
+            tokio::spawn(async move {
+                orders
+                    .place_order(place(
+                        user,
+                        "KRW-ETH",
+                        pb::Side::Bid,
+                        pb::OrderType::Price,
+                        "2000000",
+                        "",
+                    ))
+                    .await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(error_name(&e), Some("insufficient_funds_bid"), "{e:?}"),
+        }
+    }
+    assert_eq!(ok, 4);
+    let (krw, locked) = env.balance(user, "KRW").await;
+    assert!(krw >= Decimal::ZERO && locked.is_zero(), "{krw} {locked}");
+    env.assert_books_balance().await;
+
+    // The same request with the same identifier, five times at once: one order.
+    let second = env.new_user().await;
+    let mut request = place(
+        second,
+        "KRW-ETH",
+        pb::Side::Bid,
+        pb::OrderType::Limit,
+        "5000000",
+        "0.1",
+    );
+    request.identifier = "my-key-1".into();
+    let tasks: Vec<_> = (0..5)
+        .map(|_| {
+            let (mut orders, request) = (orders.clone(), request.clone());
+            tokio::spawn(async move { orders.place_order(request).await.map(|r| r.into_inner()) })
+        })
+        .collect();
+    let mut uuids = Vec::new();
+    for t in tasks {
+        uuids.push(t.await.unwrap().unwrap().order.unwrap().uuid);
+    }
+    uuids.dedup();
+    assert_eq!(uuids.len(), 1, "one order");
+    assert_eq!(
+        env.balance(second, "KRW").await.1,
+        dec("500250"),
+        "one reservation (total + fee)"
+    );
+    let mut admin = env.db.admin().await.unwrap();
+    let reservations: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM inventory.reservations WHERE user_id = $1")
+            .bind(second)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(reservations, 1);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_see_only_their_orders_and_bad_orders_are_named() {
+    let mut env = env().await;
+    env.with_order_service().await;
+    let mut orders = env.orders();
+    let (alice, bob) = (env.new_user().await, env.new_user().await);
+    let order = orders
+        .place_order(place(
+            alice,
+            "KRW-ETH",
+            pb::Side::Bid,
+            pb::OrderType::Limit,
+            "5000000",
+            "0.1",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    let err = orders
+        .get_order(pb::GetOrderRequest {
+            user_id: bob.to_string(),
+            uuid: order.uuid.clone(),
+            identifier: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), error_name(&err)),
+        (Code::NotFound, Some("order_not_found"))
+    );
+    let err = orders
+        .cancel_order(pb::CancelOrderRequest {
+            user_id: bob.to_string(),
+            uuid: order.uuid.clone(),
+            identifier: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(
+        orders
+            .list_orders(pb::ListOrdersRequest {
+                user_id: bob.to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .orders
+            .is_empty()
+    );
+
+    for (request, name) in [
+        (
+            place(
+                alice,
+                "KRW-BTC",
+                pb::Side::Bid,
+                pb::OrderType::Limit,
+                "148000500",
+                "0.01",
+            ),
+            "invalid_price_bid",
+        ),
+        (
+            place(
+                alice,
+                "KRW-BTC",
+                pb::Side::Bid,
+                pb::OrderType::Price,
+                "4000",
+                "",
+            ),
+            "under_min_total_bid",
+        ),
+        (
+            place(
+                alice,
+                "KRW-ETH",
+                pb::Side::Ask,
+                pb::OrderType::Limit,
+                "5000000",
+                "0.0001",
+            ),
+            "under_min_total_ask",
+        ),
+        (
+            place(
+                alice,
+                "KRW-DOGE",
+                pb::Side::Bid,
+                pb::OrderType::Price,
+                "10000",
+                "",
+            ),
+            "validation_error",
+        ),
+        (
+            place(
+                alice,
+                "KRW-BTC",
+                pb::Side::Bid,
+                pb::OrderType::Market,
+                "",
+                "1",
+            ),
+            "validation_error",
+        ),
+        (
+            place(
+                alice,
+                "KRW-BTC",
+                pb::Side::Bid,
+                pb::OrderType::Limit,
+                "abc",
+                "1",
+            ),
+            "validation_error",
+        ),
+        (
+            place(
+                alice,
+                "KRW-BTC",
+                pb::Side::Ask,
+                pb::OrderType::Market,
+                "",
+                "1",
+            ),
+            "insufficient_funds_ask",
+        ),
+    ] {
+        let err = orders.place_order(request).await.unwrap_err();
+        assert_eq!(error_name(&err), Some(name), "{err:?}");
+    }
+    env.assert_books_balance().await;
+    env.stop().await;
+}
+
+/// Runs the order binary as a process that aborts itself at `fault`.
+async fn crashing_order_service(env: &Env, fault: &str) -> (tokio::process::Child, SocketAddr) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_order"))
+        .env("GRPC_ADDR", "127.0.0.1:0")
+        .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("DATABASE_URL", env.db.role_url(order::SCHEMA))
+        .env("DATABASE_ADMIN_URL", env.db.admin_url())
+        .env("INVENTORY_URL", format!("http://{}", env.inventory_addr))
+        .env(
+            "MARKET_DATA_URL",
+            format!("http://{}", env.market_data_addr),
+        )
+        .env("MATCHER", "false")
+        .env("FAULT_AFTER", fault)
+        .env("LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && let Some(addr) = v.get("grpc").and_then(|g| g.as_str())
+            {
+                return addr.parse::<SocketAddr>().unwrap();
+            }
+        }
+        panic!("the order process exited before listening");
+    })
+    .await
+    .unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    test_support::wait_serving(addr, "", Duration::from_secs(30))
+        .await
+        .unwrap();
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_steps_loses_and_strands_no_money() {
+    let mut env = env().await;
+    let user = env.new_user().await;
+    for fault in ["reserve", "persist"] {
+        let (mut child, addr) = crashing_order_service(&env, fault).await;
+        let mut orders = OrderServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let err = orders
+            .place_order(place(
+                user,
+                "KRW-ETH",
+                pb::Side::Bid,
+                pb::OrderType::Price,
+                "1000000",
+                "",
+            ))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err.code(),
+                Code::Unavailable | Code::Unknown | Code::Internal
+            ),
+            "{fault}: {err:?}"
+        );
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!status.success(), "{fault}: the process died");
+        let (_, locked) = env.balance(user, "KRW").await;
+        if fault == "reserve" {
+            assert!(
+                !locked.is_zero() || env.balance(user, "ETH").await.0 > Decimal::ZERO,
+                "inventory acted before the crash"
+            );
+        }
+    }
+    // A normal replica starts: recovery finishes both orders.
+    env.with_order_service().await;
+    let orders = env.orders();
+    let finished = eventually(
+        Duration::from_secs(30),
+        "both crashed orders finished",
+        || {
+            let mut orders = orders.clone();
+            async move {
+                let all = orders
+                    .list_orders(pb::ListOrdersRequest {
+                        user_id: user.to_string(),
+                        states: vec![
+                            pb::OrderState::Pending as i32,
+                            pb::OrderState::Done as i32,
+                            pb::OrderState::Cancel as i32,
+                            pb::OrderState::Rejected as i32,
+                        ],
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .orders;
+                (all.len() == 2 && all.iter().all(|o| o.state == pb::OrderState::Done as i32))
+                    .then_some(all)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let spent: Decimal = finished
+        .iter()
+        .map(|o| dec(&o.executed_funds) + dec(&o.paid_fee))
+        .sum();
+    let bought: Decimal = finished.iter().map(|o| dec(&o.executed_volume)).sum();
+    assert_eq!(
+        env.balance(user, "KRW").await,
+        (dec("10000000") - spent, dec("0")),
+        "nothing stuck in locked"
+    );
+    assert_eq!(env.balance(user, "ETH").await.0, bought);
+    env.assert_books_balance().await;
+    env.stop().await;
 }

@@ -128,12 +128,7 @@ impl Stack {
 
         let stop = CancellationToken::new();
         let ord = order::App::build(
-            order::Config {
-                grpc_addr: LOCAL.into(),
-                metrics_addr: LOCAL.into(),
-                db: db_args(db, order::SCHEMA),
-                runtime: runtime(),
-            },
+            order::Config::local(db_args(db, order::SCHEMA), inventory, market_data),
             stop.clone(),
         )
         .await

@@ -1,0 +1,585 @@
+//! Order rules, free of I/O: validation as Upbit does it, what an order must
+//! reserve, and how it executes against orderbook levels.
+
+use std::str::FromStr;
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use upbit::market::{MarketCode, is_on_tick, min_order_total};
+
+use crate::error::OrderError;
+
+/// Volumes have at most this many decimal places (as Upbit).
+pub const VOLUME_SCALE: u32 = 8;
+/// Largest total of one order in the quote currency (KRW).
+pub fn max_total() -> Decimal {
+    Decimal::from(1_000_000_000)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Bid,
+    Ask,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Bid => "bid",
+            Side::Ask => "ask",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "bid" => Some(Side::Bid),
+            "ask" => Some(Side::Ask),
+            _ => None,
+        }
+    }
+}
+
+/// Upbit's `ord_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrdType {
+    /// Price and volume.
+    Limit,
+    /// Market buy for a total (the `price` field holds it).
+    Price,
+    /// Market sell of a volume.
+    Market,
+}
+
+impl OrdType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrdType::Limit => "limit",
+            OrdType::Price => "price",
+            OrdType::Market => "market",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "limit" => Some(OrdType::Limit),
+            "price" => Some(OrdType::Price),
+            "market" => Some(OrdType::Market),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Pending,
+    Wait,
+    Done,
+    Cancel,
+    Rejected,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Wait => "wait",
+            State::Done => "done",
+            State::Cancel => "cancel",
+            State::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pending" => Some(State::Pending),
+            "wait" => Some(State::Wait),
+            "done" => Some(State::Done),
+            "cancel" => Some(State::Cancel),
+            "rejected" => Some(State::Rejected),
+            _ => None,
+        }
+    }
+}
+
+/// A validated order, ready to be persisted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Validated {
+    pub market: MarketCode,
+    pub side: Side,
+    pub ord_type: OrdType,
+    /// Limit price, or the total for `Price` orders.
+    pub price: Option<Decimal>,
+    pub volume: Option<Decimal>,
+    /// What inventory must lock: the quote currency for bids, the base for asks.
+    pub reserve_currency: String,
+    pub reserve_amount: Decimal,
+    pub fee_rate: Decimal,
+}
+
+/// One orderbook level on the side an order takes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Level {
+    pub price: Decimal,
+    pub size: Decimal,
+}
+
+/// An execution, before or after it is recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exec {
+    pub price: Decimal,
+    pub volume: Decimal,
+    pub funds: Decimal,
+    pub fee: Decimal,
+}
+
+fn floor8(d: Decimal) -> Decimal {
+    d.round_dp_with_strategy(VOLUME_SCALE, RoundingStrategy::ToZero)
+}
+
+fn ceil8(d: Decimal) -> Decimal {
+    d.round_dp_with_strategy(VOLUME_SCALE, RoundingStrategy::AwayFromZero)
+}
+
+/// Fee of a fill: rounded down to 8 decimals, so fees never exceed what was
+/// reserved for them.
+pub fn fee(funds: Decimal, rate: Decimal) -> Decimal {
+    floor8(funds * rate)
+}
+
+/// A decimal written by a client: plain digits with one optional point.
+pub fn parse_amount(field: &str, text: &str) -> Result<Option<Decimal>, OrderError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let plain = text.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && text.chars().filter(|c| *c == '.').count() <= 1;
+    let value = plain
+        .then(|| Decimal::from_str(text).ok())
+        .flatten()
+        .ok_or_else(|| {
+            OrderError::invalid(format!("{field} `{text}` is not a positive decimal"))
+        })?;
+    if value <= Decimal::ZERO {
+        return Err(OrderError::invalid(format!("{field} must be positive")));
+    }
+    Ok(Some(value.normalize()))
+}
+
+fn named(side: Side, bid: &'static str, ask: &'static str) -> &'static str {
+    match side {
+        Side::Bid => bid,
+        Side::Ask => ask,
+    }
+}
+
+/// Validates an order the way Upbit does and computes what it must reserve.
+/// `reference_price` is the best price on the other side, for market sells.
+pub fn validate(
+    market: &str,
+    side: Side,
+    ord_type: OrdType,
+    price: Option<Decimal>,
+    volume: Option<Decimal>,
+    fee_rate: Decimal,
+    reference_price: Option<Decimal>,
+) -> Result<Validated, OrderError> {
+    let market = MarketCode::parse(market).map_err(|e| OrderError::invalid(e.to_string()))?;
+    let quote = market.quote().to_owned();
+    let min = min_order_total(&quote);
+    if let Some(v) = volume
+        && v.normalize().scale() > VOLUME_SCALE
+    {
+        return Err(OrderError::invalid("volume has more than 8 decimal places"));
+    }
+    let (total, reserve_currency, reserve_amount) = match (ord_type, side) {
+        (OrdType::Limit, _) => {
+            let (Some(p), Some(v)) = (price, volume) else {
+                return Err(OrderError::invalid("a limit order needs price and volume"));
+            };
+            if !is_on_tick(&quote, p) {
+                return Err(OrderError::Named(
+                    named(side, "invalid_price_bid", "invalid_price_ask"),
+                    format!("price {p} is not a multiple of the {quote} tick size for that price"),
+                ));
+            }
+            let total = p * v;
+            match side {
+                Side::Bid => (total, quote.clone(), total + ceil8(total * fee_rate)),
+                Side::Ask => (total, market.base().to_owned(), v),
+            }
+        }
+        (OrdType::Price, Side::Bid) => {
+            let Some(total) = price else {
+                return Err(OrderError::invalid(
+                    "a market buy (ord_type=price) needs price: the total to spend",
+                ));
+            };
+            if volume.is_some() {
+                return Err(OrderError::invalid(
+                    "a market buy (ord_type=price) takes no volume",
+                ));
+            }
+            if total.normalize().scale() > VOLUME_SCALE {
+                return Err(OrderError::invalid("price has more than 8 decimal places"));
+            }
+            (total, quote.clone(), total + ceil8(total * fee_rate))
+        }
+        (OrdType::Market, Side::Ask) => {
+            let Some(v) = volume else {
+                return Err(OrderError::invalid(
+                    "a market sell (ord_type=market) needs volume",
+                ));
+            };
+            if price.is_some() {
+                return Err(OrderError::invalid(
+                    "a market sell (ord_type=market) takes no price",
+                ));
+            }
+            let reference = reference_price
+                .ok_or_else(|| OrderError::invalid("no bids in the orderbook to sell into"))?;
+            (reference * v, market.base().to_owned(), v)
+        }
+        (OrdType::Price, Side::Ask) => {
+            return Err(OrderError::invalid(
+                "ord_type=price is for bids (market buys)",
+            ));
+        }
+        (OrdType::Market, Side::Bid) => {
+            return Err(OrderError::invalid(
+                "ord_type=market is for asks (market sells)",
+            ));
+        }
+    };
+    if total < min {
+        return Err(OrderError::Named(
+            named(side, "under_min_total_bid", "under_min_total_ask"),
+            format!("the order total must be at least {min} {quote}"),
+        ));
+    }
+    if quote == "KRW" && total > max_total() {
+        return Err(OrderError::invalid(format!(
+            "the order total must be at most {} KRW",
+            max_total()
+        )));
+    }
+    Ok(Validated {
+        market,
+        side,
+        ord_type,
+        price,
+        volume,
+        reserve_currency,
+        reserve_amount,
+        fee_rate,
+    })
+}
+
+/// The executions of an order taking from `levels` (best first: asks for
+/// bids, bids for asks). A `Price` order spends up to its total; others fill up
+/// to their volume; a limit stops at its price. Fees are per execution.
+pub fn walk(order: &Validated, levels: &[Level]) -> Vec<Exec> {
+    let mut out = Vec::new();
+    let mut budget = match order.ord_type {
+        OrdType::Price => order.price.unwrap_or_default(),
+        _ => Decimal::ZERO,
+    };
+    let mut remaining = order.volume.unwrap_or_default();
+    for level in levels {
+        if level.size <= Decimal::ZERO || level.price <= Decimal::ZERO {
+            continue;
+        }
+        if order.ord_type == OrdType::Limit
+            && let Some(limit) = order.price
+        {
+            let crosses = match order.side {
+                Side::Bid => level.price <= limit,
+                Side::Ask => level.price >= limit,
+            };
+            if !crosses {
+                break;
+            }
+        }
+        let volume = match order.ord_type {
+            OrdType::Price => floor8(budget / level.price).min(level.size),
+            _ => remaining.min(level.size),
+        };
+        if volume <= Decimal::ZERO {
+            break;
+        }
+        let funds = level.price * volume;
+        out.push(Exec {
+            price: level.price,
+            volume,
+            funds,
+            fee: fee(funds, order.fee_rate),
+        });
+        budget -= funds;
+        remaining -= volume;
+        if order.ord_type != OrdType::Price && remaining <= Decimal::ZERO {
+            break;
+        }
+    }
+    out
+}
+
+/// Whether executions complete the order: its volume filled, or for a market
+/// buy, so little of the total left that not even the smallest volume at the
+/// last price could be bought.
+pub fn fully_filled(order: &Validated, execs: &[Exec]) -> bool {
+    let executed: Decimal = execs.iter().map(|e| e.volume).sum();
+    let spent: Decimal = execs.iter().map(|e| e.funds).sum();
+    match order.ord_type {
+        OrdType::Price => {
+            let total = order.price.unwrap_or_default();
+            let last = execs.last().map(|e| e.price).unwrap_or(total);
+            total - spent < last * Decimal::new(1, VOLUME_SCALE)
+        }
+        _ => executed >= order.volume.unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    fn lv(p: &str, s: &str) -> Level {
+        Level {
+            price: d(p),
+            size: d(s),
+        }
+    }
+
+    const FEE: &str = "0.0005";
+
+    #[test]
+    fn validation_follows_upbit() {
+        let v = validate(
+            "KRW-BTC",
+            Side::Bid,
+            OrdType::Limit,
+            Some(d("148000000")),
+            Some(d("0.01")),
+            d(FEE),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (v.reserve_currency.as_str(), v.reserve_amount),
+            ("KRW", d("1480740"))
+        );
+        let err = validate(
+            "KRW-BTC",
+            Side::Bid,
+            OrdType::Limit,
+            Some(d("148000500")),
+            Some(d("0.01")),
+            d(FEE),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.name(), "invalid_price_bid");
+        let err = validate(
+            "KRW-BTC",
+            Side::Ask,
+            OrdType::Limit,
+            Some(d("148000000")),
+            Some(d("0.00003")),
+            d(FEE),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.name(), "under_min_total_ask");
+        let err = validate(
+            "KRW-BTC",
+            Side::Bid,
+            OrdType::Price,
+            Some(d("4999")),
+            None,
+            d(FEE),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.name(), "under_min_total_bid");
+        let v = validate(
+            "KRW-BTC",
+            Side::Bid,
+            OrdType::Price,
+            Some(d("1000000")),
+            None,
+            d(FEE),
+            None,
+        )
+        .unwrap();
+        assert_eq!(v.reserve_amount, d("1000500"));
+        let v = validate(
+            "KRW-ETH",
+            Side::Ask,
+            OrdType::Market,
+            None,
+            Some(d("0.5")),
+            d(FEE),
+            Some(d("5000000")),
+        )
+        .unwrap();
+        assert_eq!(
+            (v.reserve_currency.as_str(), v.reserve_amount),
+            ("ETH", d("0.5"))
+        );
+        for bad in [
+            validate(
+                "KRW-BTC",
+                Side::Ask,
+                OrdType::Price,
+                Some(d("10000")),
+                None,
+                d(FEE),
+                None,
+            ),
+            validate(
+                "KRW-BTC",
+                Side::Bid,
+                OrdType::Market,
+                None,
+                Some(d("1")),
+                d(FEE),
+                None,
+            ),
+            validate(
+                "KRW-BTC",
+                Side::Bid,
+                OrdType::Limit,
+                Some(d("148000000")),
+                None,
+                d(FEE),
+                None,
+            ),
+            validate(
+                "KRW-BTC",
+                Side::Bid,
+                OrdType::Limit,
+                Some(d("148000000")),
+                Some(d("0.000000001")),
+                d(FEE),
+                None,
+            ),
+            validate(
+                "krw-btc",
+                Side::Bid,
+                OrdType::Price,
+                Some(d("10000")),
+                None,
+                d(FEE),
+                None,
+            ),
+            validate(
+                "KRW-BTC",
+                Side::Bid,
+                OrdType::Limit,
+                Some(d("148000000")),
+                Some(d("10")),
+                d(FEE),
+                None,
+            ),
+        ] {
+            assert_eq!(bad.unwrap_err().name(), "validation_error");
+        }
+        assert!(parse_amount("price", "1e5").is_err());
+        assert!(parse_amount("price", "-5").is_err());
+        assert_eq!(parse_amount("price", "").unwrap(), None);
+    }
+
+    #[test]
+    fn a_market_buy_walks_the_asks_and_stays_within_its_total() {
+        let order = validate(
+            "KRW-BTC",
+            Side::Bid,
+            OrdType::Price,
+            Some(d("1000000")),
+            None,
+            d(FEE),
+            None,
+        )
+        .unwrap();
+        let asks = [
+            lv("148000000", "0.005"),
+            lv("148001000", "0.002"),
+            lv("148002000", "1"),
+        ];
+        let execs = walk(&order, &asks);
+        assert_eq!(execs.len(), 2, "the first level and part of the second");
+        assert_eq!(
+            (execs[0].volume, execs[0].funds, execs[0].fee),
+            (d("0.005"), d("740000"), d("370"))
+        );
+        assert_eq!(
+            execs[1].volume,
+            d("0.00175674"),
+            "the rest of the total, rounded down to 8 places"
+        );
+        assert_eq!(execs[1].funds, d("259999.27674"));
+        assert_eq!(execs[1].fee, d("129.99963837"), "fee rounded down");
+        let spent: Decimal = execs.iter().map(|e| e.funds + e.fee).sum();
+        assert!(spent <= order.reserve_amount);
+        assert!(fully_filled(&order, &execs));
+        // A thin book: partial fill, the rest stays for release.
+        let thin = walk(&order, &[lv("148000000", "0.001")]);
+        assert_eq!(thin.len(), 1);
+        assert!(!fully_filled(&order, &thin));
+    }
+
+    #[test]
+    fn sells_and_limits_take_only_what_crosses() {
+        let sell = validate(
+            "KRW-ETH",
+            Side::Ask,
+            OrdType::Market,
+            None,
+            Some(d("1.5")),
+            d(FEE),
+            Some(d("5200000")),
+        )
+        .unwrap();
+        let bids = [lv("5200000", "1"), lv("5199000", "0.2"), lv("5198000", "5")];
+        let execs = walk(&sell, &bids);
+        assert_eq!(
+            execs.iter().map(|e| e.volume).collect::<Vec<_>>(),
+            vec![d("1"), d("0.2"), d("0.3")]
+        );
+        assert!(fully_filled(&sell, &execs));
+        let limit = validate(
+            "KRW-ETH",
+            Side::Ask,
+            OrdType::Limit,
+            Some(d("5199000")),
+            Some(d("2")),
+            d(FEE),
+            None,
+        )
+        .unwrap();
+        let execs = walk(&limit, &bids);
+        assert_eq!(
+            execs.iter().map(|e| e.volume).collect::<Vec<_>>(),
+            vec![d("1"), d("0.2")],
+            "stops at the limit"
+        );
+        assert!(!fully_filled(&limit, &execs));
+        let resting = validate(
+            "KRW-ETH",
+            Side::Bid,
+            OrdType::Limit,
+            Some(d("5000000")),
+            Some(d("1")),
+            d(FEE),
+            None,
+        )
+        .unwrap();
+        assert!(
+            walk(&resting, &[lv("5200000", "1")]).is_empty(),
+            "a bid under the best ask rests"
+        );
+    }
+}
