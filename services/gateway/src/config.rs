@@ -51,6 +51,14 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_QUOTATION", default_value_t = 10)]
     pub rate_limit_quotation: u32,
 
+    /// Private API requests per second per user or API key (Upbit's `default` group; 0 = no limit).
+    #[arg(long, env = "RATE_LIMIT_DEFAULT", default_value_t = 30)]
+    pub rate_limit_default: u32,
+
+    /// Order placements and cancellations per second per user or API key (Upbit's `order` group).
+    #[arg(long, env = "RATE_LIMIT_ORDER", default_value_t = 8)]
+    pub rate_limit_order: u32,
+
     /// New WebSocket connections per second per client IP, as Upbit (0 = no limit).
     #[arg(long, env = "WS_CONNECT_LIMIT", default_value_t = 5)]
     pub ws_connect_limit: u32,

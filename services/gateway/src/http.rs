@@ -7,11 +7,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 
 use crate::error::ApiError;
 use crate::state::Shared;
-use crate::{native, observe, quotation, ws};
+use crate::{exchange, native, observe, private, quotation, ws};
 
 pub fn router(gw: Shared) -> Router {
     let api = Router::new()
@@ -35,6 +35,35 @@ pub fn router(gw: Shared) -> Router {
         .route("/api/v1/orderbooks/{market}", get(native::orderbook))
         .route("/api/v1/trades/{market}", get(native::trades))
         .route("/api/v1/candles/{market}", get(native::candles))
+        // Native private API.
+        .route("/api/v1/auth/register", post(private::register))
+        .route("/api/v1/auth/login", post(private::login))
+        .route("/api/v1/auth/refresh", post(private::refresh))
+        .route(
+            "/api/v1/api-keys",
+            post(private::create_api_key).get(private::list_api_keys),
+        )
+        .route(
+            "/api/v1/api-keys/{access_key}",
+            delete(private::revoke_api_key),
+        )
+        .route("/api/v1/accounts", get(private::accounts))
+        .route("/api/v1/deposits", post(private::deposit))
+        .route(
+            "/api/v1/orders",
+            post(private::place_order).get(private::list_orders),
+        )
+        .route(
+            "/api/v1/orders/{uuid}",
+            get(private::get_order).delete(private::cancel_order),
+        )
+        // Upbit-compatible exchange API.
+        .route("/v1/accounts", get(exchange::accounts))
+        .route("/v1/orders/chance", get(exchange::chance))
+        .route("/v1/orders", post(exchange::place).get(exchange::orders))
+        .route("/v1/order", get(exchange::get).delete(exchange::cancel))
+        .route("/v1/orders/open", get(exchange::open))
+        .route("/v1/orders/closed", get(exchange::closed))
         .route_layer(middleware::from_fn_with_state(gw.clone(), observe::observe));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))

@@ -1,23 +1,30 @@
 //! Gateway: the only HTTP/WebSocket entry point. Serves Upbit-compatible
-//! quotation endpoints (`/v1/*`) and `/websocket/v1`, the native JSON API under
-//! `/api/v1`, and `/healthz` / `/readyz`; calls market-data over gRPC and counts
-//! rate limits in Redis.
+//! quotation and exchange endpoints (`/v1/*`) and `/websocket/v1`, the native
+//! JSON API under `/api/v1`, and `/healthz` / `/readyz`; calls user, order,
+//! inventory and market-data over gRPC and counts rate limits in Redis.
 
+mod auth;
 pub mod config;
 mod convert;
 mod error;
+mod exchange;
 mod http;
 mod native;
 mod observe;
+mod private;
 mod quotation;
 mod ratelimit;
 mod state;
+mod views;
 mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use exchange_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use exchange_proto::marketdata::v1::market_data_service_client::MarketDataServiceClient;
+use exchange_proto::order::v1::order_service_client::OrderServiceClient;
+use exchange_proto::user::v1::user_service_client::UserServiceClient;
 use service_kit::server::Server;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -64,12 +71,19 @@ impl App {
     /// Serves until the stop token is cancelled and the drain completes.
     pub async fn run(mut self) -> anyhow::Result<()> {
         let config = self.config;
-        let md = MarketDataServiceClient::new(service_kit::grpc::channel(&config.market_data_url)?);
+        let channel = service_kit::grpc::channel;
+        let upstreams = state::Upstreams {
+            md: MarketDataServiceClient::new(channel(&config.market_data_url)?),
+            user: UserServiceClient::new(channel(&config.user_url)?),
+            order: OrderServiceClient::new(channel(&config.order_url)?),
+            inventory: InventoryServiceClient::new(channel(&config.inventory_url)?),
+        };
         let redis = market_data_redis(&config.redis_url)?;
         ratelimit::connect(&redis);
         let limiter = ratelimit::RateLimiter::new(redis.clone(), config.redis_prefix.clone());
         let gw = Arc::new(state::Gateway::new(
-            md,
+            upstreams,
+            (config.rate_limit_default, config.rate_limit_order),
             limiter,
             config.rate_limit_quotation,
             config.ws_connect_limit,

@@ -6,8 +6,11 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
+use exchange_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use exchange_proto::marketdata::v1 as pb;
 use exchange_proto::marketdata::v1::market_data_service_client::MarketDataServiceClient;
+use exchange_proto::order::v1::order_service_client::OrderServiceClient;
+use exchange_proto::user::v1::user_service_client::UserServiceClient;
 use service_kit::grpc::Channel;
 use service_kit::health::Health;
 use service_kit::ratelimit::PerSecond;
@@ -16,8 +19,22 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ApiError;
 use crate::ratelimit::RateLimiter;
 
+/// The gRPC clients of the services behind the gateway.
+#[derive(Clone)]
+pub struct Upstreams {
+    pub md: MarketDataServiceClient<Channel>,
+    pub user: UserServiceClient<Channel>,
+    pub order: OrderServiceClient<Channel>,
+    pub inventory: InventoryServiceClient<Channel>,
+}
+
 pub struct Gateway {
     pub md: MarketDataServiceClient<Channel>,
+    pub user: UserServiceClient<Channel>,
+    pub order: OrderServiceClient<Channel>,
+    pub inventory: InventoryServiceClient<Channel>,
+    /// Private API requests per second per user: (default group, order group).
+    pub private_limits: (u32, u32),
     pub limiter: RateLimiter,
     /// Quotation requests per second per IP and group (0 = unlimited).
     pub quotation_limit: u32,
@@ -39,7 +56,8 @@ const MARKETS_TTL: Duration = Duration::from_secs(30);
 impl Gateway {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        md: MarketDataServiceClient<Channel>,
+        upstreams: Upstreams,
+        private_limits: (u32, u32),
         limiter: RateLimiter,
         quotation_limit: u32,
         ws_connect_limit: u32,
@@ -51,7 +69,11 @@ impl Gateway {
         health: Health,
     ) -> Self {
         Self {
-            md,
+            md: upstreams.md,
+            user: upstreams.user,
+            order: upstreams.order,
+            inventory: upstreams.inventory,
+            private_limits,
             limiter,
             quotation_limit,
             ws_connects: PerSecond::new(ws_connect_limit),

@@ -263,6 +263,25 @@ impl OrderService for Order {
         Ok(Response::new(pb::ListOrdersResponse { orders }))
     }
 
+    async fn get_order_chance(
+        &self,
+        request: Request<pb::GetOrderChanceRequest>,
+    ) -> Result<Response<pb::GetOrderChanceResponse>, Status> {
+        let market = request.into_inner().market;
+        let code = upbit::market::MarketCode::parse(&market)
+            .map_err(|e| OrderError::invalid(e.to_string()))?;
+        let fee = text(self.orders.fee_rate());
+        Ok(Response::new(pb::GetOrderChanceResponse {
+            market: code.to_string(),
+            bid_fee: fee.clone(),
+            ask_fee: fee,
+            quote_currency: code.quote().to_owned(),
+            base_currency: code.base().to_owned(),
+            min_total: text(upbit::market::min_order_total(code.quote())),
+            max_total: text(crate::domain::max_total()),
+        }))
+    }
+
     async fn stream_order_updates(
         &self,
         request: Request<pb::StreamOrderUpdatesRequest>,

@@ -110,6 +110,10 @@ impl Orders {
         }
     }
 
+    pub fn fee_rate(&self) -> Decimal {
+        self.fee_rate
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

@@ -3,3 +3,4 @@
 mod foundation;
 mod market;
 mod stack;
+mod trading;

@@ -29,6 +29,8 @@ pub struct Options {
     pub ingestors: usize,
     pub gateways: usize,
     pub quotation_limit: u32,
+    /// Private requests per second per user: (default group, order group).
+    pub private_limits: (u32, u32),
     /// Markets the simulator trades (paused: only injected trades happen).
     pub sim_markets: &'static str,
 }
@@ -39,6 +41,7 @@ impl Default for Options {
             ingestors: 1,
             gateways: 1,
             quotation_limit: 0,
+            private_limits: (0, 0),
             sim_markets: "KRW-BTC,KRW-ETH,KRW-XRP,BTC-ETH",
         }
     }
@@ -166,6 +169,7 @@ impl Stack {
             config.redis_url = test_support::redis_url();
             config.redis_prefix = prefix.clone();
             config.rate_limit_quotation = options.quotation_limit;
+            (config.rate_limit_default, config.rate_limit_order) = options.private_limits;
             config.ws_connect_limit = 0;
             let gw = gateway::App::build(config, stop.clone()).await.unwrap();
             gateways.push(Gateway {
@@ -176,6 +180,12 @@ impl Stack {
             running.push(Running::spawn(stop, gw.run()));
         }
 
+        // Ready means every service reports SERVING (migrations done).
+        for grpc in [market_data, inventory, user, order] {
+            test_support::wait_serving(grpc, "", Duration::from_secs(30))
+                .await
+                .unwrap();
+        }
         Self {
             sim,
             market_data,

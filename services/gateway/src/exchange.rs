@@ -1,0 +1,259 @@
+//! Upbit-compatible exchange API: `/v1/accounts`, `/v1/orders/chance`,
+//! `POST /v1/orders`, `GET`/`DELETE /v1/order`, `/v1/orders/open`,
+//! `/v1/orders/closed` and `GET /v1/orders`, authenticated with Upbit-style
+//! signed JWTs, limited per API key (`default` 30/s, `order` 8/s) with
+//! `Remaining-Req`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use exchange_proto::inventory::v1 as inv;
+use exchange_proto::order::v1 as pb;
+use serde_json::{Value, json};
+
+use crate::auth::{UpbitRequest, private_limit};
+use crate::error::ApiError;
+use crate::private::{place_request, states};
+use crate::ratelimit::Decision;
+use crate::state::Shared;
+use crate::views;
+
+/// JSON with the `Remaining-Req` header of `group`.
+fn reply(status: StatusCode, body: Value, group: &str, limit: u32, decision: Decision) -> Response {
+    let mut resp = (status, Json(body)).into_response();
+    if let Some(v) = decision.header(group, limit) {
+        resp.headers_mut().insert("remaining-req", v);
+    }
+    resp
+}
+
+async fn limit(
+    gw: &Shared,
+    req: &UpbitRequest,
+    group: &'static str,
+) -> Result<(u32, Decision), ApiError> {
+    let per_second = if group == "order" {
+        gw.private_limits.1
+    } else {
+        gw.private_limits.0
+    };
+    Ok((per_second, private_limit(gw, group, &req.access_key).await?))
+}
+
+fn no_order() -> ApiError {
+    ApiError::new(StatusCode::BAD_GATEWAY, "server_error", "no order returned")
+}
+
+pub async fn accounts(State(gw): State<Shared>, req: UpbitRequest) -> Result<Response, ApiError> {
+    let (per_second, decision) = limit(&gw, &req, "default").await?;
+    let r = gw
+        .inventory
+        .clone()
+        .get_balances(inv::GetBalancesRequest {
+            user_id: req.user.to_string(),
+        })
+        .await?
+        .into_inner();
+    let body = Value::Array(r.balances.iter().map(views::upbit_account).collect());
+    Ok(reply(StatusCode::OK, body, "default", per_second, decision))
+}
+
+pub async fn chance(State(gw): State<Shared>, req: UpbitRequest) -> Result<Response, ApiError> {
+    let (per_second, decision) = limit(&gw, &req, "default").await?;
+    let market = req
+        .param("market")
+        .ok_or_else(|| ApiError::bad_request("market is required"))?;
+    let c = gw
+        .order
+        .clone()
+        .get_order_chance(pb::GetOrderChanceRequest {
+            market: market.to_owned(),
+        })
+        .await?
+        .into_inner();
+    let balances = gw
+        .inventory
+        .clone()
+        .get_balances(inv::GetBalancesRequest {
+            user_id: req.user.to_string(),
+        })
+        .await?
+        .into_inner()
+        .balances;
+    let account = |currency: &str| {
+        balances
+            .iter()
+            .find(|b| b.currency == currency)
+            .map(views::upbit_account)
+            .unwrap_or_else(|| {
+                json!({"currency": currency, "balance": "0", "locked": "0", "avg_buy_price": "0",
+                       "avg_buy_price_modified": false, "unit_currency": "KRW"})
+            })
+    };
+    let body = json!({
+        "bid_fee": c.bid_fee,
+        "ask_fee": c.ask_fee,
+        "maker_bid_fee": c.bid_fee,
+        "maker_ask_fee": c.ask_fee,
+        "market": {
+            "id": c.market,
+            "name": format!("{}/{}", c.base_currency, c.quote_currency),
+            "order_types": ["limit"],
+            "ord_types": ["limit", "price", "market"],
+            "order_sides": ["ask", "bid"],
+            "bid": {"currency": c.quote_currency, "price_unit": null, "min_total": c.min_total},
+            "ask": {"currency": c.base_currency, "price_unit": null, "min_total": c.min_total},
+            "max_total": c.max_total,
+            "state": "active",
+        },
+        "bid_account": account(&c.quote_currency),
+        "ask_account": account(&c.base_currency),
+    });
+    Ok(reply(StatusCode::OK, body, "default", per_second, decision))
+}
+
+pub async fn place(State(gw): State<Shared>, req: UpbitRequest) -> Result<Response, ApiError> {
+    let (per_second, decision) = limit(&gw, &req, "order").await?;
+    let required = |k: &str| {
+        req.param(k)
+            .ok_or_else(|| ApiError::bad_request(format!("{k} is required")))
+    };
+    let request = place_request(
+        req.user,
+        required("market")?,
+        required("side")?,
+        required("ord_type")?,
+        req.param("price").unwrap_or_default().to_owned(),
+        req.param("volume").unwrap_or_default().to_owned(),
+        req.param("identifier").map(str::to_owned),
+    )?;
+    let r = gw.order.clone().place_order(request).await?.into_inner();
+    let order = r.order.ok_or_else(no_order)?;
+    Ok(reply(
+        StatusCode::CREATED,
+        views::upbit_order(&order, false),
+        "order",
+        per_second,
+        decision,
+    ))
+}
+
+fn which(req: &UpbitRequest) -> Result<(String, String), ApiError> {
+    let uuid = req.param("uuid").unwrap_or_default().to_owned();
+    let identifier = req.param("identifier").unwrap_or_default().to_owned();
+    if uuid.is_empty() && identifier.is_empty() {
+        return Err(ApiError::bad_request("uuid or identifier is required"));
+    }
+    Ok((uuid, identifier))
+}
+
+pub async fn get(State(gw): State<Shared>, req: UpbitRequest) -> Result<Response, ApiError> {
+    let (per_second, decision) = limit(&gw, &req, "default").await?;
+    let (uuid, identifier) = which(&req)?;
+    let r = gw
+        .order
+        .clone()
+        .get_order(pb::GetOrderRequest {
+            user_id: req.user.to_string(),
+            uuid,
+            identifier,
+        })
+        .await?
+        .into_inner();
+    let order = r.order.ok_or_else(no_order)?;
+    Ok(reply(
+        StatusCode::OK,
+        views::upbit_order(&order, true),
+        "default",
+        per_second,
+        decision,
+    ))
+}
+
+pub async fn cancel(State(gw): State<Shared>, req: UpbitRequest) -> Result<Response, ApiError> {
+    let (per_second, decision) = limit(&gw, &req, "order").await?;
+    let (uuid, identifier) = which(&req)?;
+    let r = gw
+        .order
+        .clone()
+        .cancel_order(pb::CancelOrderRequest {
+            user_id: req.user.to_string(),
+            uuid,
+            identifier,
+        })
+        .await?
+        .into_inner();
+    let order = r.order.ok_or_else(no_order)?;
+    Ok(reply(
+        StatusCode::OK,
+        views::upbit_order(&order, false),
+        "order",
+        per_second,
+        decision,
+    ))
+}
+
+async fn list(
+    gw: &Shared,
+    req: &UpbitRequest,
+    default_states: &[&str],
+    allowed: &[&str],
+) -> Result<Response, ApiError> {
+    let (per_second, decision) = limit(gw, req, "default").await?;
+    let mut names: Vec<&str> = req.params("states");
+    if let Some(s) = req.param("state") {
+        names.push(s);
+    }
+    if names.is_empty() {
+        names = default_states.to_vec();
+    }
+    if let Some(bad) = names.iter().find(|n| !allowed.contains(n)) {
+        return Err(ApiError::bad_request(format!(
+            "state `{bad}` is not allowed here"
+        )));
+    }
+    let page = match req.param("page") {
+        Some(p) => p
+            .parse::<u32>()
+            .ok()
+            .filter(|p| *p >= 1)
+            .ok_or_else(|| ApiError::bad_request("page must be 1 or more"))?,
+        None => 1,
+    };
+    let limit = upbit::query::count(req.param("limit"), 100, 100)?;
+    let mut wanted = states(&names)?;
+    // Upbit shows orders still being opened as "wait".
+    if wanted.contains(&(pb::OrderState::Wait as i32)) {
+        wanted.push(pb::OrderState::Pending as i32);
+    }
+    let request = pb::ListOrdersRequest {
+        user_id: req.user.to_string(),
+        market: req.param("market").unwrap_or_default().to_owned(),
+        states: wanted,
+        limit,
+        page,
+        ascending: req.param("order_by") == Some("asc"),
+        uuids: req.params("uuids").into_iter().map(str::to_owned).collect(),
+    };
+    let r = gw.order.clone().list_orders(request).await?.into_inner();
+    let body = Value::Array(
+        r.orders
+            .iter()
+            .map(|o| views::upbit_order(o, false))
+            .collect(),
+    );
+    Ok(reply(StatusCode::OK, body, "default", per_second, decision))
+}
+
+pub async fn open(State(gw): State<Shared>, req: UpbitRequest) -> Result<Response, ApiError> {
+    list(&gw, &req, &["wait"], &["wait", "watch"]).await
+}
+
+pub async fn closed(State(gw): State<Shared>, req: UpbitRequest) -> Result<Response, ApiError> {
+    list(&gw, &req, &["done", "cancel"], &["done", "cancel"]).await
+}
+
+pub async fn orders(State(gw): State<Shared>, req: UpbitRequest) -> Result<Response, ApiError> {
+    list(&gw, &req, &["wait"], &["wait", "watch", "done", "cancel"]).await
+}

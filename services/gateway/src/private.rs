@@ -1,0 +1,446 @@
+//! The native private API (`/api/v1/...`): accounts, API keys, balances,
+//! deposits and orders, with bearer access tokens.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use exchange_proto::inventory::v1 as inv;
+use exchange_proto::order::v1 as pb;
+use exchange_proto::user::v1 as user_pb;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+use crate::auth::{NativeUser, private_limit};
+use crate::error::ApiError;
+use crate::state::Shared;
+use crate::views;
+
+/// A JSON body whose errors answer in Upbit's error shape.
+pub struct Body<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::bad_request(
+                "Content-Type: application/json is required",
+            )),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "invalid JSON body: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Credentials {
+    email: String,
+    password: String,
+}
+
+fn user_json(u: Option<user_pb::User>) -> Value {
+    u.map(|u| json!({"id": u.id, "email": u.email, "created_at": u.created_at}))
+        .unwrap_or(Value::Null)
+}
+
+fn tokens_json(t: Option<user_pb::TokenPair>) -> Value {
+    t.map(|t| {
+        json!({"access_token": t.access_token, "refresh_token": t.refresh_token, "token_type": t.token_type, "expires_in": t.expires_in})
+    })
+    .unwrap_or(Value::Null)
+}
+
+pub async fn register(
+    State(gw): State<Shared>,
+    Body(c): Body<Credentials>,
+) -> Result<Response, ApiError> {
+    let r = gw
+        .user
+        .clone()
+        .register(user_pb::RegisterRequest {
+            email: c.email,
+            password: c.password,
+        })
+        .await?
+        .into_inner();
+    let status = if r.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({"user": user_json(r.user), "created": r.created})),
+    )
+        .into_response())
+}
+
+pub async fn login(
+    State(gw): State<Shared>,
+    Body(c): Body<Credentials>,
+) -> Result<Json<Value>, ApiError> {
+    let r = gw
+        .user
+        .clone()
+        .login(user_pb::LoginRequest {
+            email: c.email,
+            password: c.password,
+        })
+        .await?
+        .into_inner();
+    let mut body = tokens_json(r.tokens);
+    body["user"] = user_json(r.user);
+    Ok(Json(body))
+}
+
+#[derive(Deserialize)]
+pub struct RefreshBody {
+    refresh_token: String,
+}
+
+pub async fn refresh(
+    State(gw): State<Shared>,
+    Body(b): Body<RefreshBody>,
+) -> Result<Json<Value>, ApiError> {
+    let r = gw
+        .user
+        .clone()
+        .refresh(user_pb::RefreshRequest {
+            refresh_token: b.refresh_token,
+        })
+        .await?
+        .into_inner();
+    Ok(Json(tokens_json(r.tokens)))
+}
+
+#[derive(Deserialize, Default)]
+pub struct NewKey {
+    #[serde(default)]
+    label: String,
+}
+
+fn key_json(k: &user_pb::ApiKey) -> Value {
+    let mut v = json!({"access_key": k.access_key, "label": k.label, "created_at": k.created_at, "revoked": k.revoked});
+    if !k.secret_key.is_empty() {
+        v["secret_key"] = Value::from(k.secret_key.as_str());
+    }
+    v
+}
+
+pub async fn create_api_key(
+    State(gw): State<Shared>,
+    NativeUser(user): NativeUser,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    // The body is optional: `{"label": "..."}`.
+    let label = if body.is_empty() {
+        String::new()
+    } else {
+        serde_json::from_slice::<NewKey>(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+            .label
+    };
+    let r = gw
+        .user
+        .clone()
+        .create_api_key(user_pb::CreateApiKeyRequest {
+            user_id: user.to_string(),
+            label,
+        })
+        .await?
+        .into_inner();
+    let key = r
+        .api_key
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_GATEWAY, "server_error", "no key returned"))?;
+    Ok((StatusCode::CREATED, Json(key_json(&key))).into_response())
+}
+
+pub async fn list_api_keys(
+    State(gw): State<Shared>,
+    NativeUser(user): NativeUser,
+) -> Result<Json<Value>, ApiError> {
+    let r = gw
+        .user
+        .clone()
+        .list_api_keys(user_pb::ListApiKeysRequest {
+            user_id: user.to_string(),
+        })
+        .await?
+        .into_inner();
+    Ok(Json(
+        json!({"api_keys": r.api_keys.iter().map(key_json).collect::<Vec<_>>()}),
+    ))
+}
+
+pub async fn revoke_api_key(
+    State(gw): State<Shared>,
+    NativeUser(user): NativeUser,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let r = gw
+        .user
+        .clone()
+        .revoke_api_key(user_pb::RevokeApiKeyRequest {
+            user_id: user.to_string(),
+            access_key: key,
+        })
+        .await?
+        .into_inner();
+    Ok(Json(
+        r.api_key.as_ref().map(key_json).unwrap_or(Value::Null),
+    ))
+}
+
+fn balance_json(b: &inv::Balance) -> Value {
+    json!({"currency": b.currency, "balance": b.balance, "locked": b.locked, "avg_buy_price": b.avg_buy_price, "unit_currency": b.unit_currency})
+}
+
+pub async fn accounts(
+    State(gw): State<Shared>,
+    NativeUser(user): NativeUser,
+) -> Result<Json<Value>, ApiError> {
+    private_limit(&gw, "default", &user.to_string()).await?;
+    let r = gw
+        .inventory
+        .clone()
+        .get_balances(inv::GetBalancesRequest {
+            user_id: user.to_string(),
+        })
+        .await?
+        .into_inner();
+    Ok(Json(
+        json!({"accounts": r.balances.iter().map(balance_json).collect::<Vec<_>>()}),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct Deposit {
+    currency: String,
+    amount: String,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+pub async fn deposit(
+    State(gw): State<Shared>,
+    NativeUser(user): NativeUser,
+    Body(d): Body<Deposit>,
+) -> Result<Json<Value>, ApiError> {
+    private_limit(&gw, "default", &user.to_string()).await?;
+    let key = d
+        .idempotency_key
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let r = gw
+        .inventory
+        .clone()
+        .deposit(inv::DepositRequest {
+            user_id: user.to_string(),
+            currency: d.currency,
+            amount: d.amount,
+            idempotency_key: key,
+        })
+        .await?
+        .into_inner();
+    Ok(Json(
+        json!({"balance": r.balance.as_ref().map(balance_json)}),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct NewOrder {
+    market: String,
+    side: String,
+    ord_type: String,
+    #[serde(default)]
+    price: Option<Value>,
+    #[serde(default)]
+    volume: Option<Value>,
+    #[serde(default)]
+    identifier: Option<String>,
+}
+
+/// A decimal field given as a JSON string or number, as its text.
+fn decimal_text(v: Option<Value>, field: &str) -> Result<String, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s),
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "{field} must be a decimal string"
+        ))),
+    }
+}
+
+/// The gRPC request for an order, from Upbit's parameter names.
+pub fn place_request(
+    user: uuid::Uuid,
+    market: &str,
+    side: &str,
+    ord_type: &str,
+    price: String,
+    volume: String,
+    identifier: Option<String>,
+) -> Result<pb::PlaceOrderRequest, ApiError> {
+    let side = match side {
+        "bid" => pb::Side::Bid,
+        "ask" => pb::Side::Ask,
+        _ => return Err(ApiError::bad_request("side must be bid or ask")),
+    };
+    let ord_type = match ord_type {
+        "limit" => pb::OrderType::Limit,
+        "price" => pb::OrderType::Price,
+        "market" => pb::OrderType::Market,
+        _ => {
+            return Err(ApiError::bad_request(
+                "ord_type must be limit, price or market",
+            ));
+        }
+    };
+    Ok(pb::PlaceOrderRequest {
+        user_id: user.to_string(),
+        market: market.to_owned(),
+        side: side as i32,
+        ord_type: ord_type as i32,
+        price,
+        volume,
+        identifier: identifier.unwrap_or_default(),
+    })
+}
+
+pub async fn place_order(
+    State(gw): State<Shared>,
+    NativeUser(user): NativeUser,
+    Body(o): Body<NewOrder>,
+) -> Result<Response, ApiError> {
+    private_limit(&gw, "order", &user.to_string()).await?;
+    let request = place_request(
+        user,
+        &o.market,
+        &o.side,
+        &o.ord_type,
+        decimal_text(o.price, "price")?,
+        decimal_text(o.volume, "volume")?,
+        o.identifier,
+    )?;
+    let r = gw.order.clone().place_order(request).await?.into_inner();
+    let order = r.order.ok_or_else(|| {
+        ApiError::new(StatusCode::BAD_GATEWAY, "server_error", "no order returned")
+    })?;
+    let status = if r.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(views::native_order(&order))).into_response())
+}
+
+/// Maps state names (`wait`, `done`, `cancel`, `pending`, `rejected`, `open`, `closed`).
+pub fn states(names: &[&str]) -> Result<Vec<i32>, ApiError> {
+    let mut out = Vec::new();
+    for name in names {
+        match *name {
+            "wait" | "watch" => out.push(pb::OrderState::Wait as i32),
+            "pending" => out.push(pb::OrderState::Pending as i32),
+            "done" => out.push(pb::OrderState::Done as i32),
+            "cancel" => out.push(pb::OrderState::Cancel as i32),
+            "rejected" => out.push(pb::OrderState::Rejected as i32),
+            "open" => out.extend([pb::OrderState::Pending as i32, pb::OrderState::Wait as i32]),
+            "closed" => out.extend([pb::OrderState::Done as i32, pb::OrderState::Cancel as i32]),
+            other => return Err(ApiError::bad_request(format!("unknown state `{other}`"))),
+        }
+    }
+    Ok(out)
+}
+
+pub fn page_limit(q: &HashMap<String, String>) -> Result<(u32, u32), ApiError> {
+    let page = match q.get("page") {
+        Some(p) => p
+            .parse::<u32>()
+            .ok()
+            .filter(|p| *p >= 1)
+            .ok_or_else(|| ApiError::bad_request("page must be 1 or more"))?,
+        None => 1,
+    };
+    let limit = upbit::query::count(q.get("limit").map(String::as_str), 100, 100)?;
+    Ok((page, limit))
+}
+
+pub async fn list_orders(
+    State(gw): State<Shared>,
+    NativeUser(user): NativeUser,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    private_limit(&gw, "default", &user.to_string()).await?;
+    let names: Vec<&str> = q
+        .get("state")
+        .map(|s| s.split(',').collect())
+        .unwrap_or_else(|| vec!["open"]);
+    let (page, limit) = page_limit(&q)?;
+    let request = pb::ListOrdersRequest {
+        user_id: user.to_string(),
+        market: q.get("market").cloned().unwrap_or_default(),
+        states: states(&names)?,
+        limit,
+        page,
+        ascending: q.get("order_by").is_some_and(|o| o == "asc"),
+        uuids: vec![],
+    };
+    let r = gw.order.clone().list_orders(request).await?.into_inner();
+    Ok(Json(
+        json!({"orders": r.orders.iter().map(views::native_order).collect::<Vec<_>>()}),
+    ))
+}
+
+pub async fn get_order(
+    State(gw): State<Shared>,
+    NativeUser(user): NativeUser,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    private_limit(&gw, "default", &user.to_string()).await?;
+    let r = gw
+        .order
+        .clone()
+        .get_order(pb::GetOrderRequest {
+            user_id: user.to_string(),
+            uuid: id,
+            identifier: String::new(),
+        })
+        .await?
+        .into_inner();
+    Ok(Json(
+        r.order
+            .as_ref()
+            .map(views::native_order)
+            .unwrap_or(Value::Null),
+    ))
+}
+
+pub async fn cancel_order(
+    State(gw): State<Shared>,
+    NativeUser(user): NativeUser,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    private_limit(&gw, "order", &user.to_string()).await?;
+    let r = gw
+        .order
+        .clone()
+        .cancel_order(pb::CancelOrderRequest {
+            user_id: user.to_string(),
+            uuid: id,
+            identifier: String::new(),
+        })
+        .await?
+        .into_inner();
+    Ok(Json(
+        r.order
+            .as_ref()
+            .map(views::native_order)
+            .unwrap_or(Value::Null),
+    ))
+}

@@ -1,0 +1,144 @@
+//! JSON views of orders and balances: Upbit's shapes for `/v1`, the native ones
+//! for `/api/v1`. Decimals are strings in both.
+
+use chrono::{DateTime, FixedOffset};
+use exchange_proto::inventory::v1 as inv;
+use exchange_proto::order::v1 as pb;
+use serde_json::{Value, json};
+
+fn kst(ms: i64) -> String {
+    let offset = FixedOffset::east_opt(9 * 3600).expect("+09:00 is a valid offset");
+    DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .with_timezone(&offset)
+        .format("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string()
+}
+
+fn opt(s: &str) -> Value {
+    if s.is_empty() {
+        Value::Null
+    } else {
+        Value::from(s)
+    }
+}
+
+pub fn side(v: i32) -> &'static str {
+    if v == pb::Side::Ask as i32 {
+        "ask"
+    } else {
+        "bid"
+    }
+}
+
+pub fn ord_type(v: i32) -> &'static str {
+    match pb::OrderType::try_from(v) {
+        Ok(pb::OrderType::Limit) => "limit",
+        Ok(pb::OrderType::Price) => "price",
+        _ => "market",
+    }
+}
+
+/// Native state names (Upbit's plus `pending` and `rejected`).
+pub fn state(v: i32) -> &'static str {
+    match pb::OrderState::try_from(v) {
+        Ok(pb::OrderState::Pending) => "pending",
+        Ok(pb::OrderState::Wait) => "wait",
+        Ok(pb::OrderState::Done) => "done",
+        Ok(pb::OrderState::Cancel) => "cancel",
+        Ok(pb::OrderState::Rejected) => "rejected",
+        _ => "unknown",
+    }
+}
+
+/// An order as Upbit writes it (`trades` only for `GET /v1/order`).
+pub fn upbit_order(o: &pb::Order, with_trades: bool) -> Value {
+    let mut v = json!({
+        "uuid": o.uuid,
+        "side": side(o.side),
+        "ord_type": ord_type(o.ord_type),
+        "price": opt(&o.price),
+        // Upbit has no pending state: an order not yet open is still "wait".
+        "state": match state(o.state) { "pending" => "wait", "rejected" => "cancel", s => s },
+        "market": o.market,
+        "created_at": kst(o.created_at),
+        "volume": opt(&o.volume),
+        "remaining_volume": opt(&o.remaining_volume),
+        "reserved_fee": o.reserved_fee,
+        "remaining_fee": o.remaining_fee,
+        "paid_fee": o.paid_fee,
+        "locked": o.locked,
+        "executed_volume": o.executed_volume,
+        "executed_funds": o.executed_funds,
+        "trades_count": o.trades_count,
+    });
+    if !o.identifier.is_empty() {
+        v["identifier"] = Value::from(o.identifier.as_str());
+    }
+    if with_trades {
+        v["trades"] = o
+            .trades
+            .iter()
+            .map(|t| {
+                json!({
+                    "market": o.market,
+                    "uuid": format!("{}-{}", o.uuid, t.seq),
+                    "price": t.price,
+                    "volume": t.volume,
+                    "funds": t.funds,
+                    "trend": if side(o.side) == "bid" { "up" } else { "down" },
+                    "created_at": kst(t.created_at),
+                    "side": side(o.side),
+                })
+            })
+            .collect();
+    }
+    v
+}
+
+/// An order in the native API.
+pub fn native_order(o: &pb::Order) -> Value {
+    json!({
+        "uuid": o.uuid,
+        "market": o.market,
+        "side": side(o.side),
+        "ord_type": ord_type(o.ord_type),
+        "price": opt(&o.price),
+        "volume": opt(&o.volume),
+        "remaining_volume": opt(&o.remaining_volume),
+        "state": state(o.state),
+        "executed_volume": o.executed_volume,
+        "executed_funds": o.executed_funds,
+        "paid_fee": o.paid_fee,
+        "locked": o.locked,
+        "trades_count": o.trades_count,
+        "identifier": opt(&o.identifier),
+        "reject_reason": opt(&o.reject_reason),
+        "created_at": o.created_at,
+        "trades": o.trades.iter().map(|t| json!({
+            "seq": t.seq, "price": t.price, "volume": t.volume, "funds": t.funds, "fee": t.fee, "created_at": t.created_at,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A balance as Upbit's `/v1/accounts` writes it.
+pub fn upbit_account(b: &inv::Balance) -> Value {
+    json!({
+        "currency": b.currency,
+        "balance": b.balance,
+        "locked": b.locked,
+        "avg_buy_price": b.avg_buy_price,
+        "avg_buy_price_modified": false,
+        "unit_currency": b.unit_currency,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upbit_times_are_kst() {
+        assert_eq!(kst(1_735_792_085_824), "2025-01-02T13:28:05+09:00");
+    }
+}
