@@ -11,6 +11,7 @@ pub mod domain;
 mod error;
 mod grpc;
 pub mod matcher;
+mod metrics;
 pub mod service;
 mod store;
 mod updates;

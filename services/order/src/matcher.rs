@@ -5,11 +5,11 @@
 //!
 //! The leader keeps the open limit orders in memory (loaded at start, kept
 //! current through `order_events` notifications), follows market-data's trade
-//! stream for the markets that have open orders, and on each trade fills, in
+//! stream (all markets, one subscription), and on each trade fills, in
 //! price then time priority, the bids priced at or above it and the asks at or
 //! below it, up to the trade's volume, at each order's own limit price.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::domain::{self, Exec, Side};
+use crate::metrics;
 use crate::service::Orders;
 use crate::store::{self, OrderRow};
 
@@ -72,10 +73,6 @@ impl Book {
         if list.is_empty() {
             self.by_market.remove(market);
         }
-    }
-
-    fn markets(&self) -> BTreeSet<String> {
-        self.by_market.keys().cloned().collect()
     }
 
     /// Orders a trade at `price` fills, in priority order.
@@ -134,7 +131,9 @@ pub async fn run(
             )
             .await
         };
-        match leader.await {
+        let led = leader.await;
+        metrics::MATCHER_LEADING.set(0);
+        match led {
             Ok(()) if stop.is_cancelled() => return Ok(()),
             Ok(()) => {}
             Err(e) => {
@@ -167,33 +166,41 @@ async fn lead(
         let open = Open::from_row(&row);
         book.upsert(&row.market, open, row.id);
     }
-    let mut following: BTreeSet<String> = BTreeSet::new();
+    // One stream of every market's trades, held for the whole leadership:
+    // resubscribing as the set of markets with open orders changed would
+    // miss the trades that arrive in between.
     let mut trades: Option<tonic::Streaming<md::StreamTradesResponse>> = None;
     let mut tick = tokio::time::interval(recovery_every);
     tick.reset();
     loop {
-        let markets = book.markets();
-        if markets != following || trades.is_none() && !markets.is_empty() {
-            following = markets;
-            trades = None;
-            if !following.is_empty() {
-                let request = md::StreamTradesRequest {
-                    markets: following.iter().cloned().collect(),
-                    snapshot: false,
-                };
-                match orders.market_data().stream_trades(request).await {
-                    Ok(stream) => trades = Some(stream.into_inner()),
-                    Err(status) => tracing::warn!(%status, "matcher: cannot follow trades yet"),
+        if trades.is_none() {
+            let request = md::StreamTradesRequest {
+                markets: Vec::new(),
+                snapshot: false,
+            };
+            match orders.market_data().stream_trades(request).await {
+                Ok(stream) => {
+                    trades = Some(stream.into_inner());
+                    metrics::MATCHER_LEADING.set(1);
+                }
+                Err(status) => {
+                    tracing::warn!(%status, "matcher: cannot follow trades yet; retrying");
                 }
             }
         }
         let next_trade = async {
             match trades.as_mut() {
                 Some(s) => s.message().await,
-                None => std::future::pending().await,
+                None => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    Ok(None)
+                }
             }
         };
+        // Notifications first: an order placed before a trade must be in the
+        // book when that trade is matched.
         tokio::select! {
+            biased;
             _ = stop.cancelled() => return Ok(()),
             notification = listener.recv() => {
                 let notification = notification?;
@@ -211,6 +218,7 @@ async fn lead(
                 }
                 _ => {
                     trades = None;
+                    metrics::MATCHER_LEADING.set(0);
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             },
@@ -260,6 +268,9 @@ async fn on_trade(orders: &Orders, book: &mut Book, trade: &md::Trade) {
         match orders.fill(open.id, open.trades_count, &exec).await {
             Ok(Some(row)) => {
                 *left -= take;
+                metrics::LIMIT_FILLS
+                    .with_label_values(&[open.side.as_str()])
+                    .inc();
                 tracing::info!(order = %open.id, price = %open.price, volume = %take, state = %row.state, "limit order filled");
                 book.upsert(&trade.market, Open::from_row(&row), open.id);
             }

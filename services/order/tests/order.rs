@@ -179,6 +179,18 @@ impl Env {
         test_support::wait_serving(svc.grpc, "", Duration::from_secs(30))
             .await
             .unwrap();
+        // Serving comes before leading: wait until the matcher follows trades.
+        let admin = svc.admin;
+        eventually(
+            Duration::from_secs(30),
+            "the matcher leading",
+            || async move {
+                (test_support::read_metric(admin, "order_matcher_leading", &[]).await == 1.0)
+                    .then_some(())
+            },
+        )
+        .await
+        .unwrap();
         self.orders = Some(
             OrderServiceClient::connect(format!("http://{}", svc.grpc))
                 .await

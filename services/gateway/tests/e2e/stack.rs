@@ -186,6 +186,18 @@ impl Stack {
                 .await
                 .unwrap();
         }
+        // ...and the order service's matcher follows live trades.
+        let order_admin = admins.iter().find(|(_, s)| *s == "order").unwrap().0;
+        test_support::eventually(
+            Duration::from_secs(30),
+            "the matcher leading",
+            || async move {
+                (test_support::read_metric(order_admin, "order_matcher_leading", &[]).await == 1.0)
+                    .then_some(())
+            },
+        )
+        .await
+        .unwrap();
         Self {
             sim,
             market_data,
