@@ -202,12 +202,16 @@ impl InventoryService for Inventory {
             reserve,
         )
         .await?;
-        let balances = store::balances(&self.pool, user)
-            .await?
-            .into_iter()
-            .filter(|b| b.currency == base || b.currency == quote)
-            .map(balance)
-            .collect();
+        let balances = if req.return_balances {
+            store::balances(&self.pool, user)
+                .await?
+                .into_iter()
+                .filter(|b| b.currency == base || b.currency == quote)
+                .map(balance)
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Response::new(pb::SettleResponse {
             fills_applied: settled.fills_applied,
             released: text(settled.released),

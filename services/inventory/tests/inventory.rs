@@ -131,6 +131,7 @@ fn settle_req(
         fills,
         finalize,
         reserve_amount: reserve.into(),
+        return_balances: false,
     }
 }
 

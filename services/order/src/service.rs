@@ -259,8 +259,32 @@ impl Orders {
         if self.fault == Some(Fault::Persist) {
             crash(Fault::Persist);
         }
-        let finished = self.complete_pending(row, &order, plan).await?;
-        Ok((self.view(finished).await?, true))
+        let finished = self.complete_pending(row, &order, plan.clone()).await?;
+        // The executions are the plan: no need to read them back.
+        let now = Utc::now();
+        let executions = if finished.trades_count as usize == plan.len() {
+            plan.iter()
+                .enumerate()
+                .map(|(i, e)| ExecRow {
+                    seq: i as i32 + 1,
+                    price: e.price,
+                    volume: e.volume,
+                    funds: e.funds,
+                    fee: e.fee,
+                    trend: finished.side.clone(),
+                    created_at: now,
+                })
+                .collect()
+        } else {
+            store::executions(&self.pool, finished.id).await?
+        };
+        Ok((
+            View {
+                order: finished,
+                executions,
+            },
+            true,
+        ))
     }
 
     /// Reserves and settles a PENDING order's planned fills in inventory, then
@@ -289,6 +313,7 @@ impl Orders {
                 .collect(),
             finalize,
             reserve_amount: order.reserve_amount.to_string(),
+            return_balances: false,
         };
         if let Err(status) = self.inventory.clone().settle(request).await {
             if service_kit::grpc::error_name(&status) == Some("insufficient_funds") {
@@ -338,6 +363,7 @@ impl Orders {
                 .collect(),
             finalize,
             reserve_amount: String::new(),
+            return_balances: false,
         };
         self.inventory
             .clone()
