@@ -10,6 +10,10 @@
 //!
 //! The user service verifies both; the gateway keeps no secrets.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -65,6 +69,66 @@ async fn verify(
     Ok((user, resp.access_key))
 }
 
+/// Access tokens the user service verified, so that a client's burst of
+/// requests costs one verification. Access tokens are stateless (not
+/// revocable before they expire), so remembering one changes nothing about
+/// who gets in; entries still last at most [`TokenCache::TTL`].
+#[derive(Default)]
+pub struct TokenCache {
+    tokens: Mutex<HashMap<String, (Uuid, Instant)>>,
+}
+
+impl TokenCache {
+    /// The longest an entry is trusted.
+    pub const TTL: Duration = Duration::from_secs(60);
+    /// Entries kept at most (expired ones are dropped first).
+    pub const CAPACITY: usize = 100_000;
+
+    /// The user of a token verified before and still valid at `now`.
+    pub fn get(&self, token: &str, now: Instant) -> Option<Uuid> {
+        let tokens = self.tokens.lock().ok()?;
+        tokens
+            .get(token)
+            .filter(|(_, until)| *until > now)
+            .map(|(user, _)| *user)
+    }
+
+    /// Remembers a verified token until `until`, or [`Self::TTL`] from `now`
+    /// if sooner.
+    pub fn put(&self, token: &str, user: Uuid, until: Instant, now: Instant) {
+        let Ok(mut tokens) = self.tokens.lock() else {
+            return;
+        };
+        if tokens.len() >= Self::CAPACITY {
+            tokens.retain(|_, (_, t)| *t > now);
+            if tokens.len() >= Self::CAPACITY {
+                tokens.clear();
+            }
+        }
+        tokens.insert(token.to_owned(), (user, until.min(now + Self::TTL)));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.tokens.lock().map(|t| t.len()).unwrap_or(0)
+    }
+}
+
+/// When a (verified) access token expires, read from its payload.
+fn expiry(token: &str) -> Option<Instant> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let exp = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()?
+        .get("exp")?
+        .as_i64()?;
+    let left = exp - chrono::Utc::now().timestamp();
+    (left > 0).then(|| Instant::now() + Duration::from_secs(left as u64))
+}
+
 /// A user of the native API.
 #[derive(Clone, Copy, Debug)]
 pub struct NativeUser(pub Uuid);
@@ -74,11 +138,17 @@ impl FromRequestParts<Shared> for NativeUser {
 
     async fn from_request_parts(parts: &mut Parts, gw: &Shared) -> Result<Self, Self::Rejection> {
         let token = bearer(&parts.headers)?.to_owned();
+        if let Some(user) = gw.tokens.get(&token, Instant::now()) {
+            return Ok(Self(user));
+        }
         let (user, _) = verify(
             gw,
-            pb::verify_credentials_request::Credentials::AccessToken(token),
+            pb::verify_credentials_request::Credentials::AccessToken(token.clone()),
         )
         .await?;
+        if let Some(until) = expiry(&token) {
+            gw.tokens.put(&token, user, until, Instant::now());
+        }
         Ok(Self(user))
     }
 }
@@ -228,6 +298,62 @@ pub async fn private_limit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_cache_forgets_expired_tokens_and_stays_bounded() {
+        let cache = TokenCache::default();
+        let (user, now) = (Uuid::new_v4(), Instant::now());
+        cache.put("a", user, now + Duration::from_secs(5), now);
+        assert_eq!(cache.get("a", now), Some(user));
+        assert_eq!(cache.get("b", now), None);
+        assert_eq!(
+            cache.get("a", now + Duration::from_secs(5)),
+            None,
+            "expired"
+        );
+        // A token valid for an hour is trusted for TTL only.
+        cache.put("long", user, now + Duration::from_secs(3600), now);
+        assert_eq!(
+            cache.get("long", now + TokenCache::TTL - Duration::from_secs(1)),
+            Some(user)
+        );
+        assert_eq!(cache.get("long", now + TokenCache::TTL), None);
+        // Full: expired entries go first...
+        let cache = TokenCache::default();
+        cache.put("kept", user, now + Duration::from_secs(60), now);
+        for i in 1..TokenCache::CAPACITY {
+            cache.put(&i.to_string(), user, now + Duration::from_secs(1), now);
+        }
+        assert_eq!(cache.len(), TokenCache::CAPACITY);
+        let later = now + Duration::from_secs(2);
+        cache.put("fresh", user, later + Duration::from_secs(10), later);
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.get("kept", later), Some(user));
+        // ...and if none has expired, everything goes.
+        for i in 2..TokenCache::CAPACITY {
+            cache.put(&i.to_string(), user, later + Duration::from_secs(10), later);
+        }
+        assert_eq!(cache.len(), TokenCache::CAPACITY);
+        cache.put("newest", user, later + Duration::from_secs(10), later);
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.get("newest", later), Some(user));
+        assert_eq!(cache.get("kept", later), None);
+    }
+
+    #[test]
+    fn expiry_comes_from_the_token_payload() {
+        use base64::Engine as _;
+        let b64 = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let token = |exp: i64| format!("h.{}.s", b64(serde_json::json!({"exp": exp})));
+        let now = chrono::Utc::now().timestamp();
+        let until = expiry(&token(now + 100)).expect("in the future");
+        assert!(until > Instant::now() + Duration::from_secs(90));
+        assert_eq!(expiry(&token(now - 1)), None, "already expired");
+        assert_eq!(expiry("not-a-jwt"), None);
+        assert_eq!(expiry("h.%%%.s"), None);
+    }
 
     #[test]
     fn parameters_are_hashed_as_clients_write_them() {

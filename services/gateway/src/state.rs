@@ -46,6 +46,8 @@ pub struct Gateway {
     pub draining: CancellationToken,
     pub health: Health,
     markets: RwLock<Option<(Instant, Arc<Vec<pb::Market>>)>>,
+    /// Access tokens the user service verified.
+    pub tokens: crate::auth::TokenCache,
 }
 
 pub type Shared = Arc<Gateway>;
@@ -84,6 +86,7 @@ impl Gateway {
             draining,
             health,
             markets: RwLock::new(None),
+            tokens: Default::default(),
         }
     }
 
