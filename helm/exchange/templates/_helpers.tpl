@@ -1,0 +1,235 @@
+{{/*
+Names, labels and small shared helpers.
+
+Most helpers take a context dict:
+  root  the chart's top-level context ($)
+  name  the service name as in .Values.services (e.g. "market-data")
+  svc   that service's values merged over serviceDefaults (exchange.svc)
+*/}}
+
+{{/* Chart name (nameOverride wins). */}}
+{{- define "exchange.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Release-wide name prefix: the release name, or <release>-<chart> when it does not contain the chart name. */}}
+{{- define "exchange.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* chart-version, for the helm.sh/chart label. */}}
+{{- define "exchange.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Object name of one component: <fullname>-<name>. Context: {root, name}. */}}
+{{- define "exchange.componentName" -}}
+{{- printf "%s-%s" (include "exchange.fullname" .root) .name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* In-cluster DNS name of a component's Service. Context: {root, name}. */}}
+{{- define "exchange.host" -}}
+{{- printf "%s.%s.svc.%s" (include "exchange.componentName" .) .root.Release.Namespace .root.Values.clusterDomain -}}
+{{- end -}}
+
+{{/* Selector labels of a component (every track of it). Context: {root, name}. */}}
+{{- define "exchange.selectorLabels" -}}
+app.kubernetes.io/name: {{ .name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- end -}}
+
+{{/* Labels of every object of a component. Context: {root, name}. */}}
+{{- define "exchange.labels" -}}
+{{ include "exchange.selectorLabels" . }}
+app.kubernetes.io/part-of: {{ include "exchange.name" .root }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ include "exchange.chart" .root }}
+{{- with .root.Values.global.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Deep merge: copies .src into .dst (a dict, mutated). Maps merge recursively;
+everything else (lists, scalars, false, 0, null) replaces. Renders nothing.
+*/}}
+{{- define "exchange.deepMerge" -}}
+{{- $dst := .dst -}}
+{{- range $k, $v := .src -}}
+{{- if and (kindIs "map" $v) (kindIs "map" (get $dst $k)) -}}
+{{- include "exchange.deepMerge" (dict "dst" (get $dst $k) "src" $v) -}}
+{{- else if kindIs "invalid" $v -}}
+{{- $_ := set $dst $k $v -}}
+{{- else -}}
+{{- $_ := set $dst $k (deepCopy $v) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A service's values merged over serviceDefaults, as YAML. Context: {root, name}. */}}
+{{- define "exchange.svc" -}}
+{{- $own := index .root.Values.services .name | default dict -}}
+{{- $svc := deepCopy .root.Values.serviceDefaults -}}
+{{- include "exchange.deepMerge" (dict "dst" $svc "src" $own) -}}
+{{- toYaml $svc -}}
+{{- end -}}
+
+{{/* "true" when service .name exists and is enabled. Context: {root, name}. */}}
+{{- define "exchange.enabled" -}}
+{{- $own := index .root.Values.services .name -}}
+{{- if $own -}}
+{{- if hasKey $own "enabled" -}}
+{{- if $own.enabled }}true{{ end -}}
+{{- else if .root.Values.serviceDefaults.enabled -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The upstreams a service really calls: its `upstreams` list, without upbit-sim
+when the ingestor reads the live Upbit. Fails on a disabled or unknown upstream.
+Renders a YAML list. Context: {root, name}.
+*/}}
+{{- define "exchange.upstreams" -}}
+{{- $root := .root -}}
+{{- $svc := include "exchange.svc" . | fromYaml -}}
+{{- $out := list -}}
+{{- range $svc.upstreams -}}
+{{- if and (eq . "upbit-sim") $svc.upbit (eq (toString $svc.upbit.source) "live") -}}
+{{- else -}}
+{{- if not (include "exchange.enabled" (dict "root" $root "name" .)) -}}
+{{- fail (printf "services.%s calls %s, which is not enabled (services.%s.enabled)" $.name . .) -}}
+{{- end -}}
+{{- $out = append $out . -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* Names of enabled services that call .name, as a YAML list. Context: {root, name}. */}}
+{{- define "exchange.callers" -}}
+{{- $root := .root -}}
+{{- $target := .name -}}
+{{- $out := list -}}
+{{- range $caller, $_ := $root.Values.services -}}
+{{- if include "exchange.enabled" (dict "root" $root "name" $caller) -}}
+{{- if has $target (include "exchange.upstreams" (dict "root" $root "name" $caller) | fromYamlArray) -}}
+{{- $out = append $out $caller -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* Enabled services whose values satisfy a flag: "database" or "redis". Context: {root, flag}. */}}
+{{- define "exchange.usersOf" -}}
+{{- $root := .root -}}
+{{- $flag := .flag -}}
+{{- $out := list -}}
+{{- range $name, $_ := $root.Values.services -}}
+{{- $ctx := dict "root" $root "name" $name -}}
+{{- if include "exchange.enabled" $ctx -}}
+{{- $svc := include "exchange.svc" $ctx | fromYaml -}}
+{{- if and (eq $flag "database") $svc.database.role -}}
+{{- $out = append $out $name -}}
+{{- else if and (eq $flag "redis") $svc.redis.enabled -}}
+{{- $out = append $out $name -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/*
+The Deployments (tracks) of a service under its strategy, as YAML {tracks: [...]}.
+Each track: suffix (Deployment name suffix), version, tag, replicas, selector
+(extra selector labels), subset (DestinationRule subset name, empty for rolling).
+Context: {root, name, svc}.
+*/}}
+{{- define "exchange.tracks" -}}
+{{- $svc := .svc -}}
+{{- $tracks := list -}}
+{{- if eq $svc.strategy "rolling" -}}
+{{- $tracks = append $tracks (dict "suffix" "" "version" $svc.rolling.version "tag" (default $svc.rolling.version $svc.rolling.tag) "replicas" $svc.replicas "selector" dict "subset" "") -}}
+{{- else if eq $svc.strategy "canary" -}}
+{{- $c := $svc.canary -}}
+{{- $tracks = append $tracks (dict "suffix" $c.stable.version "version" $c.stable.version "tag" (default $c.stable.version $c.stable.tag) "replicas" (default $svc.replicas $c.stable.replicas) "selector" (dict "version" $c.stable.version) "subset" $c.stable.version "role" "stable") -}}
+{{- if $c.candidate.enabled -}}
+{{- if eq $c.candidate.version $c.stable.version -}}
+{{- fail (printf "services.%s.canary: candidate and stable have the same version %s" .name $c.stable.version) -}}
+{{- end -}}
+{{- $tracks = append $tracks (dict "suffix" $c.candidate.version "version" $c.candidate.version "tag" (default $c.candidate.version $c.candidate.tag) "replicas" (default $svc.replicas $c.candidate.replicas) "selector" (dict "version" $c.candidate.version) "subset" $c.candidate.version "role" "candidate") -}}
+{{- end -}}
+{{- else if eq $svc.strategy "bluegreen" -}}
+{{- $b := $svc.bluegreen -}}
+{{- if not (has $b.live (list "blue" "green")) -}}
+{{- fail (printf "services.%s.bluegreen.live must be blue or green, not %v" .name $b.live) -}}
+{{- end -}}
+{{- range $color := list "blue" "green" -}}
+{{- $c := index $b.colors $color -}}
+{{- $tracks = append $tracks (dict "suffix" $color "version" $c.version "tag" (default $c.version $c.tag) "replicas" (default $svc.replicas $c.replicas) "selector" (dict "color" $color) "subset" $color "role" (ternary "live" "idle" (eq $color $b.live))) -}}
+{{- end -}}
+{{- else -}}
+{{- fail (printf "services.%s.strategy must be rolling, canary or bluegreen, not %v" .name $svc.strategy) -}}
+{{- end -}}
+{{- toYaml (dict "tracks" $tracks) -}}
+{{- end -}}
+
+{{/* Port name for a port role: grpc, http, metrics -> http-metrics. */}}
+{{- define "exchange.portName" -}}
+{{- if eq . "metrics" -}}http-metrics{{- else -}}{{ . }}{{- end -}}
+{{- end -}}
+
+{{/* appProtocol for a port role. */}}
+{{- define "exchange.appProtocol" -}}
+{{- if eq . "grpc" -}}grpc{{- else -}}http{{- end -}}
+{{- end -}}
+
+{{/* The main (routed) port role of a service: grpc or http. Context: svc. */}}
+{{- define "exchange.mainPort" -}}
+{{- if hasKey .ports "grpc" -}}grpc{{- else -}}http{{- end -}}
+{{- end -}}
+
+{{/* Postgres host, port, database and password Secret (bundled or external), as YAML. */}}
+{{- define "exchange.database" -}}
+{{- if .Values.postgresql.enabled -}}
+host: {{ include "exchange.host" (dict "root" . "name" "postgresql") }}
+port: {{ .Values.postgresql.port }}
+database: {{ .Values.postgresql.database }}
+secret: {{ .Values.postgresql.auth.existingSecret | default (include "exchange.componentName" (dict "root" . "name" "postgresql")) }}
+params: ""
+{{- else -}}
+host: {{ required "externalDatabase.host is required when postgresql.enabled is false" .Values.externalDatabase.host }}
+port: {{ .Values.externalDatabase.port }}
+database: {{ .Values.externalDatabase.database }}
+secret: {{ required "externalDatabase.existingSecret is required when postgresql.enabled is false" .Values.externalDatabase.existingSecret }}
+params: {{ .Values.externalDatabase.params | quote }}
+{{- end -}}
+{{- end -}}
+
+{{/* Redis host, port and password Secret (bundled or external), as YAML. */}}
+{{- define "exchange.redis" -}}
+{{- if .Values.redis.enabled -}}
+host: {{ include "exchange.host" (dict "root" . "name" "redis") }}
+port: {{ .Values.redis.port }}
+secret: {{ .Values.redis.auth.existingSecret | quote }}
+{{- else -}}
+host: {{ required "externalRedis.host is required when redis.enabled is false" .Values.externalRedis.host }}
+port: {{ .Values.externalRedis.port }}
+secret: {{ .Values.externalRedis.existingSecret | quote }}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when a monitoring.* toggle (true|false|auto) is on; auto = the Prometheus operator API exists. */}}
+{{- define "exchange.monitoringOn" -}}
+{{- $v := toString .value -}}
+{{- if or (eq $v "true") (and (eq $v "auto") (.root.Capabilities.APIVersions.Has "monitoring.coreos.com/v1")) -}}true{{- end -}}
+{{- end -}}

@@ -1,0 +1,166 @@
+{{/*
+Istio routing per service, from its strategy:
+  rolling    one route to the host (no subsets)
+  canary     header -> candidate subset; otherwise weights stable/candidate
+  bluegreen  preview header -> idle color; otherwise 100% to the live color
+Each route set is rendered twice when the service has streamPaths: streams first
+(no timeout, no retries), then unary calls (timeout, retries).
+*/}}
+
+{{/* A destination. Context: {host, port, subset, weight (optional)}. */}}
+{{- define "exchange.istio.destination" -}}
+- destination:
+    host: {{ .host }}
+    {{- with .subset }}
+    subset: {{ . }}
+    {{- end }}
+    port:
+      number: {{ .port }}
+  {{- if not (kindIs "invalid" .weight) }}
+  weight: {{ .weight }}
+  {{- end }}
+{{- end -}}
+
+{{/* Match list for a route. Context: {streamPaths (list or empty), header (map or nil)}. */}}
+{{- define "exchange.istio.match" -}}
+{{- $header := .header -}}
+{{- if .streamPaths -}}
+{{- range .streamPaths }}
+- uri:
+    prefix: {{ . }}
+  {{- with $header }}
+  headers:
+    {{ .name }}:
+      exact: {{ .value | quote }}
+  {{- end }}
+{{- end }}
+{{- else if $header -}}
+- headers:
+    {{ $header.name }}:
+      exact: {{ $header.value | quote }}
+{{- end -}}
+{{- end -}}
+
+{{/* One route. Context: {svc, name, class (stream|unary), streamPaths, header, destinations (YAML string)}. */}}
+{{- define "exchange.istio.route" -}}
+{{- $i := .svc.istio -}}
+- name: {{ .name }}
+  {{- $match := include "exchange.istio.match" . }}
+  {{- if $match }}
+  match:
+    {{- $match | nindent 4 }}
+  {{- end }}
+  route:
+    {{- .destinations | nindent 4 }}
+  {{- if eq .class "stream" }}
+  retries:
+    attempts: 0
+  {{- else }}
+  timeout: {{ $i.timeout }}
+  retries:
+    {{- toYaml $i.retries | nindent 4 }}
+  {{- end }}
+  {{- with $i.fault }}
+  fault:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
+
+{{/* All HTTP routes of a service. Context: {root, name, svc, tracks}. */}}
+{{- define "exchange.istio.routes" -}}
+{{- $svc := .svc -}}
+{{- $host := include "exchange.host" . -}}
+{{- $main := include "exchange.mainPort" $svc -}}
+{{- $port := index $svc.ports $main -}}
+{{- $classes := list -}}
+{{- if $svc.istio.streamPaths -}}
+{{- $classes = append $classes (dict "class" "stream" "paths" $svc.istio.streamPaths) -}}
+{{- end -}}
+{{- $classes = append $classes (dict "class" "unary" "paths" list) -}}
+{{- range $c := $classes -}}
+{{- $base := dict "svc" $svc "class" $c.class "streamPaths" $c.paths -}}
+{{- $prefix := ternary "stream-" "" (eq $c.class "stream") -}}
+{{- if eq $svc.strategy "rolling" }}
+{{ include "exchange.istio.route" (merge (dict "name" (printf "%sprimary" $prefix) "header" nil "destinations" (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" "" "weight" nil))) $base) }}
+{{- else if eq $svc.strategy "canary" -}}
+{{- $cn := $svc.canary -}}
+{{- if $cn.candidate.enabled -}}
+{{- $w := int $cn.weight -}}
+{{- if or (lt $w 0) (gt $w 100) -}}
+{{- fail (printf "services.%s.canary.weight must be 0-100, not %v" $.name $cn.weight) -}}
+{{- end }}
+{{ include "exchange.istio.route" (merge (dict "name" (printf "%scanary-pinned" $prefix) "header" $cn.header "destinations" (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" $cn.candidate.version "weight" nil))) $base) }}
+{{- $dests := printf "%s\n%s" (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" $cn.stable.version "weight" (sub 100 $w))) (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" $cn.candidate.version "weight" $w)) }}
+{{ include "exchange.istio.route" (merge (dict "name" (printf "%scanary-weighted" $prefix) "header" nil "destinations" $dests) $base) }}
+{{- else }}
+{{ include "exchange.istio.route" (merge (dict "name" (printf "%sstable" $prefix) "header" nil "destinations" (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" $cn.stable.version "weight" nil))) $base) }}
+{{- end -}}
+{{- else if eq $svc.strategy "bluegreen" -}}
+{{- $b := $svc.bluegreen -}}
+{{- $idle := ternary "green" "blue" (eq $b.live "blue") -}}
+{{- if $b.preview.enabled }}
+{{ include "exchange.istio.route" (merge (dict "name" (printf "%spreview-%s" $prefix $idle) "header" $b.preview.header "destinations" (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" $idle "weight" nil))) $base) }}
+{{- end }}
+{{ include "exchange.istio.route" (merge (dict "name" (printf "%slive-%s" $prefix $b.live) "header" nil "destinations" (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" $b.live "weight" nil))) $base) }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* DestinationRule: traffic policy (circuit breaking) and one subset per track. */}}
+{{- define "exchange.destinationRule" -}}
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: {{ include "exchange.componentName" . }}
+  labels:
+    {{- include "exchange.labels" . | nindent 4 }}
+spec:
+  host: {{ include "exchange.host" . }}
+  trafficPolicy:
+    {{- toYaml .svc.istio.trafficPolicy | nindent 4 }}
+  {{- if ne .svc.strategy "rolling" }}
+  subsets:
+    {{- range .tracks }}
+    - name: {{ .subset }}
+      labels:
+        {{- toYaml .selector | nindent 8 }}
+    {{- end }}
+  {{- end }}
+{{- end -}}
+
+{{/* VirtualService for calls inside the mesh. */}}
+{{- define "exchange.virtualService" -}}
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: {{ include "exchange.componentName" . }}
+  labels:
+    {{- include "exchange.labels" . | nindent 4 }}
+spec:
+  hosts:
+    - {{ include "exchange.host" . }}
+  http:
+    {{- include "exchange.istio.routes" . | nindent 4 }}
+{{- end -}}
+
+{{/* VirtualService binding the public routes to the mesh ingress Gateway. */}}
+{{- define "exchange.ingressVirtualService" -}}
+{{- $ing := .root.Values.istio.ingress -}}
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: {{ include "exchange.componentName" . }}-ingress
+  labels:
+    {{- include "exchange.labels" . | nindent 4 }}
+spec:
+  hosts:
+    {{- toYaml $ing.hosts | nindent 4 }}
+  gateways:
+    {{- if $ing.createGateway }}
+    - {{ include "exchange.fullname" .root }}
+    {{- else }}
+    - {{ $ing.gateway }}
+    {{- end }}
+  http:
+    {{- include "exchange.istio.routes" . | nindent 4 }}
+{{- end -}}

@@ -1,0 +1,310 @@
+#!/usr/bin/env bash
+# Offline checks of the Kubernetes delivery (no Docker, no cluster): the Helm chart,
+# the Istio mesh files, the delivery scripts and the k6 scripts.
+#
+#   1. tools      ../shared/tools/install (helm v4 engine, validate-manifests, k6), shellcheck
+#   2. chart      helm lint --strict + helm template for values.yaml, each strategy file
+#                 and variants (monitoring on, Istio off, external stores, live Upbit);
+#                 every render validated strictly (Kubernetes 1.31, Istio, Prometheus
+#                 operator CRDs); rendering twice gives the same bytes
+#   3. mesh       static checks of every render against istio/ (check_rendered.py):
+#                 subsets, weights, canary/blue-green/rolling shapes, labels, probes,
+#                 limits, restricted security, NetworkPolicy and AuthorizationPolicy
+#                 coverage of every wired call, Secrets scripts/deploy creates
+#   4. negatives  deliberately broken values (scripts/lib/k8s/negative/) and broken
+#                 renders (--self-test) must be rejected
+#   5. scripts    shellcheck; each script's --dry-run prints the expected commands in
+#                 order; a missing tool fails with a clear message; load-test refuses
+#                 remote targets
+#   6. k6         k6 inspect of every load-test script
+#
+# Usage: scripts/lib/check-k8s.sh   (from anywhere; ../shared must sit beside the repo)
+# Exit status 1 on any failure; a summary at the end.
+set -euo pipefail
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cd "$ROOT"
+
+started=$SECONDS
+SHARED=${SHARED:-../shared}
+[[ -x $SHARED/tools/install ]] || die "$SHARED/tools/install not found: check out the shared tools beside the repository"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+passed=0
+failed=0
+failures=()
+ok() { passed=$((passed + 1)); printf '  ok    %s\n' "$*"; }
+bad() { failed=$((failed + 1)); failures+=("$*"); printf '  FAIL  %s\n' "$*"; }
+# show FILE: the tail of a log, indented.
+show() { tail -n "${2:-15}" "$1" | sed 's/^/        | /'; }
+
+step "tools"
+"$SHARED/tools/install"
+TOOLS_BIN=$(cd "$SHARED/tools/bin" && pwd)
+HELM=$TOOLS_BIN/helm
+VALIDATE=$TOOLS_BIN/validate-manifests
+K6=$TOOLS_BIN/k6
+PY=${TOOLS_HOME:-$HOME/.cache/platform-tools}/venv/bin/python
+"$PY" -c 'import yaml' 2>/dev/null || die "the tools virtualenv ($PY) has no PyYAML"
+have shellcheck || apt_install shellcheck || die "cannot install shellcheck (apt-get install shellcheck)"
+CHECK=("$PY" scripts/lib/k8s/check_rendered.py -n exchange)
+CHART=helm/exchange
+ok "helm $("$HELM" version --short 2>/dev/null || echo '?'), k6, validate-manifests, shellcheck $(shellcheck --version | sed -n 's/^version: //p')"
+
+# ---------------------------------------------------------------------------------
+step "scripts: shellcheck, dry runs"
+scripts=(scripts/cluster-up scripts/build-images scripts/deploy scripts/canary scripts/bluegreen-switch
+         scripts/rollback scripts/load-test scripts/cluster-down scripts/lib/k8s.sh scripts/lib/check-k8s.sh)
+if shellcheck -x "${scripts[@]}" >"$work/shellcheck.log" 2>&1; then
+  ok "shellcheck: ${#scripts[@]} files clean"
+else
+  bad "shellcheck"; show "$work/shellcheck.log" 30
+fi
+for s in "${scripts[@]}"; do
+  [[ $s == *.sh ]] && [[ $s != */check-k8s.sh ]] && continue
+  [[ -x $s ]] || bad "$s is not executable"
+done
+
+# in_order FILE PATTERN...: every pattern occurs, in this order (fixed strings; several
+# may match one line, left to right).
+in_order() {
+  local file=$1
+  shift
+  awk -v pats="$(printf '%s\037' "$@")" '
+    BEGIN { n = split(pats, p, "\037") - 1; i = 1 }
+    {
+      rest = $0
+      while (i <= n && (k = index(rest, p[i])) > 0) { rest = substr(rest, k + length(p[i])); i++ }
+    }
+    END { if (i <= n) { print "missing (in order): " p[i]; exit 1 } }' "$file"
+}
+
+# dry NAME EXPECTED_STATUS COMMAND... -- PATTERN...: runs COMMAND, checks status and order.
+dry() {
+  local name=$1 want=$2
+  shift 2
+  local cmd=()
+  while [[ $1 != -- ]]; do cmd+=("$1"); shift; done
+  shift
+  local log="$work/dry-${name//[^A-Za-z0-9]/_}.log" status=0
+  "${cmd[@]}" >"$log" 2>&1 </dev/null || status=$?
+  if [[ $status != "$want" ]]; then
+    bad "$name: exit status $status, expected $want"; show "$log"
+  elif ! in_order "$log" "$@" >"$log.why"; then
+    bad "$name: $(cat "$log.why")"; show "$log"
+  else
+    ok "$name"
+  fi
+}
+
+dry "cluster-up --dry-run" 0 scripts/cluster-up --dry-run -- \
+  "docker run -d --restart=always -p 127.0.0.1:5002:5000" "--name kind-registry registry:2" \
+  "kind create cluster --name exchange" "--config scripts/lib/k8s/kind-config.yaml" \
+  "/etc/containerd/certs.d/localhost:5002/hosts.toml" '[host."http://kind-registry:5000"]' \
+  "docker network connect kind kind-registry" "local-registry-hosting.yaml" \
+  "metrics-server" "kube-prometheus-stack" "grafana/loki" "grafana/alloy" \
+  "istioctl install -y -f istio/install/istio-operator.yaml" "exchange-ingress-tls" \
+  "samples/addons/jaeger.yaml" "kiali-server kiali/kiali-server" \
+  "kubectl apply -f istio/mesh/" "kubectl apply -f istio/monitoring/"
+dry "build-images --dry-run" 0 scripts/build-images --dry-run -- \
+  "docker buildx create --name exchange-builder --driver docker-container --driver-opt network=host" \
+  "--target gateway -t localhost:5002/exchange/gateway:v1 -t localhost:5002/exchange/gateway:v2 --push ." \
+  "--target market-data" "--target order" "--target inventory" "--target user" "--target ingestor" "--target upbit-sim"
+dry "build-images --dry-run --platforms (multi-arch)" 0 scripts/build-images --dry-run --platforms linux/amd64,linux/arm64 order -- \
+  "--target order --platform linux/amd64,linux/arm64 -t localhost:5002/exchange/order:v1"
+for strategy in base rolling canary bluegreen; do
+  file_pattern="helm upgrade --install exchange helm/exchange -n exchange"
+  [[ $strategy != base ]] && file_pattern+=" -f helm/exchange/values-$strategy.yaml"
+  dry "deploy $strategy --dry-run" 0 scripts/deploy "$strategy" --dry-run -- \
+    "kubectl apply -f istio/mesh/00-namespace.yaml" \
+    "create secret generic exchange-postgresql" "create secret generic exchange-user-secrets" \
+    "kubectl apply -f istio/mesh/" "$file_pattern" "--wait" "rollout status"
+done
+dry "canary --dry-run" 0 scripts/canary --dry-run -- \
+  "services.inventory.canary.weight=10" "sleep 60" "PromQL: 100 * (1 - ((sum(rate(istio_requests_total{" \
+  'destination_app="inventory",destination_version="v2"' "PromQL: histogram_quantile(0.99" \
+  "services.inventory.canary.weight=25" "PromQL:" "services.inventory.canary.weight=50" "PromQL:" \
+  "services.inventory.canary.weight=100" "PromQL:" \
+  "services.inventory.canary.stable.version=v2 --set services.inventory.canary.candidate.enabled=false"
+dry "canary gate failure rolls back" 1 env CANARY_TEST_METRICS=97.5,120 scripts/canary --dry-run -- \
+  "services.inventory.canary.weight=10" "gate failed: success rate 97.50 % < 99 %" \
+  "services.inventory.canary.weight=0" "aborted"
+dry "canary p99 gate" 1 env CANARY_TEST_METRICS=99.9,900 scripts/canary --dry-run --max-p99-ms 500 -- \
+  "services.inventory.canary.weight=10" "p99 900 ms > 500 ms" "services.inventory.canary.weight=0"
+dry "bluegreen-switch --dry-run" 0 scripts/bluegreen-switch --dry-run -- \
+  "rollout status deployment/exchange-user-green" "x-preview: true" "/api/v1/auth/register" \
+  "--reuse-values --set services.user.bluegreen.live=green" "/api/v1/auth/login"
+dry "rollback --dry-run" 0 scripts/rollback --dry-run --revision 3 -- \
+  "helm history exchange -n exchange" "helm rollback exchange 3 -n exchange --wait" "get pods"
+dry "load-test --dry-run" 0 scripts/load-test smoke --dry-run -- \
+  "k6 run -e BASE_URL=http://127.0.0.1:8080" "load-test/smoke.js"
+dry "load-test refuses a remote target" 1 scripts/load-test load --dry-run --base-url http://203.0.113.7 -- \
+  "refusing to send load to 203.0.113.7"
+dry "load-test --cluster-ingress" 0 scripts/load-test circuit-breaker --dry-run --base-url http://10.1.2.3 --cluster-ingress -- \
+  "a cluster ingress you own" "BASE_URL=http://10.1.2.3" "load-test/circuit-breaker.js"
+dry "cluster-down --dry-run" 0 scripts/cluster-down --dry-run -- \
+  "kind delete cluster --name exchange" "docker rm -f kind-registry"
+
+# A real run without its tools stops before doing anything, naming the tool.
+nobin="$work/nobin"
+mkdir -p "$nobin"
+ln -s "$(command -v bash)" "$nobin/bash"
+ln -s "$(command -v dirname)" "$nobin/dirname"
+for s in cluster-up deploy; do
+  arg=()
+  [[ $s == deploy ]] && arg=(base)
+  status=0
+  PATH=$nobin "$nobin/bash" "scripts/$s" "${arg[@]}" >"$work/missing-$s.log" 2>&1 </dev/null || status=$?
+  if [[ $status != 0 ]] && grep -q "is required but not installed" "$work/missing-$s.log"; then
+    ok "$s without its tools: $(grep -m1 'is required' "$work/missing-$s.log" | cut -c1-70)..."
+  else
+    bad "$s without its tools should fail naming the tool (status $status)"; show "$work/missing-$s.log"
+  fi
+done
+
+# The Secrets scripts/deploy creates (name and keys), for the render checks below.
+awk '/create secret generic/ { name = $8 } /# keys:/ { sub(/.*# keys: /, ""); sub(/ \(.*/, ""); n = split($0, k, " "); for (i = 1; i <= n; i++) print name, k[i] }' \
+  "$work/dry-deploy_base___dry_run.log" >"$work/secrets"
+[[ -s $work/secrets ]] || bad "could not read the Secrets from scripts/deploy --dry-run"
+
+# ---------------------------------------------------------------------------------
+step "chart: lint, render, validate (Kubernetes 1.31 + Istio + Prometheus operator schemas)"
+# name | extra helm args | checker expectations
+renders=(
+  "base||"
+  "rolling|-f $CHART/values-rolling.yaml|--expect-rolling order=v2:3"
+  "canary|-f $CHART/values-canary.yaml|--expect-canary inventory=v1:v2:10:x-canary=true"
+  "bluegreen|-f $CHART/values-bluegreen.yaml|--expect-bluegreen user=blue:x-preview=true"
+  "bluegreen-switched|-f $CHART/values-bluegreen.yaml --set services.user.bluegreen.live=green|--expect-bluegreen user=green:x-preview=true"
+  "canary-promoted|-f $CHART/values-canary.yaml --set services.inventory.canary.stable.version=v2 --set services.inventory.canary.candidate.enabled=false|"
+  "loadtest+faults|-f $CHART/values-loadtest.yaml -f $CHART/values-faults.yaml|"
+  "monitoring|--set monitoring.podMonitor.enabled=true --set monitoring.prometheusRule.enabled=true|"
+  "external-stores|--set postgresql.enabled=false --set externalDatabase.host=db.example.internal --set externalDatabase.existingSecret=exchange-db --set redis.enabled=false --set externalRedis.host=cache.example.internal|--allow-unused-policies"
+  "live-upbit|--set services.ingestor.upbit.source=live --set services.upbit-sim.enabled=false|--allow-unused-policies"
+  "own-gateway|--set istio.ingress.createGateway=true|"
+  "no-istio|-f $CHART/values-bluegreen.yaml --set istio.enabled=false|"
+)
+for entry in "${renders[@]}"; do
+  IFS='|' read -r name args expect <<<"$entry"
+  read -r -a helm_args <<<"$args"
+  out="$work/render-$name.yaml"
+  if ! "$HELM" lint --strict --quiet "$CHART" "${helm_args[@]}" >"$work/lint-$name.log" 2>&1; then
+    bad "helm lint ($name)"; show "$work/lint-$name.log"; continue
+  fi
+  if ! "$HELM" template exchange "$CHART" -n exchange "${helm_args[@]}" >"$out" 2>"$work/template-$name.log"; then
+    bad "helm template ($name)"; show "$work/template-$name.log"; continue
+  fi
+  if "$VALIDATE" -q "$out" >"$work/validate-$name.log" 2>&1; then
+    ok "$name: lint, template, $(tail -n1 "$work/validate-$name.log")"
+  else
+    bad "validate-manifests ($name)"; grep INVALID "$work/validate-$name.log" | head -n 10 | sed 's/^/        | /'
+  fi
+done
+"$HELM" template exchange "$CHART" -n exchange >"$work/render-again.yaml" 2>/dev/null || true
+if cmp -s "$work/render-base.yaml" "$work/render-again.yaml"; then
+  ok "helm template is deterministic (two renders, same bytes)"
+else
+  bad "helm template output differs between two runs"
+fi
+
+step "mesh: static checks of every render (with istio/mesh)"
+for entry in "${renders[@]}"; do
+  IFS='|' read -r name args expect <<<"$entry"
+  out="$work/render-$name.yaml"
+  [[ -s $out ]] || continue
+  read -r -a expect_args <<<"$expect"
+  mesh=(--mesh istio/mesh)
+  [[ $name == no-istio ]] && mesh=()
+  secrets=(--secrets "$work/secrets")
+  [[ $name == external-stores ]] && secrets=()  # the external database's Secret is yours
+  if "${CHECK[@]}" "$out" "${mesh[@]}" "${expect_args[@]}" "${secrets[@]}" >"$work/check-$name.log" 2>&1; then
+    ok "$name: $(tail -n1 "$work/check-$name.log")${expect:+ ($expect)}"
+  else
+    bad "mesh checks ($name)"; grep VIOLATION "$work/check-$name.log" | head -n 10 | sed 's/^/        | /'
+  fi
+done
+if "$VALIDATE" -q istio/mesh istio/monitoring scripts/lib/k8s/local-registry-hosting.yaml >"$work/validate-istio.log" 2>&1; then
+  ok "istio/mesh, istio/monitoring: $(tail -n1 "$work/validate-istio.log")"
+else
+  bad "validate-manifests istio/"; grep INVALID "$work/validate-istio.log" | head | sed 's/^/        | /'
+fi
+if "$PY" - istio/install/*.yaml istio/addons/*.yaml scripts/lib/k8s/*.yaml "$CHART"/values*.yaml >"$work/yaml.log" 2>&1 <<'PY'
+import sys, yaml
+for path in sys.argv[1:]:
+    with open(path, encoding="utf-8") as f:
+        list(yaml.safe_load_all(f))
+PY
+then
+  ok "install profile, addon values, kind config: valid YAML"
+else
+  bad "YAML syntax"; show "$work/yaml.log"
+fi
+
+# ---------------------------------------------------------------------------------
+step "negatives: broken values and broken renders must be rejected"
+for f in scripts/lib/k8s/negative/*.yaml; do
+  expect=$(sed -n 's/^# expect: //p' "$f")
+  stage=${expect%%: *}
+  fragment=${expect#*: }
+  with=$(sed -n 's/^# with: //p' "$f")
+  extra=()
+  [[ -n $with ]] && extra=(-f "$CHART/$with")
+  out="$work/neg-$(basename "$f")"
+  status=0
+  "$HELM" template exchange "$CHART" -n exchange "${extra[@]}" -f "$f" >"$out" 2>"$out.err" || status=$?
+  if [[ $stage == helm ]]; then
+    if [[ $status != 0 ]] && grep -qF -- "$fragment" "$out.err"; then
+      ok "$(basename "$f"): rejected by helm ($(grep -m1 -F -- "$fragment" "$out.err" | sed 's/^[- ]*//' | cut -c1-80))"
+    else
+      bad "$(basename "$f"): helm should reject it with '$fragment' (status $status)"; show "$out.err"
+    fi
+    continue
+  fi
+  if [[ $status != 0 ]]; then
+    bad "$(basename "$f"): helm failed, the checker should have been the one to object"; show "$out.err"; continue
+  fi
+  if "${CHECK[@]}" "$out" --mesh istio/mesh >"$out.check" 2>&1; then
+    bad "$(basename "$f"): the checker accepted a broken render"
+  elif grep -qF -- "$fragment" "$out.check"; then
+    ok "$(basename "$f"): rejected ($(grep -m1 -F -- "$fragment" "$out.check" | sed 's/^VIOLATION //' | cut -c1-90))"
+  else
+    bad "$(basename "$f"): rejected, but not for '$fragment'"; show "$out.check"
+  fi
+done
+if "${CHECK[@]}" --mesh istio/mesh --self-test "$work/render-base.yaml" "$work/render-rolling.yaml" \
+    "$work/render-canary.yaml" "$work/render-bluegreen.yaml" >"$work/self-test.log" 2>&1; then
+  ok "$(tail -n1 "$work/self-test.log")"
+else
+  bad "checker self-test"; grep -v '^  caught' "$work/self-test.log" | sed 's/^/        | /'
+fi
+
+# ---------------------------------------------------------------------------------
+step "Dockerfile: one target per service"
+for svc in $("$PY" -c 'import yaml; print(" ".join(yaml.safe_load(open("helm/exchange/values.yaml"))["services"]))'); do
+  if grep -q "^FROM runtime AS $svc\$" Dockerfile && grep -q "/out/$svc /usr/local/bin/$svc" Dockerfile \
+     && grep -q "\"services/$svc\"" Cargo.toml; then
+    :
+  else
+    bad "Dockerfile has no runtime target (or binary) for $svc"
+  fi
+done
+if grep -q 'cargo chef cook' Dockerfile && grep -q '^USER 65532:65532' Dockerfile; then
+  ok "Dockerfile: cargo-chef dependency layer, non-root runtime, a target per service"
+else
+  bad "Dockerfile: expected cargo chef cook and USER 65532:65532"
+fi
+
+# ---------------------------------------------------------------------------------
+step "k6: inspect every load-test script"
+for js in load-test/*.js; do
+  if "$K6" inspect "$js" >"$work/k6.log" 2>&1; then ok "k6 inspect $js"; else bad "k6 inspect $js"; show "$work/k6.log"; fi
+done
+
+# ---------------------------------------------------------------------------------
+step "summary"
+printf '%d passed, %d failed in %ds\n' "$passed" "$failed" $((SECONDS - started))
+if ((failed)); then
+  printf '  failed: %s\n' "${failures[@]}"
+  exit 1
+fi

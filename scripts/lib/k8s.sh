@@ -1,0 +1,162 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034  # settings and hints are used by the scripts that source this
+# Shared helpers for the Kubernetes scripts (cluster-up, build-images, deploy, canary,
+# bluegreen-switch, rollback, load-test, cluster-down): settings, printing and running
+# commands (or only printing them with --dry-run), tool checks, usage text.
+#
+# Every command that changes something goes through `run` (or `run_stdin`), which
+# prints it as `+ command` on stdout first; with DRY_RUN=1 nothing is executed and
+# state queries answer "absent", so a dry run prints the whole sequence.
+
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+# Settings (environment overrides).
+CLUSTER_NAME=${CLUSTER_NAME:-exchange}
+KIND_NODE_IMAGE=${KIND_NODE_IMAGE:-kindest/node:v1.31.4}
+REGISTRY_NAME=${REGISTRY_NAME:-kind-registry}
+REGISTRY_PORT=${REGISTRY_PORT:-5002}
+REGISTRY=${REGISTRY:-localhost:${REGISTRY_PORT}/exchange}
+NAMESPACE=${NAMESPACE:-exchange}
+RELEASE=${RELEASE:-exchange}
+CHART=helm/exchange
+K8S_LIB=scripts/lib/k8s
+# Every image the Dockerfile builds (one target each).
+SERVICES=(gateway market-data order inventory user ingestor upbit-sim)
+DRY_RUN=${DRY_RUN:-0}
+
+# Paths are printed relative to the repository root.
+cd "$ROOT" || exit 1
+
+# print_cmd ARGS...: the command as one shell-quoted line.
+print_cmd() {
+  local out="" a
+  for a in "$@"; do
+    if [[ $a =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then out+=" $a"; else out+=" $(printf '%q' "$a")"; fi
+  done
+  printf '+%s\n' "$out"
+}
+
+# run ARGS...: print, then execute unless dry-running.
+run() {
+  print_cmd "$@"
+  [[ $DRY_RUN == 1 ]] && return 0
+  "$@"
+}
+
+# run_stdin TEXT ARGS...: like run, with TEXT on standard input (shown indented).
+run_stdin() {
+  local text=$1
+  shift
+  print_cmd "$@"
+  printf '%s\n' "$text" | sed 's/^/    | /'
+  [[ $DRY_RUN == 1 ]] && return 0
+  printf '%s\n' "$text" | "$@"
+}
+
+# query ARGS...: a read-only command whose success answers a question ("does X
+# exist?"). Never run in a dry run (answers no), so the dry run shows every step.
+query() {
+  [[ $DRY_RUN == 1 ]] && return 1
+  "$@" >/dev/null 2>&1
+}
+
+# skip MESSAGE: say that an idempotent step has nothing to do.
+skip() { say "  (already done: $*)"; }
+
+# need TOOL HINT: the tool must be installed (a dry run only notes its absence).
+need() {
+  local tool=$1 hint=$2
+  have "$tool" && return 0
+  if [[ $DRY_RUN == 1 ]]; then
+    say "note: $tool is not installed; a real run needs it ($hint)"
+    return 0
+  fi
+  die "$tool is required but not installed: $hint"
+}
+
+hint_docker="https://docs.docker.com/engine/install/"
+hint_kind="go install sigs.k8s.io/kind@latest, or https://kind.sigs.k8s.io/docs/user/quick-start/#installation"
+hint_kubectl="https://kubernetes.io/docs/tasks/tools/ (Debian: apt-get install kubernetes-client)"
+hint_helm="https://helm.sh/docs/intro/install/ (helm 3.14+ or 4)"
+hint_istioctl="curl -L https://istio.io/downloadIstio | sh - (then add istio-*/bin to PATH)"
+hint_k6="../shared/tools/install puts k6 in ../shared/tools/bin, or https://grafana.com/docs/k6/latest/set-up/install-k6/"
+hint_curl="apt-get install curl"
+hint_python="apt-get install python3"
+hint_openssl="apt-get install openssl"
+
+# usage FILE: prints the script's header comment (from line 2 to `set -e`).
+usage() {
+  sed -n '2,/^set -e/p' "$1" | sed 's/^# \{0,1\}//; /^set -e/d'
+}
+
+# banner WHAT: the first line every script prints.
+banner() {
+  step "$*"
+  [[ $DRY_RUN == 1 ]] && say "(dry run: commands are printed, not run)"
+  return 0
+}
+
+# current_context: the kubectl context commands will use (printed for safety).
+show_context() {
+  if [[ $DRY_RUN == 1 ]]; then
+    say "kubectl context: (current context; kind-$CLUSTER_NAME after scripts/cluster-up)"
+  else
+    say "kubectl context: $(kubectl config current-context 2>/dev/null || echo none)"
+  fi
+}
+
+# random_secret: 48 hex characters (URL-safe: passwords end up in DATABASE_URL).
+random_secret() {
+  if have openssl; then openssl rand -hex 24
+  else od -An -N24 -tx1 /dev/urandom | tr -d ' \n'
+  fi
+}
+
+# ensure_secret NAME KEY...: creates Secret NAME in $NAMESPACE with a random value per
+# key, unless it exists (existing values are never replaced: they are live passwords).
+ensure_secret() {
+  local name=$1
+  shift
+  if query kubectl -n "$NAMESPACE" get secret "$name"; then
+    skip "Secret $name exists"
+    return 0
+  fi
+  local env_file="" key
+  if [[ $DRY_RUN != 1 ]]; then
+    env_file=$(mktemp)
+    chmod 600 "$env_file"
+    for key in "$@"; do printf '%s=%s\n' "$key" "$(random_secret)" >>"$env_file"; done
+  fi
+  printf '+ kubectl -n %s create secret generic %s --from-env-file=<temp file>\n' "$NAMESPACE" "$name"
+  say "    # keys: $* (random values in a 0600 temp file, deleted afterwards)"
+  if [[ $DRY_RUN != 1 ]]; then
+    kubectl -n "$NAMESPACE" create secret generic "$name" --from-env-file="$env_file" >/dev/null
+    rm -f "$env_file"
+  fi
+}
+
+# The Secrets the chart reads (helm/exchange: postgresql.auth, services.user.secrets):
+# name and keys, one per line. scripts/lib/check-k8s.sh checks this list against the
+# secretKeyRefs of every render.
+chart_secrets() {
+  printf '%s %s\n' \
+    "$RELEASE-postgresql" "postgres-password market-data-password order-password inventory-password user-password" \
+    "$RELEASE-user-secrets" "jwt-secret api-key-secret"
+}
+
+# release_value PATH DEFAULT: a value of the deployed release (helm get values --all),
+# e.g. services.user.bluegreen.live; DEFAULT in a dry run or when unset.
+release_value() {
+  local path=$1 default=$2 json
+  if [[ $DRY_RUN == 1 ]] || ! json=$(helm get values "$RELEASE" -n "$NAMESPACE" --all -o json 2>/dev/null); then
+    printf '%s' "$default"
+    return 0
+  fi
+  python3 -c '
+import json, sys
+v = json.load(sys.stdin)
+for k in sys.argv[1].split("."):
+    v = v.get(k) if isinstance(v, dict) else None
+print("" if v is None else v)' "$path" <<<"$json" | grep . || printf '%s' "$default"
+}

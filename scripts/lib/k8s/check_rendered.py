@@ -1,0 +1,866 @@
+#!/usr/bin/env python3
+"""Static checks of a rendered exchange chart (and the mesh policies in istio/).
+
+Schema validation (validate-manifests) says each object is well formed; this says the
+objects fit together the way the mesh needs:
+
+  workloads   app + version labels, named ports, probes (gRPC readiness and a startup
+              probe for gRPC containers), requests and limits, Pod Security
+              "restricted", a rendered ServiceAccount, config checksum, a grace period
+              longer than preStop + DRAIN_DELAY + SHUTDOWN_TIMEOUT
+  services    named ports with appProtocol, a selector that selects a pod template,
+              target ports that exist, and a NetworkPolicy that lets someone in on
+              every port
+  istio       every VirtualService destination is a rendered Service port; every
+              subset exists in a DestinationRule whose labels select a pod template of
+              that Service; weights sum to 100; subsets do not overlap; gateways exist
+  wiring      every call the chart wires (URLs in ConfigMaps/env, DATABASE_URL,
+              REDIS_URL) is allowed by the NetworkPolicies on both ends and, with
+              --mesh, by an AuthorizationPolicy; every policy selects a rendered
+              workload and names rendered ServiceAccounts
+  strategies  --expect-rolling / --expect-canary / --expect-bluegreen assert the
+              shape each values-<strategy>.yaml promises
+
+Exit status 1 when anything is violated (each violation on its own line).
+--self-test breaks a good render in many ways and fails unless every break is caught.
+"""
+import argparse
+import copy
+import glob
+import os
+import re
+import sys
+
+import yaml
+
+CLUSTER_DOMAIN = "cluster.local"
+HEALTH_PATH_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1.ServerReflection/",
+                        "/grpc.reflection.v1alpha.ServerReflection/")
+
+
+def load_docs(paths):
+    docs = []
+    for path in paths:
+        files = sorted(glob.glob(os.path.join(path, "*.yaml"))) if os.path.isdir(path) else [path]
+        for f in files:
+            with open(f, encoding="utf-8") as fh:
+                docs += [d for d in yaml.safe_load_all(fh) if isinstance(d, dict) and d.get("kind")]
+    return docs
+
+
+def name_of(obj):
+    return (obj.get("metadata") or {}).get("name", "?")
+
+
+def ident(obj):
+    return f"{obj['kind']}/{name_of(obj)}"
+
+
+def selects(selector, labels):
+    """Kubernetes label selector semantics (matchLabels + matchExpressions, or a plain map)."""
+    if selector is None:
+        return False
+    if "matchLabels" in selector or "matchExpressions" in selector:
+        ml = selector.get("matchLabels") or {}
+        exprs = selector.get("matchExpressions") or []
+    else:
+        ml, exprs = selector, []
+    for k, v in ml.items():
+        if labels.get(k) != v:
+            return False
+    for e in exprs:
+        key, op, vals = e["key"], e["operator"], e.get("values") or []
+        if op == "In" and labels.get(key) not in vals:
+            return False
+        if op == "NotIn" and labels.get(key) in vals:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def duration_seconds(text):
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", str(text).strip())
+    if not m:
+        return None
+    n = float(m.group(1))
+    return n * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+
+
+class Render:
+    def __init__(self, docs, namespace, mesh_docs=()):
+        self.docs = docs
+        self.ns = namespace
+        self.mesh = list(mesh_docs)
+        self.errors = []
+        by = {}
+        for d in docs:
+            by.setdefault(d["kind"], []).append(d)
+        self.by = by
+        self.workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet")]
+        self.services = {name_of(s): s for s in by.get("Service", [])}
+        self.configmaps = {name_of(c): c for c in by.get("ConfigMap", [])}
+        self.secrets = {name_of(s) for s in by.get("Secret", [])}
+        self.service_accounts = {name_of(s) for s in by.get("ServiceAccount", [])}
+        self.netpols = by.get("NetworkPolicy", [])
+
+    def err(self, msg):
+        self.errors.append(msg)
+
+    # ---- lookups -----------------------------------------------------------------
+    @staticmethod
+    def template(w):
+        return w["spec"]["template"]
+
+    @staticmethod
+    def tlabels(w):
+        return (Render.template(w).get("metadata") or {}).get("labels") or {}
+
+    def service_for_host(self, host):
+        h = host
+        for suffix in (f".svc.{CLUSTER_DOMAIN}", ".svc", f".{self.ns}"):
+            if h.endswith(suffix):
+                h = h[: -len(suffix)]
+        if "." in h:
+            return None
+        return self.services.get(h)
+
+    def templates_of_service(self, svc):
+        sel = svc["spec"].get("selector") or {}
+        if not sel:
+            return []
+        return [w for w in self.workloads if selects(sel, self.tlabels(w))]
+
+    @staticmethod
+    def containers(w):
+        spec = Render.template(w)["spec"]
+        return list(spec.get("initContainers") or []) + list(spec.get("containers") or [])
+
+    @staticmethod
+    def container_ports(w):
+        out = []
+        for c in Render.template(w)["spec"].get("containers") or []:
+            out += c.get("ports") or []
+        return out
+
+    def resolve_port(self, w, port):
+        """A NetworkPolicy/Service port (name or number) -> container port number in w, or None."""
+        for p in self.container_ports(w):
+            if port == p.get("name") or (isinstance(port, int) and port == p.get("containerPort")):
+                return p["containerPort"]
+        return None
+
+    def env_of(self, container):
+        env = {}
+        for ef in container.get("envFrom") or []:
+            cm = self.configmaps.get((ef.get("configMapRef") or {}).get("name"))
+            if cm:
+                env.update({k: str(v) for k, v in (cm.get("data") or {}).items()})
+        for e in container.get("env") or []:
+            if "value" in e:
+                env[e["name"]] = str(e["value"])
+        return env
+
+    # ---- workloads ---------------------------------------------------------------
+    def check_workloads(self):
+        for w in self.workloads:
+            wid = ident(w)
+            labels = self.tlabels(w)
+            for key in ("app", "version"):
+                if not labels.get(key):
+                    self.err(f"{wid}: pod template has no '{key}' label (Kiali needs app and version)")
+            spec = self.template(w)["spec"]
+            psc = spec.get("securityContext") or {}
+            for host in ("hostNetwork", "hostPID", "hostIPC"):
+                if spec.get(host):
+                    self.err(f"{wid}: {host} is not allowed (restricted)")
+            for v in spec.get("volumes") or []:
+                if "hostPath" in v:
+                    self.err(f"{wid}: hostPath volume {v.get('name')} is not allowed (restricted)")
+            sa = spec.get("serviceAccountName")
+            if not sa:
+                self.err(f"{wid}: no serviceAccountName (one ServiceAccount per service)")
+            elif sa not in self.service_accounts:
+                self.err(f"{wid}: ServiceAccount {sa} is not rendered")
+            uses_cm = False
+            for c in self.containers(w):
+                cid = f"{wid} container {c.get('name')}"
+                self.check_restricted(cid, psc, c.get("securityContext") or {})
+                for p in c.get("ports") or []:
+                    if not p.get("name"):
+                        self.err(f"{cid}: port {p.get('containerPort')} is not named")
+                if c in (spec.get("initContainers") or []):
+                    continue
+                for probe in ("readinessProbe", "livenessProbe"):
+                    if not c.get(probe):
+                        self.err(f"{cid}: no {probe}")
+                if any(p.get("name") == "grpc" for p in c.get("ports") or []):
+                    if "grpc" not in (c.get("readinessProbe") or {}):
+                        self.err(f"{cid}: serves gRPC but its readinessProbe is not a gRPC health probe")
+                    if not c.get("startupProbe"):
+                        self.err(f"{cid}: serves gRPC but has no startupProbe")
+                res = c.get("resources") or {}
+                for kind in ("requests", "limits"):
+                    for r in ("cpu", "memory"):
+                        if not (res.get(kind) or {}).get(r):
+                            self.err(f"{cid}: no resources.{kind}.{r}")
+                for ef in c.get("envFrom") or []:
+                    ref = (ef.get("configMapRef") or {}).get("name")
+                    if ref:
+                        uses_cm = True
+                        if ref not in self.configmaps:
+                            self.err(f"{cid}: envFrom ConfigMap {ref} is not rendered")
+                self.check_grace(cid, spec, c)
+            if uses_cm and "checksum/config" not in ((self.template(w).get("metadata") or {}).get("annotations") or {}):
+                self.err(f"{wid}: reads a ConfigMap but has no checksum/config annotation (config changes would not roll pods)")
+
+    def check_restricted(self, cid, psc, csc):
+        def eff(key):
+            return csc[key] if key in csc else psc.get(key)
+        if eff("runAsNonRoot") is not True:
+            self.err(f"{cid}: runAsNonRoot is not true (restricted)")
+        if eff("runAsUser") == 0:
+            self.err(f"{cid}: runs as uid 0 (restricted)")
+        seccomp = (csc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            self.err(f"{cid}: seccompProfile is not RuntimeDefault (restricted)")
+        if csc.get("allowPrivilegeEscalation") is not False:
+            self.err(f"{cid}: allowPrivilegeEscalation is not false (restricted)")
+        if csc.get("privileged"):
+            self.err(f"{cid}: privileged (restricted)")
+        caps = csc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            self.err(f"{cid}: capabilities do not drop ALL (restricted)")
+        extra = set(caps.get("add") or []) - {"NET_BIND_SERVICE"}
+        if extra:
+            self.err(f"{cid}: adds capabilities {sorted(extra)} (restricted)")
+        if csc.get("readOnlyRootFilesystem") is not True:
+            self.err(f"{cid}: root filesystem is not read-only")
+
+    def check_grace(self, cid, spec, c):
+        env = {e["name"]: e.get("value") for e in c.get("env") or [] if "value" in e}
+        if "SHUTDOWN_TIMEOUT" not in env and "DRAIN_DELAY" not in env:
+            return
+        need = sum(duration_seconds(env.get(k, "0")) or 0 for k in ("DRAIN_DELAY", "SHUTDOWN_TIMEOUT"))
+        pre = (((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds", 0)
+        need += pre
+        grace = spec.get("terminationGracePeriodSeconds", 30)
+        if not grace > need:
+            self.err(f"{cid}: terminationGracePeriodSeconds {grace} does not exceed preStop {pre}s + "
+                     f"DRAIN_DELAY + SHUTDOWN_TIMEOUT = {need:g}s")
+
+    # ---- services and network policies --------------------------------------------
+    def ingress_allows(self, w, port_number):
+        """Some NetworkPolicy selecting w admits traffic from somewhere on port_number."""
+        labels = self.tlabels(w)
+        for np in self.netpols:
+            spec = np["spec"]
+            if "Ingress" not in (spec.get("policyTypes") or ["Ingress"]):
+                continue
+            if not selects(spec.get("podSelector") or {}, labels) and spec.get("podSelector"):
+                continue
+            for rule in spec.get("ingress") or []:
+                ports = rule.get("ports")
+                if not ports:
+                    return True
+                for p in ports:
+                    if self.resolve_port(w, p.get("port")) == port_number:
+                        return True
+        return False
+
+    def check_services(self):
+        for name, svc in self.services.items():
+            sid = f"Service/{name}"
+            tpls = self.templates_of_service(svc)
+            if not tpls:
+                self.err(f"{sid}: selector selects no rendered pod template")
+            for p in svc["spec"].get("ports") or []:
+                pname = p.get("name")
+                if not pname:
+                    self.err(f"{sid}: port {p.get('port')} is not named")
+                if not p.get("appProtocol"):
+                    self.err(f"{sid}: port {pname or p.get('port')} has no appProtocol")
+                target = p.get("targetPort", p.get("port"))
+                for w in tpls:
+                    number = self.resolve_port(w, target)
+                    if number is None:
+                        self.err(f"{sid}: targetPort {target} is not a container port of {ident(w)}")
+                    elif not self.ingress_allows(w, number):
+                        self.err(f"{sid}: no NetworkPolicy allows anyone into {ident(w)} on port {pname or number}")
+
+    def check_netpols(self):
+        for np in self.netpols:
+            spec = np["spec"]
+            sel = spec.get("podSelector") or {}
+            if sel and not any(selects(sel, self.tlabels(w)) for w in self.workloads):
+                self.err(f"{ident(np)}: podSelector selects no rendered pod template")
+            for direction, peers_key in (("ingress", "from"), ("egress", "to")):
+                for rule in spec.get(direction) or []:
+                    for peer in rule.get(peers_key) or []:
+                        ps = peer.get("podSelector")
+                        if ps and "namespaceSelector" not in peer and "ipBlock" not in peer:
+                            if not any(selects(ps, self.tlabels(w)) for w in self.workloads):
+                                self.err(f"{ident(np)}: {direction} peer {ps.get('matchLabels', ps)} selects no rendered pod template")
+
+    def np_allows(self, src, dst, port_number):
+        """Both ends' NetworkPolicies allow src pods -> dst pods on port_number."""
+        def allowed(direction, owner, peer, peer_key, port_owner):
+            policies = [np for np in self.netpols
+                        if direction.capitalize() in (np["spec"].get("policyTypes") or [])
+                        and selects(np["spec"].get("podSelector") or {}, self.tlabels(owner))]
+            if not policies:
+                return True  # not isolated in this direction
+            for np in policies:
+                for rule in np["spec"].get(direction) or []:
+                    peers = rule.get(peer_key)
+                    if peers and not any(
+                        "podSelector" in p and "namespaceSelector" not in p and selects(p["podSelector"], self.tlabels(peer))
+                        for p in peers
+                    ):
+                        continue
+                    ports = rule.get("ports")
+                    if not ports or any(self.resolve_port(port_owner, p.get("port")) == port_number
+                                        or p.get("port") == port_number for p in ports):
+                        return True
+            return False
+        return allowed("egress", src, dst, "to", dst) and allowed("ingress", dst, src, "from", dst)
+
+    # ---- wiring (who calls whom) ----------------------------------------------------
+    URL = re.compile(r"^(?:https?|wss?|grpc|postgres(?:ql)?|redis)://(?:[^@/]*@)?([^:/?]+)(?::(\d+))?")
+
+    def edges(self):
+        """(caller workload, callee Service, port number, env var) for every wired URL."""
+        out = []
+        for w in self.workloads:
+            for c in self.template(w)["spec"].get("containers") or []:
+                for key, val in sorted(self.env_of(c).items()):
+                    m = self.URL.match(val)
+                    if not m:
+                        continue
+                    svc = self.service_for_host(m.group(1))
+                    if svc is None:
+                        if m.group(1).endswith(f".{self.ns}.svc.{CLUSTER_DOMAIN}"):
+                            self.err(f"{ident(w)}: {key} points at {m.group(1)}, which is not a rendered Service")
+                        continue
+                    port = int(m.group(2) or 80)
+                    sport = next((p for p in svc["spec"]["ports"] if p["port"] == port), None)
+                    if sport is None:
+                        self.err(f"{ident(w)}: {key} uses port {port}, which Service/{name_of(svc)} does not publish")
+                        continue
+                    out.append((w, svc, sport, key))
+        return out
+
+    def check_wiring(self, aps):
+        for w, svc, sport, key in self.edges():
+            for dst in self.templates_of_service(svc):
+                number = self.resolve_port(dst, sport.get("targetPort", sport["port"]))
+                if number is None:
+                    continue
+                if self.netpols and not self.np_allows(w, dst, number):
+                    self.err(f"NetworkPolicy: {ident(w)} -> {ident(dst)}:{number} ({key}) is wired but not allowed")
+                if aps is not None and not self.ap_allows(aps, w, dst, number):
+                    self.err(f"AuthorizationPolicy: {ident(w)} -> {ident(dst)}:{number} ({key}) is wired but not allowed by any AuthorizationPolicy")
+
+    # ---- istio -------------------------------------------------------------------
+    def check_istio(self):
+        drs = {}
+        for dr in self.by.get("DestinationRule", []):
+            host = dr["spec"]["host"]
+            svc = self.service_for_host(host)
+            if svc is None:
+                self.err(f"{ident(dr)}: host {host} is not a rendered Service")
+                continue
+            if name_of(svc) in drs:
+                self.err(f"{ident(dr)}: a second DestinationRule for {host}")
+            drs[name_of(svc)] = dr
+            tpls = self.templates_of_service(svc)
+            names = [s["name"] for s in dr["spec"].get("subsets") or []]
+            if len(names) != len(set(names)):
+                self.err(f"{ident(dr)}: duplicate subset names {names}")
+            picked = {}
+            for s in dr["spec"].get("subsets") or []:
+                hit = [w for w in tpls if selects(s.get("labels") or {}, self.tlabels(w))]
+                if not hit:
+                    self.err(f"{ident(dr)}: subset {s['name']} labels {s.get('labels')} select no pod template of Service/{name_of(svc)}")
+                for w in hit:
+                    if ident(w) in picked:
+                        self.err(f"{ident(dr)}: subsets {picked[ident(w)]} and {s['name']} both select {ident(w)}")
+                    picked[ident(w)] = s["name"]
+        self.drs = drs
+        gateways = {f"{(g['metadata'].get('namespace') or self.ns)}/{name_of(g)}"
+                    for g in self.by.get("Gateway", []) + [m for m in self.mesh if m["kind"] == "Gateway"]}
+        mesh_hosts = {}
+        for vs in self.by.get("VirtualService", []):
+            vid = ident(vs)
+            gws = vs["spec"].get("gateways") or ["mesh"]
+            for g in gws:
+                if g == "mesh":
+                    continue
+                full = g if "/" in g else f"{self.ns}/{g}"
+                if self.mesh or self.by.get("Gateway"):
+                    if full not in gateways:
+                        self.err(f"{vid}: gateway {g} is not defined (istio/mesh or the chart)")
+            if "mesh" in gws:
+                for h in vs["spec"].get("hosts") or []:
+                    if h == "*" or h.startswith("*"):
+                        self.err(f"{vid}: wildcard host {h} bound to the mesh would capture all traffic")
+                    if h in mesh_hosts:
+                        self.err(f"{vid}: host {h} is also routed by {mesh_hosts[h]}")
+                    mesh_hosts[h] = vid
+            for i, route in enumerate(vs["spec"].get("http") or []):
+                rid = f"{vid} route {route.get('name', i)}"
+                dests = route.get("route") or []
+                if not dests:
+                    self.err(f"{rid}: no destinations")
+                weights = [d.get("weight") for d in dests]
+                if len(dests) > 1:
+                    if any(x is None for x in weights):
+                        self.err(f"{rid}: several destinations but not all weighted")
+                    elif sum(weights) != 100:
+                        self.err(f"{rid}: weights {weights} sum to {sum(weights)}, not 100")
+                elif len(dests) == 1 and weights[0] not in (None, 100):
+                    self.err(f"{rid}: single destination with weight {weights[0]}")
+                for d in dests:
+                    self.check_destination(rid, d["destination"])
+
+    def check_destination(self, rid, dest):
+        svc = self.service_for_host(dest["host"])
+        if svc is None:
+            self.err(f"{rid}: destination host {dest['host']} is not a rendered Service")
+            return
+        port = (dest.get("port") or {}).get("number")
+        if port is not None and port not in [p["port"] for p in svc["spec"]["ports"]]:
+            self.err(f"{rid}: destination port {port} is not a port of Service/{name_of(svc)}")
+        subset = dest.get("subset")
+        if subset:
+            dr = self.drs.get(name_of(svc))
+            sub = next((s for s in (dr["spec"].get("subsets") or []) if s["name"] == subset), None) if dr else None
+            if sub is None:
+                self.err(f"{rid}: subset {subset} of {dest['host']} is in no DestinationRule")
+            elif not self.subset_templates(svc, subset):
+                self.err(f"{rid}: subset {subset} selects no pod template")
+
+    def subset_templates(self, svc, subset):
+        dr = self.drs.get(name_of(svc))
+        if not dr:
+            return []
+        sub = next((s for s in dr["spec"].get("subsets") or [] if s["name"] == subset), None)
+        if not sub:
+            return []
+        return [w for w in self.templates_of_service(svc) if selects(sub.get("labels") or {}, self.tlabels(w))]
+
+    def dest_templates(self, dest):
+        svc = self.service_for_host(dest["host"])
+        if svc is None:
+            return []
+        if dest.get("subset"):
+            return self.subset_templates(svc, dest["subset"])
+        return self.templates_of_service(svc)
+
+    def mesh_vs_for(self, app):
+        for vs in self.by.get("VirtualService", []):
+            if "mesh" not in (vs["spec"].get("gateways") or ["mesh"]):
+                continue
+            for h in vs["spec"].get("hosts") or []:
+                svc = self.service_for_host(h)
+                if svc and any(self.tlabels(w).get("app") == app for w in self.templates_of_service(svc)):
+                    return vs
+        return None
+
+    # ---- mesh policies -------------------------------------------------------------
+    def principal(self, w):
+        return f"cluster.local/ns/{self.ns}/sa/{self.template(w)['spec'].get('serviceAccountName', 'default')}"
+
+    def check_mesh(self, allow_unused=False):
+        pas = [m for m in self.mesh if m["kind"] == "PeerAuthentication"]
+        if not any((m["spec"].get("mtls") or {}).get("mode") == "STRICT" and not m["spec"].get("selector")
+                   and m["metadata"].get("namespace") in ("istio-system", self.ns) for m in pas):
+            self.err("mesh: no namespace- or mesh-wide PeerAuthentication with mTLS STRICT")
+        aps = [m for m in self.mesh if m["kind"] == "AuthorizationPolicy"
+               and m["metadata"].get("namespace", self.ns) == self.ns]
+        if not any(not m.get("spec") for m in aps):
+            self.err(f"mesh: no default-deny (empty) AuthorizationPolicy in namespace {self.ns}")
+        for ap in aps:
+            spec = ap.get("spec") or {}
+            sel = (spec.get("selector") or {}).get("matchLabels")
+            if sel and not allow_unused and not any(selects(sel, self.tlabels(w)) for w in self.workloads):
+                self.err(f"{ident(ap)}: selector {sel} selects no rendered workload")
+            for rule in spec.get("rules") or []:
+                sources = [f.get("source") or {} for f in rule.get("from") or []]
+                if not sources:
+                    self.err(f"{ident(ap)}: a rule without `from` allows every caller")
+                for src in sources:
+                    for p in src.get("principals") or []:
+                        if p in ("*",):
+                            self.err(f"{ident(ap)}: principal * allows every caller")
+                        m = re.fullmatch(r"cluster\.local/ns/([^/]+)/sa/([^/]+)", p)
+                        if m and m.group(1) == self.ns and m.group(2) not in self.service_accounts:
+                            self.err(f"{ident(ap)}: principal {p} is not a rendered ServiceAccount")
+                    if src.get("namespaces") and not src.get("principals"):
+                        paths = [x for t in rule.get("to") or [] for x in (t.get("operation") or {}).get("paths") or []]
+                        if not paths or not all(x.startswith(HEALTH_PATH_PREFIXES) for x in paths):
+                            self.err(f"{ident(ap)}: a namespace-wide rule must be limited to health/reflection paths")
+        for w in self.workloads:
+            if not any(((ap.get("spec") or {}).get("selector") or {}).get("matchLabels")
+                       and selects(ap["spec"]["selector"]["matchLabels"], self.tlabels(w)) for ap in aps):
+                self.err(f"mesh: no ALLOW policy selects {ident(w)}; with default deny nothing can reach it")
+        return aps
+
+    def ap_allows(self, aps, src, dst, port_number):
+        who = self.principal(src)
+        for ap in aps:
+            spec = ap.get("spec") or {}
+            sel = (spec.get("selector") or {}).get("matchLabels")
+            if not sel or not selects(sel, self.tlabels(dst)) or spec.get("action", "ALLOW") != "ALLOW":
+                continue
+            for rule in spec.get("rules") or []:
+                if not any(who in ((f.get("source") or {}).get("principals") or []) for f in rule.get("from") or []):
+                    continue
+                ports = [str(x) for t in rule.get("to") or [] for x in (t.get("operation") or {}).get("ports") or []]
+                if not ports or str(port_number) in ports:
+                    return True
+        return False
+
+    # ---- strategies ------------------------------------------------------------------
+    def deployments_of(self, app):
+        return [w for w in self.workloads if w["kind"] == "Deployment" and self.tlabels(w).get("app") == app]
+
+    def expect_rolling(self, app, version, replicas):
+        ds = self.deployments_of(app)
+        if len(ds) != 1:
+            self.err(f"rolling {app}: expected one Deployment, found {[ident(d) for d in ds]}")
+            return
+        d = ds[0]
+        if self.tlabels(d).get("version") != version:
+            self.err(f"rolling {app}: pod version is {self.tlabels(d).get('version')}, expected {version}")
+        st = d["spec"].get("strategy") or {}
+        ru = st.get("rollingUpdate") or {}
+        if st.get("type", "RollingUpdate") != "RollingUpdate" or str(ru.get("maxSurge")) != "1" or str(ru.get("maxUnavailable")) != "0":
+            self.err(f"rolling {app}: strategy {st} is not RollingUpdate maxSurge 1 / maxUnavailable 0")
+        hpa = next((h for h in self.by.get("HorizontalPodAutoscaler", [])
+                    if h["spec"]["scaleTargetRef"]["name"] == name_of(d)), None)
+        have = hpa["spec"]["minReplicas"] if hpa else d["spec"].get("replicas", 1)
+        if have != replicas:
+            self.err(f"rolling {app}: {have} replicas, expected {replicas}")
+
+    def header_routes(self, vs, header, value):
+        out = []
+        for r in vs["spec"].get("http") or []:
+            for m in r.get("match") or []:
+                if ((m.get("headers") or {}).get(header) or {}).get("exact") == value:
+                    out.append(r)
+                    break
+        return out
+
+    def plain_routes(self, vs):
+        return [r for r in vs["spec"].get("http") or []
+                if not any(m.get("headers") for m in r.get("match") or [])]
+
+    def expect_canary(self, app, stable, candidate, weight, header, value):
+        versions = sorted(self.tlabels(d).get("version") for d in self.deployments_of(app))
+        if versions != sorted([stable, candidate]):
+            self.err(f"canary {app}: Deployment versions {versions}, expected {stable} and {candidate}")
+        vs = self.mesh_vs_for(app)
+        if vs is None:
+            self.err(f"canary {app}: no mesh VirtualService")
+            return
+        pinned = self.header_routes(vs, header, value)
+        if not pinned:
+            self.err(f"canary {app}: no route matches header {header}: {value}")
+        for r in pinned:
+            dests = r.get("route") or []
+            vers = {self.tlabels(w).get("version") for d in dests for w in self.dest_templates(d["destination"])}
+            if len(dests) != 1 or vers != {candidate}:
+                self.err(f"canary {app}: header route {r.get('name')} reaches versions {sorted(vers)}, expected only {candidate}")
+        plain = self.plain_routes(vs)
+        if not plain:
+            self.err(f"canary {app}: no weighted default route")
+        for r in plain:
+            got = {}
+            for d in r.get("route") or []:
+                vers = {self.tlabels(w).get("version") for w in self.dest_templates(d["destination"])}
+                if len(vers) != 1:
+                    self.err(f"canary {app}: route {r.get('name')} destination reaches versions {sorted(vers)}")
+                    continue
+                got[vers.pop()] = d.get("weight", 100)
+            want = {stable: 100 - weight, candidate: weight}
+            if got != want:
+                self.err(f"canary {app}: route {r.get('name')} weights {got}, expected {want}")
+
+    def expect_bluegreen(self, app, live, header, value):
+        ds = self.deployments_of(app)
+        colors = sorted(self.tlabels(d).get("color") or "" for d in ds)
+        if colors != ["blue", "green"]:
+            self.err(f"bluegreen {app}: Deployment colors {colors}, expected blue and green")
+            return
+        idle = "green" if live == "blue" else "blue"
+        vs = self.mesh_vs_for(app)
+        if vs is None:
+            self.err(f"bluegreen {app}: no mesh VirtualService")
+            return
+        def reached(route):
+            return {self.tlabels(w).get("color") for d in route.get("route") or [] for w in self.dest_templates(d["destination"])}
+        plain = self.plain_routes(vs)
+        if not plain:
+            self.err(f"bluegreen {app}: no live route")
+        for r in plain:
+            got = reached(r)
+            if got != {live} or len(r.get("route") or []) != 1:
+                self.err(f"bluegreen {app}: live route {r.get('name')} reaches {sorted(got)}, expected exactly one color: {live}")
+        preview = self.header_routes(vs, header, value)
+        if not preview:
+            self.err(f"bluegreen {app}: no preview route on header {header}: {value}")
+        for r in preview:
+            got = reached(r)
+            if got != {idle}:
+                self.err(f"bluegreen {app}: preview route {r.get('name')} reaches {sorted(got)}, expected the idle color {idle}")
+        svc = next((s for s in self.services.values()
+                    if any(self.tlabels(w).get("app") == app for w in self.templates_of_service(s))), None)
+        if svc is not None and {self.tlabels(w).get("color") for w in self.templates_of_service(svc)} != {"blue", "green"}:
+            self.err(f"bluegreen {app}: Service/{name_of(svc)} must select both colors (Istio subsets need both endpoints)")
+
+    def external_secret_refs(self):
+        refs = set()
+        for w in self.workloads:
+            for c in self.containers(w):
+                for e in c.get("env") or []:
+                    ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+                    if ref and ref["name"] not in self.secrets:
+                        refs.add((ref["name"], ref["key"]))
+        return refs
+
+
+def run_checks(docs, namespace, mesh_docs, expectations, provided_secrets=None, allow_unused=False):
+    r = Render(docs, namespace, mesh_docs)
+    if not docs:
+        r.err("the render is empty")
+    r.check_workloads()
+    r.check_services()
+    r.check_netpols()
+    r.check_istio()
+    aps = r.check_mesh(allow_unused) if mesh_docs else None
+    r.check_wiring(aps)
+    for kind, args in expectations:
+        getattr(r, f"expect_{kind}")(*args)
+    if provided_secrets is not None:
+        for name, key in sorted(r.external_secret_refs() - provided_secrets):
+            r.err(f"Secret {name} key {key} is referenced but scripts/deploy does not create it")
+    return r
+
+
+def parse_expectations(a):
+    out = []
+    for spec in a.expect_rolling or []:
+        app, rest = spec.split("=")
+        version, replicas = rest.split(":")
+        out.append(("rolling", (app, version, int(replicas))))
+    for spec in a.expect_canary or []:
+        app, rest = spec.split("=", 1)
+        stable, candidate, weight, hdr = rest.split(":", 3)
+        h, v = hdr.split("=")
+        out.append(("canary", (app, stable, candidate, int(weight), h, v)))
+    for spec in a.expect_bluegreen or []:
+        app, rest = spec.split("=", 1)
+        live, hdr = rest.split(":", 1)
+        h, v = hdr.split("=")
+        out.append(("bluegreen", (app, live, h, v)))
+    return out
+
+
+# ---- self-test: every deliberate break must be caught --------------------------------
+def find(docs, kind, name):
+    return next(d for d in docs if d["kind"] == kind and name_of(d) == name)
+
+
+def mutations(prefix):
+    """(description, expected message fragment, which render, mutate(docs, mesh))."""
+    p = prefix
+
+    def m_weights(docs, mesh):
+        r = next(x for x in find(docs, "VirtualService", f"{p}-inventory")["spec"]["http"] if x["name"] == "canary-weighted")
+        r["route"][0]["weight"] = 80
+
+    def m_subset(docs, mesh):
+        for s in find(docs, "DestinationRule", f"{p}-inventory")["spec"]["subsets"]:
+            if s["name"] == "v2":
+                s["name"] = "v3"
+
+    def m_subset_labels(docs, mesh):
+        for s in find(docs, "DestinationRule", f"{p}-inventory")["spec"]["subsets"]:
+            if s["name"] == "v2":
+                s["labels"] = {"version": "v9"}
+
+    def m_port_name(docs, mesh):
+        del find(docs, "Service", f"{p}-order")["spec"]["ports"][0]["name"]
+
+    def m_container_port_name(docs, mesh):
+        del find(docs, "Deployment", f"{p}-order")["spec"]["template"]["spec"]["containers"][0]["ports"][1]["name"]
+
+    def m_version_label(docs, mesh):
+        del find(docs, "Deployment", f"{p}-order")["spec"]["template"]["metadata"]["labels"]["version"]
+
+    def m_probe(docs, mesh):
+        del find(docs, "Deployment", f"{p}-market-data")["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+
+    def m_limits(docs, mesh):
+        del find(docs, "Deployment", f"{p}-gateway")["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+
+    def m_root(docs, mesh):
+        find(docs, "Deployment", f"{p}-user")["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsNonRoot"] = False
+
+    def m_escalation(docs, mesh):
+        del find(docs, "StatefulSet", f"{p}-postgresql")["spec"]["template"]["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"]
+
+    def m_grace(docs, mesh):
+        find(docs, "Deployment", f"{p}-order")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 20
+
+    def m_netpol(docs, mesh):
+        docs.remove(find(docs, "NetworkPolicy", f"{p}-order"))
+
+    def m_netpol_edge(docs, mesh):
+        np = find(docs, "NetworkPolicy", f"{p}-inventory")
+        np["spec"]["ingress"] = [r for r in np["spec"]["ingress"]
+                                 if not any((x.get("podSelector") or {}).get("matchLabels", {}).get("app.kubernetes.io/name") == "order"
+                                            for x in r.get("from") or [])]
+
+    def m_bg_both(docs, mesh):
+        vs = find(docs, "VirtualService", f"{p}-user")
+        r = next(x for x in vs["spec"]["http"] if x["name"].startswith("live-"))
+        d = copy.deepcopy(r["route"][0])
+        d["destination"]["subset"] = "green" if d["destination"]["subset"] == "blue" else "blue"
+        r["route"][0]["weight"] = 50
+        d["weight"] = 50
+        r["route"].append(d)
+
+    def m_bg_preview(docs, mesh):
+        vs = find(docs, "VirtualService", f"{p}-user")
+        r = next(x for x in vs["spec"]["http"] if x["name"].startswith("preview-"))
+        r["route"][0]["destination"]["subset"] = next(x for x in vs["spec"]["http"] if x["name"].startswith("live-"))["route"][0]["destination"]["subset"]
+
+    def m_canary_header(docs, mesh):
+        vs = find(docs, "VirtualService", f"{p}-inventory")
+        vs["spec"]["http"] = [x for x in vs["spec"]["http"] if x["name"] != "canary-pinned"]
+
+    def m_rolling_surge(docs, mesh):
+        find(docs, "Deployment", f"{p}-order")["spec"]["strategy"]["rollingUpdate"]["maxSurge"] = "25%"
+
+    def m_vs_host(docs, mesh):
+        find(docs, "VirtualService", f"{p}-order")["spec"]["http"][-1]["route"][0]["destination"]["host"] = f"{p}-orders.exchange.svc.cluster.local"
+
+    def m_ap_reserve(docs, mesh):
+        ap = find(mesh, "AuthorizationPolicy", "inventory")
+        for rule in ap["spec"]["rules"]:
+            for f in rule.get("from") or []:
+                pr = (f.get("source") or {}).get("principals") or []
+                if any(x.endswith("/sa/exchange-order") for x in pr):
+                    f["source"]["principals"] = [x for x in pr if not x.endswith("/sa/exchange-order")] or ["cluster.local/ns/exchange/sa/exchange-user"]
+
+    def m_ap_open(docs, mesh):
+        ap = find(mesh, "AuthorizationPolicy", "inventory")
+        ap["spec"]["rules"].append({"to": [{"operation": {"paths": ["/exchange.inventory.v1.InventoryService/*"]}}]})
+
+    def m_strict(docs, mesh):
+        for m in mesh:
+            if m["kind"] == "PeerAuthentication":
+                m["spec"]["mtls"]["mode"] = "PERMISSIVE"
+
+    def m_checksum(docs, mesh):
+        del find(docs, "Deployment", f"{p}-order")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    def m_sa(docs, mesh):
+        docs.remove(find(docs, "ServiceAccount", f"{p}-order"))
+
+    return [
+        ("canary weights do not sum to 100", "sum to", "canary", m_weights),
+        ("subset missing from the DestinationRule", "in no DestinationRule", "canary", m_subset),
+        ("subset labels select no pod", "select no pod template", "canary", m_subset_labels),
+        ("Service port without a name", "is not named", "base", m_port_name),
+        ("container port without a name", "is not named", "base", m_container_port_name),
+        ("pod without a version label", "'version' label", "base", m_version_label),
+        ("container without a readiness probe", "no readinessProbe", "base", m_probe),
+        ("container without limits", "resources.limits", "base", m_limits),
+        ("container running as root", "runAsNonRoot", "base", m_root),
+        ("privilege escalation allowed", "allowPrivilegeEscalation", "base", m_escalation),
+        ("grace period shorter than the drain", "terminationGracePeriodSeconds", "base", m_grace),
+        ("Service without a NetworkPolicy allow", "no NetworkPolicy allows", "base", m_netpol),
+        ("wired call blocked by NetworkPolicy", "is wired but not allowed", "base", m_netpol_edge),
+        ("blue/green live route to both colors", "exactly one color", "bluegreen", m_bg_both),
+        ("blue/green preview to the live color", "idle color", "bluegreen", m_bg_preview),
+        ("canary without the header pin", "no route matches header", "canary", m_canary_header),
+        ("rolling update with the wrong surge", "maxSurge 1", "rolling", m_rolling_surge),
+        ("VirtualService to a Service that does not exist", "not a rendered Service", "base", m_vs_host),
+        ("AuthorizationPolicy missing a wired caller", "not allowed by any AuthorizationPolicy", "base", m_ap_reserve),
+        ("AuthorizationPolicy rule open to everyone", "without `from`", "base", m_ap_open),
+        ("mTLS not STRICT", "STRICT", "base", m_strict),
+        ("pod without a config checksum", "checksum/config", "base", m_checksum),
+        ("ServiceAccount not rendered", "ServiceAccount", "base", m_sa),
+    ]
+
+
+def self_test(renders, namespace, mesh_docs, expectations_by_render, prefix):
+    failed = 0
+    for desc, fragment, which, mutate in mutations(prefix):
+        docs = copy.deepcopy(renders[which])
+        mesh = copy.deepcopy(mesh_docs)
+        mutate(docs, mesh)
+        r = run_checks(docs, namespace, mesh, expectations_by_render.get(which, []))
+        hit = [e for e in r.errors if fragment in e]
+        if hit:
+            print(f"  caught: {desc}: {hit[0]}")
+        else:
+            failed += 1
+            print(f"  MISSED: {desc} (expected an error containing {fragment!r}; got {r.errors[:3]})")
+    return failed
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("render", nargs="?", help="rendered manifests (helm template output)")
+    ap.add_argument("-n", "--namespace", default="exchange")
+    ap.add_argument("--mesh", action="append", default=[], help="istio/ files or directories to check with the render")
+    ap.add_argument("--expect-rolling", action="append", metavar="APP=VERSION:REPLICAS")
+    ap.add_argument("--expect-canary", action="append", metavar="APP=STABLE:CANDIDATE:WEIGHT:HEADER=VALUE")
+    ap.add_argument("--expect-bluegreen", action="append", metavar="APP=LIVE:HEADER=VALUE")
+    ap.add_argument("--allow-unused-policies", action="store_true",
+                    help="policies for workloads this render leaves out (external stores, live Upbit) are fine")
+    ap.add_argument("--secrets", help="file listing `secret key` pairs that scripts/deploy creates")
+    ap.add_argument("--self-test", nargs=4, metavar=("BASE", "ROLLING", "CANARY", "BLUEGREEN"),
+                    help="break good renders in many ways; fail unless every break is caught")
+    ap.add_argument("--prefix", default="exchange", help="object name prefix (release fullname) for --self-test")
+    a = ap.parse_args(argv)
+    mesh_docs = load_docs(a.mesh) if a.mesh else []
+
+    if a.self_test:
+        renders = dict(zip(("base", "rolling", "canary", "bluegreen"), (load_docs([f]) for f in a.self_test)))
+        exp = {"rolling": [("rolling", ("order", "v2", 3))],
+               "canary": [("canary", ("inventory", "v1", "v2", 10, "x-canary", "true"))],
+               "bluegreen": [("bluegreen", ("user", "blue", "x-preview", "true"))]}
+        # The unbroken renders must pass first, or the test proves nothing.
+        for which, docs in renders.items():
+            r = run_checks(docs, a.namespace, mesh_docs, exp.get(which, []))
+            if r.errors:
+                print(f"self-test: the unbroken {which} render already fails: {r.errors[:3]}")
+                return 1
+        failed = self_test(renders, a.namespace, mesh_docs, exp, a.prefix)
+        total = len(mutations(a.prefix))
+        print(f"self-test: {total - failed}/{total} deliberate breaks caught")
+        return 1 if failed else 0
+
+    if not a.render:
+        ap.error("a render file is required")
+    docs = load_docs([a.render])
+    provided = None
+    if a.secrets:
+        with open(a.secrets, encoding="utf-8") as f:
+            provided = {tuple(line.split()[:2]) for line in f if len(line.split()) >= 2}
+    r = run_checks(docs, a.namespace, mesh_docs, parse_expectations(a), provided, a.allow_unused_policies)
+    for e in r.errors:
+        print(f"VIOLATION {e}")
+    print(f"{len(docs)} objects checked, {len(r.errors)} violations")
+    return 1 if r.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
