@@ -10,7 +10,7 @@
 //! keep up is disconnected instead of backing up the shared gRPC connection.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -218,6 +218,14 @@ impl Upstream {
         slow: &CancellationToken,
     ) -> Self {
         let mut up = Self::default();
+        // Every live stream of the set is opened before any of them forwards a
+        // frame: once the client sees its first frame, nothing of the set can
+        // still be connecting (and miss what happens next).
+        let live = subs
+            .iter()
+            .filter(|s| s.wants_realtime() && !matches!(s.data_type, DataType::Candle(_)))
+            .count();
+        let opened = Arc::new(tokio::sync::Barrier::new(live));
         for sub in subs {
             let depths: HashMap<String, usize> = sub
                 .codes
@@ -232,18 +240,19 @@ impl Upstream {
                 depths,
             };
             let (md, cancel) = (gw.md.clone(), up.cancel.clone());
+            let opened = opened.clone();
             let codes = sub.codes.clone();
             let (snapshot, realtime) = (sub.wants_snapshot(), sub.wants_realtime());
             match sub.data_type {
                 DataType::Ticker => up
                     .tasks
-                    .spawn(tickers(md, codes, snapshot, realtime, sink, cancel)),
+                    .spawn(tickers(md, codes, snapshot, realtime, sink, cancel, opened)),
                 DataType::Trade => up
                     .tasks
-                    .spawn(trades(md, codes, snapshot, realtime, sink, cancel)),
-                DataType::Orderbook => up
-                    .tasks
-                    .spawn(orderbooks(md, codes, snapshot, realtime, sink, cancel)),
+                    .spawn(trades(md, codes, snapshot, realtime, sink, cancel, opened)),
+                DataType::Orderbook => up.tasks.spawn(orderbooks(
+                    md, codes, snapshot, realtime, sink, cancel, opened,
+                )),
                 DataType::Candle(_) => continue,
             };
         }
@@ -294,17 +303,28 @@ type Md = exchange_proto::marketdata::v1::market_data_service_client::MarketData
 
 /// Forwards one market-data stream into the connection until cancelled,
 /// reopening it (without a snapshot) when it breaks. `open(snapshot)` opens the
-/// stream; `render` turns a message into a frame.
-async fn pump<M, F, Fut, R>(open: F, render: R, sink: Sink, cancel: CancellationToken)
-where
+/// stream; `render` turns a message into a frame. After the first attempt to
+/// open, waits at `opened` for the other streams of the subscription set.
+async fn pump<M, F, Fut, R>(
+    open: F,
+    render: R,
+    sink: Sink,
+    cancel: CancellationToken,
+    opened: Arc<tokio::sync::Barrier>,
+) where
     F: Fn(bool) -> Fut,
     Fut: Future<Output = Result<tonic::Response<tonic::Streaming<M>>, tonic::Status>>,
     R: Fn(M, &Sink) -> Option<String>,
 {
     let mut first = true;
+    let mut waited = false;
     loop {
-        let opened = tokio::select! { _ = cancel.cancelled() => return, r = open(first) => r };
-        if let Ok(resp) = opened {
+        let result = tokio::select! { _ = cancel.cancelled() => return, r = open(first) => r };
+        if !waited {
+            waited = true;
+            tokio::select! { _ = cancel.cancelled() => return, _ = opened.wait() => {} }
+        }
+        if let Ok(resp) = result {
             first = false;
             let mut stream = resp.into_inner();
             loop {
@@ -338,6 +358,7 @@ async fn tickers(
     realtime: bool,
     sink: Sink,
     cancel: CancellationToken,
+    opened: Arc<tokio::sync::Barrier>,
 ) {
     if !realtime {
         let request = pb::GetTickersRequest {
@@ -369,7 +390,7 @@ async fn tickers(
         m.ticker
             .map(|t| write::ticker(&convert::ticker(&t, m.snapshot), sink.format))
     };
-    pump(open, render, sink, cancel).await;
+    pump(open, render, sink, cancel, opened).await;
 }
 
 async fn trades(
@@ -379,6 +400,7 @@ async fn trades(
     realtime: bool,
     sink: Sink,
     cancel: CancellationToken,
+    opened: Arc<tokio::sync::Barrier>,
 ) {
     if !realtime {
         let mut frames = Vec::new();
@@ -418,7 +440,7 @@ async fn trades(
         m.trade
             .map(|t| write::trade(&convert::trade(&t, m.snapshot), sink.format))
     };
-    pump(open, render, sink, cancel).await;
+    pump(open, render, sink, cancel, opened).await;
 }
 
 async fn orderbooks(
@@ -428,6 +450,7 @@ async fn orderbooks(
     realtime: bool,
     sink: Sink,
     cancel: CancellationToken,
+    opened: Arc<tokio::sync::Barrier>,
 ) {
     if !realtime {
         if let Ok(r) = md
@@ -472,5 +495,5 @@ async fn orderbooks(
             )
         })
     };
-    pump(open, render, sink, cancel).await;
+    pump(open, render, sink, cancel, opened).await;
 }
