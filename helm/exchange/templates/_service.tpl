@@ -164,6 +164,10 @@ spec:
 {{- $p := index $svc.probes .kind -}}
 {{- if $p.handler -}}
 {{ toYaml $p.handler }}
+{{- else if and (eq .kind "liveness") (eq $main "grpc") -}}
+grpc:
+  port: {{ $svc.ports.grpc }}
+  service: {{ $svc.health.liveGrpcService | default "liveness" | quote }}
 {{- else if eq .kind "liveness" -}}
 httpGet:
 {{- if hasKey $svc.ports "metrics" }}

@@ -1,11 +1,18 @@
 //! One readiness switch behind both probes: gRPC `grpc.health.v1.Health` (per
 //! service and the overall "" entry) and the admin port's `/readyz`.
+//!
+//! Liveness is separate: the gRPC entry [`LIVENESS`] answers SERVING for as long
+//! as the server runs, whatever the dependencies (a Kubernetes gRPC liveness
+//! probe asks for it, so a database outage makes pods unready, never restarted).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+
+/// The grpc.health.v1 service name that is SERVING while the process serves.
+pub const LIVENESS: &str = "liveness";
 
 /// The health service to add to a gRPC server.
 pub type HealthService =
@@ -34,6 +41,10 @@ impl Health {
             ready: Arc::new(AtomicBool::new(false)),
         };
         health.set(ServingStatus::NotServing).await;
+        health
+            .reporter
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
         (health, svc)
     }
 

@@ -83,6 +83,14 @@ impl TestDb {
         url.to_string()
     }
 
+    /// The admin URL of this database, reached through `addr` (e.g. a [`TcpProxy`]).
+    pub fn admin_url_via(&self, addr: std::net::SocketAddr) -> String {
+        let mut url = url::Url::parse(&self.admin_url()).expect("valid URL");
+        let _ = url.set_ip_host(addr.ip());
+        let _ = url.set_port(Some(addr.port()));
+        url.to_string()
+    }
+
     /// A URL for `role` (password = role name) on this database.
     pub fn role_url(&self, role: &str) -> String {
         let mut url = self.base.clone();
@@ -141,6 +149,20 @@ impl Drop for TestDb {
     }
 }
 
+/// One `grpc.health.v1.Health/Check` of `service` ("" = overall) at `addr`:
+/// the `ServingStatus` as an integer.
+pub async fn health_status(addr: std::net::SocketAddr, service: &str) -> anyhow::Result<i32> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let resp = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await?;
+    Ok(resp.into_inner().status)
+}
+
 /// Polls `grpc.health.v1.Health/Check` for `service` ("" = overall) at `addr` until
 /// it reports SERVING, failing after `timeout`.
 pub async fn wait_serving(
@@ -150,19 +172,7 @@ pub async fn wait_serving(
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        let attempt = async {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-                .connect()
-                .await?;
-            let mut client = HealthClient::new(channel);
-            let resp = client
-                .check(HealthCheckRequest {
-                    service: service.to_owned(),
-                })
-                .await?;
-            anyhow::Ok(resp.into_inner().status)
-        };
-        match attempt.await {
+        match health_status(addr, service).await {
             Ok(status) if status == ServingStatus::Serving as i32 => return Ok(()),
             Ok(status) => {
                 anyhow::ensure!(
@@ -174,6 +184,31 @@ pub async fn wait_serving(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Asserts that a service whose dependencies are away is up but not ready: the
+/// overall gRPC health and `/readyz` say not ready, the `liveness` health entry
+/// and `/healthz` say alive (so Kubernetes stops routing to it, and does not
+/// restart it).
+pub async fn assert_alive_not_ready(
+    grpc: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let overall = health_status(grpc, "").await?;
+    anyhow::ensure!(
+        overall == ServingStatus::NotServing as i32,
+        "overall health {overall}, expected NOT_SERVING"
+    );
+    let live = health_status(grpc, "liveness").await?;
+    anyhow::ensure!(
+        live == ServingStatus::Serving as i32,
+        "liveness health {live}, expected SERVING"
+    );
+    let (status, _) = http_get(&format!("http://{admin}/readyz")).await?;
+    anyhow::ensure!(status == 503, "/readyz answered {status}, expected 503");
+    let (status, _) = http_get(&format!("http://{admin}/healthz")).await?;
+    anyhow::ensure!(status == 200, "/healthz answered {status}, expected 200");
+    Ok(())
 }
 
 /// Polls `check` until it returns `Some`, failing after `timeout`.
@@ -245,6 +280,7 @@ pub async fn assert_grpc_basics(
 ) -> anyhow::Result<()> {
     wait_serving(grpc, "", Duration::from_secs(30)).await?;
     wait_serving(grpc, service, Duration::from_secs(5)).await?;
+    wait_serving(grpc, "liveness", Duration::from_secs(5)).await?;
     let listed = reflection_services(grpc).await?;
     for expected in [
         service,

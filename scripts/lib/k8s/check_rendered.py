@@ -201,6 +201,9 @@ class Render:
                         self.err(f"{cid}: serves gRPC but its readinessProbe is not a gRPC health probe")
                     if not c.get("startupProbe"):
                         self.err(f"{cid}: serves gRPC but has no startupProbe")
+                    live = (c.get("livenessProbe") or {}).get("grpc")
+                    if not live or live.get("service") != "liveness":
+                        self.err(f"{cid}: serves gRPC but its livenessProbe is not gRPC health 'liveness'")
                 res = c.get("resources") or {}
                 for kind in ("requests", "limits"):
                     for r in ("cpu", "memory"):
@@ -704,6 +707,10 @@ def mutations(prefix):
     def m_probe(docs, mesh):
         del find(docs, "Deployment", f"{p}-market-data")["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
 
+    def m_liveness(docs, mesh):
+        c = find(docs, "Deployment", f"{p}-order")["spec"]["template"]["spec"]["containers"][0]
+        c["livenessProbe"] = {"grpc": {"port": 50052, "service": ""}, "periodSeconds": 10}
+
     def m_limits(docs, mesh):
         del find(docs, "Deployment", f"{p}-gateway")["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
 
@@ -780,6 +787,7 @@ def mutations(prefix):
         ("container port without a name", "is not named", "base", m_container_port_name),
         ("pod without a version label", "'version' label", "base", m_version_label),
         ("container without a readiness probe", "no readinessProbe", "base", m_probe),
+        ("liveness probe on readiness health", "livenessProbe is not gRPC health 'liveness'", "base", m_liveness),
         ("container without limits", "resources.limits", "base", m_limits),
         ("container running as root", "runAsNonRoot", "base", m_root),
         ("privilege escalation allowed", "allowPrivilegeEscalation", "base", m_escalation),

@@ -8,7 +8,7 @@ use exchange_proto::inventory::v1::inventory_service_client::InventoryServiceCli
 use inventory::{App, Config};
 use rust_decimal::Decimal;
 use service_kit::postgres::DbArgs;
-use test_support::{Running, Started, TestDb};
+use test_support::{Running, Started, TcpProxy, TestDb};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -147,6 +147,36 @@ async fn serves_health_reflection_metrics_and_stops_gracefully() {
     .await
     .unwrap();
     svc.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_its_database_it_is_alive_but_not_ready_then_recovers() {
+    test_support::init_logs();
+    let db = TestDb::create().await.unwrap();
+    let pg = TcpProxy::start(db.server_addr()).await.unwrap();
+    pg.cut();
+    let config = Config::local(DbArgs {
+        database_url: Some(db.role_url_via(inventory::SCHEMA, pg.addr)),
+        database_admin_url: Some(db.admin_url_via(pg.addr)),
+        database_max_connections: 4,
+    });
+    let stop = CancellationToken::new();
+    let app = App::build(config, stop.clone()).await.unwrap();
+    let (grpc, admin) = (app.grpc_addr(), app.metrics_addr());
+    let running = Running::spawn(stop, app.run());
+    // Up for long enough to have tried (and retried) the database.
+    test_support::wait_serving(grpc, "liveness", Duration::from_secs(10))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    test_support::assert_alive_not_ready(grpc, admin)
+        .await
+        .unwrap();
+    pg.restore();
+    test_support::wait_serving(grpc, "", Duration::from_secs(30))
+        .await
+        .unwrap();
+    running.stop().await;
 }
 
 #[tokio::test]
