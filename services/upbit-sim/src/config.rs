@@ -18,6 +18,14 @@ pub struct Config {
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9090")]
     pub http_addr: String,
 
+    /// Version reported in logs, metrics and traces (Kubernetes: the `version` label).
+    #[arg(long, env = "SERVICE_VERSION", default_value = "v1")]
+    pub service_version: String,
+
+    /// Instance name reported in logs and traces (Kubernetes: the pod name); defaults to the host name.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
     /// Markets: comma list of default codes or CODE:PRICE [default: 20 real KRW/BTC/USDT markets].
     #[arg(long, env = "SIM_MARKETS")]
     pub markets: Option<String>,
