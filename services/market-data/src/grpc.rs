@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::hot::{Batch, Hot, Live};
+use crate::hot::{self, Batch, Hot, Live};
 use crate::metrics;
 use crate::store::{self, MarketRow, Period, TradeRow};
 use crate::writer::Writer;
@@ -411,7 +411,10 @@ impl MarketDataService for MarketData {
                         n_tickers += 1;
                         // Keep only the newest per market within the batch.
                         match latest.get(&(false, t.market.clone())) {
-                            Some(&i) if batch.tickers[i].timestamp <= t.timestamp => {
+                            Some(&i)
+                                if hot::ticker_version(&batch.tickers[i])
+                                    <= hot::ticker_version(&t) =>
+                            {
                                 batch.tickers[i] = t
                             }
                             Some(_) => {}

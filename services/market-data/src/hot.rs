@@ -3,13 +3,16 @@
 //!
 //! Keys (all under the configured prefix):
 //! - `md:ticker:<market>`, `md:orderbook:<market>` — protobuf of the latest message
-//! - `md:ts:ticker`, `md:ts:orderbook` — hashes of the stored messages' timestamps
+//! - `md:ver:ticker`, `md:ver:orderbook` — hashes of the stored messages' versions
+//!   ([`ticker_version`], [`orderbook_version`]: strings that sort like the messages)
 //! - `md:seen:<market>:<minute>` — trade ids seen recently (dedupe across ingestors)
 //! - channels `md:ch:ticker`, `md:ch:trade`, `md:ch:orderbook` — each message is a
 //!   batch of protobuf messages, each prefixed by its 4-byte big-endian length
 //!
 //! One Lua script applies a whole batch atomically: a ticker or orderbook replaces
-//! the stored one only when strictly newer (so a second ingestor's copy is a no-op),
+//! the stored one only when its version is strictly greater (so a second
+//! ingestor's copy is a no-op, and a ticker from the same millisecond but after
+//! another trade is not),
 //! a trade is published only the first time its (market, sequential_id) is seen.
 
 use std::sync::Arc;
@@ -24,6 +27,29 @@ use prost::Message as _;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+/// The order of tickers of one market, as a string that sorts the same way
+/// (fixed width, so the Lua script compares it exactly): the timestamp, then
+/// the day's accumulated volume, which grows with every trade and restarts only
+/// when the day (and so the timestamp) has moved on. Two tickers of the same
+/// millisecond are thus ordered, and a copy of the same ticker is equal.
+pub fn ticker_version(t: &Ticker) -> String {
+    let acc = t
+        .acc_trade_volume
+        .parse::<rust_decimal::Decimal>()
+        .map(|mut d| {
+            d.rescale(12);
+            d.mantissa().max(0)
+        })
+        .unwrap_or(0);
+    format!("{:020}:{acc:040}", t.timestamp.max(0))
+}
+
+/// The order of orderbooks of one market: their timestamp (Upbit's orderbook
+/// carries no counter, so of two in the same millisecond the first is kept).
+pub fn orderbook_version(o: &Orderbook) -> String {
+    format!("{:020}", o.timestamp.max(0))
+}
+
 /// Seconds a trade id is remembered for deduplication.
 pub const DEDUPE_TTL_SECS: u64 = 600;
 
@@ -34,14 +60,14 @@ local i = 3
 local out = {}
 local function latest(kind)
   local n = tonumber(ARGV[i]); i = i + 1
-  local tskey = p .. 'md:ts:' .. kind
+  local verkey = p .. 'md:ver:' .. kind
   local frames = {}
   for _ = 1, n do
-    local market, ts, payload = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+    local market, version, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     i = i + 3
-    local current = tonumber(redis.call('HGET', tskey, market) or '-1')
-    if ts > current then
-      redis.call('HSET', tskey, market, ARGV[i - 2])
+    local current = redis.call('HGET', verkey, market) or ''
+    if version > current then
+      redis.call('HSET', verkey, market, version)
       redis.call('SET', p .. 'md:' .. kind .. ':' .. market, payload)
       frames[#frames + 1] = struct.pack('>I4', #payload) .. payload
     end
@@ -161,13 +187,13 @@ impl Hot {
         args.push(Bytes::from(batch.tickers.len().to_string()));
         for t in &batch.tickers {
             args.push(Bytes::from(t.market.clone()));
-            args.push(Bytes::from(t.timestamp.to_string()));
+            args.push(Bytes::from(ticker_version(t)));
             args.push(Bytes::from(t.encode_to_vec()));
         }
         args.push(Bytes::from(batch.orderbooks.len().to_string()));
         for o in &batch.orderbooks {
             args.push(Bytes::from(o.market.clone()));
-            args.push(Bytes::from(o.timestamp.to_string()));
+            args.push(Bytes::from(orderbook_version(o)));
             args.push(Bytes::from(o.encode_to_vec()));
         }
         args.push(Bytes::from(batch.trades.len().to_string()));
@@ -303,6 +329,35 @@ impl Hot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ticker_versions_sort_by_time_then_accumulated_volume() {
+        let t = |ts: i64, acc: &str| Ticker {
+            timestamp: ts,
+            acc_trade_volume: acc.into(),
+            ..Default::default()
+        };
+        let v = |ts, acc| ticker_version(&t(ts, acc));
+        assert!(v(1_000, "5") > v(999, "900"), "time first");
+        assert!(
+            v(1_000, "5.00000001") > v(1_000, "5"),
+            "same ms, one more trade"
+        );
+        assert!(v(1_000, "10") > v(1_000, "9.5"), "numerically, not as text");
+        assert_eq!(v(1_000, "5"), v(1_000, "5.000"), "a copy is equal");
+        assert!(
+            v(86_400_000, "0.1") > v(86_399_999, "123456789.12345678"),
+            "a new day"
+        );
+        assert!(v(1_000, "1") > v(1_000, "not a number"));
+        let o = |ts: i64| {
+            orderbook_version(&Orderbook {
+                timestamp: ts,
+                ..Default::default()
+            })
+        };
+        assert!(o(10_000) > o(9_999));
+    }
 
     #[test]
     fn frames_split_and_stop_at_truncation() {

@@ -559,6 +559,46 @@ async fn two_ingestors_sending_the_same_trades_store_and_publish_them_once() {
         "an older ticker never replaces a newer one"
     );
 
+    // Two trades in one millisecond make two tickers with the same timestamp:
+    // the one with more accumulated volume is newer, and its copy still a no-op.
+    let same_ms = |price: &str, acc: &str| {
+        let mut e = ticker("KRW-DUP", price, minute(10) + 600);
+        if let Some(Event::Ticker(t)) = e.event.as_mut() {
+            t.acc_trade_volume = acc.into();
+        }
+        e
+    };
+    ingest(&mut ma, &[], vec![vec![same_ms("5010", "20.1")]])
+        .await
+        .unwrap();
+    ingest(&mut mb, &[], vec![vec![same_ms("5020", "20.2")]])
+        .await
+        .unwrap();
+    ingest(
+        &mut ma,
+        &[],
+        vec![vec![same_ms("5020", "20.2"), same_ms("5010", "20.1")]],
+    )
+    .await
+    .unwrap();
+    let mut published = Vec::new();
+    while let Ok(Ok(Some(m))) =
+        tokio::time::timeout(Duration::from_millis(500), tickers.message()).await
+    {
+        published.push(m.ticker.unwrap().trade_price);
+    }
+    assert_eq!(published, ["5010", "5020"], "each once, in order");
+    let current = mb
+        .get_tickers(pb::GetTickersRequest {
+            markets: vec!["KRW-DUP".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tickers;
+    assert_eq!(current[0].trade_price, "5020");
+
     test_support::eventually(Duration::from_secs(10), "200 rows", || async {
         (trade_rows(&db, "KRW-DUP").await == 200).then_some(())
     })
