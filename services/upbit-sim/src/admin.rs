@@ -1,6 +1,6 @@
 //! `/sim/*`: controls for tests, demos and benchmarks.
 //!
-//! - `GET  /sim/stats` — rate, messages generated, frames sent
+//! - `GET  /sim/stats` — rate, messages generated, frames sent, connections subscribed
 //! - `POST /sim/rate?eps=N` — generator rate in messages/s (0 pauses)
 //! - `POST /sim/trade` `{"market","price","volume","ask_bid","timestamp"?}` — trade now
 //!   at that price (emits trade, ticker, orderbook)
@@ -41,6 +41,7 @@ pub async fn stats(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> 
         "rate": app.sim.rate(),
         "generated": app.sim.generated(),
         "frames_sent": app.sim.frames_sent(),
+        "subscribed": app.sim.subscribed(),
         "markets": app.sim.markets().len(),
     }))
 }

@@ -40,6 +40,42 @@ pub struct Sim {
     pub malformed_every: u64,
     frames_sent: AtomicU64,
     generated: AtomicU64,
+    /// Connections with a subscription in force.
+    subscribed: AtomicU64,
+}
+
+/// Counts one connection in [`Sim::subscribed`] while it holds a subscription;
+/// uncounted when dropped.
+pub struct SubscribedGuard {
+    sim: Arc<Sim>,
+    counted: bool,
+}
+
+impl SubscribedGuard {
+    pub fn new(sim: Arc<Sim>) -> Self {
+        Self {
+            sim,
+            counted: false,
+        }
+    }
+
+    /// Whether the connection now holds a subscription.
+    pub fn set(&mut self, subscribed: bool) {
+        if subscribed != self.counted {
+            self.counted = subscribed;
+            if subscribed {
+                self.sim.subscribed.fetch_add(1, Ordering::SeqCst);
+            } else {
+                self.sim.subscribed.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+impl Drop for SubscribedGuard {
+    fn drop(&mut self) {
+        self.set(false);
+    }
 }
 
 impl Sim {
@@ -58,6 +94,7 @@ impl Sim {
             malformed_every,
             frames_sent: AtomicU64::new(0),
             generated: AtomicU64::new(0),
+            subscribed: AtomicU64::new(0),
         })
     }
 
@@ -83,6 +120,11 @@ impl Sim {
             // No receivers is fine: nobody is connected.
             let _ = self.tx.send(Event::new(p));
         }
+    }
+
+    /// Connections with a subscription in force.
+    pub fn subscribed(&self) -> u64 {
+        self.subscribed.load(Ordering::SeqCst)
     }
 
     pub fn rate(&self) -> u64 {

@@ -97,6 +97,9 @@ async fn connection(socket: WebSocket, app: Arc<AppState>) {
     let idle = tokio::time::sleep(app.idle_timeout);
     tokio::pin!(idle);
     let stop = app.stop.clone();
+    // Dropped first on return, before the socket: the count is right by the
+    // time the peer sees the connection end.
+    let mut subscribed = crate::feed::SubscribedGuard::new(sim.clone());
     loop {
         tokio::select! {
             received = incoming.recv() => {
@@ -107,6 +110,8 @@ async fn connection(socket: WebSocket, app: Arc<AppState>) {
                     Some(Incoming::Text(t)) => t,
                 };
                 let replies = handle_request(&text, &app, &mut subs, &mut format, &mut limit);
+                subscribed.set(!subs.list.is_empty());
+                tracing::debug!(subscriptions = subs.list.len(), "request handled");
                 for reply in replies {
                     if sink.feed(reply).await.is_err() { return; }
                 }
@@ -143,6 +148,7 @@ async fn connection(socket: WebSocket, app: Arc<AppState>) {
             }
             _ = drops.changed() => {
                 // Simulated network failure: no close frame.
+                tracing::debug!("dropping the connection (/sim/drop)");
                 return;
             }
             _ = &mut idle => {

@@ -97,6 +97,12 @@ impl Sim {
             .unwrap()
     }
 
+    /// Connections the sim counts as subscribed (`/sim/stats`).
+    async fn subscribed(&self) -> u64 {
+        let stats: serde_json::Value = self.get("/sim/stats").await.json().await.unwrap();
+        stats["subscribed"].as_u64().expect("stats.subscribed")
+    }
+
     async fn connect(&self) -> Ws {
         connect_async(self.ws_url.as_str()).await.unwrap().0
     }
@@ -255,7 +261,15 @@ async fn faults_drop_stall_and_malformed_frames() {
     let sim = start(paused()).await;
     let sub = r#"[{"ticket":"t"},{"type":"trade","codes":["KRW-BTC"],"is_only_realtime":true}]"#;
     let mut ws = sim.connect().await;
+    assert_eq!(sim.subscribed().await, 0, "connected, not subscribed");
     request(&mut ws, sub).await;
+    test_support::eventually(
+        Duration::from_secs(5),
+        "the subscription in force",
+        || async { (sim.subscribed().await == 1).then_some(()) },
+    )
+    .await
+    .unwrap();
 
     sim.post("/sim/malformed?count=1").await;
     sim.trade("KRW-BTC", "148000000", "0.1", "BID").await;
@@ -288,6 +302,11 @@ async fn faults_drop_stall_and_malformed_frames() {
     .await
     .expect("connection dropped within 5s");
     assert!(ended, "dropped without a close frame");
+    assert_eq!(
+        sim.subscribed().await,
+        0,
+        "uncounted before the peer sees the end"
+    );
     sim.running.stop().await;
 }
 

@@ -123,6 +123,18 @@ async fn a_price_the_sim_emits_is_served_by_rest_and_pushed_on_the_websocket() {
     })
     .await
     .unwrap();
+    // Reconnected is not yet subscribed: wait until the sim has the new
+    // subscription (a trade before that reaches nobody, as on Upbit).
+    eventually(
+        Duration::from_secs(10),
+        "the sim serving the new subscription",
+        || async {
+            let stats: serde_json::Value = stack.sim_get("/sim/stats").await;
+            (stats["subscribed"] == 1).then_some(())
+        },
+    )
+    .await
+    .unwrap();
     // A malformed frame in between is skipped.
     stack.sim_post("/sim/malformed?count=1").await;
     stack

@@ -188,13 +188,12 @@ impl Stack {
         }
         // ...and the order service's matcher follows live trades.
         let order_admin = admins.iter().find(|(_, s)| *s == "order").unwrap().0;
-        test_support::eventually(
+        test_support::wait_metric(
+            order_admin,
+            "order_matcher_leading",
+            &[],
+            1.0,
             Duration::from_secs(30),
-            "the matcher leading",
-            || async move {
-                (test_support::read_metric(order_admin, "order_matcher_leading", &[]).await == 1.0)
-                    .then_some(())
-            },
         )
         .await
         .unwrap();
@@ -261,6 +260,17 @@ impl Stack {
             .await
             .unwrap();
         assert!(resp.status().is_success());
+    }
+
+    pub async fn sim_get(&self, path: &str) -> serde_json::Value {
+        let resp = self
+            .http
+            .get(format!("http://{}{path}", self.sim))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+        resp.json().await.unwrap()
     }
 
     pub async fn get(&self, url: &str) -> reqwest::Response {
