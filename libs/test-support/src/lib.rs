@@ -475,3 +475,17 @@ pub async fn read_metric(admin: std::net::SocketAddr, metric: &str, labels: &[&s
         _ => 0.0,
     }
 }
+
+/// Waits until `metric` (summed over `labels`) on `admin`'s `/metrics` equals `value`.
+pub async fn wait_metric(
+    admin: std::net::SocketAddr,
+    metric: &str,
+    labels: &[&str],
+    value: f64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    eventually(timeout, &format!("{metric} = {value}"), || async {
+        (read_metric(admin, metric, labels).await == value).then_some(())
+    })
+    .await
+}

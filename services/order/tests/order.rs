@@ -180,14 +180,12 @@ impl Env {
             .await
             .unwrap();
         // Serving comes before leading: wait until the matcher follows trades.
-        let admin = svc.admin;
-        eventually(
+        test_support::wait_metric(
+            svc.admin,
+            "order_matcher_leading",
+            &[],
+            1.0,
             Duration::from_secs(30),
-            "the matcher leading",
-            || async move {
-                (test_support::read_metric(admin, "order_matcher_leading", &[]).await == 1.0)
-                    .then_some(())
-            },
         )
         .await
         .unwrap();
