@@ -249,7 +249,12 @@ pub fn handle(frame: bytes::Bytes, buffer: &Buffer) {
         {
             metrics::EVENTS.with_label_values(&[kind, code]).inc();
             let code = code.to_owned();
-            buffer.push_raw(kind == "orderbook", &code, frame, now);
+            // Keep a copy, not the frame: the frame shares tungstenite's read
+            // buffer, and while any part of it is held the next read cannot
+            // reuse that buffer and gets a small fresh one, so the socket is
+            // read about one frame per syscall instead of 128 KiB at a time.
+            let copy = bytes::Bytes::copy_from_slice(&frame);
+            buffer.push_raw(kind == "orderbook", &code, copy, now);
         }
         _ => {
             if let Some(event) = parse_event(&frame, now) {
