@@ -62,8 +62,8 @@ impl Payload {
 #[derive(Debug)]
 pub struct Event {
     pub payload: Payload,
-    default: OnceLock<String>,
-    simple: OnceLock<String>,
+    default: OnceLock<bytes::Bytes>,
+    simple: OnceLock<bytes::Bytes>,
 }
 
 impl Event {
@@ -75,8 +75,9 @@ impl Event {
         })
     }
 
-    /// The frame for `format`; orderbooks cut to `depth` levels.
-    pub fn frame(&self, format: Format, depth: usize) -> String {
+    /// The frame for `format`; orderbooks cut to `depth` levels. Cached frames
+    /// are shared, not copied, by every connection that sends them.
+    pub fn frame(&self, format: Format, depth: usize) -> bytes::Bytes {
         let cache = match format {
             Format::Default => Some(&self.default),
             Format::Simple => Some(&self.simple),
@@ -88,9 +89,9 @@ impl Event {
         };
         match cache {
             Some(cell) if full_depth => cell
-                .get_or_init(|| render(&self.payload, format, depth))
+                .get_or_init(|| render(&self.payload, format, depth).into())
                 .clone(),
-            _ => render(&self.payload, format, depth),
+            _ => render(&self.payload, format, depth).into(),
         }
     }
 }

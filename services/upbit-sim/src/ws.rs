@@ -128,12 +128,12 @@ async fn connection(socket: WebSocket, app: Arc<AppState>) {
                         Err(RecvError::Closed) => return,
                     };
                     if let Some(depth) = subs.depth_for(&event).filter(|_| !sim.stalled()) {
-                        let mut frame = event.frame(format, depth).into_bytes();
+                        let mut frame = event.frame(format, depth);
                         if sim.take_malformed() {
                             // Half a message: what a broken upstream sends.
                             frame.truncate(frame.len() / 2);
                         }
-                        if sink.feed(Message::Binary(frame.into())).await.is_err() { return; }
+                        if sink.feed(Message::Binary(frame)).await.is_err() { return; }
                         written += 1;
                     }
                     if written < BURST {
