@@ -168,7 +168,13 @@ async fn without_its_database_it_is_alive_but_not_ready_then_recovers() {
     test_support::wait_serving(grpc, "liveness", Duration::from_secs(10))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    test_support::eventually(
+        Duration::from_secs(10),
+        "two database connection attempts",
+        || std::future::ready((pg.refused() >= 2).then_some(())),
+    )
+    .await
+    .unwrap();
     test_support::assert_alive_not_ready(grpc, admin)
         .await
         .unwrap();
