@@ -57,6 +57,63 @@ pub(crate) fn de_opt_decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Option<D
         .ok_or_else(|| D::Error::custom(format!("`{}` is not a decimal", raw.get())))
 }
 
+/// The value of `"key":"value"` when `frame` starts with it (after `{`, `[{` or
+/// `,`), for the first of `keys` that matches; with the bytes after it.
+fn leading_str<'a>(frame: &'a [u8], keys: [&str; 2]) -> Option<(&'a str, &'a [u8])> {
+    let rest = frame.strip_prefix(b"[").unwrap_or(frame);
+    let rest = rest
+        .strip_prefix(b"{")
+        .or_else(|| rest.strip_prefix(b","))?;
+    for key in keys {
+        let Some(after) = rest
+            .strip_prefix(b"\"")
+            .and_then(|r| r.strip_prefix(key.as_bytes()))
+            .and_then(|r| r.strip_prefix(b"\":\""))
+        else {
+            continue;
+        };
+        let end = after.iter().position(|b| matches!(b, b'"' | b'\\'))?;
+        if after[end] != b'"' {
+            return None;
+        }
+        let value = std::str::from_utf8(&after[..end]).ok()?;
+        return Some((value, &after[end + 1..]));
+    }
+    None
+}
+
+/// The `type` of a frame when it comes first, as Upbit writes it (DEFAULT
+/// `{"type":"trade",...`, SIMPLE `{"ty":"trade",...`); None otherwise.
+fn leading_type(frame: &[u8]) -> Option<&str> {
+    leading_str(frame, ["type", "ty"]).map(|(kind, _)| kind)
+}
+
+/// The type and market code of a data frame without parsing the rest of it:
+/// read from its first bytes when it starts with them (as Upbit writes every
+/// message), or else found by an allocation-free scan of the whole document.
+/// None when the frame has no string `type` and `code`.
+pub fn frame_head(frame: &[u8]) -> Option<(&str, &str)> {
+    if let Some((kind, rest)) = leading_str(frame, ["type", "ty"])
+        && let Some((code, _)) = leading_str(rest, ["code", "cd"])
+    {
+        return Some((kind, code));
+    }
+    #[derive(Deserialize)]
+    struct TypeAndCode<'a> {
+        #[serde(alias = "ty", borrow)]
+        r#type: Option<&'a str>,
+        #[serde(alias = "cd", borrow)]
+        code: Option<&'a str>,
+    }
+    match serde_json::from_slice::<TypeAndCode<'_>>(frame) {
+        Ok(TypeAndCode {
+            r#type: Some(kind),
+            code: Some(code),
+        }) => Some((kind, code)),
+        _ => None,
+    }
+}
+
 #[derive(Deserialize)]
 struct Head<'a> {
     #[serde(alias = "ty", borrow, default)]
@@ -90,8 +147,16 @@ pub fn parse_message(bytes: &[u8]) -> Result<Message, ParseError> {
         };
         return parse_message(item.get().as_bytes());
     }
-    let head: Head<'_> =
-        serde_json::from_slice(trimmed).map_err(|e| ParseError::Json(e.to_string()))?;
+    // The type usually comes first: read it there instead of parsing the frame
+    // twice (once for the type, once for the message).
+    let head: Head<'_> = match leading_type(trimmed) {
+        Some(kind) => Head {
+            r#type: Some(kind),
+            status: None,
+            error: None,
+        },
+        None => serde_json::from_slice(trimmed).map_err(|e| ParseError::Json(e.to_string()))?,
+    };
     let Some(kind) = head.r#type else {
         if let Some(status) = head.status {
             return Ok(Message::Status(status));
@@ -131,4 +196,50 @@ fn trim_ascii(bytes: &[u8]) -> &[u8] {
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(start, |i| i + 1);
     &bytes[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_head_is_read_from_the_start_or_found_anywhere() {
+        let default = br#"{"type":"orderbook","code":"KRW-BTC","total_ask_size":1}"#;
+        assert_eq!(frame_head(default), Some(("orderbook", "KRW-BTC")));
+        let simple = br#"[{"ty":"ticker","cd":"KRW-ETH","tp":1}]"#;
+        assert_eq!(frame_head(simple), Some(("ticker", "KRW-ETH")));
+        let reordered = br#"{"code":"KRW-XRP","tp":1,"type":"trade"}"#;
+        assert_eq!(frame_head(reordered), Some(("trade", "KRW-XRP")));
+        assert_eq!(
+            frame_head(br#"{"type":"orderbook","code":"KRW"#),
+            None,
+            "truncated"
+        );
+    }
+
+    #[test]
+    fn the_type_is_read_once_from_the_start() {
+        assert_eq!(
+            leading_type(br#"{"type":"trade","code":"KRW-BTC"}"#),
+            Some("trade")
+        );
+        assert_eq!(
+            leading_type(br#"{"ty":"orderbook","cd":"KRW-BTC"}"#),
+            Some("orderbook")
+        );
+        // Escapes or another first key: found by the full parse instead.
+        assert_eq!(
+            leading_type(br#"{"type":"tr\u0061de","code":"KRW-BTC"}"#),
+            None
+        );
+        assert_eq!(leading_type(br#"{"code":"KRW-BTC","type":"trade"}"#), None);
+        assert!(matches!(
+            parse_message(br#"{"code":"KRW-BTC","type":"nope"}"#),
+            Err(ParseError::UnknownType(t)) if t == "nope"
+        ));
+        assert!(matches!(
+            parse_message(br#"{"type":"trade","code":"KRW-BTC","trade_pr"#),
+            Err(ParseError::Invalid { kind: "trade", .. })
+        ));
+    }
 }

@@ -58,6 +58,12 @@ pub const STATUS_UP: &str = r#"{"status":"UP"}"#;
 /// Appends `s` as a JSON string literal.
 fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
+    // Codes, dates and enum names need no escaping: copy them whole.
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -202,31 +208,84 @@ fn utc(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
+/// The text `yyyy-MM-ddTHH:mm:ss` of an epoch-ms timestamp in UTC, written digit
+/// by digit (chrono's formatter was a measurable part of writing every ticker
+/// and trade). Slices of it give the date and the time, dashed or compact.
+#[derive(Clone, Copy)]
+pub struct Stamp {
+    dashed: [u8; 19],
+    compact: [u8; 14],
+}
+
+impl Stamp {
+    pub fn new(ms: i64) -> Self {
+        use chrono::{Datelike, Timelike};
+        let t = utc(ms);
+        // Years outside 0..=9999 cannot occur in a feed; clamp rather than widen.
+        let year = t.year().clamp(0, 9999) as u32;
+        let parts = [
+            (year / 100) as u8,
+            (year % 100) as u8,
+            t.month() as u8,
+            t.day() as u8,
+            t.hour() as u8,
+            t.minute() as u8,
+            t.second() as u8,
+        ];
+        let digits = |v: u8| [b'0' + v / 10, b'0' + v % 10];
+        let mut dashed = *b"0000-00-00T00:00:00";
+        let mut compact = *b"00000000000000";
+        for (i, (&v, at)) in parts.iter().zip([0, 2, 5, 8, 11, 14, 17]).enumerate() {
+            dashed[at..at + 2].copy_from_slice(&digits(v));
+            compact[2 * i..2 * i + 2].copy_from_slice(&digits(v));
+        }
+        Self { dashed, compact }
+    }
+
+    fn text(bytes: &[u8]) -> &str {
+        // Only ASCII digits and separators are ever written.
+        std::str::from_utf8(bytes).unwrap_or_default()
+    }
+
+    /// `yyyy-MM-ddTHH:mm:ss`
+    pub fn iso(&self) -> &str {
+        Self::text(&self.dashed)
+    }
+    /// `yyyy-MM-dd`
+    pub fn dashed_date(&self) -> &str {
+        Self::text(&self.dashed[..10])
+    }
+    /// `HH:mm:ss`
+    pub fn dashed_time(&self) -> &str {
+        Self::text(&self.dashed[11..])
+    }
+    /// `yyyyMMdd`
+    pub fn compact_date(&self) -> &str {
+        Self::text(&self.compact[..8])
+    }
+    /// `HHmmss`
+    pub fn compact_time(&self) -> &str {
+        Self::text(&self.compact[8..])
+    }
+}
+
 /// `yyyyMMdd` and `HHmmss` of an epoch-ms timestamp, UTC (ticker fields).
 pub fn compact_date_time(ms: i64) -> (String, String) {
-    let t = utc(ms);
-    (
-        t.format("%Y%m%d").to_string(),
-        t.format("%H%M%S").to_string(),
-    )
+    let s = Stamp::new(ms);
+    (s.compact_date().to_owned(), s.compact_time().to_owned())
 }
 
 /// `yyyy-MM-dd` and `HH:mm:ss` of an epoch-ms timestamp, UTC (trade fields).
 pub fn dashed_date_time(ms: i64) -> (String, String) {
-    let t = utc(ms);
-    (
-        t.format("%Y-%m-%d").to_string(),
-        t.format("%H:%M:%S").to_string(),
-    )
+    let s = Stamp::new(ms);
+    (s.dashed_date().to_owned(), s.dashed_time().to_owned())
 }
 
 /// `yyyy-MM-ddTHH:mm:ss` of an epoch-ms timestamp in UTC and in KST (UTC+9).
 pub fn candle_date_times(ms: i64) -> (String, String) {
-    let t = utc(ms);
-    let kst = t + Duration::hours(9);
     (
-        t.format("%Y-%m-%dT%H:%M:%S").to_string(),
-        kst.format("%Y-%m-%dT%H:%M:%S").to_string(),
+        Stamp::new(ms).iso().to_owned(),
+        Stamp::new(ms + 9 * 3_600_000).iso().to_owned(),
     )
 }
 
@@ -234,6 +293,31 @@ pub fn candle_date_times(ms: i64) -> (String, String) {
 mod tests {
     use super::*;
     use std::str::FromStr;
+
+    #[test]
+    fn stamps_read_like_chrono_formatting() {
+        let mut ms = -86_400_000 * 365; // 1969
+        while ms < 4_102_444_800_000 {
+            // ... to 2100, in uneven steps that hit every field
+            let t = utc(ms);
+            let s = Stamp::new(ms);
+            assert_eq!(s.iso(), t.format("%Y-%m-%dT%H:%M:%S").to_string());
+            assert_eq!(s.compact_date(), t.format("%Y%m%d").to_string());
+            assert_eq!(s.compact_time(), t.format("%H%M%S").to_string());
+            assert_eq!(s.dashed_date(), t.format("%Y-%m-%d").to_string());
+            assert_eq!(s.dashed_time(), t.format("%H:%M:%S").to_string());
+            ms += 7_777_777_777 + 999;
+        }
+        assert_eq!(Stamp::new(1_700_000_000_123).iso(), "2023-11-14T22:13:20");
+    }
+
+    #[test]
+    fn strings_are_escaped_only_when_they_need_it() {
+        let mut out = String::new();
+        push_json_str(&mut out, "KRW-BTC");
+        push_json_str(&mut out, "a\"b\\c\nd\u{1}");
+        assert_eq!(out, r#""KRW-BTC""a\"b\\c\nd\u0001""#);
+    }
 
     #[test]
     fn decimals_print_like_normalised_display() {
@@ -281,7 +365,7 @@ fn frame(format: Format, body: impl FnOnce(&mut String, bool)) -> String {
 /// A ticker frame.
 pub fn ticker(t: &Ticker, format: Format) -> String {
     frame(format, |out, simple| {
-        let (date, time) = compact_date_time(t.trade_timestamp);
+        let stamp = Stamp::new(t.trade_timestamp);
         let mut o = Obj::open(out, simple);
         o.str("type", "ty", "ticker")
             .str("code", "cd", &t.code)
@@ -300,8 +384,8 @@ pub fn ticker(t: &Ticker, format: Format) -> String {
             .dec("acc_trade_volume_24h", "atv24h", t.acc_trade_volume_24h)
             .dec("acc_trade_price", "atp", t.acc_trade_price)
             .dec("acc_trade_price_24h", "atp24h", t.acc_trade_price_24h)
-            .str("trade_date", "tdt", &date)
-            .str("trade_time", "ttm", &time)
+            .str("trade_date", "tdt", stamp.compact_date())
+            .str("trade_time", "ttm", stamp.compact_time())
             .int("trade_timestamp", "ttms", t.trade_timestamp)
             .opt_str("ask_bid", "ab", t.ask_bid.map(|a| a.as_str()))
             .dec("acc_ask_volume", "aav", t.acc_ask_volume)
@@ -331,7 +415,7 @@ pub fn ticker(t: &Ticker, format: Format) -> String {
 /// A trade frame.
 pub fn trade(t: &Trade, format: Format) -> String {
     frame(format, |out, simple| {
-        let (date, time) = dashed_date_time(t.trade_timestamp);
+        let stamp = Stamp::new(t.trade_timestamp);
         let mut o = Obj::open(out, simple);
         o.str("type", "ty", "trade")
             .str("code", "cd", &t.code)
@@ -341,8 +425,8 @@ pub fn trade(t: &Trade, format: Format) -> String {
             .dec("prev_closing_price", "pcp", t.prev_closing_price)
             .str("change", "c", t.change.as_str())
             .dec("change_price", "cp", t.change_price)
-            .str("trade_date", "td", &date)
-            .str("trade_time", "ttm", &time)
+            .str("trade_date", "td", stamp.dashed_date())
+            .str("trade_time", "ttm", stamp.dashed_time())
             .int("trade_timestamp", "ttms", t.trade_timestamp)
             .int("timestamp", "tms", t.timestamp)
             .int("sequential_id", "sid", t.sequential_id)
