@@ -136,9 +136,64 @@ pub enum InjectError {
     BadVolume(Decimal),
 }
 
+/// The price levels of a book: asks upward from the best ask, bids downward from
+/// the best bid. Kept with the book and moved one level at a time as its best bid
+/// moves, because walking the tick table for 60 levels on every step was most of
+/// the simulator's work.
+#[derive(Clone, Debug, PartialEq)]
+struct Ladder {
+    asks: [Decimal; DEPTH],
+    bids: [Decimal; DEPTH],
+}
+
+impl Ladder {
+    fn new(quote: &str, best_bid: Decimal) -> Self {
+        let mut asks = [Decimal::ZERO; DEPTH];
+        let mut bids = [Decimal::ZERO; DEPTH];
+        let (mut ask, mut bid) = (up(quote, best_bid), best_bid);
+        for i in 0..DEPTH {
+            asks[i] = ask;
+            bids[i] = bid;
+            ask = up(quote, ask);
+            bid = down(quote, bid);
+        }
+        Self { asks, bids }
+    }
+
+    fn best_bid(&self) -> Decimal {
+        self.bids[0]
+    }
+
+    /// The ladder for `best_bid`: shifted by one level when it is the next level
+    /// up or down (and the neighbouring levels agree, as they do away from the
+    /// bottom of the tick table), rebuilt otherwise. Either way it equals
+    /// `Ladder::new(quote, best_bid)`.
+    fn move_to(&mut self, quote: &str, best_bid: Decimal) {
+        if best_bid == self.bids[0] {
+            return;
+        }
+        if best_bid == self.asks[0] && down(quote, best_bid) == self.bids[0] {
+            let top = up(quote, self.asks[DEPTH - 1]);
+            self.bids.rotate_right(1);
+            self.bids[0] = best_bid;
+            self.asks.rotate_left(1);
+            self.asks[DEPTH - 1] = top;
+        } else if best_bid == self.bids[1] && up(quote, best_bid) == self.bids[0] {
+            let bottom = down(quote, self.bids[DEPTH - 1]);
+            self.asks.rotate_right(1);
+            self.asks[0] = self.bids[0];
+            self.bids.rotate_left(1);
+            self.bids[DEPTH - 1] = bottom;
+        } else {
+            *self = Self::new(quote, best_bid);
+        }
+    }
+}
+
 struct Book {
     spec: MarketSpec,
-    best_bid: Decimal,
+    /// The price levels; `ladder.best_bid()` is the best bid.
+    ladder: Ladder,
     ask_sizes: [Decimal; DEPTH],
     bid_sizes: [Decimal; DEPTH],
     prev_close: Decimal,
@@ -159,6 +214,12 @@ struct Book {
     orderbook: Option<Orderbook>,
     trades: VecDeque<Trade>,
     candles: VecDeque<SimCandle>,
+}
+
+impl Book {
+    fn set_best_bid(&mut self, best_bid: Decimal) {
+        self.ladder.move_to(self.spec.code.quote(), best_bid);
+    }
 }
 
 /// The simulated exchange state.
@@ -214,7 +275,7 @@ impl Engine {
             }
             index.insert(spec.code.to_string(), books.len());
             books.push(Book {
-                best_bid: down(&quote, price),
+                ladder: Ladder::new(&quote, down(&quote, price)),
                 ask_sizes,
                 bid_sizes,
                 prev_close: price,
@@ -252,49 +313,51 @@ impl Engine {
     /// One random step: pick a market, maybe move its price, trade at the top of
     /// the book. Returns the trade, ticker and orderbook messages.
     pub fn step(&mut self, now_ms: i64) -> [Payload; 3] {
-        let i = self.rng.random_range(0..self.books.len());
-        let side = if self.rng.random_bool(0.5) {
+        let Self { rng, books, .. } = self;
+        let i = rng.random_range(0..books.len());
+        let side = if rng.random_bool(0.5) {
             AskBid::Bid
         } else {
             AskBid::Ask
         };
-        let book = &mut self.books[i];
-        let quote = quote_of(&book.spec).to_owned();
+        let book = &mut books[i];
         // Random walk with a pull back towards the starting price.
-        if self.rng.random_bool(0.3) {
+        if rng.random_bool(0.3) {
             let start = book.spec.price;
-            let ratio_up = book.best_bid > start * Decimal::new(12, 1);
-            let ratio_down = book.best_bid < start * Decimal::new(8, 1);
+            let best_bid = book.ladder.best_bid();
+            let ratio_up = best_bid > start * Decimal::new(12, 1);
+            let ratio_down = best_bid < start * Decimal::new(8, 1);
             let go_up = if ratio_up {
-                self.rng.random_bool(0.3)
+                rng.random_bool(0.3)
             } else if ratio_down {
-                self.rng.random_bool(0.7)
+                rng.random_bool(0.7)
             } else {
-                self.rng.random_bool(0.5)
+                rng.random_bool(0.5)
             };
             let next = if go_up {
-                up(&quote, book.best_bid)
+                book.ladder.asks[0]
             } else {
-                down(&quote, book.best_bid)
+                book.ladder.bids[1]
             };
             if next > Decimal::ZERO {
-                book.best_bid = next;
+                book.set_best_bid(next);
             }
         }
         let (price, level_size) = match side {
-            AskBid::Bid => (up(&quote, book.best_bid), book.ask_sizes[0]),
-            AskBid::Ask => (book.best_bid, book.bid_sizes[0]),
+            AskBid::Bid => (book.ladder.asks[0], book.ask_sizes[0]),
+            AskBid::Ask => (book.ladder.best_bid(), book.bid_sizes[0]),
         };
-        let fraction = Decimal::new(self.rng.random_range(1..=100), 2);
+        let fraction = Decimal::new(rng.random_range(1..=100), 2);
         let volume = (level_size * fraction).round_dp(8).max(Decimal::new(1, 8));
         // Refresh a few level sizes so the book breathes.
+        let quote = book.spec.code.quote();
         for _ in 0..3 {
-            let level = self.rng.random_range(1..DEPTH);
-            book.ask_sizes[level] = random_size(&mut self.rng, &quote, price);
-            let level = self.rng.random_range(1..DEPTH);
-            book.bid_sizes[level] = random_size(&mut self.rng, &quote, price);
+            let level = rng.random_range(1..DEPTH);
+            book.ask_sizes[level] = random_size(rng, quote, price);
+            let level = rng.random_range(1..DEPTH);
+            book.bid_sizes[level] = random_size(rng, quote, price);
         }
-        let refill = random_size(&mut self.rng, &quote, price);
+        let refill = random_size(rng, quote, price);
         self.trade(i, price, volume, side, now_ms, refill)
     }
 
@@ -311,26 +374,26 @@ impl Engine {
             .index
             .get(market)
             .ok_or_else(|| InjectError::UnknownMarket(market.to_owned()))?;
-        let quote = quote_of(&self.books[i].spec).to_owned();
-        if price <= Decimal::ZERO || !is_on_tick(&quote, price) {
+        let quote = quote_of(&self.books[i].spec);
+        if price <= Decimal::ZERO || !is_on_tick(quote, price) {
             return Err(InjectError::BadPrice(price));
         }
         if volume <= Decimal::ZERO {
             return Err(InjectError::BadVolume(volume));
         }
+        let refill = random_size(&mut self.rng, quote, price);
         let book = &mut self.books[i];
         // Put the book where this trade could happen, with enough size there.
         match side {
             AskBid::Bid => {
-                book.best_bid = down(&quote, price);
+                book.set_best_bid(down(quote_of(&book.spec), price));
                 book.ask_sizes[0] = book.ask_sizes[0].max(volume);
             }
             AskBid::Ask => {
-                book.best_bid = price;
+                book.set_best_bid(price);
                 book.bid_sizes[0] = book.bid_sizes[0].max(volume);
             }
         }
-        let refill = random_size(&mut self.rng, &quote, price);
         Ok(self.trade(i, price, volume, side, now_ms, refill))
     }
 
@@ -344,7 +407,6 @@ impl Engine {
         refill: Decimal,
     ) -> [Payload; 3] {
         let book = &mut self.books[i];
-        let quote = quote_of(&book.spec).to_owned();
         let code = book.spec.code.to_string();
         let ts = now_ms.max(book.last_trade_ts);
         let day = ts.div_euclid(MS_PER_DAY);
@@ -384,10 +446,12 @@ impl Engine {
         } else {
             level.rotate_left(1);
             level[DEPTH - 1] = refill;
-            book.best_bid = match side {
-                AskBid::Bid => up(&quote, book.best_bid),
-                AskBid::Ask => down(&quote, book.best_bid).max(tick_size(&quote, book.best_bid)),
+            let best_bid = book.ladder.best_bid();
+            let next = match side {
+                AskBid::Bid => book.ladder.asks[0],
+                AskBid::Ask => book.ladder.bids[1].max(tick_size(quote_of(&book.spec), best_bid)),
             };
+            book.set_best_bid(next);
         }
         let sid = (ts * 1000).max(book.last_sid + 1);
         book.last_sid = sid;
@@ -398,7 +462,7 @@ impl Engine {
         } else {
             (signed_change_price / book.prev_close).round_dp(10)
         };
-        let orderbook = Self::orderbook_of(book, &quote, ts);
+        let orderbook = Self::orderbook_of(book, ts);
         let best = &orderbook.orderbook_units[0];
         let trade = Trade {
             code: code.clone(),
@@ -461,24 +525,22 @@ impl Engine {
         ]
     }
 
-    fn orderbook_of(book: &Book, quote: &str, ts: i64) -> Orderbook {
-        let mut units = Vec::with_capacity(DEPTH);
-        let mut ask = up(quote, book.best_bid);
-        let mut bid = book.best_bid;
-        for i in 0..DEPTH {
-            units.push(OrderbookUnit {
-                ask_price: ask,
-                bid_price: bid,
-                ask_size: book.ask_sizes[i],
-                bid_size: if bid > Decimal::ZERO {
-                    book.bid_sizes[i]
-                } else {
-                    Decimal::ZERO
-                },
-            });
-            ask = up(quote, ask);
-            bid = down(quote, bid);
-        }
+    fn orderbook_of(book: &Book, ts: i64) -> Orderbook {
+        let units: Vec<OrderbookUnit> = (0..DEPTH)
+            .map(|i| {
+                let bid = book.ladder.bids[i];
+                OrderbookUnit {
+                    ask_price: book.ladder.asks[i],
+                    bid_price: bid,
+                    ask_size: book.ask_sizes[i],
+                    bid_size: if bid > Decimal::ZERO {
+                        book.bid_sizes[i]
+                    } else {
+                        Decimal::ZERO
+                    },
+                }
+            })
+            .collect();
         Orderbook {
             code: book.spec.code.to_string(),
             total_ask_size: units.iter().map(|u| u.ask_size).sum(),
@@ -554,9 +616,9 @@ impl Engine {
         let mut out = Vec::new();
         for code in codes {
             let i = self.index[&code];
-            let quote = quote_of(&self.books[i].spec).to_owned();
-            let price = up(&quote, self.books[i].best_bid);
-            let volume = random_size(&mut self.rng, &quote, price) / Decimal::from(10);
+            let price = self.books[i].ladder.asks[0];
+            let quote = quote_of(&self.books[i].spec);
+            let volume = random_size(&mut self.rng, quote, price) / Decimal::from(10);
             let volume = volume.round_dp(8).max(Decimal::new(1, 8));
             if let Ok(events) = self.inject(&code, price, volume, AskBid::Bid, now_ms) {
                 out.extend(events);
@@ -592,7 +654,7 @@ impl Engine {
             Payload::Ticker(t) => book.ticker = Some(t.clone()),
             Payload::Orderbook(o) => {
                 if let Some(best) = o.orderbook_units.first() {
-                    book.best_bid = best.bid_price;
+                    book.set_best_bid(best.bid_price);
                 }
                 book.orderbook = Some(o.clone());
             }
@@ -667,6 +729,37 @@ mod tests {
                 "sequential ids unique per market"
             );
         }
+    }
+
+    #[test]
+    fn the_kept_ladder_equals_one_built_afresh() {
+        // Markets that start on tick-table boundaries, where a level up and a
+        // level down are not inverses.
+        let markets = crate::markets::parse(
+            "KRW-BTC,KRW-SHIB,KRW-A:1000000,KRW-B:100,KRW-C:10,KRW-D:1,KRW-E:0.1,USDT-F:10,USDT-G:1,BTC-H:0.00000100",
+        )
+        .unwrap();
+        let mut e = Engine::new(markets, 3);
+        for n in 0..50_000 {
+            let [_, _, Payload::Orderbook(ob)] = e.step(1_700_000_000_000 + n) else {
+                panic!("the third payload is the orderbook");
+            };
+            let book = &e.books[e.index[&ob.code]];
+            let quote = book.spec.code.quote();
+            assert_eq!(
+                book.ladder,
+                Ladder::new(quote, book.ladder.best_bid()),
+                "{} after step {n}",
+                ob.code
+            );
+            assert_eq!(ob.orderbook_units[0].bid_price, book.ladder.best_bid());
+        }
+        // A jump (an injected trade far away) rebuilds it.
+        let p = |s| Decimal::from_str(s).unwrap();
+        e.inject("KRW-A", p("2000000"), p("0.00000001"), AskBid::Ask, 0)
+            .unwrap();
+        let book = &e.books[e.index["KRW-A"]];
+        assert_eq!(book.ladder, Ladder::new("KRW", p("2000000")));
     }
 
     #[test]
