@@ -30,11 +30,17 @@ struct Inner {
     tickers: HashMap<String, Latest>,
     orderbooks: HashMap<String, Latest>,
     trades: VecDeque<pb::MarketEvent>,
+    /// When the oldest event waiting arrived (None when empty).
+    since: Option<tokio::time::Instant>,
 }
 
 impl Inner {
     fn len(&self) -> usize {
         self.tickers.len() + self.orderbooks.len() + self.trades.len()
+    }
+
+    fn arrived(&mut self) {
+        self.since.get_or_insert_with(tokio::time::Instant::now);
     }
 }
 
@@ -61,16 +67,17 @@ impl Buffer {
     /// `market`, replacing any older one; it is parsed when taken.
     pub fn push_raw(&self, orderbook: bool, market: &str, frame: bytes::Bytes, received_at: i64) {
         let mut inner = self.lock();
-        let (map, kind) = if orderbook {
-            (&mut inner.orderbooks, "orderbook")
+        inner.arrived();
+        let (map, conflated) = if orderbook {
+            (&mut inner.orderbooks, &*metrics::CONFLATED_ORDERBOOKS)
         } else {
-            (&mut inner.tickers, "ticker")
+            (&mut inner.tickers, &*metrics::CONFLATED_TICKERS)
         };
         let latest = Latest::Raw(frame, received_at);
         match map.get_mut(market) {
             Some(slot) => {
                 *slot = latest;
-                metrics::CONFLATED.with_label_values(&[kind]).inc();
+                conflated.inc();
             }
             None => {
                 map.insert(market.to_owned(), latest);
@@ -92,7 +99,7 @@ impl Buffer {
                     .insert(market, Latest::Parsed(Box::new(event)))
                     .is_some()
                 {
-                    metrics::CONFLATED.with_label_values(&["ticker"]).inc();
+                    metrics::CONFLATED_TICKERS.inc();
                 }
             }
             Some(Event::Orderbook(o)) => {
@@ -102,7 +109,7 @@ impl Buffer {
                     .insert(market, Latest::Parsed(Box::new(event)))
                     .is_some()
                 {
-                    metrics::CONFLATED.with_label_values(&["orderbook"]).inc();
+                    metrics::CONFLATED_ORDERBOOKS.inc();
                 }
             }
             Some(Event::Trade(_)) => {
@@ -114,6 +121,7 @@ impl Buffer {
             }
             None => return,
         }
+        inner.arrived();
         metrics::BUFFERED.set(inner.len() as i64);
         drop(inner);
         self.ready.notify_one();
@@ -129,6 +137,9 @@ impl Buffer {
             let room = max.saturating_sub(books.len() + tickers.len()).max(max / 2);
             let n = inner.trades.len().min(room);
             let trades: Vec<_> = inner.trades.drain(..n).collect();
+            if inner.len() == 0 {
+                inner.since = None;
+            }
             metrics::BUFFERED.set(inner.len() as i64);
             (trades, tickers, books)
         };
@@ -154,27 +165,29 @@ impl Buffer {
         self.lock().len() == 0
     }
 
-    /// Waits for events, lingers up to `linger` for more (unless `max` are already
-    /// waiting), then takes a batch. Returns an empty batch when `stop` fires.
+    /// Waits for events, lets the batch fill until the oldest waiting event is
+    /// `linger` old (unless `max` are already waiting), then takes it. Under load
+    /// the events have waited that long already and the batch goes at once.
+    /// Returns an empty batch when `stop` fires.
     pub async fn next_batch(
         &self,
         max: usize,
         linger: Duration,
         stop: &CancellationToken,
     ) -> Vec<pb::MarketEvent> {
-        loop {
-            if !self.is_empty() {
-                break;
+        let since = loop {
+            if let Some(since) = self.lock().since {
+                break since;
             }
             tokio::select! {
                 _ = stop.cancelled() => return Vec::new(),
                 _ = self.ready.notified() => {}
             }
-        }
+        };
         if !linger.is_zero() && self.lock().len() < max {
             tokio::select! {
                 _ = stop.cancelled() => {}
-                _ = tokio::time::sleep(linger) => {}
+                _ = tokio::time::sleep_until(since + linger) => {}
             }
         }
         self.take(max)
@@ -256,6 +269,32 @@ mod tests {
         }
         assert_eq!(sids(&b.take(100)), (0..100).collect::<Vec<_>>());
         assert_eq!(sids(&b.take(1000)), (100..250).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_lingers_from_its_first_event_not_from_the_wakeup() {
+        let b = Buffer::new(100);
+        let stop = CancellationToken::new();
+        let linger = Duration::from_millis(2);
+        // A fresh event: the batch waits the whole linger for company.
+        b.push(trade("KRW-A", 1));
+        let start = tokio::time::Instant::now();
+        assert_eq!(sids(&b.next_batch(100, linger, &stop).await), vec![1]);
+        assert_eq!(start.elapsed(), linger);
+        // Events that already waited (the sender was busy): sent at once.
+        b.push(trade("KRW-A", 2));
+        tokio::time::advance(Duration::from_millis(5)).await;
+        b.push(trade("KRW-A", 3));
+        let start = tokio::time::Instant::now();
+        assert_eq!(sids(&b.next_batch(100, linger, &stop).await), vec![2, 3]);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        // A full batch does not wait either.
+        for sid in 10..20 {
+            b.push(trade("KRW-A", sid));
+        }
+        let start = tokio::time::Instant::now();
+        assert_eq!(b.next_batch(10, linger, &stop).await.len(), 10);
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test]

@@ -4,12 +4,9 @@ use exchange_proto::marketdata::v1 as pb;
 use rust_decimal::Decimal;
 use upbit::{AskBid, Change, MarketState};
 
+/// The normalised text (`148601000`, `0.00016823`), written without `Display`.
 fn d(v: Decimal) -> String {
-    if v.is_zero() {
-        "0".into()
-    } else {
-        v.normalize().to_string()
-    }
+    upbit::write::decimal_string(v)
 }
 
 fn od(v: Option<Decimal>) -> String {

@@ -25,6 +25,7 @@ pub struct FeedConfig {
     pub ping_interval: Duration,
     pub stale_after: Duration,
     pub max_connects_per_sec: u32,
+    pub format: upbit::write::Format,
 }
 
 /// Why a connection ended.
@@ -34,7 +35,7 @@ enum End {
 }
 
 /// The one subscription message: ticker, trade and orderbook for every market.
-pub fn subscription(markets: &[String]) -> String {
+pub fn subscription(markets: &[String], format: upbit::write::Format) -> String {
     let ticket = format!("ingestor-{}", std::process::id());
     SubscriptionRequest {
         ticket,
@@ -43,7 +44,7 @@ pub fn subscription(markets: &[String]) -> String {
             Subscription::new(DataType::Trade, markets.to_vec()),
             Subscription::new(DataType::Orderbook, markets.to_vec()),
         ],
-        format: Some(upbit::write::Format::Default),
+        format: Some(format),
     }
     .to_json()
 }
@@ -84,7 +85,7 @@ pub async fn run(
     stop: CancellationToken,
     on_subscribed: impl Fn() + Send + Sync,
 ) -> anyhow::Result<()> {
-    let request = subscription(&config.markets);
+    let request = subscription(&config.markets, config.format);
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     let mut pacer = ConnectPacer {
         per_sec: config.max_connects_per_sec,
@@ -189,56 +190,12 @@ where
     }
 }
 
-/// The type and market of a frame, read without parsing the rest.
-#[derive(serde::Deserialize)]
-struct Head<'a> {
-    #[serde(alias = "ty", borrow)]
-    r#type: Option<&'a str>,
-    #[serde(alias = "cd", borrow)]
-    code: Option<&'a str>,
-}
-
-/// The value of `"key":"value"` when the frame starts with it (after `{` or
-/// `[{`), as Upbit writes `type` then `code` first; None otherwise.
-fn leading_str<'a>(frame: &'a [u8], keys: [&str; 2]) -> Option<(&'a str, &'a [u8])> {
-    let rest = frame.strip_prefix(b"[").unwrap_or(frame);
-    let rest = rest
-        .strip_prefix(b"{")
-        .or_else(|| rest.strip_prefix(b","))?;
-    for key in keys {
-        let quoted = [&b"\""[..], key.as_bytes(), &b"\":\""[..]].concat();
-        if let Some(after) = rest.strip_prefix(quoted.as_slice()) {
-            let end = after.iter().position(|b| *b == b'"')?;
-            let value = std::str::from_utf8(&after[..end]).ok()?;
-            return Some((value, &after[end + 1..]));
-        }
-    }
-    None
-}
-
-/// Type and market from the start of a frame without reading the rest;
-/// falls back to a full (allocation-free) scan of the document.
-fn head(frame: &[u8]) -> Option<(&str, &str)> {
-    if let Some((kind, rest)) = leading_str(frame, ["type", "ty"])
-        && let Some((code, _)) = leading_str(rest, ["code", "cd"])
-    {
-        return Some((kind, code));
-    }
-    match serde_json::from_slice::<Head<'_>>(frame) {
-        Ok(Head {
-            r#type: Some(kind),
-            code: Some(code),
-        }) => Some((kind, code)),
-        _ => None,
-    }
-}
-
 /// Routes one frame into the buffer: trades are parsed now; tickers and
 /// orderbooks are kept raw (the newest per market) and parsed when sent.
 /// Malformed frames are counted and skipped.
 pub fn handle(frame: bytes::Bytes, buffer: &Buffer) {
     let now = chrono::Utc::now().timestamp_millis();
-    match head(&frame) {
+    match upbit::parse::frame_head(&frame) {
         // A frame cut short is parsed (and counted as malformed) right away.
         Some((kind @ ("ticker" | "orderbook"), code))
             if upbit::market::MarketCode::parse(code).is_ok()
@@ -247,14 +204,13 @@ pub fn handle(frame: bytes::Bytes, buffer: &Buffer) {
                     .last()
                     .is_some_and(|b| matches!(b, b'}' | b']')) =>
         {
-            metrics::EVENTS.with_label_values(&[kind, code]).inc();
-            let code = code.to_owned();
+            metrics::count_event(if kind == "ticker" { 0 } else { 2 }, code);
             // Keep a copy, not the frame: the frame shares tungstenite's read
             // buffer, and while any part of it is held the next read cannot
             // reuse that buffer and gets a small fresh one, so the socket is
             // read about one frame per syscall instead of 128 KiB at a time.
             let copy = bytes::Bytes::copy_from_slice(&frame);
-            buffer.push_raw(kind == "orderbook", &code, copy, now);
+            buffer.push_raw(kind == "orderbook", code, copy, now);
         }
         _ => {
             if let Some(event) = parse_event(&frame, now) {
@@ -269,22 +225,16 @@ pub fn parse_event(bytes: &[u8], received_at: i64) -> Option<pb::MarketEvent> {
     let lag = |ts: i64| (received_at - ts).max(0) as f64 / 1000.0;
     let event = match upbit::parse_message(bytes) {
         Ok(Message::Ticker(t)) => {
-            metrics::LAG
-                .with_label_values(&["ticker"])
-                .observe(lag(t.timestamp));
+            metrics::LAG_BY_TYPE[0].observe(lag(t.timestamp));
             Event::Ticker(convert::ticker(&t))
         }
         Ok(Message::Trade(t)) => {
-            metrics::EVENTS.with_label_values(&["trade", &t.code]).inc();
-            metrics::LAG
-                .with_label_values(&["trade"])
-                .observe(lag(t.trade_timestamp));
+            metrics::count_event(1, &t.code);
+            metrics::LAG_BY_TYPE[1].observe(lag(t.trade_timestamp));
             Event::Trade(convert::trade(&t))
         }
         Ok(Message::Orderbook(o)) => {
-            metrics::LAG
-                .with_label_values(&["orderbook"])
-                .observe(lag(o.timestamp));
+            metrics::LAG_BY_TYPE[2].observe(lag(o.timestamp));
             Event::Orderbook(convert::orderbook(&o))
         }
         Ok(Message::Candle(_)) | Ok(Message::Status(_)) => return None,
@@ -327,23 +277,11 @@ mod tests {
     }
 
     #[test]
-    fn the_head_is_read_from_the_start_or_found_anywhere() {
-        let default = br#"{"type":"orderbook","code":"KRW-BTC","total_ask_size":1}"#;
-        assert_eq!(head(default), Some(("orderbook", "KRW-BTC")));
-        let simple = br#"[{"ty":"ticker","cd":"KRW-ETH","tp":1}]"#;
-        assert_eq!(head(simple), Some(("ticker", "KRW-ETH")));
-        let reordered = br#"{"code":"KRW-XRP","tp":1,"type":"trade"}"#;
-        assert_eq!(head(reordered), Some(("trade", "KRW-XRP")));
-        assert_eq!(
-            head(br#"{"type":"orderbook","code":"KRW"#),
-            None,
-            "truncated"
-        );
-    }
-
-    #[test]
     fn the_subscription_is_one_complete_request() {
-        let text = subscription(&["KRW-BTC".into(), "KRW-ETH".into()]);
+        let text = subscription(
+            &["KRW-BTC".into(), "KRW-ETH".into()],
+            upbit::write::Format::Simple,
+        );
         let upbit::request::ClientFrame::Subscribe(req) =
             upbit::request::parse_request(&text).unwrap()
         else {
@@ -355,6 +293,7 @@ mod tests {
             .map(|s| s.data_type.as_str().to_owned())
             .collect();
         assert_eq!(types, vec!["ticker", "trade", "orderbook"]);
+        assert_eq!(req.format, Some(upbit::write::Format::Simple));
         assert!(
             req.subscriptions
                 .iter()

@@ -2,21 +2,75 @@
 //! the buffer. When the call fails (market-data restarting, Redis away) it
 //! reconnects with backoff and first re-sends the last few batches, which
 //! market-data deduplicates, so a broken stream loses nothing it had in flight.
+//!
+//! Each batch is encoded once, and the encoded bytes are both sent and kept for
+//! that replay: keeping the messages themselves meant a deep copy of every
+//! batch, a good part of the ingestor's work under load.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{BufMut, Bytes};
 use exchange_proto::marketdata::v1 as pb;
-use exchange_proto::marketdata::v1::market_data_service_client::MarketDataServiceClient;
+use prost::Message as _;
 use service_kit::grpc::Channel;
 use service_kit::retry::Backoff;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::codec::{Codec, EncodeBuf, Encoder};
 
 use crate::buffer::Buffer;
 use crate::metrics;
+
+/// A codec whose requests are already-encoded `IngestRequest` messages.
+#[derive(Clone, Copy, Default)]
+struct Encoded;
+
+impl Codec for Encoded {
+    type Encode = Bytes;
+    type Decode = pb::IngestResponse;
+    type Encoder = Self;
+    type Decoder = tonic_prost::ProstDecoder<pb::IngestResponse>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        Default::default()
+    }
+}
+
+impl Encoder for Encoded {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+/// `MarketDataService/Ingest` with encoded requests.
+async fn ingest(
+    channel: Channel,
+    requests: mpsc::Receiver<Bytes>,
+) -> Result<tonic::Response<pb::IngestResponse>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("market-data is not reachable: {e}")))?;
+    let mut request = tonic::Request::new(ReceiverStream::new(requests));
+    request.extensions_mut().insert(tonic::GrpcMethod::new(
+        "exchange.marketdata.v1.MarketDataService",
+        "Ingest",
+    ));
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/exchange.marketdata.v1.MarketDataService/Ingest",
+    );
+    grpc.client_streaming(request, path, Encoded).await
+}
 
 /// Batches re-sent after a reconnect.
 const REPLAY_BATCHES: usize = 8;
@@ -30,30 +84,27 @@ pub struct ForwardConfig {
 
 /// Runs until `stop`, then ends the stream cleanly after sending what is buffered.
 pub async fn run(
-    client: MarketDataServiceClient<Channel>,
+    channel: Channel,
     config: ForwardConfig,
-    buffer: Arc<Buffer>,
+    buffer: std::sync::Arc<Buffer>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut recent: VecDeque<Arc<Vec<pb::MarketEvent>>> = VecDeque::with_capacity(REPLAY_BATCHES);
+    let mut recent: VecDeque<Bytes> = VecDeque::with_capacity(REPLAY_BATCHES);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {
-        let (tx, rx) = mpsc::channel::<pb::IngestRequest>(4);
-        let mut call = {
-            let mut client = client.clone();
-            tokio::spawn(async move { client.ingest(ReceiverStream::new(rx)).await })
-        };
+        let (tx, rx) = mpsc::channel::<Bytes>(4);
+        let mut call = tokio::spawn(ingest(channel.clone(), rx));
         let first = pb::IngestRequest {
             events: Vec::new(),
             source: config.source.clone(),
             markets: config.markets.clone(),
         };
-        let mut open = tx.send(first).await.is_ok();
+        let mut open = tx.send(first.encode_to_vec().into()).await.is_ok();
         for batch in &recent {
             if !open {
                 break;
             }
-            open = tx.send(request(&config.source, batch)).await.is_ok();
+            open = tx.send(batch.clone()).await.is_ok();
         }
         if open {
             metrics::UPSTREAM_CONNECTED.set(1);
@@ -73,12 +124,12 @@ pub async fn run(
             }
             metrics::BATCH.observe(batch.len() as f64);
             let n = batch.len() as u64;
-            let batch = Arc::new(batch);
+            let encoded = encode(&config.source, batch);
             if recent.len() == REPLAY_BATCHES {
                 recent.pop_front();
             }
-            recent.push_back(batch.clone());
-            match tx.send(request(&config.source, &batch)).await {
+            recent.push_back(encoded.clone());
+            match tx.send(encoded).await {
                 Ok(()) => {
                     metrics::SENT.inc_by(n);
                     backoff.reset();
@@ -109,10 +160,13 @@ pub async fn run(
     }
 }
 
-fn request(source: &str, batch: &[pb::MarketEvent]) -> pb::IngestRequest {
+/// One batch as an encoded `IngestRequest`.
+fn encode(source: &str, events: Vec<pb::MarketEvent>) -> Bytes {
     pb::IngestRequest {
-        events: batch.to_vec(),
+        events,
         source: source.to_owned(),
         markets: Vec::new(),
     }
+    .encode_to_vec()
+    .into()
 }

@@ -16,7 +16,6 @@ mod metrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use exchange_proto::marketdata::v1::market_data_service_client::MarketDataServiceClient;
 use service_kit::server::Server;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -56,7 +55,6 @@ impl App {
         let config = self.config;
         let draining = self.server.draining();
         let channel = service_kit::grpc::channel(&config.market_data_url)?;
-        let client = MarketDataServiceClient::new(channel);
         let buffer = Arc::new(buffer::Buffer::new(config.buffer_trades));
         let subscribed = Arc::new(Notify::new());
         let source = config.runtime.identity("ingestor").served_by();
@@ -78,6 +76,7 @@ impl App {
                     ping_interval: config.ping_interval,
                     stale_after: config.stale_after,
                     max_connects_per_sec: config.max_connects_per_sec,
+                    format: config.feed_format,
                 };
                 let forward_config = forward::ForwardConfig {
                     source,
@@ -89,7 +88,7 @@ impl App {
                 let feed = feed::run(feed_config, buffer.clone(), feed_stop.clone(), move || {
                     subscribed.notify_one()
                 });
-                let forwarder = forward::run(client, forward_config, buffer, draining.clone());
+                let forwarder = forward::run(channel, forward_config, buffer, draining.clone());
                 // Stop reading the feed first, then let the forwarder flush.
                 let stop_feed = async {
                     draining.cancelled().await;

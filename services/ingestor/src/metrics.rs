@@ -12,7 +12,8 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
 }
 
 const LAG_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0,
+    2.0, 5.0, 10.0, 30.0,
 ];
 
 pub static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -135,3 +136,36 @@ pub static SENT: LazyLock<IntCounter> = LazyLock::new(|| {
             .expect("valid"),
     )
 });
+
+/// The three event types, as labelled.
+pub const TYPES: [&str; 3] = ["ticker", "trade", "orderbook"];
+
+/// The lag histogram of each type, resolved once.
+pub static LAG_BY_TYPE: LazyLock<[Histogram; 3]> =
+    LazyLock::new(|| TYPES.map(|t| LAG.with_label_values(&[t])));
+
+/// The conflation counter of tickers and orderbooks, resolved once.
+pub static CONFLATED_TICKERS: LazyLock<IntCounter> =
+    LazyLock::new(|| CONFLATED.with_label_values(&["ticker"]));
+pub static CONFLATED_ORDERBOOKS: LazyLock<IntCounter> =
+    LazyLock::new(|| CONFLATED.with_label_values(&["orderbook"]));
+
+thread_local! {
+    /// `EVENTS` counters by market and type, so counting an event is not a
+    /// label lookup under the registry's lock (there is one per event).
+    static EVENT_COUNTERS: std::cell::RefCell<std::collections::HashMap<String, [IntCounter; 3]>> =
+        Default::default();
+}
+
+/// Counts one event of `TYPES[kind]` in `market`.
+pub fn count_event(kind: usize, market: &str) {
+    EVENT_COUNTERS.with_borrow_mut(|counters| {
+        if let Some(c) = counters.get(market) {
+            c[kind].inc();
+            return;
+        }
+        let c = TYPES.map(|t| EVENTS.with_label_values(&[t, market]));
+        c[kind].inc();
+        counters.insert(market.to_owned(), c);
+    });
+}
