@@ -402,7 +402,11 @@ impl MarketDataService for MarketData {
             }
             let mut batch = Batch::default();
             let mut rows = Vec::new();
-            let mut latest: HashMap<(bool, String), usize> = HashMap::new();
+            // Index in the batch of each market's ticker and orderbook.
+            let (mut ticker_at, mut book_at) = (
+                HashMap::<String, usize>::new(),
+                HashMap::<String, usize>::new(),
+            );
             let (mut n_tickers, mut n_books) = (0u64, 0u64);
             for event in messages.into_iter().flat_map(|m| m.events) {
                 response.events_received += 1;
@@ -410,7 +414,7 @@ impl MarketDataService for MarketData {
                     Some(Event::Ticker(t)) if check_market(&t.market).is_ok() => {
                         n_tickers += 1;
                         // Keep only the newest per market within the batch.
-                        match latest.get(&(false, t.market.clone())) {
+                        match ticker_at.get(t.market.as_str()) {
                             Some(&i)
                                 if hot::ticker_version(&batch.tickers[i])
                                     <= hot::ticker_version(&t) =>
@@ -419,20 +423,20 @@ impl MarketDataService for MarketData {
                             }
                             Some(_) => {}
                             None => {
-                                latest.insert((false, t.market.clone()), batch.tickers.len());
+                                ticker_at.insert(t.market.clone(), batch.tickers.len());
                                 batch.tickers.push(t);
                             }
                         }
                     }
                     Some(Event::Orderbook(o)) if check_market(&o.market).is_ok() => {
                         n_books += 1;
-                        match latest.get(&(true, o.market.clone())) {
+                        match book_at.get(o.market.as_str()) {
                             Some(&i) if batch.orderbooks[i].timestamp <= o.timestamp => {
                                 batch.orderbooks[i] = o
                             }
                             Some(_) => {}
                             None => {
-                                latest.insert((true, o.market.clone()), batch.orderbooks.len());
+                                book_at.insert(o.market.clone(), batch.orderbooks.len());
                                 batch.orderbooks.push(o);
                             }
                         }
@@ -450,7 +454,9 @@ impl MarketDataService for MarketData {
             tickers_in.inc_by(n_tickers);
             books_in.inc_by(n_books);
             trades_in.inc_by(batch.trades.len() as u64);
+            let started = std::time::Instant::now();
             let applied = self.apply_with_retry(&batch).await?;
+            metrics::REDIS_APPLY.observe(started.elapsed().as_secs_f64());
             let now = Utc::now().timestamp_millis();
             let lag = |ts: i64| (now - ts).max(0) as f64 / 1000.0;
             metrics::PUBLISHED

@@ -295,6 +295,11 @@ impl Hot {
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             };
+            // Nobody streaming: nothing to decode (every published batch comes
+            // back here, and decoding it all is a good part of the service's work).
+            if tx.receiver_count() == 0 {
+                continue;
+            }
             let Some(data) = message.value.as_bytes() else {
                 continue;
             };

@@ -13,8 +13,22 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
 
 /// Latency buckets for pipeline lag (seconds): 0.5 ms .. 60 s.
 const LAG_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0,
+    2.0, 5.0, 10.0, 30.0, 60.0,
 ];
+
+pub static REDIS_APPLY: LazyLock<Histogram> = LazyLock::new(|| {
+    register(
+        Histogram::with_opts(
+            HistogramOpts::new(
+                "market_data_redis_apply_seconds",
+                "Time to apply one batch to Redis (one script call, retries included).",
+            )
+            .buckets(LAG_BUCKETS.to_vec()),
+        )
+        .expect("valid"),
+    )
+});
 
 pub static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
