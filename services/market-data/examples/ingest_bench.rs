@@ -36,6 +36,8 @@ struct Args {
     rates: Vec<u64>,
     seconds: u64,
     settle: u64,
+    /// Print p50/p99/max of every second of each step too.
+    per_second: bool,
 }
 
 fn args() -> Args {
@@ -48,9 +50,14 @@ fn args() -> Args {
         rates: vec![10_000, 25_000, 50_000, 100_000, 150_000, 200_000],
         seconds: 10,
         settle: 3,
+        per_second: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--per-second" {
+            a.per_second = true;
+            continue;
+        }
         let value = it.next().unwrap_or_default();
         match flag.as_str() {
             "--redis" => a.redis = value,
@@ -269,13 +276,36 @@ async fn main() -> anyhow::Result<()> {
         let h0 = buckets(&http, &a.md_metrics, "market_data_event_to_redis_seconds").await;
         let started = Instant::now();
         let mut lat = Vec::new();
+        // Latencies of each second of the window, for --per-second.
+        let mut seconds: Vec<Vec<u32>> = vec![Vec::new(); a.seconds as usize + 1];
         let window = Duration::from_secs(a.seconds);
         while started.elapsed() < window {
             match tokio::time::timeout(window.saturating_sub(started.elapsed()), rx_lat.recv())
                 .await
             {
-                Ok(Some(ms)) => lat.push(ms),
+                Ok(Some(ms)) => {
+                    lat.push(ms);
+                    if let Some(s) = seconds.get_mut(started.elapsed().as_secs() as usize) {
+                        s.push(ms);
+                    }
+                }
                 _ => break,
+            }
+        }
+        if a.per_second {
+            for (i, s) in seconds
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, s)| !s.is_empty())
+            {
+                s.sort_unstable();
+                eprintln!(
+                    "  {rate}/s second {i:>3}: trades {:>6} p50 {:>3} ms p99 {:>3} ms max {:>3} ms",
+                    s.len(),
+                    percentile(s, 50),
+                    percentile(s, 99),
+                    s.last().copied().unwrap_or(0)
+                );
             }
         }
         let secs = started.elapsed().as_secs_f64();
