@@ -350,8 +350,10 @@ mod tests {
     }
 }
 
-fn frame(format: Format, body: impl FnOnce(&mut String, bool)) -> String {
-    let mut out = String::with_capacity(640);
+/// Writes one frame into a string of `capacity` (sized for the message, so a
+/// 30-level orderbook is not copied through three reallocations).
+fn frame(format: Format, capacity: usize, body: impl FnOnce(&mut String, bool)) -> String {
+    let mut out = String::with_capacity(capacity);
     if format.list() {
         out.push('[');
     }
@@ -364,7 +366,7 @@ fn frame(format: Format, body: impl FnOnce(&mut String, bool)) -> String {
 
 /// A ticker frame.
 pub fn ticker(t: &Ticker, format: Format) -> String {
-    frame(format, |out, simple| {
+    frame(format, 1024, |out, simple| {
         let stamp = Stamp::new(t.trade_timestamp);
         let mut o = Obj::open(out, simple);
         o.str("type", "ty", "ticker")
@@ -414,7 +416,7 @@ pub fn ticker(t: &Ticker, format: Format) -> String {
 
 /// A trade frame.
 pub fn trade(t: &Trade, format: Format) -> String {
-    frame(format, |out, simple| {
+    frame(format, 640, |out, simple| {
         let stamp = Stamp::new(t.trade_timestamp);
         let mut o = Obj::open(out, simple);
         o.str("type", "ty", "trade")
@@ -457,23 +459,27 @@ fn push_units(out: &mut String, units: &[OrderbookUnit], simple: bool) {
 
 /// An orderbook frame.
 pub fn orderbook(ob: &Orderbook, format: Format) -> String {
-    frame(format, |out, simple| {
-        let mut o = Obj::open(out, simple);
-        o.str("type", "ty", "orderbook")
-            .str("code", "cd", &ob.code)
-            .dec("total_ask_size", "tas", ob.total_ask_size)
-            .dec("total_bid_size", "tbs", ob.total_bid_size);
-        push_units(o.raw("orderbook_units", "obu"), &ob.orderbook_units, simple);
-        o.int("timestamp", "tms", ob.timestamp)
-            .dec("level", "lv", ob.level)
-            .str("stream_type", "st", ob.stream_type.as_str());
-        o.close();
-    })
+    frame(
+        format,
+        256 + 128 * ob.orderbook_units.len(),
+        |out, simple| {
+            let mut o = Obj::open(out, simple);
+            o.str("type", "ty", "orderbook")
+                .str("code", "cd", &ob.code)
+                .dec("total_ask_size", "tas", ob.total_ask_size)
+                .dec("total_bid_size", "tbs", ob.total_bid_size);
+            push_units(o.raw("orderbook_units", "obu"), &ob.orderbook_units, simple);
+            o.int("timestamp", "tms", ob.timestamp)
+                .dec("level", "lv", ob.level)
+                .str("stream_type", "st", ob.stream_type.as_str());
+            o.close();
+        },
+    )
 }
 
 /// A candle frame.
 pub fn candle(c: &Candle, format: Format) -> String {
-    frame(format, |out, simple| {
+    frame(format, 640, |out, simple| {
         let kst =
             chrono::NaiveDateTime::parse_from_str(&c.candle_date_time_utc, "%Y-%m-%dT%H:%M:%S")
                 .map(|t| {
