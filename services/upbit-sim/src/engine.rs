@@ -194,6 +194,7 @@ struct Book {
     spec: MarketSpec,
     /// The price levels; `ladder.best_bid()` is the best bid.
     ladder: Ladder,
+    sizer: Sizer,
     ask_sizes: [Decimal; DEPTH],
     bid_sizes: [Decimal; DEPTH],
     prev_close: Decimal,
@@ -247,16 +248,49 @@ fn down(quote: &str, p: Decimal) -> Decimal {
     next.max(Decimal::ZERO)
 }
 
-/// Random size worth a plausible amount of quote currency at `price`.
-fn random_size(rng: &mut StdRng, quote: &str, price: Decimal) -> Decimal {
-    // Notional in minor units of the quote, as an integer with a scale.
-    let notional = match quote {
-        "KRW" => Decimal::new(rng.random_range(10_000..=30_000_000), 0),
-        "BTC" => Decimal::new(rng.random_range(20_000..=50_000_000), 8),
-        _ => Decimal::new(rng.random_range(1_000..=2_000_000), 2),
+/// The range of sizes, in units of 1e-8, worth a plausible amount of quote
+/// currency at `price` (KRW 10,000 – 30,000,000; BTC 0.0002 – 0.5; USDT and
+/// others 10 – 20,000).
+fn size_range(quote: &str, price: Decimal) -> (i64, i64) {
+    let (low, high) = match quote {
+        "KRW" => (Decimal::new(10_000, 0), Decimal::new(30_000_000, 0)),
+        "BTC" => (Decimal::new(20_000, 8), Decimal::new(50_000_000, 8)),
+        _ => (Decimal::new(1_000, 2), Decimal::new(2_000_000, 2)),
     };
-    let size = (notional / price).round_dp(8);
-    size.max(Decimal::new(1, 8))
+    let sats = |notional: Decimal| {
+        (notional / price * Decimal::new(100_000_000, 0))
+            .floor()
+            .mantissa()
+            .clamp(1, i64::MAX as i128) as i64
+    };
+    let (low, high) = (sats(low), sats(high));
+    (low, high.max(low))
+}
+
+/// Sizes drawn for one book, with the range of its last price kept: a size is
+/// drawn several times a step, and dividing by the price each time was a good
+/// part of the simulator's work.
+#[derive(Clone, Copy)]
+struct Sizer {
+    price: Decimal,
+    range: (i64, i64),
+}
+
+impl Sizer {
+    fn new(quote: &str, price: Decimal) -> Self {
+        Self {
+            price,
+            range: size_range(quote, price),
+        }
+    }
+
+    /// A random size worth a plausible amount at `price` (at least 1e-8).
+    fn draw(&mut self, rng: &mut StdRng, quote: &str, price: Decimal) -> Decimal {
+        if price != self.price {
+            *self = Self::new(quote, price);
+        }
+        Decimal::new(rng.random_range(self.range.0..=self.range.1), 8)
+    }
 }
 
 impl Engine {
@@ -267,15 +301,17 @@ impl Engine {
         for spec in markets {
             let quote = quote_of(&spec).to_owned();
             let price = upbit::market::floor_to_tick(&quote, spec.price);
+            let mut sizer = Sizer::new(&quote, price);
             let mut ask_sizes = [Decimal::ZERO; DEPTH];
             let mut bid_sizes = [Decimal::ZERO; DEPTH];
             for i in 0..DEPTH {
-                ask_sizes[i] = random_size(&mut rng, &quote, price);
-                bid_sizes[i] = random_size(&mut rng, &quote, price);
+                ask_sizes[i] = sizer.draw(&mut rng, &quote, price);
+                bid_sizes[i] = sizer.draw(&mut rng, &quote, price);
             }
             index.insert(spec.code.to_string(), books.len());
             books.push(Book {
                 ladder: Ladder::new(&quote, down(&quote, price)),
+                sizer,
                 ask_sizes,
                 bid_sizes,
                 prev_close: price,
@@ -353,11 +389,11 @@ impl Engine {
         let quote = book.spec.code.quote();
         for _ in 0..3 {
             let level = rng.random_range(1..DEPTH);
-            book.ask_sizes[level] = random_size(rng, quote, price);
+            book.ask_sizes[level] = book.sizer.draw(rng, quote, price);
             let level = rng.random_range(1..DEPTH);
-            book.bid_sizes[level] = random_size(rng, quote, price);
+            book.bid_sizes[level] = book.sizer.draw(rng, quote, price);
         }
-        let refill = random_size(rng, quote, price);
+        let refill = book.sizer.draw(rng, quote, price);
         self.trade(i, price, volume, side, now_ms, refill)
     }
 
@@ -381,8 +417,8 @@ impl Engine {
         if volume <= Decimal::ZERO {
             return Err(InjectError::BadVolume(volume));
         }
-        let refill = random_size(&mut self.rng, quote, price);
         let book = &mut self.books[i];
+        let refill = book.sizer.draw(&mut self.rng, quote_of(&book.spec), price);
         // Put the book where this trade could happen, with enough size there.
         match side {
             AskBid::Bid => {
@@ -617,8 +653,9 @@ impl Engine {
         for code in codes {
             let i = self.index[&code];
             let price = self.books[i].ladder.asks[0];
-            let quote = quote_of(&self.books[i].spec);
-            let volume = random_size(&mut self.rng, quote, price) / Decimal::from(10);
+            let book = &mut self.books[i];
+            let quote = quote_of(&book.spec);
+            let volume = book.sizer.draw(&mut self.rng, quote, price) / Decimal::from(10);
             let volume = volume.round_dp(8).max(Decimal::new(1, 8));
             if let Ok(events) = self.inject(&code, price, volume, AskBid::Bid, now_ms) {
                 out.extend(events);
@@ -729,6 +766,34 @@ mod tests {
                 "sequential ids unique per market"
             );
         }
+    }
+
+    #[test]
+    fn sizes_are_worth_a_plausible_amount_at_the_price() {
+        let p = |s| Decimal::from_str(s).unwrap();
+        let mut rng = StdRng::seed_from_u64(5);
+        for (quote, price, low, high) in [
+            ("KRW", "148000000", "10000", "30000000"),
+            ("KRW", "0.02", "10000", "30000000"),
+            ("BTC", "0.035", "0.0002", "0.5"),
+            ("USDT", "105000", "10", "20000"),
+        ] {
+            let mut sizer = Sizer::new(quote, p(price));
+            for _ in 0..1000 {
+                let size = sizer.draw(&mut rng, quote, p(price));
+                let worth = size * p(price);
+                assert!(size.scale() <= 8 && size > Decimal::ZERO, "{size}");
+                // Within the notional range, give or take one unit of 1e-8.
+                let slack = Decimal::new(1, 8) * p(price);
+                assert!(
+                    worth + slack >= p(low) && worth <= p(high) + slack,
+                    "{quote} {price}: {size} is worth {worth}"
+                );
+            }
+        }
+        // A price too small for the range still gives sizes, not a panic.
+        let mut sizer = Sizer::new("KRW", p("0.00000001"));
+        assert!(sizer.draw(&mut rng, "KRW", p("0.00000001")) > Decimal::ZERO);
     }
 
     #[test]
