@@ -39,7 +39,11 @@ Telemetry environment (read directly, standard OpenTelemetry names):
   OTEL_SERVICE_NAME                     service.name resource attribute [default: the binary's name]
   OTEL_RESOURCE_ATTRIBUTES              extra resource attributes, k=v,k2=v2
   OTEL_TRACES_SAMPLER / _ARG            sampler, e.g. parentbased_traceidratio / 0.1 [default: parentbased_always_on]
-  OTEL_SDK_DISABLED                     true disables export";
+  OTEL_SDK_DISABLED                     true disables export
+
+Runtime environment:
+  TOKIO_WORKER_THREADS                  async worker threads [default: the CPUs available, which in a
+                                        container is its CPU limit rounded up]";
 
 /// Who this process is: used for `service.*` resource attributes, the
 /// `x-served-by` header and the `service_info` metric.

@@ -79,6 +79,9 @@ fn args() -> Args {
     a
 }
 
+/// Ingestor receipt-lag and market-data stored-lag buckets read at one instant.
+type Scrape = (Vec<(f64, f64)>, Vec<(f64, f64)>);
+
 fn percentile(sorted: &[u32], p: usize) -> u32 {
     if sorted.is_empty() {
         return 0;
@@ -99,11 +102,21 @@ async fn metric(http: &reqwest::Client, url: &str, name: &str) -> f64 {
 
 /// Cumulative buckets (upper bound in seconds, count) of a histogram.
 async fn buckets(http: &reqwest::Client, url: &str, name: &str) -> Vec<(f64, f64)> {
+    labelled_buckets(http, url, name, "").await
+}
+
+/// The same for the series whose labels start with `labels` (`type="trade",`).
+async fn labelled_buckets(
+    http: &reqwest::Client,
+    url: &str,
+    name: &str,
+    labels: &str,
+) -> Vec<(f64, f64)> {
     let Ok(resp) = http.get(format!("{url}/metrics")).send().await else {
         return Vec::new();
     };
     let body = resp.text().await.unwrap_or_default();
-    let prefix = format!("{name}_bucket{{le=\"");
+    let prefix = format!("{name}_bucket{{{labels}le=\"");
     body.lines()
         .filter_map(|l| {
             let rest = l.strip_prefix(&prefix)?;
@@ -275,6 +288,34 @@ async fn main() -> anyhow::Result<()> {
         let i0 = metric(&http, &a.ingestor_metrics, "ingestor_events_total").await;
         let h0 = buckets(&http, &a.md_metrics, "market_data_event_to_redis_seconds").await;
         let started = Instant::now();
+        // --per-second: the ingestor's receipt lag and market-data's stored lag,
+        // read every second, so a slow second shows which stage it was in.
+        let stages = a.per_second.then(|| {
+            let (http, ing, md, n) = (
+                http.clone(),
+                a.ingestor_metrics.clone(),
+                a.md_metrics.clone(),
+                a.seconds,
+            );
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                let mut out = Vec::new();
+                for _ in 0..=n {
+                    tick.tick().await;
+                    out.push((
+                        labelled_buckets(
+                            &http,
+                            &ing,
+                            "ingestor_event_lag_seconds",
+                            "type=\"trade\",",
+                        )
+                        .await,
+                        buckets(&http, &md, "market_data_event_to_redis_seconds").await,
+                    ));
+                }
+                out
+            })
+        });
         let mut lat = Vec::new();
         // Latencies of each second of the window, for --per-second.
         let mut seconds: Vec<Vec<u32>> = vec![Vec::new(); a.seconds as usize + 1];
@@ -292,26 +333,36 @@ async fn main() -> anyhow::Result<()> {
                 _ => break,
             }
         }
-        if a.per_second {
+        let secs = started.elapsed().as_secs_f64();
+        let g1 = sim_generated(&http, &a.sim).await;
+        let i1 = metric(&http, &a.ingestor_metrics, "ingestor_events_total").await;
+        let h1 = buckets(&http, &a.md_metrics, "market_data_event_to_redis_seconds").await;
+        if let Some(stages) = stages {
+            let stages = stages.await.unwrap_or_default();
             for (i, s) in seconds
                 .iter_mut()
                 .enumerate()
                 .filter(|(_, s)| !s.is_empty())
             {
                 s.sort_unstable();
+                let stage = |pick: fn(&Scrape) -> &Vec<(f64, f64)>| match (
+                    stages.get(i),
+                    stages.get(i + 1),
+                ) {
+                    (Some(a), Some(b)) => quantile_bound(pick(a), pick(b), 0.99) * 1000.0,
+                    _ => f64::NAN,
+                };
                 eprintln!(
-                    "  {rate}/s second {i:>3}: trades {:>6} p50 {:>3} ms p99 {:>3} ms max {:>3} ms",
+                    "  {rate}/s second {i:>3}: trades {:>6} p50 {:>3} ms p99 {:>3} ms max {:>3} ms | p99 received by the ingestor ≤ {:>4} ms, stored ≤ {:>4} ms",
                     s.len(),
                     percentile(s, 50),
                     percentile(s, 99),
-                    s.last().copied().unwrap_or(0)
+                    s.last().copied().unwrap_or(0),
+                    stage(|s| &s.0),
+                    stage(|s| &s.1),
                 );
             }
         }
-        let secs = started.elapsed().as_secs_f64();
-        let g1 = sim_generated(&http, &a.sim).await;
-        let i1 = metric(&http, &a.ingestor_metrics, "ingestor_events_total").await;
-        let h1 = buckets(&http, &a.md_metrics, "market_data_event_to_redis_seconds").await;
         lat.sort_unstable();
         println!(
             "| {rate} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} |",
