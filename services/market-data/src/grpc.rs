@@ -44,6 +44,9 @@ pub struct MarketData {
     slow_after: Duration,
 }
 
+/// 9999-12-31T23:59:59.999Z, the latest `to` of a candle query.
+const LATEST_TO_MS: i64 = 253_402_300_799_999;
+
 fn unavailable(what: &str, err: &dyn std::fmt::Display) -> Status {
     tracing::warn!(error = %err, "{what} unavailable");
     Status::unavailable(format!("{what} is temporarily unavailable; retry"))
@@ -265,10 +268,14 @@ impl MarketData {
         ))
     }
 
+    /// A stream of `snapshot` then the live messages `pick` converts. `live`
+    /// must be subscribed before the snapshot is read, so nothing published in
+    /// between is missed.
     fn live_stream<T, F>(
         &self,
         kind: &'static str,
         markets: Vec<String>,
+        live: broadcast::Receiver<Live>,
         snapshot: Vec<T>,
         pick: F,
     ) -> Response<BoxStream<T>>
@@ -277,7 +284,6 @@ impl MarketData {
         F: Fn(&Live) -> Option<T> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(self.stream_buffer.max(snapshot.len() + 1));
-        let live = self.live.subscribe();
         let draining = self.draining.clone();
         let wanted: HashSet<String> = markets.into_iter().collect();
         let slow_after = self.slow_after;
@@ -473,11 +479,15 @@ impl MarketDataService for MarketData {
                 if fresh {
                     fresh_count += 1;
                     metrics::EVENT_TO_REDIS.observe(lag(row.ts.timestamp_millis()));
-                    if !self.writer.send(row).await {
-                        return Err(Status::unavailable("shutting down"));
-                    }
                 } else {
                     response.trades_duplicate += 1;
+                }
+                // Every trade goes to Postgres, even one Redis has seen: Redis
+                // decides what is published, but a trade seen by a market-data
+                // that stopped before writing it comes back in the ingestor's
+                // replay, and only Postgres (ON CONFLICT) knows if it was stored.
+                if !self.writer.send(row).await {
+                    return Err(Status::unavailable("shutting down"));
                 }
             }
             response.trades_stored += fresh_count;
@@ -579,8 +589,13 @@ impl MarketDataService for MarketData {
             I::Unspecified => return Err(Status::invalid_argument("interval is required")),
         };
         self.resolve(std::slice::from_ref(&req.market), &[]).await?;
+        // No candle is older than 1970 or newer than the year 9999; bounding
+        // `to` keeps the periods it spans inside what Postgres can represent.
         let to = match req.to {
-            Some(ms) => DateTime::from_timestamp_millis(ms)
+            Some(ms) if ms <= 0 => {
+                return Ok(Response::new(pb::ListCandlesResponse::default()));
+            }
+            Some(ms) => DateTime::from_timestamp_millis(ms.min(LATEST_TO_MS))
                 .ok_or_else(|| Status::invalid_argument("to is out of range"))?,
             None => Utc::now() + chrono::Duration::milliseconds(1),
         };
@@ -625,6 +640,8 @@ impl MarketDataService for MarketData {
         request: Request<pb::StreamTickersRequest>,
     ) -> Result<Response<BoxStream<pb::StreamTickersResponse>>, Status> {
         let req = request.into_inner();
+        // Subscribed first: an update published while the snapshot is read is not lost.
+        let live = self.live.subscribe();
         for m in &req.markets {
             check_market(m)?;
         }
@@ -645,7 +662,7 @@ impl MarketDataService for MarketData {
             Vec::new()
         };
         Ok(
-            self.live_stream("ticker", req.markets, snapshot, |live| match live {
+            self.live_stream("ticker", req.markets, live, snapshot, |live| match live {
                 Live::Ticker(t) => Some(pb::StreamTickersResponse {
                     ticker: Some((**t).clone()),
                     snapshot: false,
@@ -660,6 +677,8 @@ impl MarketDataService for MarketData {
         request: Request<pb::StreamTradesRequest>,
     ) -> Result<Response<BoxStream<pb::StreamTradesResponse>>, Status> {
         let req = request.into_inner();
+        // Subscribed first: an update published while the snapshot is read is not lost.
+        let live = self.live.subscribe();
         for m in &req.markets {
             check_market(m)?;
         }
@@ -676,7 +695,7 @@ impl MarketDataService for MarketData {
             }
         }
         Ok(
-            self.live_stream("trade", req.markets, snapshot, |live| match live {
+            self.live_stream("trade", req.markets, live, snapshot, |live| match live {
                 Live::Trade(t) => Some(pb::StreamTradesResponse {
                     trade: Some((**t).clone()),
                     snapshot: false,
@@ -691,6 +710,8 @@ impl MarketDataService for MarketData {
         request: Request<pb::StreamOrderbooksRequest>,
     ) -> Result<Response<BoxStream<pb::StreamOrderbooksResponse>>, Status> {
         let req = request.into_inner();
+        // Subscribed first: an update published while the snapshot is read is not lost.
+        let live = self.live.subscribe();
         for m in &req.markets {
             check_market(m)?;
         }
@@ -711,15 +732,19 @@ impl MarketDataService for MarketData {
         } else {
             Vec::new()
         };
-        Ok(
-            self.live_stream("orderbook", req.markets, snapshot, move |live| match live {
+        Ok(self.live_stream(
+            "orderbook",
+            req.markets,
+            live,
+            snapshot,
+            move |live| match live {
                 Live::Orderbook(o) => Some(pb::StreamOrderbooksResponse {
                     orderbook: Some(truncate((**o).clone(), depth)),
                     snapshot: false,
                 }),
                 _ => None,
-            }),
-        )
+            },
+        ))
     }
 }
 

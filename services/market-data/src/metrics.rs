@@ -103,7 +103,7 @@ pub static WRITE_QUEUE: LazyLock<IntGauge> = LazyLock::new(|| {
     register(
         IntGauge::new(
             "market_data_write_queue",
-            "Trades waiting to be written to Postgres.",
+            "Trades accepted and not yet written to Postgres (queued or being retried).",
         )
         .expect("valid"),
     )

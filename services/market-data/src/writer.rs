@@ -35,7 +35,9 @@ impl Writer {
     /// Queues a trade for writing.
     pub async fn send(&self, trade: TradeRow) -> bool {
         let ok = self.tx.send(trade).await.is_ok();
-        metrics::WRITE_QUEUE.set((self.tx.max_capacity() - self.tx.capacity()) as i64);
+        if ok {
+            metrics::WRITE_QUEUE.inc();
+        }
         ok
     }
 }
@@ -59,8 +61,8 @@ async fn run(
         if received == 0 {
             return;
         }
-        metrics::WRITE_QUEUE.set(rx.len() as i64);
         write_with_retry(&pool, &buf, &stop).await;
+        metrics::WRITE_QUEUE.sub(buf.len() as i64);
         buf.clear();
     }
 }
