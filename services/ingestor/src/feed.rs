@@ -160,25 +160,29 @@ where
 {
     let mut ping = tokio::time::interval(config.ping_interval);
     ping.reset();
+    // Stale means no data for `stale_after`: pongs keep a dead feed's socket
+    // alive, so they do not count.
+    let stale = tokio::time::sleep(config.stale_after);
+    tokio::pin!(stale);
     loop {
         let next = tokio::select! {
             _ = stop.cancelled() => return End::Stop,
+            _ = &mut stale => return End::Reconnect("stale"),
             _ = ping.tick() => {
                 if ws.send(WsMessage::Ping(Vec::new().into())).await.is_err() {
                     return End::Reconnect("error");
                 }
                 continue;
             }
-            n = tokio::time::timeout(config.stale_after, ws.next()) => n,
+            n = ws.next() => n,
         };
         let frame = match next {
-            Err(_) => return End::Reconnect("stale"),
-            Ok(None) => return End::Reconnect("closed"),
-            Ok(Some(Err(err))) => {
+            None => return End::Reconnect("closed"),
+            Some(Err(err)) => {
                 tracing::debug!(error = %err, "feed read error");
                 return End::Reconnect("error");
             }
-            Ok(Some(Ok(frame))) => frame,
+            Some(Ok(frame)) => frame,
         };
         let bytes = match frame {
             WsMessage::Binary(b) => b,
@@ -186,6 +190,9 @@ where
             WsMessage::Close(_) => return End::Reconnect("closed"),
             _ => continue,
         };
+        stale
+            .as_mut()
+            .reset(tokio::time::Instant::now() + config.stale_after);
         handle(bytes, buffer);
     }
 }

@@ -196,7 +196,17 @@ async fn reconnects_after_the_feed_drops_and_skips_malformed_frames() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_feed_is_detected_and_replaced() {
     let db = TestDb::create().await.unwrap();
-    let p = start(&db, |c| c.stale_after = Duration::from_millis(800), false).await;
+    // Pinged more often than the stale limit: the pongs of a stalled feed must
+    // not keep it alive.
+    let p = start(
+        &db,
+        |c| {
+            c.stale_after = Duration::from_millis(800);
+            c.ping_interval = Duration::from_millis(200);
+        },
+        false,
+    )
+    .await;
     p.sim_post("/sim/stall?secs=3", None).await;
     eventually(Duration::from_secs(10), "a stale reconnect", || async {
         (p.metric("ingestor_reconnects_total", &["reason=\"stale\""])
