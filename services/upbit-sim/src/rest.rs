@@ -169,6 +169,11 @@ pub async fn orderbook(
             query::MAX_ORDERBOOK_DEPTH,
         )
         .map_err(bad)? as usize;
+        if let Some(level) = q.get("level").filter(|l| !l.is_empty() && *l != "0") {
+            return Err(bad(InvalidParam(format!(
+                "level {level} is not supported; only 0"
+            ))));
+        }
         let engine = app.sim.engine();
         let mut items = Vec::with_capacity(codes.len());
         for code in &codes {
@@ -203,6 +208,12 @@ pub async fn trades(
             ),
             None => None,
         };
+        let to = query::trades_to(
+            q.get("to").map(String::as_str),
+            q.get("days_ago").map(String::as_str),
+            crate::feed::now_ms(),
+        )
+        .map_err(bad)?;
         let engine = app.sim.engine();
         if !engine.has_market(code.as_str()) {
             return Err(not_found());
@@ -211,6 +222,7 @@ pub async fn trades(
             .trades(code.as_str())
             .into_iter()
             .filter(|t| cursor.is_none_or(|c| t.sequential_id < c))
+            .filter(|t| to.is_none_or(|to| t.trade_timestamp < to))
             .take(count)
             .map(|t| rest::trade(&t))
             .collect::<Vec<_>>();

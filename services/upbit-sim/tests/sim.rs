@@ -384,6 +384,35 @@ async fn rest_quotation_shapes_errors_and_limits() {
         .unwrap();
     assert_eq!(trades.as_array().unwrap().len(), 3);
     assert_eq!(trades[0]["ask_bid"], "ASK", "newest first");
+    // `to` (a time of today, UTC, exclusive) and `days_ago`.
+    let third = chrono::DateTime::from_timestamp_millis(minute + 2000).unwrap();
+    if third.date_naive() == chrono::Utc::now().date_naive() {
+        let to = third.format("%H:%M:%S").to_string();
+        let before: serde_json::Value = sim
+            .get(&format!("/v1/trades/ticks?market=KRW-BTC&count=2&to={to}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            before[0]["trade_price"].to_string(),
+            "160100000",
+            "{before}"
+        );
+    }
+    let yesterday: serde_json::Value = sim
+        .get("/v1/trades/ticks?market=KRW-BTC&days_ago=1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(yesterday, serde_json::json!([]), "no trades before today");
+    for bad in [
+        "/v1/trades/ticks?market=KRW-BTC&days_ago=8",
+        "/v1/trades/ticks?market=KRW-BTC&to=25:00:00",
+    ] {
+        assert_eq!(sim.get(bad).await.status(), 400, "{bad}");
+    }
 
     let resp = sim.get("/v1/ticker?markets=KRW-NOPE").await;
     assert_eq!(resp.status(), 404);
@@ -413,6 +442,16 @@ async fn rest_quotation_shapes_errors_and_limits() {
     }
     assert!(statuses.contains(&429), "{statuses:?}");
     assert!(statuses.iter().filter(|s| **s == 200).count() >= 10);
+    // Price grouping is not simulated: refused, once the limit lets it through.
+    test_support::eventually(Duration::from_secs(5), "a 400 for level", || async {
+        (sim.get("/v1/orderbook?markets=KRW-BTC&level=10000")
+            .await
+            .status()
+            == 400)
+            .then_some(())
+    })
+    .await
+    .unwrap();
     sim.running.stop().await;
 }
 
