@@ -252,6 +252,22 @@ impl Stack {
             .unwrap()
     }
 
+    /// Live streams of `kind` market-data serves now.
+    pub async fn md_streams(&self, kind: &str) -> f64 {
+        let admin = self
+            .admins
+            .iter()
+            .find(|(_, name)| *name == "market-data")
+            .map(|(a, _)| *a)
+            .expect("market-data's admin address");
+        test_support::read_metric(
+            admin,
+            "market_data_stream_consumers",
+            &[&format!("type=\"{kind}\"")],
+        )
+        .await
+    }
+
     pub async fn sim_post(&self, path: &str) {
         let resp = self
             .http
@@ -306,21 +322,20 @@ pub async fn ws_next(ws: &mut Ws, wait: Duration) -> Option<Vec<u8>> {
     }
 }
 
-/// Sends a request then PING, and returns what arrived before `{"status":"UP"}`
-/// (requests are handled in order, so the subscription is then in place).
-pub async fn ws_request(ws: &mut Ws, text: &str) -> Vec<upbit::Message> {
-    ws_send(ws, text).await;
-    ws_send(ws, "PING").await;
-    let mut before = Vec::new();
-    loop {
-        let bytes = ws_next(ws, Duration::from_secs(10)).await.expect("a reply");
-        match upbit::parse_message(&bytes)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&bytes)))
-        {
-            upbit::Message::Status(s) if s == "UP" => return before,
-            other => before.push(other),
-        }
-    }
+/// Subscribes with `request` and waits until market-data serves `streams` more
+/// live streams of `kind` than before: the gateway answers a subscription
+/// with nothing (as Upbit does) and opens its streams afterwards, so only then
+/// can nothing published next be missed.
+pub async fn ws_subscribe(stack: &Stack, ws: &mut Ws, request: &str, kind: &str, streams: f64) {
+    let before = stack.md_streams(kind).await;
+    ws_send(ws, request).await;
+    test_support::eventually(
+        Duration::from_secs(10),
+        &format!("{streams} more {kind} streams"),
+        || async { (stack.md_streams(kind).await >= before + streams).then_some(()) },
+    )
+    .await
+    .unwrap();
 }
 
 /// Waits for the first data message satisfying `want`.
