@@ -179,6 +179,14 @@ ensure_redis() {
   die "Redis did not start on 127.0.0.1:$REDIS_PORT (see ${TMPDIR:-/tmp}/exchange-redis.log)"
 }
 
+# unlink_keys PATTERN: removes the Redis keys matching PATTERN (needs redis-cli;
+# does nothing without it). UNLINK frees large values off Redis's main thread.
+unlink_keys() {
+  have redis-cli || return 0
+  redis-cli -u "$REDIS_URL" --scan --pattern "$1" 2>/dev/null \
+    | xargs -r -n 500 redis-cli -u "$REDIS_URL" unlink >/dev/null 2>&1 || true
+}
+
 ensure_cargo() {
   if ! have cargo && [[ -x $HOME/.cargo/bin/cargo ]]; then
     export PATH="$HOME/.cargo/bin:$PATH"
