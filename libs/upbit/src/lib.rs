@@ -11,6 +11,8 @@
 //! - [`request`]: subscription requests (`[{ticket},{type,codes},{format}]`), parsed
 //!   with Upbit's error names and built for clients.
 //! - [`query`]: REST query parameters validated with client-safe messages.
+//! - [`scan`]: a strict, allocation-free reader of one JSON object's fields, for
+//!   clients that convert frames straight into their own types.
 //! - [`market`]: market codes (`QUOTE-BASE`), tick sizes, minimum order totals.
 //! - [`error`]: Upbit's error body `{"error":{"name","message"}}`.
 
@@ -19,6 +21,7 @@ pub mod market;
 pub mod parse;
 pub mod query;
 pub mod request;
+pub mod scan;
 pub mod types;
 pub mod write;
 

@@ -227,34 +227,39 @@ pub fn handle(frame: bytes::Bytes, buffer: &Buffer) {
     }
 }
 
-/// Parses a frame into an event (None for frames that carry none).
+/// Parses a frame into an event (None for frames that carry none): directly
+/// into the event when it is a plain ticker, trade or orderbook, through the
+/// full Upbit parser otherwise (which also names what is wrong with it).
 pub fn parse_event(bytes: &[u8], received_at: i64) -> Option<pb::MarketEvent> {
     let lag = |ts: i64| (received_at - ts).max(0) as f64 / 1000.0;
-    let event = match upbit::parse_message(bytes) {
-        Ok(Message::Ticker(t)) => {
-            metrics::LAG_BY_TYPE[0].observe(lag(t.timestamp));
-            Event::Ticker(convert::ticker(&t))
-        }
-        Ok(Message::Trade(t)) => {
-            metrics::count_event(1, &t.code);
-            metrics::LAG_BY_TYPE[1].observe(lag(t.trade_timestamp));
-            Event::Trade(convert::trade(&t))
-        }
-        Ok(Message::Orderbook(o)) => {
-            metrics::LAG_BY_TYPE[2].observe(lag(o.timestamp));
-            Event::Orderbook(convert::orderbook(&o))
-        }
-        Ok(Message::Candle(_)) | Ok(Message::Status(_)) => return None,
-        Ok(Message::Error(e)) => {
-            tracing::warn!(name = %e.name, message = %e.message, "the feed answered an error");
-            return None;
-        }
-        Err(err) => {
-            metrics::PARSE_ERRORS.inc();
-            tracing::debug!(error = %err, "skipping a malformed frame");
-            return None;
-        }
+    let direct =
+        upbit::parse::frame_head(bytes).and_then(|(kind, _)| convert::direct::event(kind, bytes));
+    let event = match direct {
+        Some(event) => event,
+        None => match upbit::parse_message(bytes) {
+            Ok(Message::Ticker(t)) => Event::Ticker(convert::ticker(&t)),
+            Ok(Message::Trade(t)) => Event::Trade(convert::trade(&t)),
+            Ok(Message::Orderbook(o)) => Event::Orderbook(convert::orderbook(&o)),
+            Ok(Message::Candle(_)) | Ok(Message::Status(_)) => return None,
+            Ok(Message::Error(e)) => {
+                tracing::warn!(name = %e.name, message = %e.message, "the feed answered an error");
+                return None;
+            }
+            Err(err) => {
+                metrics::PARSE_ERRORS.inc();
+                tracing::debug!(error = %err, "skipping a malformed frame");
+                return None;
+            }
+        },
     };
+    match &event {
+        Event::Ticker(t) => metrics::LAG_BY_TYPE[0].observe(lag(t.timestamp)),
+        Event::Trade(t) => {
+            metrics::count_event(1, &t.market);
+            metrics::LAG_BY_TYPE[1].observe(lag(t.trade_timestamp));
+        }
+        Event::Orderbook(o) => metrics::LAG_BY_TYPE[2].observe(lag(o.timestamp)),
+    }
     Some(pb::MarketEvent {
         event: Some(event),
         received_at,
