@@ -245,20 +245,26 @@ async fn keeps_the_newest_state_while_market_data_is_away() {
             >= 1.0,
         "older tickers were replaced, not queued"
     );
-    let trades =
-        p.md.clone()
-            .list_trades(pb::ListTradesRequest {
-                market: "KRW-XRP".into(),
-                count: 10,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .trades;
-    assert!(
-        trades.iter().any(|t| t.trade_price == "3202"),
-        "buffered trades are delivered, in full"
-    );
+    // Trades reach Postgres a moment after Redis: wait for the buffered one.
+    eventually(
+        Duration::from_secs(10),
+        "buffered trades are delivered, in full",
+        || async {
+            let trades =
+                p.md.clone()
+                    .list_trades(pb::ListTradesRequest {
+                        market: "KRW-XRP".into(),
+                        count: 10,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .trades;
+            trades.iter().any(|t| t.trade_price == "3202").then_some(())
+        },
+    )
+    .await
+    .unwrap();
     p.stop().await;
 }
