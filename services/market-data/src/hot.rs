@@ -53,6 +53,17 @@ pub fn orderbook_version(o: &Orderbook) -> String {
 /// Seconds a trade id is remembered for deduplication.
 pub const DEDUPE_TTL_SECS: u64 = 600;
 
+/// Trade ids of one (market, minute) looked up and added per call: bounded so
+/// the ids of a group stay well under Lua's limit on unpacked values.
+const GROUP_MAX: usize = 1000;
+
+// ARGV: prefix, ttl, then tickers and orderbooks as a count and per item
+// (market, version, 4-byte length, payload), then trades as a count of groups
+// and per group (market, minute, n, n ids, n framed payloads). The caller
+// frames payloads and groups trades, so the script does no string building
+// per trade and one SMISMEMBER and one SADD per group instead of one call per
+// trade. Returns [tickers published, orderbooks published, '1'/'0' per trade
+// in group order].
 const APPLY: &str = r#"
 local p = ARGV[1]
 local ttl = tonumber(ARGV[2])
@@ -63,40 +74,47 @@ local function latest(kind)
   local verkey = p .. 'md:ver:' .. kind
   local frames = {}
   for _ = 1, n do
-    local market, version, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-    i = i + 3
+    local market, version, len, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    i = i + 4
     local current = redis.call('HGET', verkey, market) or ''
     if version > current then
       redis.call('HSET', verkey, market, version)
       redis.call('SET', p .. 'md:' .. kind .. ':' .. market, payload)
-      frames[#frames + 1] = struct.pack('>I4', #payload) .. payload
+      frames[#frames + 1] = len
+      frames[#frames + 1] = payload
     end
   end
   if #frames > 0 then
     redis.call('PUBLISH', p .. 'md:ch:' .. kind, table.concat(frames))
   end
-  out[#out + 1] = #frames
+  out[#out + 1] = #frames / 2
 end
 latest('ticker')
 latest('orderbook')
-local n = tonumber(ARGV[i]); i = i + 1
+local groups = tonumber(ARGV[i]); i = i + 1
 local frames = {}
 local fresh = {}
-local touched = {}
-for _ = 1, n do
-  local market, sid, minute, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  i = i + 4
+for _ = 1, groups do
+  local market, minute, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  i = i + 3
   local key = p .. 'md:seen:' .. market .. ':' .. minute
-  if redis.call('SADD', key, sid) == 1 then
-    touched[key] = true
-    frames[#frames + 1] = struct.pack('>I4', #payload) .. payload
-    fresh[#fresh + 1] = '1'
-  else
-    fresh[#fresh + 1] = '0'
-  end
-end
-for key in pairs(touched) do
+  local ids = {}
+  for k = 1, n do ids[k] = ARGV[i + k - 1] end
+  local known = redis.call('SMISMEMBER', key, unpack(ids))
+  redis.call('SADD', key, unpack(ids))
   redis.call('EXPIRE', key, ttl)
+  local now = {}
+  for k = 1, n do
+    local id = ids[k]
+    if known[k] == 0 and not now[id] then
+      now[id] = true
+      frames[#frames + 1] = ARGV[i + n + k - 1]
+      fresh[#fresh + 1] = '1'
+    else
+      fresh[#fresh + 1] = '0'
+    end
+  end
+  i = i + 2 * n
 end
 if #frames > 0 then
   redis.call('PUBLISH', p .. 'md:ch:trade', table.concat(frames))
@@ -179,40 +197,76 @@ impl Hot {
 
     /// Applies a batch in one round trip.
     pub async fn apply(&self, batch: &Batch) -> Result<Applied, fred::error::Error> {
-        let mut args: Vec<Bytes> = Vec::with_capacity(
-            5 + 3 * (batch.tickers.len() + batch.orderbooks.len()) + 4 * batch.trades.len(),
-        );
+        let snapshots = batch.tickers.len() + batch.orderbooks.len();
+        let mut args: Vec<Bytes> =
+            Vec::with_capacity(6 + 4 * snapshots + 2 * batch.trades.len() + 60);
         args.push(Bytes::from(self.prefix.clone()));
         args.push(Bytes::from(DEDUPE_TTL_SECS.to_string()));
+        let snapshot = |args: &mut Vec<Bytes>, market: &str, version: String, payload: Vec<u8>| {
+            args.push(Bytes::copy_from_slice(market.as_bytes()));
+            args.push(Bytes::from(version));
+            args.push(Bytes::copy_from_slice(
+                &(payload.len() as u32).to_be_bytes(),
+            ));
+            args.push(Bytes::from(payload));
+        };
         args.push(Bytes::from(batch.tickers.len().to_string()));
         for t in &batch.tickers {
-            args.push(Bytes::from(t.market.clone()));
-            args.push(Bytes::from(ticker_version(t)));
-            args.push(Bytes::from(t.encode_to_vec()));
+            snapshot(&mut args, &t.market, ticker_version(t), t.encode_to_vec());
         }
         args.push(Bytes::from(batch.orderbooks.len().to_string()));
         for o in &batch.orderbooks {
-            args.push(Bytes::from(o.market.clone()));
-            args.push(Bytes::from(orderbook_version(o)));
-            args.push(Bytes::from(o.encode_to_vec()));
+            snapshot(
+                &mut args,
+                &o.market,
+                orderbook_version(o),
+                o.encode_to_vec(),
+            );
         }
-        args.push(Bytes::from(batch.trades.len().to_string()));
-        for t in &batch.trades {
-            args.push(Bytes::from(t.market.clone()));
-            args.push(Bytes::from(t.sequential_id.to_string()));
-            args.push(Bytes::from(
-                (t.trade_timestamp.div_euclid(60_000)).to_string(),
-            ));
-            args.push(Bytes::from(t.encode_to_vec()));
+        // Trades grouped by their dedupe set, in order of first appearance.
+        let mut groups: Vec<((&str, i64), Vec<usize>)> = Vec::new();
+        let mut open: std::collections::HashMap<(&str, i64), usize> = Default::default();
+        for (n, t) in batch.trades.iter().enumerate() {
+            let key = (t.market.as_str(), t.trade_timestamp.div_euclid(60_000));
+            match open.get(&key) {
+                Some(&g) if groups[g].1.len() < GROUP_MAX => groups[g].1.push(n),
+                _ => {
+                    open.insert(key, groups.len());
+                    groups.push((key, vec![n]));
+                }
+            }
+        }
+        args.push(Bytes::from(groups.len().to_string()));
+        let mut order = Vec::with_capacity(batch.trades.len());
+        for ((market, minute), members) in &groups {
+            args.push(Bytes::copy_from_slice(market.as_bytes()));
+            args.push(Bytes::from(minute.to_string()));
+            args.push(Bytes::from(members.len().to_string()));
+            for &n in members {
+                args.push(Bytes::from(batch.trades[n].sequential_id.to_string()));
+            }
+            for &n in members {
+                let t = &batch.trades[n];
+                let mut framed = Vec::with_capacity(4 + t.encoded_len());
+                framed.extend_from_slice(&(t.encoded_len() as u32).to_be_bytes());
+                t.encode_raw(&mut framed);
+                args.push(Bytes::from(framed));
+            }
+            order.extend_from_slice(members);
         }
         let (tickers, orderbooks, fresh): (i64, i64, String) = self
             .script
             .evalsha_with_reload(&self.client, Vec::<String>::new(), args)
             .await?;
+        // Back from group order to the batch's order.
+        let mut fresh_trades = vec![false; batch.trades.len()];
+        for (&n, flag) in order.iter().zip(fresh.bytes()) {
+            fresh_trades[n] = flag == b'1';
+        }
         Ok(Applied {
             tickers: tickers as usize,
             orderbooks: orderbooks as usize,
-            fresh_trades: fresh.bytes().map(|b| b == b'1').collect(),
+            fresh_trades,
         })
     }
 

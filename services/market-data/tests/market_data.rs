@@ -666,6 +666,86 @@ async fn a_trade_seen_by_an_instance_that_never_stored_it_is_stored_when_replaye
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_script_call_dedupes_trades_in_groups_and_keeps_their_order() {
+    use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
+    use prost::Message as _;
+    let prefix = test_support::unique_prefix();
+    let client = market_data::redis_builder(&test_support::redis_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    client.init().await.unwrap();
+    let subscriber = market_data::redis_builder(&test_support::redis_url())
+        .unwrap()
+        .build_subscriber_client()
+        .unwrap();
+    subscriber.init().await.unwrap();
+    let mut published = subscriber.message_rx();
+    subscriber
+        .subscribe(format!("{prefix}md:ch:trade"))
+        .await
+        .unwrap();
+    let hot = market_data::hot::Hot::new(client.clone(), prefix.clone());
+    let t = |market: &str, ts: i64, sid: i64| match trade(market, "100", "1", ts, sid).event {
+        Some(Event::Trade(t)) => t,
+        _ => unreachable!(),
+    };
+    let m = minute(40);
+    // A copy within the batch, two minutes of one market, and one market with
+    // more trades than one group holds.
+    let mut trades = vec![t("KRW-GA", m, 1), t("KRW-GB", m, 1), t("KRW-GA", m + 5, 1)];
+    trades.push(t("KRW-GA", m + 60_000, 2));
+    trades.extend((0..2_500).map(|i| t("KRW-GC", m + i, 10 + i)));
+    let batch = market_data::hot::Batch {
+        trades,
+        ..Default::default()
+    };
+    let applied = hot.apply(&batch).await.unwrap();
+    let mut expected = vec![true, true, false, true];
+    expected.extend([true; 2_500]);
+    assert_eq!(applied.fresh_trades, expected);
+    let again = hot.apply(&batch).await.unwrap();
+    assert!(again.fresh_trades.iter().all(|f| !f), "all seen now");
+
+    let mut got = Vec::new();
+    while got.len() < 2_503 {
+        let message = tokio::time::timeout(Duration::from_secs(5), published.recv())
+            .await
+            .expect("published trades")
+            .unwrap();
+        let mut rest = message.value.as_bytes().unwrap();
+        while rest.len() >= 4 {
+            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            got.push(pb::Trade::decode(&rest[4..4 + len]).unwrap());
+            rest = &rest[4 + len..];
+        }
+    }
+    assert_eq!(got.len(), 2_503, "each new trade published once");
+    let sids = |market: &str| -> Vec<i64> {
+        got.iter()
+            .filter(|t| t.market == market)
+            .map(|t| t.sequential_id)
+            .collect()
+    };
+    assert_eq!(sids("KRW-GA"), [1, 2]);
+    assert_eq!(sids("KRW-GC"), (10..2_510).collect::<Vec<_>>(), "in order");
+    let minute_of = |ts: i64| ts.div_euclid(60_000);
+    let keys: Vec<String> = [
+        ("KRW-GA", m),
+        ("KRW-GB", m),
+        ("KRW-GA", m + 60_000),
+        ("KRW-GC", m),
+    ]
+    .iter()
+    .map(|(market, ts)| format!("{prefix}md:seen:{market}:{}", minute_of(*ts)))
+    .collect();
+    let removed: i64 = client.del(keys).await.unwrap();
+    assert_eq!(removed, 4, "one dedupe set per market and minute");
+    let _ = subscriber.quit().await;
+    let _ = client.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_stops_reading_does_not_hold_back_others() {
     let db = TestDb::create().await.unwrap();
     let svc = start(&db).await;
