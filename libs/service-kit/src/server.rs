@@ -107,49 +107,52 @@ impl Server {
 
     /// Serves the admin port, and `routes` (+ health, reflection) on the gRPC port
     /// if one was bound; reports SERVING once `ready` resolves; returns after a
-    /// graceful shutdown.
-    pub async fn serve_grpc<R>(
+    /// graceful shutdown. The future is boxed: the server it owns is large, and
+    /// callers would otherwise carry it inline in their own futures.
+    pub fn serve_grpc<R>(
         mut self,
         routes: Option<Routes>,
         descriptors: &'static [&'static [u8]],
         ready: R,
-    ) -> anyhow::Result<()>
+    ) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>
     where
         R: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        let draining = self.lifecycle.draining();
-        self.lifecycle.spawn(
-            "admin",
-            crate::admin::serve(self.admin, self.health.clone(), draining.clone()),
-        );
-        if let Some(listener) = self.grpc {
-            let routes = routes.unwrap_or_default();
+        Box::pin(async move {
+            let draining = self.lifecycle.draining();
             self.lifecycle.spawn(
-                "grpc",
-                crate::grpc::serve(
-                    listener,
-                    self.served_by.clone(),
-                    routes,
-                    self.health_service,
-                    descriptors,
-                    draining,
-                ),
+                "admin",
+                crate::admin::serve(self.admin, self.health.clone(), draining.clone()),
             );
-        }
-        let health = self.health.clone();
-        let stopping = self.lifecycle.stopping();
-        self.lifecycle.spawn("startup", async move {
-            tokio::select! {
-                result = ready => {
-                    result?;
-                    if !stopping.is_cancelled() {
-                        health.set_serving().await;
-                    }
-                }
-                _ = stopping.cancelled() => {}
+            if let Some(listener) = self.grpc {
+                let routes = routes.unwrap_or_default();
+                self.lifecycle.spawn(
+                    "grpc",
+                    crate::grpc::serve(
+                        listener,
+                        self.served_by.clone(),
+                        routes,
+                        self.health_service,
+                        descriptors,
+                        draining,
+                    ),
+                );
             }
-            Ok(())
-        });
-        self.lifecycle.finish().await
+            let health = self.health.clone();
+            let stopping = self.lifecycle.stopping();
+            self.lifecycle.spawn("startup", async move {
+                tokio::select! {
+                    result = ready => {
+                        result?;
+                        if !stopping.is_cancelled() {
+                            health.set_serving().await;
+                        }
+                    }
+                    _ = stopping.cancelled() => {}
+                }
+                Ok(())
+            });
+            self.lifecycle.finish().await
+        })
     }
 }

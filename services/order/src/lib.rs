@@ -109,7 +109,7 @@ impl App {
                 if ready_rx.await.is_err() {
                     return Ok(());
                 }
-                matcher::run(orders, options, every, min_age, stop).await
+                Box::pin(matcher::run(orders, options, every, min_age, stop)).await
             });
         }
         let routes = Routes::new(OrderServiceServer::new(grpc::Order::new(orders, changes)));
