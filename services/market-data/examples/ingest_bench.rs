@@ -17,7 +17,14 @@
 //!
 //! Usage: cargo run --release -p market-data --example ingest_bench -- \
 //!   --redis redis://127.0.0.1:6379 --prefix bench: --sim http://127.0.0.1:9090 \
-//!   --ingestor-metrics http://127.0.0.1:9105 --rates 10000,50000,100000 --seconds 10
+//!   --ingestor-metrics http://127.0.0.1:9105 --rates 10000,50000,100000 --seconds 10 \
+//!   [--cpu upbit-sim=PID,ingestor=PID] [--cpu-match postgres=DBNAME] [--per-second]
+//!
+//! After the table it prints, per step, the CPU each named process used (from
+//! /proc; `--cpu-match` sums every process whose command line contains the text,
+//! e.g. the Postgres backends of the run's database) and the machine's wake-up
+//! delay: how late a thread that sleeps 1 ms is woken, the scheduling delay the
+//! box adds to every hop of the pipeline.
 
 #![allow(clippy::print_stdout)] // a report on stdout is its purpose
 
@@ -38,6 +45,10 @@ struct Args {
     settle: u64,
     /// Print p50/p99/max of every second of each step too.
     per_second: bool,
+    /// Processes whose CPU time is reported per step: (name, pid).
+    cpu: Vec<(String, u32)>,
+    /// Processes matched by a substring of their command line: (name, substring).
+    cpu_match: Vec<(String, String)>,
 }
 
 fn args() -> Args {
@@ -51,6 +62,8 @@ fn args() -> Args {
         seconds: 10,
         settle: 3,
         per_second: false,
+        cpu: Vec::new(),
+        cpu_match: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -73,6 +86,16 @@ fn args() -> Args {
             }
             "--seconds" => a.seconds = value.parse().unwrap_or(10),
             "--settle" => a.settle = value.parse().unwrap_or(3),
+            // --cpu upbit-sim=123,ingestor=456
+            "--cpu" => a.cpu.extend(value.split(',').filter_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })),
+            // --cpu-match postgres=bench_md_42 (every process whose command line has it)
+            "--cpu-match" => a.cpu_match.extend(value.split(',').filter_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                Some((k.to_owned(), v.to_owned()))
+            })),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -144,6 +167,113 @@ fn quantile_bound(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
         }
     }
     f64::INFINITY
+}
+
+/// CPU time (user + system, in clock ticks of 1/100 s) of one process, from /proc.
+fn process_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    Some(fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?)
+}
+
+/// Ticks of every process whose command line contains `needle`, by pid.
+fn matching_ticks(needle: &str) -> Vec<(u32, u64)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .filter_map(|pid| Some((pid, process_ticks(pid)?)))
+        .collect()
+}
+
+/// The machine's (busy, total) ticks summed over all cores, from /proc/stat.
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    // idle and iowait are the 4th and 5th.
+    Some((total - v.get(3)? - v.get(4)?, total))
+}
+
+/// CPU use of the measured processes over one step.
+struct CpuReading {
+    named: Vec<Option<u64>>,
+    matched: Vec<Vec<(u32, u64)>>,
+    machine: Option<(u64, u64)>,
+    at: Instant,
+}
+
+impl CpuReading {
+    fn take(a: &Args) -> Self {
+        Self {
+            named: a.cpu.iter().map(|(_, pid)| process_ticks(*pid)).collect(),
+            matched: a.cpu_match.iter().map(|(_, m)| matching_ticks(m)).collect(),
+            machine: machine_ticks(),
+            at: Instant::now(),
+        }
+    }
+
+    /// "% of one core" per process since `before`, then the machine's busy share.
+    fn report_since(&self, before: &Self, a: &Args) -> String {
+        let secs = self.at.duration_since(before.at).as_secs_f64().max(1e-3);
+        let pct = |ticks: u64| ticks as f64 / secs; // 100 ticks/s = 100 %
+        let mut out = Vec::new();
+        for (i, (name, _)) in a.cpu.iter().enumerate() {
+            if let (Some(Some(t0)), Some(Some(t1))) = (before.named.get(i), self.named.get(i)) {
+                out.push(format!("{name} {:.0}", pct(t1 - t0)));
+            }
+        }
+        for (i, (name, _)) in a.cpu_match.iter().enumerate() {
+            let (Some(b), Some(n)) = (before.matched.get(i), self.matched.get(i)) else {
+                continue;
+            };
+            let ticks: u64 = n
+                .iter()
+                .map(|(pid, t)| t - b.iter().find(|(p, _)| p == pid).map_or(0, |(_, t0)| *t0))
+                .sum();
+            out.push(format!("{name} {:.0}", pct(ticks)));
+        }
+        if let (Some((b0, t0)), Some((b1, t1))) = (before.machine, self.machine) {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let busy = (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
+            out.push(format!(
+                "machine {:.0} of {}",
+                busy * 100.0 * cores as f64,
+                cores * 100
+            ));
+        }
+        out.join(", ")
+    }
+}
+
+/// How late a thread that sleeps 1 ms wakes up, sampled continuously: the delay
+/// the machine's scheduler adds to any wake-up, whatever the pipeline does.
+fn spawn_wakeup_probe() -> std::sync::Arc<std::sync::Mutex<Vec<u32>>> {
+    let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = samples.clone();
+    std::thread::spawn(move || {
+        loop {
+            let t = Instant::now();
+            std::thread::sleep(Duration::from_millis(1));
+            let late = t.elapsed().saturating_sub(Duration::from_millis(1));
+            if let Ok(mut s) = out.lock() {
+                s.push(late.as_micros().min(u32::MAX as u128) as u32);
+            }
+        }
+    });
+    samples
 }
 
 async fn sim_generated(http: &reqwest::Client, sim: &str) -> f64 {
@@ -278,6 +408,8 @@ async fn main() -> anyhow::Result<()> {
         "| sim rate (msg/s) | offered (msg/s) | ingested (events/s) | trades to Redis (/s) | p50 ms | p99 ms | max ms | stored p50 ≤ ms | stored p99 ≤ ms |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let wakeups = spawn_wakeup_probe();
+    let mut machine_rows = Vec::new();
     for rate in &a.rates {
         http.post(format!("{}/sim/rate?eps={rate}", a.sim))
             .send()
@@ -287,6 +419,10 @@ async fn main() -> anyhow::Result<()> {
         let g0 = sim_generated(&http, &a.sim).await;
         let i0 = metric(&http, &a.ingestor_metrics, "ingestor_events_total").await;
         let h0 = buckets(&http, &a.md_metrics, "market_data_event_to_redis_seconds").await;
+        let cpu0 = CpuReading::take(&a);
+        if let Ok(mut w) = wakeups.lock() {
+            w.clear();
+        }
         let started = Instant::now();
         // --per-second: the ingestor's receipt lag and market-data's stored lag,
         // read every second, so a slow second shows which stage it was in.
@@ -334,6 +470,14 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         let secs = started.elapsed().as_secs_f64();
+        let cpu = CpuReading::take(&a).report_since(&cpu0, &a);
+        let mut late = wakeups.lock().map(|w| w.clone()).unwrap_or_default();
+        late.sort_unstable();
+        machine_rows.push(format!(
+            "| {rate} | {cpu} | {:.1} | {:.1} |",
+            f64::from(percentile(&late, 99)) / 1000.0,
+            f64::from(late.last().copied().unwrap_or(0)) / 1000.0,
+        ));
         let g1 = sim_generated(&http, &a.sim).await;
         let i1 = metric(&http, &a.ingestor_metrics, "ingestor_events_total").await;
         let h1 = buckets(&http, &a.md_metrics, "market_data_event_to_redis_seconds").await;
@@ -379,6 +523,17 @@ async fn main() -> anyhow::Result<()> {
     http.post(format!("{}/sim/rate?eps=0", a.sim))
         .send()
         .await?;
+    println!();
+    println!("The machine during each step: CPU of each process in % of one core (from /proc),");
+    println!(
+        "and how late a thread sleeping 1 ms woke up (the delay the box adds to any wake-up)."
+    );
+    println!();
+    println!("| sim rate (msg/s) | CPU % | wake-up delay p99 ms | max ms |");
+    println!("|---:|---|---:|---:|");
+    for row in machine_rows {
+        println!("{row}");
+    }
     let _ = subscriber.quit().await;
     Ok(())
 }
