@@ -35,6 +35,12 @@ pub struct Config {
     #[arg(long, env = "WRITE_BATCH", default_value_t = 5000)]
     pub write_batch: usize,
 
+    /// At most one Postgres write per this interval unless a batch is full: at low
+    /// rates, fewer and larger transactions (each costs about a millisecond of
+    /// Postgres CPU whatever its size); trades reach Postgres at most this much later.
+    #[arg(long, env = "WRITE_LINGER", default_value = "50ms", value_parser = service_kit::config::parse_duration)]
+    pub write_linger: std::time::Duration,
+
     /// Trades that may wait for Postgres in memory before ingest slows down.
     #[arg(long, env = "WRITE_QUEUE", default_value_t = 500_000)]
     pub write_queue: usize,

@@ -119,6 +119,7 @@ impl App {
             self.pool.clone(),
             self.config.write_queue,
             self.config.write_batch,
+            self.config.write_linger,
             writer_stop.clone(),
         );
         let service = grpc::MarketData::new(

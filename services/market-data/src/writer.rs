@@ -2,8 +2,12 @@
 //! written in batches by one task; a failed batch is retried with backoff until
 //! it is written, so a database that is briefly away delays trades and candles
 //! (visible in `market_data_trade_to_postgres_seconds`) but loses nothing.
+//! Writes start at most once per `linger` unless a batch is full, so a slow
+//! feed costs a few transactions a second, not one per trade.
 
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use service_kit::retry::Backoff;
 use sqlx::PgPool;
@@ -25,10 +29,11 @@ impl Writer {
         pool: PgPool,
         capacity: usize,
         batch: usize,
+        linger: Duration,
         stop: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let task = tokio::spawn(run(pool, rx, batch.max(1), stop));
+        let task = tokio::spawn(run(pool, rx, batch.max(1), linger, stop));
         (Self { tx }, task)
     }
 
@@ -46,9 +51,11 @@ async fn run(
     pool: PgPool,
     mut rx: mpsc::Receiver<TradeRow>,
     batch: usize,
+    linger: Duration,
     stop: CancellationToken,
 ) {
     let mut buf = Vec::with_capacity(batch);
+    let mut last_write = Instant::now() - linger;
     loop {
         let received = tokio::select! {
             n = rx.recv_many(&mut buf, batch) => n,
@@ -61,6 +68,23 @@ async fn run(
         if received == 0 {
             return;
         }
+        // A batch that is not full waits until `linger` after the previous write
+        // began, then takes what arrived meanwhile (under load, writes take
+        // longer than that and nothing waits).
+        let due = last_write + linger;
+        if buf.len() < batch && Instant::now() < due && !stop.is_cancelled() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => {}
+                _ = stop.cancelled() => {}
+            }
+            while buf.len() < batch {
+                match rx.try_recv() {
+                    Ok(trade) => buf.push(trade),
+                    Err(_) => break,
+                }
+            }
+        }
+        last_write = Instant::now();
         write_with_retry(&pool, &buf, &stop).await;
         metrics::WRITE_QUEUE.sub(buf.len() as i64);
         buf.clear();

@@ -19,6 +19,7 @@ struct Opts {
     database_url: Option<String>,
     redis_url: String,
     prefix: String,
+    write_linger: Duration,
 }
 
 impl Opts {
@@ -27,6 +28,7 @@ impl Opts {
             database_url: None,
             redis_url: test_support::redis_url(),
             prefix: test_support::unique_prefix(),
+            write_linger: Duration::from_millis(10),
         }
     }
 }
@@ -48,6 +50,7 @@ async fn start_with(db: &TestDb, opts: &Opts) -> Started {
         redis_url: opts.redis_url.clone(),
         redis_prefix: opts.prefix.clone(),
         write_batch: 1000,
+        write_linger: opts.write_linger,
         write_queue: 100_000,
         stream_buffer: 4096,
         stream_slow_after: Duration::from_millis(500),
@@ -662,6 +665,58 @@ async fn a_trade_seen_by_an_instance_that_never_stored_it_is_stored_when_replaye
     assert_eq!(trade_rows(&db, "KRW-RPL").await, 1);
     let _: i64 = redis.del(&seen).await.unwrap();
     let _ = redis.quit().await;
+    md.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trades_arriving_one_by_one_are_written_in_few_transactions() {
+    let db = TestDb::create().await.unwrap();
+    let opts = Opts {
+        write_linger: Duration::from_secs(2),
+        ..Opts::new()
+    };
+    let md = start_with(&db, &opts).await;
+    let mut c = client(md.grpc).await;
+    // Ten trades, one per message, 20 ms apart: without the linger each would be
+    // its own transaction; with it the first goes at once and the rest together.
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(pb::IngestRequest {
+        events: vec![],
+        source: "test".into(),
+        markets: vec![market("KRW-LGR")],
+    })
+    .await
+    .unwrap();
+    let sending = tokio::spawn(async move {
+        for i in 0..10 {
+            let ev = trade("KRW-LGR", "7000", "0.1", minute(40) + i, 9000 + i);
+            let req = pb::IngestRequest {
+                events: vec![ev],
+                source: "test".into(),
+                markets: vec![],
+            };
+            tx.send(req).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let answer = c
+        .ingest(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    sending.await.unwrap();
+    assert_eq!(answer.trades_stored, 10);
+    test_support::eventually(Duration::from_secs(10), "all ten stored", || async {
+        (trade_rows(&db, "KRW-LGR").await == 10).then_some(())
+    })
+    .await
+    .unwrap();
+    let writes =
+        test_support::read_metric(md.admin, "market_data_write_batch_trades_count", &[]).await;
+    assert!(
+        (1.0..=3.0).contains(&writes),
+        "ten trades in {writes} writes: the linger did not gather them"
+    );
     md.running.stop().await;
 }
 

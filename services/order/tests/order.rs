@@ -80,6 +80,7 @@ async fn env() -> Env {
         redis_url: test_support::redis_url(),
         redis_prefix: test_support::unique_prefix(),
         write_batch: 1000,
+        write_linger: Duration::from_millis(10),
         write_queue: 10_000,
         stream_buffer: 1024,
         stream_slow_after: Duration::from_secs(5),

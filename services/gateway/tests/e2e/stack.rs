@@ -94,6 +94,7 @@ impl Stack {
                 redis_url: test_support::redis_url(),
                 redis_prefix: prefix.clone(),
                 write_batch: 1000,
+                write_linger: Duration::from_millis(10),
                 write_queue: 100_000,
                 stream_buffer: 1024,
                 stream_slow_after: Duration::from_secs(5),
