@@ -486,7 +486,7 @@ impl MarketDataService for MarketData {
                 // decides what is published, but a trade seen by a market-data
                 // that stopped before writing it comes back in the ingestor's
                 // replay, and only Postgres (ON CONFLICT) knows if it was stored.
-                if !self.writer.send(row).await {
+                if !self.writer.send(row, fresh).await {
                     return Err(Status::unavailable("shutting down"));
                 }
             }

@@ -56,28 +56,38 @@ pub enum Period {
 
 /// Inserts trades (duplicates skipped) and folds the new ones into their 1-minute
 /// candles, in one statement. Returns how many trades were new.
-pub async fn insert_trades(pool: &PgPool, trades: &[TradeRow]) -> Result<u64, sqlx::Error> {
-    let n = trades.len();
-    let mut markets = Vec::with_capacity(n);
-    let mut ts = Vec::with_capacity(n);
-    let mut sids = Vec::with_capacity(n);
-    let mut prices = Vec::with_capacity(n);
-    let mut volumes = Vec::with_capacity(n);
-    let mut sides = Vec::with_capacity(n);
-    let mut prev = Vec::with_capacity(n);
-    let mut change = Vec::with_capacity(n);
-    for t in trades {
-        markets.push(t.market.as_str());
-        ts.push(t.ts);
-        sids.push(t.sequential_id);
-        prices.push(t.price);
-        volumes.push(t.volume);
-        sides.push(t.ask_bid);
-        prev.push(t.prev_closing_price);
-        change.push(t.change_price);
+///
+/// `likely_new`: the caller believes none is stored yet (Redis had not seen
+/// them), so they go in with a plain `INSERT`, which skips the conflict check
+/// that `ON CONFLICT DO NOTHING` makes per row (a fifth to a third of the
+/// statement's cost). If one was stored after all (Redis lost its memory of it),
+/// the statement fails as a whole on the primary key and the batch is inserted
+/// again with `ON CONFLICT DO NOTHING`.
+pub async fn insert_trades(
+    pool: &PgPool,
+    trades: &[TradeRow],
+    likely_new: bool,
+) -> Result<u64, sqlx::Error> {
+    if trades.is_empty() {
+        return Ok(0);
     }
-    let stored: i64 = sqlx::query_scalar(
-        r#"
+    if likely_new {
+        match insert_trades_with(pool, trades, INSERT_NEW_TRADES.as_str()).await {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                tracing::debug!(
+                    trades = trades.len(),
+                    "a trade Redis had not seen was stored; skipping duplicates"
+                );
+            }
+            other => return other,
+        }
+    }
+    insert_trades_with(pool, trades, INSERT_TRADES.as_str()).await
+}
+
+/// The trade insert with its candle fold; `{on_conflict}` is where duplicates are
+/// skipped, or not.
+const INSERT_TRADES_TEMPLATE: &str = r#"
         WITH input AS (
             SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::bigint[], $4::numeric[],
                                  $5::numeric[], $6::text[], $7::numeric[], $8::numeric[])
@@ -86,9 +96,12 @@ pub async fn insert_trades(pool: &PgPool, trades: &[TradeRow]) -> Result<u64, sq
         inserted AS (
             INSERT INTO trades (market, ts, sequential_id, price, volume, ask_bid, prev_closing_price, change_price)
             SELECT * FROM input
-            ON CONFLICT DO NOTHING
+            {on_conflict}
             RETURNING market, ts, sequential_id, price, volume
-        ),
+        ),"#;
+
+/// The rest of the insert: the inserted trades folded into `candles_1m`.
+const FOLD_INTO_CANDLES: &str = r#"
         agg AS (
             SELECT market,
                    date_bin(interval '1 minute', ts, timestamptz 'epoch') AS bucket,
@@ -132,18 +145,50 @@ pub async fn insert_trades(pool: &PgPool, trades: &[TradeRow]) -> Result<u64, sq
             RETURNING 1
         )
         SELECT count(*) FROM inserted
-        "#,
-    )
-    .bind(markets)
-    .bind(ts)
-    .bind(sids)
-    .bind(prices)
-    .bind(volumes)
-    .bind(sides)
-    .bind(prev)
-    .bind(change)
-    .fetch_one(pool)
-    .await?;
+        "#;
+
+static INSERT_TRADES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    INSERT_TRADES_TEMPLATE.replace("{on_conflict}", "ON CONFLICT DO NOTHING") + FOLD_INTO_CANDLES
+});
+static INSERT_NEW_TRADES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    INSERT_TRADES_TEMPLATE.replace("{on_conflict}", "") + FOLD_INTO_CANDLES
+});
+
+async fn insert_trades_with(
+    pool: &PgPool,
+    trades: &[TradeRow],
+    sql: &'static str,
+) -> Result<u64, sqlx::Error> {
+    let n = trades.len();
+    let mut markets = Vec::with_capacity(n);
+    let mut ts = Vec::with_capacity(n);
+    let mut sids = Vec::with_capacity(n);
+    let mut prices = Vec::with_capacity(n);
+    let mut volumes = Vec::with_capacity(n);
+    let mut sides = Vec::with_capacity(n);
+    let mut prev = Vec::with_capacity(n);
+    let mut change = Vec::with_capacity(n);
+    for t in trades {
+        markets.push(t.market.as_str());
+        ts.push(t.ts);
+        sids.push(t.sequential_id);
+        prices.push(t.price);
+        volumes.push(t.volume);
+        sides.push(t.ask_bid);
+        prev.push(t.prev_closing_price);
+        change.push(t.change_price);
+    }
+    let stored: i64 = sqlx::query_scalar(sql)
+        .bind(markets)
+        .bind(ts)
+        .bind(sids)
+        .bind(prices)
+        .bind(volumes)
+        .bind(sides)
+        .bind(prev)
+        .bind(change)
+        .fetch_one(pool)
+        .await?;
     Ok(stored as u64)
 }
 

@@ -20,7 +20,13 @@ use crate::store::{self, TradeRow};
 /// The sending side: `send` waits when the queue is full (backpressure).
 #[derive(Clone)]
 pub struct Writer {
-    tx: mpsc::Sender<TradeRow>,
+    tx: mpsc::Sender<Queued>,
+}
+
+/// A trade waiting for Postgres, and whether Redis saw it for the first time.
+struct Queued {
+    row: TradeRow,
+    fresh: bool,
 }
 
 impl Writer {
@@ -37,9 +43,11 @@ impl Writer {
         (Self { tx }, task)
     }
 
-    /// Queues a trade for writing.
-    pub async fn send(&self, trade: TradeRow) -> bool {
-        let ok = self.tx.send(trade).await.is_ok();
+    /// Queues a trade for writing; `fresh`: Redis had not seen it, so it is very
+    /// likely not stored yet (written without a conflict check, see
+    /// [`store::insert_trades`]).
+    pub async fn send(&self, trade: TradeRow, fresh: bool) -> bool {
+        let ok = self.tx.send(Queued { row: trade, fresh }).await.is_ok();
         if ok {
             metrics::WRITE_QUEUE.inc();
         }
@@ -49,7 +57,7 @@ impl Writer {
 
 async fn run(
     pool: PgPool,
-    mut rx: mpsc::Receiver<TradeRow>,
+    mut rx: mpsc::Receiver<Queued>,
     batch: usize,
     linger: Duration,
     stop: CancellationToken,
@@ -85,17 +93,28 @@ async fn run(
             }
         }
         last_write = Instant::now();
-        write_with_retry(&pool, &buf, &stop).await;
-        metrics::WRITE_QUEUE.sub(buf.len() as i64);
-        buf.clear();
+        let queued = buf.len();
+        let (fresh, seen): (Vec<_>, Vec<_>) = buf.drain(..).partition(|q| q.fresh);
+        let rows = |q: Vec<Queued>| q.into_iter().map(|q| q.row).collect::<Vec<_>>();
+        write_with_retry(&pool, &rows(fresh), true, &stop).await;
+        write_with_retry(&pool, &rows(seen), false, &stop).await;
+        metrics::WRITE_QUEUE.sub(queued as i64);
     }
 }
 
-async fn write_with_retry(pool: &PgPool, batch: &[TradeRow], stop: &CancellationToken) {
+async fn write_with_retry(
+    pool: &PgPool,
+    batch: &[TradeRow],
+    likely_new: bool,
+    stop: &CancellationToken,
+) {
+    if batch.is_empty() {
+        return;
+    }
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let started = std::time::Instant::now();
-        match store::insert_trades(pool, batch).await {
+        match store::insert_trades(pool, batch, likely_new).await {
             Ok(stored) => {
                 metrics::WRITE_SECONDS.observe(started.elapsed().as_secs_f64());
                 metrics::TRADES_STORED.inc_by(stored);

@@ -170,6 +170,41 @@ async fn trade_rows(db: &TestDb, code: &str) -> i64 {
         .unwrap()
 }
 
+/// Waits until `code` has `n` trade rows in Postgres.
+async fn wait_trade_rows(db: &TestDb, code: &str, n: i64) {
+    test_support::eventually(
+        Duration::from_secs(10),
+        &format!("{n} trades of {code} stored"),
+        || async { (trade_rows(db, code).await == n).then_some(()) },
+    )
+    .await
+    .unwrap();
+}
+
+/// Waits until market-data has counted `n` duplicate trades in Postgres.
+async fn wait_duplicates_stored(md: &Started, n: f64) {
+    test_support::wait_metric(
+        md.admin,
+        "market_data_trades_duplicate_total",
+        &[],
+        n,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+}
+
+/// A Redis client of the test's own, to look at or change what market-data keeps.
+async fn redis_client(opts: &Opts) -> fred::clients::Client {
+    use fred::interfaces::ClientLike;
+    let redis = market_data::redis_builder(&opts.redis_url)
+        .unwrap()
+        .build()
+        .unwrap();
+    redis.init().await.unwrap();
+    redis
+}
+
 /// A whole minute, a few hours back, so no other test's "now" interferes.
 fn minute(n: i64) -> i64 {
     let base = 1_767_225_600_000; // 2026-01-01T00:00:00Z
@@ -621,11 +656,7 @@ async fn a_trade_seen_by_an_instance_that_never_stored_it_is_stored_when_replaye
     // A market-data that published this trade (so Redis has seen it) and then
     // stopped before its Postgres queue was written.
     let ts = minute(30) + 7;
-    let redis = market_data::redis_builder(&opts.redis_url)
-        .unwrap()
-        .build()
-        .unwrap();
-    redis.init().await.unwrap();
+    let redis = redis_client(&opts).await;
     let seen = format!("{}md:seen:KRW-RPL:{}", opts.prefix, ts.div_euclid(60_000));
     let _: i64 = redis.sadd(&seen, "4242").await.unwrap();
 
@@ -638,13 +669,7 @@ async fn a_trade_seen_by_an_instance_that_never_stored_it_is_stored_when_replaye
     .await
     .unwrap();
     assert_eq!((replayed.trades_stored, replayed.trades_duplicate), (0, 1));
-    test_support::eventually(
-        Duration::from_secs(10),
-        "the replayed trade stored",
-        || async { (trade_rows(&db, "KRW-RPL").await == 1).then_some(()) },
-    )
-    .await
-    .unwrap();
+    wait_trade_rows(&db, "KRW-RPL", 1).await;
     // And once stored, another copy changes nothing.
     ingest(
         &mut c,
@@ -653,16 +678,69 @@ async fn a_trade_seen_by_an_instance_that_never_stored_it_is_stored_when_replaye
     )
     .await
     .unwrap();
-    test_support::wait_metric(
-        md.admin,
-        "market_data_trades_duplicate_total",
-        &[],
-        1.0,
-        Duration::from_secs(10),
+    wait_duplicates_stored(&md, 1.0).await;
+    assert_eq!(trade_rows(&db, "KRW-RPL").await, 1);
+    let _: i64 = redis.del(&seen).await.unwrap();
+    let _ = redis.quit().await;
+    md.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_trade_redis_forgot_is_not_stored_or_counted_twice() {
+    use fred::interfaces::{ClientLike, KeysInterface};
+    let db = TestDb::create().await.unwrap();
+    let opts = Opts::new();
+    let md = start_with(&db, &opts).await;
+    let mut c = client(md.grpc).await;
+    let ts = minute(50) + 3;
+    ingest(
+        &mut c,
+        &["KRW-FGT"],
+        vec![vec![trade("KRW-FGT", "100", "1", ts, 1)]],
     )
     .await
     .unwrap();
-    assert_eq!(trade_rows(&db, "KRW-RPL").await, 1);
+    test_support::eventually(
+        Duration::from_secs(10),
+        "the first trade stored",
+        || async { (trade_rows(&db, "KRW-FGT").await == 1).then_some(()) },
+    )
+    .await
+    .unwrap();
+    // Redis restarts and forgets which trades it saw: the same trade comes again
+    // with a new one, both "fresh" to Redis, so both go to Postgres as new.
+    let redis = redis_client(&opts).await;
+    let seen = format!("{}md:seen:KRW-FGT:{}", opts.prefix, ts.div_euclid(60_000));
+    let removed: i64 = redis.del(&seen).await.unwrap();
+    assert_eq!(removed, 1, "the trade was in Redis's dedupe set");
+    let again = ingest(
+        &mut c,
+        &[],
+        vec![vec![
+            trade("KRW-FGT", "100", "1", ts, 1),
+            trade("KRW-FGT", "300", "2", ts + 1, 2),
+        ]],
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.trades_stored, 2, "Redis took both for new");
+    wait_duplicates_stored(&md, 1.0).await;
+    assert_eq!(trade_rows(&db, "KRW-FGT").await, 2);
+    // The candle folded each trade once: two trades, volume 3, close 300.
+    let mut admin = db.admin().await.unwrap();
+    let (count, volume, close): (i32, rust_decimal::Decimal, rust_decimal::Decimal) =
+        sqlx::query_as(
+            "SELECT trade_count, volume, close FROM market_data.candles_1m WHERE market = 'KRW-FGT'",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!((count, volume, close), (2, 3.into(), 300.into()));
+    assert_eq!(
+        test_support::read_metric(md.admin, "market_data_write_errors_total", &[]).await,
+        0.0,
+        "the duplicate is handled, not retried as a failure"
+    );
     let _: i64 = redis.del(&seen).await.unwrap();
     let _ = redis.quit().await;
     md.running.stop().await;
@@ -706,11 +784,7 @@ async fn trades_arriving_one_by_one_are_written_in_few_transactions() {
         .into_inner();
     sending.await.unwrap();
     assert_eq!(answer.trades_stored, 10);
-    test_support::eventually(Duration::from_secs(10), "all ten stored", || async {
-        (trade_rows(&db, "KRW-LGR").await == 10).then_some(())
-    })
-    .await
-    .unwrap();
+    wait_trade_rows(&db, "KRW-LGR", 10).await;
     let writes =
         test_support::read_metric(md.admin, "market_data_write_batch_trades_count", &[]).await;
     assert!(
