@@ -63,7 +63,11 @@ async fn run(
     stop: CancellationToken,
 ) {
     let mut buf = Vec::with_capacity(batch);
-    let mut last_write = Instant::now() - linger;
+    // (No earlier write: the first batch goes at once. checked_sub: a linger longer
+    // than the machine's uptime must not panic.)
+    let mut last_write = Instant::now()
+        .checked_sub(linger)
+        .unwrap_or_else(Instant::now);
     loop {
         let received = tokio::select! {
             n = rx.recv_many(&mut buf, batch) => n,
