@@ -331,22 +331,26 @@ async fn redis_ceiling(url: &str, prefix: &str) -> anyhow::Result<f64> {
     Ok(rate)
 }
 
-fn redis_benchmark(url: &str) -> Option<String> {
+fn redis_benchmark(url: &str, prefix: &str) -> Option<String> {
     let hostport = url.trim_start_matches("redis://");
     let (host, port) = hostport.split_once(':').unwrap_or((hostport, "6379"));
+    // The same command as `-t set`, on a key under the run's prefix (removed with
+    // the rest of the run's keys) instead of redis-benchmark's `key:__rand_int__`.
+    let key = format!("{prefix}redis-benchmark");
     let out = std::process::Command::new("redis-benchmark")
         .args([
             "-h",
             host,
             "-p",
             port.trim_end_matches('/'),
-            "-t",
-            "set",
             "-n",
             "1000000",
             "-P",
             "64",
             "-q",
+            "SET",
+            &key,
+            "xxx",
         ])
         .output()
         .ok()?;
@@ -354,7 +358,13 @@ fn redis_benchmark(url: &str) -> Option<String> {
     text.lines()
         .rev()
         .find(|l| l.contains("requests per second"))
-        .map(|l| l.rsplit('\r').next().unwrap_or(l).trim().to_owned())
+        .map(|l| {
+            let l = l.rsplit('\r').next().unwrap_or(l).trim();
+            // "SET <key> xxx: 1234.00 requests per second, …": the figures only.
+            l.split_once(": ")
+                .map_or(l, |(_, figures)| figures)
+                .to_owned()
+        })
 }
 
 #[tokio::main]
@@ -363,7 +373,7 @@ async fn main() -> anyhow::Result<()> {
     let http = reqwest::Client::new();
 
     println!("# Redis ceiling (same machine, same run)");
-    match redis_benchmark(&a.redis) {
+    match redis_benchmark(&a.redis, &a.prefix) {
         Some(line) => println!("redis-benchmark SET -P 64: {line}"),
         None => println!("redis-benchmark: not installed (apt-get install redis-tools)"),
     }
