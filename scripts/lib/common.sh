@@ -183,8 +183,9 @@ ensure_redis() {
 # does nothing without it). UNLINK frees large values off Redis's main thread.
 unlink_keys() {
   have redis-cli || return 0
-  redis-cli -u "$REDIS_URL" --scan --pattern "$1" 2>/dev/null \
-    | xargs -r -n 500 redis-cli -u "$REDIS_URL" unlink >/dev/null 2>&1 || true
+  local url=${REDIS_URL:-redis://127.0.0.1:6379}
+  redis-cli -u "$url" --scan --pattern "$1" 2>/dev/null \
+    | xargs -r -n 500 redis-cli -u "$url" unlink >/dev/null 2>&1 || true
 }
 
 ensure_cargo() {

@@ -22,6 +22,8 @@ for var in GATEWAY_PORT SIM_PORT MARKET_DATA_PORT ORDER_PORT INVENTORY_PORT USER
   export "${var?}"
 done
 export EXCHANGE_DB="smoke_$$"
+# Its own Redis keys too, so a stack already running on this Redis is left alone.
+export REDIS_PREFIX="smoke$$:"
 
 # Background jobs of a script start with SIGINT ignored; restore it so Ctrl-C
 # (SIGINT to the group) reaches scripts/up as it would from a terminal.
@@ -30,6 +32,7 @@ up_pid=$!
 cleanup() {
   kill -TERM -- "-$up_pid" 2>/dev/null || true
   psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS $EXCHANGE_DB WITH (FORCE)" >/dev/null 2>&1 || true
+  unlink_keys "$REDIS_PREFIX*"
 }
 trap cleanup EXIT
 ensure_postgres
