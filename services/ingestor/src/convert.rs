@@ -189,6 +189,15 @@ pub mod direct {
         matches!(v, Value::Str("SNAPSHOT" | "REALTIME")).then_some(())
     }
 
+    /// One arm of a field table: sets the field (its `?` rejects the frame), then
+    /// names the field's slot in the bits `fields` returns.
+    macro_rules! slot {
+        ($slot:expr, $set:expr) => {{
+            $set;
+            $slot
+        }};
+    }
+
     /// Reads the fields of the object entered last: `field` converts the value
     /// of a key it knows and gives its slot, or Some(None) for a key it does not
     /// (skipped). Returns the slots seen; None on a duplicate field (which the
@@ -237,67 +246,25 @@ pub mod direct {
         let mut side_set = false;
         let seen = fields(r, |key, r| {
             Some(Some(match key {
-                "code" | "cd" => {
-                    t.market = string(val(r)?)?;
-                    0
-                }
-                "trade_price" | "tp" => {
-                    t.trade_price = dec_at(r)?;
-                    1
-                }
-                "trade_volume" | "tv" => {
-                    t.trade_volume = dec_at(r)?;
-                    2
-                }
+                "code" | "cd" => slot!(0, t.market = string(val(r)?)?),
+                "trade_price" | "tp" => slot!(1, t.trade_price = dec_at(r)?),
+                "trade_volume" | "tv" => slot!(2, t.trade_volume = dec_at(r)?),
                 "ask_bid" | "ab" => {
                     t.ask_bid = side(val(r)?)?;
                     side_set = true;
                     3
                 }
-                "prev_closing_price" | "pcp" => {
-                    t.prev_closing_price = dec_at(r)?;
-                    4
-                }
-                "change" | "c" => {
-                    t.change = change(val(r)?)?;
-                    5
-                }
-                "change_price" | "cp" => {
-                    t.change_price = dec_at(r)?;
-                    6
-                }
-                "trade_timestamp" | "ttms" => {
-                    t.trade_timestamp = int(val(r)?)?;
-                    7
-                }
-                "timestamp" | "tms" => {
-                    t.timestamp = int(val(r)?)?;
-                    8
-                }
-                "sequential_id" | "sid" => {
-                    t.sequential_id = int(val(r)?)?;
-                    9
-                }
-                "best_ask_price" | "bap" => {
-                    t.best_ask_price = opt_dec_at(r)?;
-                    10
-                }
-                "best_ask_size" | "bas" => {
-                    t.best_ask_size = opt_dec_at(r)?;
-                    11
-                }
-                "best_bid_price" | "bbp" => {
-                    t.best_bid_price = opt_dec_at(r)?;
-                    12
-                }
-                "best_bid_size" | "bbs" => {
-                    t.best_bid_size = opt_dec_at(r)?;
-                    13
-                }
-                "stream_type" | "st" => {
-                    stream_type(val(r)?)?;
-                    14
-                }
+                "prev_closing_price" | "pcp" => slot!(4, t.prev_closing_price = dec_at(r)?),
+                "change" | "c" => slot!(5, t.change = change(val(r)?)?),
+                "change_price" | "cp" => slot!(6, t.change_price = dec_at(r)?),
+                "trade_timestamp" | "ttms" => slot!(7, t.trade_timestamp = int(val(r)?)?),
+                "timestamp" | "tms" => slot!(8, t.timestamp = int(val(r)?)?),
+                "sequential_id" | "sid" => slot!(9, t.sequential_id = int(val(r)?)?),
+                "best_ask_price" | "bap" => slot!(10, t.best_ask_price = opt_dec_at(r)?),
+                "best_ask_size" | "bas" => slot!(11, t.best_ask_size = opt_dec_at(r)?),
+                "best_bid_price" | "bbp" => slot!(12, t.best_bid_price = opt_dec_at(r)?),
+                "best_bid_size" | "bbs" => slot!(13, t.best_bid_size = opt_dec_at(r)?),
+                "stream_type" | "st" => slot!(14, stream_type(val(r)?)?),
                 _ => return Some(None),
             }))
         })?;
@@ -329,74 +296,23 @@ pub mod direct {
         };
         let seen = fields(r, |key, r| {
             Some(Some(match key {
-                "code" | "cd" => {
-                    t.market = string(val(r)?)?;
-                    0
-                }
-                "opening_price" | "op" => {
-                    t.opening_price = dec_at(r)?;
-                    1
-                }
-                "high_price" | "hp" => {
-                    t.high_price = dec_at(r)?;
-                    2
-                }
-                "low_price" | "lp" => {
-                    t.low_price = dec_at(r)?;
-                    3
-                }
-                "trade_price" | "tp" => {
-                    t.trade_price = dec_at(r)?;
-                    4
-                }
-                "prev_closing_price" | "pcp" => {
-                    t.prev_closing_price = dec_at(r)?;
-                    5
-                }
-                "change" | "c" => {
-                    t.change = change(val(r)?)?;
-                    6
-                }
-                "change_price" | "cp" => {
-                    t.change_price = dec_at(r)?;
-                    7
-                }
-                "signed_change_price" | "scp" => {
-                    t.signed_change_price = dec_at(r)?;
-                    8
-                }
-                "change_rate" | "cr" => {
-                    t.change_rate = dec_at(r)?;
-                    9
-                }
-                "signed_change_rate" | "scr" => {
-                    t.signed_change_rate = dec_at(r)?;
-                    10
-                }
-                "trade_volume" | "tv" => {
-                    t.trade_volume = dec_at(r)?;
-                    11
-                }
-                "acc_trade_volume" | "atv" => {
-                    t.acc_trade_volume = dec_at(r)?;
-                    12
-                }
-                "acc_trade_volume_24h" | "atv24h" => {
-                    t.acc_trade_volume_24h = dec_at(r)?;
-                    13
-                }
-                "acc_trade_price" | "atp" => {
-                    t.acc_trade_price = dec_at(r)?;
-                    14
-                }
-                "acc_trade_price_24h" | "atp24h" => {
-                    t.acc_trade_price_24h = dec_at(r)?;
-                    15
-                }
-                "trade_timestamp" | "ttms" => {
-                    t.trade_timestamp = int(val(r)?)?;
-                    16
-                }
+                "code" | "cd" => slot!(0, t.market = string(val(r)?)?),
+                "opening_price" | "op" => slot!(1, t.opening_price = dec_at(r)?),
+                "high_price" | "hp" => slot!(2, t.high_price = dec_at(r)?),
+                "low_price" | "lp" => slot!(3, t.low_price = dec_at(r)?),
+                "trade_price" | "tp" => slot!(4, t.trade_price = dec_at(r)?),
+                "prev_closing_price" | "pcp" => slot!(5, t.prev_closing_price = dec_at(r)?),
+                "change" | "c" => slot!(6, t.change = change(val(r)?)?),
+                "change_price" | "cp" => slot!(7, t.change_price = dec_at(r)?),
+                "signed_change_price" | "scp" => slot!(8, t.signed_change_price = dec_at(r)?),
+                "change_rate" | "cr" => slot!(9, t.change_rate = dec_at(r)?),
+                "signed_change_rate" | "scr" => slot!(10, t.signed_change_rate = dec_at(r)?),
+                "trade_volume" | "tv" => slot!(11, t.trade_volume = dec_at(r)?),
+                "acc_trade_volume" | "atv" => slot!(12, t.acc_trade_volume = dec_at(r)?),
+                "acc_trade_volume_24h" | "atv24h" => slot!(13, t.acc_trade_volume_24h = dec_at(r)?),
+                "acc_trade_price" | "atp" => slot!(14, t.acc_trade_price = dec_at(r)?),
+                "acc_trade_price_24h" | "atp24h" => slot!(15, t.acc_trade_price_24h = dec_at(r)?),
+                "trade_timestamp" | "ttms" => slot!(16, t.trade_timestamp = int(val(r)?)?),
                 "ask_bid" | "ab" => {
                     t.ask_bid = match val(r)? {
                         Value::Null => 0,
@@ -404,29 +320,19 @@ pub mod direct {
                     };
                     17
                 }
-                "acc_ask_volume" | "aav" => {
-                    t.acc_ask_volume = dec_at(r)?;
-                    18
-                }
-                "acc_bid_volume" | "abv" => {
-                    t.acc_bid_volume = dec_at(r)?;
-                    19
-                }
+                "acc_ask_volume" | "aav" => slot!(18, t.acc_ask_volume = dec_at(r)?),
+                "acc_bid_volume" | "abv" => slot!(19, t.acc_bid_volume = dec_at(r)?),
                 "highest_52_week_price" | "h52wp" => {
-                    t.highest_52_week_price = opt_dec_at(r)?;
-                    20
+                    slot!(20, t.highest_52_week_price = opt_dec_at(r)?)
                 }
                 "highest_52_week_date" | "h52wdt" => {
-                    t.highest_52_week_date = opt_string(val(r)?)?;
-                    21
+                    slot!(21, t.highest_52_week_date = opt_string(val(r)?)?)
                 }
                 "lowest_52_week_price" | "l52wp" => {
-                    t.lowest_52_week_price = opt_dec_at(r)?;
-                    22
+                    slot!(22, t.lowest_52_week_price = opt_dec_at(r)?)
                 }
                 "lowest_52_week_date" | "l52wdt" => {
-                    t.lowest_52_week_date = opt_string(val(r)?)?;
-                    23
+                    slot!(23, t.lowest_52_week_date = opt_string(val(r)?)?)
                 }
                 "market_state" | "ms" => {
                     t.market_state = match val(r)? {
@@ -437,18 +343,9 @@ pub mod direct {
                     } as i32;
                     24
                 }
-                "delisting_date" | "dd" => {
-                    opt_string(val(r)?)?;
-                    25
-                }
-                "timestamp" | "tms" => {
-                    t.timestamp = int(val(r)?)?;
-                    26
-                }
-                "stream_type" | "st" => {
-                    stream_type(val(r)?)?;
-                    27
-                }
+                "delisting_date" | "dd" => slot!(25, opt_string(val(r)?)?),
+                "timestamp" | "tms" => slot!(26, t.timestamp = int(val(r)?)?),
+                "stream_type" | "st" => slot!(27, stream_type(val(r)?)?),
                 _ => return Some(None),
             }))
         })?;
@@ -466,18 +363,9 @@ pub mod direct {
         };
         let seen = fields(r, |key, r| {
             Some(Some(match key {
-                "code" | "cd" => {
-                    o.market = string(val(r)?)?;
-                    0
-                }
-                "total_ask_size" | "tas" => {
-                    o.total_ask_size = dec_at(r)?;
-                    1
-                }
-                "total_bid_size" | "tbs" => {
-                    o.total_bid_size = dec_at(r)?;
-                    2
-                }
+                "code" | "cd" => slot!(0, o.market = string(val(r)?)?),
+                "total_ask_size" | "tas" => slot!(1, o.total_ask_size = dec_at(r)?),
+                "total_bid_size" | "tbs" => slot!(2, o.total_bid_size = dec_at(r)?),
                 "orderbook_units" | "obu" => {
                     r.array().ok()?;
                     while r.item().ok()? {
@@ -485,18 +373,9 @@ pub mod direct {
                     }
                     3
                 }
-                "timestamp" | "tms" => {
-                    o.timestamp = int(val(r)?)?;
-                    4
-                }
-                "level" | "lv" => {
-                    o.level = dec_at(r)?;
-                    5
-                }
-                "stream_type" | "st" => {
-                    stream_type(val(r)?)?;
-                    6
-                }
+                "timestamp" | "tms" => slot!(4, o.timestamp = int(val(r)?)?),
+                "level" | "lv" => slot!(5, o.level = dec_at(r)?),
+                "stream_type" | "st" => slot!(6, stream_type(val(r)?)?),
                 _ => return Some(None),
             }))
         })?;
@@ -510,22 +389,10 @@ pub mod direct {
         let mut u = pb::OrderbookUnit::default();
         let seen = fields(r, |key, r| {
             Some(Some(match key {
-                "ask_price" | "ap" => {
-                    u.ask_price = dec_at(r)?;
-                    0
-                }
-                "bid_price" | "bp" => {
-                    u.bid_price = dec_at(r)?;
-                    1
-                }
-                "ask_size" | "as" => {
-                    u.ask_size = dec_at(r)?;
-                    2
-                }
-                "bid_size" | "bs" => {
-                    u.bid_size = dec_at(r)?;
-                    3
-                }
+                "ask_price" | "ap" => slot!(0, u.ask_price = dec_at(r)?),
+                "bid_price" | "bp" => slot!(1, u.bid_price = dec_at(r)?),
+                "ask_size" | "as" => slot!(2, u.ask_size = dec_at(r)?),
+                "bid_size" | "bs" => slot!(3, u.bid_size = dec_at(r)?),
                 _ => return Some(None),
             }))
         })?;
