@@ -60,9 +60,11 @@ pub enum Period {
 /// `likely_new`: the caller believes none is stored yet (Redis had not seen
 /// them), so they go in with a plain `INSERT`, which skips the conflict check
 /// that `ON CONFLICT DO NOTHING` makes per row (a fifth to a third of the
-/// statement's cost). If one was stored after all (Redis lost its memory of it),
-/// the statement fails as a whole on the primary key and the batch is inserted
-/// again with `ON CONFLICT DO NOTHING`.
+/// statement's cost), and their candles are folded here ([`fold_candles`])
+/// rather than by Postgres from the inserted rows. If one was stored after all
+/// (Redis lost its memory of it), the statement fails as a whole on the primary
+/// key and the batch is inserted again with `ON CONFLICT DO NOTHING`, folded by
+/// Postgres from what it actually inserted.
 pub async fn insert_trades(
     pool: &PgPool,
     trades: &[TradeRow],
@@ -71,8 +73,9 @@ pub async fn insert_trades(
     if trades.is_empty() {
         return Ok(0);
     }
-    if likely_new {
-        match insert_trades_with(pool, trades, INSERT_NEW_TRADES.as_str()).await {
+    // None: a sum does not fit a decimal exactly; Postgres folds that batch.
+    if likely_new && let Some(candles) = fold_candles(trades) {
+        match insert_new_trades(pool, trades, &candles).await {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 tracing::debug!(
                     trades = trades.len(),
@@ -82,43 +85,23 @@ pub async fn insert_trades(
             other => return other,
         }
     }
-    insert_trades_with(pool, trades, INSERT_TRADES.as_str()).await
+    let stored: i64 = bind_trades(sqlx::query_scalar(INSERT_TRADES.as_str()), trades)
+        .fetch_one(pool)
+        .await?;
+    Ok(stored as u64)
 }
 
-/// The trade insert with its candle fold; `{on_conflict}` is where duplicates are
-/// skipped, or not.
-const INSERT_TRADES_TEMPLATE: &str = r#"
+/// The trades as the statements' first eight parameters (`UNNEST` arrays).
+const TRADES_INPUT: &str = r#"
         WITH input AS (
             SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::bigint[], $4::numeric[],
                                  $5::numeric[], $6::text[], $7::numeric[], $8::numeric[])
                 AS t(market, ts, sequential_id, price, volume, ask_bid, prev_closing_price, change_price)
-        ),
-        inserted AS (
-            INSERT INTO trades (market, ts, sequential_id, price, volume, ask_bid, prev_closing_price, change_price)
-            SELECT * FROM input
-            {on_conflict}
-            RETURNING market, ts, sequential_id, price, volume
         ),"#;
 
-/// The rest of the insert: the inserted trades folded into `candles_1m`.
-const FOLD_INTO_CANDLES: &str = r#"
-        agg AS (
-            SELECT market,
-                   date_bin(interval '1 minute', ts, timestamptz 'epoch') AS bucket,
-                   (array_agg(price ORDER BY ts, sequential_id))[1] AS open,
-                   max(price) AS high,
-                   min(price) AS low,
-                   (array_agg(price ORDER BY ts DESC, sequential_id DESC))[1] AS close,
-                   sum(volume) AS volume,
-                   round(sum(price * volume), 8) AS value,
-                   min(ts) AS open_ts,
-                   (array_agg(sequential_id ORDER BY ts, sequential_id))[1] AS open_sid,
-                   max(ts) AS close_ts,
-                   (array_agg(sequential_id ORDER BY ts DESC, sequential_id DESC))[1] AS close_sid,
-                   count(*)::int AS n
-            FROM inserted
-            GROUP BY 1, 2
-        ),
+/// `agg` (one row per market and minute, the columns of `candles_1m`) upserted
+/// into `candles_1m`: a candle already stored is widened by the new trades.
+const UPSERT_CANDLES: &str = r#"
         upserted AS (
             INSERT INTO candles_1m AS c (market, bucket, open, high, low, close, volume, value,
                                          open_ts, open_sid, close_ts, close_sid, trade_count)
@@ -143,53 +126,200 @@ const FOLD_INTO_CANDLES: &str = r#"
                 value = c.value + EXCLUDED.value,
                 trade_count = c.trade_count + EXCLUDED.trade_count
             RETURNING 1
-        )
-        SELECT count(*) FROM inserted
-        "#;
+        )"#;
 
+/// Any trades: duplicates skipped, and what was inserted folded by Postgres.
 static INSERT_TRADES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    INSERT_TRADES_TEMPLATE.replace("{on_conflict}", "ON CONFLICT DO NOTHING") + FOLD_INTO_CANDLES
-});
-static INSERT_NEW_TRADES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    INSERT_TRADES_TEMPLATE.replace("{on_conflict}", "") + FOLD_INTO_CANDLES
+    TRADES_INPUT.to_owned()
+        + r#"
+        inserted AS (
+            INSERT INTO trades (market, ts, sequential_id, price, volume, ask_bid, prev_closing_price, change_price)
+            SELECT * FROM input
+            ON CONFLICT DO NOTHING
+            RETURNING market, ts, sequential_id, price, volume
+        ),
+        agg AS (
+            SELECT market,
+                   date_bin(interval '1 minute', ts, timestamptz 'epoch') AS bucket,
+                   (array_agg(price ORDER BY ts, sequential_id))[1] AS open,
+                   max(price) AS high,
+                   min(price) AS low,
+                   (array_agg(price ORDER BY ts DESC, sequential_id DESC))[1] AS close,
+                   sum(volume) AS volume,
+                   round(sum(price * volume), 8) AS value,
+                   min(ts) AS open_ts,
+                   (array_agg(sequential_id ORDER BY ts, sequential_id))[1] AS open_sid,
+                   max(ts) AS close_ts,
+                   (array_agg(sequential_id ORDER BY ts DESC, sequential_id DESC))[1] AS close_sid,
+                   count(*)::int AS n
+            FROM inserted
+            GROUP BY 1, 2
+        ),"#
+        + UPSERT_CANDLES
+        + "
+        SELECT count(*) FROM inserted"
 });
 
-async fn insert_trades_with(
+/// Trades none of which is stored (else the statement fails on the primary
+/// key), with their candles folded by the caller as parameters 9 to 21.
+static INSERT_NEW_TRADES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    TRADES_INPUT.to_owned()
+        + r#"
+        inserted AS (
+            INSERT INTO trades (market, ts, sequential_id, price, volume, ask_bid, prev_closing_price, change_price)
+            SELECT * FROM input
+        ),
+        agg AS (
+            SELECT * FROM UNNEST($9::text[], $10::timestamptz[], $11::numeric[], $12::numeric[],
+                                 $13::numeric[], $14::numeric[], $15::numeric[], $16::numeric[],
+                                 $17::timestamptz[], $18::bigint[], $19::timestamptz[], $20::bigint[],
+                                 $21::int[])
+                AS a(market, bucket, open, high, low, close, volume, value,
+                     open_ts, open_sid, close_ts, close_sid, n)
+        ),"#
+        + UPSERT_CANDLES
+        + "
+        SELECT 1"
+});
+
+/// Binds the trades as the first eight parameters.
+fn bind_trades<'q, O>(
+    query: sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    trades: &'q [TradeRow],
+) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    query
+        .bind(trades.iter().map(|t| t.market.as_str()).collect::<Vec<_>>())
+        .bind(trades.iter().map(|t| t.ts).collect::<Vec<_>>())
+        .bind(trades.iter().map(|t| t.sequential_id).collect::<Vec<_>>())
+        .bind(trades.iter().map(|t| t.price).collect::<Vec<_>>())
+        .bind(trades.iter().map(|t| t.volume).collect::<Vec<_>>())
+        .bind(trades.iter().map(|t| t.ask_bid).collect::<Vec<_>>())
+        .bind(
+            trades
+                .iter()
+                .map(|t| t.prev_closing_price)
+                .collect::<Vec<_>>(),
+        )
+        .bind(trades.iter().map(|t| t.change_price).collect::<Vec<_>>())
+}
+
+async fn insert_new_trades(
     pool: &PgPool,
     trades: &[TradeRow],
-    sql: &'static str,
+    candles: &[CandleFold<'_>],
 ) -> Result<u64, sqlx::Error> {
-    let n = trades.len();
-    let mut markets = Vec::with_capacity(n);
-    let mut ts = Vec::with_capacity(n);
-    let mut sids = Vec::with_capacity(n);
-    let mut prices = Vec::with_capacity(n);
-    let mut volumes = Vec::with_capacity(n);
-    let mut sides = Vec::with_capacity(n);
-    let mut prev = Vec::with_capacity(n);
-    let mut change = Vec::with_capacity(n);
-    for t in trades {
-        markets.push(t.market.as_str());
-        ts.push(t.ts);
-        sids.push(t.sequential_id);
-        prices.push(t.price);
-        volumes.push(t.volume);
-        sides.push(t.ask_bid);
-        prev.push(t.prev_closing_price);
-        change.push(t.change_price);
-    }
-    let stored: i64 = sqlx::query_scalar(sql)
-        .bind(markets)
-        .bind(ts)
-        .bind(sids)
-        .bind(prices)
-        .bind(volumes)
-        .bind(sides)
-        .bind(prev)
-        .bind(change)
+    let column = |f: fn(&CandleFold<'_>) -> Decimal| candles.iter().map(f).collect::<Vec<_>>();
+    let _: i32 = bind_trades(sqlx::query_scalar(INSERT_NEW_TRADES.as_str()), trades)
+        .bind(candles.iter().map(|c| c.market).collect::<Vec<_>>())
+        .bind(candles.iter().map(|c| c.bucket).collect::<Vec<_>>())
+        .bind(column(|c| c.open))
+        .bind(column(|c| c.high))
+        .bind(column(|c| c.low))
+        .bind(column(|c| c.close))
+        .bind(column(|c| c.volume))
+        .bind(column(|c| c.value))
+        .bind(candles.iter().map(|c| c.open_at.0).collect::<Vec<_>>())
+        .bind(candles.iter().map(|c| c.open_at.1).collect::<Vec<_>>())
+        .bind(candles.iter().map(|c| c.close_at.0).collect::<Vec<_>>())
+        .bind(candles.iter().map(|c| c.close_at.1).collect::<Vec<_>>())
+        .bind(candles.iter().map(|c| c.trades).collect::<Vec<_>>())
         .fetch_one(pool)
         .await?;
-    Ok(stored as u64)
+    Ok(trades.len() as u64)
+}
+
+/// The trades of one market and minute folded together, as `candles_1m` stores
+/// them: open and close are the prices of the first and last trade by
+/// (timestamp, sequential id).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CandleFold<'a> {
+    pub market: &'a str,
+    pub bucket: DateTime<Utc>,
+    pub open: Decimal,
+    pub high: Decimal,
+    pub low: Decimal,
+    pub close: Decimal,
+    pub volume: Decimal,
+    /// Σ price × volume, rounded to 8 places (half away from zero, as Postgres's
+    /// `round`, and with 8 places).
+    pub value: Decimal,
+    pub open_at: (DateTime<Utc>, i64),
+    pub close_at: (DateTime<Utc>, i64),
+    pub trades: i32,
+}
+
+/// Folds trades into their 1-minute candles, the same figures Postgres's
+/// `numeric` arithmetic gives; `None` when a product or sum would not fit a
+/// `Decimal` exactly (then Postgres must fold them).
+pub fn fold_candles(trades: &[TradeRow]) -> Option<Vec<CandleFold<'_>>> {
+    const MINUTE_US: i64 = 60_000_000;
+    let mut out: Vec<CandleFold<'_>> = Vec::new();
+    let mut index: std::collections::HashMap<(&str, i64), usize> = Default::default();
+    for t in trades {
+        let us = t.ts.timestamp_micros();
+        let minute = us - us.rem_euclid(MINUTE_US);
+        let at = (t.ts, t.sequential_id);
+        let value = exact_mul(t.price, t.volume)?;
+        match index.entry((t.market.as_str(), minute)) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let c = &mut out[*e.get()];
+                if at < c.open_at {
+                    c.open_at = at;
+                    c.open = t.price;
+                }
+                if at > c.close_at {
+                    c.close_at = at;
+                    c.close = t.price;
+                }
+                c.high = c.high.max(t.price);
+                c.low = c.low.min(t.price);
+                c.volume = exact_add(c.volume, t.volume)?;
+                c.value = exact_add(c.value, value)?;
+                c.trades += 1;
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(out.len());
+                out.push(CandleFold {
+                    market: &t.market,
+                    bucket: DateTime::from_timestamp_micros(minute)?,
+                    open: t.price,
+                    high: t.price,
+                    low: t.price,
+                    close: t.price,
+                    volume: t.volume,
+                    value,
+                    open_at: at,
+                    close_at: at,
+                    trades: 1,
+                });
+            }
+        }
+    }
+    for c in &mut out {
+        // Postgres's round(v, 8): half away from zero, and always 8 places.
+        let mut value = c
+            .value
+            .round_dp_with_strategy(8, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+        value.rescale(8);
+        if value.scale() != 8 {
+            return None;
+        }
+        c.value = value;
+    }
+    Some(out)
+}
+
+/// `a × b` when a `Decimal` holds it without rounding (its scale is the sum of
+/// theirs, as in Postgres).
+fn exact_mul(a: Decimal, b: Decimal) -> Option<Decimal> {
+    a.checked_mul(b)
+        .filter(|p| p.scale() == a.scale() + b.scale())
+}
+
+/// `a + b` when a `Decimal` holds it without rounding.
+fn exact_add(a: Decimal, b: Decimal) -> Option<Decimal> {
+    a.checked_add(b)
+        .filter(|s| s.scale() == a.scale().max(b.scale()))
 }
 
 /// Inserts or renames markets.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use exchange_proto::marketdata::v1 as pb;
 use exchange_proto::marketdata::v1::market_data_service_client::MarketDataServiceClient;
+use market_data::store::{self, TradeRow};
 use market_data::{App, Config};
 use pb::market_event::Event;
 use service_kit::config::RuntimeArgs;
@@ -743,6 +744,110 @@ async fn a_stored_trade_redis_forgot_is_not_stored_or_counted_twice() {
     );
     let _: i64 = redis.del(&seen).await.unwrap();
     let _ = redis.quit().await;
+    md.running.stop().await;
+}
+
+/// A stored trade as `insert_trades` takes it.
+fn trade_row(code: &str, price: &str, volume: &str, ts: i64, sid: i64) -> TradeRow {
+    TradeRow {
+        market: code.to_owned(),
+        ts: chrono::DateTime::from_timestamp_millis(ts).unwrap(),
+        sequential_id: sid,
+        price: price.parse().unwrap(),
+        volume: volume.parse().unwrap(),
+        ask_bid: if sid % 2 == 0 { "BID" } else { "ASK" },
+        prev_closing_price: "100".parse().unwrap(),
+        change_price: "0".parse().unwrap(),
+    }
+}
+
+/// `candles_1m` of a market as text (so a decimal's scale counts too).
+async fn candle_text(db: &TestDb, code: &str) -> Vec<String> {
+    let mut admin = db.admin().await.unwrap();
+    sqlx::query_scalar(
+        "SELECT concat_ws(' ', bucket, open, high, low, close, volume, value, open_ts, open_sid,
+                          close_ts, close_sid, trade_count)
+         FROM market_data.candles_1m WHERE market = $1 ORDER BY bucket",
+    )
+    .bind(code)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candles_folded_by_the_service_equal_those_folded_by_postgres() {
+    let db = TestDb::create().await.unwrap();
+    let md = start(&db).await;
+    client(md.grpc).await; // serving: its schema is migrated
+    let options: sqlx::postgres::PgConnectOptions = db.admin_url().parse().unwrap();
+    let pool = sqlx::PgPool::connect_with(options.options([("search_path", market_data::SCHEMA)]))
+        .await
+        .unwrap();
+    // Two minutes of trades out of order in time and in sequential id, with
+    // prices and volumes of different scales and a value whose ninth place is a
+    // 5 (rounded away from zero, as Postgres's round, not to even).
+    let batch = |code: &str, later: bool| {
+        let t = |price, volume, ts, sid| trade_row(code, price, volume, ts, sid);
+        if later {
+            vec![
+                t("99.5", "2", minute(1) + 10, 1),
+                t("101", "0.5", minute(2) + 59_999, 40),
+                t("98", "1.25", minute(1) + 30, 41),
+            ]
+        } else {
+            vec![
+                t("100", "1", minute(1) + 20, 7),
+                t("100.00", "0.10", minute(1) + 20, 3),
+                t("102", "0.00000005", minute(1) + 5, 9),
+                t("0.00000005", "0.1", minute(1) + 50_000, 2),
+                t("97", "3", minute(2), 30),
+                t("96.5", "0.001", minute(2) + 1, 31),
+            ]
+        }
+    };
+    for later in [false, true] {
+        // Parameters folded here (likely new) for one market, by Postgres (its
+        // duplicate-skipping path) for the other: the same trades in both.
+        for (code, likely_new) in [("KRW-RUST", true), ("KRW-SQL", false)] {
+            let rows = batch(code, later);
+            let stored = store::insert_trades(&pool, &rows, likely_new)
+                .await
+                .unwrap();
+            assert_eq!(stored, rows.len() as u64);
+        }
+    }
+    let ours = candle_text(&db, "KRW-RUST").await;
+    assert_eq!(ours.len(), 2, "{ours:?}");
+    assert_eq!(ours, candle_text(&db, "KRW-SQL").await);
+    // The first minute: open at (minute+5, sid 9), close the last by time.
+    assert!(
+        ours[0].contains(" 102 102 0.00000005 0.00000005 "),
+        "{}",
+        ours[0]
+    );
+
+    // Sums a decimal cannot hold exactly are folded by Postgres instead.
+    let tiny = [
+        trade_row(
+            "KRW-TINY",
+            "0.00000000000000000001",
+            "0.000000001",
+            minute(3),
+            1,
+        ),
+        trade_row("KRW-TINY", "1", "1", minute(3) + 1, 2),
+    ];
+    assert!(store::fold_candles(&tiny).is_none());
+    assert_eq!(store::insert_trades(&pool, &tiny, true).await.unwrap(), 2);
+    let folded = candle_text(&db, "KRW-TINY").await;
+    assert_eq!(folded.len(), 1);
+    assert!(
+        folded[0].contains(" 1.000000001 1.00000000 "),
+        "{}",
+        folded[0]
+    );
+    pool.close().await;
     md.running.stop().await;
 }
 
