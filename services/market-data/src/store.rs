@@ -381,24 +381,40 @@ pub async fn list_trades(
     cursor: Option<i64>,
     to: Option<DateTime<Utc>>,
 ) -> Result<Vec<TradeRow>, sqlx::Error> {
-    let rows: Vec<TradeQueryRow> = sqlx::query_as(
-        r#"
-        SELECT market, ts, sequential_id, price, volume, ask_bid, prev_closing_price, change_price
-        FROM trades
-        WHERE market = $1
-          AND ($2::timestamptz IS NULL OR ts < $2)
-          AND ($3::bigint IS NULL OR (ts, sequential_id) < (
-                SELECT ts, sequential_id FROM trades WHERE market = $1 AND sequential_id = $3 LIMIT 1))
-        ORDER BY ts DESC, sequential_id DESC
-        LIMIT $4
-        "#,
-    )
-    .bind(market)
-    .bind(to)
-    .bind(cursor)
-    .bind(i64::from(count))
-    .fetch_all(pool)
-    .await?;
+    // Only the conditions given, so that each is a condition on the index
+    // (market, ts, sequential_id), read backwards from where the page starts.
+    let mut sql = String::from(
+        "SELECT market, ts, sequential_id, price, volume, ask_bid, prev_closing_price, change_price
+         FROM trades WHERE market = $1",
+    );
+    if to.is_some() {
+        sql.push_str(" AND ts < $2");
+    }
+    if cursor.is_some() {
+        // The cursor trade is found by its time. Upbit's sequential ids are the
+        // trade's millisecond timestamp × 1000 plus a counter (so are the
+        // simulator's), so the index is searched around that time ($5) first;
+        // an id of another shape is looked for among all of the market's trades.
+        sql.push_str(
+            " AND (ts, sequential_id) < ((SELECT COALESCE(
+                (SELECT ts FROM trades
+                 WHERE market = $1 AND sequential_id = $3
+                   AND ts BETWEEN $5::timestamptz - interval '1 second'
+                              AND $5::timestamptz + interval '1 second'
+                 LIMIT 1),
+                (SELECT ts FROM trades WHERE market = $1 AND sequential_id = $3 LIMIT 1))), $3)",
+        );
+    }
+    sql.push_str(" ORDER BY ts DESC, sequential_id DESC LIMIT $4");
+    let hint = cursor.and_then(|c| DateTime::from_timestamp_millis(c.div_euclid(1000)));
+    let rows: Vec<TradeQueryRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(market)
+        .bind(to)
+        .bind(cursor)
+        .bind(i64::from(count))
+        .bind(hint)
+        .fetch_all(pool)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|r| TradeRow {

@@ -852,6 +852,76 @@ async fn candles_folded_by_the_service_equal_those_folded_by_postgres() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trade_pages_follow_cursors_newest_first() {
+    let db = TestDb::create().await.unwrap();
+    let md = start(&db).await;
+    let mut c = client(md.grpc).await;
+    // Upbit-shaped ids (timestamp × 1000 + a counter), two in one millisecond,
+    // and one id that is not of that shape at all.
+    let t0 = minute(70);
+    let shaped = |dt: i64, k: i64| (t0 + dt) * 1000 + k;
+    let trades = [
+        ("1", t0, shaped(0, 0)),
+        ("2", t0 + 5, shaped(5, 0)),
+        ("3", t0 + 5, shaped(5, 1)),
+        ("4", t0 + 2_000, 42),
+        ("5", t0 + 9_000, shaped(9_000, 0)),
+    ];
+    ingest(
+        &mut c,
+        &["KRW-PAGE"],
+        vec![
+            trades
+                .iter()
+                .map(|(p, ts, sid)| trade("KRW-PAGE", p, "1", *ts, *sid))
+                .collect(),
+        ],
+    )
+    .await
+    .unwrap();
+    wait_trade_rows(&db, "KRW-PAGE", 5).await;
+    let page = |cursor: Option<i64>, to: Option<i64>| {
+        let mut c = c.clone();
+        async move {
+            c.list_trades(pb::ListTradesRequest {
+                market: "KRW-PAGE".into(),
+                count: 2,
+                cursor,
+                to,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .trades
+            .iter()
+            .map(|t| t.trade_price.clone())
+            .collect::<Vec<_>>()
+        }
+    };
+    let mut prices = Vec::new();
+    let mut cursor = None;
+    loop {
+        let got = page(cursor, None).await;
+        let Some(last) = got.last() else { break };
+        let (_, _, sid) = trades.iter().find(|(p, _, _)| p == last).unwrap();
+        cursor = Some(*sid);
+        prices.extend(got);
+    }
+    assert_eq!(
+        prices,
+        ["5", "4", "3", "2", "1"],
+        "every trade once, newest first"
+    );
+    // The id of another shape is a cursor like any other.
+    assert_eq!(page(Some(42), None).await, ["3", "2"]);
+    // With `to` as well, both bound the page.
+    assert_eq!(page(Some(shaped(9_000, 0)), Some(t0 + 5)).await, ["1"]);
+    // An id no trade has gives an empty page, not an error.
+    assert!(page(Some(shaped(1, 0)), None).await.is_empty());
+    md.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trades_arriving_one_by_one_are_written_in_few_transactions() {
     let db = TestDb::create().await.unwrap();
     let opts = Opts {
