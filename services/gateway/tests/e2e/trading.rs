@@ -215,7 +215,16 @@ async fn register_buy_sell_and_cancel_with_every_won_accounted_for() {
     .await
     .unwrap();
     assert_eq!(filled["trades"][0]["price"], "140000000");
-    assert_eq!(alice.balance("BTC").await.0, dec(&json!("0.001")));
+    // A live fill is recorded on the order first and settled in the balances
+    // right after (see services/order/src/service.rs), so the balance may lag
+    // the order's state by a moment.
+    eventually(
+        Duration::from_secs(10),
+        "the filled BTC in the balance",
+        || async { (alice.balance("BTC").await.0 == dec(&json!("0.001"))).then_some(()) },
+    )
+    .await
+    .unwrap();
     assert_eq!(
         stack.ledger_mismatches(&db).await,
         0,
