@@ -292,6 +292,7 @@ pub fn candle_date_times(ms: i64) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::StreamType;
     use std::str::FromStr;
 
     #[test]
@@ -317,6 +318,65 @@ mod tests {
         push_json_str(&mut out, "KRW-BTC");
         push_json_str(&mut out, "a\"b\\c\nd\u{1}");
         assert_eq!(out, r#""KRW-BTC""a\"b\\c\nd\u0001""#);
+    }
+
+    #[test]
+    fn reused_level_texts_give_the_frames_written_afresh() {
+        let d = |s: &str| Decimal::from_str(s).unwrap();
+        // Levels as (ask price, bid price, size of both).
+        let book = |levels: &[(&str, &str, &str)]| {
+            let units: Vec<OrderbookUnit> = levels
+                .iter()
+                .map(|&(ap, bp, size)| OrderbookUnit {
+                    ask_price: d(ap),
+                    bid_price: d(bp),
+                    ask_size: d(size),
+                    bid_size: d(size),
+                })
+                .collect();
+            Orderbook {
+                code: "KRW-BTC".into(),
+                total_ask_size: units.iter().map(|u| u.ask_size).sum(),
+                total_bid_size: units.iter().map(|u| u.bid_size).sum(),
+                orderbook_units: units,
+                timestamp: 1_700_000_000_000,
+                level: Decimal::ZERO,
+                stream_type: StreamType::Realtime,
+            }
+        };
+        let books = [
+            book(&[("101", "100", "1"), ("102", "99", "2"), ("103", "98", "3")]),
+            // one size changes
+            book(&[
+                ("101", "100", "0.5"),
+                ("102", "99", "2"),
+                ("103", "98", "3"),
+            ]),
+            // the same value written with another scale
+            book(&[
+                ("101", "100", "0.50"),
+                ("102", "99", "2.0"),
+                ("103", "98", "3"),
+            ]),
+            // the price moves: every level changes
+            book(&[
+                ("102", "101", "1"),
+                ("103", "100", "0.5"),
+                ("104", "99", "2"),
+            ]),
+            // fewer levels, then more again
+            book(&[("102", "101", "1")]),
+            book(&[("102", "101", "1"), ("103", "100", "7"), ("104", "99", "2")]),
+        ];
+        for format in [Format::Default, Format::Simple, Format::SimpleList] {
+            let mut levels = LevelTexts::default();
+            for ob in &books {
+                assert_eq!(
+                    orderbook_reusing(ob, format, &mut levels),
+                    orderbook(ob, format)
+                );
+            }
+        }
     }
 
     #[test]
@@ -447,18 +507,68 @@ fn push_units(out: &mut String, units: &[OrderbookUnit], simple: bool) {
         if i > 0 {
             out.push(',');
         }
-        let mut o = Obj::open(out, simple);
-        o.dec("ask_price", "ap", u.ask_price)
-            .dec("bid_price", "bp", u.bid_price)
-            .dec("ask_size", "as", u.ask_size)
-            .dec("bid_size", "bs", u.bid_size);
-        o.close();
+        push_unit(out, u, simple);
     }
     out.push(']');
 }
 
+fn push_unit(out: &mut String, u: &OrderbookUnit, simple: bool) {
+    let mut o = Obj::open(out, simple);
+    o.dec("ask_price", "ap", u.ask_price)
+        .dec("bid_price", "bp", u.bid_price)
+        .dec("ask_size", "as", u.ask_size)
+        .dec("bid_size", "bs", u.bid_size);
+    o.close();
+}
+
+/// The text of one book's levels as its previous frame wrote them, so that the
+/// next frame copies each level that did not change instead of writing it again
+/// (a publisher's book changes a few levels per update unless its price moves).
+/// Keep one per book and format; see [`orderbook_reusing`].
+#[derive(Debug, Default)]
+pub struct LevelTexts {
+    levels: Vec<(OrderbookUnit, String)>,
+}
+
+impl LevelTexts {
+    fn push_units(&mut self, out: &mut String, units: &[OrderbookUnit], simple: bool) {
+        out.push('[');
+        for (i, u) in units.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            match self.levels.get_mut(i) {
+                Some((was, _)) if was == u => {}
+                Some((was, text)) => {
+                    text.clear();
+                    push_unit(text, u, simple);
+                    was.clone_from(u);
+                }
+                None => {
+                    let mut text = String::with_capacity(128);
+                    push_unit(&mut text, u, simple);
+                    self.levels.push((u.clone(), text));
+                }
+            }
+            out.push_str(&self.levels[i].1);
+        }
+        out.push(']');
+    }
+}
+
 /// An orderbook frame.
 pub fn orderbook(ob: &Orderbook, format: Format) -> String {
+    orderbook_with(ob, format, None)
+}
+
+/// An orderbook frame, the same as [`orderbook`], copying the levels that equal
+/// those of the frame `levels` was last used for (the same book, in the same
+/// `format`'s keys).
+pub fn orderbook_reusing(ob: &Orderbook, format: Format, levels: &mut LevelTexts) -> String {
+    orderbook_with(ob, format, Some(levels))
+}
+
+fn orderbook_with(ob: &Orderbook, format: Format, levels: Option<&mut LevelTexts>) -> String {
     frame(
         format,
         256 + 128 * ob.orderbook_units.len(),
@@ -468,7 +578,11 @@ pub fn orderbook(ob: &Orderbook, format: Format) -> String {
                 .str("code", "cd", &ob.code)
                 .dec("total_ask_size", "tas", ob.total_ask_size)
                 .dec("total_bid_size", "tbs", ob.total_bid_size);
-            push_units(o.raw("orderbook_units", "obu"), &ob.orderbook_units, simple);
+            let units = o.raw("orderbook_units", "obu");
+            match levels {
+                Some(levels) => levels.push_units(units, &ob.orderbook_units, simple),
+                None => push_units(units, &ob.orderbook_units, simple),
+            }
             o.int("timestamp", "tms", ob.timestamp)
                 .dec("level", "lv", ob.level)
                 .str("stream_type", "st", ob.stream_type.as_str());

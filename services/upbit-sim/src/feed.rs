@@ -1,6 +1,7 @@
 //! The feed: the shared simulator state, the paced generator, replay of a JSONL
 //! recording, injected trades, and the fault switches.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,7 +12,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use upbit::Message;
 
-use crate::engine::{Engine, Event, Payload};
+use crate::engine::{BookTexts, Engine, Event, Payload};
 use crate::markets::MarketSpec;
 
 /// Messages buffered for each WebSocket connection before it starts skipping.
@@ -42,6 +43,8 @@ pub struct Sim {
     generated: AtomicU64,
     /// Connections with a subscription in force.
     subscribed: AtomicU64,
+    /// Per market, the text of its orderbook's levels as last written.
+    book_texts: Mutex<HashMap<String, Arc<Mutex<BookTexts>>>>,
 }
 
 /// Counts one connection in [`Sim::subscribed`] while it holds a subscription;
@@ -95,6 +98,7 @@ impl Sim {
             frames_sent: AtomicU64::new(0),
             generated: AtomicU64::new(0),
             subscribed: AtomicU64::new(0),
+            book_texts: Mutex::default(),
         })
     }
 
@@ -115,10 +119,21 @@ impl Sim {
 
     /// Broadcasts payloads to every connection.
     pub fn publish(&self, payloads: impl IntoIterator<Item = Payload>) {
+        let mut book_texts = self
+            .book_texts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         for p in payloads {
             self.generated.fetch_add(1, Ordering::Relaxed);
+            let levels = match &p {
+                Payload::Orderbook(o) => Some(match book_texts.get(&o.code) {
+                    Some(texts) => texts.clone(),
+                    None => book_texts.entry(o.code.clone()).or_default().clone(),
+                }),
+                _ => None,
+            };
             // No receivers is fine: nobody is connected.
-            let _ = self.tx.send(Event::new(p));
+            let _ = self.tx.send(Event::with_levels(p, levels));
         }
     }
 
