@@ -7,6 +7,9 @@
 //! - `POST /sim/drop` — drop every open WebSocket connection (no close frame)
 //! - `POST /sim/stall?secs=N` — send no data frames for N seconds
 //! - `POST /sim/malformed?count=N` — send the next N data frames malformed
+//!
+//! And the admin port (`METRICS_ADDR`): `/metrics` (Prometheus: the process's
+//! common metrics and the simulator's `upbit_sim_*`) and `/healthz`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,6 +47,70 @@ pub async fn stats(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> 
         "subscribed": app.sim.subscribed(),
         "markets": app.sim.markets().len(),
     }))
+}
+
+/// The admin port's router.
+pub fn metrics_router(state: Arc<AppState>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .with_state(state)
+}
+
+async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    let sim = &app.sim;
+    let mut out = telemetry::metrics::encode();
+    for (name, kind, help, value) in [
+        (
+            "upbit_sim_messages_generated_total",
+            "counter",
+            "Feed messages generated (trades, tickers, orderbooks; replayed lines included).",
+            sim.generated(),
+        ),
+        (
+            "upbit_sim_frames_sent_total",
+            "counter",
+            "Data frames written to WebSocket connections, over all connections.",
+            sim.frames_sent(),
+        ),
+        (
+            "upbit_sim_connection_drops_total",
+            "counter",
+            "Times every open WebSocket connection was dropped on purpose (POST /sim/drop, SIM_DROP_EVERY).",
+            sim.drop_count(),
+        ),
+        (
+            "upbit_sim_subscribed_connections",
+            "gauge",
+            "WebSocket connections with a subscription in force.",
+            sim.subscribed(),
+        ),
+        (
+            "upbit_sim_rate_messages_per_second",
+            "gauge",
+            "The generator's target rate (0: paused).",
+            sim.rate(),
+        ),
+        (
+            "upbit_sim_stalled",
+            "gauge",
+            "1 while data frames are held back on purpose (POST /sim/stall, SIM_STALL_EVERY).",
+            u64::from(sim.stalled()),
+        ),
+    ] {
+        use std::fmt::Write as _;
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        );
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            telemetry::metrics::CONTENT_TYPE,
+        )],
+        out,
+    )
 }
 
 pub async fn rate(

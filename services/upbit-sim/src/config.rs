@@ -18,6 +18,10 @@ pub struct Config {
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9090")]
     pub http_addr: String,
 
+    /// Admin listen address: /metrics (Prometheus) and /healthz.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9106")]
+    pub metrics_addr: String,
+
     /// Version reported in logs, metrics and traces (Kubernetes: the `version` label).
     #[arg(long, env = "SERVICE_VERSION", default_value = "v1")]
     pub service_version: String,
@@ -86,6 +90,12 @@ pub struct Config {
 impl Config {
     /// Defaults with the given listen address (tests).
     pub fn local(http_addr: &str) -> Self {
-        Self::parse_from(["upbit-sim", "--http-addr", http_addr])
+        Self::parse_from([
+            "upbit-sim",
+            "--http-addr",
+            http_addr,
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
     }
 }

@@ -156,6 +156,11 @@ impl Sim {
         self.drops.send_modify(|n| *n += 1);
     }
 
+    /// Times every connection was dropped on purpose.
+    pub fn drop_count(&self) -> u64 {
+        *self.drops.borrow()
+    }
+
     pub fn drops(&self) -> watch::Receiver<u64> {
         self.drops.subscribe()
     }

@@ -37,6 +37,8 @@ pub struct AppState {
 pub struct App {
     listener: TcpListener,
     addr: SocketAddr,
+    metrics: TcpListener,
+    metrics_addr: SocketAddr,
     config: Config,
     state: Arc<AppState>,
 }
@@ -84,6 +86,8 @@ impl App {
         sim.publish(warm);
         let listener = service_kit::server::bind(&config.http_addr, "HTTP_ADDR").await?;
         let addr = listener.local_addr()?;
+        let metrics = service_kit::server::bind(&config.metrics_addr, "METRICS_ADDR").await?;
+        let metrics_addr = metrics.local_addr()?;
         let state = Arc::new(AppState {
             sim,
             connects: service_kit::ratelimit::PerSecond::new(config.connect_limit),
@@ -94,6 +98,8 @@ impl App {
         Ok(Self {
             listener,
             addr,
+            metrics,
+            metrics_addr,
             config,
             state,
         })
@@ -101,6 +107,11 @@ impl App {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin port (`/metrics`, `/healthz`).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
     }
 
     /// The simulator, for tests that drive it directly.
@@ -149,6 +160,14 @@ impl App {
                 }
             });
         }
+        let (admin, stopped) = (admin::metrics_router(self.state.clone()), stop.clone());
+        let metrics = self.metrics;
+        tasks.spawn(async move {
+            axum::serve(metrics, admin)
+                .with_graceful_shutdown(async move { stopped.cancelled().await })
+                .await?;
+            Ok(())
+        });
         let app = router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let graceful = stop.clone();
         let serve = axum::serve(self.listener, app)

@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
     let telemetry = telemetry::init(&identity, |k| std::env::var(k).ok())?;
     let stop = service_kit::lifecycle::signal_token();
     let app = upbit_sim::App::build(config, stop).await?;
-    tracing::info!(http = %app.http_addr(), "upbit-sim listening");
+    tracing::info!(http = %app.http_addr(), metrics = %app.metrics_addr(), "upbit-sim listening");
     let result = app.run().await;
     telemetry.shutdown().await;
     result

@@ -18,6 +18,7 @@ struct Sim {
     base: String,
     ws_url: String,
     http: reqwest::Client,
+    metrics: String,
     running: test_support::Running,
 }
 
@@ -28,6 +29,7 @@ async fn start(mut config: Config) -> Sim {
     let app = App::build(config, stop.clone()).await.unwrap();
     let addr = app.http_addr();
     Sim {
+        metrics: format!("http://{}/metrics", app.metrics_addr()),
         base: format!("http://{addr}"),
         ws_url: format!("ws://{addr}/websocket/v1"),
         http: reqwest::Client::new(),
@@ -307,6 +309,54 @@ async fn faults_drop_stall_and_malformed_frames() {
         0,
         "uncounted before the peer sees the end"
     );
+    sim.running.stop().await;
+}
+
+/// The value of an unlabelled metric in a Prometheus text page.
+fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in\n{page}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_counts_what_the_feed_does() {
+    let sim = start(paused()).await;
+    let scrape = || async {
+        let resp = sim.http.get(&sim.metrics).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap()
+    };
+    let before = scrape().await;
+    assert_eq!(metric(&before, "upbit_sim_subscribed_connections"), 0.0);
+    assert_eq!(metric(&before, "upbit_sim_rate_messages_per_second"), 0.0);
+    assert!(before.contains("# TYPE upbit_sim_frames_sent_total counter"));
+
+    let mut ws = sim.connect().await;
+    request(
+        &mut ws,
+        r#"[{"ticket":"m"},{"type":"trade","codes":["KRW-BTC"],"is_only_realtime":true}]"#,
+    )
+    .await;
+    sim.trade("KRW-BTC", "148000000", "0.01", "BID").await;
+    assert!(next_frame(&mut ws, Duration::from_secs(5)).await.is_some());
+    sim.post("/sim/rate?eps=300").await;
+    sim.post("/sim/drop").await;
+    let after = scrape().await;
+    assert_eq!(metric(&after, "upbit_sim_rate_messages_per_second"), 300.0);
+    assert_eq!(metric(&after, "upbit_sim_connection_drops_total"), 1.0);
+    assert!(metric(&after, "upbit_sim_frames_sent_total") >= 1.0);
+    // The injected trade is a trade, a ticker and an orderbook.
+    let generated = metric(&after, "upbit_sim_messages_generated_total")
+        - metric(&before, "upbit_sim_messages_generated_total");
+    assert!(generated >= 3.0, "{generated}");
+    let health = sim
+        .http
+        .get(sim.metrics.replace("/metrics", "/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
     sim.running.stop().await;
 }
 
