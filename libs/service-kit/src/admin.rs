@@ -4,7 +4,7 @@
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -20,11 +20,20 @@ pub fn router(health: Health) -> Router {
         .with_state(health)
 }
 
-async fn metrics() -> impl IntoResponse {
+async fn metrics() -> Response {
+    metrics_page(String::new())
+}
+
+/// The `/metrics` response: this process's registry, then `extra` (more series
+/// in the Prometheus text format, for a server with an admin router of its own).
+pub fn metrics_page(extra: String) -> Response {
+    let mut page = telemetry::metrics::encode();
+    page.push_str(&extra);
     (
         [(header::CONTENT_TYPE, telemetry::metrics::CONTENT_TYPE)],
-        telemetry::metrics::encode(),
+        page,
     )
+        .into_response()
 }
 
 async fn readyz(State(health): State<Health>) -> impl IntoResponse {

@@ -57,9 +57,9 @@ pub fn metrics_router(state: Arc<AppState>) -> axum::Router {
         .with_state(state)
 }
 
-async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let sim = &app.sim;
-    let mut out = telemetry::metrics::encode();
+    let mut out = String::new();
     for (name, kind, help, value) in [
         (
             "upbit_sim_messages_generated_total",
@@ -104,13 +104,7 @@ async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
         );
     }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            telemetry::metrics::CONTENT_TYPE,
-        )],
-        out,
-    )
+    service_kit::admin::metrics_page(out)
 }
 
 pub async fn rate(

@@ -126,6 +126,7 @@ impl Sim {
         for p in payloads {
             self.generated.fetch_add(1, Ordering::Relaxed);
             let levels = match &p {
+                // Found by &str, so the key is allocated once per market.
                 Payload::Orderbook(o) => Some(match book_texts.get(&o.code) {
                     Some(texts) => texts.clone(),
                     None => book_texts.entry(o.code.clone()).or_default().clone(),
