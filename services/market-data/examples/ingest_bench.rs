@@ -87,15 +87,11 @@ fn args() -> Args {
             "--seconds" => a.seconds = value.parse().unwrap_or(10),
             "--settle" => a.settle = value.parse().unwrap_or(3),
             // --cpu upbit-sim=123,ingestor=456
-            "--cpu" => a.cpu.extend(value.split(',').filter_map(|kv| {
-                let (k, v) = kv.split_once('=')?;
-                Some((k.to_owned(), v.parse().ok()?))
-            })),
+            "--cpu" => a
+                .cpu
+                .extend(name_values(&value).filter_map(|(k, v)| Some((k, v.parse().ok()?)))),
             // --cpu-match postgres=bench_md_42 (every process whose command line has it)
-            "--cpu-match" => a.cpu_match.extend(value.split(',').filter_map(|kv| {
-                let (k, v) = kv.split_once('=')?;
-                Some((k.to_owned(), v.to_owned()))
-            })),
+            "--cpu-match" => a.cpu_match.extend(name_values(&value)),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -167,6 +163,13 @@ fn quantile_bound(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
         }
     }
     f64::INFINITY
+}
+
+/// `a=1,b=2` as (name, value) pairs.
+fn name_values(list: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    list.split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
 }
 
 /// CPU time (user + system, in clock ticks of 1/100 s) of one process, from /proc.
