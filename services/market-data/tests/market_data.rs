@@ -775,6 +775,20 @@ async fn candle_text(db: &TestDb, code: &str) -> Vec<String> {
     .unwrap()
 }
 
+/// `trades` of a market as text, oldest first (the market left out).
+async fn trade_text(db: &TestDb, code: &str) -> Vec<String> {
+    let mut admin = db.admin().await.unwrap();
+    sqlx::query_scalar(
+        "SELECT concat_ws(' ', to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || ' UTC',
+                          sequential_id, price, volume, ask_bid, prev_closing_price, change_price)
+         FROM market_data.trades WHERE market = $1 ORDER BY ts, sequential_id",
+    )
+    .bind(code)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn candles_folded_by_the_service_equal_those_folded_by_postgres() {
     let db = TestDb::create().await.unwrap();
@@ -820,6 +834,20 @@ async fn candles_folded_by_the_service_equal_those_folded_by_postgres() {
     let ours = candle_text(&db, "KRW-RUST").await;
     assert_eq!(ours.len(), 2, "{ours:?}");
     assert_eq!(ours, candle_text(&db, "KRW-SQL").await);
+    // The trades themselves: the likely-new ones went in by binary COPY, the
+    // others by INSERT; the same values, scales and times either way.
+    let copied = trade_text(&db, "KRW-RUST").await;
+    assert_eq!(copied.len(), 9, "{copied:?}");
+    assert_eq!(copied, trade_text(&db, "KRW-SQL").await);
+    assert!(
+        copied.contains(&format!(
+            "{} 3 100.00 0.10 ASK 100 0",
+            chrono::DateTime::from_timestamp_millis(minute(1) + 20)
+                .unwrap()
+                .format("%Y-%m-%d %H:%M:%S%.6f UTC")
+        )),
+        "{copied:?}"
+    );
     // The first minute: open at (minute+5, sid 9), close the last by time.
     assert!(
         ours[0].contains(" 102 102 0.00000005 0.00000005 "),
