@@ -139,7 +139,17 @@ impl Pipeline {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_the_feed_and_registers_the_selected_markets() {
     let db = TestDb::create().await.unwrap();
-    let p = start(&db, |_| {}, false).await;
+    assert_eq!(
+        ingestor::Config::local(([127, 0, 0, 1], 1).into(), ([127, 0, 0, 1], 2).into()).feed_format,
+        upbit::write::Format::Simple,
+        "the default feed is SIMPLE; this test reads the DEFAULT one"
+    );
+    let p = start(
+        &db,
+        |c| c.feed_format = upbit::write::Format::Default,
+        false,
+    )
+    .await;
     p.trade("KRW-ETH", "5212000").await;
     p.wait_price("KRW-ETH", "5212000").await;
     let markets =
