@@ -55,7 +55,7 @@ pub enum Period {
 }
 
 /// Inserts trades (duplicates skipped) and folds the new ones into their 1-minute
-/// candles, in one statement. Returns how many trades were new.
+/// candles, in one transaction. Returns how many trades were new.
 ///
 /// `likely_new`: the caller believes none is stored yet (Redis had not seen
 /// them), so they go in with `COPY`, which has no per-row conflict check, and
@@ -204,8 +204,8 @@ fn bind_trades<'q, O>(
 /// Trades none of which is stored (else `COPY` fails on the primary key) and
 /// their candles, folded by the caller, in one transaction. `COPY` takes the
 /// rows without planning or evaluating a statement per row and inserts them
-/// in bulk: about a third less Postgres CPU than the `INSERT … SELECT FROM
-/// UNNEST` the other path uses (docs/BENCHMARKS.md).
+/// in bulk: a third less Postgres CPU for the insert itself than the `INSERT …
+/// SELECT FROM UNNEST` the other path uses (docs/BENCHMARKS.md).
 async fn insert_new_trades(
     pool: &PgPool,
     trades: &[TradeRow],
@@ -263,6 +263,8 @@ fn copy_rows(
     // Signature, flags (no OIDs), no header extension.
     buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
     buf.extend_from_slice(&[0; 8]);
+    // A row takes about 130 bytes (eight length words, a short market code,
+    // two 8-byte integers and four numerics of a few base-10000 digits).
     buf.reserve(trades.len() * 130);
     for t in trades {
         buf.extend_from_slice(&8i16.to_be_bytes());
