@@ -1,12 +1,14 @@
 //! Generated gRPC clients, servers and messages for the exchange's APIs, plus the
 //! encoded file descriptor set of each package for server reflection.
 //!
-//! Decimal quantities are strings on the wire; services parse them into
-//! `rust_decimal::Decimal` at their edges.
+//! Decimal quantities are strings on the wire; [`decimal`] reads and writes
+//! them for every service.
 
-#![allow(clippy::all, clippy::pedantic, missing_docs)]
+#[warn(clippy::all)]
+pub mod decimal;
 
 /// `exchange.marketdata.v1`
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod marketdata {
     pub mod v1 {
         tonic::include_proto!("exchange.marketdata.v1");
@@ -17,6 +19,7 @@ pub mod marketdata {
 }
 
 /// `exchange.order.v1`
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod order {
     pub mod v1 {
         tonic::include_proto!("exchange.order.v1");
@@ -27,6 +30,7 @@ pub mod order {
 }
 
 /// `exchange.inventory.v1`
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod inventory {
     pub mod v1 {
         tonic::include_proto!("exchange.inventory.v1");
@@ -37,6 +41,7 @@ pub mod inventory {
 }
 
 /// `exchange.user.v1`
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod user {
     pub mod v1 {
         tonic::include_proto!("exchange.user.v1");
