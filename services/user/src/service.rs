@@ -26,6 +26,10 @@ use crate::store::{self, ApiKeyRow, RefreshUse, UserRow};
 /// Most active API keys per user.
 const MAX_API_KEYS: i64 = 10;
 
+/// A refresh token presented again within this time of being spent, while its
+/// successor is unused, is a retry (its answer was lost), not a theft.
+const REFRESH_RETRY_GRACE: Duration = Duration::from_secs(60);
+
 /// A new access/refresh token pair.
 pub struct Tokens {
     pub access_token: String,
@@ -193,7 +197,8 @@ impl Users {
         Ok((self.issue(user.id).await?, user))
     }
 
-    async fn issue(&self, user: Uuid) -> Result<Tokens, UserError> {
+    /// A new access token of `user` with `refresh_token` beside it.
+    fn tokens(&self, user: Uuid, refresh_token: String) -> Tokens {
         let now = Utc::now().timestamp();
         let ttl = self.access_ttl.as_secs() as i64;
         let claims = serde_json::json!({
@@ -203,28 +208,59 @@ impl Users {
             "exp": now + ttl,
             "jti": Uuid::new_v4().to_string(),
         });
-        let access_token = jwt::sign(Alg::Hs256, &self.jwt_key, &claims);
+        Tokens {
+            access_token: jwt::sign(Alg::Hs256, &self.jwt_key, &claims),
+            refresh_token,
+            expires_in: ttl,
+        }
+    }
+
+    fn refresh_expiry(&self) -> chrono::DateTime<Utc> {
+        Utc::now() + chrono::Duration::seconds(self.refresh_ttl.as_secs() as i64)
+    }
+
+    async fn issue(&self, user: Uuid) -> Result<Tokens, UserError> {
         let refresh_token = B64.encode(random_key());
-        let expires = Utc::now() + chrono::Duration::seconds(self.refresh_ttl.as_secs() as i64);
         store::insert_refresh(
             &self.pool,
             &sha256_hex(refresh_token.as_bytes()),
             user,
-            expires,
+            self.refresh_expiry(),
         )
         .await?;
-        Ok(Tokens {
-            access_token,
-            refresh_token,
-            expires_in: ttl,
-        })
+        Ok(self.tokens(user, refresh_token))
     }
 
-    /// Spends a refresh token for a new pair. Presenting a spent one again
-    /// revokes all of the user's refresh tokens.
+    /// The refresh token that replaces `token`: derived from it, so that a
+    /// retried refresh is answered with the same one.
+    fn successor(&self, token: &str) -> String {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.jwt_key)
+            .expect("HMAC takes keys of any size");
+        mac.update(b"refresh-successor:");
+        mac.update(token.as_bytes());
+        B64.encode(mac.finalize().into_bytes())
+    }
+
+    /// Spends a refresh token for a new pair. The same token again within a
+    /// minute, while its successor is unused, is a retry and gets the same
+    /// successor; otherwise presenting a spent one revokes all of the user's
+    /// refresh tokens.
     pub async fn refresh(&self, token: &str) -> Result<Tokens, UserError> {
-        match store::use_refresh(&self.pool, &sha256_hex(token.as_bytes())).await? {
-            RefreshUse::Spent(user) => self.issue(user).await,
+        let successor = self.successor(token);
+        let used = store::use_refresh(
+            &self.pool,
+            &sha256_hex(token.as_bytes()),
+            &sha256_hex(successor.as_bytes()),
+            self.refresh_expiry(),
+            REFRESH_RETRY_GRACE,
+        )
+        .await?;
+        match used {
+            RefreshUse::Spent(user) => Ok(self.tokens(user, successor)),
+            RefreshUse::Retried(user) => {
+                tracing::info!(%user, "a refresh was retried; answered with the same successor");
+                Ok(self.tokens(user, successor))
+            }
             RefreshUse::Reused(user) => {
                 tracing::warn!(%user, "a spent refresh token was presented again; revoked all of the user's refresh tokens");
                 Err(UserError::Token(

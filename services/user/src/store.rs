@@ -93,44 +93,80 @@ pub async fn insert_refresh(
 
 /// Outcome of presenting a refresh token.
 pub enum RefreshUse {
-    /// Valid and now spent.
+    /// Valid and now spent; its successor is stored.
     Spent(Uuid),
-    /// Presented a second time: a sign of theft; every token of the user is revoked.
+    /// Spent moments ago, and its successor is still unused: a retry of that
+    /// refresh (its answer was lost), answered with the same successor.
+    Retried(Uuid),
+    /// Presented again after its successor was used, or long after it was
+    /// spent: a sign of theft; every token of the user is revoked.
     Reused(Uuid),
     /// Unknown or expired.
     Invalid,
 }
 
-pub async fn use_refresh(pool: &PgPool, hash: &str) -> Result<RefreshUse, sqlx::Error> {
-    let spent: Option<Uuid> = sqlx::query_scalar(
-        "UPDATE refresh_tokens SET used_at = now()
-         WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
-         RETURNING user_id",
+/// Spends the refresh token `hash` for its successor `successor` (derived from
+/// the token, so a retry names the same one), in one transaction: the token is
+/// never spent without its successor stored.
+pub async fn use_refresh(
+    pool: &PgPool,
+    hash: &str,
+    successor: &str,
+    successor_expires: DateTime<Utc>,
+    retry_grace: std::time::Duration,
+) -> Result<RefreshUse, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(Uuid, Option<DateTime<Utc>>, bool)> = sqlx::query_as(
+        "SELECT user_id, used_at, expires_at > now() FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
     )
     .bind(hash)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    if let Some(user) = spent {
-        return Ok(RefreshUse::Spent(user));
-    }
-    let reused: Option<Uuid> = sqlx::query_scalar(
-        "SELECT user_id FROM refresh_tokens WHERE token_hash = $1 AND used_at IS NOT NULL",
-    )
-    .bind(hash)
-    .fetch_optional(pool)
-    .await?;
-    match reused {
-        Some(user) => {
+    let outcome = match row {
+        None | Some((_, None, false)) => RefreshUse::Invalid,
+        Some((user, None, true)) => {
+            sqlx::query("UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1")
+                .bind(hash)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query(
-                "UPDATE refresh_tokens SET used_at = now() WHERE user_id = $1 AND used_at IS NULL",
+                "INSERT INTO refresh_tokens (token_hash, user_id, expires_at) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
             )
+            .bind(successor)
             .bind(user)
-            .execute(pool)
+            .bind(successor_expires)
+            .execute(&mut *tx)
             .await?;
-            Ok(RefreshUse::Reused(user))
+            RefreshUse::Spent(user)
         }
-        None => Ok(RefreshUse::Invalid),
-    }
+        Some((user, Some(used_at), _)) => {
+            let retry: bool = sqlx::query_scalar(
+                "SELECT $3 > now() - $4 * interval '1 millisecond' AND EXISTS (
+                    SELECT 1 FROM refresh_tokens
+                    WHERE token_hash = $1 AND user_id = $2 AND used_at IS NULL AND expires_at > now())",
+            )
+            .bind(successor)
+            .bind(user)
+            .bind(used_at)
+            .bind(retry_grace.as_millis() as i64)
+            .fetch_one(&mut *tx)
+            .await?;
+            if retry {
+                RefreshUse::Retried(user)
+            } else {
+                sqlx::query(
+                    "UPDATE refresh_tokens SET used_at = now() WHERE user_id = $1 AND used_at IS NULL",
+                )
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+                RefreshUse::Reused(user)
+            }
+        }
+    };
+    tx.commit().await?;
+    Ok(outcome)
 }
 
 /// Inserts an API key unless the user already has `max` active ones.

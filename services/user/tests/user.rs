@@ -337,37 +337,38 @@ async fn tokens_verify_expire_refresh_once_and_refuse_forgeries() {
             .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "{token}");
     }
-    // Refresh tokens are single use; reuse revokes the family.
-    let next = e
-        .users
-        .refresh(pb::RefreshRequest {
-            refresh_token: pair.refresh_token.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tokens
-        .unwrap();
-    let reused = e
-        .users
-        .refresh(pb::RefreshRequest {
-            refresh_token: pair.refresh_token.clone(),
-        })
-        .await
-        .unwrap_err();
+    // Refresh tokens are single use; a retry of a refresh whose answer was
+    // lost gets the same new token; reuse after that revokes the family.
+    let refresh = |token: &str| {
+        let mut users = e.users.clone();
+        let request = pb::RefreshRequest {
+            refresh_token: token.to_owned(),
+        };
+        async move {
+            users
+                .refresh(request)
+                .await
+                .map(|r| r.into_inner().tokens.unwrap())
+        }
+    };
+    let next = refresh(&pair.refresh_token).await.unwrap();
+    let retried = refresh(&pair.refresh_token).await.unwrap();
+    assert_eq!(
+        retried.refresh_token, next.refresh_token,
+        "the retry is answered with the same successor, not treated as theft"
+    );
+    assert_ne!(next.refresh_token, pair.refresh_token);
+    let after = refresh(&next.refresh_token).await.unwrap();
+    let reused = refresh(&pair.refresh_token).await.unwrap_err();
     assert_eq!(name(&reused), Some("invalid_refresh_token"));
-    let revoked = e
-        .users
-        .refresh(pb::RefreshRequest {
-            refresh_token: next.refresh_token,
-        })
-        .await
-        .unwrap_err();
+    let revoked = refresh(&after.refresh_token).await.unwrap_err();
     assert_eq!(
         name(&revoked),
         Some("invalid_refresh_token"),
         "reuse revoked the newer token too"
     );
+    let garbage = refresh("not-a-token").await.unwrap_err();
+    assert_eq!(name(&garbage), Some("invalid_refresh_token"));
     // Access tokens expire (2 s in this test).
     let token = next.access_token;
     let expired = test_support::eventually(Duration::from_secs(10), "token expiry", || {
