@@ -280,12 +280,11 @@ pub async fn private_limit(
     group: &'static str,
     client: &str,
 ) -> Result<Decision, ApiError> {
-    let per_second = if group == "order" {
-        gw.private_limits.1
-    } else {
-        gw.private_limits.0
-    };
-    match gw.limiter.check(group, client, per_second).await {
+    match gw
+        .limiter
+        .check(group, client, gw.limits.private(group))
+        .await
+    {
         Decision::Limited => Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_requests",

@@ -59,6 +59,10 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_ORDER", default_value_t = 8)]
     pub rate_limit_order: u32,
 
+    /// Sign-ups per client IP per hour (0 = no limit): every account gets paper money.
+    #[arg(long, env = "RATE_LIMIT_SIGNUP", default_value_t = 10)]
+    pub rate_limit_signup: u32,
+
     /// New WebSocket connections per second per client IP, as Upbit (0 = no limit).
     #[arg(long, env = "WS_CONNECT_LIMIT", default_value_t = 5)]
     pub ws_connect_limit: u32,

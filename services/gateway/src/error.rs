@@ -85,6 +85,8 @@ impl From<tonic::Status> for ApiError {
             | Code::Unauthenticated
             | Code::PermissionDenied
             | Code::ResourceExhausted => status.message().to_owned(),
+            // A named unavailability (a stale market feed) is explained to the client.
+            Code::Unavailable if name != default_name => status.message().to_owned(),
             Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "upstream unavailable");
                 "the service is temporarily unavailable; retry shortly".to_owned()

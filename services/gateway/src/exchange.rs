@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{UpbitRequest, private_limit};
 use crate::error::ApiError;
+use crate::idempotency::RequestKey;
 use crate::private::{place_request, states};
 use crate::ratelimit::Decision;
 use crate::state::Shared;
@@ -33,12 +34,10 @@ async fn limit(
     req: &UpbitRequest,
     group: &'static str,
 ) -> Result<(u32, Decision), ApiError> {
-    let per_second = if group == "order" {
-        gw.private_limits.1
-    } else {
-        gw.private_limits.0
-    };
-    Ok((per_second, private_limit(gw, group, &req.access_key).await?))
+    Ok((
+        gw.limits.private(group),
+        private_limit(gw, group, &req.access_key).await?,
+    ))
 }
 
 fn no_order() -> ApiError {
@@ -113,7 +112,14 @@ pub async fn chance(State(gw): State<Shared>, req: UpbitRequest) -> Result<Respo
     Ok(reply(StatusCode::OK, body, "default", per_second, decision))
 }
 
-pub async fn place(State(gw): State<Shared>, req: UpbitRequest) -> Result<Response, ApiError> {
+/// Upbit answers 201 with the order; an order whose outcome is not known yet
+/// shows as `wait` (as Upbit shows orders being opened) and a retry of a request
+/// gets the order it made.
+pub async fn place(
+    State(gw): State<Shared>,
+    RequestKey(request_key): RequestKey,
+    req: UpbitRequest,
+) -> Result<Response, ApiError> {
     let (per_second, decision) = limit(&gw, &req, "order").await?;
     let required = |k: &str| {
         req.param(k)
@@ -127,6 +133,7 @@ pub async fn place(State(gw): State<Shared>, req: UpbitRequest) -> Result<Respon
         req.param("price").unwrap_or_default().to_owned(),
         req.param("volume").unwrap_or_default().to_owned(),
         req.param("identifier").map(str::to_owned),
+        request_key,
     )?;
     let r = gw.order.clone().place_order(request).await?.into_inner();
     let order = r.order.ok_or_else(no_order)?;

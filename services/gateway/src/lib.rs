@@ -9,6 +9,7 @@ mod convert;
 mod error;
 mod exchange;
 mod http;
+mod idempotency;
 mod native;
 mod observe;
 mod private;
@@ -83,10 +84,14 @@ impl App {
         let limiter = ratelimit::RateLimiter::new(redis.clone(), config.redis_prefix.clone());
         let gw = Arc::new(state::Gateway::new(
             upstreams,
-            (config.rate_limit_default, config.rate_limit_order),
+            state::Limits {
+                default: config.rate_limit_default,
+                order: config.rate_limit_order,
+                quotation: config.rate_limit_quotation,
+                signup_per_hour: config.rate_limit_signup,
+                ws_connects: config.ws_connect_limit,
+            },
             limiter,
-            config.rate_limit_quotation,
-            config.ws_connect_limit,
             config.ws_buffer,
             config.ws_idle_timeout,
             config.trust_x_forwarded_for,

@@ -228,6 +228,7 @@ pub async fn trades(
             count,
             cursor,
             to: None,
+            after: None,
         })
         .await?
         .into_inner()

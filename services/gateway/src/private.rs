@@ -15,7 +15,9 @@ use std::collections::HashMap;
 
 use crate::auth::{NativeUser, private_limit};
 use crate::error::ApiError;
-use crate::state::Shared;
+use crate::idempotency::RequestKey;
+use crate::ratelimit::Decision;
+use crate::state::{ClientIp, Shared};
 use crate::views;
 
 /// A JSON body whose errors answer in Upbit's error shape.
@@ -56,10 +58,24 @@ fn tokens_json(t: Option<user_pb::TokenPair>) -> Value {
     .unwrap_or(Value::Null)
 }
 
+/// Sign-ups are throttled per client IP (`RATE_LIMIT_SIGNUP` an hour): each
+/// account is paper money.
 pub async fn register(
     State(gw): State<Shared>,
+    ip: ClientIp,
     Body(c): Body<Credentials>,
 ) -> Result<Response, ApiError> {
+    let decision = gw
+        .limiter
+        .check_window("signup", &ip.0.to_string(), gw.limits.signup_per_hour, 3600)
+        .await;
+    if decision == Decision::Limited {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "too many sign-ups from this address; try again later",
+        ));
+    }
     let r = gw
         .user
         .clone()
@@ -230,12 +246,11 @@ pub struct Deposit {
 pub async fn deposit(
     State(gw): State<Shared>,
     NativeUser(user): NativeUser,
+    RequestKey(request_key): RequestKey,
     Body(d): Body<Deposit>,
 ) -> Result<Json<Value>, ApiError> {
     private_limit(&gw, "default", &user.to_string()).await?;
-    let key = d
-        .idempotency_key
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let key = d.idempotency_key.unwrap_or(request_key);
     let r = gw
         .inventory
         .clone()
@@ -278,6 +293,7 @@ fn decimal_text(v: Option<Value>, field: &str) -> Result<String, ApiError> {
 }
 
 /// The gRPC request for an order, from Upbit's parameter names.
+#[allow(clippy::too_many_arguments)]
 pub fn place_request(
     user: uuid::Uuid,
     market: &str,
@@ -286,6 +302,7 @@ pub fn place_request(
     price: String,
     volume: String,
     identifier: Option<String>,
+    request_key: String,
 ) -> Result<pb::PlaceOrderRequest, ApiError> {
     let side = match side {
         "bid" => pb::Side::Bid,
@@ -310,12 +327,17 @@ pub fn place_request(
         price,
         volume,
         identifier: identifier.unwrap_or_default(),
+        request_key,
     })
 }
 
+/// Places an order. 201 with the order; 202 with it when its outcome is not
+/// known yet (state `pending`: it completes or is rejected shortly, never twice);
+/// 200 with it for a retry of a request that made it already.
 pub async fn place_order(
     State(gw): State<Shared>,
     NativeUser(user): NativeUser,
+    RequestKey(request_key): RequestKey,
     Body(o): Body<NewOrder>,
 ) -> Result<Response, ApiError> {
     private_limit(&gw, "order", &user.to_string()).await?;
@@ -327,15 +349,16 @@ pub async fn place_order(
         decimal_text(o.price, "price")?,
         decimal_text(o.volume, "volume")?,
         o.identifier,
+        request_key,
     )?;
     let r = gw.order.clone().place_order(request).await?.into_inner();
     let order = r.order.ok_or_else(|| {
         ApiError::new(StatusCode::BAD_GATEWAY, "server_error", "no order returned")
     })?;
-    let status = if r.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
+    let status = match (r.created, order.state == pb::OrderState::Pending as i32) {
+        (false, _) => StatusCode::OK,
+        (true, true) => StatusCode::ACCEPTED,
+        (true, false) => StatusCode::CREATED,
     };
     Ok((status, Json(views::native_order(&order))).into_response())
 }

@@ -39,10 +39,10 @@ where
 {
     let decision = gw
         .limiter
-        .check(group, &ip.0.to_string(), gw.quotation_limit)
+        .check(group, &ip.0.to_string(), gw.limits.quotation)
         .await;
     if decision == Decision::Limited {
-        return too_many(group, gw.quotation_limit);
+        return too_many(group, gw.limits.quotation);
     }
     let mut resp = match body.await {
         Ok(json) => (
@@ -52,7 +52,7 @@ where
             .into_response(),
         Err(e) => e.into_response(),
     };
-    if let Some(v) = decision.header(group, gw.quotation_limit) {
+    if let Some(v) = decision.header(group, gw.limits.quotation) {
         resp.headers_mut().insert("remaining-req", v);
     }
     resp
@@ -97,7 +97,8 @@ pub async fn ticker(State(gw): State<Shared>, ip: ClientIp, Query(q): Params) ->
         Ok(rest::array(
             tickers
                 .iter()
-                .map(|t| rest::ticker(&convert::ticker(t, false))),
+                .filter_map(|t| convert::skipped(convert::ticker(t, false), "ticker", &t.market))
+                .map(|t| rest::ticker(&t)),
         ))
     })
     .await
@@ -120,7 +121,8 @@ pub async fn ticker_all(State(gw): State<Shared>, ip: ClientIp, Query(q): Params
         Ok(rest::array(
             tickers
                 .iter()
-                .map(|t| rest::ticker(&convert::ticker(t, false))),
+                .filter_map(|t| convert::skipped(convert::ticker(t, false), "ticker", &t.market))
+                .map(|t| rest::ticker(&t)),
         ))
     })
     .await
@@ -151,9 +153,15 @@ pub async fn orderbook(State(gw): State<Shared>, ip: ClientIp, Query(q): Params)
             .map_err(market_error)?
             .into_inner()
             .orderbooks;
-        Ok(rest::array(books.iter().map(|o| {
-            rest::orderbook(&convert::orderbook(o, depth as usize, false))
-        })))
+        Ok(rest::array(
+            books
+                .iter()
+                .filter_map(|o| {
+                    let book = convert::orderbook(o, depth as usize, false);
+                    convert::skipped(book, "orderbook", &o.market)
+                })
+                .map(|o| rest::orderbook(&o)),
+        ))
     })
     .await
 }
@@ -176,6 +184,7 @@ pub async fn trades(State(gw): State<Shared>, ip: ClientIp, Query(q): Params) ->
             count,
             cursor,
             to,
+            after: None,
         };
         let trades = gw
             .md
@@ -188,7 +197,8 @@ pub async fn trades(State(gw): State<Shared>, ip: ClientIp, Query(q): Params) ->
         Ok(rest::array(
             trades
                 .iter()
-                .map(|t| rest::trade(&convert::trade(t, false))),
+                .filter_map(|t| convert::skipped(convert::trade(t, false), "trade", &t.market))
+                .map(|t| rest::trade(&t)),
         ))
     })
     .await
@@ -220,7 +230,8 @@ async fn candles(
     Ok(rest::array(
         candles
             .iter()
-            .map(|c| rest::candle(&convert::candle(c, unit))),
+            .filter_map(|c| convert::skipped(convert::candle(c, unit), "candle", &c.market))
+            .map(|c| rest::candle(&c)),
     ))
 }
 

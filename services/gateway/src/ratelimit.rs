@@ -63,18 +63,32 @@ impl RateLimiter {
 
     /// Counts one request of `client` in `group` against `per_second`.
     pub async fn check(&self, group: &str, client: &str, per_second: u32) -> Decision {
-        if per_second == 0 {
+        self.check_window(group, client, per_second, 1).await
+    }
+
+    /// Counts one request of `client` in `group` against `limit` per window of
+    /// `window` seconds.
+    pub async fn check_window(
+        &self,
+        group: &str,
+        client: &str,
+        limit: u32,
+        window: u64,
+    ) -> Decision {
+        if limit == 0 {
             return Decision::Unlimited;
         }
-        let second = std::time::SystemTime::now()
+        let window = window.max(1);
+        let slot = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
+            .map(|d| d.as_secs() / window)
             .unwrap_or(0);
-        let key = format!("{}rl:{group}:{client}:{second}", self.prefix);
+        let key = format!("{}rl:{group}:{client}:{slot}", self.prefix);
+        let per_second = limit;
         let count = async {
             let pipeline = self.redis.pipeline();
             let _: () = pipeline.incr(&key).await?;
-            let _: () = pipeline.expire(&key, 2, None).await?;
+            let _: () = pipeline.expire(&key, (window + 1) as i64, None).await?;
             let (count, _): (i64, i64) = pipeline.all().await?;
             Ok::<_, fred::error::Error>(count)
         };

@@ -28,16 +28,39 @@ pub struct Upstreams {
     pub inventory: InventoryServiceClient<Channel>,
 }
 
+/// Request limits (0 = unlimited).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Limits {
+    /// Private API requests per second per user or key, Upbit's `default` group.
+    pub default: u32,
+    /// Order placements and cancels per second per user or key, Upbit's `order` group.
+    pub order: u32,
+    /// Quotation requests per second per IP and group.
+    pub quotation: u32,
+    /// Sign-ups per IP per hour.
+    pub signup_per_hour: u32,
+    /// New WebSocket connections per second per IP.
+    pub ws_connects: u32,
+}
+
+impl Limits {
+    /// The per-second limit of an Upbit exchange group.
+    pub fn private(&self, group: &str) -> u32 {
+        if group == "order" {
+            self.order
+        } else {
+            self.default
+        }
+    }
+}
+
 pub struct Gateway {
     pub md: MarketDataServiceClient<Channel>,
     pub user: UserServiceClient<Channel>,
     pub order: OrderServiceClient<Channel>,
     pub inventory: InventoryServiceClient<Channel>,
-    /// Private API requests per second per user: (default group, order group).
-    pub private_limits: (u32, u32),
+    pub limits: Limits,
     pub limiter: RateLimiter,
-    /// Quotation requests per second per IP and group (0 = unlimited).
-    pub quotation_limit: u32,
     pub ws_connects: PerSecond<IpAddr>,
     pub ws_buffer: usize,
     pub ws_idle: Duration,
@@ -59,10 +82,8 @@ impl Gateway {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         upstreams: Upstreams,
-        private_limits: (u32, u32),
+        limits: Limits,
         limiter: RateLimiter,
-        quotation_limit: u32,
-        ws_connect_limit: u32,
         ws_buffer: usize,
         ws_idle: Duration,
         trust_forwarded: bool,
@@ -75,10 +96,9 @@ impl Gateway {
             user: upstreams.user,
             order: upstreams.order,
             inventory: upstreams.inventory,
-            private_limits,
+            limits,
             limiter,
-            quotation_limit,
-            ws_connects: PerSecond::new(ws_connect_limit),
+            ws_connects: PerSecond::new(limits.ws_connects),
             ws_buffer,
             ws_idle,
             trust_forwarded,

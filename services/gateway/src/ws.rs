@@ -370,7 +370,8 @@ async fn tickers(
                 .into_inner()
                 .tickers
                 .iter()
-                .map(|t| write::ticker(&convert::ticker(t, true), sink.format))
+                .filter_map(|t| convert::skipped(convert::ticker(t, true), "ticker", &t.market))
+                .map(|t| write::ticker(&t, sink.format))
                 .collect();
             put_all(&sink, frames);
         }
@@ -387,8 +388,9 @@ async fn tickers(
         }
     };
     let render = |m: pb::StreamTickersResponse, sink: &Sink| {
-        m.ticker
-            .map(|t| write::ticker(&convert::ticker(&t, m.snapshot), sink.format))
+        let t = m.ticker?;
+        convert::skipped(convert::ticker(&t, m.snapshot), "ticker", &t.market)
+            .map(|t| write::ticker(&t, sink.format))
     };
     pump(open, render, sink, cancel, opened).await;
 }
@@ -412,6 +414,7 @@ async fn trades(
                     count: 1,
                     cursor: None,
                     to: None,
+                    after: None,
                 })
                 .await
             {
@@ -419,7 +422,10 @@ async fn trades(
                     r.into_inner()
                         .trades
                         .iter()
-                        .map(|t| write::trade(&convert::trade(t, true), sink.format)),
+                        .filter_map(|t| {
+                            convert::skipped(convert::trade(t, true), "trade", &t.market)
+                        })
+                        .map(|t| write::trade(&t, sink.format)),
                 );
             }
         }
@@ -437,8 +443,9 @@ async fn trades(
         }
     };
     let render = |m: pb::StreamTradesResponse, sink: &Sink| {
-        m.trade
-            .map(|t| write::trade(&convert::trade(&t, m.snapshot), sink.format))
+        let t = m.trade?;
+        convert::skipped(convert::trade(&t, m.snapshot), "trade", &t.market)
+            .map(|t| write::trade(&t, sink.format))
     };
     pump(open, render, sink, cancel, opened).await;
 }
@@ -465,12 +472,11 @@ async fn orderbooks(
                 .into_inner()
                 .orderbooks
                 .iter()
-                .map(|o| {
-                    write::orderbook(
-                        &convert::orderbook(o, sink.depth(&o.market), true),
-                        sink.format,
-                    )
+                .filter_map(|o| {
+                    let book = convert::orderbook(o, sink.depth(&o.market), true);
+                    convert::skipped(book, "orderbook", &o.market)
                 })
+                .map(|o| write::orderbook(&o, sink.format))
                 .collect();
             put_all(&sink, frames);
         }
@@ -488,12 +494,9 @@ async fn orderbooks(
         }
     };
     let render = |m: pb::StreamOrderbooksResponse, sink: &Sink| {
-        m.orderbook.map(|o| {
-            write::orderbook(
-                &convert::orderbook(&o, sink.depth(&o.market), m.snapshot),
-                sink.format,
-            )
-        })
+        let o = m.orderbook?;
+        let book = convert::orderbook(&o, sink.depth(&o.market), m.snapshot);
+        convert::skipped(book, "orderbook", &o.market).map(|o| write::orderbook(&o, sink.format))
     };
     pump(open, render, sink, cancel, opened).await;
 }

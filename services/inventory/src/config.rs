@@ -28,9 +28,25 @@ pub struct Config {
     #[arg(long, env = "INITIAL_KRW_BALANCE", default_value = "10000000")]
     pub initial_krw_balance: Decimal,
 
-    /// The paper faucet keeps a currency's total (available + locked) at or under this.
+    /// The paper faucet: the most a user may deposit of a currency in any 24 hours
+    /// (summed from the ledger, whatever was traded since).
     #[arg(long, env = "DEPOSIT_CAP", default_value = "100000000")]
     pub deposit_cap: Decimal,
+
+    /// Currencies the paper faucet gives (comma-separated).
+    #[arg(
+        long,
+        env = "DEPOSIT_CURRENCIES",
+        default_value = "KRW",
+        value_delimiter = ','
+    )]
+    pub deposit_currencies: Vec<String>,
+
+    /// Chaos testing: the fraction (0 to 1) of money-moving calls (OpenAccount,
+    /// Deposit, Settle) that answer UNAVAILABLE after their change was committed,
+    /// as a lost answer would look to the caller. 0 (off) in production.
+    #[arg(long, env = "FAULT_UNAVAILABLE_AFTER_COMMIT", default_value_t = 0.0)]
+    pub fault_unavailable_after_commit: f64,
 
     #[command(flatten)]
     pub runtime: RuntimeArgs,

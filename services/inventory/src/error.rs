@@ -14,6 +14,15 @@ pub enum InventoryError {
     Invalid(String),
     #[error("{0}")]
     Inconsistent(String),
+    /// A fill the order's terms do not allow (a caller's bug or worse).
+    #[error("{0}")]
+    FillRefused(String),
+    /// The reservation's `not_after` passed before it could be made.
+    #[error("{0}")]
+    PlanExpired(String),
+    /// The faucet's cap over the last 24 hours.
+    #[error("{0}")]
+    DepositLimit(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -33,6 +42,17 @@ impl From<InventoryError> for tonic::Status {
             InventoryError::Inconsistent(m) => {
                 tracing::error!(message = %m, "inconsistent inventory request");
                 named_status(Code::FailedPrecondition, "inconsistent_request", m)
+            }
+            InventoryError::FillRefused(m) => {
+                tracing::error!(message = %m, "refused a fill outside its order's terms");
+                crate::metrics::FILLS_REFUSED.inc();
+                named_status(Code::FailedPrecondition, "fill_refused", m)
+            }
+            InventoryError::PlanExpired(m) => {
+                named_status(Code::FailedPrecondition, "plan_expired", m)
+            }
+            InventoryError::DepositLimit(m) => {
+                named_status(Code::InvalidArgument, "deposit_limit_exceeded", m)
             }
             InventoryError::Database(e) => {
                 tracing::warn!(error = %e, "database error");

@@ -6,29 +6,57 @@ use rust_decimal::Decimal;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
-use crate::domain::{self, Fill, Side};
+use crate::domain::{self, Fill, Kind, Side, Terms};
 use crate::error::InventoryError;
 use crate::store::{self, BalanceRow};
 
+/// The inventory's settings.
+pub struct Settings {
+    pub initial_krw: Decimal,
+    /// Most a user may deposit of a currency in 24 hours.
+    pub deposit_cap: Decimal,
+    pub deposit_currencies: Vec<String>,
+    /// Fraction of money-moving calls answered UNAVAILABLE after committing.
+    pub fault_after_commit: f64,
+}
+
 pub struct Inventory {
     pool: PgPool,
-    initial_krw: Decimal,
-    deposit_cap: Decimal,
+    settings: Settings,
 }
 
 impl Inventory {
-    pub fn new(pool: PgPool, initial_krw: Decimal, deposit_cap: Decimal) -> Self {
-        Self {
-            pool,
-            initial_krw,
-            deposit_cap,
+    pub fn new(pool: PgPool, settings: Settings) -> Self {
+        Self { pool, settings }
+    }
+
+    /// With `FAULT_UNAVAILABLE_AFTER_COMMIT`, answers some committed calls with
+    /// UNAVAILABLE, as if the answer had been lost on its way.
+    fn lose_answer(&self, rpc: &str) -> Result<(), Status> {
+        let p = self.settings.fault_after_commit;
+        if p > 0.0 && rand::random::<f64>() < p {
+            crate::metrics::FAULTS_INJECTED
+                .with_label_values(&[rpc])
+                .inc();
+            tracing::warn!(
+                rpc,
+                "FAULT_UNAVAILABLE_AFTER_COMMIT: answering UNAVAILABLE after committing"
+            );
+            return Err(Status::unavailable(
+                "fault injected after commit (FAULT_UNAVAILABLE_AFTER_COMMIT)",
+            ));
         }
+        Ok(())
     }
 }
 
 fn text(d: Decimal) -> String {
-    upbit::write::decimal_string(d)
+    exchange_proto::decimal::to_wire(d)
 }
+
+/// Most fills one Settle call may carry (an order's fills at placement walk at
+/// most the 30 levels of a book; recovery re-sends an order's fills).
+const MAX_FILLS: usize = 1000;
 
 fn balance(row: BalanceRow) -> pb::Balance {
     pb::Balance {
@@ -61,6 +89,27 @@ fn fill(f: &pb::Fill) -> Result<Fill, InventoryError> {
     })
 }
 
+fn terms(side: Side, t: &pb::OrderTerms) -> Result<Terms, InventoryError> {
+    let kind = match pb::OrderKind::try_from(t.kind) {
+        Ok(pb::OrderKind::Limit) => Kind::Limit {
+            price: domain::positive("terms.price", &t.price)?,
+            volume: domain::positive("terms.volume", &t.volume)?,
+        },
+        Ok(pb::OrderKind::Price) => Kind::Price {
+            budget: domain::positive("terms.budget", &t.budget)?,
+        },
+        Ok(pb::OrderKind::Market) => Kind::Market {
+            volume: domain::positive("terms.volume", &t.volume)?,
+        },
+        _ => {
+            return Err(InventoryError::Invalid(
+                "terms.kind must be LIMIT, PRICE or MARKET".into(),
+            ));
+        }
+    };
+    Terms::new(side, kind, domain::amount("terms.fee_rate", &t.fee_rate)?)
+}
+
 #[tonic::async_trait]
 impl InventoryService for Inventory {
     async fn open_account(
@@ -68,7 +117,8 @@ impl InventoryService for Inventory {
         request: Request<pb::OpenAccountRequest>,
     ) -> Result<Response<pb::OpenAccountResponse>, Status> {
         let user = domain::uuid("user_id", &request.into_inner().user_id)?;
-        let created = store::open_account(&self.pool, user, self.initial_krw).await?;
+        let created = store::open_account(&self.pool, user, self.settings.initial_krw).await?;
+        self.lose_answer("OpenAccount")?;
         let balances = store::balances(&self.pool, user)
             .await?
             .into_iter()
@@ -97,6 +147,13 @@ impl InventoryService for Inventory {
         let req = request.into_inner();
         let user = domain::uuid("user_id", &req.user_id)?;
         let currency = domain::currency(&req.currency)?;
+        if !self.settings.deposit_currencies.contains(&currency) {
+            return Err(InventoryError::Invalid(format!(
+                "the paper faucet gives {} only",
+                self.settings.deposit_currencies.join(", ")
+            ))
+            .into());
+        }
         let amount = domain::positive("amount", &req.amount)?;
         if req.idempotency_key.is_empty() || req.idempotency_key.len() > 128 {
             return Err(InventoryError::Invalid(
@@ -110,61 +167,12 @@ impl InventoryService for Inventory {
             &currency,
             amount,
             &req.idempotency_key,
-            self.deposit_cap,
+            self.settings.deposit_cap,
         )
         .await?;
+        self.lose_answer("Deposit")?;
         let row = store::balance(&self.pool, user, &currency).await?;
         Ok(Response::new(pb::DepositResponse {
-            balance: row.map(balance),
-        }))
-    }
-
-    async fn reserve(
-        &self,
-        request: Request<pb::ReserveRequest>,
-    ) -> Result<Response<pb::ReserveResponse>, Status> {
-        let req = request.into_inner();
-        let order = domain::uuid("order_id", &req.order_id)?;
-        let user = domain::uuid("user_id", &req.user_id)?;
-        let currency = domain::currency(&req.currency)?;
-        let amount = domain::positive("amount", &req.amount)?;
-        let applied = store::reserve(&self.pool, order, user, &currency, amount).await?;
-        let row = store::balance(&self.pool, user, &currency).await?;
-        Ok(Response::new(pb::ReserveResponse {
-            balance: row.map(balance),
-            applied,
-        }))
-    }
-
-    async fn release(
-        &self,
-        request: Request<pb::ReleaseRequest>,
-    ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let req = request.into_inner();
-        let order = domain::uuid("order_id", &req.order_id)?;
-        let user = domain::uuid("user_id", &req.user_id)?;
-        let Some(reservation) = store::reservation(&self.pool, order).await? else {
-            return Err(
-                InventoryError::NotFound(format!("no reservation for order {order}")).into(),
-            );
-        };
-        // A release is a settle without fills that finalizes; which side locked
-        // what follows from the reserved currency.
-        let settled = store::settle(
-            &self.pool,
-            order,
-            user,
-            Side::Ask,
-            &reservation.currency,
-            &reservation.currency,
-            &[],
-            true,
-            None,
-        )
-        .await?;
-        let row = store::balance(&self.pool, user, &reservation.currency).await?;
-        Ok(Response::new(pb::ReleaseResponse {
-            released: text(settled.released),
             balance: row.map(balance),
         }))
     }
@@ -184,24 +192,39 @@ impl InventoryService for Inventory {
                 InventoryError::Invalid("base and quote currencies must differ".into()).into(),
             );
         }
+        if req.fills.len() > MAX_FILLS {
+            return Err(
+                InventoryError::Invalid(format!("at most {MAX_FILLS} fills per call")).into(),
+            );
+        }
         let fills = req.fills.iter().map(fill).collect::<Result<Vec<_>, _>>()?;
-        let reserve = if req.reserve_amount.is_empty() {
-            None
-        } else {
-            Some(domain::positive("reserve_amount", &req.reserve_amount)?)
+        let not_after = match req.not_after {
+            0 => None,
+            ms => Some(
+                chrono::DateTime::from_timestamp_millis(ms)
+                    .ok_or_else(|| InventoryError::Invalid("not_after is not a time".into()))?,
+            ),
         };
+        let terms = req
+            .terms
+            .as_ref()
+            .map(|t| terms(side, t).and_then(|t| t.to_json(not_after)))
+            .transpose()?;
         let settled = store::settle(
             &self.pool,
-            order,
-            user,
-            side,
-            &base,
-            &quote,
-            &fills,
-            req.finalize,
-            reserve,
+            &store::Settle {
+                order,
+                user,
+                side,
+                base: &base,
+                quote: &quote,
+                fills: &fills,
+                finalize: req.finalize,
+                terms,
+            },
         )
         .await?;
+        self.lose_answer("Settle")?;
         let balances = if req.return_balances {
             store::balances(&self.pool, user)
                 .await?

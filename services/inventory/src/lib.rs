@@ -6,6 +6,7 @@ pub mod config;
 pub mod domain;
 mod error;
 mod grpc;
+mod metrics;
 mod store;
 
 use std::net::SocketAddr;
@@ -71,10 +72,15 @@ impl App {
             pg.prepare(&pool, sqlx::migrate!("./migrations"), &stopping)
                 .await
         };
+        let config = self.config;
         let service = grpc::Inventory::new(
             self.pool,
-            self.config.initial_krw_balance,
-            self.config.deposit_cap,
+            grpc::Settings {
+                initial_krw: config.initial_krw_balance,
+                deposit_cap: config.deposit_cap,
+                deposit_currencies: config.deposit_currencies,
+                fault_after_commit: config.fault_unavailable_after_commit,
+            },
         );
         let routes = Routes::new(InventoryServiceServer::new(service));
         self.server

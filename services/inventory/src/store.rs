@@ -1,5 +1,5 @@
 //! SQL: each call is one statement (one transaction) invoking the functions of
-//! migration 0002. Deadlocks and serialization failures are retried here.
+//! migrations 0002 and 0003. Deadlocks and serialization failures are retried here.
 
 use std::time::Duration;
 
@@ -40,20 +40,38 @@ pub struct LedgerRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// SQLSTATEs the money functions raise (see the migrations' headers).
+mod sqlstate {
+    pub const CHECK_VIOLATION: &str = "23514";
+    pub const FOREIGN_KEY_VIOLATION: &str = "23503";
+    pub const NO_DATA_FOUND: &str = "P0002";
+    pub const INVALID_PARAMETER: &str = "22023";
+    pub const DEADLOCK: &str = "40P01";
+    pub const SERIALIZATION: &str = "40001";
+    pub const FILL_REFUSED: &str = "EX001";
+    pub const PLAN_EXPIRED: &str = "EX002";
+    pub const DEPOSIT_LIMIT: &str = "EX003";
+}
+
 fn map(err: sqlx::Error) -> InventoryError {
+    use sqlstate::*;
     if let Some(db) = err.as_database_error() {
+        let message = || db.message().to_owned();
         match (db.code().as_deref(), db.constraint()) {
-            (Some("23514"), Some("balances_available_non_negative")) => {
+            (Some(CHECK_VIOLATION), Some("balances_available_non_negative")) => {
                 return InventoryError::InsufficientFunds;
             }
-            (Some("23514"), _) => {
+            (Some(CHECK_VIOLATION), _) => {
                 return InventoryError::Inconsistent("a balance would go negative".into());
             }
-            (Some("P0002"), _) => return InventoryError::NotFound(db.message().to_owned()),
-            (Some("23503"), _) => {
+            (Some(NO_DATA_FOUND), _) => return InventoryError::NotFound(message()),
+            (Some(FOREIGN_KEY_VIOLATION), _) => {
                 return InventoryError::NotFound("the user has no account".into());
             }
-            (Some("22023"), _) => return InventoryError::Invalid(db.message().to_owned()),
+            (Some(INVALID_PARAMETER), _) => return InventoryError::Invalid(message()),
+            (Some(FILL_REFUSED), _) => return InventoryError::FillRefused(message()),
+            (Some(PLAN_EXPIRED), _) => return InventoryError::PlanExpired(message()),
+            (Some(DEPOSIT_LIMIT), _) => return InventoryError::DepositLimit(message()),
             _ => {}
         }
     }
@@ -63,7 +81,7 @@ fn map(err: sqlx::Error) -> InventoryError {
 fn retryable(err: &sqlx::Error) -> bool {
     err.as_database_error()
         .and_then(|e| e.code())
-        .is_some_and(|c| c == "40P01" || c == "40001")
+        .is_some_and(|c| c == sqlstate::DEADLOCK || c == sqlstate::SERIALIZATION)
 }
 
 /// Runs `op` and retries it a few times on deadlock or serialization failure
@@ -145,24 +163,6 @@ pub async fn deposit(
     .await
 }
 
-pub async fn reserve(
-    pool: &PgPool,
-    order: Uuid,
-    user: Uuid,
-    currency: &str,
-    amount: Decimal,
-) -> Result<bool, InventoryError> {
-    with_retry(|| {
-        sqlx::query_scalar("SELECT reserve($1, $2, $3, $4)")
-            .bind(order)
-            .bind(user)
-            .bind(currency)
-            .bind(amount)
-            .fetch_one(pool)
-    })
-    .await
-}
-
 /// What a settle call did.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Settled {
@@ -170,20 +170,23 @@ pub struct Settled {
     pub released: Decimal,
 }
 
-#[allow(clippy::too_many_arguments)]
-pub async fn settle(
-    pool: &PgPool,
-    order: Uuid,
-    user: Uuid,
-    side: Side,
-    base: &str,
-    quote: &str,
-    fills: &[Fill],
-    finalize: bool,
-    reserve: Option<Decimal>,
-) -> Result<Settled, InventoryError> {
+/// One settle call: an order's fills, and its terms when it may have no
+/// reservation yet.
+pub struct Settle<'a> {
+    pub order: Uuid,
+    pub user: Uuid,
+    pub side: Side,
+    pub base: &'a str,
+    pub quote: &'a str,
+    pub fills: &'a [Fill],
+    pub finalize: bool,
+    /// The terms as `settle` takes them ([`crate::domain::Terms::to_json`]).
+    pub terms: Option<serde_json::Value>,
+}
+
+pub async fn settle(pool: &PgPool, s: &Settle<'_>) -> Result<Settled, InventoryError> {
     let fills_json = serde_json::Value::Array(
-        fills
+        s.fills
             .iter()
             .map(|f| {
                 serde_json::json!({
@@ -198,14 +201,14 @@ pub async fn settle(
     );
     let (applied, released): (i32, Decimal) = with_retry(|| {
         sqlx::query_as("SELECT fills_applied, released FROM settle($1, $2, $3, $4, $5, $6, $7, $8)")
-            .bind(order)
-            .bind(user)
-            .bind(side.as_str())
-            .bind(base)
-            .bind(quote)
+            .bind(s.order)
+            .bind(s.user)
+            .bind(s.side.as_str())
+            .bind(s.base)
+            .bind(s.quote)
             .bind(&fills_json)
-            .bind(finalize)
-            .bind(reserve)
+            .bind(s.finalize)
+            .bind(&s.terms)
             .fetch_one(pool)
     })
     .await?;

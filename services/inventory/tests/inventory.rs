@@ -120,7 +120,7 @@ fn settle_req(
     side: pb::OrderSide,
     fills: Vec<pb::Fill>,
     finalize: bool,
-    reserve: &str,
+    terms: Option<pb::OrderTerms>,
 ) -> pb::SettleRequest {
     pb::SettleRequest {
         order_id: order.to_string(),
@@ -130,9 +130,42 @@ fn settle_req(
         quote_currency: "KRW".into(),
         fills,
         finalize,
-        reserve_amount: reserve.into(),
         return_balances: false,
+        terms,
+        not_after: 0,
     }
+}
+
+const FEE: &str = "0.0005";
+
+fn limit(price: &str, volume: &str) -> Option<pb::OrderTerms> {
+    Some(pb::OrderTerms {
+        kind: pb::OrderKind::Limit as i32,
+        price: price.into(),
+        volume: volume.into(),
+        budget: String::new(),
+        fee_rate: FEE.into(),
+    })
+}
+
+fn market_buy(budget: &str, fee_rate: &str) -> Option<pb::OrderTerms> {
+    Some(pb::OrderTerms {
+        kind: pb::OrderKind::Price as i32,
+        price: String::new(),
+        volume: String::new(),
+        budget: budget.into(),
+        fee_rate: fee_rate.into(),
+    })
+}
+
+fn market_sell(volume: &str) -> Option<pb::OrderTerms> {
+    Some(pb::OrderTerms {
+        kind: pb::OrderKind::Market as i32,
+        price: String::new(),
+        volume: volume.into(),
+        budget: String::new(),
+        fee_rate: FEE.into(),
+    })
 }
 
 #[tokio::test]
@@ -227,11 +260,12 @@ async fn accounts_open_once_and_orders_move_money_exactly_once() {
         (dec("10000000"), dec("0"))
     );
 
-    // Market buy: reserve 1,000,500 (1,000,000 + 0.05% fee) and fill in two levels at once.
+    // Market buy of 1,000,000 KRW: inventory locks 1,000,500 (the total plus its
+    // 0.05% fee) and fills two levels at once.
     let order = Uuid::new_v4();
     let fills = vec![
         fill(1, "148000000", "0.005", "740000", "370"),
-        fill(2, "148001000", "0.00175675", "259999.75675", "129.99987837"),
+        fill(2, "148001000", "0.00175674", "259999.27674", "129.99963837"),
     ];
     let settled = inv
         .settle(settle_req(
@@ -240,17 +274,16 @@ async fn accounts_open_once_and_orders_move_money_exactly_once() {
             pb::OrderSide::Bid,
             fills.clone(),
             true,
-            "1000500",
+            market_buy("1000000", FEE),
         ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(
         (settled.fills_applied, settled.released.as_str()),
-        (2, "0.24337163")
+        (2, "0.72362163")
     );
-    let krw =
-        dec("10000000") - dec("740000") - dec("370") - dec("259999.75675") - dec("129.99987837");
+    let krw = dec("8999500.72362163");
     assert_eq!(
         balance(&mut inv, user, "KRW").await,
         (krw, dec("0")),
@@ -258,7 +291,19 @@ async fn accounts_open_once_and_orders_move_money_exactly_once() {
     );
     assert_eq!(
         balance(&mut inv, user, "BTC").await,
-        (dec("0.00675675"), dec("0"))
+        (dec("0.00675674"), dec("0"))
+    );
+    let reservation = inv
+        .get_reservation(pb::GetReservationRequest {
+            order_id: order.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (reservation.reserved.as_str(), reservation.released),
+        ("1000500", true),
+        "inventory computed the lock from the terms"
     );
     // The same request again (a retry) changes nothing.
     let retry = inv
@@ -268,7 +313,7 @@ async fn accounts_open_once_and_orders_move_money_exactly_once() {
             pb::OrderSide::Bid,
             fills,
             true,
-            "1000500",
+            market_buy("1000000", FEE),
         ))
         .await
         .unwrap()
@@ -276,34 +321,9 @@ async fn accounts_open_once_and_orders_move_money_exactly_once() {
     assert_eq!((retry.fills_applied, retry.released.as_str()), (0, "0"));
     assert_eq!(balance(&mut inv, user, "KRW").await, (krw, dec("0")));
 
-    // Sell it back: lock the BTC, fill, fee out of the proceeds.
+    // Sell it back at the market: the BTC is locked, filled, the fee comes out
+    // of the proceeds.
     let sell = Uuid::new_v4();
-    let r = inv
-        .reserve(pb::ReserveRequest {
-            order_id: sell.to_string(),
-            user_id: user.to_string(),
-            currency: "BTC".into(),
-            amount: "0.00675675".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(r.applied);
-    assert_eq!(
-        balance(&mut inv, user, "BTC").await,
-        (dec("0"), dec("0.00675675"))
-    );
-    let again = inv
-        .reserve(pb::ReserveRequest {
-            order_id: sell.to_string(),
-            user_id: user.to_string(),
-            currency: "BTC".into(),
-            amount: "0.00675675".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(!again.applied, "a retried reserve is not applied twice");
     inv.settle(settle_req(
         sell,
         user,
@@ -311,35 +331,44 @@ async fn accounts_open_once_and_orders_move_money_exactly_once() {
         vec![fill(
             1,
             "147999000",
-            "0.00675675",
-            "999992.24325",
-            "499.99612162",
+            "0.00675674",
+            "999990.76326",
+            "499.99538163",
         )],
         true,
-        "",
+        market_sell("0.00675674"),
     ))
     .await
     .unwrap();
-    let krw2 = krw + dec("999992.24325") - dec("499.99612162");
+    let krw2 = krw + dec("999990.76326") - dec("499.99538163");
     assert_eq!(balance(&mut inv, user, "KRW").await, (krw2, dec("0")));
+    assert_eq!(balance(&mut inv, user, "BTC").await, (dec("0"), dec("0")));
 
-    // A resting limit order: reserve, partial fill, then cancel releases the rest.
-    let limit = Uuid::new_v4();
-    inv.reserve(pb::ReserveRequest {
-        order_id: limit.to_string(),
-        user_id: user.to_string(),
-        currency: "KRW".into(),
-        amount: "100050".into(),
-    })
-    .await
-    .unwrap();
+    // A resting limit order: reserve with no fill, a partial fill later, then a
+    // cancel (finalize without fills, once) releases the rest.
+    let resting = Uuid::new_v4();
+    let placed = settle_req(
+        resting,
+        user,
+        pb::OrderSide::Bid,
+        vec![],
+        false,
+        limit("100000000", "0.001"),
+    );
+    inv.settle(placed.clone()).await.unwrap();
+    inv.settle(placed).await.unwrap();
+    assert_eq!(
+        balance(&mut inv, user, "KRW").await,
+        (krw2 - dec("100050"), dec("100050")),
+        "locked once"
+    );
     inv.settle(settle_req(
-        limit,
+        resting,
         user,
         pb::OrderSide::Bid,
         vec![fill(1, "100000000", "0.0004", "40000", "20")],
         false,
-        "",
+        None,
     ))
     .await
     .unwrap();
@@ -347,23 +376,10 @@ async fn accounts_open_once_and_orders_move_money_exactly_once() {
         balance(&mut inv, user, "KRW").await,
         (krw2 - dec("100050"), dec("60030"))
     );
-    let released = inv
-        .release(pb::ReleaseRequest {
-            order_id: limit.to_string(),
-            user_id: user.to_string(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let cancel = settle_req(resting, user, pb::OrderSide::Bid, vec![], true, None);
+    let released = inv.settle(cancel.clone()).await.unwrap().into_inner();
     assert_eq!(released.released, "60030");
-    let twice = inv
-        .release(pb::ReleaseRequest {
-            order_id: limit.to_string(),
-            user_id: user.to_string(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let twice = inv.settle(cancel).await.unwrap().into_inner();
     assert_eq!(twice.released, "0", "released once");
     assert_eq!(
         balance(&mut inv, user, "KRW").await,
@@ -371,12 +387,169 @@ async fn accounts_open_once_and_orders_move_money_exactly_once() {
     );
     let reservation = inv
         .get_reservation(pb::GetReservationRequest {
-            order_id: limit.to_string(),
+            order_id: resting.to_string(),
         })
         .await
         .unwrap()
         .into_inner();
     assert!(reservation.exists && reservation.released && reservation.last_fill_seq == 1);
+    assert_ledger_matches(&db).await;
+    svc.running.stop().await;
+}
+
+/// Balances of a user by currency (available, locked), and the ledger's length.
+async fn snapshot(
+    inv: &mut InventoryServiceClient<Channel>,
+    db: &TestDb,
+    user: Uuid,
+) -> (Vec<(String, Decimal, Decimal)>, i64) {
+    let mut admin = db.admin().await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM inventory.ledger WHERE user_id = $1")
+        .bind(user)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    (balances(inv, user).await, rows)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fills_outside_their_orders_terms_are_refused_whole() {
+    let db = TestDb::create().await.unwrap();
+    let svc = start(&db).await;
+    let mut inv = client(&svc).await;
+    let user = open(&mut inv).await;
+    // A resting limit bid of 0.01 BTC at 100,000,000 KRW, and a limit ask of
+    // the 0.004 BTC a first fill buys.
+    let bid = Uuid::new_v4();
+    inv.settle(settle_req(
+        bid,
+        user,
+        pb::OrderSide::Bid,
+        vec![fill(1, "100000000", "0.004", "400000", "200")],
+        false,
+        limit("100000000", "0.01"),
+    ))
+    .await
+    .unwrap();
+    let ask = Uuid::new_v4();
+    inv.settle(settle_req(
+        ask,
+        user,
+        pb::OrderSide::Ask,
+        vec![],
+        false,
+        limit("120000000", "0.004"),
+    ))
+    .await
+    .unwrap();
+    let buy = Uuid::new_v4();
+    inv.settle(settle_req(
+        buy,
+        user,
+        pb::OrderSide::Bid,
+        vec![],
+        false,
+        market_buy("100000", FEE),
+    ))
+    .await
+    .unwrap();
+    let before = snapshot(&mut inv, &db, user).await;
+    for (order, side, bad, why) in [
+        (
+            bid,
+            pb::OrderSide::Bid,
+            fill(2, "1", "1000000", "0.00000001", "0"),
+            "a million BTC for nothing: funds are not price × volume",
+        ),
+        (
+            bid,
+            pb::OrderSide::Bid,
+            fill(2, "100000000", "0.001", "100000", "0"),
+            "no fee",
+        ),
+        (
+            bid,
+            pb::OrderSide::Bid,
+            fill(2, "100000000", "0.001", "100000", "51"),
+            "more fee than the rate",
+        ),
+        (
+            bid,
+            pb::OrderSide::Bid,
+            fill(2, "101000000", "0.001", "101000", "50.5"),
+            "above the bid's limit",
+        ),
+        (
+            bid,
+            pb::OrderSide::Bid,
+            fill(2, "90000000", "0.0061", "549000", "274.5"),
+            "more volume than the order has left",
+        ),
+        (
+            ask,
+            pb::OrderSide::Ask,
+            fill(1, "119000000", "0.004", "476000", "238"),
+            "below the ask's limit",
+        ),
+        (
+            buy,
+            pb::OrderSide::Bid,
+            fill(1, "100000000", "0.00100001", "100001", "50.0005"),
+            "more than the market buy's total",
+        ),
+    ] {
+        let err = inv
+            .settle(settle_req(order, user, side, vec![bad], false, None))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), service_kit::grpc::error_name(&err)),
+            (Code::FailedPrecondition, Some("fill_refused")),
+            "{why}: {err:?}"
+        );
+        assert_eq!(
+            snapshot(&mut inv, &db, user).await,
+            before,
+            "{why}: nothing changed"
+        );
+    }
+    // One bad fill in a call refuses the good ones with it.
+    let err = inv
+        .settle(settle_req(
+            bid,
+            user,
+            pb::OrderSide::Bid,
+            vec![
+                fill(2, "100000000", "0.001", "100000", "50"),
+                fill(3, "100000000", "0.001", "100000", "0"),
+            ],
+            false,
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(service_kit::grpc::error_name(&err), Some("fill_refused"));
+    assert_eq!(snapshot(&mut inv, &db, user).await, before);
+    // Fills within the terms still go through, up to the order's volume.
+    inv.settle(settle_req(
+        bid,
+        user,
+        pb::OrderSide::Bid,
+        vec![fill(2, "99000000", "0.006", "594000", "297")],
+        true,
+        None,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        balance(&mut inv, user, "BTC").await,
+        (dec("0.006"), dec("0.004")),
+        "0.01 BTC bought in all, 0.004 of it locked for the ask"
+    );
+    assert_eq!(
+        test_support::read_metric(svc.admin, "inventory_fills_refused_total", &[]).await,
+        8.0
+    );
     assert_ledger_matches(&db).await;
     svc.running.stop().await;
 }
@@ -389,12 +562,14 @@ async fn bad_requests_change_nothing() {
     let user = open(&mut inv).await;
     let order = Uuid::new_v4();
     let err = inv
-        .reserve(pb::ReserveRequest {
-            order_id: order.to_string(),
-            user_id: user.to_string(),
-            currency: "KRW".into(),
-            amount: "10000001".into(),
-        })
+        .settle(settle_req(
+            order,
+            user,
+            pb::OrderSide::Bid,
+            vec![],
+            false,
+            market_buy("10000000", FEE),
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -402,36 +577,42 @@ async fn bad_requests_change_nothing() {
         service_kit::grpc::error_name(&err),
         Some("insufficient_funds")
     );
-    // The failed reserve did not burn the order's idempotency key.
-    inv.reserve(pb::ReserveRequest {
-        order_id: order.to_string(),
-        user_id: user.to_string(),
-        currency: "KRW".into(),
-        amount: "5000".into(),
-    })
-    .await
-    .unwrap();
-    // Fills beyond the reservation, out of sequence, or for someone else are refused.
-    let err = inv
-        .settle(settle_req(
-            order,
-            user,
-            pb::OrderSide::Bid,
-            vec![fill(1, "1000", "10", "10000", "5")],
-            false,
-            "",
-        ))
+    // A reservation due in the past is not made.
+    let mut late = settle_req(
+        order,
+        user,
+        pb::OrderSide::Bid,
+        vec![],
+        false,
+        market_buy("5000", "0"),
+    );
+    late.not_after = chrono::Utc::now().timestamp_millis() - 1;
+    let err = inv.settle(late.clone()).await.unwrap_err();
+    assert_eq!(
+        (err.code(), service_kit::grpc::error_name(&err)),
+        (Code::FailedPrecondition, Some("plan_expired"))
+    );
+    assert!(
+        !inv.get_reservation(pb::GetReservationRequest {
+            order_id: order.to_string(),
+        })
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        .unwrap()
+        .into_inner()
+        .exists
+    );
+    // The failed calls did not burn the order: in time, it reserves.
+    late.not_after = chrono::Utc::now().timestamp_millis() + 60_000;
+    inv.settle(late).await.unwrap();
+    // Fills out of sequence, for someone else, or without terms are refused.
     let err = inv
         .settle(settle_req(
             order,
             user,
             pb::OrderSide::Bid,
-            vec![fill(2, "1000", "1", "1000", "1")],
+            vec![fill(2, "1000", "1", "1000", "0")],
             false,
-            "",
+            None,
         ))
         .await
         .unwrap_err();
@@ -444,7 +625,7 @@ async fn bad_requests_change_nothing() {
             pb::OrderSide::Bid,
             vec![],
             true,
-            "",
+            None,
         ))
         .await
         .unwrap_err();
@@ -456,7 +637,7 @@ async fn bad_requests_change_nothing() {
             pb::OrderSide::Bid,
             vec![],
             true,
-            "",
+            None,
         ))
         .await
         .unwrap_err();
@@ -464,38 +645,133 @@ async fn bad_requests_change_nothing() {
         (err.code(), err.message()),
         (Code::NotFound, "the user has no account")
     );
-    for (amount, currency) in [("-1", "KRW"), ("abc", "KRW"), ("1", "krw"), ("0", "KRW")] {
+    let err = inv
+        .settle(settle_req(
+            Uuid::new_v4(),
+            user,
+            pb::OrderSide::Bid,
+            vec![],
+            true,
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "no reservation and no terms");
+    // Terms that make no sense, or amounts that do not parse.
+    for (side, terms) in [
+        (pb::OrderSide::Ask, market_buy("10000", FEE)),
+        (pb::OrderSide::Bid, market_sell("1")),
+        (pb::OrderSide::Bid, market_buy("-1", FEE)),
+        (pb::OrderSide::Bid, market_buy("abc", FEE)),
+        (pb::OrderSide::Bid, market_buy("0", FEE)),
+        (pb::OrderSide::Bid, market_buy("1e5", FEE)),
+        (pb::OrderSide::Bid, market_buy("10000", "0.5")),
+        (
+            pb::OrderSide::Bid,
+            limit("79228162514264337593543950000", "2"),
+        ),
+        (
+            pb::OrderSide::Bid,
+            limit("99999999999999999999", "99999999999999999999"),
+        ),
+    ] {
         let err = inv
-            .reserve(pb::ReserveRequest {
-                order_id: Uuid::new_v4().to_string(),
-                user_id: user.to_string(),
-                currency: currency.into(),
-                amount: amount.into(),
-            })
+            .settle(settle_req(
+                Uuid::new_v4(),
+                user,
+                side,
+                vec![],
+                false,
+                terms.clone(),
+            ))
             .await
             .unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument, "{amount} {currency}");
+        assert_eq!(err.code(), Code::InvalidArgument, "{side:?} {terms:?}");
     }
     assert_eq!(
         balance(&mut inv, user, "KRW").await,
         (dec("9995000"), dec("5000"))
     );
-    // The faucet: idempotent by key, capped.
-    let dep = |key: &str, amount: &str| pb::DepositRequest {
+    assert_ledger_matches(&db).await;
+    svc.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_faucet_gives_krw_only_and_caps_what_a_day_deposits() {
+    let db = TestDb::create().await.unwrap();
+    let svc = start(&db).await;
+    let mut inv = client(&svc).await;
+    let user = open(&mut inv).await;
+    let dep = |key: &str, currency: &str, amount: &str| pb::DepositRequest {
         user_id: user.to_string(),
-        currency: "KRW".into(),
+        currency: currency.into(),
         amount: amount.into(),
         idempotency_key: key.into(),
     };
-    inv.deposit(dep("k1", "1000000")).await.unwrap();
-    inv.deposit(dep("k1", "1000000")).await.unwrap();
+    let err = inv
+        .deposit(dep("btc", "BTC", "100000000"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(balance(&mut inv, user, "BTC").await, (dec("0"), dec("0")));
+    // Idempotent by key.
+    inv.deposit(dep("k1", "KRW", "60000000")).await.unwrap();
+    inv.deposit(dep("k1", "KRW", "60000000")).await.unwrap();
+    assert_eq!(balance(&mut inv, user, "KRW").await.0, dec("70000000"));
+    // The cap (100,000,000 a day) counts what was deposited, not what is held:
+    // spending the money does not make room for more.
+    inv.settle(settle_req(
+        Uuid::new_v4(),
+        user,
+        pb::OrderSide::Bid,
+        vec![],
+        false,
+        market_buy("69000000", "0"),
+    ))
+    .await
+    .unwrap();
+    let err = inv.deposit(dep("k2", "KRW", "40000001")).await.unwrap_err();
     assert_eq!(
-        balance(&mut inv, user, "KRW").await.0,
-        dec("10995000"),
-        "one deposit per key"
+        (err.code(), service_kit::grpc::error_name(&err)),
+        (Code::InvalidArgument, Some("deposit_limit_exceeded")),
+        "{err:?}"
     );
-    let err = inv.deposit(dep("k2", "90000000")).await.unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument, "over the cap: {err:?}");
+    // Racing deposits pass the cap together no more than one at a time would:
+    // 40,000,000 is left, so exactly four of ten 10,000,000 deposits go through.
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let mut inv = inv.clone();
+            let request = dep(&format!("race{i}"), "KRW", "10000000");
+            tokio::spawn(async move { inv.deposit(request).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(
+                service_kit::grpc::error_name(&e),
+                Some("deposit_limit_exceeded")
+            ),
+        }
+    }
+    assert_eq!(ok, 4);
+    let mut admin = db.admin().await.unwrap();
+    let deposited: Decimal = sqlx::query_scalar(
+        "SELECT sum(available_delta) FROM inventory.ledger WHERE user_id = $1 AND kind = 'deposit'",
+    )
+    .bind(user)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(deposited, dec("100000000"));
+    // A day later the cap is free again.
+    sqlx::query("UPDATE inventory.ledger SET created_at = created_at - interval '25 hours' WHERE user_id = $1")
+        .bind(user)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    inv.deposit(dep("k3", "KRW", "100000000")).await.unwrap();
     assert_ledger_matches(&db).await;
     svc.running.stop().await;
 }
@@ -518,7 +794,7 @@ async fn concurrent_reserves_never_overdraw() {
                     pb::OrderSide::Bid,
                     vec![],
                     false,
-                    "1000000",
+                    market_buy("1000000", "0"),
                 ))
                 .await
             })
@@ -539,6 +815,62 @@ async fn concurrent_reserves_never_overdraw() {
     assert_eq!(
         balance(&mut inv, user, "KRW").await,
         (dec("0"), dec("10000000"))
+    );
+    assert_ledger_matches(&db).await;
+    svc.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_after_commit_is_retried_without_moving_money_twice() {
+    let db = TestDb::create().await.unwrap();
+    test_support::init_logs();
+    let mut config = Config::local(DbArgs {
+        database_url: Some(db.role_url(inventory::SCHEMA)),
+        database_admin_url: Some(db.admin_url()),
+        database_max_connections: 4,
+    });
+    config.fault_unavailable_after_commit = 1.0;
+    let stop = CancellationToken::new();
+    let app = App::build(config, stop.clone()).await.unwrap();
+    let svc = Started {
+        grpc: app.grpc_addr(),
+        admin: app.metrics_addr(),
+        running: Running::spawn(stop, app.run()),
+    };
+    let mut inv = client(&svc).await;
+    let user = Uuid::new_v4();
+    let open = pb::OpenAccountRequest {
+        user_id: user.to_string(),
+    };
+    for _ in 0..3 {
+        let err = inv.open_account(open.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+    }
+    let order = Uuid::new_v4();
+    let buy = settle_req(
+        order,
+        user,
+        pb::OrderSide::Bid,
+        vec![fill(1, "1000000", "0.01", "10000", "5")],
+        true,
+        market_buy("10000", FEE),
+    );
+    for _ in 0..3 {
+        let err = inv.settle(buy.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+    }
+    assert_eq!(
+        balance(&mut inv, user, "KRW").await,
+        (dec("9989995"), dec("0")),
+        "opened once, bought once, whatever the answers said"
+    );
+    assert_eq!(
+        balance(&mut inv, user, "BTC").await,
+        (dec("0.01"), dec("0"))
+    );
+    assert_eq!(
+        test_support::read_metric(svc.admin, "inventory_faults_injected_total", &[]).await,
+        6.0
     );
     assert_ledger_matches(&db).await;
     svc.running.stop().await;

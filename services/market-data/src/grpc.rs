@@ -556,8 +556,23 @@ impl MarketDataService for MarketData {
         let req = request.into_inner();
         let count = count(req.count, MAX_TRADES)?;
         self.resolve(std::slice::from_ref(&req.market), &[]).await?;
-        let to = req.to.and_then(DateTime::from_timestamp_millis);
-        let trades = store::list_trades(&self.pool, &req.market, count, req.cursor, to)
+        let page = match req.after {
+            Some(_) if req.cursor.is_some() || req.to.is_some() => {
+                return Err(Status::invalid_argument(
+                    "after cannot be combined with cursor or to",
+                ));
+            }
+            Some(after) => store::TradePage::After(
+                DateTime::from_timestamp_millis(after.timestamp)
+                    .ok_or_else(|| Status::invalid_argument("after.timestamp is not a time"))?,
+                after.sequential_id,
+            ),
+            None => store::TradePage::Newest {
+                cursor: req.cursor,
+                to: req.to.and_then(DateTime::from_timestamp_millis),
+            },
+        };
+        let trades = store::list_trades(&self.pool, &req.market, count, page)
             .await
             .map_err(|e| unavailable("the database", &e))?
             .into_iter()
@@ -685,9 +700,17 @@ impl MarketDataService for MarketData {
         let mut snapshot = Vec::new();
         if req.snapshot {
             for market in self.resolve(&req.markets, &[]).await? {
-                let last = store::list_trades(&self.pool, &market, 1, None, None)
-                    .await
-                    .map_err(|e| unavailable("the database", &e))?;
+                let last = store::list_trades(
+                    &self.pool,
+                    &market,
+                    1,
+                    store::TradePage::Newest {
+                        cursor: None,
+                        to: None,
+                    },
+                )
+                .await
+                .map_err(|e| unavailable("the database", &e))?;
                 snapshot.extend(last.into_iter().map(|r| pb::StreamTradesResponse {
                     trade: Some(trade_from_row(r)),
                     snapshot: true,

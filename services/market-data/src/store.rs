@@ -427,13 +427,41 @@ struct TradeQueryRow {
 
 /// Trades of a market, newest first: older than the trade `cursor` (a
 /// sequential_id) and before `to` when given.
+/// Which trades of a market a page holds.
+#[derive(Clone, Copy, Debug)]
+pub enum TradePage {
+    /// The newest, older than a cursor trade and/or a time when given.
+    Newest {
+        cursor: Option<i64>,
+        to: Option<DateTime<Utc>>,
+    },
+    /// The oldest after a position (timestamp, sequential id).
+    After(DateTime<Utc>, i64),
+}
+
 pub async fn list_trades(
     pool: &PgPool,
     market: &str,
     count: u32,
-    cursor: Option<i64>,
-    to: Option<DateTime<Utc>>,
+    page: TradePage,
 ) -> Result<Vec<TradeRow>, sqlx::Error> {
+    let (cursor, to) = match page {
+        TradePage::Newest { cursor, to } => (cursor, to),
+        TradePage::After(ts, sequential_id) => {
+            let rows: Vec<TradeQueryRow> = sqlx::query_as(
+                "SELECT market, ts, sequential_id, price, volume, ask_bid, prev_closing_price, change_price
+                 FROM trades WHERE market = $1 AND (ts, sequential_id) > ($2, $3)
+                 ORDER BY ts, sequential_id LIMIT $4",
+            )
+            .bind(market)
+            .bind(ts)
+            .bind(sequential_id)
+            .bind(i64::from(count))
+            .fetch_all(pool)
+            .await?;
+            return Ok(rows.into_iter().map(TradeRow::from).collect());
+        }
+    };
     // Only the conditions given, so that each is a condition on the index
     // (market, ts, sequential_id), read backwards from where the page starts.
     let mut sql = String::from(
@@ -468,9 +496,12 @@ pub async fn list_trades(
         .bind(hint)
         .fetch_all(pool)
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| TradeRow {
+    Ok(rows.into_iter().map(TradeRow::from).collect())
+}
+
+impl From<TradeQueryRow> for TradeRow {
+    fn from(r: TradeQueryRow) -> Self {
+        TradeRow {
             market: r.market,
             ts: r.ts,
             sequential_id: r.sequential_id,
@@ -479,8 +510,8 @@ pub async fn list_trades(
             ask_bid: if r.ask_bid == "ASK" { "ASK" } else { "BID" },
             prev_closing_price: r.prev_closing_price,
             change_price: r.change_price,
-        })
-        .collect())
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]

@@ -916,6 +916,7 @@ async fn trade_pages_follow_cursors_newest_first() {
                 count: 2,
                 cursor,
                 to,
+                after: None,
             })
             .await
             .unwrap()
@@ -946,6 +947,64 @@ async fn trade_pages_follow_cursors_newest_first() {
     assert_eq!(page(Some(shaped(9_000, 0)), Some(t0 + 5)).await, ["1"]);
     // An id no trade has gives an empty page, not an error.
     assert!(page(Some(shaped(1, 0)), None).await.is_empty());
+    // Catching up: the trades after a position, oldest first, page by page.
+    let after = |timestamp: i64, sequential_id: i64| {
+        let mut c = c.clone();
+        async move {
+            c.list_trades(pb::ListTradesRequest {
+                market: "KRW-PAGE".into(),
+                count: 2,
+                after: Some(pb::TradePosition {
+                    timestamp,
+                    sequential_id,
+                }),
+                ..Default::default()
+            })
+            .await
+            .map(|r| {
+                r.into_inner()
+                    .trades
+                    .iter()
+                    .map(|t| (t.trade_price.clone(), t.trade_timestamp, t.sequential_id))
+                    .collect::<Vec<_>>()
+            })
+        }
+    };
+    let mut prices = Vec::new();
+    let mut position = (0, 0);
+    loop {
+        let got = after(position.0, position.1).await.unwrap();
+        let Some(last) = got.last() else { break };
+        position = (last.1, last.2);
+        prices.extend(got.into_iter().map(|t| t.0));
+    }
+    assert_eq!(
+        prices,
+        ["1", "2", "3", "4", "5"],
+        "every trade once, oldest first"
+    );
+    let same_ms: Vec<String> = after(t0 + 5, shaped(5, 0))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.0)
+        .collect();
+    assert_eq!(
+        same_ms,
+        ["3", "4"],
+        "within a millisecond, by sequential id"
+    );
+    let err = c
+        .list_trades(pb::ListTradesRequest {
+            market: "KRW-PAGE".into(),
+            count: 2,
+            cursor: Some(42),
+            after: Some(pb::TradePosition::default()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
     md.running.stop().await;
 }
 

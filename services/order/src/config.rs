@@ -44,6 +44,26 @@ pub struct Config {
     #[arg(long, env = "FEE_RATE", default_value = "0.0005")]
     pub fee_rate: Decimal,
 
+    /// Orders are refused (503 market_data_stale) while the live orderbook of
+    /// their market is older than this: nothing fills at a frozen price.
+    #[arg(long, env = "MAX_BOOK_AGE", default_value = "10s", value_parser = parse_duration)]
+    pub max_book_age: Duration,
+
+    /// How long inventory has to reserve a new order's funds. A placement whose
+    /// answer takes longer is answered PENDING; after this time inventory refuses
+    /// that reservation, and recovery completes or re-plans the order.
+    #[arg(long, env = "PLAN_TTL", default_value = "5s", value_parser = parse_duration)]
+    pub plan_ttl: Duration,
+
+    /// Most open (pending or wait) orders a user may have.
+    #[arg(long, env = "MAX_OPEN_ORDERS", default_value_t = 500)]
+    pub max_open_orders: i64,
+
+    /// A PENDING order recovery could not complete this long after it was placed
+    /// (no live orderbook to re-plan it against) is rejected.
+    #[arg(long, env = "PENDING_GIVE_UP", default_value = "2m", value_parser = parse_duration)]
+    pub pending_give_up: Duration,
+
     /// Compete to run the limit-order matcher and recovery (one replica runs them).
     #[arg(long, env = "MATCHER", default_value_t = true, action = clap::ArgAction::Set)]
     pub matcher: bool,

@@ -1,8 +1,7 @@
 //! Order rules, free of I/O: validation as Upbit does it, what an order must
 //! reserve, and how it executes against orderbook levels.
 
-use std::str::FromStr;
-
+use exchange_proto::decimal;
 use rust_decimal::{Decimal, RoundingStrategy};
 use upbit::market::{MarketCode, is_on_tick, min_order_total};
 
@@ -15,7 +14,7 @@ pub fn max_total() -> Decimal {
     Decimal::from(1_000_000_000)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Side {
     Bid,
     Ask,
@@ -139,30 +138,30 @@ fn ceil8(d: Decimal) -> Decimal {
     d.round_dp_with_strategy(VOLUME_SCALE, RoundingStrategy::AwayFromZero)
 }
 
-/// Fee of a fill: rounded down to 8 decimals, so fees never exceed what was
-/// reserved for them.
-pub fn fee(funds: Decimal, rate: Decimal) -> Decimal {
-    floor8(funds * rate)
+fn too_large() -> OrderError {
+    OrderError::invalid("the order's amounts are too large")
 }
 
-/// A decimal written by a client: plain digits with one optional point.
+/// `a × b`, or a validation error when it does not fit a decimal.
+fn mul(a: Decimal, b: Decimal) -> Result<Decimal, OrderError> {
+    a.checked_mul(b).ok_or_else(too_large)
+}
+
+/// `a + b`, or a validation error when it does not fit a decimal.
+fn add(a: Decimal, b: Decimal) -> Result<Decimal, OrderError> {
+    a.checked_add(b).ok_or_else(too_large)
+}
+
+/// Fee of a fill: rounded down to 8 decimals, so fees never exceed what was
+/// reserved for them (inventory checks fills against exactly this rule).
+pub fn fee(funds: Decimal, rate: Decimal) -> Result<Decimal, OrderError> {
+    Ok(floor8(mul(funds, rate)?))
+}
+
+/// A decimal written by a client (empty = not given): a plain positive
+/// decimal within the wire bounds, never rounded.
 pub fn parse_amount(field: &str, text: &str) -> Result<Option<Decimal>, OrderError> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Ok(None);
-    }
-    let plain = text.chars().all(|c| c.is_ascii_digit() || c == '.')
-        && text.chars().filter(|c| *c == '.').count() <= 1;
-    let value = plain
-        .then(|| Decimal::from_str(text).ok())
-        .flatten()
-        .ok_or_else(|| {
-            OrderError::invalid(format!("{field} `{text}` is not a positive decimal"))
-        })?;
-    if value <= Decimal::ZERO {
-        return Err(OrderError::invalid(format!("{field} must be positive")));
-    }
-    Ok(Some(value.normalize()))
+    decimal::optional_positive(field, text).map_err(|e| OrderError::invalid(e.to_string()))
 }
 
 fn named(side: Side, bid: &'static str, ask: &'static str) -> &'static str {
@@ -170,6 +169,12 @@ fn named(side: Side, bid: &'static str, ask: &'static str) -> &'static str {
         Side::Bid => bid,
         Side::Ask => ask,
     }
+}
+
+/// Upbit's name for an order request it cannot accept as asked (a duplicate
+/// identifier, too many open orders).
+pub fn create_error(side: Side) -> &'static str {
+    named(side, "create_bid_error", "create_ask_error")
 }
 
 /// Validates an order the way Upbit does and computes what it must reserve.
@@ -202,9 +207,13 @@ pub fn validate(
                     format!("price {p} is not a multiple of the {quote} tick size for that price"),
                 ));
             }
-            let total = p * v;
+            let total = mul(p, v)?;
             match side {
-                Side::Bid => (total, quote.clone(), total + ceil8(total * fee_rate)),
+                Side::Bid => (
+                    total,
+                    quote.clone(),
+                    add(total, ceil8(mul(total, fee_rate)?))?,
+                ),
                 Side::Ask => (total, market.base().to_owned(), v),
             }
         }
@@ -222,7 +231,11 @@ pub fn validate(
             if total.normalize().scale() > VOLUME_SCALE {
                 return Err(OrderError::invalid("price has more than 8 decimal places"));
             }
-            (total, quote.clone(), total + ceil8(total * fee_rate))
+            (
+                total,
+                quote.clone(),
+                add(total, ceil8(mul(total, fee_rate)?))?,
+            )
         }
         (OrdType::Market, Side::Ask) => {
             let Some(v) = volume else {
@@ -237,7 +250,7 @@ pub fn validate(
             }
             let reference = reference_price
                 .ok_or_else(|| OrderError::invalid("no bids in the orderbook to sell into"))?;
-            (reference * v, market.base().to_owned(), v)
+            (mul(reference, v)?, market.base().to_owned(), v)
         }
         (OrdType::Price, Side::Ask) => {
             return Err(OrderError::invalid(
@@ -277,7 +290,7 @@ pub fn validate(
 /// The executions of an order taking from `levels` (best first: asks for
 /// bids, bids for asks). A `Price` order spends up to its total; others fill up
 /// to their volume; a limit stops at its price. Fees are per execution.
-pub fn walk(order: &Validated, levels: &[Level]) -> Vec<Exec> {
+pub fn walk(order: &Validated, levels: &[Level]) -> Result<Vec<Exec>, OrderError> {
     let mut out = Vec::new();
     let mut budget = match order.ord_type {
         OrdType::Price => order.price.unwrap_or_default(),
@@ -306,12 +319,12 @@ pub fn walk(order: &Validated, levels: &[Level]) -> Vec<Exec> {
         if volume <= Decimal::ZERO {
             break;
         }
-        let funds = level.price * volume;
+        let funds = mul(level.price, volume)?;
         out.push(Exec {
             price: level.price,
             volume,
             funds,
-            fee: fee(funds, order.fee_rate),
+            fee: fee(funds, order.fee_rate)?,
         });
         budget -= funds;
         remaining -= volume;
@@ -319,7 +332,7 @@ pub fn walk(order: &Validated, levels: &[Level]) -> Vec<Exec> {
             break;
         }
     }
-    out
+    Ok(out)
 }
 
 /// Whether executions complete the order: its volume filled, or for a market
@@ -340,6 +353,8 @@ pub fn fully_filled(order: &Validated, execs: &[Exec]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::str::FromStr;
+
     use super::*;
 
     fn d(s: &str) -> Decimal {
@@ -493,6 +508,48 @@ mod tests {
     }
 
     #[test]
+    fn amounts_too_large_for_a_decimal_are_refused_not_panics() {
+        // On the 1,000 KRW tick, so only the size can refuse it.
+        let err = parse_amount("price", "79228162514264337593543950000").unwrap_err();
+        assert_eq!(err.name(), "validation_error");
+        let huge = Some(d("99999999999999999000"));
+        for (side, ord_type, price, volume, reference) in [
+            (Side::Bid, OrdType::Limit, huge, huge, None),
+            (Side::Ask, OrdType::Limit, huge, huge, None),
+            (Side::Ask, OrdType::Market, None, huge, huge),
+        ] {
+            let err =
+                validate("KRW-BTC", side, ord_type, price, volume, d(FEE), reference).unwrap_err();
+            assert_eq!(err.name(), "validation_error", "{side:?} {ord_type:?}");
+        }
+        // A bid total near the largest decimal: the fee on top does not fit.
+        let near_max = Decimal::MAX - Decimal::ONE;
+        let err = validate(
+            "BTC-ETH",
+            Side::Bid,
+            OrdType::Price,
+            Some(near_max),
+            None,
+            d(FEE),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.name(), "validation_error");
+        // Walking a book whose prices do not fit the volume stops with an error.
+        let sell = validate(
+            "BTC-ETH",
+            Side::Ask,
+            OrdType::Market,
+            None,
+            Some(d("10000000000")),
+            d(FEE),
+            Some(d("0.00001")),
+        )
+        .unwrap();
+        assert!(walk(&sell, &[lv("99999999999999999999", "10000000000")]).is_err());
+    }
+
+    #[test]
     fn a_market_buy_walks_the_asks_and_stays_within_its_total() {
         let order = validate(
             "KRW-BTC",
@@ -509,7 +566,7 @@ mod tests {
             lv("148001000", "0.002"),
             lv("148002000", "1"),
         ];
-        let execs = walk(&order, &asks);
+        let execs = walk(&order, &asks).unwrap();
         assert_eq!(execs.len(), 2, "the first level and part of the second");
         assert_eq!(
             (execs[0].volume, execs[0].funds, execs[0].fee),
@@ -526,7 +583,7 @@ mod tests {
         assert!(spent <= order.reserve_amount);
         assert!(fully_filled(&order, &execs));
         // A thin book: partial fill, the rest stays for release.
-        let thin = walk(&order, &[lv("148000000", "0.001")]);
+        let thin = walk(&order, &[lv("148000000", "0.001")]).unwrap();
         assert_eq!(thin.len(), 1);
         assert!(!fully_filled(&order, &thin));
     }
@@ -544,7 +601,7 @@ mod tests {
         )
         .unwrap();
         let bids = [lv("5200000", "1"), lv("5199000", "0.2"), lv("5198000", "5")];
-        let execs = walk(&sell, &bids);
+        let execs = walk(&sell, &bids).unwrap();
         assert_eq!(
             execs.iter().map(|e| e.volume).collect::<Vec<_>>(),
             vec![d("1"), d("0.2"), d("0.3")]
@@ -560,7 +617,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let execs = walk(&limit, &bids);
+        let execs = walk(&limit, &bids).unwrap();
         assert_eq!(
             execs.iter().map(|e| e.volume).collect::<Vec<_>>(),
             vec![d("1"), d("0.2")],
@@ -578,7 +635,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            walk(&resting, &[lv("5200000", "1")]).is_empty(),
+            walk(&resting, &[lv("5200000", "1")]).unwrap().is_empty(),
             "a bid under the best ask rests"
         );
     }

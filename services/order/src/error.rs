@@ -18,6 +18,9 @@ pub enum OrderError {
     NotCancellable(&'static str),
     #[error("{0}")]
     Unavailable(String),
+    /// The live orderbook is missing or too old to fill against (a stale feed).
+    #[error("{0}")]
+    StaleMarket(String),
     #[error("{0}")]
     Internal(String),
     #[error("database: {0}")]
@@ -38,6 +41,7 @@ impl OrderError {
             Self::NotFound => "order_not_found",
             Self::NotCancellable(_) => "order_not_cancellable",
             Self::Unavailable(_) | Self::Database(_) => "service_unavailable",
+            Self::StaleMarket(_) => "market_data_stale",
             Self::Internal(_) => "server_error",
         }
     }
@@ -64,6 +68,10 @@ impl From<OrderError> for tonic::Status {
                     name,
                     "a dependency is temporarily unavailable; retry",
                 )
+            }
+            OrderError::StaleMarket(m) => {
+                tracing::warn!(message = %m, "refused an order: stale market data");
+                named_status(Code::Unavailable, name, m)
             }
             OrderError::Internal(m) => {
                 tracing::error!(message = %m, "internal error");

@@ -31,7 +31,7 @@ impl Order {
 }
 
 fn text(d: Decimal) -> String {
-    upbit::write::decimal_string(d)
+    exchange_proto::decimal::to_wire(d)
 }
 
 fn uuid(field: &str, value: &str) -> Result<Option<Uuid>, OrderError> {
@@ -175,6 +175,7 @@ impl OrderService for Order {
             price: &req.price,
             volume: &req.volume,
             identifier: (!req.identifier.is_empty()).then_some(req.identifier.as_str()),
+            request_key: (!req.request_key.is_empty()).then_some(req.request_key.as_str()),
         };
         let (view, created) = self.orders.place(place).await?;
         Ok(Response::new(pb::PlaceOrderResponse {

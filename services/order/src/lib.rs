@@ -81,8 +81,14 @@ impl App {
             self.pool.clone(),
             inventory,
             market_data,
-            config.fee_rate,
-            config.fault_after,
+            service::Rules {
+                fee_rate: config.fee_rate,
+                max_book_age: config.max_book_age,
+                plan_ttl: config.plan_ttl,
+                max_open_orders: config.max_open_orders,
+                pending_give_up: config.pending_give_up,
+                fault: config.fault_after,
+            },
         ));
         let draining = self.server.draining();
         let (changes, _) = tokio::sync::broadcast::channel(4096);

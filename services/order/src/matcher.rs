@@ -3,21 +3,35 @@
 //! Postgres advisory lock on its own connection (if that connection dies,
 //! another replica takes over).
 //!
-//! The leader keeps the open limit orders in memory (loaded at start, kept
-//! current through `order_events` notifications), follows market-data's trade
-//! stream (all markets, one subscription), and on each trade fills, in
-//! price then time priority, the bids priced at or above it and the asks at or
-//! below it, up to the trade's volume, at each order's own limit price.
+//! The leader keeps the open limit orders in memory, indexed by price per market
+//! and side (loaded at start, kept current through `order_events`
+//! notifications), follows market-data's trade stream (all markets, one
+//! subscription), and on each trade fills, in price then time priority, the
+//! bids priced at or above it and the asks at or below it, up to the trade's
+//! volume, at each order's own limit price. Each fill records the trade that
+//! made it, so no trade fills an order twice.
+//!
+//! No trade is missed: the last trade processed per market is kept (and saved
+//! in `matcher_cursors` on every recovery tick), and whenever the stream is
+//! (re)opened — a new leader, a dropped stream — the matcher catches up with
+//! market-data's stored trades from a little before that point, counting how
+//! much of each trade earlier fills already used. It catches up again from the
+//! same point a few times over the next half minute, for trades that reach
+//! Postgres late (market-data writes them behind the live feed, and holds them
+//! while Postgres is away), and a trade whose fill failed is matched again.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use exchange_proto::decimal;
 use exchange_proto::marketdata::v1 as md;
 use futures_util::FutureExt;
 use rust_decimal::Decimal;
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -28,9 +42,23 @@ use crate::store::{self, OrderRow};
 
 /// The advisory lock key of the matcher.
 const LEADER_LOCK: i64 = 0x004D_4154_4348_4552; // "MATCHER"
+/// A catch-up starts this long before the last trade processed: trades of a
+/// market can reach the exchange slightly out of order.
+const CATCH_UP_OVERLAP_MS: i64 = 10_000;
+/// Trades per catch-up page.
+const PAGE: u32 = 500;
+/// Trade ids remembered per market, so a trade seen twice is matched once.
+const SEEN: usize = 20_000;
+/// After the stream opened, catch up again from the same point after these
+/// delays: trades still on their way to Postgres at the first pass.
+const RECHECKS: [Duration; 3] = [
+    Duration::from_secs(2),
+    Duration::from_secs(10),
+    Duration::from_secs(30),
+];
 
 #[derive(Clone, Debug)]
-struct Open {
+struct Resting {
     id: Uuid,
     side: Side,
     price: Decimal,
@@ -40,7 +68,7 @@ struct Open {
     created_ms: i64,
 }
 
-impl Open {
+impl Resting {
     fn from_row(row: &OrderRow) -> Option<Self> {
         if row.state != "wait" || row.ord_type != "limit" {
             return None;
@@ -57,42 +85,408 @@ impl Open {
     }
 }
 
-/// Open limit orders by market.
+/// One market's resting orders in priority order: bids highest price first,
+/// asks lowest first, then oldest first.
+#[derive(Default)]
+struct MarketBook {
+    bids: BTreeMap<(Reverse<Decimal>, i64, Uuid), Resting>,
+    asks: BTreeMap<(Decimal, i64, Uuid), Resting>,
+}
+
+impl MarketBook {
+    fn is_empty(&self) -> bool {
+        self.bids.is_empty() && self.asks.is_empty()
+    }
+
+    fn oldest_ms(&self) -> Option<i64> {
+        self.bids
+            .values()
+            .chain(self.asks.values())
+            .map(|o| o.created_ms)
+            .min()
+    }
+}
+
+/// Open limit orders by market, and where each one is.
 #[derive(Default)]
 struct Book {
-    by_market: HashMap<String, Vec<Open>>,
+    markets: HashMap<String, MarketBook>,
+    located: HashMap<Uuid, (String, Side, Decimal, i64)>,
 }
 
 impl Book {
-    fn upsert(&mut self, market: &str, order: Option<Open>, id: Uuid) {
-        let list = self.by_market.entry(market.to_owned()).or_default();
-        list.retain(|o| o.id != id);
-        if let Some(o) = order {
-            list.push(o);
-        }
-        if list.is_empty() {
-            self.by_market.remove(market);
+    fn remove(&mut self, id: Uuid) {
+        let Some((market, side, price, created)) = self.located.remove(&id) else {
+            return;
+        };
+        if let Some(book) = self.markets.get_mut(&market) {
+            match side {
+                Side::Bid => book.bids.remove(&(Reverse(price), created, id)),
+                Side::Ask => book.asks.remove(&(price, created, id)),
+            };
+            if book.is_empty() {
+                self.markets.remove(&market);
+            }
         }
     }
 
-    /// Orders a trade at `price` fills, in priority order.
-    fn crossing(&self, market: &str, price: Decimal, trade_ms: i64) -> Vec<Open> {
-        let Some(list) = self.by_market.get(market) else {
+    fn upsert(&mut self, market: &str, order: Option<Resting>, id: Uuid) {
+        self.remove(id);
+        let Some(o) = order.filter(|o| o.remaining > Decimal::ZERO) else {
+            return;
+        };
+        self.located
+            .insert(id, (market.to_owned(), o.side, o.price, o.created_ms));
+        let book = self.markets.entry(market.to_owned()).or_default();
+        match o.side {
+            Side::Bid => book.bids.insert((Reverse(o.price), o.created_ms, id), o),
+            Side::Ask => book.asks.insert((o.price, o.created_ms, id), o),
+        };
+    }
+
+    /// Orders a trade at `price` made at `trade_ms` fills, in priority order:
+    /// only those that cross, never one placed after the trade.
+    fn crossing(&self, market: &str, price: Decimal, trade_ms: i64) -> Vec<Resting> {
+        let Some(book) = self.markets.get(market) else {
             return Vec::new();
         };
-        let mut bids: Vec<Open> = list
+        let bids = book
+            .bids
+            .values()
+            .take_while(|o| o.price >= price)
+            .filter(|o| o.created_ms <= trade_ms);
+        let asks = book
+            .asks
+            .values()
+            .take_while(|o| o.price <= price)
+            .filter(|o| o.created_ms <= trade_ms);
+        bids.chain(asks).cloned().collect()
+    }
+}
+
+/// A trade from market-data, read.
+struct Trade {
+    market: String,
+    price: Decimal,
+    volume: Decimal,
+    ms: i64,
+    id: i64,
+}
+
+impl Trade {
+    fn read(t: &md::Trade) -> Option<Self> {
+        let price = decimal::positive("trade_price", &t.trade_price);
+        let volume = decimal::positive("trade_volume", &t.trade_volume);
+        match (price, volume) {
+            (Ok(price), Ok(volume)) => Some(Self {
+                market: t.market.clone(),
+                price,
+                volume,
+                ms: t.trade_timestamp,
+                id: t.sequential_id,
+            }),
+            (p, v) => {
+                tracing::warn!(market = %t.market, id = t.sequential_id, price = ?p.err(), volume = ?v.err(), "matcher: skipped a malformed trade");
+                None
+            }
+        }
+    }
+}
+
+/// Where matching stands per market: the newest trade processed (trade ms,
+/// sequential id) and the ids of the trades processed lately.
+#[derive(Default)]
+struct Progress {
+    cursors: HashMap<String, (i64, i64)>,
+    seen: HashMap<String, (HashSet<i64>, VecDeque<i64>)>,
+    changed: bool,
+}
+
+impl Progress {
+    fn seen(&self, market: &str, id: i64) -> bool {
+        self.seen
+            .get(market)
+            .is_some_and(|(ids, _)| ids.contains(&id))
+    }
+
+    /// Forgets that a trade was processed (a fill it made failed), so that the
+    /// next catch-up matches it again.
+    fn forget(&mut self, market: &str, id: i64) {
+        if let Some((ids, _)) = self.seen.get_mut(market) {
+            ids.remove(&id);
+        }
+    }
+
+    fn mark(&mut self, market: &str, ms: i64, id: i64) {
+        let (ids, order) = self.seen.entry(market.to_owned()).or_default();
+        if ids.insert(id) {
+            order.push_back(id);
+            if order.len() > SEEN
+                && let Some(old) = order.pop_front()
+            {
+                ids.remove(&old);
+            }
+        }
+        let cursor = self.cursors.entry(market.to_owned()).or_insert((ms, id));
+        if (ms, id) > *cursor {
+            *cursor = (ms, id);
+        }
+        self.changed = true;
+    }
+}
+
+/// The leader's state while it leads.
+struct Matcher<'a> {
+    orders: &'a Orders,
+    book: Book,
+    progress: Progress,
+    /// Where the pending catch-ups start per market (ms), and when they run.
+    catch_up_from: HashMap<String, i64>,
+    rechecks: VecDeque<Instant>,
+}
+
+impl<'a> Matcher<'a> {
+    async fn new(orders: &'a Orders) -> anyhow::Result<Self> {
+        let mut matcher = Self {
+            orders,
+            book: Book::default(),
+            progress: Progress::default(),
+            catch_up_from: HashMap::new(),
+            rechecks: VecDeque::new(),
+        };
+        for (market, ms, id) in store::cursors(orders.pool()).await? {
+            matcher.progress.cursors.insert(market, (ms, id));
+        }
+        matcher.reload().await?;
+        Ok(matcher)
+    }
+
+    /// Reloads the resting orders from the database.
+    async fn reload(&mut self) -> anyhow::Result<()> {
+        self.book = Book::default();
+        for row in store::waiting(self.orders.pool()).await? {
+            self.book
+                .upsert(&row.market, Resting::from_row(&row), row.id);
+        }
+        Ok(())
+    }
+
+    async fn refresh(&mut self, id: Uuid) -> anyhow::Result<()> {
+        if let Some(row) = store::get(self.orders.pool(), id).await? {
+            self.book
+                .upsert(&row.market, Resting::from_row(&row), row.id);
+        }
+        Ok(())
+    }
+
+    /// Saves the cursors if they moved.
+    async fn save(&mut self) -> anyhow::Result<()> {
+        if !self.progress.changed {
+            return Ok(());
+        }
+        let cursors: Vec<(String, i64, i64)> = self
+            .progress
+            .cursors
             .iter()
-            .filter(|o| o.side == Side::Bid && o.price >= price && o.created_ms <= trade_ms)
-            .cloned()
+            .map(|(m, (ms, id))| (m.clone(), *ms, *id))
             .collect();
-        let mut asks: Vec<Open> = list
+        store::save_cursors(self.orders.pool(), &cursors).await?;
+        self.progress.changed = false;
+        Ok(())
+    }
+
+    /// A live trade: matched unless it was seen already.
+    async fn live(&mut self, t: &md::Trade) {
+        let Some(trade) = Trade::read(t) else { return };
+        if self.progress.seen(&trade.market, trade.id) {
+            return;
+        }
+        self.progress.mark(&trade.market, trade.ms, trade.id);
+        self.fill(&trade, Decimal::ZERO, Decimal::ZERO).await;
+    }
+
+    /// Matches again, soon, from before `trade`: a fill it made failed.
+    fn retry(&mut self, trade: &Trade) {
+        self.progress.forget(&trade.market, trade.id);
+        let from = trade.ms - CATCH_UP_OVERLAP_MS;
+        self.catch_up_from
+            .entry(trade.market.clone())
+            .and_modify(|ms| *ms = (*ms).min(from))
+            .or_insert(from);
+        self.rechecks.push_back(Instant::now() + RECHECKS[0]);
+    }
+
+    /// Fills the orders `trade` crosses with what is left of its volume after
+    /// earlier fills used `used_bid` (by bids) and `used_ask` (by asks).
+    async fn fill(&mut self, trade: &Trade, used_bid: Decimal, used_ask: Decimal) {
+        let mut failed = false;
+        let mut left_bid = trade.volume - used_bid;
+        let mut left_ask = trade.volume - used_ask;
+        for open in self.book.crossing(&trade.market, trade.price, trade.ms) {
+            let left = match open.side {
+                Side::Bid => &mut left_bid,
+                Side::Ask => &mut left_ask,
+            };
+            let take = open.remaining.min(*left);
+            if take <= Decimal::ZERO {
+                continue;
+            }
+            let exec = match open
+                .price
+                .checked_mul(take)
+                .ok_or_else(|| crate::error::OrderError::Internal("fill too large".into()))
+                .and_then(|funds| {
+                    Ok(Exec {
+                        price: open.price,
+                        volume: take,
+                        funds,
+                        fee: domain::fee(funds, open.fee_rate)?,
+                    })
+                }) {
+                Ok(exec) => exec,
+                Err(e) => {
+                    tracing::error!(order = %open.id, error = %e, "matcher: cannot price a fill");
+                    continue;
+                }
+            };
+            match self
+                .orders
+                .fill(open.id, open.trades_count, &exec, trade.id)
+                .await
+            {
+                Ok(Some(row)) => {
+                    *left -= take;
+                    metrics::LIMIT_FILLS
+                        .with_label_values(&[open.side.as_str()])
+                        .inc();
+                    tracing::info!(order = %open.id, price = %open.price, volume = %take, trade = trade.id, state = %row.state, "limit order filled");
+                    self.book
+                        .upsert(&trade.market, Resting::from_row(&row), open.id);
+                }
+                Ok(None) => {
+                    // Cancelled, changed or filled by this trade meanwhile.
+                    if let Err(e) = self.refresh(open.id).await {
+                        tracing::warn!(order = %open.id, error = %e, "matcher: cannot refresh an order");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(order = %open.id, error = %e, "filling a limit order failed; matched again soon");
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            self.retry(trade);
+        }
+    }
+
+    /// The stream (re)opened: catches up now and a few times over the next
+    /// half minute, each time from a little before the last trade processed
+    /// now (or from the market's oldest order).
+    async fn opened(&mut self) {
+        for (market, book) in &self.book.markets {
+            let Some(oldest) = book.oldest_ms() else {
+                continue;
+            };
+            let from = match self.progress.cursors.get(market) {
+                Some((ms, _)) => (ms - CATCH_UP_OVERLAP_MS).max(oldest),
+                None => oldest,
+            };
+            self.catch_up_from
+                .entry(market.clone())
+                .and_modify(|ms| *ms = (*ms).min(from))
+                .or_insert(from);
+        }
+        let now = Instant::now();
+        self.rechecks = RECHECKS.iter().map(|d| now + *d).collect();
+        self.catch_up().await;
+    }
+
+    /// When the next catch-up is due.
+    fn next_recheck(&self) -> Option<Instant> {
+        self.rechecks.iter().min().copied()
+    }
+
+    /// Runs the catch-ups that are due.
+    async fn recheck(&mut self) {
+        let now = Instant::now();
+        self.rechecks.retain(|at| *at > now);
+        self.catch_up().await;
+        if self.rechecks.is_empty() {
+            self.catch_up_from.clear();
+        }
+    }
+
+    /// Matches the stored trades of the markets waiting to catch up, from
+    /// where each catch-up starts, with what earlier fills left of each.
+    async fn catch_up(&mut self) {
+        let markets: Vec<(String, i64)> = self
+            .catch_up_from
             .iter()
-            .filter(|o| o.side == Side::Ask && o.price <= price && o.created_ms <= trade_ms)
-            .cloned()
+            .filter(|(m, _)| self.book.markets.contains_key(*m))
+            .map(|(m, ms)| (m.clone(), *ms))
             .collect();
-        bids.sort_by(|a, b| b.price.cmp(&a.price).then(a.created_ms.cmp(&b.created_ms)));
-        asks.sort_by(|a, b| a.price.cmp(&b.price).then(a.created_ms.cmp(&b.created_ms)));
-        bids.into_iter().chain(asks).collect()
+        for (market, from) in markets {
+            if let Err(e) = self.catch_up_market(&market, from).await {
+                tracing::warn!(%market, error = %format!("{e:#}"), "matcher: catching up failed; tried again later");
+                self.rechecks.push_back(Instant::now() + RECHECKS[0]);
+            }
+        }
+    }
+
+    async fn catch_up_market(&mut self, market: &str, from_ms: i64) -> anyhow::Result<()> {
+        let mut after = md::TradePosition {
+            timestamp: from_ms,
+            sequential_id: i64::MIN,
+        };
+        loop {
+            let page = self
+                .orders
+                .market_data()
+                .list_trades(md::ListTradesRequest {
+                    market: market.to_owned(),
+                    count: PAGE,
+                    after: Some(after),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .trades;
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            after = md::TradePosition {
+                timestamp: last.trade_timestamp,
+                sequential_id: last.sequential_id,
+            };
+            let fresh: Vec<Trade> = page
+                .iter()
+                .filter(|t| !self.progress.seen(market, t.sequential_id))
+                .filter_map(Trade::read)
+                .collect();
+            let ids: Vec<i64> = fresh.iter().map(|t| t.id).collect();
+            let mut used: HashMap<(i64, Side), Decimal> = HashMap::new();
+            for (id, side, volume) in store::consumed(self.orders.pool(), market, &ids).await? {
+                let side = Side::parse(&side).unwrap_or(Side::Bid);
+                used.insert((id, side), volume);
+            }
+            for trade in &fresh {
+                self.progress.mark(market, trade.ms, trade.id);
+                let bid = used
+                    .get(&(trade.id, Side::Bid))
+                    .copied()
+                    .unwrap_or_default();
+                let ask = used
+                    .get(&(trade.id, Side::Ask))
+                    .copied()
+                    .unwrap_or_default();
+                self.fill(trade, bid, ask).await;
+                metrics::CAUGHT_UP_TRADES.inc();
+            }
+            if page.len() < PAGE as usize {
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -161,11 +555,7 @@ async fn lead(
     if let Err(e) = orders.recover(recovery_min_age).await {
         tracing::warn!(error = %e, "recovery pass failed; will retry");
     }
-    let mut book = Book::default();
-    for row in store::waiting(orders.pool()).await? {
-        let open = Open::from_row(&row);
-        book.upsert(&row.market, open, row.id);
-    }
+    let mut matcher = Matcher::new(orders).await?;
     // One stream of every market's trades, held for the whole leadership:
     // resubscribing as the set of markets with open orders changed would
     // miss the trades that arrive in between.
@@ -181,6 +571,8 @@ async fn lead(
             match orders.market_data().stream_trades(request).await {
                 Ok(stream) => {
                     trades = Some(stream.into_inner());
+                    // The stream is open: whatever traded before it is stored.
+                    matcher.opened().await;
                     metrics::MATCHER_LEADING.set(1);
                 }
                 Err(status) => {
@@ -197,90 +589,130 @@ async fn lead(
                 }
             }
         };
+        let next_recheck = matcher.next_recheck();
+        let rechecked = async {
+            match next_recheck {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         // Notifications first: an order placed before a trade must be in the
         // book when that trade is matched.
         tokio::select! {
             biased;
-            _ = stop.cancelled() => return Ok(()),
+            _ = stop.cancelled() => {
+                matcher.save().await.ok();
+                return Ok(());
+            }
             notification = listener.recv() => {
                 let notification = notification?;
-                if let Some(id) = notification.payload().split(' ').next().and_then(|s| Uuid::parse_str(s).ok())
-                    && let Some(row) = store::get(orders.pool(), id).await?
-                {
-                    book.upsert(&row.market, Open::from_row(&row), row.id);
+                if let Some(id) = notification.payload().split(' ').next().and_then(|s| Uuid::parse_str(s).ok()) {
+                    matcher.refresh(id).await?;
                 }
             }
             trade = next_trade => match trade {
                 Ok(Some(message)) => {
                     if let Some(t) = message.trade {
-                        on_trade(orders, &mut book, &t).await;
+                        matcher.live(&t).await;
                     }
                 }
                 _ => {
+                    // Broken or dropped as too slow: reopened (and caught up) above.
                     trades = None;
                     metrics::MATCHER_LEADING.set(0);
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             },
+            _ = rechecked => matcher.recheck().await,
             _ = tick.tick() => {
                 // Still holding the lock (the connection is alive)?
                 sqlx::query("SELECT 1").execute(&mut *lock).await?;
                 if let Err(e) = orders.recover(recovery_min_age).await {
                     tracing::warn!(error = %e, "recovery pass failed; will retry");
                 }
+                if let Err(e) = matcher.save().await {
+                    tracing::warn!(error = %e, "matcher: saving cursors failed; will retry");
+                }
                 // Drain notifications that piled up, then resync the book.
                 while let Some(Ok(Some(_))) = listener.try_recv().now_or_never() {}
-                book = Book::default();
-                for row in store::waiting(orders.pool()).await? {
-                    let open = Open::from_row(&row);
-                    book.upsert(&row.market, open, row.id);
-                }
+                matcher.reload().await?;
             }
         }
     }
 }
 
-async fn on_trade(orders: &Orders, book: &mut Book, trade: &md::Trade) {
-    let (Ok(price), Ok(volume)) = (
-        trade.trade_price.parse::<Decimal>(),
-        trade.trade_volume.parse::<Decimal>(),
-    ) else {
-        return;
-    };
-    let mut left_bid = volume;
-    let mut left_ask = volume;
-    for open in book.crossing(&trade.market, price, trade.trade_timestamp) {
-        let left = match open.side {
-            Side::Bid => &mut left_bid,
-            Side::Ask => &mut left_ask,
-        };
-        let take = open.remaining.min(*left);
-        if take <= Decimal::ZERO {
-            continue;
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+
+    fn resting(side: Side, price: &str, created_ms: i64) -> Resting {
+        Resting {
+            id: Uuid::new_v4(),
+            side,
+            price: Decimal::from_str(price).unwrap(),
+            remaining: Decimal::ONE,
+            trades_count: 0,
+            fee_rate: Decimal::ZERO,
+            created_ms,
         }
-        let funds = open.price * take;
-        let exec = Exec {
-            price: open.price,
-            volume: take,
-            funds,
-            fee: domain::fee(funds, open.fee_rate),
-        };
-        match orders.fill(open.id, open.trades_count, &exec).await {
-            Ok(Some(row)) => {
-                *left -= take;
-                metrics::LIMIT_FILLS
-                    .with_label_values(&[open.side.as_str()])
-                    .inc();
-                tracing::info!(order = %open.id, price = %open.price, volume = %take, state = %row.state, "limit order filled");
-                book.upsert(&trade.market, Open::from_row(&row), open.id);
-            }
-            Ok(None) => {
-                // Cancelled or changed meanwhile: refresh from the database.
-                if let Ok(Some(row)) = store::get(orders.pool(), open.id).await {
-                    book.upsert(&trade.market, Open::from_row(&row), open.id);
-                }
-            }
-            Err(e) => tracing::warn!(order = %open.id, error = %e, "filling a limit order failed"),
+    }
+
+    #[test]
+    fn a_trade_meets_only_the_orders_it_crosses_best_price_then_oldest_first() {
+        let mut book = Book::default();
+        let orders = [
+            resting(Side::Bid, "100", 5),
+            resting(Side::Bid, "102", 9),
+            resting(Side::Bid, "102", 3),
+            resting(Side::Bid, "99", 1),
+            resting(Side::Ask, "98", 2),
+            resting(Side::Ask, "101", 1),
+            resting(Side::Ask, "97", 4),
+            resting(Side::Bid, "103", 50),
+        ];
+        for o in &orders {
+            book.upsert("KRW-X", Some(o.clone()), o.id);
         }
+        let ids = |v: Vec<Resting>| v.into_iter().map(|o| o.id).collect::<Vec<_>>();
+        let crossing = book.crossing("KRW-X", Decimal::from(100), 10);
+        assert_eq!(
+            ids(crossing),
+            [
+                orders[2].id,
+                orders[1].id,
+                orders[0].id,
+                orders[6].id,
+                orders[4].id
+            ],
+            "bids at or above 100 by price then age, asks at or below; the bid placed after the trade waits"
+        );
+        assert!(book.crossing("KRW-Y", Decimal::from(100), 10).is_empty());
+        // Filled or cancelled orders leave the book; so does a market's last one.
+        for o in &orders {
+            book.upsert("KRW-X", None, o.id);
+        }
+        assert!(book.markets.is_empty() && book.located.is_empty());
+    }
+
+    #[test]
+    fn progress_remembers_trades_and_keeps_the_newest_position() {
+        let mut p = Progress::default();
+        p.mark("KRW-X", 10, 1000);
+        p.mark("KRW-X", 9, 999);
+        assert!(p.seen("KRW-X", 999) && p.seen("KRW-X", 1000) && !p.seen("KRW-Y", 1000));
+        assert_eq!(
+            p.cursors["KRW-X"],
+            (10, 1000),
+            "a late trade does not move it back"
+        );
+        for id in 0..(SEEN as i64 + 5) {
+            p.mark("KRW-X", 20, 2000 + id);
+        }
+        assert!(
+            !p.seen("KRW-X", 999),
+            "the oldest are forgotten past the bound"
+        );
     }
 }

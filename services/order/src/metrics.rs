@@ -33,3 +33,15 @@ pub static LIMIT_FILLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         .expect("valid"),
     )
 });
+
+/// Stored trades the matcher matched while catching up (after it took the lead
+/// or its trade stream broke).
+pub static CAUGHT_UP_TRADES: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    register(
+        prometheus::IntCounter::new(
+            "order_matcher_caught_up_trades_total",
+            "Stored trades matched while catching up after taking the lead or a broken trade stream.",
+        )
+        .expect("valid"),
+    )
+});

@@ -1,20 +1,27 @@
 //! The order flow, apart from gRPC.
 //!
-//! Placing: validate → read the live orderbook → plan what fills at once →
-//! write the order PENDING (with the plan) → one inventory call reserves the
-//! funds and settles the planned fills (finalizing market orders) → record the
-//! executions and the new state (WAIT, DONE or CANCEL). Three commits.
+//! Placing: a retried request (same request key) gets the order the first one
+//! made → validate → read the live orderbook (refused when older than
+//! `MAX_BOOK_AGE`) → plan what fills at once → write the order PENDING with the
+//! plan and the time inventory must have reserved its funds by → one inventory
+//! call reserves the funds for the order's terms and settles the planned fills
+//! (finalizing market orders) → record the executions and the new state (WAIT,
+//! DONE or CANCEL). Three commits.
 //!
-//! Every step after the first write is idempotent, so [`Orders::recover`] can
-//! finish any order a crash left half done: a PENDING order is driven through
-//! the same inventory call again (or rejected when the funds are not there); a
-//! DONE or CANCEL order not yet finalized gets its fills settled and the rest of
-//! its reservation released.
+//! When inventory's answer does not come in time, the client gets the order
+//! PENDING: it is never executed twice. Once its plan's deadline has passed,
+//! inventory refuses to reserve for it, so [`Orders::recover`] knows for certain
+//! whether it was: if inventory holds the reservation, the stored plan was
+//! executed and is recorded; if not, the order is planned again against the
+//! current book (or rejected when there is none fresh enough). A DONE or CANCEL
+//! order not yet finalized gets its fills settled and the rest of its
+//! reservation released.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use exchange_proto::decimal;
 use exchange_proto::inventory::v1 as inv;
 use exchange_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use exchange_proto::marketdata::v1 as md;
@@ -47,6 +54,7 @@ pub struct Place<'a> {
     pub price: &'a str,
     pub volume: &'a str,
     pub identifier: Option<&'a str>,
+    pub request_key: Option<&'a str>,
 }
 
 /// An order with its executions.
@@ -55,12 +63,27 @@ pub struct View {
     pub executions: Vec<ExecRow>,
 }
 
+/// How orders are placed and kept.
+#[derive(Clone, Debug)]
+pub struct Rules {
+    pub fee_rate: Decimal,
+    /// An orderbook older than this fills nothing.
+    pub max_book_age: Duration,
+    /// How long inventory has to reserve a new order's funds.
+    pub plan_ttl: Duration,
+    /// Most open (PENDING or WAIT) orders per user.
+    pub max_open_orders: i64,
+    /// A PENDING order that could not be completed this long after it was
+    /// placed is rejected.
+    pub pending_give_up: Duration,
+    pub fault: Option<Fault>,
+}
+
 pub struct Orders {
     pool: PgPool,
     inventory: InventoryServiceClient<Channel>,
     market_data: MarketDataServiceClient<Channel>,
-    fee_rate: Decimal,
-    fault: Option<Fault>,
+    rules: Rules,
     markets: RwLock<Option<(Instant, Arc<Vec<String>>)>>,
 }
 
@@ -71,10 +94,10 @@ fn unavailable(what: &str, status: &tonic::Status) -> OrderError {
 fn fill(seq: usize, e: &Exec) -> inv::Fill {
     inv::Fill {
         seq: seq as u32,
-        price: e.price.to_string(),
-        volume: e.volume.to_string(),
-        funds: e.funds.to_string(),
-        fee: e.fee.to_string(),
+        price: decimal::to_wire(e.price),
+        volume: decimal::to_wire(e.volume),
+        funds: decimal::to_wire(e.funds),
+        fee: decimal::to_wire(e.fee),
     }
 }
 
@@ -92,26 +115,56 @@ fn crash(fault: Fault) -> ! {
     std::process::abort()
 }
 
+fn inv_side(side: Side) -> inv::OrderSide {
+    match side {
+        Side::Bid => inv::OrderSide::Bid,
+        Side::Ask => inv::OrderSide::Ask,
+    }
+}
+
+/// The order's terms as inventory checks them.
+fn terms(order: &Validated) -> inv::OrderTerms {
+    let text = |d: Option<Decimal>| d.map(decimal::to_wire).unwrap_or_default();
+    let (kind, price, volume, budget) = match order.ord_type {
+        OrdType::Limit => (inv::OrderKind::Limit, order.price, order.volume, None),
+        OrdType::Price => (inv::OrderKind::Price, None, None, order.price),
+        OrdType::Market => (inv::OrderKind::Market, None, order.volume, None),
+    };
+    inv::OrderTerms {
+        kind: kind as i32,
+        price: text(price),
+        volume: text(volume),
+        budget: text(budget),
+        fee_rate: decimal::to_wire(order.fee_rate),
+    }
+}
+
+/// What became of a PENDING order's inventory call.
+enum Outcome {
+    /// Reserved and settled; the order moved on (to WAIT, DONE or CANCEL).
+    Done(Box<OrderRow>),
+    /// Not known (inventory slow or away): the order stays PENDING.
+    Unknown,
+}
+
 impl Orders {
     pub fn new(
         pool: PgPool,
         inventory: InventoryServiceClient<Channel>,
         market_data: MarketDataServiceClient<Channel>,
-        fee_rate: Decimal,
-        fault: Option<Fault>,
+        rules: Rules,
     ) -> Self {
         Self {
             pool,
             inventory,
             market_data,
-            fee_rate,
-            fault,
+            rules,
             markets: RwLock::new(None),
         }
     }
 
     pub fn fee_rate(&self) -> Decimal {
-        self.fee_rate
+        self.rules.fee_rate
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -152,9 +205,10 @@ impl Orders {
         Ok(list.iter().any(|m| m == market))
     }
 
-    /// The levels an order on `side` takes from: asks for bids, bids for asks.
+    /// The levels an order on `side` takes from (asks for bids, bids for asks)
+    /// in the live orderbook, which must be at most `max_book_age` old.
     async fn levels(&self, market: &str, side: Side) -> Result<Vec<Level>, OrderError> {
-        let books = self
+        let book = self
             .market_data
             .clone()
             .get_orderbooks(md::GetOrderbooksRequest {
@@ -164,27 +218,37 @@ impl Orders {
             .await
             .map_err(|s| unavailable("market-data", &s))?
             .into_inner()
-            .orderbooks;
-        let parse = |s: &str| s.parse::<Decimal>().unwrap_or_default();
-        Ok(books
+            .orderbooks
             .into_iter()
-            .next()
-            .map(|book| {
-                book.units
-                    .iter()
-                    .map(|u| match side {
-                        Side::Bid => Level {
-                            price: parse(&u.ask_price),
-                            size: parse(&u.ask_size),
-                        },
-                        Side::Ask => Level {
-                            price: parse(&u.bid_price),
-                            size: parse(&u.bid_size),
-                        },
-                    })
-                    .collect()
+            .next();
+        let Some(book) = book else {
+            return Err(OrderError::StaleMarket(format!(
+                "there is no orderbook of {market} yet; orders are refused until the feed is live"
+            )));
+        };
+        let age_ms = Utc::now().timestamp_millis().saturating_sub(book.timestamp);
+        if age_ms > self.rules.max_book_age.as_millis() as i64 {
+            return Err(OrderError::StaleMarket(format!(
+                "the orderbook of {market} is {} s old; orders are refused until the feed is live again",
+                age_ms / 1000
+            )));
+        }
+        let level = |price: &str, size: &str| -> Result<Level, OrderError> {
+            let bad = |e: decimal::DecimalError| {
+                OrderError::Unavailable(format!("market-data sent a malformed orderbook: {e}"))
+            };
+            Ok(Level {
+                price: decimal::non_negative("price", price).map_err(bad)?,
+                size: decimal::non_negative("size", size).map_err(bad)?,
             })
-            .unwrap_or_default())
+        };
+        book.units
+            .iter()
+            .map(|u| match side {
+                Side::Bid => level(&u.ask_price, &u.ask_size),
+                Side::Ask => level(&u.bid_price, &u.bid_size),
+            })
+            .collect()
     }
 
     pub async fn view(&self, order: OrderRow) -> Result<View, OrderError> {
@@ -192,20 +256,64 @@ impl Orders {
         Ok(View { order, executions })
     }
 
-    /// Places an order. With an identifier the user used before, returns that
-    /// order instead (`false`): a retried request never makes a second order.
+    /// The answer to a request whose key the user sent before: the order it
+    /// made, if this request asks for the same order.
+    async fn retried(&self, req: &Place<'_>) -> Result<Option<View>, OrderError> {
+        let Some(key) = req.request_key else {
+            return Ok(None);
+        };
+        let Some(existing) = store::by_request_key(&self.pool, req.user, key).await? else {
+            return Ok(None);
+        };
+        let same = |given: &str, stored: Option<Decimal>| {
+            domain::parse_amount("", given).ok().flatten() == stored
+        };
+        let same_order = existing.market == req.market
+            && existing.side == req.side.as_str()
+            && existing.ord_type == req.ord_type.as_str()
+            && same(req.price, existing.price)
+            && same(req.volume, existing.volume)
+            && existing.identifier.as_deref() == req.identifier;
+        if !same_order {
+            return Err(OrderError::invalid(
+                "this request key was used for another order",
+            ));
+        }
+        Ok(Some(self.view(existing).await?))
+    }
+
+    fn duplicate_identifier(side: Side, identifier: &str) -> OrderError {
+        OrderError::Named(
+            domain::create_error(side),
+            format!("identifier `{identifier}` was used by an earlier order"),
+        )
+    }
+
+    /// Places an order and returns it with whether this call made it (a retry
+    /// with the same request key gets the first order, `false`). The order is
+    /// PENDING when inventory's answer did not come in time.
     pub async fn place(&self, req: Place<'_>) -> Result<(View, bool), OrderError> {
-        if let Some(identifier) = req.identifier {
-            if identifier.is_empty() || identifier.len() > 100 {
-                return Err(OrderError::invalid(
-                    "identifier must be 1 to 100 characters",
-                ));
+        for (field, value, max) in [
+            ("identifier", req.identifier, 100),
+            ("request key", req.request_key, 128),
+        ] {
+            if value.is_some_and(|v| v.is_empty() || v.len() > max) {
+                return Err(OrderError::invalid(format!(
+                    "{field} must be 1 to {max} characters"
+                )));
             }
-            if let Some(existing) =
-                store::get_for_user(&self.pool, req.user, None, Some(identifier)).await?
-            {
-                return Ok((self.view(existing).await?, false));
+        }
+        if let Some(view) = self.retried(&req).await? {
+            return Ok((view, false));
+        }
+        if let Some(identifier) = req.identifier
+            && store::identifier_used(&self.pool, req.user, identifier).await?
+        {
+            // Used by this very request, if it is a retry racing its original.
+            if let Some(view) = self.retried(&req).await? {
+                return Ok((view, false));
             }
+            return Err(Self::duplicate_identifier(req.side, identifier));
         }
         let price = domain::parse_amount("price", req.price)?;
         let volume = domain::parse_amount("volume", req.volume)?;
@@ -217,6 +325,16 @@ impl Orders {
                 req.market
             )));
         }
+        let open = store::open_count(&self.pool, req.user).await?;
+        if open >= self.rules.max_open_orders {
+            return Err(OrderError::Named(
+                domain::create_error(req.side),
+                format!(
+                    "at most {} orders may be open at once; cancel some first",
+                    self.rules.max_open_orders
+                ),
+            ));
+        }
         let levels = self.levels(req.market, req.side).await?;
         let reference = levels.first().map(|l| l.price);
         let order = domain::validate(
@@ -225,20 +343,20 @@ impl Orders {
             req.ord_type,
             price,
             volume,
-            self.fee_rate,
+            self.rules.fee_rate,
             reference,
         )?;
-        let plan = domain::walk(&order, &levels);
+        let plan = domain::walk(&order, &levels)?;
         if order.ord_type != OrdType::Limit && plan.is_empty() {
             return Err(OrderError::invalid(
                 "no liquidity in the orderbook for a market order",
             ));
         }
-        let id = Uuid::now_v7();
         let new = NewOrder {
-            id,
+            id: Uuid::now_v7(),
             user: req.user,
             identifier: req.identifier,
+            request_key: req.request_key,
             market: order.market.as_str(),
             side: order.side.as_str(),
             ord_type: order.ord_type.as_str(),
@@ -248,18 +366,37 @@ impl Orders {
             reserved_amount: order.reserve_amount,
             fee_rate: order.fee_rate,
             plan: &plan,
+            plan_ttl: self.rules.plan_ttl,
         };
         let Some(row) = store::insert_pending(&self.pool, &new).await? else {
-            // The same identifier raced us: that order is the answer.
-            let existing = store::get_for_user(&self.pool, req.user, None, req.identifier)
-                .await?
-                .ok_or(OrderError::NotFound)?;
-            return Ok((self.view(existing).await?, false));
+            // The same request key or identifier raced us.
+            if let Some(view) = self.retried(&req).await? {
+                return Ok((view, false));
+            }
+            return Err(Self::duplicate_identifier(
+                req.side,
+                req.identifier.unwrap_or_default(),
+            ));
         };
-        if self.fault == Some(Fault::Persist) {
+        if self.rules.fault == Some(Fault::Persist) {
             crash(Fault::Persist);
         }
-        let finished = self.complete_pending(row, &order, plan.clone()).await?;
+        let pending = row.clone();
+        let finished = match self.complete_pending(row, &order, &plan).await {
+            Ok(Outcome::Done(finished)) => *finished,
+            Ok(Outcome::Unknown) | Err(OrderError::Unavailable(_) | OrderError::Database(_)) => {
+                // Written, outcome not known yet: the client learns the order's
+                // uuid and that it is pending, and recovery decides it.
+                return Ok((
+                    View {
+                        order: pending,
+                        executions: Vec::new(),
+                    },
+                    true,
+                ));
+            }
+            Err(e) => return Err(e),
+        };
         // The executions are the plan: no need to read them back.
         let now = Utc::now();
         let executions = if finished.trades_count as usize == plan.len() {
@@ -287,23 +424,21 @@ impl Orders {
         ))
     }
 
-    /// Reserves and settles a PENDING order's planned fills in inventory, then
-    /// records its new state. Used by `place` and by recovery.
+    /// Reserves for a PENDING order's terms and settles its planned fills in
+    /// inventory (by the plan's deadline), then records its new state. Used by
+    /// `place` and by recovery.
     async fn complete_pending(
         &self,
         row: OrderRow,
         order: &Validated,
-        plan: Vec<Exec>,
-    ) -> Result<OrderRow, OrderError> {
-        let filled = domain::fully_filled(order, &plan);
+        plan: &[Exec],
+    ) -> Result<Outcome, OrderError> {
+        let filled = domain::fully_filled(order, plan);
         let finalize = order.ord_type != OrdType::Limit || filled;
         let request = inv::SettleRequest {
             order_id: row.id.to_string(),
             user_id: row.user_id.to_string(),
-            side: match order.side {
-                Side::Bid => inv::OrderSide::Bid,
-                Side::Ask => inv::OrderSide::Ask,
-            } as i32,
+            side: inv_side(order.side) as i32,
             base_currency: order.market.base().to_owned(),
             quote_currency: order.market.quote().to_owned(),
             fills: plan
@@ -312,18 +447,38 @@ impl Orders {
                 .map(|(i, e)| fill(i + 1, e))
                 .collect(),
             finalize,
-            reserve_amount: order.reserve_amount.to_string(),
             return_balances: false,
+            terms: Some(terms(order)),
+            not_after: row
+                .plan_deadline
+                .map(|t| t.timestamp_millis())
+                .unwrap_or_default(),
         };
-        if let Err(status) = self.inventory.clone().settle(request).await {
-            if service_kit::grpc::error_name(&status) == Some("insufficient_funds") {
-                store::reject(&self.pool, row.id, "insufficient funds").await?;
-                return Err(OrderError::InsufficientFunds(order.side));
-            }
-            // Unknown outcome: the order stays PENDING and recovery finishes it.
-            return Err(unavailable("inventory", &status));
+        let mut call = tonic::Request::new(request);
+        call.set_timeout(self.rules.plan_ttl);
+        if let Err(status) = self.inventory.clone().settle(call).await {
+            return match service_kit::grpc::error_name(&status) {
+                Some("insufficient_funds") => {
+                    store::reject(&self.pool, row.id, "insufficient funds").await?;
+                    Err(OrderError::InsufficientFunds(order.side))
+                }
+                // Too late for this plan: recovery plans the order again.
+                Some("plan_expired") => Ok(Outcome::Unknown),
+                Some(name @ ("fill_refused" | "validation_error" | "not_found")) => {
+                    tracing::error!(order = %row.id, name, message = status.message(), "inventory refused an order");
+                    store::reject(&self.pool, row.id, "refused by inventory").await?;
+                    Err(OrderError::Internal(format!(
+                        "inventory refused the order: {}",
+                        status.message()
+                    )))
+                }
+                _ => {
+                    tracing::warn!(order = %row.id, %status, "inventory's answer did not come; the order stays pending");
+                    Ok(Outcome::Unknown)
+                }
+            };
         }
-        if self.fault == Some(Fault::Reserve) {
+        if self.rules.fault == Some(Fault::Reserve) {
             crash(Fault::Reserve);
         }
         let state = match (order.ord_type, filled) {
@@ -331,40 +486,48 @@ impl Orders {
             (OrdType::Limit, false) => "wait",
             (_, false) => "cancel",
         };
-        let updated = store::finish_pending(&self.pool, row.id, state, &plan, finalize).await?;
+        let updated = store::finish_pending(&self.pool, row.id, state, plan, finalize).await?;
         match updated {
-            Some(updated) => Ok(updated),
+            Some(updated) => Ok(Outcome::Done(Box::new(updated))),
             // Someone else (recovery) finished it meanwhile.
             None => store::get(&self.pool, row.id)
                 .await?
+                .map(|row| Outcome::Done(Box::new(row)))
                 .ok_or(OrderError::NotFound),
         }
+    }
+
+    fn settle_request(
+        &self,
+        order: &OrderRow,
+        fills: Vec<inv::Fill>,
+        finalize: bool,
+    ) -> Result<inv::SettleRequest, OrderError> {
+        let market = upbit::market::MarketCode::parse(&order.market)
+            .map_err(|e| OrderError::Internal(e.to_string()))?;
+        Ok(inv::SettleRequest {
+            order_id: order.id.to_string(),
+            user_id: order.user_id.to_string(),
+            side: inv_side(store::side_of(order)) as i32,
+            base_currency: market.base().to_owned(),
+            quote_currency: market.quote().to_owned(),
+            fills,
+            finalize,
+            return_balances: false,
+            terms: None,
+            not_after: 0,
+        })
     }
 
     /// Settles every recorded execution of an order and, with `finalize`,
     /// releases the rest of its reservation.
     async fn settle_all(&self, order: &OrderRow, finalize: bool) -> Result<(), OrderError> {
         let executions = store::executions(&self.pool, order.id).await?;
-        let market = upbit::market::MarketCode::parse(&order.market)
-            .map_err(|e| OrderError::Internal(e.to_string()))?;
-        let request = inv::SettleRequest {
-            order_id: order.id.to_string(),
-            user_id: order.user_id.to_string(),
-            side: if order.side == "bid" {
-                inv::OrderSide::Bid
-            } else {
-                inv::OrderSide::Ask
-            } as i32,
-            base_currency: market.base().to_owned(),
-            quote_currency: market.quote().to_owned(),
-            fills: executions
-                .iter()
-                .map(|e| fill(e.seq as usize, &exec_of(e)))
-                .collect(),
-            finalize,
-            reserve_amount: String::new(),
-            return_balances: false,
-        };
+        let fills = executions
+            .iter()
+            .map(|e| fill(e.seq as usize, &exec_of(e)))
+            .collect();
+        let request = self.settle_request(order, fills, finalize)?;
         self.inventory
             .clone()
             .settle(request)
@@ -407,23 +570,31 @@ impl Orders {
         self.view(cancelled).await
     }
 
-    /// Fills `exec` of an open order that had `trades_count` executions.
-    /// Returns the order after the fill, or `None` when it was no longer open.
+    /// Fills `exec` of an open order that had `trades_count` executions, by the
+    /// market trade `trade_id`, and settles just that fill. Returns the order
+    /// after the fill, or `None` when it was no longer open as expected or that
+    /// trade had filled it already.
     pub async fn fill(
         &self,
         id: Uuid,
         trades_count: i32,
         exec: &Exec,
+        trade_id: i64,
     ) -> Result<Option<OrderRow>, OrderError> {
-        let Some(row) = store::record_fill(&self.pool, id, trades_count, exec).await? else {
+        let Some(row) = store::record_fill(&self.pool, id, trades_count, exec, trade_id).await?
+        else {
             return Ok(None);
         };
         let done = row.state == "done";
-        match self.settle_all(&row, done).await {
-            Ok(()) if done => store::mark_finalized(&self.pool, id).await?,
-            Ok(()) => {}
-            Err(e) => {
-                tracing::warn!(order = %id, error = %e, "fill recorded; settlement deferred to recovery")
+        let request =
+            self.settle_request(&row, vec![fill(trades_count as usize + 1, exec)], done)?;
+        match self.inventory.clone().settle(request).await {
+            Ok(_) if done => store::mark_finalized(&self.pool, id).await?,
+            Ok(_) => {}
+            // An earlier fill not settled yet, or inventory away: recovery
+            // settles all of the order's fills in order.
+            Err(status) => {
+                tracing::warn!(order = %id, %status, "fill recorded; settlement deferred to recovery")
             }
         }
         Ok(Some(row))
@@ -444,8 +615,9 @@ impl Orders {
         self.view(order).await
     }
 
-    /// Finishes orders a crash left half done (see the module docs). Returns how
-    /// many it finished.
+    /// Finishes orders a crash or a lost answer left half done (see the module
+    /// docs). An order that cannot be finished now goes to the back of the
+    /// queue; the others are not held up by it. Returns how many it finished.
     pub async fn recover(&self, min_age: Duration) -> Result<usize, OrderError> {
         let cutoff = Utc::now() - chrono::Duration::from_std(min_age).unwrap_or_default();
         let mut finished = 0;
@@ -454,10 +626,10 @@ impl Orders {
             let result = if row.state == "pending" {
                 self.recover_pending(row).await
             } else {
-                self.settle_all(&row, true).await.map(|_| ())
+                self.settle_all(&row, true).await.map(|()| true)
             };
             match result {
-                Ok(()) => {
+                Ok(true) => {
                     if let Some(now) = store::get(&self.pool, id).await?
                         && now.state != "pending"
                         && !now.finalized
@@ -468,32 +640,49 @@ impl Orders {
                     finished += 1;
                     tracing::info!(order = %id, "recovered an unfinished order");
                 }
+                Ok(false) => store::touch(&self.pool, id).await?,
                 Err(OrderError::InsufficientFunds(_)) => {
                     finished += 1;
                     tracing::info!(order = %id, "recovered order rejected: insufficient funds");
                 }
-                Err(e) => tracing::warn!(order = %id, error = %e, "recovery will retry this order"),
+                Err(e) => {
+                    tracing::warn!(order = %id, error = %e, "recovery will retry this order");
+                    store::touch(&self.pool, id).await?;
+                }
             }
         }
         for row in store::waiting_with_fills(&self.pool, cutoff, 200).await? {
-            let reservation = self
-                .inventory
-                .clone()
-                .get_reservation(inv::GetReservationRequest {
-                    order_id: row.id.to_string(),
-                })
-                .await
-                .map_err(|s| unavailable("inventory", &s))?
-                .into_inner();
-            if (reservation.last_fill_seq as i32) < row.trades_count {
-                self.settle_all(&row, false).await?;
-                finished += 1;
+            let settled = async {
+                let reservation = self
+                    .inventory
+                    .clone()
+                    .get_reservation(inv::GetReservationRequest {
+                        order_id: row.id.to_string(),
+                    })
+                    .await
+                    .map_err(|s| unavailable("inventory", &s))?
+                    .into_inner();
+                if (reservation.last_fill_seq as i32) < row.trades_count {
+                    self.settle_all(&row, false).await?;
+                    return Ok::<_, OrderError>(true);
+                }
+                Ok(false)
+            };
+            match settled.await {
+                Ok(true) => finished += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(order = %row.id, error = %e, "recovery will retry settling this order's fills")
+                }
             }
         }
         Ok(finished)
     }
 
-    async fn recover_pending(&self, row: OrderRow) -> Result<(), OrderError> {
+    /// Decides a PENDING order whose plan's deadline has passed: completes the
+    /// plan if inventory executed it, plans it again if not. `Ok(false)` when it
+    /// has to wait (no fresh book yet).
+    async fn recover_pending(&self, row: OrderRow) -> Result<bool, OrderError> {
         let side = store::side_of(&row);
         let ord_type = OrdType::parse(&row.ord_type)
             .ok_or_else(|| OrderError::Internal("bad ord_type".into()))?;
@@ -509,7 +698,61 @@ impl Orders {
             reserve_amount: row.reserved_amount,
             fee_rate: row.fee_rate,
         };
-        let plan = store::plan_from_json(&row.plan);
-        self.complete_pending(row, &order, plan).await.map(|_| ())
+        let reservation = self
+            .inventory
+            .clone()
+            .get_reservation(inv::GetReservationRequest {
+                order_id: row.id.to_string(),
+            })
+            .await
+            .map_err(|s| unavailable("inventory", &s))?
+            .into_inner();
+        if reservation.exists {
+            // Inventory executed the stored plan: record it.
+            let plan = store::plan_from_json(&row.plan).ok_or_else(|| {
+                OrderError::Internal(format!("order {} has a malformed plan", row.id))
+            })?;
+            return match self.complete_pending(row, &order, &plan).await? {
+                Outcome::Done(_) => Ok(true),
+                Outcome::Unknown => Ok(false),
+            };
+        }
+        let age = (Utc::now() - row.created_at).to_std().unwrap_or_default();
+        if age > self.rules.pending_give_up {
+            store::reject(&self.pool, row.id, "could not be completed in time").await?;
+            tracing::warn!(order = %row.id, "a pending order could not be completed in time; rejected");
+            return Ok(true);
+        }
+        // Never executed: plan it again against the book as it is now.
+        let levels = match self.levels(&row.market, side).await {
+            Ok(levels) => levels,
+            Err(OrderError::StaleMarket(why) | OrderError::Unavailable(why)) => {
+                tracing::info!(order = %row.id, %why, "recovery waits for a live book");
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        let plan = match domain::walk(&order, &levels) {
+            Ok(plan) if ord_type == OrdType::Limit || !plan.is_empty() => plan,
+            _ => {
+                store::reject(&self.pool, row.id, "no liquidity for a market order").await?;
+                return Ok(true);
+            }
+        };
+        let Some(row) = store::replan(
+            &self.pool,
+            row.id,
+            row.plan_deadline,
+            &plan,
+            self.rules.plan_ttl,
+        )
+        .await?
+        else {
+            return Ok(false);
+        };
+        match self.complete_pending(row, &order, &plan).await? {
+            Outcome::Done(_) => Ok(true),
+            Outcome::Unknown => Ok(false),
+        }
     }
 }

@@ -11,7 +11,7 @@ use crate::domain::{Exec, Side};
 /// Columns of an order, as selected everywhere.
 const COLUMNS: &str = "id, user_id, identifier, market, side, ord_type, price, volume, state, \
      reserved_currency, reserved_amount, executed_volume, executed_funds, paid_fee, trades_count, \
-     reject_reason, created_at, updated_at, fee_rate, plan, finalized";
+     reject_reason, created_at, updated_at, fee_rate, plan, finalized, request_key, plan_deadline";
 
 const NOTIFY: &str = "pg_notify('order_events', id::text || ' ' || user_id::text) AS notified";
 
@@ -38,6 +38,9 @@ pub struct OrderRow {
     pub fee_rate: Decimal,
     pub plan: serde_json::Value,
     pub finalized: bool,
+    pub request_key: Option<String>,
+    /// When inventory must have reserved the funds for `plan` by.
+    pub plan_deadline: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
@@ -56,6 +59,7 @@ pub struct NewOrder<'a> {
     pub id: Uuid,
     pub user: Uuid,
     pub identifier: Option<&'a str>,
+    pub request_key: Option<&'a str>,
     pub market: &'a str,
     pub side: &'a str,
     pub ord_type: &'a str,
@@ -65,6 +69,8 @@ pub struct NewOrder<'a> {
     pub reserved_amount: Decimal,
     pub fee_rate: Decimal,
     pub plan: &'a [Exec],
+    /// How long inventory has to reserve the funds for the plan.
+    pub plan_ttl: std::time::Duration,
 }
 
 /// Executions as JSON (decimals as strings, exact).
@@ -82,42 +88,36 @@ pub fn plan_json(execs: &[Exec]) -> serde_json::Value {
     )
 }
 
-/// Executions back from [`plan_json`].
-pub fn plan_from_json(value: &serde_json::Value) -> Vec<Exec> {
-    let field = |v: &serde_json::Value, k: &str| {
-        v.get(k)
-            .and_then(|x| x.as_str())
-            .and_then(|s| s.parse::<Decimal>().ok())
-    };
+/// Executions back from [`plan_json`]; `None` if the stored plan is not one.
+pub fn plan_from_json(value: &serde_json::Value) -> Option<Vec<Exec>> {
+    let field =
+        |v: &serde_json::Value, k: &str| exchange_proto::decimal::parse(v.get(k)?.as_str()?).ok();
     value
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|v| {
-                    Some(Exec {
-                        price: field(v, "price")?,
-                        volume: field(v, "volume")?,
-                        funds: field(v, "funds")?,
-                        fee: field(v, "fee")?,
-                    })
-                })
-                .collect()
+        .as_array()?
+        .iter()
+        .map(|v| {
+            Some(Exec {
+                price: field(v, "price")?,
+                volume: field(v, "volume")?,
+                funds: field(v, "funds")?,
+                fee: field(v, "fee")?,
+            })
         })
-        .unwrap_or_default()
+        .collect()
 }
 
-/// Writes the order PENDING; `None` when the user already has an order with
-/// this identifier.
+/// Writes the order PENDING, its plan due in inventory by now + `plan_ttl`;
+/// `None` when the user already has an order with this identifier or request key.
 pub async fn insert_pending(
     pool: &PgPool,
     o: &NewOrder<'_>,
 ) -> Result<Option<OrderRow>, sqlx::Error> {
     let sql = format!(
         "INSERT INTO orders (id, user_id, identifier, market, side, ord_type, price, volume, state,
-                             reserved_currency, reserved_amount, fee_rate, plan)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $11, $12)
-         ON CONFLICT ON CONSTRAINT orders_identifier_unique DO NOTHING
+                             reserved_currency, reserved_amount, fee_rate, plan, request_key, plan_deadline)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $11, $12, $13,
+                 now() + $14 * interval '1 millisecond')
+         ON CONFLICT DO NOTHING
          RETURNING {COLUMNS}"
     );
     sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -133,8 +133,83 @@ pub async fn insert_pending(
         .bind(o.reserved_amount)
         .bind(o.fee_rate)
         .bind(plan_json(o.plan))
+        .bind(o.request_key)
+        .bind(o.plan_ttl.as_millis() as i64)
         .fetch_optional(pool)
         .await
+}
+
+/// The order a user's earlier request with this key made.
+pub async fn by_request_key(
+    pool: &PgPool,
+    user: Uuid,
+    key: &str,
+) -> Result<Option<OrderRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM orders WHERE user_id = $1 AND request_key = $2"
+    )))
+    .bind(user)
+    .bind(key)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Whether the user has an order with this identifier.
+pub async fn identifier_used(
+    pool: &PgPool,
+    user: Uuid,
+    identifier: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM orders WHERE user_id = $1 AND identifier = $2)",
+    )
+    .bind(user)
+    .bind(identifier)
+    .fetch_one(pool)
+    .await
+}
+
+/// How many orders of the user are open (PENDING or WAIT).
+pub async fn open_count(pool: &PgPool, user: Uuid) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM orders WHERE user_id = $1 AND state IN ('pending', 'wait')",
+    )
+    .bind(user)
+    .fetch_one(pool)
+    .await
+}
+
+/// Gives a PENDING order a new plan, due by now + `ttl`, if its plan is still
+/// the one due at `deadline` (so two recoveries never both replace it).
+pub async fn replan(
+    pool: &PgPool,
+    id: Uuid,
+    deadline: Option<DateTime<Utc>>,
+    plan: &[Exec],
+    ttl: std::time::Duration,
+) -> Result<Option<OrderRow>, sqlx::Error> {
+    let sql = format!(
+        "UPDATE orders SET plan = $3, plan_deadline = now() + $4 * interval '1 millisecond',
+                           updated_at = now()
+         WHERE id = $1 AND state = 'pending' AND plan_deadline IS NOT DISTINCT FROM $2
+         RETURNING {COLUMNS}"
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .bind(deadline)
+        .bind(plan_json(plan))
+        .bind(ttl.as_millis() as i64)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Puts an order recovery could not finish at the back of its queue.
+pub async fn touch(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE orders SET updated_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// Moves a PENDING order on once inventory has its funds: records the
@@ -152,7 +227,7 @@ pub async fn finish_pending(
     let sql = format!(
         "WITH o AS (
             UPDATE orders SET state = $2, executed_volume = $3, executed_funds = $4, paid_fee = $5,
-                              trades_count = $6, finalized = $7, updated_at = now()
+                              trades_count = $6, finalized = $7, updated_at = now(), opened_at = now()
             WHERE id = $1 AND state = 'pending'
             RETURNING {COLUMNS}, {NOTIFY}
          ),
@@ -195,14 +270,16 @@ pub async fn reject(
         .await
 }
 
-/// Records one more execution of an open order, if it is still open and has
-/// exactly `trades_count` executions (so a fill never races a cancel or another
-/// fill). The order is DONE once its volume is filled.
+/// Records one more execution of an open order by the market trade `trade_id`,
+/// if the order is still open, has exactly `trades_count` executions (so a fill
+/// never races a cancel or another fill) and was not filled by that trade
+/// already. The order is DONE once its volume is filled.
 pub async fn record_fill(
     pool: &PgPool,
     id: Uuid,
     trades_count: i32,
     e: &Exec,
+    trade_id: i64,
 ) -> Result<Option<OrderRow>, sqlx::Error> {
     let sql = format!(
         "WITH o AS (
@@ -214,20 +291,73 @@ pub async fn record_fill(
             RETURNING {COLUMNS}, {NOTIFY}
          ),
          e AS (
-            INSERT INTO executions (order_id, seq, price, volume, funds, fee, trend)
-            SELECT $1, $2 + 1, $6, $3, $4, $5, o.side FROM o
+            INSERT INTO executions (order_id, seq, price, volume, funds, fee, trend, trade_id)
+            SELECT $1, $2 + 1, $6, $3, $4, $5, o.side, $7 FROM o
          )
          SELECT * FROM o"
     );
-    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let filled = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(id)
         .bind(trades_count)
         .bind(e.volume)
         .bind(e.funds)
         .bind(e.fee)
         .bind(e.price)
+        .bind(trade_id)
         .fetch_optional(pool)
+        .await;
+    match filled {
+        Err(sqlx::Error::Database(db)) if db.constraint() == Some("executions_once_per_trade") => {
+            Ok(None)
+        }
+        other => other,
+    }
+}
+
+/// How much of each of `trades` (sequential ids in `market`) already filled
+/// orders, per side of the orders: (trade id, side, volume).
+pub async fn consumed(
+    pool: &PgPool,
+    market: &str,
+    trades: &[i64],
+) -> Result<Vec<(i64, String, Decimal)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT e.trade_id, o.side, sum(e.volume) FROM executions e JOIN orders o ON o.id = e.order_id
+         WHERE e.trade_id = ANY($2) AND o.market = $1 GROUP BY 1, 2",
+    )
+    .bind(market)
+    .bind(trades)
+    .fetch_all(pool)
+    .await
+}
+
+/// The last trade the matcher processed, per market: (market, trade ms, sequential id).
+pub async fn cursors(pool: &PgPool) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT market, trade_ts, sequential_id FROM matcher_cursors")
+        .fetch_all(pool)
         .await
+}
+
+/// Saves the matcher's cursors (market, trade ms, sequential id).
+pub async fn save_cursors(
+    pool: &PgPool,
+    cursors: &[(String, i64, i64)],
+) -> Result<(), sqlx::Error> {
+    let markets: Vec<&str> = cursors.iter().map(|c| c.0.as_str()).collect();
+    let ts: Vec<i64> = cursors.iter().map(|c| c.1).collect();
+    let ids: Vec<i64> = cursors.iter().map(|c| c.2).collect();
+    sqlx::query(
+        "INSERT INTO matcher_cursors (market, trade_ts, sequential_id)
+         SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])
+         ON CONFLICT (market) DO UPDATE
+            SET trade_ts = excluded.trade_ts, sequential_id = excluded.sequential_id, updated_at = now()",
+    )
+    .bind(&markets)
+    .bind(&ts)
+    .bind(&ids)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Cancels a WAIT order of `user`.
@@ -325,8 +455,11 @@ pub async fn waiting(pool: &PgPool) -> Result<Vec<OrderRow>, sqlx::Error> {
     .await
 }
 
-/// Orders a crash may have left half done: PENDING, or DONE/CANCEL not yet
-/// finalized, last changed before `older_than`.
+/// Orders a crash or a lost answer may have left half done: PENDING whose plan
+/// was due in inventory more than a grace period ago (so no call can still
+/// make its reservation), or DONE/CANCEL not yet finalized and last changed
+/// before `older_than`. Those waiting longest first (a failed attempt goes to
+/// the back, see [`touch`]).
 pub async fn unfinished(
     pool: &PgPool,
     older_than: DateTime<Utc>,
@@ -334,8 +467,10 @@ pub async fn unfinished(
 ) -> Result<Vec<OrderRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM orders
-         WHERE (state = 'pending' OR (NOT finalized AND state IN ('done', 'cancel'))) AND updated_at < $1
-         ORDER BY created_at LIMIT $2"
+         WHERE (state = 'pending'
+                AND coalesce(plan_deadline, created_at + interval '10 seconds') < now() - interval '2 seconds')
+            OR (NOT finalized AND state IN ('done', 'cancel') AND updated_at < $1)
+         ORDER BY updated_at LIMIT $2"
     )))
     .bind(older_than)
     .bind(limit)

@@ -12,6 +12,7 @@ use exchange_proto::order::v1 as pb;
 use exchange_proto::order::v1::order_service_client::OrderServiceClient;
 use rust_decimal::Decimal;
 use service_kit::postgres::DbArgs;
+use sqlx::Connection;
 use test_support::{Running, Started, TestDb, eventually};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -48,6 +49,9 @@ async fn start_order(env: &Env, tweak: impl FnOnce(&mut order::Config)) -> Start
     );
     config.recovery_interval = Duration::from_millis(300);
     config.recovery_min_age = Duration::ZERO;
+    config.plan_ttl = Duration::from_secs(2);
+    // The test books are written once; tests about staleness set their own.
+    config.max_book_age = Duration::from_secs(600);
     tweak(&mut config);
     let stop = CancellationToken::new();
     let app = order::App::build(config, stop.clone()).await.unwrap();
@@ -268,6 +272,7 @@ fn place(
         price: price.into(),
         volume: volume.into(),
         identifier: String::new(),
+        request_key: String::new(),
     }
 }
 
@@ -572,7 +577,8 @@ async fn concurrent_orders_never_overdraw_and_retries_make_one_order() {
     assert!(krw >= Decimal::ZERO && locked.is_zero(), "{krw} {locked}");
     env.assert_books_balance().await;
 
-    // The same request with the same identifier, five times at once: one order.
+    // The same request (same request key) five times at once: one order, and
+    // every answer names it.
     let second = env.new_user().await;
     let mut request = place(
         second,
@@ -582,7 +588,8 @@ async fn concurrent_orders_never_overdraw_and_retries_make_one_order() {
         "5000000",
         "0.1",
     );
-    request.identifier = "my-key-1".into();
+    request.request_key = "request-1".into();
+    request.identifier = "my-order-1".into();
     let tasks: Vec<_> = (0..5)
         .map(|_| {
             let (mut orders, request) = (orders.clone(), request.clone());
@@ -590,11 +597,14 @@ async fn concurrent_orders_never_overdraw_and_retries_make_one_order() {
         })
         .collect();
     let mut uuids = Vec::new();
+    let mut created = 0;
     for t in tasks {
-        uuids.push(t.await.unwrap().unwrap().order.unwrap().uuid);
+        let answer = t.await.unwrap().unwrap();
+        created += usize::from(answer.created);
+        uuids.push(answer.order.unwrap().uuid);
     }
     uuids.dedup();
-    assert_eq!(uuids.len(), 1, "one order");
+    assert_eq!((uuids.len(), created), (1, 1), "one order, made once");
     assert_eq!(
         env.balance(second, "KRW").await.1,
         dec("500250"),
@@ -608,6 +618,19 @@ async fn concurrent_orders_never_overdraw_and_retries_make_one_order() {
             .await
             .unwrap();
     assert_eq!(reservations, 1);
+    // Upbit's identifier is unique per user: a new request with it is an error.
+    let mut again = request.clone();
+    again.request_key = "request-2".into();
+    let err = orders.clone().place_order(again).await.unwrap_err();
+    assert_eq!(
+        (err.code(), error_name(&err)),
+        (Code::InvalidArgument, Some("create_bid_error"))
+    );
+    // A request key reused for another order is refused too.
+    let mut other = request.clone();
+    other.volume = "0.2".into();
+    let err = orders.clone().place_order(other).await.unwrap_err();
+    assert_eq!(error_name(&err), Some("validation_error"));
     env.stop().await;
 }
 
@@ -743,9 +766,55 @@ async fn users_see_only_their_orders_and_bad_orders_are_named() {
             ),
             "insufficient_funds_ask",
         ),
+        (
+            // On the 1,000 KRW tick: only its size can refuse it.
+            place(
+                alice,
+                "KRW-BTC",
+                pb::Side::Bid,
+                pb::OrderType::Limit,
+                "79228162514264337593543950000",
+                "2",
+            ),
+            "validation_error",
+        ),
+        (
+            place(
+                alice,
+                "KRW-BTC",
+                pb::Side::Bid,
+                pb::OrderType::Limit,
+                "99999999999999999000",
+                "99999999999999999999",
+            ),
+            "validation_error",
+        ),
+        (
+            place(
+                alice,
+                "KRW-BTC",
+                pb::Side::Ask,
+                pb::OrderType::Market,
+                "",
+                "79228162514264337593543950335",
+            ),
+            "validation_error",
+        ),
+        (
+            place(
+                alice,
+                "KRW-BTC",
+                pb::Side::Ask,
+                pb::OrderType::Market,
+                "",
+                "99999999999999999999",
+            ),
+            "validation_error",
+        ),
     ] {
         let err = orders.place_order(request).await.unwrap_err();
         assert_eq!(error_name(&err), Some(name), "{err:?}");
+        assert_ne!(err.code(), Code::Unavailable, "{err:?}");
     }
     env.assert_books_balance().await;
     env.stop().await;
@@ -765,6 +834,8 @@ async fn crashing_order_service(env: &Env, fault: &str) -> (tokio::process::Chil
             format!("http://{}", env.market_data_addr),
         )
         .env("MATCHER", "false")
+        .env("PLAN_TTL", "2s")
+        .env("MAX_BOOK_AGE", "10m")
         .env("FAULT_AFTER", fault)
         .env("LOG_FORMAT", "json")
         .stdout(std::process::Stdio::piped())
@@ -873,6 +944,348 @@ async fn a_crash_between_steps_loses_and_strands_no_money() {
         "nothing stuck in locked"
     );
     assert_eq!(env.balance(user, "ETH").await.0, bought);
+    env.assert_books_balance().await;
+    env.stop().await;
+}
+
+/// Starts another inventory on the environment's database, answering
+/// UNAVAILABLE after committing every money-moving call.
+async fn lossy_inventory(env: &Env) -> Started {
+    let mut config = inventory::Config::local(db_args(&env.db, inventory::SCHEMA));
+    config.fault_unavailable_after_commit = 1.0;
+    let stop = CancellationToken::new();
+    let app = inventory::App::build(config, stop.clone()).await.unwrap();
+    let (grpc, admin) = (app.grpc_addr(), app.metrics_addr());
+    let running = Running::spawn(stop, app.run());
+    test_support::wait_serving(grpc, "", Duration::from_secs(30))
+        .await
+        .unwrap();
+    Started {
+        grpc,
+        admin,
+        running,
+    }
+}
+
+/// An order service that places orders through `inventory`, without the matcher
+/// (so nothing recovers its orders).
+async fn placing_only(env: &Env, inventory: SocketAddr) -> (Started, OrderServiceClient<Channel>) {
+    let svc = start_order(env, |c| {
+        c.matcher = false;
+        c.inventory_url = format!("http://{inventory}");
+    })
+    .await;
+    test_support::wait_serving(svc.grpc, "", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let client = OrderServiceClient::connect(format!("http://{}", svc.grpc))
+        .await
+        .unwrap();
+    (svc, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_whose_answer_was_lost_executes_exactly_once() {
+    let mut env = env().await;
+    let user = env.new_user().await;
+    // 1. Inventory commits the reservation and its fills, but the answer is lost.
+    let lossy = lossy_inventory(&env).await;
+    let (placing, mut orders) = placing_only(&env, lossy.grpc).await;
+    let mut request = place(
+        user,
+        "KRW-ETH",
+        pb::Side::Bid,
+        pb::OrderType::Price,
+        "1000000",
+        "",
+    );
+    request.request_key = "lost-answer".into();
+    let first = orders
+        .place_order(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let pending = first.order.unwrap();
+    assert!(first.created);
+    assert_eq!(
+        pending.state,
+        pb::OrderState::Pending as i32,
+        "the client learns the order and that its outcome is pending, not 'retry'"
+    );
+    // The client (or the mesh) retries: the same order, nothing executed twice.
+    for _ in 0..3 {
+        let again = orders
+            .place_order(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!again.created);
+        assert_eq!(again.order.unwrap().uuid, pending.uuid);
+    }
+    let (krw, locked) = env.balance(user, "KRW").await;
+    let eth = env.balance(user, "ETH").await.0;
+    assert!(
+        eth > Decimal::ZERO && locked.is_zero(),
+        "inventory executed it once"
+    );
+    placing.running.stop().await;
+    lossy.running.stop().await;
+
+    // 2. Inventory is not reached at all: nothing was reserved.
+    let cut = test_support::TcpProxy::start(env.inventory_addr)
+        .await
+        .unwrap();
+    cut.cut();
+    let (placing, mut orders) = placing_only(&env, cut.addr).await;
+    let unreached = orders
+        .place_order(place(
+            user,
+            "KRW-BTC",
+            pb::Side::Bid,
+            pb::OrderType::Price,
+            "1000000",
+            "",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(unreached.state, pb::OrderState::Pending as i32);
+    placing.running.stop().await;
+    assert_eq!(env.balance(user, "KRW").await, (krw, dec("0")));
+    // The market moves before recovery decides: the BTC book is 1,000,000 higher.
+    env.feed(vec![book("KRW-BTC", "149000000", "1", 1000)])
+        .await;
+
+    // 3. Recovery: the first order's plan was executed, so it is recorded as it
+    // was; the second's never was, so it is planned again on today's book.
+    env.with_order_service().await;
+    let mut orders = env.orders();
+    let get = |uuid: String| pb::GetOrderRequest {
+        user_id: user.to_string(),
+        uuid,
+        identifier: String::new(),
+    };
+    let (recorded, replanned) = eventually(
+        Duration::from_secs(30),
+        "both pending orders decided",
+        || {
+            let mut orders = orders.clone();
+            let (a, b) = (get(pending.uuid.clone()), get(unreached.uuid.clone()));
+            async move {
+                let a = orders.get_order(a).await.ok()?.into_inner().order?;
+                let b = orders.get_order(b).await.ok()?.into_inner().order?;
+                let done = pb::OrderState::Done as i32;
+                (a.state == done && b.state == done).then_some((a, b))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        dec(&recorded.executed_volume),
+        eth,
+        "the executed plan recorded"
+    );
+    assert!(
+        replanned
+            .trades
+            .iter()
+            .all(|t| dec(&t.price) >= dec("149000000")),
+        "planned again against the current book: {:?}",
+        replanned.trades
+    );
+    let spent: Decimal = [&recorded, &replanned]
+        .iter()
+        .map(|o| dec(&o.executed_funds) + dec(&o.paid_fee))
+        .sum();
+    assert_eq!(
+        env.balance(user, "KRW").await,
+        (dec("10000000") - spent, dec("0"))
+    );
+    assert_eq!(
+        env.balance(user, "BTC").await.0,
+        dec(&replanned.executed_volume)
+    );
+    let again = orders.place_order(request).await.unwrap().into_inner();
+    assert_eq!(
+        (again.created, again.order.unwrap().state),
+        (false, pb::OrderState::Done as i32),
+        "a late retry sees the order as it is now"
+    );
+    env.assert_books_balance().await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_book_fills_nothing_and_open_orders_are_capped() {
+    let mut env = env().await;
+    let svc = start_order(&env, |c| {
+        c.max_book_age = Duration::from_secs(1);
+        c.max_open_orders = 3;
+    })
+    .await;
+    test_support::wait_serving(svc.grpc, "", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut orders = OrderServiceClient::connect(format!("http://{}", svc.grpc))
+        .await
+        .unwrap();
+    env.running.push(svc.running);
+    let user = env.new_user().await;
+    let buy = place(
+        user,
+        "KRW-ETH",
+        pb::Side::Bid,
+        pb::OrderType::Price,
+        "100000",
+        "",
+    );
+    // The feed stopped: the book written at the start grows old. (Probed with
+    // an order refused anyway while the book is fresh, so nothing is placed.)
+    let off_tick = place(
+        user,
+        "KRW-ETH",
+        pb::Side::Bid,
+        pb::OrderType::Limit,
+        "5000500",
+        "0.01",
+    );
+    eventually(Duration::from_secs(10), "the book to go stale", || {
+        let (mut orders, probe) = (orders.clone(), off_tick.clone());
+        async move {
+            let err = orders.place_order(probe).await.unwrap_err();
+            (error_name(&err) == Some("market_data_stale")).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    let err = orders.place_order(buy.clone()).await.unwrap_err();
+    assert_eq!(
+        (err.code(), error_name(&err)),
+        (Code::Unavailable, Some("market_data_stale"))
+    );
+    assert!(err.message().contains("KRW-ETH"), "{err:?}");
+    assert_eq!(env.balance(user, "KRW").await, (dec("10000000"), dec("0")));
+    // The feed is back.
+    env.feed(vec![book("KRW-ETH", "5200000", "1", 1000)]).await;
+    orders.place_order(buy).await.unwrap();
+
+    // At most 3 open orders.
+    let bid = |price: &str| {
+        place(
+            user,
+            "KRW-ETH",
+            pb::Side::Bid,
+            pb::OrderType::Limit,
+            price,
+            "0.01",
+        )
+    };
+    env.feed(vec![book("KRW-ETH", "5200000", "1", 1000)]).await;
+    let mut open = Vec::new();
+    for price in ["5000000", "5001000", "5002000"] {
+        open.push(
+            orders
+                .place_order(bid(price))
+                .await
+                .unwrap()
+                .into_inner()
+                .order
+                .unwrap(),
+        );
+    }
+    let err = orders.place_order(bid("5003000")).await.unwrap_err();
+    assert_eq!(error_name(&err), Some("create_bid_error"), "{err:?}");
+    orders
+        .cancel_order(pb::CancelOrderRequest {
+            user_id: user.to_string(),
+            uuid: open[0].uuid.clone(),
+            identifier: String::new(),
+        })
+        .await
+        .unwrap();
+    orders.place_order(bid("5003000")).await.unwrap();
+    env.assert_books_balance().await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trades_made_while_no_matcher_ran_still_fill_once() {
+    let mut env = env().await;
+    let user = env.new_user().await;
+    env.with_order_service().await;
+    let mut orders = env.orders();
+    let resting = orders
+        .place_order(place(
+            user,
+            "KRW-ETH",
+            pb::Side::Bid,
+            pb::OrderType::Limit,
+            "5100000",
+            "0.5",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    // The order service (and its matcher) stops; a crossing trade happens
+    // meanwhile and is only stored.
+    env.running.pop().unwrap().stop().await;
+    env.feed(vec![trade("KRW-ETH", "5090000", "0.3", 77)]).await;
+    let url = env.db.admin_url();
+    eventually(Duration::from_secs(10), "the trade stored", || {
+        let url = url.clone();
+        async move {
+            let mut admin = sqlx::PgConnection::connect(&url).await.ok()?;
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM market_data.trades WHERE sequential_id = 77",
+            )
+            .fetch_one(&mut admin)
+            .await
+            .ok()?;
+            (n == 1).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    // A new matcher catches up: the order fills from the stored trade.
+    for round in 0..2 {
+        env.with_order_service().await;
+        let orders = env.orders();
+        let filled = eventually(Duration::from_secs(20), "the missed fill", || {
+            let request = pb::GetOrderRequest {
+                user_id: user.to_string(),
+                uuid: resting.uuid.clone(),
+                identifier: String::new(),
+            };
+            let mut orders = orders.clone();
+            async move {
+                let o = orders.get_order(request).await.ok()?.into_inner().order?;
+                (o.executed_volume == "0.3").then_some(o)
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(filled.trades.len(), 1, "round {round}: filled once");
+        // Round 2 starts another matcher that reads the same trade again.
+        env.running.pop().unwrap().stop().await;
+    }
+    let mut admin = env.db.admin().await.unwrap();
+    let trade_ids: Vec<Option<i64>> =
+        sqlx::query_scalar("SELECT trade_id FROM orders.executions WHERE order_id = $1")
+            .bind(Uuid::parse_str(&resting.uuid).unwrap())
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(trade_ids, [Some(77)], "the fill names its trade");
+    assert_eq!(
+        env.balance(user, "ETH").await,
+        (dec("0.3"), dec("0")),
+        "settled once"
+    );
     env.assert_books_balance().await;
     env.stop().await;
 }

@@ -131,12 +131,12 @@ impl Stack {
         running.push(Running::spawn(stop, usr.run()));
 
         let stop = CancellationToken::new();
-        let ord = order::App::build(
-            order::Config::local(db_args(db, order::SCHEMA), inventory, market_data),
-            stop.clone(),
-        )
-        .await
-        .unwrap();
+        let mut order_config =
+            order::Config::local(db_args(db, order::SCHEMA), inventory, market_data);
+        // The paused simulator sends its books once; tests about a stale feed
+        // are the order service's own.
+        order_config.max_book_age = Duration::from_secs(600);
+        let ord = order::App::build(order_config, stop.clone()).await.unwrap();
         let order = ord.grpc_addr();
         admins.push((ord.metrics_addr(), "order"));
         running.push(Running::spawn(stop, ord.run()));

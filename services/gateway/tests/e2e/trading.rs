@@ -34,7 +34,21 @@ impl Stack {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
+        self.call_with(method, path, token, body, &[]).await
+    }
+
+    async fn call_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
         let mut req = self.http.request(method, format!("{}{path}", self.gw()));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -98,6 +112,17 @@ impl Client<'_> {
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         self.stack
             .call(reqwest::Method::POST, path, Some(&self.token), Some(body))
+            .await
+    }
+    async fn post_with(&self, path: &str, body: Value, headers: &[(&str, &str)]) -> (u16, Value) {
+        self.stack
+            .call_with(
+                reqwest::Method::POST,
+                path,
+                Some(&self.token),
+                Some(body),
+                headers,
+            )
             .await
     }
     async fn delete(&self, path: &str) -> (u16, Value) {
@@ -307,6 +332,79 @@ async fn users_reach_only_their_own_orders_and_bad_tokens_are_refused() {
         (status, body["error"]["name"].as_str()),
         (401, Some("no_authorization_token"))
     );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn money_cannot_be_minted_or_overflowed_through_the_api() {
+    let db = TestDb::create().await.unwrap();
+    let stack = Stack::start(&db, Options::default()).await;
+    let eve = stack.client("eve@example.com").await;
+    // A price too large for a decimal product is a 400, not a 503.
+    for (price, volume) in [
+        ("79228162514264337593543950000", "2"),
+        ("99999999999999999000", "99999999999999999999"),
+    ] {
+        let (status, body) = eve
+            .post(
+                "/api/v1/orders",
+                json!({"market": "KRW-BTC", "side": "bid", "ord_type": "limit", "price": price, "volume": volume}),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"]["name"].as_str()),
+            (400, Some("validation_error")),
+            "{body}"
+        );
+    }
+    // The faucet gives KRW only, and at most 100,000,000 in a day.
+    let (status, body) = eve
+        .post(
+            "/api/v1/deposits",
+            json!({"currency": "BTC", "amount": "100000000"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = eve
+        .post(
+            "/api/v1/deposits",
+            json!({"currency": "KRW", "amount": "60000000"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = eve
+        .post(
+            "/api/v1/deposits",
+            json!({"currency": "KRW", "amount": "60000000"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["name"].as_str()),
+        (400, Some("deposit_limit_exceeded")),
+        "{body}"
+    );
+    assert_eq!(eve.balance("KRW").await.0, Decimal::from(70_000_000));
+    assert_eq!(eve.balance("BTC").await.0, Decimal::ZERO);
+    // Sign-ups from one address are throttled (10 an hour by default).
+    let mut statuses = Vec::new();
+    for i in 0..11 {
+        let (status, _) = stack
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/auth/register",
+                None,
+                Some(json!({"email": format!("bot{i}@example.com"), "password": "correct horse battery"})),
+            )
+            .await;
+        statuses.push(status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        9,
+        "eve's sign-up was the first of ten: {statuses:?}"
+    );
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    assert_eq!(stack.ledger_mismatches(&db).await, 0);
     stack.stop().await;
 }
 
@@ -588,12 +686,40 @@ async fn racing_orders_spend_only_what_exists_and_retries_make_one_order() {
             Decimal::from(3 * 3_001_500)
         )
     );
-    // The same identifier again and again: one order.
+    // A retried request (the same Idempotency-Key, or the same X-Request-Id as
+    // the mesh keeps across its retries): one order, every answer naming it.
     let request = json!({"market": "KRW-ETH", "side": "bid", "ord_type": "limit", "price": "100000", "volume": "0.1", "identifier": "retry-me"});
+    for header in ["idempotency-key", "x-request-id"] {
+        let mut request = request.clone();
+        request["identifier"] = json!(format!("retry-me-{header}"));
+        let key = [(header, "req-1")];
+        let answers = futures_util::future::join_all(
+            (0..4).map(|_| dave.post_with("/api/v1/orders", request.clone(), &key)),
+        )
+        .await;
+        let mut statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+        statuses.sort();
+        assert_eq!(statuses, [200, 200, 200, 201], "{header}: {answers:?}");
+        assert!(
+            answers.iter().all(|a| a.1["uuid"] == answers[0].1["uuid"]),
+            "{header}: {answers:?}"
+        );
+    }
+    // Upbit's identifier is unique: a new request with a used one is an error.
     let first = dave.post("/api/v1/orders", request.clone()).await;
     let again = dave.post("/api/v1/orders", request).await;
-    assert_eq!((first.0, again.0), (201, 200));
-    assert_eq!(first.1["uuid"], again.1["uuid"]);
+    assert_eq!(first.0, 201);
+    assert_eq!(
+        (again.0, again.1["error"]["name"].as_str()),
+        (400, Some("create_bid_error")),
+        "{again:?}"
+    );
+    let (_, open) = dave.get("/api/v1/orders?state=wait").await;
+    assert_eq!(
+        open["orders"].as_array().unwrap().len(),
+        6,
+        "3 racing orders and 3 retried ones, once each"
+    );
     assert_eq!(stack.ledger_mismatches(&db).await, 0);
     stack.stop().await;
 }
