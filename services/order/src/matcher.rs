@@ -322,7 +322,13 @@ impl<'a> Matcher<'a> {
         let mut failed = false;
         let mut left_bid = trade.volume - used_bid;
         let mut left_ask = trade.volume - used_ask;
-        for open in self.book.crossing(&trade.market, trade.price, trade.ms) {
+        let mut queue: VecDeque<(Resting, bool)> = self
+            .book
+            .crossing(&trade.market, trade.price, trade.ms)
+            .into_iter()
+            .map(|o| (o, true))
+            .collect();
+        while let Some((open, first_try)) = queue.pop_front() {
             let left = match open.side {
                 Side::Bid => &mut left_bid,
                 Side::Ask => &mut left_ask,
@@ -364,9 +370,21 @@ impl<'a> Matcher<'a> {
                         .upsert(&trade.market, Resting::from_row(&row), open.id);
                 }
                 Ok(None) => {
-                    // Cancelled, changed or filled by this trade meanwhile.
-                    if let Err(e) = self.refresh(open.id).await {
-                        tracing::warn!(order = %open.id, error = %e, "matcher: cannot refresh an order");
+                    // Cancelled, changed or filled by this trade meanwhile:
+                    // read it again, and if it is still open, try once more.
+                    match store::get(self.orders.pool(), open.id).await {
+                        Ok(Some(row)) => {
+                            let now = Resting::from_row(&row);
+                            self.book.upsert(&row.market, now.clone(), row.id);
+                            if let Some(now) = now.filter(|_| first_try) {
+                                queue.push_front((now, false));
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(order = %open.id, error = %e, "matcher: cannot refresh an order");
+                            failed = true;
+                        }
                     }
                 }
                 Err(e) => {
@@ -418,8 +436,15 @@ impl<'a> Matcher<'a> {
     }
 
     /// Matches the stored trades of the markets waiting to catch up, from
-    /// where each catch-up starts, with what earlier fills left of each.
+    /// where each catch-up starts, with what earlier fills left of each. The
+    /// book is read afresh first: notifications still on their way must not
+    /// keep an order out of trades it was open for.
     async fn catch_up(&mut self) {
+        if let Err(e) = self.reload().await {
+            tracing::warn!(error = %format!("{e:#}"), "matcher: cannot read the open orders; catching up later");
+            self.rechecks.push_back(Instant::now() + RECHECKS[0]);
+            return;
+        }
         let markets: Vec<(String, i64)> = self
             .catch_up_from
             .iter()
@@ -439,6 +464,7 @@ impl<'a> Matcher<'a> {
             timestamp: from_ms,
             sequential_id: i64::MIN,
         };
+        let mut matched = 0;
         loop {
             let page = self
                 .orders
@@ -453,7 +479,7 @@ impl<'a> Matcher<'a> {
                 .into_inner()
                 .trades;
             let Some(last) = page.last() else {
-                return Ok(());
+                break;
             };
             after = md::TradePosition {
                 timestamp: last.trade_timestamp,
@@ -482,11 +508,16 @@ impl<'a> Matcher<'a> {
                     .unwrap_or_default();
                 self.fill(trade, bid, ask).await;
                 metrics::CAUGHT_UP_TRADES.inc();
+                matched += 1;
             }
             if page.len() < PAGE as usize {
-                return Ok(());
+                break;
             }
         }
+        if matched > 0 {
+            tracing::info!(%market, from_ms, matched, "matcher: caught up with stored trades");
+        }
+        Ok(())
     }
 }
 
@@ -516,7 +547,7 @@ pub async fn run(
             }
             tracing::info!("matcher: this replica leads matching and recovery");
             lead(
-                &orders,
+                orders.clone(),
                 &database_url,
                 &mut conn,
                 recovery_every,
@@ -541,8 +572,17 @@ pub async fn run(
     }
 }
 
+/// Aborts a task when dropped.
+struct Background(tokio::task::JoinHandle<()>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn lead(
-    orders: &Orders,
+    orders: Arc<Orders>,
     database_url: &sqlx::postgres::PgConnectOptions,
     lock: &mut PgConnection,
     recovery_every: Duration,
@@ -552,9 +592,20 @@ async fn lead(
     let mut listener =
         PgListener::connect_with(&sqlx::PgPool::connect_lazy_with(database_url.clone())).await?;
     listener.listen("order_events").await?;
-    if let Err(e) = orders.recover(recovery_min_age).await {
-        tracing::warn!(error = %e, "recovery pass failed; will retry");
-    }
+    // Recovery runs beside matching, never in its way: a long pass (many
+    // orders to finish after an outage) must not hold up the trades.
+    let _recovery = Background(tokio::spawn({
+        let orders = orders.clone();
+        async move {
+            loop {
+                if let Err(e) = orders.recover(recovery_min_age).await {
+                    tracing::warn!(error = %e, "recovery pass failed; will retry");
+                }
+                tokio::time::sleep(recovery_every).await;
+            }
+        }
+    }));
+    let orders = &*orders;
     let mut matcher = Matcher::new(orders).await?;
     // One stream of every market's trades, held for the whole leadership:
     // resubscribing as the set of markets with open orders changed would
@@ -627,9 +678,6 @@ async fn lead(
             _ = tick.tick() => {
                 // Still holding the lock (the connection is alive)?
                 sqlx::query("SELECT 1").execute(&mut *lock).await?;
-                if let Err(e) = orders.recover(recovery_min_age).await {
-                    tracing::warn!(error = %e, "recovery pass failed; will retry");
-                }
                 if let Err(e) = matcher.save().await {
                     tracing::warn!(error = %e, "matcher: saving cursors failed; will retry");
                 }
