@@ -65,16 +65,27 @@ pub fn classify(code: Code) -> (StatusCode, &'static str) {
     }
 }
 
+/// The code of a status, where a call that broke on its way (the connection
+/// to the service reset mid-call: tonic's client-side "transport error", code
+/// UNKNOWN) counts as the service being unavailable, not as its failure.
+fn code_of(status: &tonic::Status) -> Code {
+    match status.code() {
+        Code::Unknown if std::error::Error::source(status).is_some() => Code::Unavailable,
+        code => code,
+    }
+}
+
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
-        let (http, default_name) = classify(status.code());
+        let code = code_of(&status);
+        let (http, default_name) = classify(code);
         let name = status
             .metadata()
             .get(ERROR_NAME)
             .and_then(|v| v.to_str().ok())
             .unwrap_or(default_name)
             .to_owned();
-        let message = match status.code() {
+        let message = match code {
             // These messages are written for clients by the services.
             Code::InvalidArgument
             | Code::OutOfRange
@@ -88,12 +99,12 @@ impl From<tonic::Status> for ApiError {
             // A named unavailability (a stale market feed) is explained to the client.
             Code::Unavailable if name != default_name => status.message().to_owned(),
             Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded => {
-                tracing::warn!(code = ?status.code(), message = status.message(), "upstream unavailable");
+                tracing::warn!(?code, message = status.message(), "upstream unavailable");
                 "the service is temporarily unavailable; retry shortly".to_owned()
             }
             Code::Unimplemented => "not implemented yet".to_owned(),
             _ => {
-                tracing::error!(code = ?status.code(), message = status.message(), "upstream failure");
+                tracing::error!(?code, message = status.message(), "upstream failure");
                 "internal error".to_owned()
             }
         };
@@ -115,5 +126,28 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = upbit::error::ErrorResponse::new(self.name, self.message);
         (self.status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_broken_on_its_way_is_a_503_and_a_service_failure_a_500() {
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset",
+        )));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert_eq!(
+            ApiError::from(broken).status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let failed = tonic::Status::unknown("the service failed");
+        assert_eq!(
+            ApiError::from(failed).status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }
