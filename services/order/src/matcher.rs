@@ -8,8 +8,11 @@
 //! notifications), follows market-data's trade stream (all markets, one
 //! subscription), and on each trade fills, in price then time priority, the
 //! bids priced at or above it and the asks at or below it, up to the trade's
-//! volume, at each order's own limit price. Each fill records the trade that
-//! made it, so no trade fills an order twice.
+//! volume, at each order's own limit price. An order takes part in the trades
+//! from the moment it opened (left PENDING); one that reaches the book a
+//! moment after a trade it was open for is matched against the trades of the
+//! last seconds kept in memory. Each fill records the trade that made it, so
+//! no trade fills an order twice.
 //!
 //! No trade is missed: the last trade processed per market is kept (and saved
 //! in `matcher_cursors` on every recovery tick), and whenever the stream is
@@ -49,6 +52,9 @@ const CATCH_UP_OVERLAP_MS: i64 = 10_000;
 const PAGE: u32 = 500;
 /// Trade ids remembered per market, so a trade seen twice is matched once.
 const SEEN: usize = 20_000;
+/// Trades kept in memory, with what is left of them, for orders that reach the
+/// book a moment after a trade they were open for.
+const RECENT_MS: i64 = 5_000;
 /// After the stream opened, catch up again from the same point after these
 /// delays: trades still on their way to Postgres at the first pass.
 const RECHECKS: [Duration; 3] = [
@@ -65,7 +71,8 @@ struct Resting {
     remaining: Decimal,
     trades_count: i32,
     fee_rate: Decimal,
-    created_ms: i64,
+    /// When the order opened: it takes part in trades from then on.
+    since_ms: i64,
 }
 
 impl Resting {
@@ -80,7 +87,7 @@ impl Resting {
             remaining: row.volume? - row.executed_volume,
             trades_count: row.trades_count,
             fee_rate: row.fee_rate,
-            created_ms: row.created_at.timestamp_millis(),
+            since_ms: row.opened_at.unwrap_or(row.created_at).timestamp_millis(),
         })
     }
 }
@@ -102,7 +109,7 @@ impl MarketBook {
         self.bids
             .values()
             .chain(self.asks.values())
-            .map(|o| o.created_ms)
+            .map(|o| o.since_ms)
             .min()
     }
 }
@@ -136,11 +143,11 @@ impl Book {
             return;
         };
         self.located
-            .insert(id, (market.to_owned(), o.side, o.price, o.created_ms));
+            .insert(id, (market.to_owned(), o.side, o.price, o.since_ms));
         let book = self.markets.entry(market.to_owned()).or_default();
         match o.side {
-            Side::Bid => book.bids.insert((Reverse(o.price), o.created_ms, id), o),
-            Side::Ask => book.asks.insert((o.price, o.created_ms, id), o),
+            Side::Bid => book.bids.insert((Reverse(o.price), o.since_ms, id), o),
+            Side::Ask => book.asks.insert((o.price, o.since_ms, id), o),
         };
     }
 
@@ -154,17 +161,18 @@ impl Book {
             .bids
             .values()
             .take_while(|o| o.price >= price)
-            .filter(|o| o.created_ms <= trade_ms);
+            .filter(|o| o.since_ms <= trade_ms);
         let asks = book
             .asks
             .values()
             .take_while(|o| o.price <= price)
-            .filter(|o| o.created_ms <= trade_ms);
+            .filter(|o| o.since_ms <= trade_ms);
         bids.chain(asks).cloned().collect()
     }
 }
 
 /// A trade from market-data, read.
+#[derive(Clone)]
 struct Trade {
     market: String,
     price: Decimal,
@@ -235,11 +243,20 @@ impl Progress {
     }
 }
 
+/// A trade matched lately, with what is left of its volume on each side.
+struct Recent {
+    trade: Trade,
+    left_bid: Decimal,
+    left_ask: Decimal,
+}
+
 /// The leader's state while it leads.
 struct Matcher<'a> {
     orders: &'a Orders,
     book: Book,
     progress: Progress,
+    /// Per market, the trades of the last `RECENT_MS`, oldest first.
+    recent: HashMap<String, VecDeque<Recent>>,
     /// Where the pending catch-ups start per market (ms), and when they run.
     catch_up_from: HashMap<String, i64>,
     rechecks: VecDeque<Instant>,
@@ -251,6 +268,7 @@ impl<'a> Matcher<'a> {
             orders,
             book: Book::default(),
             progress: Progress::default(),
+            recent: HashMap::new(),
             catch_up_from: HashMap::new(),
             rechecks: VecDeque::new(),
         };
@@ -261,22 +279,87 @@ impl<'a> Matcher<'a> {
         Ok(matcher)
     }
 
-    /// Reloads the resting orders from the database.
+    /// Reloads the resting orders from the database; those new to the book are
+    /// matched against the recent trades.
     async fn reload(&mut self) -> anyhow::Result<()> {
-        self.book = Book::default();
+        let before = std::mem::take(&mut self.book);
+        let mut arrived = Vec::new();
         for row in store::waiting(self.orders.pool()).await? {
-            self.book
-                .upsert(&row.market, Resting::from_row(&row), row.id);
+            let order = Resting::from_row(&row);
+            if !before.located.contains_key(&row.id)
+                && let Some(o) = &order
+            {
+                arrived.push((row.market.clone(), o.clone()));
+            }
+            self.book.upsert(&row.market, order, row.id);
+        }
+        for (market, order) in arrived {
+            self.replay(&market, order).await;
         }
         Ok(())
     }
 
     async fn refresh(&mut self, id: Uuid) -> anyhow::Result<()> {
         if let Some(row) = store::get(self.orders.pool(), id).await? {
-            self.book
-                .upsert(&row.market, Resting::from_row(&row), row.id);
+            let new = !self.book.located.contains_key(&row.id);
+            let order = Resting::from_row(&row);
+            self.book.upsert(&row.market, order.clone(), row.id);
+            if let Some(order) = order.filter(|_| new) {
+                self.replay(&row.market, order).await;
+            }
         }
         Ok(())
+    }
+
+    /// An order just reached the book: the recent trades it was open for, and
+    /// that others left volume of, fill it now.
+    async fn replay(&mut self, market: &str, order: Resting) {
+        let Some(recent) = self.recent.get(market) else {
+            return;
+        };
+        let missed: Vec<(Trade, Decimal, Decimal)> = recent
+            .iter()
+            .filter(|r| r.trade.ms >= order.since_ms)
+            .filter(|r| match order.side {
+                Side::Bid => order.price >= r.trade.price && r.left_bid > Decimal::ZERO,
+                Side::Ask => order.price <= r.trade.price && r.left_ask > Decimal::ZERO,
+            })
+            .map(|r| (r.trade.clone(), r.left_bid, r.left_ask))
+            .collect();
+        for (trade, left_bid, left_ask) in missed {
+            let Some(now) = self
+                .book
+                .located
+                .contains_key(&order.id)
+                .then(|| self.current(market, order.id))
+                .flatten()
+            else {
+                return;
+            };
+            let (left_bid, left_ask, failed) = self
+                .fill_orders(&trade, vec![now], left_bid, left_ask)
+                .await;
+            if failed {
+                self.retry(&trade);
+            }
+            if let Some(r) = self
+                .recent
+                .get_mut(market)
+                .and_then(|q| q.iter_mut().find(|r| r.trade.id == trade.id))
+            {
+                (r.left_bid, r.left_ask) = (left_bid, left_ask);
+            }
+        }
+    }
+
+    /// The order `id` as the book holds it now.
+    fn current(&self, market: &str, id: Uuid) -> Option<Resting> {
+        let (_, side, price, since) = self.book.located.get(&id)?;
+        let book = self.book.markets.get(market)?;
+        match side {
+            Side::Bid => book.bids.get(&(Reverse(*price), *since, id)).cloned(),
+            Side::Ask => book.asks.get(&(*price, *since, id)).cloned(),
+        }
     }
 
     /// Saves the cursors if they moved.
@@ -317,17 +400,48 @@ impl<'a> Matcher<'a> {
     }
 
     /// Fills the orders `trade` crosses with what is left of its volume after
-    /// earlier fills used `used_bid` (by bids) and `used_ask` (by asks).
+    /// earlier fills used `used_bid` (by bids) and `used_ask` (by asks), and
+    /// keeps it among the recent trades.
     async fn fill(&mut self, trade: &Trade, used_bid: Decimal, used_ask: Decimal) {
+        let crossing = self.book.crossing(&trade.market, trade.price, trade.ms);
+        let (left_bid, left_ask, failed) = self
+            .fill_orders(
+                trade,
+                crossing,
+                trade.volume - used_bid,
+                trade.volume - used_ask,
+            )
+            .await;
+        if failed {
+            self.retry(trade);
+        }
+        let recent = self.recent.entry(trade.market.clone()).or_default();
+        recent.push_back(Recent {
+            trade: trade.clone(),
+            left_bid,
+            left_ask,
+        });
+        let newest = recent.iter().map(|r| r.trade.ms).max().unwrap_or(trade.ms);
+        while recent
+            .front()
+            .is_some_and(|r| r.trade.ms < newest - RECENT_MS || recent.len() > SEEN)
+        {
+            recent.pop_front();
+        }
+    }
+
+    /// Fills `orders` (in priority order) from `trade`, `left_bid` and
+    /// `left_ask` being what is left of it on each side; returns what is left
+    /// after, and whether a fill failed.
+    async fn fill_orders(
+        &mut self,
+        trade: &Trade,
+        orders: Vec<Resting>,
+        mut left_bid: Decimal,
+        mut left_ask: Decimal,
+    ) -> (Decimal, Decimal, bool) {
         let mut failed = false;
-        let mut left_bid = trade.volume - used_bid;
-        let mut left_ask = trade.volume - used_ask;
-        let mut queue: VecDeque<(Resting, bool)> = self
-            .book
-            .crossing(&trade.market, trade.price, trade.ms)
-            .into_iter()
-            .map(|o| (o, true))
-            .collect();
+        let mut queue: VecDeque<(Resting, bool)> = orders.into_iter().map(|o| (o, true)).collect();
         while let Some((open, first_try)) = queue.pop_front() {
             let left = match open.side {
                 Side::Bid => &mut left_bid,
@@ -393,9 +507,7 @@ impl<'a> Matcher<'a> {
                 }
             }
         }
-        if failed {
-            self.retry(trade);
-        }
+        (left_bid, left_ask, failed)
     }
 
     /// The stream (re)opened: catches up now and a few times over the next
@@ -445,6 +557,9 @@ impl<'a> Matcher<'a> {
             self.rechecks.push_back(Instant::now() + RECHECKS[0]);
             return;
         }
+        // Only what traded before now: later trades come on the live stream
+        // (which is open), matched with the book as notifications keep it.
+        let until = chrono::Utc::now().timestamp_millis();
         let markets: Vec<(String, i64)> = self
             .catch_up_from
             .iter()
@@ -452,14 +567,19 @@ impl<'a> Matcher<'a> {
             .map(|(m, ms)| (m.clone(), *ms))
             .collect();
         for (market, from) in markets {
-            if let Err(e) = self.catch_up_market(&market, from).await {
+            if let Err(e) = self.catch_up_market(&market, from, until).await {
                 tracing::warn!(%market, error = %format!("{e:#}"), "matcher: catching up failed; tried again later");
                 self.rechecks.push_back(Instant::now() + RECHECKS[0]);
             }
         }
     }
 
-    async fn catch_up_market(&mut self, market: &str, from_ms: i64) -> anyhow::Result<()> {
+    async fn catch_up_market(
+        &mut self,
+        market: &str,
+        from_ms: i64,
+        until_ms: i64,
+    ) -> anyhow::Result<()> {
         let mut after = md::TradePosition {
             timestamp: from_ms,
             sequential_id: i64::MIN,
@@ -485,8 +605,10 @@ impl<'a> Matcher<'a> {
                 timestamp: last.trade_timestamp,
                 sequential_id: last.sequential_id,
             };
+            let past_until = page.iter().any(|t| t.trade_timestamp > until_ms);
             let fresh: Vec<Trade> = page
                 .iter()
+                .filter(|t| t.trade_timestamp <= until_ms)
                 .filter(|t| !self.progress.seen(market, t.sequential_id))
                 .filter_map(Trade::read)
                 .collect();
@@ -510,7 +632,7 @@ impl<'a> Matcher<'a> {
                 metrics::CAUGHT_UP_TRADES.inc();
                 matched += 1;
             }
-            if page.len() < PAGE as usize {
+            if page.len() < PAGE as usize || past_until {
                 break;
             }
         }
@@ -695,7 +817,7 @@ mod tests {
 
     use super::*;
 
-    fn resting(side: Side, price: &str, created_ms: i64) -> Resting {
+    fn resting(side: Side, price: &str, since_ms: i64) -> Resting {
         Resting {
             id: Uuid::new_v4(),
             side,
@@ -703,7 +825,7 @@ mod tests {
             remaining: Decimal::ONE,
             trades_count: 0,
             fee_rate: Decimal::ZERO,
-            created_ms,
+            since_ms,
         }
     }
 

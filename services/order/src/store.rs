@@ -11,7 +11,8 @@ use crate::domain::{Exec, Side};
 /// Columns of an order, as selected everywhere.
 const COLUMNS: &str = "id, user_id, identifier, market, side, ord_type, price, volume, state, \
      reserved_currency, reserved_amount, executed_volume, executed_funds, paid_fee, trades_count, \
-     reject_reason, created_at, updated_at, fee_rate, plan, finalized, request_key, plan_deadline";
+     reject_reason, created_at, updated_at, fee_rate, plan, finalized, request_key, plan_deadline, \
+     opened_at";
 
 const NOTIFY: &str = "pg_notify('order_events', id::text || ' ' || user_id::text) AS notified";
 
@@ -41,6 +42,8 @@ pub struct OrderRow {
     pub request_key: Option<String>,
     /// When inventory must have reserved the funds for `plan` by.
     pub plan_deadline: Option<DateTime<Utc>>,
+    /// When the order was confirmed (left PENDING).
+    pub opened_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
