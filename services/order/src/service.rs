@@ -63,6 +63,9 @@ pub struct View {
     pub executions: Vec<ExecRow>,
 }
 
+/// Unfinished orders recovery works on at once.
+const RECOVERY_CONCURRENCY: usize = 8;
+
 /// How orders are placed and kept.
 #[derive(Clone, Debug)]
 pub struct Rules {
@@ -619,38 +622,16 @@ impl Orders {
     /// docs). An order that cannot be finished now goes to the back of the
     /// queue; the others are not held up by it. Returns how many it finished.
     pub async fn recover(&self, min_age: Duration) -> Result<usize, OrderError> {
+        use futures_util::StreamExt;
         let cutoff = Utc::now() - chrono::Duration::from_std(min_age).unwrap_or_default();
-        let mut finished = 0;
-        for row in store::unfinished(&self.pool, cutoff, 200).await? {
-            let id = row.id;
-            let result = if row.state == "pending" {
-                self.recover_pending(row).await
-            } else {
-                self.settle_all(&row, true).await.map(|()| true)
-            };
-            match result {
-                Ok(true) => {
-                    if let Some(now) = store::get(&self.pool, id).await?
-                        && now.state != "pending"
-                        && !now.finalized
-                        && now.state != "wait"
-                    {
-                        store::mark_finalized(&self.pool, id).await?;
-                    }
-                    finished += 1;
-                    tracing::info!(order = %id, "recovered an unfinished order");
-                }
-                Ok(false) => store::touch(&self.pool, id).await?,
-                Err(OrderError::InsufficientFunds(_)) => {
-                    finished += 1;
-                    tracing::info!(order = %id, "recovered order rejected: insufficient funds");
-                }
-                Err(e) => {
-                    tracing::warn!(order = %id, error = %e, "recovery will retry this order");
-                    store::touch(&self.pool, id).await?;
-                }
-            }
-        }
+        let unfinished = store::unfinished(&self.pool, cutoff, 200).await?;
+        // A few at a time: after an outage there may be many, each a few round trips.
+        let mut finished = futures_util::stream::iter(unfinished)
+            .map(|row| self.recover_one(row))
+            .buffer_unordered(RECOVERY_CONCURRENCY)
+            .filter(|done| std::future::ready(*done))
+            .count()
+            .await;
         for row in store::waiting_with_fills(&self.pool, cutoff, 200).await? {
             let settled = async {
                 let reservation = self
@@ -677,6 +658,52 @@ impl Orders {
             }
         }
         Ok(finished)
+    }
+
+    /// Finishes one unfinished order if it can now; one that cannot goes to the
+    /// back of the queue. Whether it was finished.
+    async fn recover_one(&self, row: OrderRow) -> bool {
+        let id = row.id;
+        let result = if row.state == "pending" {
+            self.recover_pending(row).await
+        } else {
+            self.settle_all(&row, true).await.map(|()| true)
+        };
+        let outcome = match result {
+            Ok(true) => {
+                async {
+                    if let Some(now) = store::get(&self.pool, id).await?
+                        && now.state != "pending"
+                        && !now.finalized
+                        && now.state != "wait"
+                    {
+                        store::mark_finalized(&self.pool, id).await?;
+                    }
+                    tracing::info!(order = %id, "recovered an unfinished order");
+                    Ok::<_, OrderError>(true)
+                }
+                .await
+            }
+            Ok(false) => store::touch(&self.pool, id)
+                .await
+                .map(|()| false)
+                .map_err(Into::into),
+            Err(OrderError::InsufficientFunds(_)) => {
+                tracing::info!(order = %id, "recovered order rejected: insufficient funds");
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::warn!(order = %id, error = %e, "recovery will retry this order");
+                store::touch(&self.pool, id)
+                    .await
+                    .map(|()| false)
+                    .map_err(Into::into)
+            }
+        };
+        outcome.unwrap_or_else(|e| {
+            tracing::warn!(order = %id, error = %e, "recovery will retry this order");
+            false
+        })
     }
 
     /// Decides a PENDING order whose plan's deadline has passed: completes the
