@@ -65,12 +65,16 @@ pub fn classify(code: Code) -> (StatusCode, &'static str) {
     }
 }
 
-/// The code of a status, where a call that broke on its way (the connection
-/// to the service reset mid-call: tonic's client-side "transport error", code
-/// UNKNOWN) counts as the service being unavailable, not as its failure.
+/// The code of a status, where a call that broke on its way counts as the
+/// service being unavailable, not as its failure: tonic's client makes such a
+/// status itself, with the transport error as its source — a connection reset
+/// mid-call is UNKNOWN "transport error", an HTTP/2 stream reset or GOAWAY
+/// INTERNAL "h2 protocol error". A status the service sent has no source.
 fn code_of(status: &tonic::Status) -> Code {
     match status.code() {
-        Code::Unknown if std::error::Error::source(status).is_some() => Code::Unavailable,
+        Code::Unknown | Code::Internal if std::error::Error::source(status).is_some() => {
+            Code::Unavailable
+        }
         code => code,
     }
 }
@@ -144,10 +148,21 @@ mod tests {
             ApiError::from(broken).status,
             StatusCode::SERVICE_UNAVAILABLE
         );
-        let failed = tonic::Status::unknown("the service failed");
+        // What tonic's client makes of an HTTP/2 stream reset or GOAWAY.
+        let mut reset = tonic::Status::internal("h2 protocol error: http2 error");
+        reset.set_source(std::sync::Arc::new(std::io::Error::other("stream reset")));
         assert_eq!(
-            ApiError::from(failed).status,
-            StatusCode::INTERNAL_SERVER_ERROR
+            ApiError::from(reset).status,
+            StatusCode::SERVICE_UNAVAILABLE
         );
+        for failed in [
+            tonic::Status::unknown("the service failed"),
+            tonic::Status::internal("the service failed"),
+        ] {
+            assert_eq!(
+                ApiError::from(failed).status,
+                StatusCode::INTERNAL_SERVER_ERROR
+            );
+        }
     }
 }
