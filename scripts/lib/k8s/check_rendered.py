@@ -427,6 +427,26 @@ class Render:
                     self.err(f"{rid}: single destination with weight {weights[0]}")
                 for d in dests:
                     self.check_destination(rid, d["destination"])
+                self.check_retries(rid, route)
+
+    # Retry conditions under which the request may already have been processed.
+    UNSAFE_RETRY = {"unavailable", "5xx", "gateway-error", "reset", "retriable-status-codes",
+                    "internal", "deadline-exceeded", "cancelled", "resource-exhausted", "unknown"}
+    # Services every RPC of which is idempotent (by key) or a read.
+    RETRY_SAFE_APPS = {"inventory", "market-data"}
+
+    def check_retries(self, rid, route):
+        """Retrying after the request may have reached the service is only safe
+        where every call is idempotent: elsewhere a retry can act twice."""
+        on = {c.strip() for c in ((route.get("retries") or {}).get("retryOn") or "").split(",") if c.strip()}
+        unsafe = sorted(on & self.UNSAFE_RETRY)
+        if not unsafe:
+            return
+        for d in route.get("route") or []:
+            svc = self.service_for_host(d["destination"]["host"])
+            apps = {self.tlabels(w).get("app") for w in self.templates_of_service(svc)} if svc else set()
+            for app in sorted(a for a in apps if a not in self.RETRY_SAFE_APPS):
+                self.err(f"{rid}: retries on {','.join(unsafe)} to {app}, whose calls are not all idempotent")
 
     def check_destination(self, rid, dest):
         svc = self.service_for_host(dest["host"])
@@ -779,6 +799,11 @@ def mutations(prefix):
     def m_sa(docs, mesh):
         docs.remove(find(docs, "ServiceAccount", f"{p}-order"))
 
+    def m_retry_order(docs, mesh):
+        for r in find(docs, "VirtualService", f"{p}-order")["spec"]["http"]:
+            if r.get("retries"):
+                r["retries"]["retryOn"] = "connect-failure,refused-stream,unavailable"
+
     return [
         ("canary weights do not sum to 100", "sum to", "canary", m_weights),
         ("subset missing from the DestinationRule", "in no DestinationRule", "canary", m_subset),
@@ -804,6 +829,7 @@ def mutations(prefix):
         ("mTLS not STRICT", "STRICT", "base", m_strict),
         ("pod without a config checksum", "checksum/config", "base", m_checksum),
         ("ServiceAccount not rendered", "ServiceAccount", "base", m_sa),
+        ("order retried after it may have acted", "whose calls are not all idempotent", "base", m_retry_order),
     ]
 
 
