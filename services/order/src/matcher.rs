@@ -23,8 +23,7 @@
 //! Postgres late (market-data writes them behind the live feed, and holds them
 //! while Postgres is away), and a trade whose fill failed is matched again.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,10 +37,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::book::{Book, Resting};
 use crate::domain::{self, Exec, Side};
 use crate::metrics;
 use crate::service::Orders;
-use crate::store::{self, OrderRow};
+use crate::store;
 
 /// The advisory lock key of the matcher.
 const LEADER_LOCK: i64 = 0x004D_4154_4348_4552; // "MATCHER"
@@ -62,114 +62,6 @@ const RECHECKS: [Duration; 3] = [
     Duration::from_secs(10),
     Duration::from_secs(30),
 ];
-
-#[derive(Clone, Debug)]
-struct Resting {
-    id: Uuid,
-    side: Side,
-    price: Decimal,
-    remaining: Decimal,
-    trades_count: i32,
-    fee_rate: Decimal,
-    /// When the order opened: it takes part in trades from then on.
-    since_ms: i64,
-}
-
-impl Resting {
-    fn from_row(row: &OrderRow) -> Option<Self> {
-        if row.state != "wait" || row.ord_type != "limit" {
-            return None;
-        }
-        Some(Self {
-            id: row.id,
-            side: store::side_of(row),
-            price: row.price?,
-            remaining: row.volume? - row.executed_volume,
-            trades_count: row.trades_count,
-            fee_rate: row.fee_rate,
-            since_ms: row.opened_at.unwrap_or(row.created_at).timestamp_millis(),
-        })
-    }
-}
-
-/// One market's resting orders in priority order: bids highest price first,
-/// asks lowest first, then oldest first.
-#[derive(Default)]
-struct MarketBook {
-    bids: BTreeMap<(Reverse<Decimal>, i64, Uuid), Resting>,
-    asks: BTreeMap<(Decimal, i64, Uuid), Resting>,
-}
-
-impl MarketBook {
-    fn is_empty(&self) -> bool {
-        self.bids.is_empty() && self.asks.is_empty()
-    }
-
-    fn oldest_ms(&self) -> Option<i64> {
-        self.bids
-            .values()
-            .chain(self.asks.values())
-            .map(|o| o.since_ms)
-            .min()
-    }
-}
-
-/// Open limit orders by market, and where each one is.
-#[derive(Default)]
-struct Book {
-    markets: HashMap<String, MarketBook>,
-    located: HashMap<Uuid, (String, Side, Decimal, i64)>,
-}
-
-impl Book {
-    fn remove(&mut self, id: Uuid) {
-        let Some((market, side, price, created)) = self.located.remove(&id) else {
-            return;
-        };
-        if let Some(book) = self.markets.get_mut(&market) {
-            match side {
-                Side::Bid => book.bids.remove(&(Reverse(price), created, id)),
-                Side::Ask => book.asks.remove(&(price, created, id)),
-            };
-            if book.is_empty() {
-                self.markets.remove(&market);
-            }
-        }
-    }
-
-    fn upsert(&mut self, market: &str, order: Option<Resting>, id: Uuid) {
-        self.remove(id);
-        let Some(o) = order.filter(|o| o.remaining > Decimal::ZERO) else {
-            return;
-        };
-        self.located
-            .insert(id, (market.to_owned(), o.side, o.price, o.since_ms));
-        let book = self.markets.entry(market.to_owned()).or_default();
-        match o.side {
-            Side::Bid => book.bids.insert((Reverse(o.price), o.since_ms, id), o),
-            Side::Ask => book.asks.insert((o.price, o.since_ms, id), o),
-        };
-    }
-
-    /// Orders a trade at `price` made at `trade_ms` fills, in priority order:
-    /// only those that cross, never one placed after the trade.
-    fn crossing(&self, market: &str, price: Decimal, trade_ms: i64) -> Vec<Resting> {
-        let Some(book) = self.markets.get(market) else {
-            return Vec::new();
-        };
-        let bids = book
-            .bids
-            .values()
-            .take_while(|o| o.price >= price)
-            .filter(|o| o.since_ms <= trade_ms);
-        let asks = book
-            .asks
-            .values()
-            .take_while(|o| o.price <= price)
-            .filter(|o| o.since_ms <= trade_ms);
-        bids.chain(asks).cloned().collect()
-    }
-}
 
 /// A trade from market-data, read.
 #[derive(Clone)]
@@ -327,13 +219,7 @@ impl<'a> Matcher<'a> {
             .map(|r| (r.trade.clone(), r.left_bid, r.left_ask))
             .collect();
         for (trade, left_bid, left_ask) in missed {
-            let Some(now) = self
-                .book
-                .located
-                .contains_key(&order.id)
-                .then(|| self.current(market, order.id))
-                .flatten()
-            else {
+            let Some(now) = self.book.get(market, order.id) else {
                 return;
             };
             let (left_bid, left_ask, failed) = self
@@ -349,16 +235,6 @@ impl<'a> Matcher<'a> {
             {
                 (r.left_bid, r.left_ask) = (left_bid, left_ask);
             }
-        }
-    }
-
-    /// The order `id` as the book holds it now.
-    fn current(&self, market: &str, id: Uuid) -> Option<Resting> {
-        let (_, side, price, since) = self.book.located.get(&id)?;
-        let book = self.book.markets.get(market)?;
-        match side {
-            Side::Bid => book.bids.get(&(Reverse(*price), *since, id)).cloned(),
-            Side::Ask => book.asks.get(&(*price, *since, id)).cloned(),
         }
     }
 
@@ -813,58 +689,7 @@ async fn lead(
 
 #[cfg(test)]
 mod tests {
-    use std::str::FromStr;
-
     use super::*;
-
-    fn resting(side: Side, price: &str, since_ms: i64) -> Resting {
-        Resting {
-            id: Uuid::new_v4(),
-            side,
-            price: Decimal::from_str(price).unwrap(),
-            remaining: Decimal::ONE,
-            trades_count: 0,
-            fee_rate: Decimal::ZERO,
-            since_ms,
-        }
-    }
-
-    #[test]
-    fn a_trade_meets_only_the_orders_it_crosses_best_price_then_oldest_first() {
-        let mut book = Book::default();
-        let orders = [
-            resting(Side::Bid, "100", 5),
-            resting(Side::Bid, "102", 9),
-            resting(Side::Bid, "102", 3),
-            resting(Side::Bid, "99", 1),
-            resting(Side::Ask, "98", 2),
-            resting(Side::Ask, "101", 1),
-            resting(Side::Ask, "97", 4),
-            resting(Side::Bid, "103", 50),
-        ];
-        for o in &orders {
-            book.upsert("KRW-X", Some(o.clone()), o.id);
-        }
-        let ids = |v: Vec<Resting>| v.into_iter().map(|o| o.id).collect::<Vec<_>>();
-        let crossing = book.crossing("KRW-X", Decimal::from(100), 10);
-        assert_eq!(
-            ids(crossing),
-            [
-                orders[2].id,
-                orders[1].id,
-                orders[0].id,
-                orders[6].id,
-                orders[4].id
-            ],
-            "bids at or above 100 by price then age, asks at or below; the bid placed after the trade waits"
-        );
-        assert!(book.crossing("KRW-Y", Decimal::from(100), 10).is_empty());
-        // Filled or cancelled orders leave the book; so does a market's last one.
-        for o in &orders {
-            book.upsert("KRW-X", None, o.id);
-        }
-        assert!(book.markets.is_empty() && book.located.is_empty());
-    }
 
     #[test]
     fn progress_remembers_trades_and_keeps_the_newest_position() {

@@ -35,6 +35,8 @@ use crate::domain::{self, Exec, Level, OrdType, Side, Validated};
 use crate::error::OrderError;
 use crate::store::{self, ExecRow, NewOrder, OrderRow};
 
+mod recovery;
+
 /// Where to crash on purpose (`FAULT_AFTER`), to demonstrate and test recovery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Fault {
@@ -62,9 +64,6 @@ pub struct View {
     pub order: OrderRow,
     pub executions: Vec<ExecRow>,
 }
-
-/// Unfinished orders recovery works on at once.
-const RECOVERY_CONCURRENCY: usize = 8;
 
 /// How orders are placed and kept.
 #[derive(Clone, Debug)]
@@ -296,65 +295,10 @@ impl Orders {
     /// with the same request key gets the first order, `false`). The order is
     /// PENDING when inventory's answer did not come in time.
     pub async fn place(&self, req: Place<'_>) -> Result<(View, bool), OrderError> {
-        for (field, value, max) in [
-            ("identifier", req.identifier, 100),
-            ("request key", req.request_key, 128),
-        ] {
-            if value.is_some_and(|v| v.is_empty() || v.len() > max) {
-                return Err(OrderError::invalid(format!(
-                    "{field} must be 1 to {max} characters"
-                )));
-            }
-        }
-        if let Some(view) = self.retried(&req).await? {
+        if let Some(view) = self.admit(&req).await? {
             return Ok((view, false));
         }
-        if let Some(identifier) = req.identifier
-            && store::identifier_used(&self.pool, req.user, identifier).await?
-        {
-            // Used by this very request, if it is a retry racing its original.
-            if let Some(view) = self.retried(&req).await? {
-                return Ok((view, false));
-            }
-            return Err(Self::duplicate_identifier(req.side, identifier));
-        }
-        let price = domain::parse_amount("price", req.price)?;
-        let volume = domain::parse_amount("volume", req.volume)?;
-        upbit::market::MarketCode::parse(req.market)
-            .map_err(|e| OrderError::invalid(e.to_string()))?;
-        if !self.known_market(req.market).await? {
-            return Err(OrderError::invalid(format!(
-                "market {} does not exist",
-                req.market
-            )));
-        }
-        let open = store::open_count(&self.pool, req.user).await?;
-        if open >= self.rules.max_open_orders {
-            return Err(OrderError::Named(
-                domain::create_error(req.side),
-                format!(
-                    "at most {} orders may be open at once; cancel some first",
-                    self.rules.max_open_orders
-                ),
-            ));
-        }
-        let levels = self.levels(req.market, req.side).await?;
-        let reference = levels.first().map(|l| l.price);
-        let order = domain::validate(
-            req.market,
-            req.side,
-            req.ord_type,
-            price,
-            volume,
-            self.rules.fee_rate,
-            reference,
-        )?;
-        let plan = domain::walk(&order, &levels)?;
-        if order.ord_type != OrdType::Limit && plan.is_empty() {
-            return Err(OrderError::invalid(
-                "no liquidity in the orderbook for a market order",
-            ));
-        }
+        let (order, plan) = self.plan(&req).await?;
         let new = NewOrder {
             id: Uuid::now_v7(),
             user: req.user,
@@ -425,6 +369,77 @@ impl Orders {
             },
             true,
         ))
+    }
+
+    /// Whether a request may make an order: `Some` with the order a retry of
+    /// it made before; an error for a used identifier or a malformed key.
+    async fn admit(&self, req: &Place<'_>) -> Result<Option<View>, OrderError> {
+        for (field, value, max) in [
+            ("identifier", req.identifier, 100),
+            ("request key", req.request_key, 128),
+        ] {
+            if value.is_some_and(|v| v.is_empty() || v.len() > max) {
+                return Err(OrderError::invalid(format!(
+                    "{field} must be 1 to {max} characters"
+                )));
+            }
+        }
+        if let Some(view) = self.retried(req).await? {
+            return Ok(Some(view));
+        }
+        if let Some(identifier) = req.identifier
+            && store::identifier_used(&self.pool, req.user, identifier).await?
+        {
+            // Used by this very request, if it is a retry racing its original.
+            return match self.retried(req).await? {
+                Some(view) => Ok(Some(view)),
+                None => Err(Self::duplicate_identifier(req.side, identifier)),
+            };
+        }
+        Ok(None)
+    }
+
+    /// The order validated as Upbit does, within the user's open-order cap,
+    /// and what it fills at once against the live (fresh) orderbook.
+    async fn plan(&self, req: &Place<'_>) -> Result<(Validated, Vec<Exec>), OrderError> {
+        let price = domain::parse_amount("price", req.price)?;
+        let volume = domain::parse_amount("volume", req.volume)?;
+        upbit::market::MarketCode::parse(req.market)
+            .map_err(|e| OrderError::invalid(e.to_string()))?;
+        if !self.known_market(req.market).await? {
+            return Err(OrderError::invalid(format!(
+                "market {} does not exist",
+                req.market
+            )));
+        }
+        let open = store::open_count(&self.pool, req.user).await?;
+        if open >= self.rules.max_open_orders {
+            return Err(OrderError::Named(
+                domain::create_error(req.side),
+                format!(
+                    "at most {} orders may be open at once; cancel some first",
+                    self.rules.max_open_orders
+                ),
+            ));
+        }
+        let levels = self.levels(req.market, req.side).await?;
+        let reference = levels.first().map(|l| l.price);
+        let order = domain::validate(
+            req.market,
+            req.side,
+            req.ord_type,
+            price,
+            volume,
+            self.rules.fee_rate,
+            reference,
+        )?;
+        let plan = domain::walk(&order, &levels)?;
+        if order.ord_type != OrdType::Limit && plan.is_empty() {
+            return Err(OrderError::invalid(
+                "no liquidity in the orderbook for a market order",
+            ));
+        }
+        Ok((order, plan))
     }
 
     /// Reserves for a PENDING order's terms and settles its planned fills in
@@ -616,170 +631,5 @@ impl Orders {
             .await?
             .ok_or(OrderError::NotFound)?;
         self.view(order).await
-    }
-
-    /// Finishes orders a crash or a lost answer left half done (see the module
-    /// docs). An order that cannot be finished now goes to the back of the
-    /// queue; the others are not held up by it. Returns how many it finished.
-    pub async fn recover(&self, min_age: Duration) -> Result<usize, OrderError> {
-        use futures_util::StreamExt;
-        let cutoff = Utc::now() - chrono::Duration::from_std(min_age).unwrap_or_default();
-        let unfinished = store::unfinished(&self.pool, cutoff, 200).await?;
-        // A few at a time: after an outage there may be many, each a few round trips.
-        let mut finished = futures_util::stream::iter(unfinished)
-            .map(|row| self.recover_one(row))
-            .buffer_unordered(RECOVERY_CONCURRENCY)
-            .filter(|done| std::future::ready(*done))
-            .count()
-            .await;
-        for row in store::waiting_with_fills(&self.pool, cutoff, 200).await? {
-            let settled = async {
-                let reservation = self
-                    .inventory
-                    .clone()
-                    .get_reservation(inv::GetReservationRequest {
-                        order_id: row.id.to_string(),
-                    })
-                    .await
-                    .map_err(|s| unavailable("inventory", &s))?
-                    .into_inner();
-                if (reservation.last_fill_seq as i32) < row.trades_count {
-                    self.settle_all(&row, false).await?;
-                    return Ok::<_, OrderError>(true);
-                }
-                Ok(false)
-            };
-            match settled.await {
-                Ok(true) => finished += 1,
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(order = %row.id, error = %e, "recovery will retry settling this order's fills")
-                }
-            }
-        }
-        Ok(finished)
-    }
-
-    /// Finishes one unfinished order if it can now; one that cannot goes to the
-    /// back of the queue. Whether it was finished.
-    async fn recover_one(&self, row: OrderRow) -> bool {
-        let id = row.id;
-        let result = if row.state == "pending" {
-            self.recover_pending(row).await
-        } else {
-            self.settle_all(&row, true).await.map(|()| true)
-        };
-        let outcome = match result {
-            Ok(true) => {
-                async {
-                    if let Some(now) = store::get(&self.pool, id).await?
-                        && now.state != "pending"
-                        && !now.finalized
-                        && now.state != "wait"
-                    {
-                        store::mark_finalized(&self.pool, id).await?;
-                    }
-                    tracing::info!(order = %id, "recovered an unfinished order");
-                    Ok::<_, OrderError>(true)
-                }
-                .await
-            }
-            Ok(false) => store::touch(&self.pool, id)
-                .await
-                .map(|()| false)
-                .map_err(Into::into),
-            Err(OrderError::InsufficientFunds(_)) => {
-                tracing::info!(order = %id, "recovered order rejected: insufficient funds");
-                Ok(true)
-            }
-            Err(e) => {
-                tracing::warn!(order = %id, error = %e, "recovery will retry this order");
-                store::touch(&self.pool, id)
-                    .await
-                    .map(|()| false)
-                    .map_err(Into::into)
-            }
-        };
-        outcome.unwrap_or_else(|e| {
-            tracing::warn!(order = %id, error = %e, "recovery will retry this order");
-            false
-        })
-    }
-
-    /// Decides a PENDING order whose plan's deadline has passed: completes the
-    /// plan if inventory executed it, plans it again if not. `Ok(false)` when it
-    /// has to wait (no fresh book yet).
-    async fn recover_pending(&self, row: OrderRow) -> Result<bool, OrderError> {
-        let side = store::side_of(&row);
-        let ord_type = OrdType::parse(&row.ord_type)
-            .ok_or_else(|| OrderError::Internal("bad ord_type".into()))?;
-        let market = upbit::market::MarketCode::parse(&row.market)
-            .map_err(|e| OrderError::Internal(e.to_string()))?;
-        let order = Validated {
-            market,
-            side,
-            ord_type,
-            price: row.price,
-            volume: row.volume,
-            reserve_currency: row.reserved_currency.clone(),
-            reserve_amount: row.reserved_amount,
-            fee_rate: row.fee_rate,
-        };
-        let reservation = self
-            .inventory
-            .clone()
-            .get_reservation(inv::GetReservationRequest {
-                order_id: row.id.to_string(),
-            })
-            .await
-            .map_err(|s| unavailable("inventory", &s))?
-            .into_inner();
-        if reservation.exists {
-            // Inventory executed the stored plan: record it.
-            let plan = store::plan_from_json(&row.plan).ok_or_else(|| {
-                OrderError::Internal(format!("order {} has a malformed plan", row.id))
-            })?;
-            return match self.complete_pending(row, &order, &plan).await? {
-                Outcome::Done(_) => Ok(true),
-                Outcome::Unknown => Ok(false),
-            };
-        }
-        let age = (Utc::now() - row.created_at).to_std().unwrap_or_default();
-        if age > self.rules.pending_give_up {
-            store::reject(&self.pool, row.id, "could not be completed in time").await?;
-            tracing::warn!(order = %row.id, "a pending order could not be completed in time; rejected");
-            return Ok(true);
-        }
-        // Never executed: plan it again against the book as it is now.
-        let levels = match self.levels(&row.market, side).await {
-            Ok(levels) => levels,
-            Err(OrderError::StaleMarket(why) | OrderError::Unavailable(why)) => {
-                tracing::info!(order = %row.id, %why, "recovery waits for a live book");
-                return Ok(false);
-            }
-            Err(e) => return Err(e),
-        };
-        let plan = match domain::walk(&order, &levels) {
-            Ok(plan) if ord_type == OrdType::Limit || !plan.is_empty() => plan,
-            _ => {
-                store::reject(&self.pool, row.id, "no liquidity for a market order").await?;
-                return Ok(true);
-            }
-        };
-        let Some(row) = store::replan(
-            &self.pool,
-            row.id,
-            row.plan_deadline,
-            &plan,
-            self.rules.plan_ttl,
-        )
-        .await?
-        else {
-            return Ok(false);
-        };
-        match self.complete_pending(row, &order, &plan).await? {
-            Outcome::Done(_) => Ok(true),
-            Outcome::Unknown => Ok(false),
-        }
     }
 }

@@ -178,6 +178,25 @@ impl User {
         }
     }
 
+    /// Sends a request, or the same request twice at once.
+    async fn send_copies(
+        &self,
+        twice: bool,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+        auth: bool,
+    ) -> Vec<Answer> {
+        let once = || self.send(method.clone(), path, body, key, auth);
+        if twice {
+            let (a, b) = tokio::join!(once(), once());
+            vec![a, b]
+        } else {
+            vec![once().await]
+        }
+    }
+
     /// Sends a request until it has an answer that is not a failure of the
     /// exchange (a 5xx or none), with the same key every time; sometimes sends
     /// it twice at once. Returns the last answer.
@@ -198,19 +217,19 @@ impl User {
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
             let twice = attempt == 0 && keyed && self.rng.random_bool(self.shared.duplicate);
-            let answers = if twice {
+            if twice {
                 self.shared.duplicated.fetch_add(1, Ordering::Relaxed);
-                let (a, b) = tokio::join!(
-                    self.send(method.clone(), path, body.as_ref(), key.as_deref(), true),
-                    self.send(method.clone(), path, body.as_ref(), key.as_deref(), true),
-                );
-                vec![a, b]
-            } else {
-                vec![
-                    self.send(method.clone(), path, body.as_ref(), key.as_deref(), true)
-                        .await,
-                ]
-            };
+            }
+            let answers = self
+                .send_copies(
+                    twice,
+                    method.clone(),
+                    path,
+                    body.as_ref(),
+                    key.as_deref(),
+                    true,
+                )
+                .await;
             let mut last = None;
             for answer in answers {
                 match &answer {
@@ -313,18 +332,9 @@ impl User {
         let path = "/api/v1/auth/refresh";
         let mut tokens = Vec::new();
         for _ in 0..ATTEMPTS {
-            let answers = if twice {
-                let (a, b) = tokio::join!(
-                    self.send(reqwest::Method::POST, path, Some(&body), None, false),
-                    self.send(reqwest::Method::POST, path, Some(&body), None, false),
-                );
-                vec![a, b]
-            } else {
-                vec![
-                    self.send(reqwest::Method::POST, path, Some(&body), None, false)
-                        .await,
-                ]
-            };
+            let answers = self
+                .send_copies(twice, reqwest::Method::POST, path, Some(&body), None, false)
+                .await;
             let mut failed = false;
             for answer in answers {
                 match answer {
