@@ -19,14 +19,27 @@ pub type Channel = telemetry::grpc::Client<tonic::transport::Channel>;
 /// A lazily connecting channel to `url` (e.g. `http://127.0.0.1:50053`); calls
 /// fail with UNAVAILABLE while the peer is down and succeed once it is back.
 pub fn channel(url: &str) -> anyhow::Result<Channel> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
+    Ok(telemetry::grpc::ClientLayer.layer(endpoint(url)?.timeout(CALL_TIMEOUT).connect_lazy()))
+}
+
+/// How long a call may take to be answered (its response headers: a server
+/// stream's messages may flow for as long as they like after that).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A channel without the call timeout, for client streams (whose answer comes
+/// only when the stream ends, e.g. market-data's `Ingest`).
+pub fn streaming_channel(url: &str) -> anyhow::Result<Channel> {
+    Ok(telemetry::grpc::ClientLayer.layer(endpoint(url)?.connect_lazy()))
+}
+
+fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
+    Ok(Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("invalid gRPC URL `{url}`"))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
-    Ok(telemetry::grpc::ClientLayer.layer(endpoint.connect_lazy()))
+        .keep_alive_while_idle(true))
 }
 
 /// Serves `routes` plus gRPC health and reflection (for the given encoded file

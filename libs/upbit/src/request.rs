@@ -16,6 +16,15 @@ pub const ORDERBOOK_DEPTHS: &[usize] = &[1, 5, 15, 30];
 /// Depth used when none (or an unsupported one) is given.
 pub const DEFAULT_ORDERBOOK_DEPTH: usize = 30;
 
+/// Most type objects one request may hold (Upbit has 15 types; a request
+/// naming more objects than that repeats itself).
+pub const MAX_TYPE_OBJECTS: usize = 15;
+/// Most codes one type object may list (a server checks them against its
+/// markets, so it may allow fewer).
+pub const MAX_CODES: usize = 1000;
+/// Longest market code, with an orderbook depth suffix.
+pub const MAX_CODE_LEN: usize = 32;
+
 /// The data type of one subscription.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum DataType {
@@ -212,8 +221,21 @@ pub fn parse_request(text: &str) -> Result<ClientFrame, ErrorBody> {
             let name = t
                 .as_str()
                 .ok_or_else(|| error("INVALID_PARAM", "type must be a string"))?;
-            let data_type = DataType::parse(name)
-                .ok_or_else(|| error("INVALID_PARAM", format!("unknown type `{name}`")))?;
+            let data_type = DataType::parse(name).ok_or_else(|| {
+                error(
+                    "INVALID_PARAM",
+                    format!(
+                        "unknown type `{}`",
+                        name.chars().take(32).collect::<String>()
+                    ),
+                )
+            })?;
+            if subscriptions.len() == MAX_TYPE_OBJECTS {
+                return Err(error(
+                    "INVALID_PARAM",
+                    format!("at most {MAX_TYPE_OBJECTS} type objects per request"),
+                ));
+            }
             subscriptions.push(parse_type_object(data_type, obj)?);
         } else {
             return Err(error("WRONG_FORMAT", "unrecognised request item"));
@@ -244,12 +266,23 @@ fn parse_type_object(
         }
         Some(_) => return Err(error("INVALID_PARAM", "codes must be an array of strings")),
     };
+    if codes.len() > MAX_CODES {
+        return Err(error(
+            "INVALID_PARAM",
+            format!("at most {MAX_CODES} codes per type"),
+        ));
+    }
     let mut sub = Subscription::new(data_type.clone(), Vec::with_capacity(codes.len()));
     sub.depths.clear();
+    // De-duplicated in linear time: a request may list many codes.
+    let mut seen = std::collections::HashSet::with_capacity(codes.len());
     for code in codes {
         let code = code
             .as_str()
             .ok_or_else(|| error("INVALID_PARAM", "codes must be an array of strings"))?;
+        if code.len() > MAX_CODE_LEN {
+            return Err(error("INVALID_PARAM", "a market code is too long"));
+        }
         let (market, depth) = match code.split_once('.') {
             Some((market, n)) if data_type == DataType::Orderbook => {
                 let depth = n
@@ -264,7 +297,7 @@ fn parse_type_object(
         if market.is_empty() {
             return Err(error("INVALID_PARAM", "empty market code"));
         }
-        if !sub.codes.iter().any(|c| c == market) {
+        if seen.insert(market) {
             sub.codes.push(market.to_owned());
             sub.depths.push(depth);
         }
@@ -379,6 +412,48 @@ mod tests {
             parse_err(r#"[{"ticket":"x"},{"type":"trade","codes":["KRW-BTC"]},{"format":"XML"}]"#),
             "INVALID_PARAM"
         );
+    }
+
+    #[test]
+    fn requests_are_bounded_and_parse_in_linear_time() {
+        let type_objects = |n: usize| {
+            let mut items = vec![r#"{"ticket":"x"}"#.to_owned()];
+            items.extend((0..n).map(|_| r#"{"type":"trade","codes":["KRW-BTC"]}"#.to_owned()));
+            format!("[{}]", items.join(","))
+        };
+        assert!(parse_request(&type_objects(MAX_TYPE_OBJECTS)).is_ok());
+        assert_eq!(
+            parse_err(&type_objects(MAX_TYPE_OBJECTS + 1)),
+            "INVALID_PARAM"
+        );
+        assert_eq!(parse_err(&type_objects(2000)), "INVALID_PARAM");
+        let codes = |n: usize| {
+            let list: Vec<String> = (0..n).map(|i| format!("\"KRW-A{i}\"")).collect();
+            format!(
+                r#"[{{"ticket":"x"}},{{"type":"ticker","codes":[{}]}}]"#,
+                list.join(",")
+            )
+        };
+        let ClientFrame::Subscribe(r) = parse_request(&codes(MAX_CODES)).unwrap() else {
+            panic!("a subscription");
+        };
+        assert_eq!(r.subscriptions[0].codes.len(), MAX_CODES);
+        assert_eq!(parse_err(&codes(MAX_CODES + 1)), "INVALID_PARAM");
+        let long = format!(
+            r#"[{{"ticket":"x"}},{{"type":"ticker","codes":["KRW-{}"]}}]"#,
+            "A".repeat(100)
+        );
+        assert_eq!(parse_err(&long), "INVALID_PARAM");
+        // Many repeats of one code are one code.
+        let repeated: Vec<&str> = std::iter::repeat_n(r#""KRW-BTC""#, MAX_CODES).collect();
+        let text = format!(
+            r#"[{{"ticket":"x"}},{{"type":"ticker","codes":[{}]}}]"#,
+            repeated.join(",")
+        );
+        let ClientFrame::Subscribe(r) = parse_request(&text).unwrap() else {
+            panic!("a subscription");
+        };
+        assert_eq!(r.subscriptions[0].codes, ["KRW-BTC"]);
     }
 
     #[test]

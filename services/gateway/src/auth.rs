@@ -54,7 +54,7 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 async fn verify(
     gw: &Shared,
     credentials: pb::verify_credentials_request::Credentials,
-) -> Result<(Uuid, String), ApiError> {
+) -> Result<Uuid, ApiError> {
     let resp = gw
         .user
         .clone()
@@ -66,7 +66,7 @@ async fn verify(
         .into_inner();
     let user = Uuid::parse_str(&resp.user_id)
         .map_err(|_| ApiError::new(StatusCode::BAD_GATEWAY, "server_error", "bad user id"))?;
-    Ok((user, resp.access_key))
+    Ok(user)
 }
 
 /// Access tokens the user service verified, so that a client's burst of
@@ -141,7 +141,7 @@ impl FromRequestParts<Shared> for NativeUser {
         if let Some(user) = gw.tokens.get(&token, Instant::now()) {
             return Ok(Self(user));
         }
-        let (user, _) = verify(
+        let user = verify(
             gw,
             pb::verify_credentials_request::Credentials::AccessToken(token.clone()),
         )
@@ -157,7 +157,6 @@ impl FromRequestParts<Shared> for NativeUser {
 #[derive(Clone, Debug)]
 pub struct UpbitRequest {
     pub user: Uuid,
-    pub access_key: String,
     pub params: Vec<(String, String)>,
 }
 
@@ -260,16 +259,12 @@ impl FromRequest<Shared> for UpbitRequest {
             jwt,
             query: canonical(&params),
         };
-        let (user, access_key) = verify(
+        let user = verify(
             gw,
             pb::verify_credentials_request::Credentials::Upbit(upbit),
         )
         .await?;
-        Ok(Self {
-            user,
-            access_key,
-            params,
-        })
+        Ok(Self { user, params })
     }
 }
 

@@ -67,6 +67,19 @@ pub struct Config {
     #[arg(long, env = "WS_CONNECT_LIMIT", default_value_t = 5)]
     pub ws_connect_limit: u32,
 
+    /// Largest WebSocket message (and frame) a client may send, in bytes; a
+    /// larger one closes the connection (1009). Upbit's requests are small.
+    #[arg(long, env = "WS_MAX_MESSAGE", default_value_t = 32 * 1024)]
+    pub ws_max_message: usize,
+
+    /// Most WebSocket connections this gateway process holds at once (0 = no limit).
+    #[arg(long, env = "WS_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub ws_max_connections: usize,
+
+    /// Most WebSocket connections from one client IP at once (0 = no limit).
+    #[arg(long, env = "WS_MAX_CONNECTIONS_PER_IP", default_value_t = 200)]
+    pub ws_max_connections_per_ip: usize,
+
     /// Frames queued per WebSocket client before it is disconnected as too slow.
     #[arg(long, env = "WS_BUFFER", default_value_t = 4096)]
     pub ws_buffer: usize,
@@ -75,9 +88,31 @@ pub struct Config {
     #[arg(long, env = "WS_IDLE_TIMEOUT", default_value = "120s", value_parser = service_kit::config::parse_duration)]
     pub ws_idle_timeout: std::time::Duration,
 
-    /// Take the client IP from the first X-Forwarded-For hop (behind the mesh ingress).
-    #[arg(long, env = "TRUST_X_FORWARDED_FOR", default_value_t = true, action = clap::ArgAction::Set)]
-    pub trust_x_forwarded_for: bool,
+    /// Proxies in front of the gateway that append the client's address to
+    /// X-Forwarded-For (1 behind the Istio ingress gateway; 0 when clients
+    /// connect directly). The client IP is the address the outermost of them
+    /// saw; what a client writes into the header itself is never trusted.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value_t = 0)]
+    pub trusted_proxies: usize,
+
+    /// Longest time a request may take to be read and answered (408 beyond).
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = service_kit::config::parse_duration)]
+    pub request_timeout: std::time::Duration,
+
+    /// Requests per second from one client IP on every route, before anything
+    /// else is done for them (0 = no limit).
+    #[arg(long, env = "RATE_LIMIT_IP", default_value_t = 100)]
+    pub rate_limit_ip: u32,
+
+    /// Sign-in, sign-up and refresh requests per minute from one client IP (0 = no limit).
+    #[arg(long, env = "RATE_LIMIT_AUTH", default_value_t = 30)]
+    pub rate_limit_auth: u32,
+
+    /// Failed logins of one account (email) in 15 minutes before its logins are
+    /// refused until the 15 minutes end (0 = no limit). Counted for any email,
+    /// so the answer tells nothing about which accounts exist.
+    #[arg(long, env = "LOGIN_FAILURES", default_value_t = 5)]
+    pub login_failures: u32,
 
     #[command(flatten)]
     pub runtime: RuntimeArgs,

@@ -34,9 +34,10 @@ async fn limit(
     req: &UpbitRequest,
     group: &'static str,
 ) -> Result<(u32, Decision), ApiError> {
+    // Per user, whichever of its keys (or the native API) it uses.
     Ok((
         gw.limits.private(group),
-        private_limit(gw, group, &req.access_key).await?,
+        private_limit(gw, group, &req.user.to_string()).await?,
     ))
 }
 

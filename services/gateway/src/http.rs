@@ -3,14 +3,15 @@
 //! `x-served-by`).
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::middleware;
-use axum::response::IntoResponse;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 
 use crate::error::ApiError;
-use crate::state::Shared;
+use crate::ratelimit::{self, Decision};
+use crate::state::{ClientIp, Shared};
 use crate::{exchange, native, observe, private, quotation, ws};
 
 pub fn router(gw: Shared) -> Router {
@@ -64,6 +65,7 @@ pub fn router(gw: Shared) -> Router {
         .route("/v1/order", get(exchange::get).delete(exchange::cancel))
         .route("/v1/orders/open", get(exchange::open))
         .route("/v1/orders/closed", get(exchange::closed))
+        .route_layer(middleware::from_fn_with_state(gw.clone(), admit))
         .route_layer(middleware::from_fn_with_state(gw.clone(), observe::observe));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -71,6 +73,26 @@ pub fn router(gw: Shared) -> Router {
         .merge(api)
         .fallback(|| async { ApiError::not_found() })
         .with_state(gw)
+}
+
+/// Every route's first step, before any other work for the request: requests
+/// per second from the client's IP (`RATE_LIMIT_IP`); then the request must be
+/// answered within `REQUEST_TIMEOUT`, body read included (a WebSocket is
+/// answered at once with its upgrade).
+async fn admit(State(gw): State<Shared>, ip: ClientIp, request: Request, next: Next) -> Response {
+    let limit = gw.limits.per_ip;
+    if gw.limiter.check("ip", &ip.0.to_string(), limit).await == Decision::Limited {
+        return ratelimit::too_many("ip", limit);
+    }
+    match tokio::time::timeout(gw.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request was not completed in time",
+        )
+        .into_response(),
+    }
 }
 
 async fn readyz(State(gw): State<Shared>) -> impl IntoResponse {

@@ -82,23 +82,31 @@ impl App {
         let redis = market_data_redis(&config.redis_url)?;
         ratelimit::connect(&redis);
         let limiter = ratelimit::RateLimiter::new(redis.clone(), config.redis_prefix.clone());
-        let gw = Arc::new(state::Gateway::new(
+        let mut gw = state::Gateway::new(
             upstreams,
             state::Limits {
                 default: config.rate_limit_default,
                 order: config.rate_limit_order,
                 quotation: config.rate_limit_quotation,
                 signup_per_hour: config.rate_limit_signup,
+                per_ip: config.rate_limit_ip,
+                auth_per_minute: config.rate_limit_auth,
+                login_failures: config.login_failures,
                 ws_connects: config.ws_connect_limit,
+                ws_open: config.ws_max_connections,
+                ws_open_per_ip: config.ws_max_connections_per_ip,
+                ws_max_message: config.ws_max_message,
             },
             limiter,
             config.ws_buffer,
             config.ws_idle_timeout,
-            config.trust_x_forwarded_for,
+            config.trusted_proxies,
             self.server.served_by().to_owned(),
             self.server.draining(),
             self.server.health(),
-        ));
+        );
+        gw.request_timeout = config.request_timeout;
+        let gw = Arc::new(gw);
         let router = http::router(gw).into_make_service_with_connect_info::<SocketAddr>();
         let draining = self.server.draining();
         let listener = self.http;

@@ -58,58 +58,117 @@ fn tokens_json(t: Option<user_pb::TokenPair>) -> Value {
     .unwrap_or(Value::Null)
 }
 
-/// Sign-ups are throttled per client IP (`RATE_LIMIT_SIGNUP` an hour): each
-/// account is paper money.
+/// Refuses the request (429) when its IP sent more than `limit` sign-ins,
+/// sign-ups and refreshes this minute.
+async fn auth_budget(gw: &Shared, ip: ClientIp) -> Result<(), ApiError> {
+    let decision = gw
+        .limiter
+        .check_window("auth", &ip.0.to_string(), gw.limits.auth_per_minute, 60)
+        .await;
+    if decision == Decision::Limited {
+        return Err(too_many(
+            "too many sign-in requests from this address; retry in a minute",
+        ));
+    }
+    Ok(())
+}
+
+fn too_many(message: &str) -> ApiError {
+    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
+}
+
+/// The key failed logins of an email are counted under (the email itself is
+/// not written to Redis).
+fn account_key(email: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(email.trim().to_lowercase().as_bytes())[..16])
+}
+
+/// Window over which failed logins of an account are counted.
+const LOGIN_FAILURE_WINDOW: u64 = 15 * 60;
+
+/// Signs up. The answer is the same whether the email was free or taken (it
+/// tells nothing about which accounts exist): log in to use the account.
+/// Throttled per client IP (`RATE_LIMIT_AUTH` a minute, `RATE_LIMIT_SIGNUP` an
+/// hour: each account is paper money).
 pub async fn register(
     State(gw): State<Shared>,
     ip: ClientIp,
     Body(c): Body<Credentials>,
 ) -> Result<Response, ApiError> {
+    auth_budget(&gw, ip).await?;
     let decision = gw
         .limiter
         .check_window("signup", &ip.0.to_string(), gw.limits.signup_per_hour, 3600)
         .await;
     if decision == Decision::Limited {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_requests",
+        return Err(too_many(
             "too many sign-ups from this address; try again later",
         ));
     }
-    let r = gw
+    let email = c.email.trim().to_lowercase();
+    let result = gw
         .user
         .clone()
         .register(user_pb::RegisterRequest {
             email: c.email,
             password: c.password,
         })
-        .await?
-        .into_inner();
-    let status = if r.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+        .await;
+    match result {
+        Ok(_) => {}
+        // Taken: answered as a new one would be.
+        Err(status) if status.code() == tonic::Code::AlreadyExists => {}
+        Err(status) => return Err(status.into()),
+    }
     Ok((
-        status,
-        Json(json!({"user": user_json(r.user), "created": r.created})),
+        StatusCode::CREATED,
+        Json(json!({"email": email, "status": "registered: log in with this email and password"})),
     )
         .into_response())
 }
 
+/// Logs in. Throttled per client IP, and per account once it failed
+/// `LOGIN_FAILURES` times in 15 minutes (counted for any email, known or not),
+/// all before a password is hashed.
 pub async fn login(
     State(gw): State<Shared>,
+    ip: ClientIp,
     Body(c): Body<Credentials>,
 ) -> Result<Json<Value>, ApiError> {
-    let r = gw
+    auth_budget(&gw, ip).await?;
+    let account = account_key(&c.email);
+    let limit = gw.limits.login_failures;
+    if limit > 0
+        && gw
+            .limiter
+            .count("loginfail", &account, LOGIN_FAILURE_WINDOW)
+            .await
+            >= u64::from(limit)
+    {
+        return Err(too_many(
+            "too many failed logins for this account; retry in 15 minutes",
+        ));
+    }
+    let result = gw
         .user
         .clone()
         .login(user_pb::LoginRequest {
             email: c.email,
             password: c.password,
         })
-        .await?
-        .into_inner();
+        .await;
+    let r = match result {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            if status.code() == tonic::Code::Unauthenticated {
+                gw.limiter
+                    .check_window("loginfail", &account, u32::MAX, LOGIN_FAILURE_WINDOW)
+                    .await;
+            }
+            return Err(status.into());
+        }
+    };
     let mut body = tokens_json(r.tokens);
     body["user"] = user_json(r.user);
     Ok(Json(body))
@@ -122,8 +181,10 @@ pub struct RefreshBody {
 
 pub async fn refresh(
     State(gw): State<Shared>,
+    ip: ClientIp,
     Body(b): Body<RefreshBody>,
 ) -> Result<Json<Value>, ApiError> {
+    auth_budget(&gw, ip).await?;
     let r = gw
         .user
         .clone()
@@ -154,6 +215,7 @@ pub async fn create_api_key(
     NativeUser(user): NativeUser,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    private_limit(&gw, "default", &user.to_string()).await?;
     // The body is optional: `{"label": "..."}`.
     let label = if body.is_empty() {
         String::new()
@@ -181,6 +243,7 @@ pub async fn list_api_keys(
     State(gw): State<Shared>,
     NativeUser(user): NativeUser,
 ) -> Result<Json<Value>, ApiError> {
+    private_limit(&gw, "default", &user.to_string()).await?;
     let r = gw
         .user
         .clone()
@@ -199,6 +262,7 @@ pub async fn revoke_api_key(
     NativeUser(user): NativeUser,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    private_limit(&gw, "default", &user.to_string()).await?;
     let r = gw
         .user
         .clone()

@@ -39,8 +39,19 @@ pub struct Limits {
     pub quotation: u32,
     /// Sign-ups per IP per hour.
     pub signup_per_hour: u32,
+    /// Requests per second per IP on every route, before authentication.
+    pub per_ip: u32,
+    /// Sign-in, sign-up and refresh requests per IP per minute.
+    pub auth_per_minute: u32,
+    /// Failed logins per account in 15 minutes.
+    pub login_failures: u32,
     /// New WebSocket connections per second per IP.
     pub ws_connects: u32,
+    /// Open WebSocket connections per process, and per IP (0 = unlimited).
+    pub ws_open: usize,
+    pub ws_open_per_ip: usize,
+    /// Largest WebSocket message a client may send, in bytes.
+    pub ws_max_message: usize,
 }
 
 impl Limits {
@@ -62,9 +73,13 @@ pub struct Gateway {
     pub limits: Limits,
     pub limiter: RateLimiter,
     pub ws_connects: PerSecond<IpAddr>,
+    pub ws_open: Arc<WsSlots>,
     pub ws_buffer: usize,
     pub ws_idle: Duration,
-    pub trust_forwarded: bool,
+    /// Proxies whose X-Forwarded-For entries are trusted (see [`ClientIp`]).
+    pub trusted_proxies: usize,
+    /// Longest time a request may take to be read and answered.
+    pub request_timeout: Duration,
     pub served_by: String,
     pub draining: CancellationToken,
     pub health: Health,
@@ -86,7 +101,7 @@ impl Gateway {
         limiter: RateLimiter,
         ws_buffer: usize,
         ws_idle: Duration,
-        trust_forwarded: bool,
+        trusted_proxies: usize,
         served_by: String,
         draining: CancellationToken,
         health: Health,
@@ -99,9 +114,11 @@ impl Gateway {
             limits,
             limiter,
             ws_connects: PerSecond::new(limits.ws_connects),
+            ws_open: Arc::new(WsSlots::default()),
             ws_buffer,
             ws_idle,
-            trust_forwarded,
+            trusted_proxies,
+            request_timeout: Duration::from_secs(30),
             served_by,
             draining,
             health,
@@ -132,10 +149,88 @@ impl Gateway {
     }
 }
 
-/// The client's address: the first `X-Forwarded-For` hop when trusted (behind
-/// the mesh ingress), else the TCP peer.
-#[derive(Clone, Copy, Debug)]
+/// Open WebSocket connections, in all and per client IP.
+#[derive(Default)]
+pub struct WsSlots {
+    open: std::sync::Mutex<(usize, std::collections::HashMap<IpAddr, usize>)>,
+}
+
+/// Why a connection was not let in.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WsFull {
+    Process,
+    Ip,
+}
+
+/// A connection's place, given back when dropped.
+pub struct WsSlot {
+    slots: Arc<WsSlots>,
+    ip: IpAddr,
+}
+
+impl WsSlots {
+    /// A place for one more connection from `ip` within the limits (0 = none).
+    pub fn take(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max: usize,
+        max_per_ip: usize,
+    ) -> Result<WsSlot, WsFull> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if max > 0 && open.0 >= max {
+            return Err(WsFull::Process);
+        }
+        let per_ip = open.1.get(&ip).copied().unwrap_or(0);
+        if max_per_ip > 0 && per_ip >= max_per_ip {
+            return Err(WsFull::Ip);
+        }
+        open.0 += 1;
+        open.1.insert(ip, per_ip + 1);
+        Ok(WsSlot {
+            slots: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for WsSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.0 = open.0.saturating_sub(1);
+        if let Some(n) = open.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The client's address. Each of the `trusted` proxies in front of the gateway
+/// appends the address it saw to `X-Forwarded-For`, so the client's is the
+/// `trusted`-th entry from the right; entries further left were written by the
+/// client and are ignored. With no trusted proxy, or a header with fewer
+/// entries than proxies, it is the TCP peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
+
+impl ClientIp {
+    pub fn of(forwarded: Option<&str>, peer: IpAddr, trusted: usize) -> Self {
+        if trusted == 0 {
+            return Self(peer);
+        }
+        let hops: Vec<&str> = forwarded
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .collect();
+        hops.len()
+            .checked_sub(trusted)
+            .and_then(|i| hops[i].parse::<IpAddr>().ok())
+            .map_or(Self(peer), Self)
+    }
+}
 
 impl FromRequestParts<Shared> for ClientIp {
     type Rejection = std::convert::Infallible;
@@ -144,21 +239,43 @@ impl FromRequestParts<Shared> for ClientIp {
         parts: &mut Parts,
         state: &Shared,
     ) -> Result<Self, Self::Rejection> {
-        if state.trust_forwarded
-            && let Some(ip) = parts
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .and_then(|v| v.trim().parse::<IpAddr>().ok())
-        {
-            return Ok(Self(ip));
-        }
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip())
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        Ok(Self(peer))
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        Ok(Self::of(forwarded, peer, state.trusted_proxies))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_hops_trusted_proxies_added_count() {
+        let peer = IpAddr::from([10, 0, 0, 9]);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // No proxy trusted: whatever the client writes is ignored.
+        assert_eq!(ClientIp::of(Some("1.2.3.4"), peer, 0).0, peer);
+        // Behind one proxy: the entry it appended, not the client's own ones.
+        assert_eq!(
+            ClientIp::of(Some("6.6.6.6, 7.7.7.7, 1.2.3.4"), peer, 1).0,
+            ip("1.2.3.4")
+        );
+        assert_eq!(ClientIp::of(Some("1.2.3.4"), peer, 1).0, ip("1.2.3.4"));
+        // Two proxies: the address the outer one saw.
+        assert_eq!(
+            ClientIp::of(Some("6.6.6.6, 1.2.3.4, 10.1.1.1"), peer, 2).0,
+            ip("1.2.3.4")
+        );
+        // Fewer entries than proxies, none, or garbage: the peer.
+        assert_eq!(ClientIp::of(Some("1.2.3.4"), peer, 2).0, peer);
+        assert_eq!(ClientIp::of(None, peer, 1).0, peer);
+        assert_eq!(ClientIp::of(Some("not-an-ip"), peer, 1).0, peer);
     }
 }

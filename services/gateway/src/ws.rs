@@ -32,7 +32,7 @@ use upbit::request::{
 use upbit::write::{self, Format, STATUS_UP};
 
 use crate::convert;
-use crate::state::{ClientIp, Shared};
+use crate::state::{ClientIp, Shared, WsFull};
 
 static CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
     let g = IntGauge::new("gateway_ws_connections", "Open WebSocket connections.").expect("valid");
@@ -53,18 +53,48 @@ static CLOSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     c
 });
 
+fn refuse(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        axum::Json(ErrorResponse::new("too_many_requests", message)),
+    )
+        .into_response()
+}
+
+/// Upgrades within the limits: new connections per second per IP, open
+/// connections per IP and per process, and the size of what a client may send.
 pub async fn upgrade(ws: WebSocketUpgrade, State(gw): State<Shared>, ip: ClientIp) -> Response {
     if gw.ws_connects.take(ip.0).is_none() {
-        return (
+        return refuse(
             StatusCode::TOO_MANY_REQUESTS,
-            axum::Json(ErrorResponse::new(
-                "too_many_requests",
-                "Too many connection requests.",
-            )),
-        )
-            .into_response();
+            "Too many connection requests.",
+        );
     }
-    ws.on_upgrade(move |socket| connection(socket, gw))
+    let slot = match gw
+        .ws_open
+        .take(ip.0, gw.limits.ws_open, gw.limits.ws_open_per_ip)
+    {
+        Ok(slot) => slot,
+        Err(WsFull::Ip) => {
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many open connections from this address.",
+            );
+        }
+        Err(WsFull::Process) => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "This server holds all the connections it can; retry shortly.",
+            );
+        }
+    };
+    let max = gw.limits.ws_max_message;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| async move {
+            connection(socket, gw).await;
+            drop(slot);
+        })
 }
 
 fn binary(text: String) -> Message {
@@ -189,13 +219,15 @@ async fn validate(gw: &Shared, subs: &[Subscription]) -> Result<(), upbit::error
         .markets()
         .await
         .map_err(|_| invalid_param("market list temporarily unavailable; retry"))?;
+    let listed: std::collections::HashSet<&str> =
+        markets.iter().map(|m| m.market.as_str()).collect();
     for code in subs.iter().flat_map(|s| &s.codes) {
         if upbit::market::MarketCode::parse(code).is_err() {
             return Err(invalid_param(format!(
                 "`{code}` is not a market code like KRW-BTC"
             )));
         }
-        if !markets.iter().any(|m| &m.market == code) {
+        if !listed.contains(code.as_str()) {
             return Err(invalid_param(format!("unknown market code: {code}")));
         }
     }
@@ -218,6 +250,8 @@ impl Upstream {
         slow: &CancellationToken,
     ) -> Self {
         let mut up = Self::default();
+        let merged = merge(subs);
+        let subs = merged.as_slice();
         // Every live stream of the set is opened before any of them forwards a
         // frame: once the client sees its first frame, nothing of the set can
         // still be connecting (and miss what happens next).
@@ -263,6 +297,32 @@ impl Upstream {
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// Type objects of the same type (and snapshot/realtime choice) as one, with
+/// their codes together: one upstream stream each, however a request repeats
+/// itself.
+fn merge(subs: &[Subscription]) -> Vec<Subscription> {
+    let mut merged: Vec<Subscription> = Vec::new();
+    for sub in subs {
+        let same = merged.iter_mut().find(|m| {
+            m.data_type == sub.data_type
+                && m.only_snapshot == sub.only_snapshot
+                && m.only_realtime == sub.only_realtime
+        });
+        match same {
+            Some(m) => {
+                for (code, depth) in sub.codes.iter().zip(&sub.depths) {
+                    if !m.codes.contains(code) {
+                        m.codes.push(code.clone());
+                        m.depths.push(*depth);
+                    }
+                }
+            }
+            None => merged.push(sub.clone()),
+        }
+    }
+    merged
 }
 
 /// Where an upstream task puts frames.

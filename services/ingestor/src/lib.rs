@@ -54,7 +54,8 @@ impl App {
     pub async fn run(mut self) -> anyhow::Result<()> {
         let config = self.config;
         let draining = self.server.draining();
-        let channel = service_kit::grpc::channel(&config.market_data_url)?;
+        // Ingest is a client stream: no call timeout (the answer comes at its end).
+        let channel = service_kit::grpc::streaming_channel(&config.market_data_url)?;
         let buffer = Arc::new(buffer::Buffer::new(config.buffer_trades));
         let subscribed = Arc::new(Notify::new());
         let source = config.runtime.identity("ingestor").served_by();

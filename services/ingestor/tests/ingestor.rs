@@ -19,13 +19,18 @@ struct Pipeline {
     _md_proxy: Option<TcpProxy>,
 }
 
-async fn start_sim() -> (SocketAddr, Running) {
+/// The simulator's feed address and admin (controls) address.
+async fn start_sim() -> (SocketAddr, SocketAddr, Running) {
     let mut config = upbit_sim::Config::local("127.0.0.1:0");
     config.rate = 0;
     config.markets = Some("KRW-BTC,KRW-ETH,KRW-XRP".into());
     let stop = CancellationToken::new();
     let sim = upbit_sim::App::build(config, stop.clone()).await.unwrap();
-    (sim.http_addr(), Running::spawn(stop, sim.run()))
+    (
+        sim.http_addr(),
+        sim.metrics_addr(),
+        Running::spawn(stop, sim.run()),
+    )
 }
 
 async fn start_md(db: &TestDb) -> (SocketAddr, Running) {
@@ -55,7 +60,7 @@ async fn start_md(db: &TestDb) -> (SocketAddr, Running) {
 
 async fn start(db: &TestDb, tweak: impl FnOnce(&mut ingestor::Config), proxy_md: bool) -> Pipeline {
     test_support::init_logs();
-    let (sim_addr, sim) = start_sim().await;
+    let (sim_addr, sim_admin, sim) = start_sim().await;
     let (md_addr, md) = start_md(db).await;
     test_support::wait_serving(md_addr, "", Duration::from_secs(30))
         .await
@@ -77,7 +82,7 @@ async fn start(db: &TestDb, tweak: impl FnOnce(&mut ingestor::Config), proxy_md:
         .await
         .unwrap();
     Pipeline {
-        sim: format!("http://{sim_addr}"),
+        sim: format!("http://{sim_admin}"),
         md: MarketDataServiceClient::connect(format!("http://{md_addr}"))
             .await
             .unwrap(),

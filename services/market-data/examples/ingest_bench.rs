@@ -16,7 +16,7 @@
 //! with pipelining when it is installed.
 //!
 //! Usage: cargo run --release -p market-data --example ingest_bench -- \
-//!   --redis redis://127.0.0.1:6379 --prefix bench: --sim http://127.0.0.1:9090 \
+//!   --redis redis://127.0.0.1:6379 --prefix bench: --sim http://127.0.0.1:9106 \
 //!   --ingestor-metrics http://127.0.0.1:9105 --rates 10000,50000,100000 --seconds 10 \
 //!   [--cpu upbit-sim=PID,ingestor=PID] [--cpu-match postgres=DBNAME] [--per-second]
 //!
@@ -55,7 +55,7 @@ fn args() -> Args {
     let mut a = Args {
         redis: "redis://127.0.0.1:6379".into(),
         prefix: "bench:".into(),
-        sim: "http://127.0.0.1:9090".into(),
+        sim: "http://127.0.0.1:9106".into(),
         ingestor_metrics: "http://127.0.0.1:9105".into(),
         md_metrics: "http://127.0.0.1:9101".into(),
         rates: vec![10_000, 25_000, 50_000, 100_000, 150_000, 200_000],

@@ -1,4 +1,6 @@
-//! `/sim/*`: controls for tests, demos and benchmarks.
+//! The admin port (`METRICS_ADDR`): `/metrics`, `/healthz`, and, with
+//! `SIM_CONTROLS` (on by default, off in the chart), the controls for tests,
+//! demos and benchmarks — on this port only, never on the feed's:
 //!
 //! - `GET  /sim/stats` — rate, messages generated, frames sent, connections subscribed
 //! - `POST /sim/rate?eps=N` — generator rate in messages/s (0 pauses)
@@ -8,8 +10,7 @@
 //! - `POST /sim/stall?secs=N` — send no data frames for N seconds
 //! - `POST /sim/malformed?count=N` — send the next N data frames malformed
 //!
-//! And the admin port (`METRICS_ADDR`): `/metrics` (Prometheus: the process's
-//! common metrics and the simulator's `upbit_sim_*`) and `/healthz`.
+//! `/metrics` has the process's common metrics and the simulator's `upbit_sim_*`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,12 +50,25 @@ pub async fn stats(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> 
     }))
 }
 
-/// The admin port's router.
-pub fn metrics_router(state: Arc<AppState>) -> axum::Router {
-    axum::Router::new()
-        .route("/metrics", axum::routing::get(metrics))
-        .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .with_state(state)
+/// The admin port's router: `/metrics`, `/healthz`, and with `controls` the
+/// `/sim/*` controls.
+pub fn router(state: Arc<AppState>, controls: bool) -> axum::Router {
+    use axum::routing::{get, post};
+    let router = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }));
+    let router = if controls {
+        router
+            .route("/sim/stats", get(stats))
+            .route("/sim/rate", post(rate))
+            .route("/sim/trade", post(trade))
+            .route("/sim/drop", post(drop_connections))
+            .route("/sim/stall", post(stall))
+            .route("/sim/malformed", post(malformed))
+    } else {
+        router
+    };
+    router.with_state(state)
 }
 
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {

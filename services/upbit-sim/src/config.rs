@@ -14,13 +14,19 @@ use service_kit::config::parse_duration;
     after_help = telemetry::ENV_HELP
 )]
 pub struct Config {
-    /// HTTP listen address (WebSocket, REST, /sim controls, /healthz).
+    /// HTTP listen address (WebSocket, REST, /healthz).
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9090")]
     pub http_addr: String,
 
-    /// Admin listen address: /metrics (Prometheus) and /healthz.
+    /// Admin listen address: /metrics (Prometheus), /healthz, and the /sim
+    /// controls when SIM_CONTROLS is on.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9106")]
     pub metrics_addr: String,
+
+    /// Serve the /sim controls (set prices, inject trades and faults) on the
+    /// admin port. Off where anyone but the operator reaches that port.
+    #[arg(long, env = "SIM_CONTROLS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub controls: bool,
 
     /// Version reported in logs, metrics and traces (Kubernetes: the `version` label).
     #[arg(long, env = "SERVICE_VERSION", default_value = "v1")]

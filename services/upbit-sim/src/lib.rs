@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -43,7 +43,9 @@ pub struct App {
     state: Arc<AppState>,
 }
 
-/// The HTTP router (WebSocket, REST, controls).
+/// The feed's HTTP router (WebSocket, REST). The controls (`/sim/*`) are on
+/// the admin port only (see [`admin`]): whoever reaches the feed must not be
+/// able to set its prices.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -55,12 +57,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/trades/ticks", get(rest::trades))
         .route("/v1/candles/minutes/{unit}", get(rest::candles_minutes))
         .route("/v1/candles/days", get(rest::candles_days))
-        .route("/sim/stats", get(admin::stats))
-        .route("/sim/rate", post(admin::rate))
-        .route("/sim/trade", post(admin::trade))
-        .route("/sim/drop", post(admin::drop_connections))
-        .route("/sim/stall", post(admin::stall))
-        .route("/sim/malformed", post(admin::malformed))
         .fallback(|| async {
             (
                 axum::http::StatusCode::NOT_FOUND,
@@ -160,7 +156,8 @@ impl App {
                 }
             });
         }
-        let (admin, stopped) = (admin::metrics_router(self.state.clone()), stop.clone());
+        let admin_router = admin::router(self.state.clone(), self.config.controls);
+        let (admin, stopped) = (admin_router, stop.clone());
         let metrics = self.metrics;
         tasks.spawn(async move {
             axum::serve(metrics, admin)

@@ -19,6 +19,8 @@ struct Sim {
     ws_url: String,
     http: reqwest::Client,
     metrics: String,
+    /// The admin port, where the `/sim` controls are.
+    admin: String,
     running: test_support::Running,
 }
 
@@ -30,6 +32,7 @@ async fn start(mut config: Config) -> Sim {
     let addr = app.http_addr();
     Sim {
         metrics: format!("http://{}/metrics", app.metrics_addr()),
+        admin: format!("http://{}", app.metrics_addr()),
         base: format!("http://{addr}"),
         ws_url: format!("ws://{addr}/websocket/v1"),
         http: reqwest::Client::new(),
@@ -50,7 +53,7 @@ impl Sim {
     async fn post(&self, path: &str) -> serde_json::Value {
         let resp = self
             .http
-            .post(format!("{}{path}", self.base))
+            .post(format!("{}{path}", self.admin))
             .send()
             .await
             .unwrap();
@@ -76,7 +79,7 @@ impl Sim {
         }
         let resp = self
             .http
-            .post(format!("{}/sim/trade", self.base))
+            .post(format!("{}/sim/trade", self.admin))
             .json(&body)
             .send()
             .await
@@ -101,7 +104,15 @@ impl Sim {
 
     /// Connections the sim counts as subscribed (`/sim/stats`).
     async fn subscribed(&self) -> u64 {
-        let stats: serde_json::Value = self.get("/sim/stats").await.json().await.unwrap();
+        let stats: serde_json::Value = self
+            .http
+            .get(format!("{}/sim/stats", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         stats["subscribed"].as_u64().expect("stats.subscribed")
     }
 
@@ -357,7 +368,31 @@ async fn the_admin_port_counts_what_the_feed_does() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+    // The controls are on the admin port only: the feed's port does not know them.
+    for path in ["/sim/trade", "/sim/rate?eps=5", "/sim/drop"] {
+        let resp = sim
+            .http
+            .post(format!("{}{path}", sim.base))
+            .json(&serde_json::json!({"market": "KRW-BTC", "price": "1", "volume": "1"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{path} on the feed port");
+    }
     sim.running.stop().await;
+    // And with SIM_CONTROLS off, not on the admin port either.
+    let mut config = paused();
+    config.controls = false;
+    let locked = start(config).await;
+    let resp = locked
+        .http
+        .post(format!("{}/sim/trade", locked.admin))
+        .json(&serde_json::json!({"market": "KRW-BTC", "price": "1", "volume": "1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    locked.running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,6 +47,16 @@ pub struct Config {
     #[arg(long, env = "REFRESH_TOKEN_TTL", default_value = "14d", value_parser = parse_duration)]
     pub refresh_token_ttl: Duration,
 
+    /// Passwords hashed or checked at once (argon2: 19 MiB and a core each);
+    /// 0 = the number of cores. Size the pod's memory for it.
+    #[arg(long, env = "HASH_CONCURRENCY", default_value_t = 0)]
+    pub hash_concurrency: usize,
+
+    /// How long a sign-in may wait for a hashing turn before it is told the
+    /// service is busy (429).
+    #[arg(long, env = "HASH_WAIT", default_value = "2s", value_parser = parse_duration)]
+    pub hash_wait: Duration,
+
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }

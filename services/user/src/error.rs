@@ -18,6 +18,9 @@ pub enum UserError {
     NotFound(&'static str),
     #[error("too many active API keys")]
     Limit,
+    /// Every password-hashing turn is taken.
+    #[error("busy")]
+    Busy,
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -48,6 +51,11 @@ impl From<UserError> for tonic::Status {
                 Code::FailedPrecondition,
                 "api_key_limit",
                 "at most 10 active API keys; revoke one first",
+            ),
+            UserError::Busy => named_status(
+                Code::ResourceExhausted,
+                "too_many_requests",
+                "sign-in is busy; retry in a moment",
             ),
             UserError::Unavailable(m) => {
                 tracing::warn!(message = %m, "dependency unavailable");

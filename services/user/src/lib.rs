@@ -74,8 +74,13 @@ impl App {
         };
         let inventory =
             InventoryServiceClient::new(service_kit::grpc::channel(&self.config.inventory_url)?);
+        let concurrency = match self.config.hash_concurrency {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         let users = Arc::new(service::Users::new(
             self.pool,
+            service::Hasher::new(concurrency, self.config.hash_wait),
             inventory,
             service::key_or_random(self.config.jwt_secret.as_deref(), "JWT_SECRET"),
             service::key_or_random(self.config.api_key_secret.as_deref(), "API_KEY_SECRET"),

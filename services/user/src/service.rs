@@ -39,6 +39,7 @@ pub struct Tokens {
 
 pub struct Users {
     pool: PgPool,
+    hasher: Hasher,
     inventory: InventoryServiceClient<Channel>,
     jwt_key: Vec<u8>,
     api_key_secret: Vec<u8>,
@@ -90,6 +91,41 @@ pub fn check_password(password: &str) -> Result<(), UserError> {
     }
 }
 
+/// Password hashing and checking, at most `permits` at once: an argon2 hash
+/// takes 19 MiB and a core for a while, so unbounded hashing is how a burst of
+/// logins takes the service down. A caller that gets no turn within `wait` is
+/// told the service is busy (RESOURCE_EXHAUSTED) rather than queued forever.
+pub struct Hasher {
+    permits: tokio::sync::Semaphore,
+    wait: Duration,
+}
+
+impl Hasher {
+    pub fn new(concurrency: usize, wait: Duration) -> Self {
+        Self {
+            permits: tokio::sync::Semaphore::new(concurrency.max(1)),
+            wait,
+        }
+    }
+
+    async fn turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, UserError> {
+        match tokio::time::timeout(self.wait, self.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(UserError::Busy),
+        }
+    }
+
+    async fn hash(&self, password: String) -> Result<String, UserError> {
+        let _turn = self.turn().await?;
+        hash_password(password).await
+    }
+
+    async fn verify(&self, password: String, hash: String) -> Result<bool, UserError> {
+        let _turn = self.turn().await?;
+        Ok(verify_password(password, hash).await)
+    }
+}
+
 async fn hash_password(password: String) -> Result<String, UserError> {
     tokio::task::spawn_blocking(move || {
         Argon2::default()
@@ -120,8 +156,10 @@ fn sha256_hex(data: &[u8]) -> String {
 }
 
 impl Users {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         pool: PgPool,
+        hasher: Hasher,
         inventory: InventoryServiceClient<Channel>,
         jwt_key: Vec<u8>,
         api_key_secret: Vec<u8>,
@@ -130,6 +168,7 @@ impl Users {
     ) -> Self {
         Self {
             pool,
+            hasher,
             inventory,
             jwt_key,
             api_key_secret,
@@ -152,7 +191,8 @@ impl Users {
     }
 
     /// Registers a user and opens their account exactly once. Registering again
-    /// with the same email and password (a retry) returns the same user.
+    /// with the same email and password (a retry) returns the same user; with
+    /// another password, `Conflict`. One password hash either way.
     pub async fn register(
         &self,
         email: &str,
@@ -160,20 +200,31 @@ impl Users {
     ) -> Result<(UserRow, bool), UserError> {
         let email = normalize_email(email)?;
         check_password(password)?;
-        let hash = hash_password(password.to_owned()).await?;
-        let (user, created) =
-            match store::insert_user(&self.pool, Uuid::now_v7(), &email, &hash).await? {
-                Some(user) => (user, true),
-                None => {
-                    let existing = store::user_by_email(&self.pool, &email)
-                        .await?
-                        .ok_or(UserError::Conflict)?;
-                    if !verify_password(password.to_owned(), existing.password_hash.clone()).await {
-                        return Err(UserError::Conflict);
+        let existing = match store::user_by_email(&self.pool, &email).await? {
+            Some(existing) => Some(existing),
+            None => {
+                let hash = self.hasher.hash(password.to_owned()).await?;
+                match store::insert_user(&self.pool, Uuid::now_v7(), &email, &hash).await? {
+                    Some(user) => {
+                        if !user.account_opened {
+                            self.open_account(user.id).await?;
+                        }
+                        return Ok((user, true));
                     }
-                    (existing, false)
+                    // Registered meanwhile by a racing request.
+                    None => store::user_by_email(&self.pool, &email).await?,
                 }
-            };
+            }
+        };
+        let existing = existing.ok_or(UserError::Conflict)?;
+        if !self
+            .hasher
+            .verify(password.to_owned(), existing.password_hash.clone())
+            .await?
+        {
+            return Err(UserError::Conflict);
+        }
+        let (user, created) = (existing, false);
         if !user.account_opened {
             self.open_account(user.id).await?;
         }
@@ -189,7 +240,7 @@ impl Users {
             Some(u) => u.password_hash.clone(),
             None => dummy_hash().await,
         };
-        let ok = verify_password(password.to_owned(), hash).await;
+        let ok = self.hasher.verify(password.to_owned(), hash).await?;
         let user = user.filter(|_| ok).ok_or(UserError::BadCredentials)?;
         if !user.account_opened {
             self.open_account(user.id).await?;

@@ -35,6 +35,14 @@ async fn start_inventory(db: &TestDb) -> Started {
 }
 
 async fn start_user(db: &TestDb, inventory: SocketAddr) -> Started {
+    start_user_with(db, inventory, |_| {}).await
+}
+
+async fn start_user_with(
+    db: &TestDb,
+    inventory: SocketAddr,
+    tweak: impl FnOnce(&mut user::Config),
+) -> Started {
     test_support::init_logs();
     let mut config = user::Config::local(
         DbArgs {
@@ -45,6 +53,7 @@ async fn start_user(db: &TestDb, inventory: SocketAddr) -> Started {
         inventory,
     );
     config.access_token_ttl = Duration::from_secs(2);
+    tweak(&mut config);
     let stop = CancellationToken::new();
     let app = user::App::build(config, stop.clone()).await.unwrap();
     let (grpc, admin) = (app.grpc_addr(), app.metrics_addr());
@@ -538,4 +547,60 @@ async fn api_keys_sign_upbit_requests() {
             .is_empty()
     );
     e.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_sign_ins_waits_its_turn_or_is_told_to_retry() {
+    let db = TestDb::create().await.unwrap();
+    let inv = start_inventory(&db).await;
+    test_support::wait_serving(inv.grpc, "", Duration::from_secs(30))
+        .await
+        .unwrap();
+    // One password hash at a time, and a short wait for a turn.
+    let usr = start_user_with(&db, inv.grpc, |c| {
+        c.hash_concurrency = 1;
+        c.hash_wait = Duration::from_millis(100);
+    })
+    .await;
+    test_support::wait_serving(usr.grpc, "", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let users = UserServiceClient::connect(format!("http://{}", usr.grpc))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..24)
+        .map(|i| {
+            let mut users = users.clone();
+            tokio::spawn(async move {
+                users
+                    .login(pb::LoginRequest {
+                        email: format!("guess{i}@example.com"),
+                        password: "not the password".into(),
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let (mut busy, mut refused) = (0, 0);
+    for t in tasks {
+        let err = t.await.unwrap().unwrap_err();
+        match (err.code(), name(&err)) {
+            (Code::ResourceExhausted, Some("too_many_requests")) => busy += 1,
+            (Code::Unauthenticated, Some("invalid_credentials")) => refused += 1,
+            other => panic!("{other:?}: {err:?}"),
+        }
+    }
+    assert!(
+        busy > 0,
+        "a burst beyond the hashing bound is told to retry"
+    );
+    assert!(refused > 0, "the ones that got a turn were checked");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "nobody queued for long: {:?}",
+        started.elapsed()
+    );
+    usr.running.stop().await;
+    inv.running.stop().await;
 }

@@ -28,6 +28,7 @@ pub struct Exchange {
     pub redis: Redis,
     pub services: Vec<Service>,
     pub gateway: String,
+    /// The simulator's admin port (its controls).
     pub sim: String,
     pub database: String,
     pub http: reqwest::Client,
@@ -190,6 +191,9 @@ impl Exchange {
                     ("RATE_LIMIT_DEFAULT", "0".into()),
                     ("RATE_LIMIT_ORDER", "0".into()),
                     ("RATE_LIMIT_SIGNUP", "0".into()),
+                    ("RATE_LIMIT_IP", "0".into()),
+                    ("RATE_LIMIT_AUTH", "0".into()),
+                    ("LOGIN_FAILURES", "0".into()),
                 ],
             ),
         ];
@@ -199,7 +203,7 @@ impl Exchange {
             redis,
             services,
             gateway: url(gw),
-            sim: url(sim),
+            sim: url(sim_admin),
             database,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))

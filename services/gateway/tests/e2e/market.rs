@@ -492,3 +492,129 @@ async fn bad_input_gets_upbit_errors_never_a_5xx() {
     );
     stack.stop().await;
 }
+
+/// Seconds `/healthz` takes to answer now.
+async fn healthz_seconds(stack: &Stack) -> f64 {
+    let started = std::time::Instant::now();
+    let resp = stack
+        .http
+        .get(format!("{}/healthz", stack.gw()))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    started.elapsed().as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_websocket_client_cannot_stall_or_flood_the_gateway() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    let db = TestDb::create().await.unwrap();
+    let stack = Stack::start(
+        &db,
+        Options {
+            ws_per_ip: 4,
+            ..Options::default()
+        },
+    )
+    .await;
+    wait_rest_price(&stack, "KRW-BTC", "148000000").await;
+    let addr = stack.gateways[0].http;
+    let mut good = ws_connect(addr).await;
+    ws_subscribe(
+        &stack,
+        &mut good,
+        r#"[{"ticket":"good"},{"type":"trade","codes":["KRW-BTC"]}]"#,
+        "trade",
+        1.0,
+    )
+    .await;
+
+    // 2 MB of codes in one request: refused (the connection is closed as the
+    // message is too big) while the gateway keeps answering at once.
+    let mut bad = ws_connect(addr).await;
+    let codes: Vec<String> = (0..180_000).map(|i| format!("\"KRW-A{i}\"")).collect();
+    let huge = format!(
+        r#"[{{"ticket":"x"}},{{"type":"ticker","codes":[{}]}}]"#,
+        codes.join(",")
+    );
+    assert!(huge.len() > 2_000_000);
+    let attack = tokio::spawn(async move {
+        let _ = bad.send(WsMessage::Text(huge.into())).await;
+        ws_next(&mut bad, Duration::from_secs(10)).await
+    });
+    let mut slowest: f64 = 0.0;
+    for _ in 0..10 {
+        slowest = slowest.max(healthz_seconds(&stack).await);
+    }
+    assert!(
+        attack.await.unwrap().is_none(),
+        "the attacker's connection is closed, nothing sent to it"
+    );
+    assert!(
+        slowest < 0.5,
+        "/healthz took {slowest:.3} s during the attack"
+    );
+
+    // Type objects: more than Upbit has types is an error frame; repeating one
+    // type opens one upstream stream, not one per object.
+    let mut repeat = ws_connect(addr).await;
+    let objects = |n: usize| {
+        let mut items = vec![r#"{"ticket":"r"}"#.to_owned()];
+        items.extend((0..n).map(|_| r#"{"type":"trade","codes":["KRW-ETH"]}"#.to_owned()));
+        format!("[{}]", items.join(","))
+    };
+    ws_send(&mut repeat, &objects(16)).await;
+    let bytes = ws_next(&mut repeat, Duration::from_secs(5))
+        .await
+        .expect("an error frame");
+    let Ok(Message::Error(e)) = upbit::parse_message(&bytes) else {
+        panic!("{}", String::from_utf8_lossy(&bytes))
+    };
+    assert_eq!(e.name, "INVALID_PARAM");
+    let before = stack.md_streams("trade").await;
+    ws_send(&mut repeat, &objects(15)).await;
+    eventually(Duration::from_secs(10), "one more trade stream", || async {
+        (stack.md_streams("trade").await == before + 1.0).then_some(())
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        stack.md_streams("trade").await,
+        before + 1.0,
+        "fifteen identical type objects share one stream"
+    );
+
+    // At most 4 connections from one address (this stack's setting).
+    let mut open = Vec::new();
+    loop {
+        let resp = tokio_tungstenite::connect_async(format!("ws://{addr}/websocket/v1")).await;
+        match resp {
+            Ok((ws, _)) => open.push(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status(), 429);
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(open.len() <= 4, "more than 4 connections accepted");
+    }
+    assert_eq!(open.len(), 2, "good and repeat hold the other two");
+    drop(open);
+    drop(repeat);
+
+    // The good client was served throughout.
+    stack
+        .sim_trade("KRW-BTC", "149000000", "0.01", "BID", None)
+        .await;
+    ws_wait(&mut good, Duration::from_secs(10), |m| match m {
+        Message::Trade(t) if t.trade_price == Decimal::from_str("149000000").unwrap() => Some(()),
+        _ => None,
+    })
+    .await;
+    stack.stop().await;
+}

@@ -33,6 +33,12 @@ pub struct Options {
     pub private_limits: (u32, u32),
     /// Markets the simulator trades (paused: only injected trades happen).
     pub sim_markets: &'static str,
+    /// Open WebSocket connections per client IP (0 = unlimited).
+    pub ws_per_ip: usize,
+    /// Requests per second per client IP, and sign-in requests per minute per
+    /// IP (0 = unlimited).
+    pub ip_limit: u32,
+    pub auth_limit: u32,
 }
 
 impl Default for Options {
@@ -43,6 +49,9 @@ impl Default for Options {
             quotation_limit: 0,
             private_limits: (0, 0),
             sim_markets: "KRW-BTC,KRW-ETH,KRW-XRP,BTC-ETH",
+            ws_per_ip: 0,
+            ip_limit: 0,
+            auth_limit: 0,
         }
     }
 }
@@ -54,6 +63,8 @@ pub struct Gateway {
 
 pub struct Stack {
     pub sim: SocketAddr,
+    /// The simulator's admin port, where its controls are.
+    pub sim_admin: SocketAddr,
     pub market_data: SocketAddr,
     pub order: SocketAddr,
     pub inventory: SocketAddr,
@@ -83,6 +94,7 @@ impl Stack {
             .await
             .unwrap();
         let sim = sim_app.http_addr();
+        let sim_admin = sim_app.metrics_addr();
         running.push(Running::spawn(stop, sim_app.run()));
 
         let stop = CancellationToken::new();
@@ -172,6 +184,12 @@ impl Stack {
             config.rate_limit_quotation = options.quotation_limit;
             (config.rate_limit_default, config.rate_limit_order) = options.private_limits;
             config.ws_connect_limit = 0;
+            config.ws_max_connections_per_ip = options.ws_per_ip;
+            config.rate_limit_ip = options.ip_limit;
+            config.rate_limit_auth = options.auth_limit;
+            // The tests stand for the proxy in front: the client's address is
+            // the last X-Forwarded-For entry they write (or the peer).
+            config.trusted_proxies = 1;
             let gw = gateway::App::build(config, stop.clone()).await.unwrap();
             gateways.push(Gateway {
                 http: gw.http_addr(),
@@ -200,6 +218,7 @@ impl Stack {
         .unwrap();
         Self {
             sim,
+            sim_admin,
             market_data,
             order,
             inventory,
@@ -238,7 +257,7 @@ impl Stack {
         }
         let resp = self
             .http
-            .post(format!("http://{}/sim/trade", self.sim))
+            .post(format!("http://{}/sim/trade", self.sim_admin))
             .json(&body)
             .send()
             .await
@@ -272,7 +291,7 @@ impl Stack {
     pub async fn sim_post(&self, path: &str) {
         let resp = self
             .http
-            .post(format!("http://{}{path}", self.sim))
+            .post(format!("http://{}{path}", self.sim_admin))
             .send()
             .await
             .unwrap();
@@ -282,7 +301,7 @@ impl Stack {
     pub async fn sim_get(&self, path: &str) -> serde_json::Value {
         let resp = self
             .http
-            .get(format!("http://{}{path}", self.sim))
+            .get(format!("http://{}{path}", self.sim_admin))
             .send()
             .await
             .unwrap();

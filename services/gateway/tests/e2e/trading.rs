@@ -723,3 +723,162 @@ async fn racing_orders_spend_only_what_exists_and_retries_make_one_order() {
     assert_eq!(stack.ledger_mismatches(&db).await, 0);
     stack.stop().await;
 }
+
+/// POSTs `body` as a client at `ip` behind the trusted proxy.
+async fn post_from(stack: &Stack, path: &str, body: Value, ip: String) -> (u16, Value) {
+    let resp = stack
+        .http
+        .post(format!("{}{path}", stack.gw()))
+        .header("x-forwarded-for", ip)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_cannot_be_flooded_guessed_or_used_to_find_accounts() {
+    let db = TestDb::create().await.unwrap();
+    let stack = Stack::start(
+        &db,
+        Options {
+            auth_limit: 30,
+            ..Options::default()
+        },
+    )
+    .await;
+    let post = |path: &'static str, body: Value, ip: String| post_from(&stack, path, body, ip);
+    let creds = |email: &str, password: &str| json!({"email": email, "password": password});
+
+    // Sign-up answers the same whether the email is free or taken.
+    let new = post(
+        "/api/v1/auth/register",
+        creds("kim@example.com", "correct horse battery"),
+        "10.1.0.1".into(),
+    )
+    .await;
+    let taken = post(
+        "/api/v1/auth/register",
+        creds("kim@example.com", "another password!"),
+        "10.1.0.2".into(),
+    )
+    .await;
+    assert_eq!(new.0, 201, "{new:?}");
+    assert_eq!(new, taken, "nothing tells a taken email from a free one");
+
+    // Failed logins of one account: after 5, refused before any password is
+    // checked, whether the account exists or not, and even with the right password.
+    for email in ["kim@example.com", "nobody@example.com"] {
+        let mut statuses = Vec::new();
+        for i in 0..7 {
+            let ip = format!("10.2.{i}.1");
+            statuses.push(
+                post("/api/v1/auth/login", creds(email, "wrong password 1"), ip)
+                    .await
+                    .0,
+            );
+        }
+        assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429], "{email}");
+    }
+    let (status, body) = post(
+        "/api/v1/auth/login",
+        creds("kim@example.com", "correct horse battery"),
+        "10.3.0.1".into(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["name"].as_str()),
+        (429, Some("too_many_requests"))
+    );
+
+    // One address: 30 sign-in requests a minute, whatever X-Forwarded-For the
+    // client writes (only the entry the trusted proxy adds counts).
+    let burst = futures_util::future::join_all((0..40).map(|i| {
+        let spoofed = format!("192.168.{i}.{i}, 10.9.9.9");
+        post(
+            "/api/v1/auth/login",
+            creds(&format!("u{i}@example.com"), "whatever pass"),
+            spoofed,
+        )
+    }))
+    .await;
+    let limited = burst.iter().filter(|(s, _)| *s == 429).count();
+    assert!(limited >= 10, "{limited} of 40 limited");
+    assert!(burst.iter().all(|(s, _)| *s == 401 || *s == 429));
+    stack.stop().await;
+}
+
+/// A gateway whose Redis and services are all away.
+async fn lonely_gateway(
+    tweak: impl FnOnce(&mut gateway::Config),
+) -> (std::net::SocketAddr, test_support::Running) {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut config = gateway::Config::local(dead);
+    config.order_url = format!("http://{dead}");
+    config.inventory_url = format!("http://{dead}");
+    config.user_url = format!("http://{dead}");
+    config.redis_url = format!("redis://{dead}");
+    tweak(&mut config);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let app = gateway::App::build(config, stop.clone()).await.unwrap();
+    let http = app.http_addr();
+    (http, test_support::Running::spawn(stop, app.run()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_is_limited_per_address_even_without_redis() {
+    // The per-address budget is enforced even with Redis away (counted in the
+    // process), before anything else.
+    let (http, running) = lonely_gateway(|c| {
+        c.rate_limit_ip = 5;
+        c.trusted_proxies = 1;
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        let resp = client
+            .get(format!("http://{http}/api/v1/tickers"))
+            .header("x-forwarded-for", format!("172.16.{i}.1, 10.7.7.7"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+    }
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!(limited >= 10, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 429 || *s == 503),
+        "{statuses:?}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_never_finishes_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (http, running) = lonely_gateway(|c| c.request_timeout = Duration::from_secs(1)).await;
+    // A body announced but never sent (a slow-loris client).
+    let mut tcp = tokio::net::TcpStream::connect(http).await.unwrap();
+    tcp.write_all(
+        b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut answer))
+        .await
+        .expect("an answer within the timeout")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    running.stop().await;
+}
