@@ -80,9 +80,30 @@ pub async fn serve(
 /// `insufficient_funds_bid`); the gateway passes it through.
 pub const ERROR_NAME: &str = "x-error-name";
 
-/// A status whose client-facing name travels in `x-error-name`.
+/// Longest status message sent, in bytes. Messages may quote a caller's input,
+/// and the message travels in an HTTP/2 header: an unbounded one would make the
+/// whole answer too big for the peer and turn a 4xx into a transport error.
+pub const MAX_MESSAGE: usize = 256;
+
+/// `message` cut to [`MAX_MESSAGE`] bytes (at a character boundary, marked by
+/// an ellipsis).
+pub fn bounded(message: impl Into<String>) -> String {
+    let mut message = message.into();
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE - '…'.len_utf8();
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+
+/// A status whose client-facing name travels in `x-error-name`; its message
+/// is [`bounded`].
 pub fn named_status(code: tonic::Code, name: &str, message: impl Into<String>) -> tonic::Status {
-    let mut status = tonic::Status::new(code, message);
+    let mut status = tonic::Status::new(code, bounded(message));
     if let Ok(v) = tonic::metadata::MetadataValue::try_from(name) {
         status.metadata_mut().insert(ERROR_NAME, v);
     }
@@ -95,4 +116,28 @@ pub fn error_name(status: &tonic::Status) -> Option<&str> {
         .metadata()
         .get(ERROR_NAME)
         .and_then(|v| v.to_str().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        assert_eq!(bounded("short"), "short");
+        let exact = "x".repeat(MAX_MESSAGE);
+        assert_eq!(bounded(exact.clone()), exact);
+        let long = format!("`{}` is not a currency", "가".repeat(10_000));
+        let cut = bounded(long);
+        assert!(cut.len() <= MAX_MESSAGE, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert!(cut.starts_with("`가가"));
+        let status = named_status(
+            tonic::Code::InvalidArgument,
+            "validation_error",
+            "y".repeat(50_000),
+        );
+        assert!(status.message().len() <= MAX_MESSAGE);
+        assert_eq!(error_name(&status), Some("validation_error"));
+    }
 }

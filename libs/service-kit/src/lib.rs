@@ -12,6 +12,7 @@
 //!   service's schema, migrations under the migrator's advisory lock.
 //! - [`server`]: one service process: listeners + health + lifecycle.
 //! - [`retry`]: exponential backoff with jitter for startup dependencies.
+//! - [`text`]: bounds on caller-chosen keys and identifiers.
 
 pub mod admin;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod postgres;
 pub mod ratelimit;
 pub mod retry;
 pub mod server;
+pub mod text;
 pub mod ws;
 
 pub use telemetry::Identity;

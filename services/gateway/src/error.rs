@@ -126,6 +126,59 @@ impl From<upbit::query::InvalidParam> for ApiError {
     }
 }
 
+/// The name for an error the framework answered by itself (an extractor's
+/// rejection, a wrong method), by HTTP status.
+pub fn name_of(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => "validation_error",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        s if s.is_server_error() => "server_error",
+        _ => "bad_request",
+    }
+}
+
+/// Every error answer in Upbit's shape: one the handlers made already is; one
+/// the framework made (a plain-text rejection of a query, path or body it could
+/// not read, a 405) gets the shape, its text as the message (cut to 200
+/// characters), and 400 for axum's 422 as Upbit answers bad input.
+pub async fn upbit_shape(response: Response) -> Response {
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 16 << 10)
+        .await
+        .unwrap_or_default();
+    let message: String = String::from_utf8_lossy(&text).chars().take(200).collect();
+    let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
+        StatusCode::BAD_REQUEST
+    } else {
+        status
+    };
+    let message = if message.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        message
+    };
+    let mut shaped = ApiError::new(status, name_of(status), message).into_response();
+    // Keep what the framework said beside the body (an `Allow` on a 405).
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            shaped.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    shaped
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = upbit::error::ErrorResponse::new(self.name, self.message);
@@ -164,5 +217,43 @@ mod tests {
                 StatusCode::INTERNAL_SERVER_ERROR
             );
         }
+    }
+
+    #[tokio::test]
+    async fn the_frameworks_own_errors_get_upbits_shape() {
+        let plain = (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(axum::http::header::ALLOW, "GET,HEAD")],
+            "",
+        )
+            .into_response();
+        let shaped = upbit_shape(plain).await;
+        assert_eq!(shaped.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(shaped.headers()[axum::http::header::ALLOW], "GET,HEAD");
+        let body = axum::body::to_bytes(shaped.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["name"], "method_not_allowed");
+        assert_eq!(body["error"]["message"], "Method Not Allowed");
+
+        let rejected = (StatusCode::UNPROCESSABLE_ENTITY, "missing field `market`").into_response();
+        let shaped = upbit_shape(rejected).await;
+        assert_eq!(shaped.status(), StatusCode::BAD_REQUEST);
+        let body = axum::body::to_bytes(shaped.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["name"], "validation_error");
+        assert_eq!(body["error"]["message"], "missing field `market`");
+
+        // An answer already in the shape passes untouched.
+        let ours = ApiError::new(StatusCode::CONFLICT, "conflict", "x").into_response();
+        let passed = upbit_shape(ours).await;
+        assert_eq!(passed.status(), StatusCode::CONFLICT);
+        let body = axum::body::to_bytes(passed.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], br#"{"error":{"name":"conflict","message":"x"}}"#);
     }
 }

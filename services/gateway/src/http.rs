@@ -72,6 +72,7 @@ pub fn router(gw: Shared) -> Router {
         .route("/readyz", get(readyz))
         .merge(api)
         .fallback(|| async { ApiError::not_found() })
+        .layer(middleware::map_response(crate::error::upbit_shape))
         .with_state(gw)
 }
 

@@ -32,6 +32,11 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> 
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::bad_request(
                 "Content-Type: application/json is required",
             )),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is too large",
+            )),
             Err(e) => Err(ApiError::bad_request(format!(
                 "invalid JSON body: {}",
                 e.body_text()

@@ -155,12 +155,8 @@ impl InventoryService for Inventory {
             .into());
         }
         let amount = domain::positive("amount", &req.amount)?;
-        if req.idempotency_key.is_empty() || req.idempotency_key.len() > 128 {
-            return Err(InventoryError::Invalid(
-                "idempotency_key must be 1 to 128 characters".into(),
-            )
-            .into());
-        }
+        service_kit::text::key("idempotency_key", &req.idempotency_key, 128)
+            .map_err(InventoryError::Invalid)?;
         store::deposit(
             &self.pool,
             user,

@@ -55,7 +55,7 @@ fn unavailable(what: &str, err: &dyn std::fmt::Display) -> Status {
 fn check_market(code: &str) -> Result<(), Status> {
     upbit::market::MarketCode::parse(code)
         .map(|_| ())
-        .map_err(|e| Status::invalid_argument(e.to_string()))
+        .map_err(|e| Status::invalid_argument(service_kit::grpc::bounded(e.to_string())))
 }
 
 fn quote_of(market: &str) -> &str {

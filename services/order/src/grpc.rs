@@ -43,6 +43,12 @@ fn uuid(field: &str, value: &str) -> Result<Option<Uuid>, OrderError> {
         .map_err(|_| OrderError::invalid(format!("{field} must be a UUID")))
 }
 
+/// A client's order identifier, if given.
+fn identifier(value: &str) -> Result<Option<&str>, OrderError> {
+    service_kit::text::optional_key("identifier", value, crate::service::MAX_IDENTIFIER)
+        .map_err(OrderError::invalid)
+}
+
 fn user(value: &str) -> Result<Uuid, OrderError> {
     uuid("user_id", value)?.ok_or_else(|| OrderError::invalid("user_id is required"))
 }
@@ -189,7 +195,7 @@ impl OrderService for Order {
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::CancelOrderResponse>, Status> {
         let req = request.into_inner();
-        let identifier = (!req.identifier.is_empty()).then_some(req.identifier.as_str());
+        let identifier = identifier(&req.identifier)?;
         let view = self
             .orders
             .cancel(user(&req.user_id)?, uuid("uuid", &req.uuid)?, identifier)
@@ -204,7 +210,7 @@ impl OrderService for Order {
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
         let req = request.into_inner();
-        let identifier = (!req.identifier.is_empty()).then_some(req.identifier.as_str());
+        let identifier = identifier(&req.identifier)?;
         let view = self
             .orders
             .get(user(&req.user_id)?, uuid("uuid", &req.uuid)?, identifier)
@@ -240,6 +246,9 @@ impl OrderService for Order {
             .map(|u| uuid("uuids", u).map(|o| o.unwrap_or_default()))
             .collect::<Result<Vec<_>, _>>()?;
         let market = (!req.market.is_empty()).then_some(req.market.as_str());
+        if let Some(m) = market {
+            upbit::market::MarketCode::parse(m).map_err(|e| OrderError::invalid(e.to_string()))?;
+        }
         let rows = store::list(
             self.orders.pool(),
             user,

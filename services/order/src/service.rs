@@ -37,6 +37,9 @@ use crate::store::{self, ExecRow, NewOrder, OrderRow};
 
 mod recovery;
 
+/// Longest client order identifier, in bytes (Upbit does not say; 100 is ample).
+pub const MAX_IDENTIFIER: usize = 100;
+
 /// Where to crash on purpose (`FAULT_AFTER`), to demonstrate and test recovery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Fault {
@@ -375,13 +378,11 @@ impl Orders {
     /// it made before; an error for a used identifier or a malformed key.
     async fn admit(&self, req: &Place<'_>) -> Result<Option<View>, OrderError> {
         for (field, value, max) in [
-            ("identifier", req.identifier, 100),
+            ("identifier", req.identifier, MAX_IDENTIFIER),
             ("request key", req.request_key, 128),
         ] {
-            if value.is_some_and(|v| v.is_empty() || v.len() > max) {
-                return Err(OrderError::invalid(format!(
-                    "{field} must be 1 to {max} characters"
-                )));
+            if let Some(v) = value {
+                service_kit::text::key(field, v, max).map_err(OrderError::invalid)?;
             }
         }
         if let Some(view) = self.retried(req).await? {

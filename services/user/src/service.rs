@@ -25,6 +25,8 @@ use crate::store::{self, ApiKeyRow, RefreshUse, UserRow};
 
 /// Most active API keys per user.
 const MAX_API_KEYS: i64 = 10;
+/// Longest access key looked up (ours are 40 characters).
+const MAX_ACCESS_KEY: usize = 64;
 
 /// A refresh token presented again within this time of being spent, while its
 /// successor is unused, is a retry (its answer was lost), not a theft.
@@ -69,6 +71,7 @@ pub fn normalize_email(email: &str) -> Result<String, UserError> {
     let email = email.trim().to_lowercase();
     let valid = (3..=254).contains(&email.len())
         && !email.contains(char::is_whitespace)
+        && !email.contains(char::is_control)
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty() && domain.contains('.') && !domain.contains('@')
         });
@@ -368,9 +371,9 @@ impl Users {
         user: Uuid,
         label: &str,
     ) -> Result<(ApiKeyRow, String), UserError> {
-        if label.chars().count() > 64 {
+        if label.chars().count() > 64 || label.chars().any(char::is_control) {
             return Err(UserError::Invalid(
-                "label must be at most 64 characters".into(),
+                "label must be at most 64 characters, none of them control characters".into(),
             ));
         }
         store::user_by_id(&self.pool, user)
@@ -393,6 +396,7 @@ impl Users {
     }
 
     pub async fn revoke_api_key(&self, user: Uuid, key: &str) -> Result<ApiKeyRow, UserError> {
+        service_kit::text::key("access_key", key, MAX_ACCESS_KEY).map_err(UserError::Invalid)?;
         store::revoke_api_key(&self.pool, user, key)
             .await?
             .ok_or(UserError::NotFound("API key"))
@@ -415,6 +419,8 @@ impl Users {
                 UserError::Token("invalid_access_key", "the token has no access_key".into())
             })?
             .to_owned();
+        service_kit::text::key("access_key", &access_key, MAX_ACCESS_KEY)
+            .map_err(|m| UserError::Token("invalid_access_key", m))?;
         let key = store::api_key(&self.pool, &access_key)
             .await?
             .filter(|k| k.revoked_at.is_none())
