@@ -3,14 +3,19 @@
 //! exponents, injection strings, control characters, unknown markets, huge
 //! strings, wrong JSON types), and each body is also sent broken (cut, wrong
 //! type, invalid UTF-8, too big). Whatever the answer, it is never a 5xx: a
-//! refusal is a 4xx in Upbit's error shape, and the gateway keeps serving.
+//! refusal is a 4xx in Upbit's error shape, and the gateway keeps serving. The
+//! WebSocket gets the same values in each field of a subscription.
 
 use serde_json::{Value, json};
 use sha2::Digest;
 use test_support::TestDb;
 use user::jwt::{self, Alg};
 
-use crate::stack::{Options, Stack};
+use std::time::Duration;
+
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::stack::{Options, Stack, ws_next, ws_send};
 
 /// A request's parameters, each good.
 type Params = Vec<(&'static str, &'static str)>;
@@ -486,6 +491,92 @@ async fn every_route_refuses_bad_input_with_a_4xx_never_a_5xx() {
             }
         }
     }
+    // The WebSocket: each field of a subscription bad in turn, and messages
+    // that are not subscriptions. Each on a fresh connection (from its own
+    // address, so the per-connection request window never answers instead of
+    // the parser); every answer before the PING's must be data or an error
+    // frame in Upbit's shape, and the connection must still answer the PING.
+    let good = json!([
+        {"ticket": "t"},
+        {"type": "trade", "codes": ["KRW-BTC"], "is_only_snapshot": true, "is_only_realtime": false},
+        {"format": "DEFAULT"}
+    ]);
+    let mut messages: Vec<String> = Vec::new();
+    for (i, field) in [
+        (0, "ticket"),
+        (1, "type"),
+        (1, "codes"),
+        (1, "level"),
+        (1, "is_only_snapshot"),
+        (1, "is_only_realtime"),
+        (2, "format"),
+    ] {
+        for bad in values
+            .iter()
+            .map(|v| Value::from(v.as_str()))
+            .chain(wrong_types())
+        {
+            let mut m = good.clone();
+            m[i][field] = bad;
+            messages.push(m.to_string());
+        }
+    }
+    // More codes than allowed, in a message within the size limit (a bigger
+    // one closes the connection by design: market.rs tests that).
+    let mut many = good.clone();
+    many[1]["codes"] = Value::from(vec![Value::from("KRW-BTC"); 2_000]);
+    messages.push(many.to_string());
+    messages.extend(
+        [
+            "",
+            "{",
+            "[]",
+            "{}",
+            "null",
+            "[[]]",
+            "[1,2,3]",
+            "PING PING",
+            "\u{0}",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    messages.extend(values.iter().cloned());
+    for (n, message) in messages.iter().enumerate() {
+        let mut request = format!("ws://{}/websocket/v1", stack.gateways[0].http)
+            .into_client_request()
+            .unwrap();
+        request.headers_mut().insert(
+            "x-forwarded-for",
+            format!("10.{}.{}.1", n / 250, n % 250).parse().unwrap(),
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        ws_send(&mut ws, message).await;
+        ws_send(&mut ws, "PING").await;
+        let what = format!("WebSocket {}", short(message, 100));
+        loop {
+            let Some(frame) = ws_next(&mut ws, Duration::from_secs(5)).await else {
+                tally
+                    .failures
+                    .push(format!("{what}: closed or silent before the PING's answer"));
+                break;
+            };
+            if frame == br#"{"status":"UP"}"# {
+                *tally.statuses.entry(101).or_insert(0) += 1;
+                break;
+            }
+            let body: Value = serde_json::from_slice(&frame).unwrap_or(Value::Null);
+            if body.get("error").is_some()
+                && !(body["error"]["name"].is_string() && body["error"]["message"].is_string())
+            {
+                tally
+                    .failures
+                    .push(format!("{what}: an error frame without Upbit's shape"));
+            }
+        }
+        let _ = ws.close(None).await;
+    }
+
     // Wrong methods and unknown routes: the framework's own answers, shaped.
     for (method, path) in [
         (reqwest::Method::POST, "/v1/ticker"),
