@@ -195,6 +195,29 @@ ensure_cargo() {
   have cargo || die "cargo not found: install Rust from https://rustup.rs"
 }
 
+# ensure_upbit_clients: exports UPBIT_CLIENTS_PYTHON, a Python with the public
+# Upbit client libraries the tests trade with (tools/upbit-clients), made once
+# in a virtualenv under the tools cache. In CI a failure is fatal; elsewhere
+# the test that needs it is skipped.
+ensure_upbit_clients() {
+  local tools=${EXCHANGE_TOOLS:-$HOME/.cache/exchange/tools}
+  local venv=$tools/py req=$ROOT/tools/upbit-clients/requirements.txt
+  if [[ ! -x $venv/bin/python ]] || ! cmp -s "$req" "$venv/requirements.txt"; then
+    step "installing the Upbit client libraries for the tests (ccxt, pyupbit; once)"
+    rm -rf "$venv"
+    if ! { have python3 || apt_install python3; } ||
+       ! { python3 -m venv "$venv" >/dev/null 2>&1 || { apt_install python3-venv && python3 -m venv "$venv"; }; } ||
+       ! "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"; then
+      rm -rf "$venv"
+      [[ ${CI:-} == true ]] && die "cannot install the Upbit client libraries (pip install -r $req)"
+      say "  could not install them: the client-library test will be skipped"
+      return 0
+    fi
+    cp "$req" "$venv/requirements.txt"
+  fi
+  export UPBIT_CLIENTS_PYTHON=$venv/bin/python
+}
+
 target_dir() {
   printf '%s' "${CARGO_TARGET_DIR:-$ROOT/target}"
 }

@@ -13,6 +13,7 @@
 //! - [`query`]: REST query parameters validated with client-safe messages.
 //! - [`scan`]: a strict, allocation-free reader of one JSON object's fields, for
 //!   clients that convert frames straight into their own types.
+//! - [`signing`]: the string a private request's `query_hash` is of, unambiguous.
 //! - [`market`]: market codes (`QUOTE-BASE`), tick sizes, minimum order totals.
 //! - [`error`]: Upbit's error body `{"error":{"name","message"}}`.
 
@@ -22,6 +23,7 @@ pub mod parse;
 pub mod query;
 pub mod request;
 pub mod scan;
+pub mod signing;
 pub mod types;
 pub mod write;
 

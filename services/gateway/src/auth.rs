@@ -51,10 +51,16 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
         })
 }
 
+/// Who the user service says the credentials are, and what they may do.
+struct Verified {
+    user: Uuid,
+    permissions: Vec<pb::Permission>,
+}
+
 async fn verify(
     gw: &Shared,
     credentials: pb::verify_credentials_request::Credentials,
-) -> Result<Uuid, ApiError> {
+) -> Result<Verified, ApiError> {
     let resp = gw
         .user
         .clone()
@@ -66,7 +72,10 @@ async fn verify(
         .into_inner();
     let user = Uuid::parse_str(&resp.user_id)
         .map_err(|_| ApiError::new(StatusCode::BAD_GATEWAY, "server_error", "bad user id"))?;
-    Ok(user)
+    Ok(Verified {
+        user,
+        permissions: resp.permissions().collect(),
+    })
 }
 
 /// Access tokens the user service verified, so that a client's burst of
@@ -145,7 +154,8 @@ impl FromRequestParts<Shared> for NativeUser {
             gw,
             pb::verify_credentials_request::Credentials::AccessToken(token.clone()),
         )
-        .await?;
+        .await?
+        .user;
         if let Some(until) = expiry(&token) {
             gw.tokens.put(&token, user, until, Instant::now());
         }
@@ -153,14 +163,36 @@ impl FromRequestParts<Shared> for NativeUser {
     }
 }
 
-/// A verified Upbit-style request: who sent it and its parameters in order.
+/// A verified Upbit-style request: who sent it, what its key may do, and its
+/// parameters in order.
 #[derive(Clone, Debug)]
 pub struct UpbitRequest {
     pub user: Uuid,
     pub params: Vec<(String, String)>,
+    pub permissions: Vec<pb::Permission>,
 }
 
 impl UpbitRequest {
+    /// Refuses the request unless its API key has `permission` (Upbit's 401
+    /// `out_of_scope`).
+    pub fn require(&self, permission: pb::Permission) -> Result<(), ApiError> {
+        if self.permissions.contains(&permission) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "out_of_scope",
+                format!(
+                    "this API key lacks the {} permission",
+                    permission
+                        .as_str_name()
+                        .trim_start_matches("PERMISSION_")
+                        .to_lowercase()
+                ),
+            ))
+        }
+    }
+
     /// The first value of `key` (empty values count as absent).
     pub fn param(&self, key: &str) -> Option<&str> {
         self.params
@@ -180,55 +212,13 @@ impl UpbitRequest {
     }
 }
 
-/// Parameters as `key=value` pairs joined by `&`, not percent-encoded: what
-/// Upbit clients hash.
-pub fn canonical(params: &[(String, String)]) -> String {
-    params
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&")
-}
+/// Largest request body read for an Upbit-signed request.
+const MAX_SIGNED_BODY: usize = 64 * 1024;
 
-fn from_query(query: &str) -> Vec<(String, String)> {
-    url::form_urlencoded::parse(query.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
-}
-
-/// A JSON object's fields in order, scalars as their text, arrays as `key[]`.
-fn from_json(value: &serde_json::Value) -> Result<Vec<(String, String)>, ApiError> {
-    let object = value
-        .as_object()
-        .ok_or_else(|| ApiError::bad_request("the body must be a JSON object"))?;
-    let scalar = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    };
-    let mut out = Vec::new();
-    for (k, v) in object {
-        match v {
-            serde_json::Value::Null => {}
-            serde_json::Value::Array(items) => {
-                for item in items {
-                    out.push((
-                        format!("{k}[]"),
-                        scalar(item).ok_or_else(|| {
-                            ApiError::bad_request(format!("{k} has a non-scalar item"))
-                        })?,
-                    ));
-                }
-            }
-            other => out.push((
-                k.clone(),
-                scalar(other)
-                    .ok_or_else(|| ApiError::bad_request(format!("{k} must be a scalar")))?,
-            )),
-        }
+impl From<upbit::signing::Unsignable> for ApiError {
+    fn from(e: upbit::signing::Unsignable) -> Self {
+        ApiError::bad_request(e.to_string())
     }
-    Ok(out)
 }
 
 impl FromRequest<Shared> for UpbitRequest {
@@ -236,35 +226,47 @@ impl FromRequest<Shared> for UpbitRequest {
 
     async fn from_request(req: Request, gw: &Shared) -> Result<Self, Self::Rejection> {
         let (parts, body) = req.into_parts();
-        let mut params = parts.uri.query().map(from_query).unwrap_or_default();
+        let mut signed = upbit::signing::from_query(parts.uri.query().unwrap_or(""))?;
         let is_json = parts
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|c| c.starts_with("application/json"));
-        let bytes = axum::body::to_bytes(body, 64 * 1024)
+        let bytes = axum::body::to_bytes(body, MAX_SIGNED_BODY)
             .await
-            .map_err(|_| ApiError::bad_request("the body is too large"))?;
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is too large",
+                )
+            })?;
         if !bytes.is_empty() {
-            params.extend(if is_json {
-                let value: serde_json::Value = serde_json::from_slice(&bytes)
-                    .map_err(|_| ApiError::bad_request("the body is not valid JSON"))?;
-                from_json(&value)?
+            signed.extend(if is_json {
+                upbit::signing::from_json(&bytes)?
             } else {
-                from_query(&String::from_utf8_lossy(&bytes))
-            });
+                let text = std::str::from_utf8(&bytes)
+                    .map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
+                upbit::signing::from_query(text)?
+            })?;
         }
         let jwt = bearer(&parts.headers)?.to_owned();
+        let mut hashed = signed.hashed().into_iter();
         let upbit = pb::UpbitToken {
             jwt,
-            query: canonical(&params),
+            query: hashed.next().unwrap_or_default(),
+            alternatives: hashed.collect(),
         };
-        let user = verify(
+        let verified = verify(
             gw,
             pb::verify_credentials_request::Credentials::Upbit(upbit),
         )
         .await?;
-        Ok(Self { user, params })
+        Ok(Self {
+            user: verified.user,
+            params: signed.params,
+            permissions: verified.permissions,
+        })
     }
 }
 
@@ -347,20 +349,5 @@ mod tests {
         assert_eq!(expiry(&token(now - 1)), None, "already expired");
         assert_eq!(expiry("not-a-jwt"), None);
         assert_eq!(expiry("h.%%%.s"), None);
-    }
-
-    #[test]
-    fn parameters_are_hashed_as_clients_write_them() {
-        let q = from_query("market=KRW-BTC&states%5B%5D=wait&states%5B%5D=watch&page=1");
-        assert_eq!(
-            canonical(&q),
-            "market=KRW-BTC&states[]=wait&states[]=watch&page=1"
-        );
-        let body = serde_json::json!({"market": "KRW-BTC", "side": "bid", "volume": "0.01", "price": 100, "ord_type": "limit"});
-        assert_eq!(
-            canonical(&from_json(&body).unwrap()),
-            "market=KRW-BTC&side=bid&volume=0.01&price=100&ord_type=limit"
-        );
-        assert!(from_json(&serde_json::json!([1, 2])).is_err());
     }
 }

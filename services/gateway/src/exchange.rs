@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use exchange_proto::inventory::v1 as inv;
 use exchange_proto::order::v1 as pb;
+use exchange_proto::user::v1::Permission;
 use serde_json::{Value, json};
 
 use crate::auth::{UpbitRequest, private_limit};
@@ -29,12 +30,16 @@ fn reply(status: StatusCode, body: Value, group: &str, limit: u32, decision: Dec
     resp
 }
 
-async fn limit(
+/// A verified request's next steps: its key must have `permission`, then it
+/// is counted in `group` (per user, whichever of its keys or the native API
+/// it uses).
+async fn admit(
     gw: &Shared,
     req: &UpbitRequest,
+    permission: Permission,
     group: &'static str,
 ) -> Result<(u32, Decision), ApiError> {
-    // Per user, whichever of its keys (or the native API) it uses.
+    req.require(permission)?;
     Ok((
         gw.limits.private(group),
         private_limit(gw, group, &req.user.to_string()).await?,
@@ -46,7 +51,7 @@ fn no_order() -> ApiError {
 }
 
 pub async fn accounts(State(gw): State<Shared>, req: UpbitRequest) -> Result<Response, ApiError> {
-    let (per_second, decision) = limit(&gw, &req, "default").await?;
+    let (per_second, decision) = admit(&gw, &req, Permission::ViewAccounts, "default").await?;
     let r = gw
         .inventory
         .clone()
@@ -60,7 +65,7 @@ pub async fn accounts(State(gw): State<Shared>, req: UpbitRequest) -> Result<Res
 }
 
 pub async fn chance(State(gw): State<Shared>, req: UpbitRequest) -> Result<Response, ApiError> {
-    let (per_second, decision) = limit(&gw, &req, "default").await?;
+    let (per_second, decision) = admit(&gw, &req, Permission::ViewOrders, "default").await?;
     let market = req
         .param("market")
         .ok_or_else(|| ApiError::bad_request("market is required"))?;
@@ -121,7 +126,7 @@ pub async fn place(
     RequestKey(request_key): RequestKey,
     req: UpbitRequest,
 ) -> Result<Response, ApiError> {
-    let (per_second, decision) = limit(&gw, &req, "order").await?;
+    let (per_second, decision) = admit(&gw, &req, Permission::MakeOrders, "order").await?;
     let required = |k: &str| {
         req.param(k)
             .ok_or_else(|| ApiError::bad_request(format!("{k} is required")))
@@ -157,7 +162,7 @@ fn which(req: &UpbitRequest) -> Result<(String, String), ApiError> {
 }
 
 pub async fn get(State(gw): State<Shared>, req: UpbitRequest) -> Result<Response, ApiError> {
-    let (per_second, decision) = limit(&gw, &req, "default").await?;
+    let (per_second, decision) = admit(&gw, &req, Permission::ViewOrders, "default").await?;
     let (uuid, identifier) = which(&req)?;
     let r = gw
         .order
@@ -180,7 +185,7 @@ pub async fn get(State(gw): State<Shared>, req: UpbitRequest) -> Result<Response
 }
 
 pub async fn cancel(State(gw): State<Shared>, req: UpbitRequest) -> Result<Response, ApiError> {
-    let (per_second, decision) = limit(&gw, &req, "order").await?;
+    let (per_second, decision) = admit(&gw, &req, Permission::MakeOrders, "order").await?;
     let (uuid, identifier) = which(&req)?;
     let r = gw
         .order
@@ -208,7 +213,7 @@ async fn list(
     default_states: &[&str],
     allowed: &[&str],
 ) -> Result<Response, ApiError> {
-    let (per_second, decision) = limit(gw, req, "default").await?;
+    let (per_second, decision) = admit(gw, req, Permission::ViewOrders, "default").await?;
     let mut names: Vec<&str> = req.params("states");
     if let Some(s) = req.param("state") {
         names.push(s);

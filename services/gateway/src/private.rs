@@ -205,10 +205,32 @@ pub async fn refresh(
 pub struct NewKey {
     #[serde(default)]
     label: String,
+    /// Permission names; absent: all of them.
+    #[serde(default)]
+    permissions: Option<Vec<String>>,
+}
+
+/// A permission's name in the native API (`view_accounts`, …).
+fn permission_name(p: user_pb::Permission) -> String {
+    p.as_str_name()
+        .trim_start_matches("PERMISSION_")
+        .to_lowercase()
+}
+
+fn permission_of(name: &str) -> Result<user_pb::Permission, ApiError> {
+    user_pb::Permission::from_str_name(&format!("PERMISSION_{}", name.to_uppercase()))
+        .filter(|p| *p != user_pb::Permission::Unspecified)
+        .ok_or_else(|| {
+            ApiError::bad_request("permissions are some of view_accounts, view_orders, make_orders")
+        })
 }
 
 fn key_json(k: &user_pb::ApiKey) -> Value {
-    let mut v = json!({"access_key": k.access_key, "label": k.label, "created_at": k.created_at, "revoked": k.revoked});
+    let permissions: Vec<String> = k.permissions().map(permission_name).collect();
+    let mut v = json!({
+        "access_key": k.access_key, "label": k.label, "created_at": k.created_at,
+        "expire_at": k.expire_at, "revoked": k.revoked, "permissions": permissions,
+    });
     if !k.secret_key.is_empty() {
         v["secret_key"] = Value::from(k.secret_key.as_str());
     }
@@ -221,20 +243,32 @@ pub async fn create_api_key(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     private_limit(&gw, "default", &user.to_string()).await?;
-    // The body is optional: `{"label": "..."}`.
-    let label = if body.is_empty() {
-        String::new()
+    // The body is optional: `{"label": "...", "permissions": ["view_orders"]}`.
+    let new = if body.is_empty() {
+        NewKey::default()
     } else {
         serde_json::from_slice::<NewKey>(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
-            .label
+    };
+    let permissions = match new.permissions {
+        None => Vec::new(),
+        Some(names) if names.is_empty() || names.len() > 8 => {
+            return Err(ApiError::bad_request(
+                "permissions must name at least one permission",
+            ));
+        }
+        Some(names) => names
+            .iter()
+            .map(|n| permission_of(n).map(|p| p as i32))
+            .collect::<Result<_, _>>()?,
     };
     let r = gw
         .user
         .clone()
         .create_api_key(user_pb::CreateApiKeyRequest {
             user_id: user.to_string(),
-            label,
+            label: new.label,
+            permissions,
         })
         .await?
         .into_inner();

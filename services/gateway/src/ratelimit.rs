@@ -43,13 +43,17 @@ pub enum Decision {
     Unlimited,
 }
 
+/// What `Remaining-Req` shows for a group without a limit: Upbit always sends
+/// the header, and clients (pyupbit) fail on a response without it.
+pub const UNLIMITED_SHOWN: u32 = 1000;
+
 impl Decision {
     /// Upbit's `Remaining-Req` header value.
     pub fn header(self, group: &str, limit: u32) -> Option<HeaderValue> {
         let sec = match self {
             Decision::Allowed { remaining } => remaining,
             Decision::Limited => 0,
-            Decision::Unlimited if limit == 0 => return None,
+            Decision::Unlimited if limit == 0 => UNLIMITED_SHOWN,
             Decision::Unlimited => limit,
         };
         HeaderValue::from_str(&format!(

@@ -47,6 +47,12 @@ pub struct Config {
     #[arg(long, env = "REFRESH_TOKEN_TTL", default_value = "14d", value_parser = parse_duration)]
     pub refresh_token_ttl: Duration,
 
+    /// Lifetime of API keys (Upbit's last a year). A key's request nonces are
+    /// kept until it expires or is revoked, so a shorter lifetime also bounds
+    /// that table.
+    #[arg(long, env = "API_KEY_LIFETIME", default_value = "365d", value_parser = parse_duration)]
+    pub api_key_lifetime: Duration,
+
     /// Passwords hashed or checked at once (argon2: 19 MiB and a core each);
     /// 0 = the number of cores. Size the pod's memory for it.
     #[arg(long, env = "HASH_CONCURRENCY", default_value_t = 0)]

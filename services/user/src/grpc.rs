@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::error::UserError;
-use crate::service::{Tokens, Users};
+use crate::service::{Permission, Tokens, Users};
 use crate::store::{ApiKeyRow, UserRow};
 
 pub struct User {
@@ -49,11 +49,35 @@ fn api_key(k: &ApiKeyRow, secret: String) -> pb::ApiKey {
         label: k.label.clone(),
         created_at: k.created_at.timestamp_millis(),
         revoked: k.revoked_at.is_some(),
-        expire_at: k
-            .expire_at
-            .map(|t| t.timestamp_millis())
-            .unwrap_or_default(),
+        expire_at: k.expire_at.timestamp_millis(),
+        permissions: k
+            .permissions
+            .iter()
+            .filter_map(|p| Permission::from_name(p))
+            .map(|p| permission_pb(p) as i32)
+            .collect(),
     }
+}
+
+fn permission_pb(p: Permission) -> pb::Permission {
+    match p {
+        Permission::ViewAccounts => pb::Permission::ViewAccounts,
+        Permission::ViewOrders => pb::Permission::ViewOrders,
+        Permission::MakeOrders => pb::Permission::MakeOrders,
+    }
+}
+
+/// Permissions named by a caller; unknown values are refused.
+fn permissions(values: &[i32]) -> Result<Vec<Permission>, UserError> {
+    values
+        .iter()
+        .map(|v| match pb::Permission::try_from(*v) {
+            Ok(pb::Permission::ViewAccounts) => Ok(Permission::ViewAccounts),
+            Ok(pb::Permission::ViewOrders) => Ok(Permission::ViewOrders),
+            Ok(pb::Permission::MakeOrders) => Ok(Permission::MakeOrders),
+            _ => Err(UserError::Invalid(format!("{v} is not a permission"))),
+        })
+        .collect()
 }
 
 #[tonic::async_trait]
@@ -102,7 +126,11 @@ impl UserService for User {
         let req = request.into_inner();
         let (row, secret) = self
             .users
-            .create_api_key(user_id(&req.user_id)?, &req.label)
+            .create_api_key(
+                user_id(&req.user_id)?,
+                &req.label,
+                &permissions(&req.permissions)?,
+            )
             .await?;
         Ok(Response::new(pb::CreateApiKeyResponse {
             api_key: Some(api_key(&row, secret)),
@@ -145,12 +173,24 @@ impl UserService for User {
             Some(Credentials::AccessToken(token)) => pb::VerifyCredentialsResponse {
                 user_id: self.users.verify_access_token(&token)?.to_string(),
                 access_key: String::new(),
+                permissions: Vec::new(),
             },
             Some(Credentials::Upbit(t)) => {
-                let (user, key) = self.users.verify_upbit(&t.jwt, &t.query).await?;
+                if t.alternatives.len() > 4 {
+                    return Err(UserError::Invalid("at most 4 alternatives".into()).into());
+                }
+                let used = self
+                    .users
+                    .verify_upbit(&t.jwt, &t.query, &t.alternatives)
+                    .await?;
                 pb::VerifyCredentialsResponse {
-                    user_id: user.to_string(),
-                    access_key: key,
+                    user_id: used.user.to_string(),
+                    access_key: used.access_key,
+                    permissions: used
+                        .permissions
+                        .into_iter()
+                        .map(|p| permission_pb(p) as i32)
+                        .collect(),
                 }
             }
             None => {

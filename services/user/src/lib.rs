@@ -8,7 +8,8 @@ mod error;
 mod grpc;
 pub mod jwt;
 mod service;
-mod store;
+/// SQL (public for the tests' inspection of what is stored).
+pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -84,8 +85,11 @@ impl App {
             inventory,
             service::key_or_random(self.config.jwt_secret.as_deref(), "JWT_SECRET"),
             service::key_or_random(self.config.api_key_secret.as_deref(), "API_KEY_SECRET"),
-            self.config.access_token_ttl,
-            self.config.refresh_token_ttl,
+            service::Lifetimes {
+                access_token: self.config.access_token_ttl,
+                refresh_token: self.config.refresh_token_ttl,
+                api_key: self.config.api_key_lifetime,
+            },
         ));
         let (housekeeper, draining) = (users.clone(), self.server.draining());
         self.server.spawn("housekeeping", async move {

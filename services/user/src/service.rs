@@ -39,14 +39,60 @@ pub struct Tokens {
     pub expires_in: i64,
 }
 
+/// What an API key may do: Upbit's key permissions for trading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Permission {
+    /// Balances.
+    ViewAccounts,
+    /// Orders and order chance.
+    ViewOrders,
+    /// Placing and cancelling orders.
+    MakeOrders,
+}
+
+impl Permission {
+    pub const ALL: [Self; 3] = [Self::ViewAccounts, Self::ViewOrders, Self::MakeOrders];
+
+    /// The name stored with the key.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ViewAccounts => "view_accounts",
+            Self::ViewOrders => "view_orders",
+            Self::MakeOrders => "make_orders",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+/// How long each kind of credential lives.
+#[derive(Clone, Copy, Debug)]
+pub struct Lifetimes {
+    pub access_token: Duration,
+    pub refresh_token: Duration,
+    pub api_key: Duration,
+}
+
+/// Clock difference tolerated on a token's `exp` and `iat`.
+const CLOCK_SKEW_SECS: i64 = 300;
+
+/// A verified Upbit-style request: whose key, and what it may do.
+#[derive(Debug)]
+pub struct KeyUse {
+    pub user: Uuid,
+    pub access_key: String,
+    pub permissions: Vec<Permission>,
+}
+
 pub struct Users {
     pool: PgPool,
     hasher: Hasher,
     inventory: InventoryServiceClient<Channel>,
     jwt_key: Vec<u8>,
     api_key_secret: Vec<u8>,
-    access_ttl: Duration,
-    refresh_ttl: Duration,
+    lifetimes: Lifetimes,
 }
 
 fn random_key() -> Vec<u8> {
@@ -159,15 +205,13 @@ fn sha256_hex(data: &[u8]) -> String {
 }
 
 impl Users {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         pool: PgPool,
         hasher: Hasher,
         inventory: InventoryServiceClient<Channel>,
         jwt_key: Vec<u8>,
         api_key_secret: Vec<u8>,
-        access_ttl: Duration,
-        refresh_ttl: Duration,
+        lifetimes: Lifetimes,
     ) -> Self {
         Self {
             pool,
@@ -175,8 +219,7 @@ impl Users {
             inventory,
             jwt_key,
             api_key_secret,
-            access_ttl,
-            refresh_ttl,
+            lifetimes,
         }
     }
 
@@ -254,7 +297,7 @@ impl Users {
     /// A new access token of `user` with `refresh_token` beside it.
     fn tokens(&self, user: Uuid, refresh_token: String) -> Tokens {
         let now = Utc::now().timestamp();
-        let ttl = self.access_ttl.as_secs() as i64;
+        let ttl = self.lifetimes.access_token.as_secs() as i64;
         let claims = serde_json::json!({
             "sub": user.to_string(),
             "typ": "access",
@@ -270,7 +313,7 @@ impl Users {
     }
 
     fn refresh_expiry(&self) -> chrono::DateTime<Utc> {
-        Utc::now() + chrono::Duration::seconds(self.refresh_ttl.as_secs() as i64)
+        Utc::now() + chrono::Duration::seconds(self.lifetimes.refresh_token.as_secs() as i64)
     }
 
     async fn issue(&self, user: Uuid) -> Result<Tokens, UserError> {
@@ -366,16 +409,27 @@ impl Users {
         secret
     }
 
+    /// A new API key with `permissions` (all when empty), usable for the
+    /// configured lifetime.
     pub async fn create_api_key(
         &self,
         user: Uuid,
         label: &str,
+        permissions: &[Permission],
     ) -> Result<(ApiKeyRow, String), UserError> {
         if label.chars().count() > 64 || label.chars().any(char::is_control) {
             return Err(UserError::Invalid(
                 "label must be at most 64 characters, none of them control characters".into(),
             ));
         }
+        let mut permissions = if permissions.is_empty() {
+            Permission::ALL.to_vec()
+        } else {
+            permissions.to_vec()
+        };
+        permissions.sort();
+        permissions.dedup();
+        let names: Vec<String> = permissions.iter().map(|p| p.name().to_owned()).collect();
         store::user_by_id(&self.pool, user)
             .await?
             .ok_or(UserError::NotFound("user"))?;
@@ -384,7 +438,16 @@ impl Users {
             .take(40)
             .map(char::from)
             .collect();
-        let row = store::insert_api_key(&self.pool, &access_key, user, label, MAX_API_KEYS)
+        let lifetime = chrono::Duration::from_std(self.lifetimes.api_key)
+            .map_err(|_| UserError::Internal("API_KEY_LIFETIME is out of range".into()))?;
+        let new = store::NewApiKey {
+            access_key: &access_key,
+            user,
+            label,
+            permissions: &names,
+            expire_at: Utc::now() + lifetime,
+        };
+        let row = store::insert_api_key(&self.pool, &new, MAX_API_KEYS)
             .await?
             .ok_or(UserError::Limit)?;
         let secret = self.secret_of(&access_key);
@@ -403,12 +466,17 @@ impl Users {
     }
 
     /// Verifies an Upbit-style request token: HS256/HS512 over the API key's
-    /// secret, `query_hash` = SHA512 of the request's query, a fresh `nonce`.
+    /// secret; a `query_hash` of the request's parameters (`query`, or one of
+    /// `alternatives`) whenever it has any, and if the token carries one even
+    /// when it has none; `exp` and `iat` when given; a `nonce` (string or
+    /// number) never used before with this key — nonces are kept until the key
+    /// expires or is revoked, so a captured token never replays.
     pub async fn verify_upbit(
         &self,
         token: &str,
         query: &str,
-    ) -> Result<(Uuid, String), UserError> {
+        alternatives: &[String],
+    ) -> Result<KeyUse, UserError> {
         let unverified = jwt::decode(token)
             .map_err(|_| UserError::Token("jwt_verification", "malformed JWT".into()))?;
         let access_key = unverified
@@ -427,7 +495,7 @@ impl Users {
             .ok_or_else(|| {
                 UserError::Token("invalid_access_key", "unknown or revoked access key".into())
             })?;
-        if key.expire_at.is_some_and(|at| at <= Utc::now()) {
+        if key.expire_at <= Utc::now() {
             return Err(UserError::Token(
                 "expired_access_key",
                 "the API key has expired".into(),
@@ -441,44 +509,24 @@ impl Users {
             .map_err(|e| {
                 UserError::Token("jwt_verification", format!("JWT verification failed: {e}"))
             })?;
-        if !query.is_empty() {
-            let alg = claims
-                .get("query_hash_alg")
-                .and_then(|a| a.as_str())
-                .unwrap_or("SHA512");
-            let expected = match alg {
-                "SHA512" => hex::encode(Sha512::digest(query.as_bytes())),
-                "SHA256" => hex::encode(Sha256::digest(query.as_bytes())),
-                _ => {
-                    return Err(UserError::Token(
-                        "invalid_query_payload",
-                        "query_hash_alg must be SHA512".into(),
-                    ));
-                }
-            };
-            let given = claims
-                .get("query_hash")
-                .and_then(|h| h.as_str())
-                .unwrap_or_default();
-            if !given.eq_ignore_ascii_case(&expected) {
-                return Err(UserError::Token(
-                    "invalid_query_payload",
-                    "query_hash does not match the request".into(),
-                ));
-            }
-        }
-        let nonce = claims
-            .get("nonce")
-            .and_then(|n| n.as_str())
-            .filter(|n| !n.is_empty() && n.len() <= 128)
-            .ok_or_else(|| UserError::Token("jwt_verification", "the token has no nonce".into()))?;
-        if !store::use_nonce(&self.pool, &access_key, nonce).await? {
+        check_query_hash(&claims, query, alternatives)?;
+        check_times(&claims, Utc::now().timestamp())?;
+        let nonce = nonce(&claims)?;
+        if !store::use_nonce(&self.pool, &access_key, &nonce).await? {
             return Err(UserError::Token(
                 "nonce_used",
                 "this nonce was used before".into(),
             ));
         }
-        Ok((key.user_id, access_key))
+        Ok(KeyUse {
+            user: key.user_id,
+            permissions: key
+                .permissions
+                .iter()
+                .filter_map(|p| Permission::from_name(p))
+                .collect(),
+            access_key,
+        })
     }
 
     pub async fn user(&self, id: Uuid) -> Result<UserRow, UserError> {
@@ -507,9 +555,99 @@ impl Users {
                     tracing::info!(%user, "opened the account of an interrupted registration");
                 }
             }
-            let _ = store::forget_old_nonces(&self.pool).await;
+            let _ = store::forget_dead_nonces(&self.pool).await;
         }
     }
+}
+
+/// The token's `query_hash` must be of the request's parameters whenever it
+/// has any; a token that carries one for a request without parameters must
+/// have hashed the empty string (a token signed for other parameters is not
+/// good for a request that sends none).
+fn check_query_hash(
+    claims: &serde_json::Value,
+    query: &str,
+    alternatives: &[String],
+) -> Result<(), UserError> {
+    let mismatch = || {
+        UserError::Token(
+            "invalid_query_payload",
+            "query_hash does not match the request".into(),
+        )
+    };
+    let Some(given) = claims.get("query_hash") else {
+        return if query.is_empty() {
+            Ok(())
+        } else {
+            Err(UserError::Token(
+                "invalid_query_payload",
+                "the request has parameters but the token no query_hash".into(),
+            ))
+        };
+    };
+    let given = given.as_str().ok_or_else(mismatch)?;
+    let alg = claims
+        .get("query_hash_alg")
+        .map(|a| a.as_str().unwrap_or_default())
+        .unwrap_or("SHA512");
+    let digest = |text: &str| match alg {
+        "SHA512" => Ok(hex::encode(Sha512::digest(text.as_bytes()))),
+        "SHA256" => Ok(hex::encode(Sha256::digest(text.as_bytes()))),
+        _ => Err(UserError::Token(
+            "invalid_query_payload",
+            "query_hash_alg must be SHA512".into(),
+        )),
+    };
+    for text in std::iter::once(query).chain(alternatives.iter().map(String::as_str)) {
+        if digest(text)?.eq_ignore_ascii_case(given) {
+            return Ok(());
+        }
+    }
+    Err(mismatch())
+}
+
+/// `exp` (not passed) and `iat` (not in the future), when the token has them,
+/// in seconds, give or take [`CLOCK_SKEW_SECS`].
+fn check_times(claims: &serde_json::Value, now: i64) -> Result<(), UserError> {
+    let time = |name: &str| -> Result<Option<i64>, UserError> {
+        claims
+            .get(name)
+            .map(|v| {
+                v.as_i64().ok_or_else(|| {
+                    UserError::Token(
+                        "jwt_verification",
+                        format!("{name} must be a number of seconds"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    if time("exp")?.is_some_and(|exp| exp + CLOCK_SKEW_SECS < now) {
+        return Err(UserError::Token(
+            "jwt_verification",
+            "the token has expired".into(),
+        ));
+    }
+    if time("iat")?.is_some_and(|iat| iat - CLOCK_SKEW_SECS > now) {
+        return Err(UserError::Token(
+            "jwt_verification",
+            "the token is issued in the future".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The token's nonce as text: a string (a UUID, usually) or a number (some
+/// clients send the time in milliseconds).
+fn nonce(claims: &serde_json::Value) -> Result<String, UserError> {
+    let text = match claims.get("nonce") {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    };
+    service_kit::text::key("nonce", &text, 128)
+        .map_err(|_| UserError::Token("jwt_verification", "the token has no valid nonce".into()))?;
+    Ok(text)
 }
 
 /// An argon2 hash of a random password, verified against when a login names an

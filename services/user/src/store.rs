@@ -19,9 +19,14 @@ pub struct ApiKeyRow {
     pub user_id: Uuid,
     pub label: String,
     pub created_at: DateTime<Utc>,
-    pub expire_at: Option<DateTime<Utc>>,
+    pub expire_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Permission names (`view_accounts`, `view_orders`, `make_orders`).
+    pub permissions: Vec<String>,
 }
+
+const API_KEY_COLUMNS: &str =
+    "access_key, user_id, label, created_at, expire_at, revoked_at, permissions";
 
 /// Inserts a user; `None` when the email is taken.
 pub async fn insert_user(
@@ -169,43 +174,54 @@ pub async fn use_refresh(
     Ok(outcome)
 }
 
-/// Inserts an API key unless the user already has `max` active ones.
+/// A new API key's terms.
+pub struct NewApiKey<'a> {
+    pub access_key: &'a str,
+    pub user: Uuid,
+    pub label: &'a str,
+    pub permissions: &'a [String],
+    pub expire_at: DateTime<Utc>,
+}
+
+/// Inserts an API key unless the user already has `max` usable ones.
 pub async fn insert_api_key(
     pool: &PgPool,
-    key: &str,
-    user: Uuid,
-    label: &str,
+    key: &NewApiKey<'_>,
     max: i64,
 ) -> Result<Option<ApiKeyRow>, sqlx::Error> {
-    sqlx::query_as(
-        "INSERT INTO api_keys (access_key, user_id, label)
-         SELECT $1, $2, $3
-         WHERE (SELECT count(*) FROM api_keys WHERE user_id = $2 AND revoked_at IS NULL) < $4
-         RETURNING access_key, user_id, label, created_at, expire_at, revoked_at",
-    )
-    .bind(key)
-    .bind(user)
-    .bind(label)
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO api_keys (access_key, user_id, label, permissions, expire_at)
+         SELECT $1, $2, $3, $4, $5
+         WHERE (SELECT count(*) FROM api_keys
+                WHERE user_id = $2 AND revoked_at IS NULL AND expire_at > now()) < $6
+         RETURNING {API_KEY_COLUMNS}"
+    )))
+    .bind(key.access_key)
+    .bind(key.user)
+    .bind(key.label)
+    .bind(key.permissions)
+    .bind(key.expire_at)
     .bind(max)
     .fetch_optional(pool)
     .await
 }
 
 pub async fn api_keys(pool: &PgPool, user: Uuid) -> Result<Vec<ApiKeyRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT access_key, user_id, label, created_at, expire_at, revoked_at FROM api_keys
-         WHERE user_id = $1 ORDER BY created_at DESC",
-    )
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC"
+    )))
     .bind(user)
     .fetch_all(pool)
     .await
 }
 
 pub async fn api_key(pool: &PgPool, key: &str) -> Result<Option<ApiKeyRow>, sqlx::Error> {
-    sqlx::query_as("SELECT access_key, user_id, label, created_at, expire_at, revoked_at FROM api_keys WHERE access_key = $1")
-        .bind(key)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE access_key = $1"
+    )))
+    .bind(key)
+    .fetch_optional(pool)
+    .await
 }
 
 pub async fn revoke_api_key(
@@ -213,11 +229,11 @@ pub async fn revoke_api_key(
     user: Uuid,
     key: &str,
 ) -> Result<Option<ApiKeyRow>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
          WHERE access_key = $1 AND user_id = $2
-         RETURNING access_key, user_id, label, created_at, expire_at, revoked_at",
-    )
+         RETURNING {API_KEY_COLUMNS}"
+    )))
     .bind(key)
     .bind(user)
     .fetch_optional(pool)
@@ -236,11 +252,14 @@ pub async fn use_nonce(pool: &PgPool, key: &str, nonce: &str) -> Result<bool, sq
     Ok(inserted.rows_affected() == 1)
 }
 
-pub async fn forget_old_nonces(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    Ok(
-        sqlx::query("DELETE FROM api_nonces WHERE created_at < now() - interval '1 day'")
-            .execute(pool)
-            .await?
-            .rows_affected(),
+/// Forgets the nonces of keys that can no longer verify a token (expired or
+/// revoked): only then can a nonce not be replayed.
+pub async fn forget_dead_nonces(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM api_nonces n USING api_keys k
+         WHERE n.access_key = k.access_key AND (k.revoked_at IS NOT NULL OR k.expire_at <= now())",
     )
+    .execute(pool)
+    .await?
+    .rows_affected())
 }

@@ -122,12 +122,19 @@ impl Env {
     }
 
     async fn verify(&mut self, credentials: Credentials) -> Result<String, tonic::Status> {
+        self.verify_key(credentials).await.map(|r| r.user_id)
+    }
+
+    async fn verify_key(
+        &mut self,
+        credentials: Credentials,
+    ) -> Result<pb::VerifyCredentialsResponse, tonic::Status> {
         self.users
             .verify_credentials(pb::VerifyCredentialsRequest {
                 credentials: Some(credentials),
             })
             .await
-            .map(|r| r.into_inner().user_id)
+            .map(|r| r.into_inner())
     }
 
     async fn krw(&mut self, user: &str) -> rust_decimal::Decimal {
@@ -424,6 +431,7 @@ async fn api_keys_sign_upbit_requests() {
         .create_api_key(pb::CreateApiKeyRequest {
             user_id: id.clone(),
             label: "bot".into(),
+            permissions: vec![],
         })
         .await
         .unwrap()
@@ -451,6 +459,7 @@ async fn api_keys_sign_upbit_requests() {
         Credentials::Upbit(pb::UpbitToken {
             jwt,
             query: query.into(),
+            alternatives: vec![],
         })
     };
     let ok = upbit_token(
@@ -546,6 +555,196 @@ async fn api_keys_sign_upbit_requests() {
             .api_keys
             .is_empty()
     );
+    e.stop().await;
+}
+
+/// A token with exactly `claims` signed by `secret`.
+fn signed(secret: &str, claims: serde_json::Value) -> Credentials {
+    Credentials::Upbit(pb::UpbitToken {
+        jwt: jwt::sign(Alg::Hs256, secret.as_bytes(), &claims),
+        query: String::new(),
+        alternatives: vec![],
+    })
+}
+
+fn with_query(credentials: Credentials, query: &str, alternatives: &[&str]) -> Credentials {
+    let Credentials::Upbit(mut t) = credentials else {
+        unreachable!()
+    };
+    t.query = query.into();
+    t.alternatives = alternatives.iter().map(|a| a.to_string()).collect();
+    Credentials::Upbit(t)
+}
+
+fn sha512(text: &str) -> String {
+    hex::encode(sha2::Sha512::digest(text.as_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upbit_tokens_cannot_be_replayed_or_stretched() {
+    let db = TestDb::create().await.unwrap();
+    let mut e = env(&db).await;
+    let id = e
+        .register("frank@example.com", "s3cret-password")
+        .await
+        .unwrap()
+        .user
+        .unwrap()
+        .id;
+    let users = e.users.clone();
+    let create = |permissions: Vec<pb::Permission>| {
+        let mut users = users.clone();
+        let id = id.clone();
+        async move {
+            users
+                .create_api_key(pb::CreateApiKeyRequest {
+                    user_id: id,
+                    label: String::new(),
+                    permissions: permissions.into_iter().map(|p| p as i32).collect(),
+                })
+                .await
+                .map(|r| r.into_inner().api_key.unwrap())
+        }
+    };
+    let key = create(vec![]).await.unwrap();
+    let (access, secret) = (key.access_key.clone(), key.secret_key.clone());
+    // Upbit's one year, and every permission by default.
+    let year_ms = 365 * 86_400_000_i64;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    assert!(
+        (key.expire_at - (now_ms + year_ms)).abs() < 60_000,
+        "{}",
+        key.expire_at
+    );
+    assert_eq!(
+        key.permissions().collect::<Vec<_>>(),
+        [
+            pb::Permission::ViewAccounts,
+            pb::Permission::ViewOrders,
+            pb::Permission::MakeOrders
+        ]
+    );
+    let claims =
+        |nonce: serde_json::Value| serde_json::json!({"access_key": access, "nonce": nonce});
+
+    // A token hashing some parameters is not good for a request without any.
+    let mut c = claims("q-1".into());
+    c["query_hash"] = sha512("market=KRW-BTC").into();
+    let err = e.verify(signed(&secret, c)).await.unwrap_err();
+    assert_eq!(name(&err), Some("invalid_query_payload"));
+    // ...but one hashing the empty string is.
+    let mut c = claims("q-2".into());
+    c["query_hash"] = sha512("").into();
+    assert_eq!(e.verify(signed(&secret, c)).await.unwrap(), id);
+    // Parameters need a query_hash.
+    let bare = with_query(signed(&secret, claims("q-3".into())), "market=KRW-BTC", &[]);
+    assert_eq!(
+        name(&e.verify(bare).await.unwrap_err()),
+        Some("invalid_query_payload")
+    );
+    // A client that hashed `+` rather than a space matches the alternative.
+    let mut c = claims("q-4".into());
+    c["query_hash"] = sha512("identifier=my+order").into();
+    let plus = with_query(
+        signed(&secret, c),
+        "identifier=my order",
+        &["identifier=my+order"],
+    );
+    assert_eq!(e.verify(plus).await.unwrap(), id);
+
+    // Numeric nonces (the time in milliseconds, as some clients send) are
+    // single use too.
+    let numeric = claims(now_ms.into());
+    assert_eq!(
+        e.verify(signed(&secret, numeric.clone())).await.unwrap(),
+        id
+    );
+    assert_eq!(
+        name(&e.verify(signed(&secret, numeric)).await.unwrap_err()),
+        Some("nonce_used")
+    );
+    for bad in [
+        serde_json::json!(""),
+        serde_json::json!(null),
+        serde_json::json!({}),
+        serde_json::json!("a\u{0}b"),
+    ] {
+        let err = e
+            .verify(signed(&secret, claims(bad.clone())))
+            .await
+            .unwrap_err();
+        assert_eq!(name(&err), Some("jwt_verification"), "{bad}");
+    }
+
+    // Time claims, when a client sends them.
+    let now = chrono::Utc::now().timestamp();
+    for (claim, at, ok) in [
+        ("exp", now + 60, true),
+        ("exp", now - 3_600, false),
+        ("iat", now, true),
+        ("iat", now + 3_600, false),
+        ("exp", 0, false),
+    ] {
+        let mut c = claims(format!("t-{claim}-{at}").into());
+        c[claim] = at.into();
+        let got = e.verify(signed(&secret, c)).await;
+        assert_eq!(got.is_ok(), ok, "{claim}={at}: {got:?}");
+        if !ok {
+            assert_eq!(name(&got.unwrap_err()), Some("jwt_verification"));
+        }
+    }
+
+    // A nonce is remembered for as long as its key verifies: backdated two
+    // days, past the old one-day window, and swept, it still cannot replay.
+    let pool = sqlx::PgPool::connect(&db.role_url(user::SCHEMA))
+        .await
+        .unwrap();
+    let old = claims("old".into());
+    assert_eq!(e.verify(signed(&secret, old.clone())).await.unwrap(), id);
+    sqlx::query("UPDATE api_nonces SET created_at = now() - interval '2 days'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(user::store::forget_dead_nonces(&pool).await.unwrap(), 0);
+    assert_eq!(
+        name(&e.verify(signed(&secret, old)).await.unwrap_err()),
+        Some("nonce_used")
+    );
+
+    // Permissions travel with each verification.
+    let reader = create(vec![pb::Permission::ViewOrders, pb::Permission::ViewOrders])
+        .await
+        .unwrap();
+    let c = serde_json::json!({"access_key": reader.access_key, "nonce": "p-1"});
+    let verified = e.verify_key(signed(&reader.secret_key, c)).await.unwrap();
+    assert_eq!(
+        verified.permissions().collect::<Vec<_>>(),
+        [pb::Permission::ViewOrders]
+    );
+    let err = create(vec![pb::Permission::Unspecified]).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // An expired key verifies nothing, and its nonces are then forgotten.
+    sqlx::query(
+        "UPDATE api_keys SET expire_at = now() - interval '1 second' WHERE access_key = $1",
+    )
+    .bind(&access)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let late = signed(&secret, claims("late".into()));
+    assert_eq!(
+        name(&e.verify(late).await.unwrap_err()),
+        Some("expired_access_key")
+    );
+    assert!(user::store::forget_dead_nonces(&pool).await.unwrap() >= 5);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM api_nonces WHERE access_key = $1")
+        .bind(&access)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    pool.close().await;
     e.stop().await;
 }
 

@@ -1,5 +1,6 @@
 //! End-to-end tests of the whole system (one test binary).
 
+mod api_keys;
 mod bad_input;
 mod foundation;
 mod market;

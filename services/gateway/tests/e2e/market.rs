@@ -33,7 +33,7 @@ async fn json_as(stack: &Stack, url: &str, ip: &str) -> (u16, serde_json::Value)
 }
 
 /// Waits until the gateway's REST ticker shows `price`.
-async fn wait_rest_price(stack: &Stack, market: &str, price: &str) {
+pub(crate) async fn wait_rest_price(stack: &Stack, market: &str, price: &str) {
     let url = format!("{}/v1/ticker?markets={market}", stack.gw());
     eventually(
         Duration::from_secs(20),

@@ -21,7 +21,7 @@ fn dec(v: &Value) -> Decimal {
     }
 }
 
-struct Client<'a> {
+pub(crate) struct Client<'a> {
     stack: &'a Stack,
     token: String,
 }
@@ -61,7 +61,7 @@ impl Stack {
     }
 
     /// Registers and logs in a new user.
-    async fn client(&self, email: &str) -> Client<'_> {
+    pub(crate) async fn client(&self, email: &str) -> Client<'_> {
         let creds = json!({"email": email, "password": "correct horse battery"});
         let (status, body) = self
             .call(
@@ -104,12 +104,12 @@ impl Stack {
 }
 
 impl Client<'_> {
-    async fn get(&self, path: &str) -> (u16, Value) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
         self.stack
             .call(reqwest::Method::GET, path, Some(&self.token), None)
             .await
     }
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         self.stack
             .call(reqwest::Method::POST, path, Some(&self.token), Some(body))
             .await
@@ -409,7 +409,7 @@ async fn money_cannot_be_minted_or_overflowed_through_the_api() {
 }
 
 /// Signs an Upbit-style request as Upbit's own clients do.
-fn upbit_jwt(access: &str, secret: &str, query: &str) -> String {
+pub(crate) fn upbit_jwt(access: &str, secret: &str, query: &str) -> String {
     let mut claims = json!({"access_key": access, "nonce": uuid::Uuid::new_v4().to_string()});
     if !query.is_empty() {
         claims["query_hash"] = hex::encode(sha2::Sha512::digest(query.as_bytes())).into();

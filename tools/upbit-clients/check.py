@@ -1,0 +1,78 @@
+"""Trade on the exchange with unmodified public Upbit client libraries.
+
+ccxt (the most used trading library) is pointed at the gateway the way it
+supports: its `urls['api']`. pyupbit has api.upbit.com written into each call,
+so only its HTTP transport is redirected; its signing code runs as published.
+Each library signs requests its own way (ccxt: JSON bodies, query_hash of its
+raw `k=v&...`; pyupbit: GET parameters in a form body, query_hash of Python's
+urlencode), and each must be accepted.
+
+Usage: BASE_URL=http://127.0.0.1:PORT ACCESS_KEY=... SECRET_KEY=... python check.py
+Prints one line per step; exits non-zero at the first step that fails.
+"""
+
+import os
+import sys
+
+import requests
+
+BASE = os.environ["BASE_URL"].rstrip("/")
+ACCESS = os.environ["ACCESS_KEY"]
+SECRET = os.environ["SECRET_KEY"]
+
+
+def step(name, ok, detail=""):
+    print(f"{'ok  ' if ok else 'FAIL'} {name} {detail}".rstrip(), flush=True)
+    if not ok:
+        sys.exit(1)
+
+
+def check_ccxt():
+    import ccxt
+
+    ex = ccxt.upbit({"apiKey": ACCESS, "secret": SECRET, "enableRateLimit": False})
+    ex.urls["api"] = {"public": BASE, "private": BASE}
+    markets = ex.load_markets()
+    step("ccxt load_markets", "ETH/KRW" in markets, f"{len(markets)} markets")
+    ticker = ex.fetch_ticker("ETH/KRW")
+    step("ccxt fetch_ticker", ticker["last"] is not None and ticker["last"] > 0, str(ticker["last"]))
+    balance = ex.fetch_balance()
+    step("ccxt fetch_balance", balance["KRW"]["free"] > 0, str(balance["KRW"]))
+    order = ex.create_order("ETH/KRW", "limit", "buy", 0.01, 3000000)
+    step("ccxt create_order", bool(order["id"]), order["id"])
+    fetched = ex.fetch_order(order["id"])
+    step("ccxt fetch_order", fetched["id"] == order["id"] and fetched["status"] == "open", fetched["status"])
+    opened = ex.fetch_open_orders("ETH/KRW")
+    step("ccxt fetch_open_orders", any(o["id"] == order["id"] for o in opened), f"{len(opened)} open")
+    ex.cancel_order(order["id"])
+    step("ccxt cancel_order", ex.fetch_order(order["id"])["status"] == "canceled")
+
+
+def check_pyupbit():
+    import pyupbit
+
+    # Redirect the transport only: every call goes to the gateway instead.
+    send = requests.Session.request
+
+    def redirected(self, method, url, *args, **kwargs):
+        if url.startswith("https://api.upbit.com"):
+            url = BASE + url[len("https://api.upbit.com"):]
+        return send(self, method, url, *args, **kwargs)
+
+    requests.Session.request = redirected
+    up = pyupbit.Upbit(ACCESS, SECRET)
+    balances = up.get_balances()
+    step("pyupbit get_balances", isinstance(balances, list) and any(b["currency"] == "KRW" for b in balances), str(balances)[:200])
+    order = up.buy_limit_order("KRW-ETH", 3000000, 0.01)
+    step("pyupbit buy_limit_order", isinstance(order, dict) and "uuid" in order, str(order)[:200])
+    listed = up.get_order("KRW-ETH")
+    step("pyupbit get_order (market)", isinstance(listed, list) and any(o["uuid"] == order["uuid"] for o in listed), str(listed)[:200])
+    one = up.get_order(order["uuid"])
+    step("pyupbit get_order (uuid)", isinstance(one, dict) and one.get("uuid") == order["uuid"], str(one)[:200])
+    cancelled = up.cancel_order(order["uuid"])
+    step("pyupbit cancel_order", isinstance(cancelled, dict) and cancelled.get("uuid") == order["uuid"], str(cancelled)[:200])
+
+
+check_ccxt()
+check_pyupbit()
+print("all client checks passed")
