@@ -7,6 +7,7 @@
 //! - [`health`]: gRPC `grpc.health.v1` statuses and HTTP readiness from one switch.
 //! - [`grpc`]: serve tonic routes with health, reflection, tracing, RED metrics and
 //!   `x-served-by`; build instrumented client channels.
+//! - [`http`]: serve an axum router with a header-read timeout and graceful drain.
 //! - [`admin`]: the admin HTTP port: `/metrics`, `/healthz`, `/readyz`.
 //! - [`postgres`]: per-service schema and role bootstrap, pools pinned to the
 //!   service's schema, migrations under the migrator's advisory lock.
@@ -18,6 +19,7 @@ pub mod admin;
 pub mod config;
 pub mod grpc;
 pub mod health;
+pub mod http;
 pub mod lifecycle;
 pub mod postgres;
 pub mod ratelimit;

@@ -95,6 +95,11 @@ pub struct Config {
     #[arg(long, env = "TRUSTED_PROXIES", default_value_t = 0)]
     pub trusted_proxies: usize,
 
+    /// Longest time a client may take to send a request's headers (HTTP/1),
+    /// from their first byte; the connection is closed beyond it.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = service_kit::config::parse_duration)]
+    pub header_read_timeout: std::time::Duration,
+
     /// Longest time a request may take to be read and answered (408 beyond).
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = service_kit::config::parse_duration)]
     pub request_timeout: std::time::Duration,

@@ -107,13 +107,17 @@ impl App {
         );
         gw.request_timeout = config.request_timeout;
         let gw = Arc::new(gw);
-        let router = http::router(gw).into_make_service_with_connect_info::<SocketAddr>();
+        let router = http::router(gw);
         let draining = self.server.draining();
         let listener = self.http;
+        let limits = service_kit::http::Limits {
+            header_read: config.header_read_timeout,
+        };
         self.server.spawn("http", async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { draining.cancelled().await })
-                .await?;
+            service_kit::http::serve(listener, router, limits, async move {
+                draining.cancelled().await
+            })
+            .await;
             Ok(())
         });
         let result = self.server.serve_grpc(None, &[], async { Ok(()) }).await;

@@ -862,7 +862,31 @@ async fn every_route_is_limited_per_address_even_without_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_never_finishes_is_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (http, running) = lonely_gateway(|c| c.request_timeout = Duration::from_secs(1)).await;
+    let (http, running) = lonely_gateway(|c| {
+        c.request_timeout = Duration::from_secs(1);
+        c.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    // Headers begun but never finished: the connection is closed.
+    let mut dripping = tokio::net::TcpStream::connect(http).await.unwrap();
+    dripping
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(10), dripping.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection is still open after 10 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        !String::from_utf8_lossy(&rest).contains(" 200 "),
+        "answered"
+    );
     // A body announced but never sent (a slow-loris client).
     let mut tcp = tokio::net::TcpStream::connect(http).await.unwrap();
     tcp.write_all(
