@@ -42,30 +42,33 @@ fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
         .keep_alive_while_idle(true))
 }
 
-/// Serves `routes` plus gRPC health and reflection (for the given encoded file
-/// descriptor sets) on `listener` until `draining` is cancelled; then stops
-/// accepting and waits for open calls (bounded by the lifecycle's deadline).
+/// Serves `routes` plus gRPC health and, when `reflection` names the encoded
+/// file descriptor sets, server reflection, on `listener` until `draining` is
+/// cancelled; then stops accepting and waits for open calls (bounded by the
+/// lifecycle's deadline).
 pub async fn serve(
     listener: TcpListener,
     served_by: String,
     routes: Routes,
     health: HealthService,
-    descriptors: &[&'static [u8]],
+    reflection: Option<&[&'static [u8]]>,
     draining: CancellationToken,
 ) -> anyhow::Result<()> {
-    // Both reflection versions: grpcurl < 1.9 and many tools speak only v1alpha.
-    let reflection = || {
-        let mut builder = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-        for descriptor in descriptors {
-            builder = builder.register_encoded_file_descriptor_set(descriptor);
-        }
-        builder
-    };
-    let routes = routes
-        .add_service(health)
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?);
+    let mut routes = routes.add_service(health);
+    if let Some(descriptors) = reflection {
+        // Both reflection versions: grpcurl < 1.9 and many tools speak only v1alpha.
+        let builder = || {
+            let mut builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+            for descriptor in descriptors {
+                builder = builder.register_encoded_file_descriptor_set(descriptor);
+            }
+            builder
+        };
+        routes = routes
+            .add_service(builder().build_v1()?)
+            .add_service(builder().build_v1alpha()?);
+    }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

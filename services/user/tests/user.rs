@@ -171,6 +171,23 @@ async fn serves_health_reflection_metrics_and_stops_gracefully() {
 }
 
 #[tokio::test]
+async fn reflection_can_be_turned_off() {
+    let db = TestDb::create().await.unwrap();
+    let inv = start_inventory(&db).await;
+    let svc = start_user_with(&db, inv.grpc, |c| c.runtime.grpc_reflection = false).await;
+    test_support::wait_serving(svc.grpc, "", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let err = test_support::reflection_services(svc.grpc)
+        .await
+        .expect_err("no reflection");
+    let status = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    svc.running.stop().await;
+    inv.running.stop().await;
+}
+
+#[tokio::test]
 async fn migrations_are_idempotent_across_restarts() {
     let db = TestDb::create().await.unwrap();
     let inv = start_inventory(&db).await;
