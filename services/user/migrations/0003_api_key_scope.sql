@@ -11,3 +11,6 @@ ALTER TABLE api_keys ALTER COLUMN expire_at SET NOT NULL;
 
 -- Nonces are forgotten only with their key (expired or revoked), never by age.
 DROP INDEX IF EXISTS api_nonces_by_age;
+
+-- Expired refresh tokens are swept (housekeeping) by this index.
+CREATE INDEX refresh_tokens_by_expiry ON refresh_tokens (expires_at);

@@ -536,7 +536,8 @@ impl Users {
     }
 
     /// Opens the accounts of registrations that were interrupted, and forgets
-    /// old nonces. Runs until `stop`.
+    /// the nonces of dead keys and long-expired refresh tokens. Runs until
+    /// `stop`.
     pub async fn housekeeping(
         &self,
         stop: tokio_util::sync::CancellationToken,
@@ -556,6 +557,7 @@ impl Users {
                 }
             }
             let _ = store::forget_dead_nonces(&self.pool).await;
+            let _ = store::forget_expired_refresh_tokens(&self.pool).await;
         }
     }
 }

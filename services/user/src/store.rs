@@ -183,13 +183,23 @@ pub struct NewApiKey<'a> {
     pub expire_at: DateTime<Utc>,
 }
 
-/// Inserts an API key unless the user already has `max` usable ones.
+/// Inserts an API key unless the user already has `max` usable ones. The
+/// user's row is locked first, so concurrent inserts count one after another
+/// (each statement under READ COMMITTED sees what committed before it began).
 pub async fn insert_api_key(
     pool: &PgPool,
     key: &NewApiKey<'_>,
     max: i64,
 ) -> Result<Option<ApiKeyRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let mut tx = pool.begin().await?;
+    let exists: Option<Uuid> = sqlx::query_scalar("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+        .bind(key.user)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO api_keys (access_key, user_id, label, permissions, expire_at)
          SELECT $1, $2, $3, $4, $5
          WHERE (SELECT count(*) FROM api_keys
@@ -202,8 +212,10 @@ pub async fn insert_api_key(
     .bind(key.permissions)
     .bind(key.expire_at)
     .bind(max)
-    .fetch_optional(pool)
-    .await
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(row)
 }
 
 pub async fn api_keys(pool: &PgPool, user: Uuid) -> Result<Vec<ApiKeyRow>, sqlx::Error> {
@@ -250,6 +262,17 @@ pub async fn use_nonce(pool: &PgPool, key: &str, nonce: &str) -> Result<bool, sq
     .execute(pool)
     .await?;
     Ok(inserted.rows_affected() == 1)
+}
+
+/// Forgets refresh tokens that expired over a day ago: an expired token is
+/// refused whether or not its row exists, so keeping it protects nothing.
+pub async fn forget_expired_refresh_tokens(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    Ok(
+        sqlx::query("DELETE FROM refresh_tokens WHERE expires_at < now() - interval '1 day'")
+            .execute(pool)
+            .await?
+            .rows_affected(),
+    )
 }
 
 /// Forgets the nonces of keys that can no longer verify a token (expired or

@@ -170,6 +170,78 @@ async fn serves_health_reflection_metrics_and_stops_gracefully() {
     inv.running.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_key_creations_stop_at_the_limit() {
+    let db = TestDb::create().await.unwrap();
+    let mut e = env(&db).await;
+    let id = e
+        .register("judy@example.com", "s3cret-password")
+        .await
+        .unwrap()
+        .user
+        .unwrap()
+        .id;
+    let create = |users: &UserServiceClient<Channel>| {
+        let mut users = users.clone();
+        let request = pb::CreateApiKeyRequest {
+            user_id: id.clone(),
+            label: String::new(),
+            permissions: vec![],
+        };
+        async move { users.create_api_key(request).await }
+    };
+    for _ in 0..9 {
+        create(&e.users).await.unwrap();
+    }
+    // Another creation of the tenth key, caught in the middle: its insert is
+    // made but not committed while a request for an eleventh arrives.
+    let pool = sqlx::PgPool::connect(&db.role_url(user::SCHEMA))
+        .await
+        .unwrap();
+    let mut tenth = pool.begin().await.unwrap();
+    let uid = uuid::Uuid::parse_str(&id).unwrap();
+    sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+        .bind(uid)
+        .execute(&mut *tenth)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO api_keys (access_key, user_id, expire_at) VALUES ('tenth', $1, now() + interval '1 day')",
+    )
+    .bind(uid)
+    .execute(&mut *tenth)
+    .await
+    .unwrap();
+    let eleventh = tokio::spawn(create(&e.users));
+    // It waits for the user's lock (or, counting without it, is already done).
+    test_support::eventually(Duration::from_secs(5), "the eleventh waits or ends", || {
+        let pool = pool.clone();
+        let done = eleventh.is_finished();
+        async move {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (done || waiting > 0).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    tenth.commit().await.unwrap();
+    let err = eleventh.await.unwrap().expect_err("an eleventh key");
+    assert_eq!(name(&err), Some("api_key_limit"), "{err:?}");
+    let active: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE user_id = $1")
+        .bind(uid)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(active, 10);
+    pool.close().await;
+    e.stop().await;
+}
+
 #[tokio::test]
 async fn reflection_can_be_turned_off() {
     let db = TestDb::create().await.unwrap();
@@ -420,6 +492,34 @@ async fn tokens_verify_expire_refresh_once_and_refuse_forgeries() {
     .await
     .unwrap();
     assert_eq!(name(&expired), Some("expired_access_token"));
+    // Refresh tokens long expired are swept; live ones stay.
+    let pool = sqlx::PgPool::connect(&db.role_url(user::SCHEMA))
+        .await
+        .unwrap();
+    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM refresh_tokens")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, user_id, expires_at)
+         VALUES ('old', $1, now() - interval '2 days'), ('lately', $1, now() - interval '1 hour')",
+    )
+    .bind(uuid::Uuid::parse_str(&id).unwrap())
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        user::store::forget_expired_refresh_tokens(&pool)
+            .await
+            .unwrap(),
+        1
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM refresh_tokens")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, live + 1);
+    pool.close().await;
     e.stop().await;
 }
 
