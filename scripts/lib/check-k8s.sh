@@ -7,10 +7,12 @@
 #                 and variants (monitoring on, Istio off, external stores, live Upbit);
 #                 every render validated strictly (Kubernetes 1.31, Istio, Prometheus
 #                 operator CRDs); rendering twice gives the same bytes
-#   3. mesh       static checks of every render against istio/ (check_rendered.py):
+#   3. mesh       static checks of every render with istio/mesh (check_rendered.py):
 #                 subsets, weights, canary/blue-green/rolling shapes, labels, probes,
 #                 limits, restricted security, NetworkPolicy and AuthorizationPolicy
-#                 coverage of every wired call, Secrets scripts/deploy creates
+#                 coverage of every wired call, Secrets scripts/deploy creates; a
+#                 release under another name in another namespace (payments in
+#                 trading) whose every policy must name its own ServiceAccounts
 #   4. negatives  deliberately broken values (scripts/lib/k8s/negative/) and broken
 #                 renders (--self-test) must be rejected
 #   5. scripts    shellcheck; each script's --dry-run prints the expected commands in
@@ -117,10 +119,21 @@ for strategy in base rolling canary bluegreen; do
   file_pattern="helm upgrade --install exchange helm/exchange -n exchange"
   [[ $strategy != base ]] && file_pattern+=" -f helm/exchange/values-$strategy.yaml"
   dry "deploy $strategy --dry-run" 0 scripts/deploy "$strategy" --dry-run -- \
-    "kubectl apply -f istio/mesh/00-namespace.yaml" \
+    "kubectl apply -f -" "kind: Namespace" "name: exchange" "istio-injection: enabled" \
     "create secret generic exchange-postgresql" "create secret generic exchange-user-secrets" \
-    "kubectl apply -f istio/mesh/" "$file_pattern" "--wait" "rollout status"
+    "kubectl apply -f istio/mesh/10-peer-authentication.yaml" "$file_pattern" "--wait" "rollout status"
 done
+# Another namespace and release name: the namespace, Secrets and release follow them
+# (the chart names its objects <release>-exchange-* unless the release contains "exchange").
+dry "deploy into another namespace and release --dry-run" 0 env NAMESPACE=trading RELEASE=payments scripts/deploy base --dry-run -- \
+  "kind: Namespace" "name: trading" "kubectl -n trading create secret generic payments-exchange-postgresql" \
+  "kubectl -n trading create secret generic payments-exchange-user-secrets" \
+  "helm upgrade --install payments helm/exchange -n trading"
+if grep -q "00-namespace.yaml\|name: exchange\$" "$work/dry-deploy_into_another_namespace_and_release___dry_run.log"; then
+  bad "deploy into namespace trading also applies namespace exchange"
+else
+  ok "deploy into namespace trading leaves namespace exchange alone"
+fi
 dry "canary --dry-run" 0 scripts/canary --dry-run -- \
   "services.inventory.canary.weight=10" "sleep 60" "PromQL: 100 * (1 - ((sum(rate(istio_requests_total{" \
   'destination_app="inventory",destination_version="v2"' "PromQL: histogram_quantile(0.99" \
@@ -164,13 +177,16 @@ for s in cluster-up deploy; do
 done
 
 # The Secrets scripts/deploy creates (name and keys), for the render checks below.
-awk '/create secret generic/ { name = $8 } /# keys:/ { sub(/.*# keys: /, ""); sub(/ \(.*/, ""); n = split($0, k, " "); for (i = 1; i <= n; i++) print name, k[i] }' \
-  "$work/dry-deploy_base___dry_run.log" >"$work/secrets"
-[[ -s $work/secrets ]] || bad "could not read the Secrets from scripts/deploy --dry-run"
+deploy_secrets() {
+  awk '/create secret generic/ { name = $8 } /# keys:/ { sub(/.*# keys: /, ""); sub(/ \(.*/, ""); n = split($0, k, " "); for (i = 1; i <= n; i++) print name, k[i] }' "$1"
+}
+deploy_secrets "$work/dry-deploy_base___dry_run.log" >"$work/secrets"
+deploy_secrets "$work/dry-deploy_into_another_namespace_and_release___dry_run.log" >"$work/secrets-payments"
+[[ -s $work/secrets && -s $work/secrets-payments ]] || bad "could not read the Secrets from scripts/deploy --dry-run"
 
 # ---------------------------------------------------------------------------------
 step "chart: lint, render, validate (Kubernetes 1.31 + Istio + Prometheus operator schemas)"
-# name | extra helm args | checker expectations
+# name | extra helm args | checker expectations | release:namespace (default exchange:exchange)
 renders=(
   "base||"
   "rolling|-f $CHART/values-rolling.yaml|--expect-rolling order=v2:3"
@@ -180,19 +196,22 @@ renders=(
   "canary-promoted|-f $CHART/values-canary.yaml --set services.inventory.canary.stable.version=v2 --set services.inventory.canary.candidate.enabled=false|"
   "loadtest+faults|-f $CHART/values-loadtest.yaml -f $CHART/values-faults.yaml|"
   "monitoring|--set monitoring.podMonitor.enabled=true --set monitoring.prometheusRule.enabled=true|"
-  "external-stores|--set postgresql.enabled=false --set externalDatabase.host=db.example.internal --set externalDatabase.existingSecret=exchange-db --set redis.enabled=false --set externalRedis.host=cache.example.internal|--allow-unused-policies"
-  "live-upbit|--set services.ingestor.upbit.source=live --set services.upbit-sim.enabled=false|--allow-unused-policies"
+  "external-stores|--set postgresql.enabled=false --set externalDatabase.host=db.example.internal --set externalDatabase.existingSecret=exchange-db --set redis.enabled=false --set externalRedis.host=cache.example.internal|"
+  "live-upbit|--set services.ingestor.upbit.source=live --set services.upbit-sim.enabled=false|"
   "own-gateway|--set istio.ingress.createGateway=true|"
   "no-istio|-f $CHART/values-bluegreen.yaml --set istio.enabled=false|"
+  # Another namespace and release name: every policy must name them (--release).
+  "other-release|-f $CHART/values-canary.yaml|--release payments|payments:trading"
 )
 for entry in "${renders[@]}"; do
-  IFS='|' read -r name args expect <<<"$entry"
+  IFS='|' read -r name args expect relns <<<"$entry"
+  relns=${relns:-exchange:exchange}
   read -r -a helm_args <<<"$args"
   out="$work/render-$name.yaml"
   if ! "$HELM" lint --strict --quiet "$CHART" "${helm_args[@]}" >"$work/lint-$name.log" 2>&1; then
     bad "helm lint ($name)"; show "$work/lint-$name.log"; continue
   fi
-  if ! "$HELM" template exchange "$CHART" -n exchange "${helm_args[@]}" >"$out" 2>"$work/template-$name.log"; then
+  if ! "$HELM" template "${relns%%:*}" "$CHART" -n "${relns#*:}" "${helm_args[@]}" >"$out" 2>"$work/template-$name.log"; then
     bad "helm template ($name)"; show "$work/template-$name.log"; continue
   fi
   if "$VALIDATE" -q "$out" >"$work/validate-$name.log" 2>&1; then
@@ -210,15 +229,17 @@ fi
 
 step "mesh: static checks of every render (with istio/mesh)"
 for entry in "${renders[@]}"; do
-  IFS='|' read -r name args expect <<<"$entry"
+  IFS='|' read -r name args expect relns <<<"$entry"
+  relns=${relns:-exchange:exchange}
   out="$work/render-$name.yaml"
   [[ -s $out ]] || continue
   read -r -a expect_args <<<"$expect"
   mesh=(--mesh istio/mesh)
   [[ $name == no-istio ]] && mesh=()
   secrets=(--secrets "$work/secrets")
+  [[ ${relns%%:*} == payments ]] && secrets=(--secrets "$work/secrets-payments")
   [[ $name == external-stores ]] && secrets=()  # the external database's Secret is yours
-  if "${CHECK[@]}" "$out" "${mesh[@]}" "${expect_args[@]}" "${secrets[@]}" >"$work/check-$name.log" 2>&1; then
+  if "$PY" scripts/lib/k8s/check_rendered.py -n "${relns#*:}" "$out" "${mesh[@]}" "${expect_args[@]}" "${secrets[@]}" >"$work/check-$name.log" 2>&1; then
     ok "$name: $(tail -n1 "$work/check-$name.log")${expect:+ ($expect)}"
   else
     bad "mesh checks ($name)"; grep VIOLATION "$work/check-$name.log" | head -n 10 | sed 's/^/        | /'

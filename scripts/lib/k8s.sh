@@ -20,6 +20,9 @@ REGISTRY=${REGISTRY:-localhost:${REGISTRY_PORT}/exchange}
 NAMESPACE=${NAMESPACE:-exchange}
 RELEASE=${RELEASE:-exchange}
 CHART=helm/exchange
+# The chart's object name prefix (exchange.fullname): the release name when it
+# contains "exchange", else <release>-exchange.
+if [[ $RELEASE == *exchange* ]]; then FULLNAME=$RELEASE; else FULLNAME=$RELEASE-exchange; fi
 K8S_LIB=scripts/lib/k8s
 # Every image the Dockerfile builds (one target each).
 SERVICES=(gateway market-data order inventory user ingestor upbit-sim)
@@ -141,8 +144,22 @@ ensure_secret() {
 # secretKeyRefs of every render.
 chart_secrets() {
   printf '%s %s\n' \
-    "$RELEASE-postgresql" "postgres-password market-data-password order-password inventory-password user-password" \
-    "$RELEASE-user-secrets" "jwt-secret api-key-secret"
+    "$FULLNAME-postgresql" "postgres-password market-data-password order-password inventory-password user-password" \
+    "$FULLNAME-user-secrets" "jwt-secret api-key-secret"
+}
+
+# namespace_manifest: istio/mesh/00-namespace.yaml for $NAMESPACE (sidecar injection,
+# Pod Security "restricted").
+namespace_manifest() {
+  sed "s/^  name: exchange\$/  name: $NAMESPACE/" istio/mesh/00-namespace.yaml
+}
+
+# mesh_files: -f FILE for each mesh-wide file in istio/mesh (all but the namespace).
+mesh_files() {
+  local f
+  for f in istio/mesh/*.yaml; do
+    [[ $f == */00-namespace.yaml ]] || printf -- '-f\n%s\n' "$f"
+  done
 }
 
 # release_value PATH DEFAULT: a value of the deployed release (helm get values --all),

@@ -29,6 +29,10 @@ Every Kubernetes object of one application service. templates/<service>.yaml cal
 ---
 {{ include "exchange.networkPolicy" $ctx }}
 {{- end }}
+{{- if .root.Values.istio.enabled }}
+---
+{{ include "exchange.authorizationPolicy" $ctx }}
+{{- end }}
 {{- /* Routing only for services whose main port is published (not the health-only ingestor). */ -}}
 {{- if and .root.Values.istio.enabled (has (include "exchange.mainPort" $ctx.svc) $ctx.svc.servicePorts) }}
 ---

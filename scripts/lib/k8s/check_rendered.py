@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Static checks of a rendered exchange chart (and the mesh policies in istio/).
+"""Static checks of a rendered exchange chart (with the mesh-wide pieces in istio/mesh).
 
 Schema validation (validate-manifests) says each object is well formed; this says the
 objects fit together the way the mesh needs:
@@ -17,7 +17,9 @@ objects fit together the way the mesh needs:
   wiring      every call the chart wires (URLs in ConfigMaps/env, DATABASE_URL,
               REDIS_URL) is allowed by the NetworkPolicies on both ends and, with
               --mesh, by an AuthorizationPolicy; every policy selects a rendered
-              workload and names rendered ServiceAccounts
+              workload; every principal names a rendered ServiceAccount in the
+              release's namespace (-n), of the release (--release) when given, or
+              the ingress gateway; namespace-wide rules name only that namespace
   strategies  --expect-rolling / --expect-canary / --expect-bluegreen assert the
               shape each values-<strategy>.yaml promises
 
@@ -34,6 +36,8 @@ import sys
 import yaml
 
 CLUSTER_DOMAIN = "cluster.local"
+# The mesh ingress gateway's identity (istio/install): the one caller from outside the release.
+INGRESS_PRINCIPAL = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
 HEALTH_PATH_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1.ServerReflection/",
                         "/grpc.reflection.v1alpha.ServerReflection/")
 
@@ -90,9 +94,11 @@ def duration_seconds(text):
 
 
 class Render:
-    def __init__(self, docs, namespace, mesh_docs=()):
+    def __init__(self, docs, namespace, mesh_docs=(), release=None, external_principals=()):
         self.docs = docs
         self.ns = namespace
+        self.release = release
+        self.external_principals = set(external_principals)
         self.mesh = list(mesh_docs)
         self.errors = []
         by = {}
@@ -494,21 +500,22 @@ class Render:
 
     # ---- mesh policies -------------------------------------------------------------
     def principal(self, w):
-        return f"cluster.local/ns/{self.ns}/sa/{self.template(w)['spec'].get('serviceAccountName', 'default')}"
+        return f"{CLUSTER_DOMAIN}/ns/{self.ns}/sa/{self.template(w)['spec'].get('serviceAccountName', 'default')}"
 
-    def check_mesh(self, allow_unused=False):
+    def check_mesh(self):
         pas = [m for m in self.mesh if m["kind"] == "PeerAuthentication"]
         if not any((m["spec"].get("mtls") or {}).get("mode") == "STRICT" and not m["spec"].get("selector")
                    and m["metadata"].get("namespace") in ("istio-system", self.ns) for m in pas):
             self.err("mesh: no namespace- or mesh-wide PeerAuthentication with mTLS STRICT")
-        aps = [m for m in self.mesh if m["kind"] == "AuthorizationPolicy"
-               and m["metadata"].get("namespace", self.ns) == self.ns]
+        # The release's own policies (the chart renders them) and any left in istio/.
+        aps = [m for m in self.by.get("AuthorizationPolicy", []) + [m for m in self.mesh if m["kind"] == "AuthorizationPolicy"]
+               if m["metadata"].get("namespace", self.ns) == self.ns]
         if not any(not m.get("spec") for m in aps):
             self.err(f"mesh: no default-deny (empty) AuthorizationPolicy in namespace {self.ns}")
         for ap in aps:
             spec = ap.get("spec") or {}
             sel = (spec.get("selector") or {}).get("matchLabels")
-            if sel and not allow_unused and not any(selects(sel, self.tlabels(w)) for w in self.workloads):
+            if sel and not any(selects(sel, self.tlabels(w)) for w in self.workloads):
                 self.err(f"{ident(ap)}: selector {sel} selects no rendered workload")
             for rule in spec.get("rules") or []:
                 sources = [f.get("source") or {} for f in rule.get("from") or []]
@@ -516,11 +523,10 @@ class Render:
                     self.err(f"{ident(ap)}: a rule without `from` allows every caller")
                 for src in sources:
                     for p in src.get("principals") or []:
-                        if p in ("*",):
-                            self.err(f"{ident(ap)}: principal * allows every caller")
-                        m = re.fullmatch(r"cluster\.local/ns/([^/]+)/sa/([^/]+)", p)
-                        if m and m.group(1) == self.ns and m.group(2) not in self.service_accounts:
-                            self.err(f"{ident(ap)}: principal {p} is not a rendered ServiceAccount")
+                        self.check_principal(ap, p)
+                    for n in src.get("namespaces") or []:
+                        if n != self.ns:
+                            self.err(f"{ident(ap)}: a rule names namespace {n}, not the release's namespace {self.ns}")
                     if src.get("namespaces") and not src.get("principals"):
                         paths = [x for t in rule.get("to") or [] for x in (t.get("operation") or {}).get("paths") or []]
                         if not paths or not all(x.startswith(HEALTH_PATH_PREFIXES) for x in paths):
@@ -530,6 +536,26 @@ class Render:
                        and selects(ap["spec"]["selector"]["matchLabels"], self.tlabels(w)) for ap in aps):
                 self.err(f"mesh: no ALLOW policy selects {ident(w)}; with default deny nothing can reach it")
         return aps
+
+    def check_principal(self, ap, p):
+        """A principal names a ServiceAccount of this release in its namespace (or the
+        ingress gateway's), so a release elsewhere or under another name is covered."""
+        if p == "*":
+            self.err(f"{ident(ap)}: principal * allows every caller")
+            return
+        if p in self.external_principals:
+            return
+        m = re.fullmatch(r"([^/]+)/ns/([^/]+)/sa/([^/]+)", p)
+        if not m:
+            self.err(f"{ident(ap)}: principal {p} is not <trust domain>/ns/<namespace>/sa/<account>")
+        elif m.group(1) != CLUSTER_DOMAIN:
+            self.err(f"{ident(ap)}: principal {p} is not in trust domain {CLUSTER_DOMAIN}")
+        elif m.group(2) != self.ns:
+            self.err(f"{ident(ap)}: principal {p} names namespace {m.group(2)}, not the release's namespace {self.ns}")
+        elif m.group(3) not in self.service_accounts:
+            self.err(f"{ident(ap)}: principal {p} is not a rendered ServiceAccount")
+        elif self.release and not m.group(3).startswith(f"{self.release}-"):
+            self.err(f"{ident(ap)}: principal {p} does not name a ServiceAccount of release {self.release}")
 
     def ap_allows(self, aps, src, dst, port_number):
         who = self.principal(src)
@@ -655,15 +681,16 @@ class Render:
         return refs
 
 
-def run_checks(docs, namespace, mesh_docs, expectations, provided_secrets=None, allow_unused=False):
-    r = Render(docs, namespace, mesh_docs)
+def run_checks(docs, namespace, mesh_docs, expectations, provided_secrets=None, release=None,
+               external_principals=(INGRESS_PRINCIPAL,)):
+    r = Render(docs, namespace, mesh_docs, release, external_principals)
     if not docs:
         r.err("the render is empty")
     r.check_workloads()
     r.check_services()
     r.check_netpols()
     r.check_istio()
-    aps = r.check_mesh(allow_unused) if mesh_docs else None
+    aps = r.check_mesh() if mesh_docs else None
     r.check_wiring(aps)
     for kind, args in expectations:
         getattr(r, f"expect_{kind}")(*args)
@@ -777,7 +804,7 @@ def mutations(prefix):
         find(docs, "VirtualService", f"{p}-order")["spec"]["http"][-1]["route"][0]["destination"]["host"] = f"{p}-orders.exchange.svc.cluster.local"
 
     def m_ap_reserve(docs, mesh):
-        ap = find(mesh, "AuthorizationPolicy", "inventory")
+        ap = find(docs, "AuthorizationPolicy", f"{p}-inventory")
         for rule in ap["spec"]["rules"]:
             for f in rule.get("from") or []:
                 pr = (f.get("source") or {}).get("principals") or []
@@ -785,8 +812,22 @@ def mutations(prefix):
                     f["source"]["principals"] = [x for x in pr if not x.endswith("/sa/exchange-order")] or ["cluster.local/ns/exchange/sa/exchange-user"]
 
     def m_ap_open(docs, mesh):
-        ap = find(mesh, "AuthorizationPolicy", "inventory")
+        ap = find(docs, "AuthorizationPolicy", f"{p}-inventory")
         ap["spec"]["rules"].append({"to": [{"operation": {"paths": ["/exchange.inventory.v1.InventoryService/*"]}}]})
+
+    def m_ap_namespace(docs, mesh):
+        ap = find(docs, "AuthorizationPolicy", f"{p}-order")
+        ap["spec"]["rules"][0]["from"][0]["source"]["principals"] = [f"cluster.local/ns/elsewhere/sa/{p}-gateway"]
+
+    def m_ap_health_namespace(docs, mesh):
+        ap = find(docs, "AuthorizationPolicy", f"{p}-user")
+        for rule in ap["spec"]["rules"]:
+            for f in rule.get("from") or []:
+                if f["source"].get("namespaces"):
+                    f["source"]["namespaces"] = ["elsewhere"]
+
+    def m_default_deny(docs, mesh):
+        docs.remove(find(docs, "AuthorizationPolicy", f"{p}-allow-nothing"))
 
     def m_strict(docs, mesh):
         for m in mesh:
@@ -826,6 +867,9 @@ def mutations(prefix):
         ("VirtualService to a Service that does not exist", "not a rendered Service", "base", m_vs_host),
         ("AuthorizationPolicy missing a wired caller", "not allowed by any AuthorizationPolicy", "base", m_ap_reserve),
         ("AuthorizationPolicy rule open to everyone", "without `from`", "base", m_ap_open),
+        ("AuthorizationPolicy naming another namespace's caller", "not the release's namespace", "base", m_ap_namespace),
+        ("health rule open to another namespace", "names namespace elsewhere", "base", m_ap_health_namespace),
+        ("no default-deny AuthorizationPolicy", "no default-deny", "base", m_default_deny),
         ("mTLS not STRICT", "STRICT", "base", m_strict),
         ("pod without a config checksum", "checksum/config", "base", m_checksum),
         ("ServiceAccount not rendered", "ServiceAccount", "base", m_sa),
@@ -857,8 +901,9 @@ def main(argv):
     ap.add_argument("--expect-rolling", action="append", metavar="APP=VERSION:REPLICAS")
     ap.add_argument("--expect-canary", action="append", metavar="APP=STABLE:CANDIDATE:WEIGHT:HEADER=VALUE")
     ap.add_argument("--expect-bluegreen", action="append", metavar="APP=LIVE:HEADER=VALUE")
-    ap.add_argument("--allow-unused-policies", action="store_true",
-                    help="policies for workloads this render leaves out (external stores, live Upbit) are fine")
+    ap.add_argument("--release", help="the release name: every principal must name one of its ServiceAccounts")
+    ap.add_argument("--external-principal", action="append", default=[],
+                    help=f"a principal from outside the release that policies may name (default {INGRESS_PRINCIPAL})")
     ap.add_argument("--secrets", help="file listing `secret key` pairs that scripts/deploy creates")
     ap.add_argument("--self-test", nargs=4, metavar=("BASE", "ROLLING", "CANARY", "BLUEGREEN"),
                     help="break good renders in many ways; fail unless every break is caught")
@@ -889,7 +934,8 @@ def main(argv):
     if a.secrets:
         with open(a.secrets, encoding="utf-8") as f:
             provided = {tuple(line.split()[:2]) for line in f if len(line.split()) >= 2}
-    r = run_checks(docs, a.namespace, mesh_docs, parse_expectations(a), provided, a.allow_unused_policies)
+    r = run_checks(docs, a.namespace, mesh_docs, parse_expectations(a), provided, a.release,
+                   a.external_principal or [INGRESS_PRINCIPAL])
     for e in r.errors:
         print(f"VIOLATION {e}")
     print(f"{len(docs)} objects checked, {len(r.errors)} violations")
