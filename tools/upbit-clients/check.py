@@ -46,6 +46,14 @@ def check_ccxt():
     step("ccxt fetch_open_orders", any(o["id"] == order["id"] for o in opened), f"{len(opened)} open")
     ex.cancel_order(order["id"])
     step("ccxt cancel_order", ex.fetch_order(order["id"])["status"] == "canceled")
+    # Order conditions as ccxt sends them: an IOC bid below the asks fills
+    # nothing and is cancelled at once; a post-only bid that would take too.
+    ioc = ex.create_order("ETH/KRW", "limit", "buy", 0.01, 3000000, {"timeInForce": "IOC"})
+    ioc = ex.fetch_order(ioc["id"])
+    step("ccxt IOC order", ioc["status"] == "canceled" and ioc["filled"] == 0, f"{ioc['status']} {ioc['filled']}")
+    taker = ex.create_order("ETH/KRW", "limit", "buy", 0.01, 5000000, {"postOnly": True})
+    taker = ex.fetch_order(taker["id"])
+    step("ccxt post-only order that would take", taker["status"] == "canceled" and taker["filled"] == 0, taker["status"])
 
 
 def check_pyupbit():

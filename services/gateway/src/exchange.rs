@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::auth::{UpbitRequest, private_limit};
 use crate::error::ApiError;
 use crate::idempotency::RequestKey;
-use crate::private::{place_request, states};
+use crate::private::{OrderParams, place_request, states};
 use crate::ratelimit::Decision;
 use crate::state::Shared;
 use crate::views;
@@ -133,12 +133,16 @@ pub async fn place(
     };
     let request = place_request(
         req.user,
-        required("market")?,
-        required("side")?,
-        required("ord_type")?,
-        req.param("price").unwrap_or_default().to_owned(),
-        req.param("volume").unwrap_or_default().to_owned(),
-        req.param("identifier").map(str::to_owned),
+        OrderParams {
+            market: required("market")?,
+            side: required("side")?,
+            ord_type: required("ord_type")?,
+            price: req.param("price").unwrap_or_default().to_owned(),
+            volume: req.param("volume").unwrap_or_default().to_owned(),
+            identifier: req.param("identifier").map(str::to_owned),
+            time_in_force: req.param("time_in_force"),
+            smp_type: req.param("smp_type"),
+        },
         request_key,
     )?;
     let r = gw.order.clone().place_order(request).await?.into_inner();

@@ -381,6 +381,10 @@ pub struct NewOrder {
     volume: Option<Value>,
     #[serde(default)]
     identifier: Option<String>,
+    #[serde(default)]
+    time_in_force: Option<String>,
+    #[serde(default)]
+    smp_type: Option<String>,
 }
 
 /// A decimal field given as a JSON string or number, as its text.
@@ -395,42 +399,62 @@ fn decimal_text(v: Option<Value>, field: &str) -> Result<String, ApiError> {
     }
 }
 
-/// The gRPC request for an order, from Upbit's parameter names.
-#[allow(clippy::too_many_arguments)]
+/// An order as a client wrote it, in Upbit's parameter names.
+pub struct OrderParams<'a> {
+    pub market: &'a str,
+    pub side: &'a str,
+    pub ord_type: &'a str,
+    pub price: String,
+    pub volume: String,
+    pub identifier: Option<String>,
+    pub time_in_force: Option<&'a str>,
+    pub smp_type: Option<&'a str>,
+}
+
+/// The gRPC request for an order.
 pub fn place_request(
     user: uuid::Uuid,
-    market: &str,
-    side: &str,
-    ord_type: &str,
-    price: String,
-    volume: String,
-    identifier: Option<String>,
+    o: OrderParams<'_>,
     request_key: String,
 ) -> Result<pb::PlaceOrderRequest, ApiError> {
-    let side = match side {
+    let side = match o.side {
         "bid" => pb::Side::Bid,
         "ask" => pb::Side::Ask,
         _ => return Err(ApiError::bad_request("side must be bid or ask")),
     };
-    let ord_type = match ord_type {
+    let ord_type = match o.ord_type {
         "limit" => pb::OrderType::Limit,
         "price" => pb::OrderType::Price,
         "market" => pb::OrderType::Market,
+        "best" => pb::OrderType::Best,
         _ => {
             return Err(ApiError::bad_request(
-                "ord_type must be limit, price or market",
+                "ord_type must be limit, price, market or best",
+            ));
+        }
+    };
+    let time_in_force = match o.time_in_force.unwrap_or_default() {
+        "" => pb::TimeInForce::Unspecified,
+        "ioc" => pb::TimeInForce::Ioc,
+        "fok" => pb::TimeInForce::Fok,
+        "post_only" => pb::TimeInForce::PostOnly,
+        _ => {
+            return Err(ApiError::bad_request(
+                "time_in_force must be ioc, fok or post_only",
             ));
         }
     };
     Ok(pb::PlaceOrderRequest {
         user_id: user.to_string(),
-        market: market.to_owned(),
+        market: o.market.to_owned(),
         side: side as i32,
         ord_type: ord_type as i32,
-        price,
-        volume,
-        identifier: identifier.unwrap_or_default(),
+        price: o.price,
+        volume: o.volume,
+        identifier: o.identifier.unwrap_or_default(),
         request_key,
+        time_in_force: time_in_force as i32,
+        smp_type: o.smp_type.unwrap_or_default().to_owned(),
     })
 }
 
@@ -446,12 +470,16 @@ pub async fn place_order(
     private_limit(&gw, "order", &user.to_string()).await?;
     let request = place_request(
         user,
-        &o.market,
-        &o.side,
-        &o.ord_type,
-        decimal_text(o.price, "price")?,
-        decimal_text(o.volume, "volume")?,
-        o.identifier,
+        OrderParams {
+            market: &o.market,
+            side: &o.side,
+            ord_type: &o.ord_type,
+            price: decimal_text(o.price, "price")?,
+            volume: decimal_text(o.volume, "volume")?,
+            identifier: o.identifier,
+            time_in_force: o.time_in_force.as_deref(),
+            smp_type: o.smp_type.as_deref(),
+        },
         request_key,
     )?;
     let r = gw.order.clone().place_order(request).await?.into_inner();

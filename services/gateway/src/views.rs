@@ -35,6 +35,7 @@ pub fn ord_type(v: i32) -> &'static str {
     match pb::OrderType::try_from(v) {
         Ok(pb::OrderType::Limit) => "limit",
         Ok(pb::OrderType::Price) => "price",
+        Ok(pb::OrderType::Best) => "best",
         _ => "market",
     }
 }
@@ -71,7 +72,15 @@ pub fn upbit_order(o: &pb::Order, with_trades: bool) -> Value {
         "executed_volume": o.executed_volume,
         "executed_funds": o.executed_funds,
         "trades_count": o.trades_count,
+        "smp_type": smp_type(o),
+        // Paper orders fill against the market's trades, never against each
+        // other: self-match prevention never has anything to prevent.
+        "prevented_volume": "0",
+        "prevented_locked": "0",
     });
+    if let Some(tif) = time_in_force(o.time_in_force) {
+        v["time_in_force"] = Value::from(tif);
+    }
     if !o.identifier.is_empty() {
         v["identifier"] = Value::from(o.identifier.as_str());
     }
@@ -86,14 +95,36 @@ pub fn upbit_order(o: &pb::Order, with_trades: bool) -> Value {
                     "price": t.price,
                     "volume": t.volume,
                     "funds": t.funds,
-                    "trend": if side(o.side) == "bid" { "up" } else { "down" },
+                    // Who took: a buyer ("up") or a seller ("down").
+                    "trend": if side(t.trend) == "bid" { "up" } else { "down" },
                     "created_at": kst(t.created_at),
                     "side": side(o.side),
+                    "fee": t.fee,
                 })
             })
             .collect();
     }
     v
+}
+
+/// Upbit's `time_in_force` name, if the order has one.
+fn time_in_force(v: i32) -> Option<&'static str> {
+    match pb::TimeInForce::try_from(v) {
+        Ok(pb::TimeInForce::Ioc) => Some("ioc"),
+        Ok(pb::TimeInForce::Fok) => Some("fok"),
+        Ok(pb::TimeInForce::PostOnly) => Some("post_only"),
+        _ => None,
+    }
+}
+
+/// The order's self-match prevention: as stored, or Upbit's default for an
+/// order from before it was stored.
+fn smp_type(o: &pb::Order) -> &str {
+    match (o.smp_type.as_str(), time_in_force(o.time_in_force)) {
+        ("", Some("post_only")) => "none",
+        ("", _) => "cancel_maker",
+        (given, _) => given,
+    }
 }
 
 /// An order in the native API.
@@ -113,6 +144,8 @@ pub fn native_order(o: &pb::Order) -> Value {
         "locked": o.locked,
         "trades_count": o.trades_count,
         "identifier": opt(&o.identifier),
+        "time_in_force": time_in_force(o.time_in_force),
+        "smp_type": smp_type(o),
         "reject_reason": opt(&o.reject_reason),
         "created_at": o.created_at,
         "trades": o.trades.iter().map(|t| json!({

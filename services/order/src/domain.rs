@@ -46,6 +46,9 @@ pub enum OrdType {
     Price,
     /// Market sell of a volume.
     Market,
+    /// At the best price on the other side only (Upbit's 최유리 지정가): a bid
+    /// spends a total (`price`), an ask sells a volume; IOC or FOK.
+    Best,
 }
 
 impl OrdType {
@@ -54,6 +57,7 @@ impl OrdType {
             OrdType::Limit => "limit",
             OrdType::Price => "price",
             OrdType::Market => "market",
+            OrdType::Best => "best",
         }
     }
 
@@ -62,6 +66,70 @@ impl OrdType {
             "limit" => Some(OrdType::Limit),
             "price" => Some(OrdType::Price),
             "market" => Some(OrdType::Market),
+            "best" => Some(OrdType::Best),
+            _ => None,
+        }
+    }
+}
+
+/// Upbit's `time_in_force`; none means the order rests until filled or
+/// cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeInForce {
+    /// Immediate or cancel: fills what crosses now, the rest is cancelled.
+    Ioc,
+    /// Fill or kill: fills all of it now, or nothing.
+    Fok,
+    /// Maker only: cancelled, with no fill, if it would take.
+    PostOnly,
+}
+
+impl TimeInForce {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ioc => "ioc",
+            Self::Fok => "fok",
+            Self::PostOnly => "post_only",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "ioc" => Some(Self::Ioc),
+            "fok" => Some(Self::Fok),
+            "post_only" => Some(Self::PostOnly),
+            _ => None,
+        }
+    }
+}
+
+/// Upbit's `smp_type` (self-match prevention). Accepted and reported; paper
+/// orders fill against the market's trades, never against each other, so a
+/// self-match cannot happen here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmpType {
+    CancelMaker,
+    CancelTaker,
+    Reduce,
+    None,
+}
+
+impl SmpType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CancelMaker => "cancel_maker",
+            Self::CancelTaker => "cancel_taker",
+            Self::Reduce => "reduce",
+            Self::None => "none",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "cancel_maker" => Some(Self::CancelMaker),
+            "cancel_taker" => Some(Self::CancelTaker),
+            "reduce" => Some(Self::Reduce),
+            "none" => Some(Self::None),
             _ => None,
         }
     }
@@ -112,6 +180,28 @@ pub struct Validated {
     pub reserve_currency: String,
     pub reserve_amount: Decimal,
     pub fee_rate: Decimal,
+    pub time_in_force: Option<TimeInForce>,
+    pub smp_type: Option<SmpType>,
+}
+
+impl Validated {
+    /// The total a budget order spends (a market buy, a best bid).
+    pub fn budget(&self) -> Option<Decimal> {
+        match (self.ord_type, self.side) {
+            (OrdType::Price, _) | (OrdType::Best, Side::Bid) => self.price,
+            _ => None,
+        }
+    }
+
+    /// Whether what it does not fill at once waits on the book: a limit order
+    /// that is neither IOC nor FOK.
+    pub fn rests(&self) -> bool {
+        self.ord_type == OrdType::Limit
+            && !matches!(
+                self.time_in_force,
+                Some(TimeInForce::Ioc | TimeInForce::Fok)
+            )
+    }
 }
 
 /// One orderbook level on the side an order takes from.
@@ -217,16 +307,17 @@ pub fn validate(
                 Side::Ask => (total, market.base().to_owned(), v),
             }
         }
-        (OrdType::Price, Side::Bid) => {
+        (OrdType::Price | OrdType::Best, Side::Bid) => {
+            let kind = ord_type.as_str();
             let Some(total) = price else {
-                return Err(OrderError::invalid(
-                    "a market buy (ord_type=price) needs price: the total to spend",
-                ));
+                return Err(OrderError::invalid(format!(
+                    "a bid with ord_type={kind} needs price: the total to spend"
+                )));
             };
             if volume.is_some() {
-                return Err(OrderError::invalid(
-                    "a market buy (ord_type=price) takes no volume",
-                ));
+                return Err(OrderError::invalid(format!(
+                    "a bid with ord_type={kind} takes no volume"
+                )));
             }
             if total.normalize().scale() > VOLUME_SCALE {
                 return Err(OrderError::invalid("price has more than 8 decimal places"));
@@ -237,16 +328,17 @@ pub fn validate(
                 add(total, ceil8(mul(total, fee_rate)?))?,
             )
         }
-        (OrdType::Market, Side::Ask) => {
+        (OrdType::Market | OrdType::Best, Side::Ask) => {
+            let kind = ord_type.as_str();
             let Some(v) = volume else {
-                return Err(OrderError::invalid(
-                    "a market sell (ord_type=market) needs volume",
-                ));
+                return Err(OrderError::invalid(format!(
+                    "an ask with ord_type={kind} needs volume"
+                )));
             };
             if price.is_some() {
-                return Err(OrderError::invalid(
-                    "a market sell (ord_type=market) takes no price",
-                ));
+                return Err(OrderError::invalid(format!(
+                    "an ask with ord_type={kind} takes no price"
+                )));
             }
             let reference = reference_price
                 .ok_or_else(|| OrderError::invalid("no bids in the orderbook to sell into"))?;
@@ -284,7 +376,90 @@ pub fn validate(
         reserve_currency,
         reserve_amount,
         fee_rate,
+        time_in_force: None,
+        smp_type: None,
     })
+}
+
+/// The order with its conditions, checked against its type as Upbit does:
+/// `best` needs IOC or FOK; IOC and FOK are for limit and best orders,
+/// post_only for limit orders and not with a self-match prevention type.
+pub fn with_conditions(
+    mut order: Validated,
+    time_in_force: Option<TimeInForce>,
+    smp_type: Option<SmpType>,
+) -> Result<Validated, OrderError> {
+    use TimeInForce::{Fok, Ioc, PostOnly};
+    match (order.ord_type, time_in_force) {
+        (OrdType::Best, None | Some(PostOnly)) => {
+            return Err(OrderError::invalid(
+                "ord_type=best needs time_in_force ioc or fok",
+            ));
+        }
+        (OrdType::Price | OrdType::Market, Some(_)) => {
+            return Err(OrderError::invalid(
+                "time_in_force is for limit and best orders",
+            ));
+        }
+        (OrdType::Limit | OrdType::Best, Some(Ioc | Fok)) | (OrdType::Limit, Some(PostOnly)) => {}
+        (_, None) => {}
+    }
+    if time_in_force == Some(PostOnly) && smp_type.is_some_and(|s| s != SmpType::None) {
+        return Err(OrderError::invalid(
+            "post_only cannot be combined with smp_type reduce, cancel_maker or cancel_taker",
+        ));
+    }
+    order.time_in_force = time_in_force;
+    order.smp_type = Some(effective_smp(time_in_force, smp_type));
+    Ok(order)
+}
+
+/// The self-match prevention an order gets: as given, or Upbit's default
+/// (since 2026-11-09): `cancel_maker`, and `none` for post_only orders.
+pub fn effective_smp(time_in_force: Option<TimeInForce>, given: Option<SmpType>) -> SmpType {
+    given.unwrap_or(if time_in_force == Some(TimeInForce::PostOnly) {
+        SmpType::None
+    } else {
+        SmpType::CancelMaker
+    })
+}
+
+/// What an order does against the book when it is placed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Placement {
+    /// These executions now (maybe none); the rest waits on the book if the
+    /// order [`Validated::rests`], and is cancelled if not.
+    Fills(Vec<Exec>),
+    /// A post_only order that would take: cancelled before anything is
+    /// reserved or filled.
+    WouldTake,
+}
+
+/// How an order meets `levels` (best first, the side it takes from), by its
+/// type and time in force: a best order takes only the best price; FOK all or
+/// nothing; post_only nothing, or it is not placed.
+pub fn place(order: &Validated, levels: &[Level]) -> Result<Placement, OrderError> {
+    let levels = match order.ord_type {
+        OrdType::Best => &levels[..levels.len().min(1)],
+        _ => levels,
+    };
+    let fills = walk(order, levels)?;
+    Ok(match order.time_in_force {
+        Some(TimeInForce::PostOnly) if !fills.is_empty() => Placement::WouldTake,
+        Some(TimeInForce::Fok) if !fully_filled(order, &fills) => Placement::Fills(Vec::new()),
+        _ => Placement::Fills(fills),
+    })
+}
+
+/// The state an order reaches with these immediate executions.
+pub fn placed_state(order: &Validated, fills: &[Exec]) -> State {
+    if fully_filled(order, fills) {
+        State::Done
+    } else if order.rests() {
+        State::Wait
+    } else {
+        State::Cancel
+    }
 }
 
 /// The executions of an order taking from `levels` (best first: asks for
@@ -292,10 +467,8 @@ pub fn validate(
 /// to their volume; a limit stops at its price. Fees are per execution.
 pub fn walk(order: &Validated, levels: &[Level]) -> Result<Vec<Exec>, OrderError> {
     let mut out = Vec::new();
-    let mut budget = match order.ord_type {
-        OrdType::Price => order.price.unwrap_or_default(),
-        _ => Decimal::ZERO,
-    };
+    let budgeted = order.budget().is_some();
+    let mut budget = order.budget().unwrap_or_default();
     let mut remaining = order.volume.unwrap_or_default();
     for level in levels {
         if level.size <= Decimal::ZERO || level.price <= Decimal::ZERO {
@@ -312,9 +485,10 @@ pub fn walk(order: &Validated, levels: &[Level]) -> Result<Vec<Exec>, OrderError
                 break;
             }
         }
-        let volume = match order.ord_type {
-            OrdType::Price => floor8(budget / level.price).min(level.size),
-            _ => remaining.min(level.size),
+        let volume = if budgeted {
+            floor8(budget / level.price).min(level.size)
+        } else {
+            remaining.min(level.size)
         };
         if volume <= Decimal::ZERO {
             break;
@@ -328,7 +502,7 @@ pub fn walk(order: &Validated, levels: &[Level]) -> Result<Vec<Exec>, OrderError
         });
         budget -= funds;
         remaining -= volume;
-        if order.ord_type != OrdType::Price && remaining <= Decimal::ZERO {
+        if !budgeted && remaining <= Decimal::ZERO {
             break;
         }
     }
@@ -341,13 +515,12 @@ pub fn walk(order: &Validated, levels: &[Level]) -> Result<Vec<Exec>, OrderError
 pub fn fully_filled(order: &Validated, execs: &[Exec]) -> bool {
     let executed: Decimal = execs.iter().map(|e| e.volume).sum();
     let spent: Decimal = execs.iter().map(|e| e.funds).sum();
-    match order.ord_type {
-        OrdType::Price => {
-            let total = order.price.unwrap_or_default();
+    match order.budget() {
+        Some(total) => {
             let last = execs.last().map(|e| e.price).unwrap_or(total);
             total - spent < last * Decimal::new(1, VOLUME_SCALE)
         }
-        _ => executed >= order.volume.unwrap_or_default(),
+        None => executed >= order.volume.unwrap_or_default(),
     }
 }
 

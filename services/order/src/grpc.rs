@@ -10,7 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::domain::{OrdType, Side};
+use crate::domain::{OrdType, Side, SmpType, TimeInForce};
 use crate::error::OrderError;
 use crate::service::{Orders, Place, View};
 use crate::store;
@@ -112,6 +112,7 @@ pub fn order_pb(view: &View) -> pb::Order {
         ord_type: match o.ord_type.as_str() {
             "limit" => pb::OrderType::Limit,
             "price" => pb::OrderType::Price,
+            "best" => pb::OrderType::Best,
             _ => pb::OrderType::Market,
         } as i32,
         price: o.price.map(text).unwrap_or_default(),
@@ -141,6 +142,13 @@ pub fn order_pb(view: &View) -> pb::Order {
             })
             .collect(),
         reject_reason: o.reject_reason.clone().unwrap_or_default(),
+        time_in_force: match o.time_in_force.as_deref().and_then(TimeInForce::parse) {
+            None => pb::TimeInForce::Unspecified,
+            Some(TimeInForce::Ioc) => pb::TimeInForce::Ioc,
+            Some(TimeInForce::Fok) => pb::TimeInForce::Fok,
+            Some(TimeInForce::PostOnly) => pb::TimeInForce::PostOnly,
+        } as i32,
+        smp_type: o.smp_type.clone().unwrap_or_default(),
     }
 }
 
@@ -171,7 +179,25 @@ impl OrderService for Order {
             Ok(pb::OrderType::Limit) => OrdType::Limit,
             Ok(pb::OrderType::Price) => OrdType::Price,
             Ok(pb::OrderType::Market) => OrdType::Market,
-            _ => return Err(OrderError::invalid("ord_type must be limit, price or market").into()),
+            Ok(pb::OrderType::Best) => OrdType::Best,
+            _ => {
+                return Err(
+                    OrderError::invalid("ord_type must be limit, price, market or best").into(),
+                );
+            }
+        };
+        let time_in_force = match pb::TimeInForce::try_from(req.time_in_force) {
+            Ok(pb::TimeInForce::Unspecified) => None,
+            Ok(pb::TimeInForce::Ioc) => Some(TimeInForce::Ioc),
+            Ok(pb::TimeInForce::Fok) => Some(TimeInForce::Fok),
+            Ok(pb::TimeInForce::PostOnly) => Some(TimeInForce::PostOnly),
+            Err(_) => return Err(OrderError::invalid("unknown time_in_force").into()),
+        };
+        let smp_type = match req.smp_type.as_str() {
+            "" => None,
+            text => Some(SmpType::parse(text).ok_or_else(|| {
+                OrderError::invalid("smp_type must be cancel_maker, cancel_taker, reduce or none")
+            })?),
         };
         let place = Place {
             user: user(&req.user_id)?,
@@ -182,6 +208,8 @@ impl OrderService for Order {
             volume: &req.volume,
             identifier: (!req.identifier.is_empty()).then_some(req.identifier.as_str()),
             request_key: (!req.request_key.is_empty()).then_some(req.request_key.as_str()),
+            time_in_force,
+            smp_type,
         };
         let (view, created) = self.orders.place(place).await?;
         Ok(Response::new(pb::PlaceOrderResponse {

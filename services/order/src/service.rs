@@ -31,7 +31,9 @@ use service_kit::grpc::Channel;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::domain::{self, Exec, Level, OrdType, Side, Validated};
+use crate::domain::{
+    self, Exec, Level, OrdType, Placement, Side, SmpType, State, TimeInForce, Validated,
+};
 use crate::error::OrderError;
 use crate::store::{self, ExecRow, NewOrder, OrderRow};
 
@@ -60,6 +62,8 @@ pub struct Place<'a> {
     pub volume: &'a str,
     pub identifier: Option<&'a str>,
     pub request_key: Option<&'a str>,
+    pub time_in_force: Option<TimeInForce>,
+    pub smp_type: Option<SmpType>,
 }
 
 /// An order with its executions.
@@ -130,10 +134,14 @@ fn inv_side(side: Side) -> inv::OrderSide {
 /// The order's terms as inventory checks them.
 fn terms(order: &Validated) -> inv::OrderTerms {
     let text = |d: Option<Decimal>| d.map(decimal::to_wire).unwrap_or_default();
-    let (kind, price, volume, budget) = match order.ord_type {
-        OrdType::Limit => (inv::OrderKind::Limit, order.price, order.volume, None),
-        OrdType::Price => (inv::OrderKind::Price, None, None, order.price),
-        OrdType::Market => (inv::OrderKind::Market, None, order.volume, None),
+    // A best order is checked as the market order of its side: its fills are
+    // bounded by its budget or volume, at whatever the best price was.
+    let (kind, price, volume, budget) = match (order.ord_type, order.side) {
+        (OrdType::Limit, _) => (inv::OrderKind::Limit, order.price, order.volume, None),
+        (OrdType::Price | OrdType::Best, Side::Bid) => {
+            (inv::OrderKind::Price, None, None, order.price)
+        }
+        (_, _) => (inv::OrderKind::Market, None, order.volume, None),
     };
     inv::OrderTerms {
         kind: kind as i32,
@@ -278,7 +286,10 @@ impl Orders {
             && existing.ord_type == req.ord_type.as_str()
             && same(req.price, existing.price)
             && same(req.volume, existing.volume)
-            && existing.identifier.as_deref() == req.identifier;
+            && existing.identifier.as_deref() == req.identifier
+            && existing.time_in_force.as_deref() == req.time_in_force.map(TimeInForce::as_str)
+            && existing.smp_type.as_deref()
+                == Some(domain::effective_smp(req.time_in_force, req.smp_type).as_str());
         if !same_order {
             return Err(OrderError::invalid(
                 "this request key was used for another order",
@@ -301,7 +312,11 @@ impl Orders {
         if let Some(view) = self.admit(&req).await? {
             return Ok((view, false));
         }
-        let (order, plan) = self.plan(&req).await?;
+        let (order, placement) = self.plan(&req).await?;
+        let plan = match &placement {
+            Placement::Fills(fills) => fills.as_slice(),
+            Placement::WouldTake => &[],
+        };
         let new = NewOrder {
             id: Uuid::now_v7(),
             user: req.user,
@@ -315,10 +330,16 @@ impl Orders {
             reserved_currency: &order.reserve_currency,
             reserved_amount: order.reserve_amount,
             fee_rate: order.fee_rate,
-            plan: &plan,
+            plan,
             plan_ttl: self.rules.plan_ttl,
+            time_in_force: order.time_in_force.map(TimeInForce::as_str),
+            smp_type: order.smp_type.map(SmpType::as_str),
         };
-        let Some(row) = store::insert_pending(&self.pool, &new).await? else {
+        let inserted = match placement {
+            Placement::WouldTake => store::insert_cancelled(&self.pool, &new).await?,
+            Placement::Fills(_) => store::insert_pending(&self.pool, &new).await?,
+        };
+        let Some(row) = inserted else {
             // The same request key or identifier raced us.
             if let Some(view) = self.retried(&req).await? {
                 return Ok((view, false));
@@ -328,11 +349,21 @@ impl Orders {
                 req.identifier.unwrap_or_default(),
             ));
         };
+        if row.state == State::Cancel.as_str() {
+            // A post_only order that would have taken: nothing to reserve.
+            return Ok((
+                View {
+                    order: row,
+                    executions: Vec::new(),
+                },
+                true,
+            ));
+        }
         if self.rules.fault == Some(Fault::Persist) {
             crash(Fault::Persist);
         }
         let pending = row.clone();
-        let finished = match self.complete_pending(row, &order, &plan).await {
+        let finished = match self.complete_pending(row, &order, plan).await {
             Ok(Outcome::Done(finished)) => *finished,
             Ok(Outcome::Unknown) | Err(OrderError::Unavailable(_) | OrderError::Database(_)) => {
                 // Written, outcome not known yet: the client learns the order's
@@ -401,8 +432,8 @@ impl Orders {
     }
 
     /// The order validated as Upbit does, within the user's open-order cap,
-    /// and what it fills at once against the live (fresh) orderbook.
-    async fn plan(&self, req: &Place<'_>) -> Result<(Validated, Vec<Exec>), OrderError> {
+    /// and what it does at once against the live (fresh) orderbook.
+    async fn plan(&self, req: &Place<'_>) -> Result<(Validated, Placement), OrderError> {
         let price = domain::parse_amount("price", req.price)?;
         let volume = domain::parse_amount("volume", req.volume)?;
         upbit::market::MarketCode::parse(req.market)
@@ -434,13 +465,16 @@ impl Orders {
             self.rules.fee_rate,
             reference,
         )?;
-        let plan = domain::walk(&order, &levels)?;
-        if order.ord_type != OrdType::Limit && plan.is_empty() {
+        let order = domain::with_conditions(order, req.time_in_force, req.smp_type)?;
+        let placement = domain::place(&order, &levels)?;
+        if matches!(order.ord_type, OrdType::Price | OrdType::Market)
+            && placement == Placement::Fills(Vec::new())
+        {
             return Err(OrderError::invalid(
                 "no liquidity in the orderbook for a market order",
             ));
         }
-        Ok((order, plan))
+        Ok((order, placement))
     }
 
     /// Reserves for a PENDING order's terms and settles its planned fills in
@@ -452,8 +486,8 @@ impl Orders {
         order: &Validated,
         plan: &[Exec],
     ) -> Result<Outcome, OrderError> {
-        let filled = domain::fully_filled(order, plan);
-        let finalize = order.ord_type != OrdType::Limit || filled;
+        let state = domain::placed_state(order, plan);
+        let finalize = state != State::Wait;
         let request = inv::SettleRequest {
             order_id: row.id.to_string(),
             user_id: row.user_id.to_string(),
@@ -500,12 +534,8 @@ impl Orders {
         if self.rules.fault == Some(Fault::Reserve) {
             crash(Fault::Reserve);
         }
-        let state = match (order.ord_type, filled) {
-            (_, true) => "done",
-            (OrdType::Limit, false) => "wait",
-            (_, false) => "cancel",
-        };
-        let updated = store::finish_pending(&self.pool, row.id, state, plan, finalize).await?;
+        let updated =
+            store::finish_pending(&self.pool, row.id, state.as_str(), plan, finalize).await?;
         match updated {
             Some(updated) => Ok(Outcome::Done(Box::new(updated))),
             // Someone else (recovery) finished it meanwhile.

@@ -12,7 +12,7 @@ use crate::domain::{Exec, Side};
 const COLUMNS: &str = "id, user_id, identifier, market, side, ord_type, price, volume, state, \
      reserved_currency, reserved_amount, executed_volume, executed_funds, paid_fee, trades_count, \
      reject_reason, created_at, updated_at, fee_rate, plan, finalized, request_key, plan_deadline, \
-     opened_at";
+     opened_at, time_in_force, smp_type";
 
 const NOTIFY: &str = "pg_notify('order_events', id::text || ' ' || user_id::text) AS notified";
 
@@ -44,6 +44,8 @@ pub struct OrderRow {
     pub plan_deadline: Option<DateTime<Utc>>,
     /// When the order was confirmed (left PENDING).
     pub opened_at: Option<DateTime<Utc>>,
+    pub time_in_force: Option<String>,
+    pub smp_type: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
@@ -53,6 +55,8 @@ pub struct ExecRow {
     pub volume: Decimal,
     pub funds: Decimal,
     pub fee: Decimal,
+    /// The taker's side: the order's own for its immediate fills, the other
+    /// side's when a market trade filled it resting.
     pub trend: String,
     pub created_at: DateTime<Utc>,
 }
@@ -74,6 +78,8 @@ pub struct NewOrder<'a> {
     pub plan: &'a [Exec],
     /// How long inventory has to reserve the funds for the plan.
     pub plan_ttl: std::time::Duration,
+    pub time_in_force: Option<&'a str>,
+    pub smp_type: Option<&'a str>,
 }
 
 /// Executions as JSON (decimals as strings, exact).
@@ -115,13 +121,36 @@ pub async fn insert_pending(
     pool: &PgPool,
     o: &NewOrder<'_>,
 ) -> Result<Option<OrderRow>, sqlx::Error> {
+    insert(pool, o, "pending").await
+}
+
+/// Writes an order that is cancelled as it is placed, with nothing reserved
+/// or filled (a post_only order that would take); `None` as `insert_pending`.
+pub async fn insert_cancelled(
+    pool: &PgPool,
+    o: &NewOrder<'_>,
+) -> Result<Option<OrderRow>, sqlx::Error> {
+    insert(pool, o, "cancel").await
+}
+
+async fn insert(
+    pool: &PgPool,
+    o: &NewOrder<'_>,
+    state: &str,
+) -> Result<Option<OrderRow>, sqlx::Error> {
+    // A pending order is announced when it leaves PENDING; one placed
+    // cancelled, now.
     let sql = format!(
         "INSERT INTO orders (id, user_id, identifier, market, side, ord_type, price, volume, state,
-                             reserved_currency, reserved_amount, fee_rate, plan, request_key, plan_deadline)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $11, $12, $13,
-                 now() + $14 * interval '1 millisecond')
+                             reserved_currency, reserved_amount, fee_rate, plan, request_key, plan_deadline,
+                             time_in_force, smp_type, finalized, opened_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $17, $9, $10, $11, $12, $13,
+                 now() + $14 * interval '1 millisecond', $15, $16,
+                 $17 = 'cancel', CASE WHEN $17 = 'cancel' THEN now() END)
          ON CONFLICT DO NOTHING
-         RETURNING {COLUMNS}"
+         RETURNING {COLUMNS},
+                   CASE WHEN state <> 'pending'
+                        THEN pg_notify('order_events', id::text || ' ' || user_id::text) END AS notified"
     );
     sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(o.id)
@@ -138,6 +167,9 @@ pub async fn insert_pending(
         .bind(plan_json(o.plan))
         .bind(o.request_key)
         .bind(o.plan_ttl.as_millis() as i64)
+        .bind(o.time_in_force)
+        .bind(o.smp_type)
+        .bind(state)
         .fetch_optional(pool)
         .await
 }
@@ -256,6 +288,20 @@ pub async fn finish_pending(
 }
 
 /// Refuses a PENDING order (its funds could not be reserved).
+/// Cancels a PENDING order that never reserved anything (a post_only order
+/// that would now take).
+pub async fn cancel_pending(pool: &PgPool, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
+    let sql = format!(
+        "UPDATE orders SET state = 'cancel', finalized = true, updated_at = now(), opened_at = now()
+         WHERE id = $1 AND state = 'pending'
+         RETURNING {COLUMNS}, {NOTIFY}"
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
 pub async fn reject(
     pool: &PgPool,
     id: Uuid,
@@ -273,7 +319,8 @@ pub async fn reject(
         .await
 }
 
-/// Records one more execution of an open order by the market trade `trade_id`,
+/// Records one more execution of an open order by the market trade `trade_id`
+/// (its taker was the other side: the execution's `trend`),
 /// if the order is still open, has exactly `trades_count` executions (so a fill
 /// never races a cancel or another fill) and was not filled by that trade
 /// already. The order is DONE once its volume is filled.
@@ -295,7 +342,7 @@ pub async fn record_fill(
          ),
          e AS (
             INSERT INTO executions (order_id, seq, price, volume, funds, fee, trend, trade_id)
-            SELECT $1, $2 + 1, $6, $3, $4, $5, o.side, $7 FROM o
+            SELECT $1, $2 + 1, $6, $3, $4, $5, CASE o.side WHEN 'bid' THEN 'ask' ELSE 'bid' END, $7 FROM o
          )
          SELECT * FROM o"
     );

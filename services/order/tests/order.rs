@@ -273,6 +273,8 @@ fn place(
         volume: volume.into(),
         identifier: String::new(),
         request_key: String::new(),
+        time_in_force: 0,
+        smp_type: String::new(),
     }
 }
 
@@ -397,6 +399,158 @@ async fn market_orders_walk_the_book_and_money_adds_up() {
         closed.iter().map(|o| o.uuid.clone()).collect::<Vec<_>>(),
         vec![sold.uuid.clone(), bought.uuid.clone()],
         "newest first"
+    );
+    env.assert_books_balance().await;
+    env.stop().await;
+}
+
+/// A placement with Upbit's order conditions.
+fn with_conditions(
+    mut request: pb::PlaceOrderRequest,
+    time_in_force: pb::TimeInForce,
+    smp_type: &str,
+) -> pb::PlaceOrderRequest {
+    request.time_in_force = time_in_force as i32;
+    request.smp_type = smp_type.into();
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_in_force_and_best_orders_behave_as_upbit_says() {
+    use pb::OrderState::{Cancel, Done, Wait};
+    use pb::TimeInForce::{Fok, Ioc, PostOnly, Unspecified};
+    let mut env = env().await;
+    env.with_order_service().await;
+    let orders = env.orders();
+    let user = env.new_user().await;
+    let start = env.balance(user, "KRW").await;
+    // The book: asks 0.005 at 148,000,000, 148,001,000, …; bids from 147,999,000 down.
+    let bid = |price: &str, volume: &str, tif, smp: &str| {
+        with_conditions(
+            place(
+                user,
+                "KRW-BTC",
+                pb::Side::Bid,
+                pb::OrderType::Limit,
+                price,
+                volume,
+            ),
+            tif,
+            smp,
+        )
+    };
+    let best = |side, price: &str, volume: &str, tif| {
+        with_conditions(
+            place(user, "KRW-BTC", side, pb::OrderType::Best, price, volume),
+            tif,
+            "",
+        )
+    };
+    let placed = |request: pb::PlaceOrderRequest| {
+        let mut orders = orders.clone();
+        async move {
+            orders
+                .place_order(request)
+                .await
+                .map(|r| r.into_inner().order.unwrap())
+        }
+    };
+
+    #[rustfmt::skip]
+    let cases = [
+        // IOC: what crosses now fills (two levels), the rest is cancelled.
+        ("ioc", bid("148001000", "0.02", Ioc, ""), Cancel, 2, "cancel_maker"),
+        // FOK: all or nothing.
+        ("fok, too big", bid("148001000", "0.02", Fok, ""), Cancel, 0, "cancel_maker"),
+        ("fok", bid("148001000", "0.01", Fok, "reduce"), Done, 2, "reduce"),
+        // post_only: cancelled unfilled if it would take; rests if not.
+        ("post_only taker", bid("148000000", "0.001", PostOnly, ""), Cancel, 0, "none"),
+        ("post_only maker", bid("147000000", "0.001", PostOnly, "none"), Wait, 0, "none"),
+        // best: the best price only, for a total (bid) or a volume (ask).
+        ("best bid", best(pb::Side::Bid, "1000000", "", Ioc), Cancel, 1, "cancel_maker"),
+        ("best ask, too big", best(pb::Side::Ask, "", "0.006", Fok), Cancel, 0, "cancel_maker"),
+        ("best ask", best(pb::Side::Ask, "", "0.004", Fok), Done, 1, "cancel_maker"),
+    ];
+    let mut done = Vec::new();
+    for (what, request, state, trades, smp) in cases {
+        let o = placed(request).await.unwrap();
+        assert_eq!(
+            (o.state, o.trades.len(), o.smp_type.as_str()),
+            (state as i32, trades, smp),
+            "{what}: {o:?}"
+        );
+        done.push(o);
+    }
+    let [ioc, _, filled, _, _, best_bid, _, best_ask] = &done[..] else {
+        unreachable!()
+    };
+    assert_eq!(
+        (ioc.executed_volume.as_str(), ioc.time_in_force),
+        ("0.01", Ioc as i32)
+    );
+    assert_eq!(
+        (
+            best_bid.trades[0].price.as_str(),
+            best_bid.trades[0].volume.as_str()
+        ),
+        ("148000000", "0.005")
+    );
+    assert_eq!(best_ask.trades[0].price, "147999000");
+    // Nothing is left locked but the resting maker's 147,073.5 KRW.
+    assert_eq!(env.balance(user, "KRW").await.1, dec("147073.5"));
+
+    // What Upbit refuses.
+    for (request, why) in [
+        (
+            place(
+                user,
+                "KRW-BTC",
+                pb::Side::Bid,
+                pb::OrderType::Best,
+                "1000000",
+                "",
+            ),
+            "best without ioc/fok",
+        ),
+        (
+            best(pb::Side::Bid, "1000000", "", PostOnly),
+            "best post_only",
+        ),
+        (
+            with_conditions(
+                place(
+                    user,
+                    "KRW-BTC",
+                    pb::Side::Bid,
+                    pb::OrderType::Price,
+                    "1000000",
+                    "",
+                ),
+                Ioc,
+                "",
+            ),
+            "a market order with a time in force",
+        ),
+        (
+            bid("147000000", "0.001", PostOnly, "reduce"),
+            "post_only with smp",
+        ),
+        (
+            bid("147000000", "0.001", Unspecified, "sometimes"),
+            "an unknown smp_type",
+        ),
+    ] {
+        let err = placed(request).await.expect_err(why);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{why}: {err:?}");
+    }
+    let spent: Decimal = [ioc, filled, best_bid]
+        .iter()
+        .map(|o| dec(&o.executed_funds) + dec(&o.paid_fee))
+        .sum();
+    let earned = dec(&best_ask.executed_funds) - dec(&best_ask.paid_fee);
+    assert_eq!(
+        env.balance(user, "KRW").await,
+        (start.0 - spent + earned - dec("147073.5"), dec("147073.5"))
     );
     env.assert_books_balance().await;
     env.stop().await;

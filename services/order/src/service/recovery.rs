@@ -8,7 +8,7 @@ use exchange_proto::inventory::v1 as inv;
 use uuid::Uuid;
 
 use super::{Orders, Outcome, unavailable};
-use crate::domain::{self, OrdType, Validated};
+use crate::domain::{self, OrdType, Placement, SmpType, TimeInForce, Validated};
 use crate::error::OrderError;
 use crate::store::{self, OrderRow};
 
@@ -127,6 +127,8 @@ impl Orders {
             reserve_currency: row.reserved_currency.clone(),
             reserve_amount: row.reserved_amount,
             fee_rate: row.fee_rate,
+            time_in_force: row.time_in_force.as_deref().and_then(TimeInForce::parse),
+            smp_type: row.smp_type.as_deref().and_then(SmpType::parse),
         };
         let reservation = self.reservation(row.id).await?;
         if reservation.exists {
@@ -154,8 +156,18 @@ impl Orders {
             }
             Err(e) => return Err(e),
         };
-        let plan = match domain::walk(&order, &levels) {
-            Ok(plan) if ord_type == OrdType::Limit || !plan.is_empty() => plan,
+        let plan = match domain::place(&order, &levels) {
+            Ok(Placement::WouldTake) => {
+                // Nothing was reserved: a post_only order that would now take
+                // is cancelled, as it would have been when placed.
+                store::cancel_pending(&self.pool, row.id).await?;
+                return Ok(true);
+            }
+            Ok(Placement::Fills(plan))
+                if !plan.is_empty() || !matches!(ord_type, OrdType::Price | OrdType::Market) =>
+            {
+                plan
+            }
             _ => {
                 store::reject(&self.pool, row.id, "no liquidity for a market order").await?;
                 return Ok(true);
