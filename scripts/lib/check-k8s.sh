@@ -120,8 +120,8 @@ for strategy in base rolling canary bluegreen; do
   [[ $strategy != base ]] && file_pattern+=" -f helm/exchange/values-$strategy.yaml"
   dry "deploy $strategy --dry-run" 0 scripts/deploy "$strategy" --dry-run -- \
     "kubectl apply -f -" "kind: Namespace" "name: exchange" "istio-injection: enabled" \
-    "create secret generic exchange-postgresql" "create secret generic exchange-user-secrets" \
-    "kubectl apply -f istio/mesh/10-peer-authentication.yaml" "$file_pattern" "--wait" "rollout status"
+    "create secret generic exchange-postgresql" "create secret generic exchange-redis" \
+    "create secret generic exchange-user-secrets" "kubectl apply -f istio/mesh/10-peer-authentication.yaml" "$file_pattern" "--wait" "rollout status"
 done
 # Another namespace and release name: the namespace, Secrets and release follow them
 # (the chart names its objects <release>-exchange-* unless the release contains "exchange").
@@ -196,7 +196,7 @@ renders=(
   "canary-promoted|-f $CHART/values-canary.yaml --set services.inventory.canary.stable.version=v2 --set services.inventory.canary.candidate.enabled=false|"
   "loadtest+faults|-f $CHART/values-loadtest.yaml -f $CHART/values-faults.yaml|"
   "monitoring|--set monitoring.podMonitor.enabled=true --set monitoring.prometheusRule.enabled=true|"
-  "external-stores|--set postgresql.enabled=false --set externalDatabase.host=db.example.internal --set externalDatabase.existingSecret=exchange-db --set redis.enabled=false --set externalRedis.host=cache.example.internal|"
+  "external-stores|--set postgresql.enabled=false --set externalDatabase.host=db.example.internal --set externalDatabase.existingSecret=exchange-db --set redis.enabled=false --set externalRedis.host=cache.example.internal --set externalRedis.existingSecret=exchange-cache|"
   "live-upbit|--set services.ingestor.upbit.source=live --set services.upbit-sim.enabled=false|"
   "own-gateway|--set istio.ingress.createGateway=true|"
   "no-istio|-f $CHART/values-bluegreen.yaml --set istio.enabled=false|"

@@ -139,12 +139,13 @@ ensure_secret() {
   fi
 }
 
-# The Secrets the chart reads (helm/exchange: postgresql.auth, services.user.secrets):
+# The Secrets the chart reads (helm/exchange: postgresql.auth, redis.auth, services.user.secrets):
 # name and keys, one per line. scripts/lib/check-k8s.sh checks this list against the
 # secretKeyRefs of every render.
 chart_secrets() {
   printf '%s %s\n' \
     "$FULLNAME-postgresql" "postgres-password market-data-password order-password inventory-password user-password" \
+    "$FULLNAME-redis" "default-password gateway-password market-data-password" \
     "$FULLNAME-user-secrets" "jwt-secret api-key-secret"
 }
 

@@ -215,17 +215,29 @@ params: {{ .Values.externalDatabase.params | quote }}
 {{- end -}}
 {{- end -}}
 
-{{/* Redis host, port and password Secret (bundled or external), as YAML. */}}
+{{/*
+Redis host, port and password Secret (bundled or external), as YAML. acl: true for
+the bundled Redis, where each service logs in as its own ACL user (named after the
+service, password key <service>-password); an external Redis takes one password
+(key redis-password) for the default user, or none.
+*/}}
 {{- define "exchange.redis" -}}
 {{- if .Values.redis.enabled -}}
 host: {{ include "exchange.host" (dict "root" . "name" "redis") }}
 port: {{ .Values.redis.port }}
-secret: {{ .Values.redis.auth.existingSecret | quote }}
+secret: {{ .Values.redis.auth.existingSecret | default (include "exchange.componentName" (dict "root" . "name" "redis")) | quote }}
+acl: true
 {{- else -}}
 host: {{ required "externalRedis.host is required when redis.enabled is false" .Values.externalRedis.host }}
 port: {{ .Values.externalRedis.port }}
 secret: {{ .Values.externalRedis.existingSecret | quote }}
+acl: false
 {{- end -}}
+{{- end -}}
+
+{{/* The bundled Redis container's env var holding a service's ACL password. Context: the service name. */}}
+{{- define "exchange.redis.passwordEnv" -}}
+{{- printf "REDIS_PASSWORD_%s" (. | upper | replace "-" "_") -}}
 {{- end -}}
 
 {{/* "true" when a monitoring.* toggle (true|false|auto) is on; auto = the Prometheus operator API exists. */}}

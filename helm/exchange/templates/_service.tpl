@@ -327,13 +327,14 @@ spec:
             {{- if $svc.redis.enabled }}
             {{- $r := include "exchange.redis" $root | fromYaml }}
             {{- if $r.secret }}
+            {{- /* The bundled Redis: this service's own ACL user; an external one: its default user. */}}
             - name: REDIS_PASSWORD
               valueFrom:
                 secretKeyRef:
                   name: {{ $r.secret }}
-                  key: redis-password
+                  key: {{ ternary (printf "%s-password" .name) "redis-password" $r.acl }}
             - name: REDIS_URL
-              value: {{ printf "redis://:$(REDIS_PASSWORD)@%s:%v" $r.host $r.port | quote }}
+              value: {{ printf "redis://%s:$(REDIS_PASSWORD)@%s:%v" (ternary .name "" $r.acl) $r.host $r.port | quote }}
             {{- end }}
             {{- end }}
             {{- $secretName := $svc.secrets.existingSecret | default (printf "%s-secrets" (include "exchange.componentName" .)) }}

@@ -372,6 +372,141 @@ class Render:
                 if aps is not None and not self.ap_allows(aps, w, dst, number):
                     self.err(f"AuthorizationPolicy: {ident(w)} -> {ident(dst)}:{number} ({key}) is wired but not allowed by any AuthorizationPolicy")
 
+    # ---- Redis ACL ------------------------------------------------------------------
+    # What each service may touch in Redis, under its REDIS_PREFIX: keys and channels.
+    REDIS_SCOPE = {"gateway": ({"rl:*"}, set()), "market-data": ({"md:*"}, {"md:ch:*"})}
+    # Never granted to a service's user: whole-keyspace, admin and destructive commands.
+    REDIS_FORBIDDEN = {"+@all", "allcommands", "+@dangerous", "+@admin", "+@keyspace", "allkeys", "allchannels",
+                       "nopass", "+flushall", "+flushdb", "+config", "+keys", "+debug", "+acl", "+shutdown",
+                       "+module", "+monitor", "+replicaof", "+slaveof", "+swapdb", "+migrate", "+restore",
+                       "+sync", "+psync", "+save", "+bgsave", "+bgrewriteaof", "+script", "+script|flush",
+                       "+script|kill", "+function", "+failover", "+cluster", "+client", "+client|kill", "+scan"}
+    CREDENTIALS = re.compile(r"^[a-z][a-z0-9+.-]*://([^:@/]*):([^@/]*)@")
+
+    @staticmethod
+    def redis_options(container):
+        """A redis-server container's command line as {option: [values...]} (lists of lists for repeated options)."""
+        opts = {}
+        cur = None
+        for a in list(container.get("command") or [])[1:] + list(container.get("args") or []):
+            a = str(a)
+            if a.startswith("--"):
+                cur = []
+                opts.setdefault(a[2:], []).append(cur)
+            elif cur is not None:
+                cur.append(a)
+        return opts
+
+    def check_credentials(self):
+        """No URL anywhere carries a password in plain text: only $(VAR) from a Secret."""
+        for w in self.workloads:
+            for c in self.containers(w):
+                for key, val in sorted(self.env_of(c).items()):
+                    m = self.CREDENTIALS.match(val)
+                    if m and m.group(2) and not re.fullmatch(r"\$\([A-Za-z_][A-Za-z0-9_]*\)", m.group(2)):
+                        self.err(f"{ident(w)} container {c.get('name')}: {key} has a password in plain text")
+
+    def check_redis(self):
+        redis = [(w, c) for w in self.workloads for c in self.template(w)["spec"].get("containers") or []
+                 if "redis-server" in " ".join(map(str, c.get("command") or [])) or "/redis:" in f"/{c.get('image', '')}"]
+        for w, c in redis:
+            cid = f"{ident(w)} container {c.get('name')}"
+            opts = self.redis_options(c)
+            if [v for v in opts.get("protected-mode", [["yes"]])][-1] != ["yes"]:
+                self.err(f"{cid}: Redis protected mode is not on")
+            refs = {e["name"]: (e.get("valueFrom") or {}).get("secretKeyRef") for e in c.get("env") or []}
+            users = {}
+            for rule in opts.get("user", []):
+                if rule:
+                    users[rule[0]] = rule[1:]
+            if not users:
+                self.err(f"{cid}: Redis has no ACL users (--user): every client is the default user, with every key")
+                continue
+            default = users.get("default")
+            if default is None:
+                self.err(f"{cid}: the Redis default user is not configured (it would have no password and every command)")
+            elif ([r for r in default if r in ("on", "off")] or ["off"])[-1] == "on":
+                granted = [r for r in default if r.startswith(("+", "~", "%", "&")) or r in ("allkeys", "allchannels", "allcommands", "nopass")]
+                if "nopass" in default or not any(r.startswith((">", "#")) for r in default):
+                    self.err(f"{cid}: the Redis default user is on without a password")
+                if set(granted) - {"+ping"}:
+                    self.err(f"{cid}: the Redis default user may do more than PING: {sorted(set(granted) - {'+ping'})}")
+                probe = " ".join(map(str, ((c.get("readinessProbe") or {}).get("exec") or {}).get("command") or []))
+                if "redis-cli" in probe and "REDISCLI_AUTH" not in {e["name"] for e in c.get("env") or []}:
+                    self.err(f"{cid}: the probes run redis-cli without REDISCLI_AUTH, but the default user needs a password")
+            self.redis_users = getattr(self, "redis_users", {})
+            for name, rules in users.items():
+                if name == "default":
+                    continue
+                uid = f"{cid}: Redis user {name}"
+                for r in rules:
+                    if r in self.REDIS_FORBIDDEN or r in ("~*", "&*", "%R~*", "%W~*", "%RW~*"):
+                        self.err(f"{uid} is granted {r}")
+                if "on" not in rules:
+                    self.err(f"{uid} is not on")
+                pw = [r[1:] for r in rules if r.startswith(">")]
+                m = re.fullmatch(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", pw[0]) if len(pw) == 1 else None
+                if not m or not refs.get(m.group(1)):
+                    self.err(f"{uid} needs exactly one password, >$(VAR) with VAR from a Secret (got {len(pw)})")
+                    secret = None
+                else:
+                    secret = (refs[m.group(1)]["name"], refs[m.group(1)]["key"])
+                plus = [i for i, r in enumerate(rules) if r.startswith("+")]
+                if "-@all" not in rules or (plus and rules.index("-@all") > plus[0]):
+                    self.err(f"{uid}: commands are not an allow-list (-@all before any +)")
+                if "+@connection" in rules and ("-@dangerous" not in rules or rules.index("-@dangerous") < rules.index("+@connection")):
+                    self.err(f"{uid}: +@connection without a later -@dangerous grants CLIENT KILL and the like")
+                keys = [re.sub(r"^%[RW]*~", "~", r)[1:] for r in rules if r.startswith(("~", "%"))]
+                channels = [r[1:] for r in rules if r.startswith("&")]
+                self.redis_users[name] = {"secret": secret, "keys": keys, "channels": channels, "where": cid}
+        self.redis_workloads = {name_of(w) for w, _ in redis}
+
+    def check_redis_clients(self):
+        """Each service reaches the bundled Redis as its own ACL user, with its password
+        from a Secret, and that user reaches only its own keys (under REDIS_PREFIX)."""
+        users = getattr(self, "redis_users", None)
+        if users is None:
+            return
+        for w in self.workloads:
+            for c in self.template(w)["spec"].get("containers") or []:
+                env = self.env_of(c)
+                url = env.get("REDIS_URL")
+                if not url:
+                    continue
+                m = self.URL.match(url)
+                svc = self.service_for_host(m.group(1)) if m else None
+                if svc is None or not any(name_of(t) in self.redis_workloads for t in self.templates_of_service(svc)):
+                    continue
+                wid = f"{ident(w)}"
+                cred = re.match(r"^redis://([^:@/]+):\$\(([A-Za-z_][A-Za-z0-9_]*)\)@", url)
+                if not cred:
+                    self.err(f"{wid}: REDIS_URL does not name an ACL user with a $(VAR) password: {url}")
+                    continue
+                user, var = cred.groups()
+                ref = next(((e.get("valueFrom") or {}).get("secretKeyRef") for e in c.get("env") or [] if e["name"] == var), None)
+                if user not in users:
+                    self.err(f"{wid}: REDIS_URL user {user} is not a Redis ACL user")
+                    continue
+                acl = users[user]
+                if not ref or (ref["name"], ref["key"]) != acl["secret"]:
+                    self.err(f"{wid}: REDIS_URL password ${var} is not the Secret key Redis gives user {user} ({acl['secret']})")
+                prefix = env.get("REDIS_PREFIX", "")
+                for kind, pats in (("keys", acl["keys"]), ("channels", acl["channels"])):
+                    for pat in pats:
+                        if not pat.startswith(prefix):
+                            self.err(f"{acl['where']}: Redis user {user} may reach {kind} {pat} outside its REDIS_PREFIX {prefix!r}")
+                app = self.tlabels(w).get("app")
+                if app in self.REDIS_SCOPE:
+                    want_keys, want_channels = self.REDIS_SCOPE[app]
+                    got_keys = {p[len(prefix):] if p.startswith(prefix) else p for p in acl["keys"]}
+                    got_channels = {p[len(prefix):] if p.startswith(prefix) else p for p in acl["channels"]}
+                    if got_keys != want_keys:
+                        self.err(f"{acl['where']}: Redis user {user} ({app}) may reach keys {sorted(got_keys)}, "
+                                 f"expected only {sorted(want_keys)}")
+                    if got_channels != want_channels:
+                        self.err(f"{acl['where']}: Redis user {user} ({app}) may reach channels {sorted(got_channels)}, "
+                                 f"expected only {sorted(want_channels)}")
+
     # ---- istio -------------------------------------------------------------------
     def check_istio(self):
         drs = {}
@@ -692,6 +827,9 @@ def run_checks(docs, namespace, mesh_docs, expectations, provided_secrets=None, 
     r.check_istio()
     aps = r.check_mesh() if mesh_docs else None
     r.check_wiring(aps)
+    r.check_credentials()
+    r.check_redis()
+    r.check_redis_clients()
     for kind, args in expectations:
         getattr(r, f"expect_{kind}")(*args)
     if provided_secrets is not None:
@@ -826,6 +964,35 @@ def mutations(prefix):
                 if f["source"].get("namespaces"):
                     f["source"]["namespaces"] = ["elsewhere"]
 
+    def redis_args(docs):
+        return find(docs, "Deployment", f"{p}-redis")["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    def m_redis_protected(docs, mesh):
+        a = redis_args(docs)
+        a[a.index("--protected-mode") + 1] = "no"
+
+    def m_redis_gateway_md(docs, mesh):
+        a = redis_args(docs)
+        a.insert(a.index("~rl:*") + 1, "~md:*")
+
+    def m_redis_dangerous(docs, mesh):
+        a = redis_args(docs)
+        a.insert(a.index("&md:ch:*") + 1, "+flushall")
+
+    def m_redis_default(docs, mesh):
+        a = redis_args(docs)
+        a[a.index(">$(REDIS_DEFAULT_PASSWORD)")] = "nopass"
+
+    def m_redis_plain(docs, mesh):
+        c = find(docs, "Deployment", f"{p}-market-data")["spec"]["template"]["spec"]["containers"][0]
+        e = next(x for x in c["env"] if x["name"] == "REDIS_URL")
+        e["value"] = e["value"].replace("$(REDIS_PASSWORD)", "hunter2")
+
+    def m_redis_borrowed_user(docs, mesh):
+        c = find(docs, "Deployment", f"{p}-gateway")["spec"]["template"]["spec"]["containers"][0]
+        e = next(x for x in c["env"] if x["name"] == "REDIS_URL")
+        e["value"] = e["value"].replace("redis://gateway:", "redis://market-data:")
+
     def m_default_deny(docs, mesh):
         docs.remove(find(docs, "AuthorizationPolicy", f"{p}-allow-nothing"))
 
@@ -870,6 +1037,12 @@ def mutations(prefix):
         ("AuthorizationPolicy naming another namespace's caller", "not the release's namespace", "base", m_ap_namespace),
         ("health rule open to another namespace", "names namespace elsewhere", "base", m_ap_health_namespace),
         ("no default-deny AuthorizationPolicy", "no default-deny", "base", m_default_deny),
+        ("Redis protected mode off", "protected mode is not on", "base", m_redis_protected),
+        ("Redis gateway user reaching market data", "may reach keys ['md:*', 'rl:*']", "base", m_redis_gateway_md),
+        ("Redis user granted FLUSHALL", "is granted +flushall", "base", m_redis_dangerous),
+        ("Redis default user without a password", "default user is on without a password", "base", m_redis_default),
+        ("Redis password in plain text", "password in plain text", "base", m_redis_plain),
+        ("Redis user of another service", "is not the Secret key Redis gives user market-data", "base", m_redis_borrowed_user),
         ("mTLS not STRICT", "STRICT", "base", m_strict),
         ("pod without a config checksum", "checksum/config", "base", m_checksum),
         ("ServiceAccount not rendered", "ServiceAccount", "base", m_sa),
