@@ -277,16 +277,14 @@ pub async fn private_limit(
     group: &'static str,
     client: &str,
 ) -> Result<Decision, ApiError> {
-    match gw
-        .limiter
-        .check(group, client, gw.limits.private(group))
-        .await
-    {
+    let limit = gw.limits.private(group);
+    match gw.limiter.check(group, client, limit).await {
         Decision::Limited => Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_requests",
             "Too many API requests.",
-        )),
+        )
+        .with_remaining_req(Decision::Limited.header(group, limit))),
         d => Ok(d),
     }
 }

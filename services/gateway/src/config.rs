@@ -55,8 +55,9 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_DEFAULT", default_value_t = 30)]
     pub rate_limit_default: u32,
 
-    /// Order placements and cancellations per second per user or API key (Upbit's `order` group).
-    #[arg(long, env = "RATE_LIMIT_ORDER", default_value_t = 8)]
+    /// Order placements per second per user (Upbit's `order` group: 12/s since
+    /// 2026-08-21; cancels count in `default`).
+    #[arg(long, env = "RATE_LIMIT_ORDER", default_value_t = 12)]
     pub rate_limit_order: u32,
 
     /// Sign-ups per client IP per hour (0 = no limit): every account gets paper money.

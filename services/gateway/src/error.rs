@@ -19,6 +19,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub name: String,
     pub message: String,
+    /// Upbit's `Remaining-Req`, which a refusal for a rate limit carries too.
+    pub remaining_req: Option<axum::http::HeaderValue>,
 }
 
 impl ApiError {
@@ -27,7 +29,14 @@ impl ApiError {
             status,
             name: name.into(),
             message: message.into(),
+            remaining_req: None,
         }
+    }
+
+    /// The error with a `Remaining-Req` header.
+    pub fn with_remaining_req(mut self, value: Option<axum::http::HeaderValue>) -> Self {
+        self.remaining_req = value;
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -116,6 +125,7 @@ impl From<tonic::Status> for ApiError {
             status: http,
             name,
             message,
+            remaining_req: None,
         }
     }
 }
@@ -182,7 +192,11 @@ pub async fn upbit_shape(response: Response) -> Response {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = upbit::error::ErrorResponse::new(self.name, self.message);
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(value) = self.remaining_req {
+            response.headers_mut().insert("remaining-req", value);
+        }
+        response
     }
 }
 

@@ -580,7 +580,7 @@ pub async fn cancel_order(
     NativeUser(user): NativeUser,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    private_limit(&gw, "order", &user.to_string()).await?;
+    private_limit(&gw, "default", &user.to_string()).await?;
     let r = gw
         .order
         .clone()

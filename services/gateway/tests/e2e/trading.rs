@@ -637,16 +637,18 @@ async fn an_upbit_client_trades_by_changing_only_the_base_url() {
         "nonce_used"
     );
 
-    // The order group allows 8 requests per second per key: a burst gets 429s.
+    // Cancels count in Upbit's `default` group (30/s here), not `order`: a
+    // burst of 60 at once gets 429s, every answer naming the group.
+    let uri = format!("uuid={uuid}");
+    let burst = (0..60).map(|_| upbit(reqwest::Method::DELETE, "/v1/order", &uri, None));
     let mut statuses = Vec::new();
-    for _ in 0..20 {
-        let (s, _, _) = upbit(
-            reqwest::Method::DELETE,
-            "/v1/order",
-            &format!("uuid={uuid}"),
-            None,
-        )
-        .await;
+    for (s, _, header) in futures_util::future::join_all(burst).await {
+        assert!(
+            header
+                .as_deref()
+                .is_some_and(|h| h.starts_with("group=default;")),
+            "{header:?}"
+        );
         statuses.push(s);
     }
     assert!(statuses.contains(&429), "{statuses:?}");
