@@ -5,7 +5,7 @@
 // circuit is open) instead of queueing; outlier detection ejects a failing pod.
 // The summary counts 503s (circuit_open) and Grafana's "Circuit breaking" panel
 // shows the same from the mesh side.
-//   scripts/load-test circuit-breaker --base-url http://127.0.0.1 --cluster-ingress
+//   scripts/load-test circuit-breaker --base-url https://127.0.0.1 --cluster-ingress
 import http from 'k6/http';
 import { check } from 'k6';
 import { Rate } from 'k6/metrics';

@@ -3,7 +3,7 @@
 //   traders    TRADERS virtual users trading in a loop (default 5)
 //   streams    STREAMS WebSocket clients holding a ticker subscription (default 10)
 // Deploy with helm/exchange/values-loadtest.yaml (no per-IP limits).
-//   scripts/load-test load --base-url http://127.0.0.1 --cluster-ingress
+//   scripts/load-test load --base-url https://127.0.0.1 --cluster-ingress
 import { check, sleep } from 'k6';
 import ws from 'k6/ws';
 import { Counter } from 'k6/metrics';

@@ -1,7 +1,7 @@
 // Ramp-up: the arrival rate of quotation requests climbs in steps (STEP_SECONDS
 // each, default 60) up to PEAK requests/s (default 400), then falls. Watch where p99
 // bends in Grafana and when the HPAs add pods.
-//   scripts/load-test ramp-up --base-url http://127.0.0.1 --cluster-ingress
+//   scripts/load-test ramp-up --base-url https://127.0.0.1 --cluster-ingress
 import { MARKETS, get, pick } from './lib/exchange.js';
 
 const PEAK = Number(__ENV.PEAK || 400);

@@ -1,7 +1,7 @@
 // Spike: a steady BASE requests/s (default 20), then a jump to SPIKE requests/s
 // (default 400) within 10 s, held 30 s, and back. The system should shed or absorb
 // the burst and recover without errors once it passes.
-//   scripts/load-test spike --base-url http://127.0.0.1 --cluster-ingress
+//   scripts/load-test spike --base-url https://127.0.0.1 --cluster-ingress
 import { MARKETS, get, pick } from './lib/exchange.js';
 
 const BASE = Number(__ENV.BASE || 20);

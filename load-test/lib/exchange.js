@@ -1,6 +1,11 @@
 // Shared helpers for the k6 scripts: base URL, request helpers with checks, the
 // trading round trip, and a counter of which version answered (x-served-by), so a
 // canary's 90/10 split or a blue/green switch shows up in the k6 summary too.
+// Through the cluster's ingress, x-served-by is there only when the release sets
+// istio.ingress.exposeServedBy (values-loadtest.yaml and the strategy overlays do).
+// The ingress is HTTPS (https://127.0.0.1 on kind, self-signed: scripts/load-test
+// passes --insecure-skip-tls-verify; running k6 yourself, set
+// K6_INSECURE_SKIP_TLS_VERIFY=true).
 import http from 'k6/http';
 import { check } from 'k6';
 import { Counter } from 'k6/metrics';
@@ -8,7 +13,9 @@ import { Counter } from 'k6/metrics';
 export const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
 export const MARKETS = (__ENV.MARKETS || 'KRW-BTC,KRW-ETH,KRW-XRP').split(',');
 // Optional routing headers, forwarded by every service: CANARY=true pins canaries,
-// PREVIEW=true reaches the idle blue/green color.
+// PREVIEW=true reaches the idle blue/green color. The ingress removes them from
+// internet requests, so send these to a port-forward to the gateway (the default
+// BASE_URL after `kubectl -n exchange port-forward svc/exchange-gateway 8080`).
 const ROUTING = {};
 if (__ENV.CANARY) ROUTING['x-canary'] = __ENV.CANARY;
 if (__ENV.PREVIEW) ROUTING['x-preview'] = __ENV.PREVIEW;

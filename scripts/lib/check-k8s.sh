@@ -106,7 +106,8 @@ dry "cluster-up --dry-run" 0 scripts/cluster-up --dry-run -- \
   "/etc/containerd/certs.d/localhost:5002/hosts.toml" '[host."http://kind-registry:5000"]' \
   "docker network connect kind kind-registry" "local-registry-hosting.yaml" \
   "metrics-server" "kube-prometheus-stack" "grafana/loki" "grafana/alloy" \
-  "istioctl install -y -f istio/install/istio-operator.yaml" "exchange-ingress-tls" \
+  "istioctl install -y -f istio/install/istio-operator.yaml" "openssl req -x509" \
+  "kubectl -n istio-system create secret tls exchange-ingress-tls" \
   "samples/addons/jaeger.yaml" "kiali-server kiali/kiali-server" \
   "kubectl apply -f istio/mesh/" "kubectl apply -f istio/monitoring/"
 dry "build-images --dry-run" 0 scripts/build-images --dry-run -- \
@@ -145,15 +146,22 @@ dry "canary gate failure rolls back" 1 env CANARY_TEST_METRICS=97.5,120 scripts/
   "services.inventory.canary.weight=0" "aborted"
 dry "canary p99 gate" 1 env CANARY_TEST_METRICS=99.9,900 scripts/canary --dry-run --max-p99-ms 500 -- \
   "services.inventory.canary.weight=10" "p99 900 ms > 500 ms" "services.inventory.canary.weight=0"
+# The ingress strips the preview header: the smoke test goes through a port-forward.
 dry "bluegreen-switch --dry-run" 0 scripts/bluegreen-switch --dry-run -- \
-  "rollout status deployment/exchange-user-green" "x-preview: true" "/api/v1/auth/register" \
-  "--reuse-values --set services.user.bluegreen.live=green" "/api/v1/auth/login"
+  "rollout status deployment/exchange-user-green" "port-forward svc/exchange-gateway 18080:8080" \
+  "-H x-preview:" "http://127.0.0.1:18080/api/v1/auth/register" \
+  "--reuse-values --set services.user.bluegreen.live=green" "http://127.0.0.1:18080/api/v1/auth/login"
+dry "bluegreen-switch --service gateway --dry-run" 0 scripts/bluegreen-switch --dry-run --service gateway -- \
+  "port-forward deployment/exchange-gateway-green 18080:8080" "-H x-preview:" \
+  "--set services.gateway.bluegreen.live=green" "curl -sS -k" "https://127.0.0.1/api/v1/auth/login"
 dry "rollback --dry-run" 0 scripts/rollback --dry-run --revision 3 -- \
   "helm history exchange -n exchange" "helm rollback exchange 3 -n exchange --wait" "get pods"
 dry "load-test --dry-run" 0 scripts/load-test smoke --dry-run -- \
   "k6 run -e BASE_URL=http://127.0.0.1:8080" "load-test/smoke.js"
 dry "load-test refuses a remote target" 1 scripts/load-test load --dry-run --base-url http://203.0.113.7 -- \
   "refusing to send load to 203.0.113.7"
+dry "load-test through kind's HTTPS ingress" 0 scripts/load-test smoke --dry-run --base-url https://127.0.0.1 -- \
+  "k6 run --insecure-skip-tls-verify -e BASE_URL=https://127.0.0.1" "load-test/smoke.js"
 dry "load-test --cluster-ingress" 0 scripts/load-test circuit-breaker --dry-run --base-url http://10.1.2.3 --cluster-ingress -- \
   "a cluster ingress you own" "BASE_URL=http://10.1.2.3" "load-test/circuit-breaker.js"
 dry "cluster-down --dry-run" 0 scripts/cluster-down --dry-run -- \
@@ -189,19 +197,23 @@ step "chart: lint, render, validate (Kubernetes 1.31 + Istio + Prometheus operat
 # name | extra helm args | checker expectations | release:namespace (default exchange:exchange)
 renders=(
   "base||"
-  "rolling|-f $CHART/values-rolling.yaml|--expect-rolling order=v2:3"
-  "canary|-f $CHART/values-canary.yaml|--expect-canary inventory=v1:v2:10:x-canary=true"
-  "bluegreen|-f $CHART/values-bluegreen.yaml|--expect-bluegreen user=blue:x-preview=true"
-  "bluegreen-switched|-f $CHART/values-bluegreen.yaml --set services.user.bluegreen.live=green|--expect-bluegreen user=green:x-preview=true"
-  "canary-promoted|-f $CHART/values-canary.yaml --set services.inventory.canary.stable.version=v2 --set services.inventory.canary.candidate.enabled=false|"
-  "loadtest+faults|-f $CHART/values-loadtest.yaml -f $CHART/values-faults.yaml|"
+  # (--allow-served-by: the demo overlays let x-served-by out on purpose)
+  "rolling|-f $CHART/values-rolling.yaml|--expect-rolling order=v2:3 --allow-served-by"
+  "canary|-f $CHART/values-canary.yaml|--expect-canary inventory=v1:v2:10:x-canary=true --allow-served-by"
+  "bluegreen|-f $CHART/values-bluegreen.yaml|--expect-bluegreen user=blue:x-preview=true --allow-served-by"
+  "bluegreen-switched|-f $CHART/values-bluegreen.yaml --set services.user.bluegreen.live=green|--expect-bluegreen user=green:x-preview=true --allow-served-by"
+  "canary-promoted|-f $CHART/values-canary.yaml --set services.inventory.canary.stable.version=v2 --set services.inventory.canary.candidate.enabled=false|--allow-served-by"
+  "loadtest+faults|-f $CHART/values-loadtest.yaml -f $CHART/values-faults.yaml|--allow-served-by"
+  # The gateway itself as canary and blue/green: its own header routes stay off the ingress.
+  "gateway-canary|--set services.gateway.strategy=canary|--expect-canary gateway=v1:v2:10:x-canary=true"
+  "gateway-bluegreen|--set services.gateway.strategy=bluegreen|--expect-bluegreen gateway=blue:x-preview=true"
   "monitoring|--set monitoring.podMonitor.enabled=true --set monitoring.prometheusRule.enabled=true|"
   "external-stores|--set postgresql.enabled=false --set externalDatabase.host=db.example.internal --set externalDatabase.existingSecret=exchange-db --set redis.enabled=false --set externalRedis.host=cache.example.internal --set externalRedis.existingSecret=exchange-cache|"
   "live-upbit|--set services.ingestor.upbit.source=live --set services.upbit-sim.enabled=false|"
   "own-gateway|--set istio.ingress.createGateway=true|"
   "no-istio|-f $CHART/values-bluegreen.yaml --set istio.enabled=false|"
   # Another namespace and release name: every policy must name them (--release).
-  "other-release|-f $CHART/values-canary.yaml|--release payments|payments:trading"
+  "other-release|-f $CHART/values-canary.yaml|--release payments --allow-served-by|payments:trading"
 )
 for entry in "${renders[@]}"; do
   IFS='|' read -r name args expect relns <<<"$entry"
@@ -260,6 +272,22 @@ then
   ok "install profile, addon values, kind config: valid YAML"
 else
   bad "YAML syntax"; show "$work/yaml.log"
+fi
+# kind publishes the ingress's HTTPS: host port 443 -> the NodePort istioctl gives port 443.
+if "$PY" - >"$work/ports.log" 2>&1 <<'PY'
+import yaml
+kind = yaml.safe_load(open("scripts/lib/k8s/kind-config.yaml"))
+maps = {m["hostPort"]: m["containerPort"] for n in kind["nodes"] for m in n.get("extraPortMappings") or []}
+op = yaml.safe_load(open("istio/install/istio-operator.yaml"))
+ports = {p["port"]: p.get("nodePort") for g in op["spec"]["components"]["ingressGateways"] for p in g["k8s"]["service"]["ports"]}
+for host in (80, 443):
+    assert host in maps, f"kind does not publish host port {host}"
+    assert ports.get(host) == maps[host], f"host port {host} -> {maps[host]}, but the ingress's port {host} is NodePort {ports.get(host)}"
+PY
+then
+  ok "kind publishes ports 80 and 443 to the ingress gateway's NodePorts"
+else
+  bad "kind port mappings"; show "$work/ports.log"
 fi
 
 # ---------------------------------------------------------------------------------

@@ -5,7 +5,42 @@ Istio routing per service, from its strategy:
   bluegreen  preview header -> idle color; otherwise 100% to the live color
 Each route set is rendered twice when the service has streamPaths: streams first
 (no timeout, no retries), then unary calls (timeout, retries).
+
+The ingress VirtualService (the public entry) is the edge: its routes never match a
+routing header (x-canary, x-preview: anyone on the internet could send them) and
+remove them from every request, so they do not travel into the mesh either; they
+also remove x-served-by from responses unless istio.ingress.exposeServedBy. Inside
+the mesh the headers route as above: previews come from in-cluster callers or a
+port-forward to the gateway (which needs Kubernetes RBAC, not an address).
 */}}
+
+{{/* Every routing header name any service matches on (canary pin, blue/green preview), as a YAML list. Context: root. */}}
+{{- define "exchange.routingHeaders" -}}
+{{- $root := . -}}
+{{- $out := list -}}
+{{- range $name, $_ := $root.Values.services -}}
+{{- $ctx := dict "root" $root "name" $name -}}
+{{- if include "exchange.enabled" $ctx -}}
+{{- $svc := include "exchange.svc" $ctx | fromYaml -}}
+{{- $out = append $out $svc.canary.header.name -}}
+{{- $out = append $out $svc.bluegreen.preview.header.name -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml ($out | uniq | sortAlpha) -}}
+{{- end -}}
+
+{{/* Header manipulation of every ingress route. Context: root. */}}
+{{- define "exchange.istio.edgeHeaders" -}}
+request:
+  # Routing headers from the internet must not pin anyone's traffic to unreleased builds.
+  remove:
+    {{- include "exchange.routingHeaders" . | nindent 4 }}
+{{- if not .Values.istio.ingress.exposeServedBy }}
+response:
+  # Pod names and versions stay inside (istio.ingress.exposeServedBy turns this off).
+  remove: [x-served-by]
+{{- end }}
+{{- end -}}
 
 {{/* A destination. Context: {host, port, subset, weight (optional)}. */}}
 {{- define "exchange.istio.destination" -}}
@@ -41,7 +76,7 @@ Each route set is rendered twice when the service has streamPaths: streams first
 {{- end -}}
 {{- end -}}
 
-{{/* One route. Context: {svc, name, class (stream|unary), streamPaths, header, destinations (YAML string)}. */}}
+{{/* One route. Context: {svc, name, class (stream|unary), streamPaths, header, destinations (YAML string), edgeHeaders (YAML string, ingress only)}. */}}
 {{- define "exchange.istio.route" -}}
 {{- $i := .svc.istio -}}
 - name: {{ .name }}
@@ -52,6 +87,10 @@ Each route set is rendered twice when the service has streamPaths: streams first
   {{- end }}
   route:
     {{- .destinations | nindent 4 }}
+  {{- with .edgeHeaders }}
+  headers:
+    {{- . | nindent 4 }}
+  {{- end }}
   {{- if eq .class "stream" }}
   retries:
     attempts: 0
@@ -66,8 +105,9 @@ Each route set is rendered twice when the service has streamPaths: streams first
   {{- end }}
 {{- end -}}
 
-{{/* All HTTP routes of a service. Context: {root, name, svc, tracks}. */}}
+{{/* All HTTP routes of a service. Context: {root, name, svc, tracks, edge (true: the ingress routes, without header routes)}. */}}
 {{- define "exchange.istio.routes" -}}
+{{- $edge := eq (toString .edge) "true" -}}
 {{- $svc := .svc -}}
 {{- $host := include "exchange.host" . -}}
 {{- $main := include "exchange.mainPort" $svc -}}
@@ -78,7 +118,7 @@ Each route set is rendered twice when the service has streamPaths: streams first
 {{- end -}}
 {{- $classes = append $classes (dict "class" "unary" "paths" list) -}}
 {{- range $c := $classes -}}
-{{- $base := dict "svc" $svc "class" $c.class "streamPaths" $c.paths -}}
+{{- $base := dict "svc" $svc "class" $c.class "streamPaths" $c.paths "edgeHeaders" (ternary (include "exchange.istio.edgeHeaders" $.root) "" $edge) -}}
 {{- $prefix := ternary "stream-" "" (eq $c.class "stream") -}}
 {{- if eq $svc.strategy "rolling" }}
 {{ include "exchange.istio.route" (merge (dict "name" (printf "%sprimary" $prefix) "header" nil "destinations" (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" "" "weight" nil))) $base) }}
@@ -89,7 +129,9 @@ Each route set is rendered twice when the service has streamPaths: streams first
 {{- if or (lt $w 0) (gt $w 100) -}}
 {{- fail (printf "services.%s.canary.weight must be 0-100, not %v" $.name $cn.weight) -}}
 {{- end }}
+{{- if not $edge }}
 {{ include "exchange.istio.route" (merge (dict "name" (printf "%scanary-pinned" $prefix) "header" $cn.header "destinations" (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" $cn.candidate.version "weight" nil))) $base) }}
+{{- end }}
 {{- $dests := printf "%s\n%s" (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" $cn.stable.version "weight" (sub 100 $w))) (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" $cn.candidate.version "weight" $w)) }}
 {{ include "exchange.istio.route" (merge (dict "name" (printf "%scanary-weighted" $prefix) "header" nil "destinations" $dests) $base) }}
 {{- else }}
@@ -98,7 +140,7 @@ Each route set is rendered twice when the service has streamPaths: streams first
 {{- else if eq $svc.strategy "bluegreen" -}}
 {{- $b := $svc.bluegreen -}}
 {{- $idle := ternary "green" "blue" (eq $b.live "blue") -}}
-{{- if $b.preview.enabled }}
+{{- if and $b.preview.enabled (not $edge) }}
 {{ include "exchange.istio.route" (merge (dict "name" (printf "%spreview-%s" $prefix $idle) "header" $b.preview.header "destinations" (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" $idle "weight" nil))) $base) }}
 {{- end }}
 {{ include "exchange.istio.route" (merge (dict "name" (printf "%slive-%s" $prefix $b.live) "header" nil "destinations" (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" $b.live "weight" nil))) $base) }}
@@ -162,5 +204,5 @@ spec:
     - {{ $ing.gateway }}
     {{- end }}
   http:
-    {{- include "exchange.istio.routes" . | nindent 4 }}
+    {{- include "exchange.istio.routes" (merge (dict "edge" true) .) | nindent 4 }}
 {{- end -}}

@@ -14,6 +14,10 @@ objects fit together the way the mesh needs:
   istio       every VirtualService destination is a rendered Service port; every
               subset exists in a DestinationRule whose labels select a pod template of
               that Service; weights sum to 100; subsets do not overlap; gateways exist
+  edge        ingress Gateways serve HTTPS and redirect HTTP; ingress routes match no
+              routing header (x-canary, x-preview, any a mesh route matches on) and
+              remove them all from requests, and remove x-served-by from responses
+              (unless --allow-served-by)
   wiring      every call the chart wires (URLs in ConfigMaps/env, DATABASE_URL,
               REDIS_URL) is allowed by the NetworkPolicies on both ends and, with
               --mesh, by an AuthorizationPolicy; every policy selects a rendered
@@ -570,6 +574,49 @@ class Render:
                     self.check_destination(rid, d["destination"])
                 self.check_retries(rid, route)
 
+    # ---- the edge ------------------------------------------------------------------
+    # Routing headers that pin unreleased builds; whatever a mesh route matches on is one too.
+    ROUTING_HEADERS = {"x-canary", "x-preview"}
+
+    def check_edge(self, allow_served_by=False):
+        """The public entry: HTTPS with port 80 redirecting; routing headers from the
+        internet neither select a route nor travel into the mesh; x-served-by (pod
+        names and versions) does not leave it unless allowed."""
+        for g in self.by.get("Gateway", []) + [m for m in self.mesh if m["kind"] == "Gateway"]:
+            gid = ident(g)
+            servers = g["spec"].get("servers") or []
+            for srv in servers:
+                proto = (srv.get("port") or {}).get("protocol", "").upper()
+                if proto in ("HTTP", "HTTP2") and not (srv.get("tls") or {}).get("httpsRedirect"):
+                    self.err(f"{gid}: port {srv['port'].get('number')} serves plain HTTP without httpsRedirect")
+            if not any((s_.get("port") or {}).get("protocol", "").upper() == "HTTPS"
+                       and (s_.get("tls") or {}).get("credentialName") for s_ in servers):
+                self.err(f"{gid}: no HTTPS server with a certificate (tls.credentialName)")
+        routing = set(self.ROUTING_HEADERS)
+        edge = []
+        for vs in self.by.get("VirtualService", []):
+            gws = vs["spec"].get("gateways") or ["mesh"]
+            if any(g != "mesh" for g in gws):
+                edge.append(vs)
+            else:
+                for r in vs["spec"].get("http") or []:
+                    for m in r.get("match") or []:
+                        routing |= set((m.get("headers") or {}).keys())
+        for vs in edge:
+            for i, r in enumerate(vs["spec"].get("http") or []):
+                rid = f"{ident(vs)} route {r.get('name', i)}"
+                for m in r.get("match") or []:
+                    hit = sorted(set((m.get("headers") or {}).keys()) & routing)
+                    if hit:
+                        self.err(f"{rid}: the ingress route matches routing header {', '.join(hit)}, which anyone on the internet can send")
+                hdrs = r.get("headers") or {}
+                removed = set((hdrs.get("request") or {}).get("remove") or [])
+                missing = sorted(routing - removed)
+                if missing:
+                    self.err(f"{rid}: does not remove routing header(s) {', '.join(missing)} from internet requests")
+                if not allow_served_by and "x-served-by" not in ((hdrs.get("response") or {}).get("remove") or []):
+                    self.err(f"{rid}: x-served-by (pod names and versions) reaches the internet")
+
     # Retry conditions under which the request may already have been processed.
     UNSAFE_RETRY = {"unavailable", "5xx", "gateway-error", "reset", "retriable-status-codes",
                     "internal", "deadline-exceeded", "cancelled", "resource-exhausted", "unknown"}
@@ -817,7 +864,7 @@ class Render:
 
 
 def run_checks(docs, namespace, mesh_docs, expectations, provided_secrets=None, release=None,
-               external_principals=(INGRESS_PRINCIPAL,)):
+               external_principals=(INGRESS_PRINCIPAL,), allow_served_by=False):
     r = Render(docs, namespace, mesh_docs, release, external_principals)
     if not docs:
         r.err("the render is empty")
@@ -825,6 +872,7 @@ def run_checks(docs, namespace, mesh_docs, expectations, provided_secrets=None, 
     r.check_services()
     r.check_netpols()
     r.check_istio()
+    r.check_edge(allow_served_by)
     aps = r.check_mesh() if mesh_docs else None
     r.check_wiring(aps)
     r.check_credentials()
@@ -993,6 +1041,34 @@ def mutations(prefix):
         e = next(x for x in c["env"] if x["name"] == "REDIS_URL")
         e["value"] = e["value"].replace("redis://gateway:", "redis://market-data:")
 
+    def ingress_routes(docs):
+        return find(docs, "VirtualService", f"{p}-gateway-ingress")["spec"]["http"]
+
+    def m_edge_redirect(docs, mesh):
+        for g in mesh:
+            if g["kind"] == "Gateway":
+                for srv in g["spec"]["servers"]:
+                    srv.get("tls", {}).pop("httpsRedirect", None)
+
+    def m_edge_https(docs, mesh):
+        for g in mesh:
+            if g["kind"] == "Gateway":
+                g["spec"]["servers"] = [x for x in g["spec"]["servers"] if x["port"]["protocol"] != "HTTPS"]
+
+    def m_edge_match(docs, mesh):
+        r = copy.deepcopy(ingress_routes(docs)[-1])
+        r["name"] = "pinned"
+        r["match"] = [{"headers": {"x-canary": {"exact": "true"}}}]
+        ingress_routes(docs).insert(0, r)
+
+    def m_edge_strip(docs, mesh):
+        for r in ingress_routes(docs):
+            r["headers"]["request"]["remove"] = ["x-canary"]
+
+    def m_edge_served_by(docs, mesh):
+        for r in ingress_routes(docs):
+            r["headers"].pop("response", None)
+
     def m_default_deny(docs, mesh):
         docs.remove(find(docs, "AuthorizationPolicy", f"{p}-allow-nothing"))
 
@@ -1037,6 +1113,11 @@ def mutations(prefix):
         ("AuthorizationPolicy naming another namespace's caller", "not the release's namespace", "base", m_ap_namespace),
         ("health rule open to another namespace", "names namespace elsewhere", "base", m_ap_health_namespace),
         ("no default-deny AuthorizationPolicy", "no default-deny", "base", m_default_deny),
+        ("plain HTTP at the edge without a redirect", "without httpsRedirect", "base", m_edge_redirect),
+        ("no HTTPS at the edge", "no HTTPS server", "base", m_edge_https),
+        ("ingress route honouring x-canary", "matches routing header x-canary", "base", m_edge_match),
+        ("ingress not removing x-preview", "does not remove routing header(s) x-preview", "base", m_edge_strip),
+        ("x-served-by leaving the mesh", "x-served-by (pod names and versions) reaches the internet", "base", m_edge_served_by),
         ("Redis protected mode off", "protected mode is not on", "base", m_redis_protected),
         ("Redis gateway user reaching market data", "may reach keys ['md:*', 'rl:*']", "base", m_redis_gateway_md),
         ("Redis user granted FLUSHALL", "is granted +flushall", "base", m_redis_dangerous),
@@ -1056,7 +1137,7 @@ def self_test(renders, namespace, mesh_docs, expectations_by_render, prefix):
         docs = copy.deepcopy(renders[which])
         mesh = copy.deepcopy(mesh_docs)
         mutate(docs, mesh)
-        r = run_checks(docs, namespace, mesh, expectations_by_render.get(which, []))
+        r = run_checks(docs, namespace, mesh, expectations_by_render.get(which, []), allow_served_by=which != "base")
         hit = [e for e in r.errors if fragment in e]
         if hit:
             print(f"  caught: {desc}: {hit[0]}")
@@ -1077,6 +1158,8 @@ def main(argv):
     ap.add_argument("--release", help="the release name: every principal must name one of its ServiceAccounts")
     ap.add_argument("--external-principal", action="append", default=[],
                     help=f"a principal from outside the release that policies may name (default {INGRESS_PRINCIPAL})")
+    ap.add_argument("--allow-served-by", action="store_true",
+                    help="the render exposes x-served-by at the edge on purpose (a demo overlay)")
     ap.add_argument("--secrets", help="file listing `secret key` pairs that scripts/deploy creates")
     ap.add_argument("--self-test", nargs=4, metavar=("BASE", "ROLLING", "CANARY", "BLUEGREEN"),
                     help="break good renders in many ways; fail unless every break is caught")
@@ -1091,7 +1174,8 @@ def main(argv):
                "bluegreen": [("bluegreen", ("user", "blue", "x-preview", "true"))]}
         # The unbroken renders must pass first, or the test proves nothing.
         for which, docs in renders.items():
-            r = run_checks(docs, a.namespace, mesh_docs, exp.get(which, []))
+            # The strategy overlays let x-served-by out on purpose.
+            r = run_checks(docs, a.namespace, mesh_docs, exp.get(which, []), allow_served_by=which != "base")
             if r.errors:
                 print(f"self-test: the unbroken {which} render already fails: {r.errors[:3]}")
                 return 1
@@ -1108,7 +1192,7 @@ def main(argv):
         with open(a.secrets, encoding="utf-8") as f:
             provided = {tuple(line.split()[:2]) for line in f if len(line.split()) >= 2}
     r = run_checks(docs, a.namespace, mesh_docs, parse_expectations(a), provided, a.release,
-                   a.external_principal or [INGRESS_PRINCIPAL])
+                   a.external_principal or [INGRESS_PRINCIPAL], a.allow_served_by)
     for e in r.errors:
         print(f"VIOLATION {e}")
     print(f"{len(docs)} objects checked, {len(r.errors)} violations")
