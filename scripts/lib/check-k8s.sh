@@ -167,6 +167,41 @@ dry "load-test --cluster-ingress" 0 scripts/load-test circuit-breaker --dry-run 
 dry "cluster-down --dry-run" 0 scripts/cluster-down --dry-run -- \
   "kind delete cluster --name exchange" "docker rm -f kind-registry"
 
+# Without Istio, deploy refuses (before changing anything) unless told --no-mesh,
+# and then says what that loses. Stubs stand in for kubectl and helm: the cluster
+# has no AuthorizationPolicy CRD; every call is logged.
+stubs="$work/stubs"
+mkdir -p "$stubs"
+for tool in kubectl helm; do
+  cat >"$stubs/$tool" <<STUB
+#!/usr/bin/env bash
+echo "$tool \$*" >>"$work/stub-calls.log"
+[[ "\$*" == *"get crd authorizationpolicies.security.istio.io"* ]] && exit 1
+exit 0
+STUB
+  chmod +x "$stubs/$tool"
+done
+: >"$work/stub-calls.log"
+status=0
+PATH="$stubs:$PATH" scripts/deploy base >"$work/no-istio.log" 2>&1 </dev/null || status=$?
+if [[ $status == 0 ]]; then
+  bad "deploy without Istio should refuse"; show "$work/no-istio.log"
+elif ! grep -q "Istio is not installed" "$work/no-istio.log" || ! grep -q -- "--no-mesh" "$work/no-istio.log" \
+     || ! grep -q "no mTLS" "$work/no-istio.log"; then
+  bad "deploy without Istio: the refusal should say what is lost and name --no-mesh"; show "$work/no-istio.log"
+elif grep -Eq "kubectl (apply|create|label|delete)|helm (upgrade|install)" "$work/stub-calls.log"; then
+  bad "deploy without Istio changed the cluster before refusing"; show "$work/stub-calls.log"
+else
+  ok "deploy without Istio refuses before changing anything: $(grep -m1 'Istio is not installed' "$work/no-istio.log" | cut -c1-60)..."
+fi
+dry "deploy --no-mesh --dry-run" 0 scripts/deploy base --no-mesh --dry-run -- \
+  "--no-mesh: deploying WITHOUT the mesh" "mutual TLS" "AuthorizationPolicy" \
+  "create secret generic exchange-postgresql" "helm upgrade --install exchange helm/exchange -n exchange --set istio.enabled=false"
+if ! [[ -s $work/dry-deploy___no_mesh___dry_run.log ]] \
+   || grep -q "istio/mesh/10-peer-authentication.yaml" "$work/dry-deploy___no_mesh___dry_run.log"; then
+  bad "deploy --no-mesh still applies istio/mesh (or its log is missing)"
+fi
+
 # A real run without its tools stops before doing anything, naming the tool.
 nobin="$work/nobin"
 mkdir -p "$nobin"
@@ -203,7 +238,7 @@ renders=(
   "bluegreen|-f $CHART/values-bluegreen.yaml|--expect-bluegreen user=blue:x-preview=true --allow-served-by"
   "bluegreen-switched|-f $CHART/values-bluegreen.yaml --set services.user.bluegreen.live=green|--expect-bluegreen user=green:x-preview=true --allow-served-by"
   "canary-promoted|-f $CHART/values-canary.yaml --set services.inventory.canary.stable.version=v2 --set services.inventory.canary.candidate.enabled=false|--allow-served-by"
-  "loadtest+faults|-f $CHART/values-loadtest.yaml -f $CHART/values-faults.yaml|--allow-served-by"
+  "loadtest+faults|-f $CHART/values-loadtest.yaml -f $CHART/values-faults.yaml|--allow-served-by --allow-reflection"
   # The gateway itself as canary and blue/green: its own header routes stay off the ingress.
   "gateway-canary|--set services.gateway.strategy=canary|--expect-canary gateway=v1:v2:10:x-canary=true"
   "gateway-bluegreen|--set services.gateway.strategy=bluegreen|--expect-bluegreen gateway=blue:x-preview=true"

@@ -89,6 +89,7 @@ metadata:
 data:
   {{- with $svc.ports.grpc }}
   GRPC_ADDR: {{ printf "0.0.0.0:%v" . | quote }}
+  GRPC_REFLECTION: {{ $svc.grpcReflection | toString | quote }}
   {{- end }}
   {{- with $svc.ports.http }}
   HTTP_ADDR: {{ printf "0.0.0.0:%v" . | quote }}

@@ -24,6 +24,8 @@ objects fit together the way the mesh needs:
               workload; every principal names a rendered ServiceAccount in the
               release's namespace (-n), of the release (--release) when given, or
               the ingress gateway; namespace-wide rules name only that namespace
+  reflection  every gRPC server has reflection off (GRPC_REFLECTION=false), unless
+              --allow-reflection (the load-test overlay)
   strategies  --expect-rolling / --expect-canary / --expect-bluegreen assert the
               shape each values-<strategy>.yaml promises
 
@@ -409,6 +411,17 @@ class Render:
                     m = self.CREDENTIALS.match(val)
                     if m and m.group(2) and not re.fullmatch(r"\$\([A-Za-z_][A-Za-z0-9_]*\)", m.group(2)):
                         self.err(f"{ident(w)} container {c.get('name')}: {key} has a password in plain text")
+
+    def check_reflection(self, allowed=False):
+        """gRPC server reflection describes every method to whoever reaches the port:
+        off (GRPC_REFLECTION=false; the binaries default to on) unless allowed."""
+        if allowed:
+            return
+        for w in self.workloads:
+            for c in self.containers(w):
+                env = self.env_of(c)
+                if "GRPC_ADDR" in env and env.get("GRPC_REFLECTION", "true").lower() != "false":
+                    self.err(f"{ident(w)} container {c.get('name')}: gRPC reflection is on (GRPC_REFLECTION={env.get('GRPC_REFLECTION', 'unset')})")
 
     def check_redis(self):
         redis = [(w, c) for w in self.workloads for c in self.template(w)["spec"].get("containers") or []
@@ -864,7 +877,7 @@ class Render:
 
 
 def run_checks(docs, namespace, mesh_docs, expectations, provided_secrets=None, release=None,
-               external_principals=(INGRESS_PRINCIPAL,), allow_served_by=False):
+               external_principals=(INGRESS_PRINCIPAL,), allow_served_by=False, allow_reflection=False):
     r = Render(docs, namespace, mesh_docs, release, external_principals)
     if not docs:
         r.err("the render is empty")
@@ -876,6 +889,7 @@ def run_checks(docs, namespace, mesh_docs, expectations, provided_secrets=None, 
     aps = r.check_mesh() if mesh_docs else None
     r.check_wiring(aps)
     r.check_credentials()
+    r.check_reflection(allow_reflection)
     r.check_redis()
     r.check_redis_clients()
     for kind, args in expectations:
@@ -1088,6 +1102,9 @@ def mutations(prefix):
             if r.get("retries"):
                 r["retries"]["retryOn"] = "connect-failure,refused-stream,unavailable"
 
+    def m_reflection(docs, mesh):
+        find(docs, "ConfigMap", f"{p}-order")["data"]["GRPC_REFLECTION"] = "true"
+
     return [
         ("canary weights do not sum to 100", "sum to", "canary", m_weights),
         ("subset missing from the DestinationRule", "in no DestinationRule", "canary", m_subset),
@@ -1128,6 +1145,7 @@ def mutations(prefix):
         ("pod without a config checksum", "checksum/config", "base", m_checksum),
         ("ServiceAccount not rendered", "ServiceAccount", "base", m_sa),
         ("order retried after it may have acted", "whose calls are not all idempotent", "base", m_retry_order),
+        ("gRPC reflection on", "gRPC reflection is on", "base", m_reflection),
     ]
 
 
@@ -1160,6 +1178,8 @@ def main(argv):
                     help=f"a principal from outside the release that policies may name (default {INGRESS_PRINCIPAL})")
     ap.add_argument("--allow-served-by", action="store_true",
                     help="the render exposes x-served-by at the edge on purpose (a demo overlay)")
+    ap.add_argument("--allow-reflection", action="store_true",
+                    help="gRPC reflection is on on purpose (the load-test overlay)")
     ap.add_argument("--secrets", help="file listing `secret key` pairs that scripts/deploy creates")
     ap.add_argument("--self-test", nargs=4, metavar=("BASE", "ROLLING", "CANARY", "BLUEGREEN"),
                     help="break good renders in many ways; fail unless every break is caught")
@@ -1192,7 +1212,7 @@ def main(argv):
         with open(a.secrets, encoding="utf-8") as f:
             provided = {tuple(line.split()[:2]) for line in f if len(line.split()) >= 2}
     r = run_checks(docs, a.namespace, mesh_docs, parse_expectations(a), provided, a.release,
-                   a.external_principal or [INGRESS_PRINCIPAL], a.allow_served_by)
+                   a.external_principal or [INGRESS_PRINCIPAL], a.allow_served_by, a.allow_reflection)
     for e in r.errors:
         print(f"VIOLATION {e}")
     print(f"{len(docs)} objects checked, {len(r.errors)} violations")
