@@ -1,9 +1,10 @@
 //! Serving an axum router to the internet: `axum::serve` with the bounds it
 //! does not have. A client gets [`Limits::header_read`] to send a request's
-//! headers (a slow-loris client that drips them holds a connection, never the
-//! server), and each connection is served with upgrades (WebSocket) and the
-//! peer's address as `ConnectInfo<SocketAddr>`. On shutdown the listener
-//! closes, idle connections close, and requests in flight finish.
+//! headers (a slow-loris client that drips them holds a connection for that
+//! long, never forever), and each connection is served with upgrades
+//! (WebSocket) and the peer's address as `ConnectInfo<SocketAddr>`. On
+//! shutdown the listener closes, idle connections close, and requests in
+//! flight finish.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,7 +21,9 @@ use tower::ServiceExt;
 /// Per-connection bounds.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Time to send a request's headers, from its first byte (HTTP/1).
+    /// Time to send a request's headers (HTTP/1). hyper starts the clock when
+    /// the connection starts waiting for a request, so an idle kept-alive
+    /// connection is closed after this long too.
     pub header_read: Duration,
 }
 

@@ -4,18 +4,21 @@
 //! they escape that string, so each of their renderings is accepted
 //! ([`Signed::hashed`]):
 //!
-//! - Upbit's examples: `unquote(urlencode(params))` — decoded, a space as `+`;
-//! - ccxt: its `rawencode` — decoded, a space as a space;
+//! - Upbit's examples (`unquote(urlencode(params))`) and ccxt (its
+//!   `rawencode`): the decoded text;
 //! - pyupbit: `urlencode(params)` with `%5B%5D=` put back as `[]=` — escaped
-//!   as `quote_plus` escapes.
+//!   as Python's `quote_plus` escapes.
 //!
 //! The decoded string is ambiguous as it stands: the single parameter `a` =
 //! `1&b=2` (sent as `a=1%26b%3D2`) and the two parameters `a=1`, `b=2` hash the
 //! same, so a token signed for one request would be good for the other; so
-//! would `+` for a space, and a literal `%41` for an escaped `A`. A request is
-//! therefore refused when a decoded name holds `&`, `=`, `+` or `%`, or a
-//! decoded value `&`, `+` or `%`: then no string any client may have hashed
-//! has two readings, whichever of the renderings it is.
+//! would a literal `%41` and an escaped `A`, and (in Upbit's rendering, which
+//! writes a space as `+`) a space and a `+`. A request is therefore refused
+//! when a decoded name holds `&`, `=`, `%` or a space, or a decoded value `&`,
+//! `%` or a space: then no string any client may have hashed has two
+//! readings, whichever of the renderings it is. A `+` is allowed (times such
+//! as `2026-01-01T00:00:00+09:00` carry one); sent in a query it must be
+//! escaped as `%2B`, as every client does, since a bare `+` means a space.
 
 use std::fmt;
 
@@ -37,7 +40,7 @@ pub struct Signed {
 pub enum Unsignable {
     #[error("a parameter is not valid UTF-8 once percent-decoded")]
     NotUtf8,
-    #[error("parameters must not contain `&`, `+` or `%` once decoded, nor names `=`")]
+    #[error("parameters must not contain `&`, `%` or a space once decoded, nor names `=`")]
     Ambiguous,
     #[error("at most {MAX_PARAMS} parameters")]
     TooMany,
@@ -47,7 +50,7 @@ pub enum Unsignable {
 
 impl Signed {
     fn push(&mut self, key: String, value: String) -> Result<(), Unsignable> {
-        if key.contains(['&', '=', '+', '%']) || value.contains(['&', '+', '%']) {
+        if key.contains(['&', '=', '%', ' ']) || value.contains(['&', '%', ' ']) {
             return Err(Unsignable::Ambiguous);
         }
         if self.params.len() == MAX_PARAMS {
@@ -67,26 +70,36 @@ impl Signed {
     }
 
     /// Every string a client may have hashed for these parameters, each once:
-    /// decoded with a space as `+` (Upbit's examples), as a space (ccxt), and
-    /// escaped as Python's `urlencode` escapes (pyupbit). One empty string for
-    /// a request without parameters.
+    /// decoded (Upbit's examples, ccxt), then escaped as Python's `urlencode`
+    /// escapes (pyupbit) when that differs. One empty string for a request
+    /// without parameters.
     pub fn hashed(&self) -> Vec<String> {
         let pairs = || self.params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        let spaced = join(pairs());
-        let plus = spaced.replace(' ', "+");
+        let decoded = join(pairs());
         let quoted: Vec<(String, String)> = pairs()
             .map(|(k, v)| (quote_plus(k), quote_plus(v)))
             .collect();
         let escaped =
             join(quoted.iter().map(|(k, v)| (k.as_str(), v.as_str()))).replace("%5B%5D=", "[]=");
-        let mut all = vec![plus];
-        for form in [spaced, escaped] {
-            if !all.contains(&form) {
-                all.push(form);
-            }
+        if escaped == decoded {
+            vec![decoded]
+        } else {
+            vec![decoded, escaped]
         }
-        all
     }
+}
+
+/// The parameters of a decoded rendering (the first of [`Signed::hashed`]):
+/// split at `&` and each pair's first `=`, nothing decoded.
+pub fn split_decoded(rendered: &str) -> Vec<(String, String)> {
+    rendered
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
 }
 
 /// Python's `quote_plus`: letters, digits and `_.-~` as they are, a space as
@@ -264,17 +277,18 @@ mod tests {
 
     #[test]
     fn each_clients_escaping_is_offered() {
-        let s = from_query("identifier=my+order:1&uuid=a%2Fb").unwrap();
-        assert_eq!(pairs(&s), [("identifier", "my order:1"), ("uuid", "a/b")]);
+        let s = from_query("start_time=2026-01-01T00:00:00%2B09:00&uuid=a%2Fb").unwrap();
+        assert_eq!(
+            pairs(&s),
+            [("start_time", "2026-01-01T00:00:00+09:00"), ("uuid", "a/b")]
+        );
         assert_eq!(
             s.hashed(),
             [
-                // unquote(urlencode(...)): Upbit's examples.
-                "identifier=my+order:1&uuid=a/b",
-                // ccxt's rawencode.
-                "identifier=my order:1&uuid=a/b",
+                // unquote(urlencode(...)), Upbit's examples; ccxt's rawencode.
+                "start_time=2026-01-01T00:00:00+09:00&uuid=a/b",
                 // pyupbit's urlencode.
-                "identifier=my+order%3A1&uuid=a%2Fb",
+                "start_time=2026-01-01T00%3A00%3A00%2B09%3A00&uuid=a%2Fb",
             ]
         );
         let korean = from_json("{\"identifier\":\"주문\"}".as_bytes()).unwrap();
@@ -290,8 +304,9 @@ mod tests {
         assert_eq!(from_query("a=1%26b%3D2"), Err(Unsignable::Ambiguous));
         assert_eq!(from_query("a%3D1=2"), Err(Unsignable::Ambiguous));
         assert_eq!(from_query("a%261=2"), Err(Unsignable::Ambiguous));
-        // A literal `+` would read as an escaped space, a `%` as an escape.
-        assert_eq!(from_query("a=1%2B1"), Err(Unsignable::Ambiguous));
+        // A space would read as a `+` in Upbit's rendering, a `%` as an escape.
+        assert_eq!(from_query("a=my+order"), Err(Unsignable::Ambiguous));
+        assert_eq!(from_query("a=my%20order"), Err(Unsignable::Ambiguous));
         assert_eq!(from_query("a=100%25"), Err(Unsignable::Ambiguous));
         assert_eq!(from_query("a=%ZZ"), Err(Unsignable::Ambiguous));
         // An `=` in a value has one reading (a name never holds one).
@@ -301,7 +316,23 @@ mod tests {
         );
         assert_eq!(from_json(br#"{"a":"1&b=2"}"#), Err(Unsignable::Ambiguous));
         assert_eq!(from_json(br#"{"a=1":"2"}"#), Err(Unsignable::Ambiguous));
-        assert_eq!(from_json(br#"{"a":"1+1"}"#), Err(Unsignable::Ambiguous));
+        assert_eq!(from_json(br#"{"a":"x y"}"#), Err(Unsignable::Ambiguous));
+    }
+
+    #[test]
+    fn every_rendering_reads_back_to_the_same_parameters() {
+        for query in [
+            "market=KRW-BTC&states[]=wait",
+            "start_time=2026-01-01T00:00:00%2B09:00&b=%EC%A3%BC&c=a%3Db",
+            "",
+        ] {
+            let s = from_query(query).unwrap();
+            let hashed = s.hashed();
+            assert_eq!(split_decoded(&hashed[0]), s.params, "{query}");
+            for other in &hashed[1..] {
+                assert_eq!(from_query(other).unwrap(), s, "{query}");
+            }
+        }
     }
 
     #[test]
@@ -311,7 +342,6 @@ mod tests {
             pairs(&from_query("flag&&b=").unwrap()),
             [("flag", ""), ("b", "")]
         );
-        assert_eq!(pairs(&from_query("a=%4").unwrap_or_default()), []);
     }
 
     #[test]
@@ -357,9 +387,9 @@ mod tests {
 
     #[test]
     fn a_body_follows_the_query() {
-        let mut s = from_query("a=1+2").unwrap();
+        let mut s = from_query("a=1%2B2").unwrap();
         s.extend(from_json(br#"{"b":"3"}"#).unwrap()).unwrap();
-        assert_eq!(s.hashed(), ["a=1+2&b=3", "a=1 2&b=3"]);
+        assert_eq!(s.hashed(), ["a=1+2&b=3", "a=1%2B2&b=3"]);
         let many = (0..=MAX_PARAMS)
             .map(|i| format!("k{i}=v"))
             .collect::<Vec<_>>()

@@ -96,9 +96,12 @@ pub struct Config {
     #[arg(long, env = "TRUSTED_PROXIES", default_value_t = 0)]
     pub trusted_proxies: usize,
 
-    /// Longest time a client may take to send a request's headers (HTTP/1),
-    /// from their first byte; the connection is closed beyond it.
-    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = service_kit::config::parse_duration)]
+    /// Longest time a client may take to send a request's headers (HTTP/1);
+    /// the connection is closed beyond it. The clock starts when a connection
+    /// starts waiting for its next request, so this is also how long a kept-
+    /// alive connection may stay idle: keep it above clients' pool idle times
+    /// (a client reusing a connection being closed sees it reset).
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "60s", value_parser = service_kit::config::parse_duration)]
     pub header_read_timeout: std::time::Duration,
 
     /// Longest time a request may take to be read and answered (408 beyond).

@@ -23,14 +23,14 @@ use crate::views;
 
 /// A request admitted and counted in its group: every answer to it, error or
 /// not, carries the group's `Remaining-Req`, as Upbit's do.
-struct Counted {
+pub(crate) struct Counted {
     group: &'static str,
     limit: u32,
     decision: Decision,
 }
 
 impl Counted {
-    fn answer(
+    pub(crate) fn answer(
         self,
         status: StatusCode,
         body: Result<Value, ApiError>,
@@ -52,7 +52,7 @@ impl Counted {
 /// A verified request's next steps: its key must have `permission`, then it
 /// is counted in `group` (per user, whichever of its keys or the native API
 /// it uses).
-async fn admit(
+pub(crate) async fn admit(
     gw: &Shared,
     req: &UpbitRequest,
     permission: Permission,
@@ -66,8 +66,59 @@ async fn admit(
     })
 }
 
-fn no_order() -> ApiError {
+/// Upbit's `Remaining-Req` for a request counted in a group whose window is
+/// longer than a second (`order-cancel-all`: 1 per 2 s).
+pub(crate) async fn admit_window(
+    gw: &Shared,
+    req: &UpbitRequest,
+    permission: Permission,
+    group: &'static str,
+    limit: u32,
+    window_secs: u64,
+) -> Result<Counted, ApiError> {
+    req.require(permission)?;
+    let decision = gw
+        .limiter
+        .check_window(group, &req.user.to_string(), limit, window_secs)
+        .await;
+    if decision == Decision::Limited {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "Too many API requests.",
+        )
+        .with_remaining_req(decision.header(group, limit)));
+    }
+    Ok(Counted {
+        group,
+        limit,
+        decision,
+    })
+}
+
+pub(crate) fn no_order() -> ApiError {
     ApiError::new(StatusCode::BAD_GATEWAY, "server_error", "no order returned")
+}
+
+/// Cancels one of `user`'s orders by uuid or identifier; the order as it is
+/// once cancelled (or was, when already done).
+pub(crate) async fn cancel_one(
+    gw: &Shared,
+    user: uuid::Uuid,
+    uuid: String,
+    identifier: String,
+) -> Result<pb::Order, ApiError> {
+    gw.order
+        .clone()
+        .cancel_order(pb::CancelOrderRequest {
+            user_id: user.to_string(),
+            uuid,
+            identifier,
+        })
+        .await?
+        .into_inner()
+        .order
+        .ok_or_else(no_order)
 }
 
 pub async fn accounts(State(gw): State<Shared>, req: UpbitRequest) -> Result<Response, ApiError> {
@@ -146,6 +197,38 @@ pub async fn chance(State(gw): State<Shared>, req: UpbitRequest) -> Result<Respo
     counted.answer(StatusCode::OK, body)
 }
 
+/// An order as a signed request gives it, in Upbit's parameter names.
+pub(crate) fn order_params(req: &UpbitRequest) -> Result<OrderParams<'_>, ApiError> {
+    let required = |k: &str| {
+        req.param(k)
+            .ok_or_else(|| ApiError::bad_request(format!("{k} is required")))
+    };
+    Ok(OrderParams {
+        market: required("market")?,
+        side: required("side")?,
+        ord_type: required("ord_type")?,
+        price: req.param("price").unwrap_or_default().to_owned(),
+        volume: req.param("volume").unwrap_or_default().to_owned(),
+        identifier: req.param("identifier").map(str::to_owned),
+        time_in_force: req.param("time_in_force"),
+        smp_type: req.param("smp_type"),
+    })
+}
+
+/// The order service's answer to a placement (or a test of one).
+pub(crate) async fn place_order(
+    gw: &Shared,
+    request: pb::PlaceOrderRequest,
+) -> Result<pb::Order, ApiError> {
+    gw.order
+        .clone()
+        .place_order(request)
+        .await?
+        .into_inner()
+        .order
+        .ok_or_else(no_order)
+}
+
 /// Upbit answers 201 with the order; an order whose outcome is not known yet
 /// shows as `wait` (as Upbit shows orders being opened) and a retry of a request
 /// gets the order it made.
@@ -156,26 +239,8 @@ pub async fn place(
 ) -> Result<Response, ApiError> {
     let counted = admit(&gw, &req, Permission::MakeOrders, "order").await?;
     let body = async {
-        let required = |k: &str| {
-            req.param(k)
-                .ok_or_else(|| ApiError::bad_request(format!("{k} is required")))
-        };
-        let request = place_request(
-            req.user,
-            OrderParams {
-                market: required("market")?,
-                side: required("side")?,
-                ord_type: required("ord_type")?,
-                price: req.param("price").unwrap_or_default().to_owned(),
-                volume: req.param("volume").unwrap_or_default().to_owned(),
-                identifier: req.param("identifier").map(str::to_owned),
-                time_in_force: req.param("time_in_force"),
-                smp_type: req.param("smp_type"),
-            },
-            request_key,
-        )?;
-        let r = gw.order.clone().place_order(request).await?.into_inner();
-        let order = r.order.ok_or_else(no_order)?;
+        let request = place_request(req.user, order_params(&req)?, request_key)?;
+        let order = place_order(&gw, request).await?;
         Ok::<_, ApiError>(views::upbit_order(&order, false))
     }
     .await;
@@ -218,26 +283,54 @@ pub async fn cancel(State(gw): State<Shared>, req: UpbitRequest) -> Result<Respo
     let counted = admit(&gw, &req, Permission::MakeOrders, "default").await?;
     let body = async {
         let (uuid, identifier) = which(&req)?;
-        let r = gw
-            .order
-            .clone()
-            .cancel_order(pb::CancelOrderRequest {
-                user_id: req.user.to_string(),
-                uuid,
-                identifier,
-            })
-            .await?
-            .into_inner();
-        let order = r.order.ok_or_else(no_order)?;
+        let order = cancel_one(&gw, req.user, uuid, identifier).await?;
         Ok::<_, ApiError>(views::upbit_order(&order, false))
     }
     .await;
     counted.answer(StatusCode::OK, body)
 }
 
+/// Upbit's longest window for closed orders.
+const CLOSED_WINDOW_MS: i64 = 7 * 86_400_000;
+
+/// `start_time`/`end_time` of closed orders (ISO 8601 or Unix ms), as Upbit
+/// reads them: a window of at most 7 days, ending now when neither is given.
+fn closed_window(req: &UpbitRequest, now_ms: i64) -> Result<(i64, i64), ApiError> {
+    let time = |name: &str| -> Result<Option<i64>, ApiError> {
+        match req.param(name) {
+            None => Ok(None),
+            Some(v) if v.bytes().all(|b| b.is_ascii_digit()) && v.len() <= 15 => Ok(v.parse().ok()),
+            Some(v) => upbit::query::to_time(Some(v))
+                .map_err(|_| ApiError::bad_request(format!("{name} must be ISO 8601 or Unix ms"))),
+        }
+    };
+    let (from, to) = match (time("start_time")?, time("end_time")?) {
+        (None, None) => (now_ms - CLOSED_WINDOW_MS, now_ms),
+        (Some(from), None) => (from, from.saturating_add(CLOSED_WINDOW_MS)),
+        (None, Some(to)) => (to.saturating_sub(CLOSED_WINDOW_MS), to),
+        (Some(from), Some(to)) => (from, to),
+    };
+    if to < from || to - from > CLOSED_WINDOW_MS {
+        return Err(ApiError::bad_request(
+            "start_time must come before end_time, at most 7 days before it",
+        ));
+    }
+    Ok((from, to))
+}
+
+/// Which list: open orders (`limit` up to 100, paged) or closed ones (up to
+/// 1,000 in a window of at most 7 days).
+#[derive(Clone, Copy, PartialEq)]
+enum Listing {
+    Open,
+    Closed,
+    Any,
+}
+
 async fn list(
     gw: &Shared,
     req: &UpbitRequest,
+    listing: Listing,
     default_states: &[&str],
     allowed: &[&str],
 ) -> Result<Response, ApiError> {
@@ -263,12 +356,22 @@ async fn list(
                 .ok_or_else(|| ApiError::bad_request("page must be 1 or more"))?,
             None => 1,
         };
-        let limit = upbit::query::count(req.param("limit"), 100, 100)?;
+        let max = if listing == Listing::Closed {
+            1000
+        } else {
+            100
+        };
+        let limit = upbit::query::count(req.param("limit"), 100, max)?;
         let mut wanted = states(&names)?;
         // Upbit shows orders still being opened as "wait".
         if wanted.contains(&(pb::OrderState::Wait as i32)) {
             wanted.push(pb::OrderState::Pending as i32);
         }
+        let (created_from, created_to) = if listing == Listing::Closed {
+            closed_window(req, chrono::Utc::now().timestamp_millis())?
+        } else {
+            (0, 0)
+        };
         let request = pb::ListOrdersRequest {
             user_id: req.user.to_string(),
             market: req.param("market").unwrap_or_default().to_owned(),
@@ -277,6 +380,13 @@ async fn list(
             page,
             ascending: req.param("order_by") == Some("asc"),
             uuids: req.params("uuids").into_iter().map(str::to_owned).collect(),
+            identifiers: req
+                .params("identifiers")
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            created_from,
+            created_to,
         };
         let r = gw.order.clone().list_orders(request).await?.into_inner();
         let body = Value::Array(
@@ -292,13 +402,27 @@ async fn list(
 }
 
 pub async fn open(State(gw): State<Shared>, req: UpbitRequest) -> Result<Response, ApiError> {
-    list(&gw, &req, &["wait"], &["wait", "watch"]).await
+    list(&gw, &req, Listing::Open, &["wait"], &["wait", "watch"]).await
 }
 
 pub async fn closed(State(gw): State<Shared>, req: UpbitRequest) -> Result<Response, ApiError> {
-    list(&gw, &req, &["done", "cancel"], &["done", "cancel"]).await
+    list(
+        &gw,
+        &req,
+        Listing::Closed,
+        &["done", "cancel"],
+        &["done", "cancel"],
+    )
+    .await
 }
 
 pub async fn orders(State(gw): State<Shared>, req: UpbitRequest) -> Result<Response, ApiError> {
-    list(&gw, &req, &["wait"], &["wait", "watch", "done", "cancel"]).await
+    list(
+        &gw,
+        &req,
+        Listing::Any,
+        &["wait"],
+        &["wait", "watch", "done", "cancel"],
+    )
+    .await
 }

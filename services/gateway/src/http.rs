@@ -12,7 +12,7 @@ use axum::routing::{delete, get, post};
 use crate::error::ApiError;
 use crate::ratelimit::{self, Decision};
 use crate::state::{ClientIp, Shared};
-use crate::{exchange, native, observe, private, quotation, ws};
+use crate::{batch, exchange, native, observe, private, quotation, ws};
 
 pub fn router(gw: Shared) -> Router {
     let api = Router::new()
@@ -63,7 +63,16 @@ pub fn router(gw: Shared) -> Router {
         .route("/v1/orders/chance", get(exchange::chance))
         .route("/v1/orders", post(exchange::place).get(exchange::orders))
         .route("/v1/order", get(exchange::get).delete(exchange::cancel))
-        .route("/v1/orders/open", get(exchange::open))
+        .route(
+            "/v1/orders/open",
+            get(exchange::open).delete(batch::cancel_open),
+        )
+        .route(
+            "/v1/orders/uuids",
+            get(batch::by_ids).delete(batch::cancel_by_ids),
+        )
+        .route("/v1/orders/cancel_and_new", post(batch::cancel_and_new))
+        .route("/v1/orders/test", post(batch::test))
         .route("/v1/orders/closed", get(exchange::closed))
         .route_layer(middleware::from_fn_with_state(gw.clone(), admit))
         .route_layer(middleware::from_fn_with_state(gw.clone(), observe::observe));

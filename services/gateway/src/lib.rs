@@ -4,6 +4,7 @@
 //! inventory and market-data over gRPC and counts rate limits in Redis.
 
 mod auth;
+mod batch;
 pub mod config;
 mod convert;
 mod error;

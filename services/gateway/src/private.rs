@@ -455,6 +455,7 @@ pub fn place_request(
         request_key,
         time_in_force: time_in_force as i32,
         smp_type: o.smp_type.unwrap_or_default().to_owned(),
+        test: false,
     })
 }
 
@@ -543,7 +544,7 @@ pub async fn list_orders(
         limit,
         page,
         ascending: q.get("order_by").is_some_and(|o| o == "asc"),
-        uuids: vec![],
+        ..Default::default()
     };
     let r = gw.order.clone().list_orders(request).await?.into_inner();
     Ok(Json(

@@ -57,10 +57,11 @@ pub struct Limits {
 impl Limits {
     /// The per-second limit of an Upbit exchange group.
     pub fn private(&self, group: &str) -> u32 {
-        if group == "order" {
-            self.order
-        } else {
-            self.default
+        match group {
+            "order" => self.order,
+            // Upbit's order-test group: 8/s, never more than placements.
+            "order-test" => self.order.min(8),
+            _ => self.default,
         }
     }
 }

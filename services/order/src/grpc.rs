@@ -211,6 +211,13 @@ impl OrderService for Order {
             time_in_force,
             smp_type,
         };
+        if req.test {
+            let view = self.orders.test(place).await?;
+            return Ok(Response::new(pb::PlaceOrderResponse {
+                order: Some(order_pb(&view)),
+                created: false,
+            }));
+        }
         let (view, created) = self.orders.place(place).await?;
         Ok(Response::new(pb::PlaceOrderResponse {
             order: Some(order_pb(&view)),
@@ -264,31 +271,46 @@ impl OrderService for Order {
         };
         let limit = match req.limit {
             0 => 100,
-            n if n <= 100 => i64::from(n),
-            _ => return Err(OrderError::invalid("limit must be between 1 and 100").into()),
+            n if n <= 1000 => i64::from(n),
+            _ => return Err(OrderError::invalid("limit must be between 1 and 1000").into()),
         };
         let page = i64::from(req.page.max(1));
+        if req.uuids.len() + req.identifiers.len() > 100 {
+            return Err(OrderError::invalid("at most 100 uuids or identifiers").into());
+        }
         let ids = req
             .uuids
             .iter()
             .map(|u| uuid("uuids", u).map(|o| o.unwrap_or_default()))
             .collect::<Result<Vec<_>, _>>()?;
+        for i in &req.identifiers {
+            identifier(i)?;
+        }
         let market = (!req.market.is_empty()).then_some(req.market.as_str());
         if let Some(m) = market {
             upbit::market::MarketCode::parse(m).map_err(|e| OrderError::invalid(e.to_string()))?;
         }
-        let rows = store::list(
-            self.orders.pool(),
+        let time = |ms: i64, field: &str| match ms {
+            0 => Ok(None),
+            ms => chrono::DateTime::from_timestamp_millis(ms)
+                .map(Some)
+                .ok_or_else(|| OrderError::invalid(format!("{field} is out of range"))),
+        };
+        let filter = store::ListFilter {
             user,
             market,
-            &states,
-            &ids,
+            states: &states,
+            ids: &ids,
+            identifiers: &req.identifiers,
+            created_from: time(req.created_from, "created_from")?,
+            created_to: time(req.created_to, "created_to")?,
             limit,
-            (page - 1) * limit,
-            req.ascending,
-        )
-        .await
-        .map_err(OrderError::from)?;
+            offset: (page - 1).saturating_mul(limit),
+            ascending: req.ascending,
+        };
+        let rows = store::list(self.orders.pool(), &filter)
+            .await
+            .map_err(OrderError::from)?;
         let orders = rows
             .into_iter()
             .map(|order| {

@@ -119,6 +119,22 @@ fn exec_of(row: &ExecRow) -> Exec {
     }
 }
 
+/// Immediate executions as recorded: the order took, so its side is the trend.
+fn exec_rows(plan: &[Exec], side: &str, at: chrono::DateTime<Utc>) -> Vec<ExecRow> {
+    plan.iter()
+        .enumerate()
+        .map(|(i, e)| ExecRow {
+            seq: i as i32 + 1,
+            price: e.price,
+            volume: e.volume,
+            funds: e.funds,
+            fee: e.fee,
+            trend: side.to_owned(),
+            created_at: at,
+        })
+        .collect()
+}
+
 fn crash(fault: Fault) -> ! {
     tracing::error!(?fault, "FAULT_AFTER: aborting the process on purpose");
     std::process::abort()
@@ -381,18 +397,7 @@ impl Orders {
         // The executions are the plan: no need to read them back.
         let now = Utc::now();
         let executions = if finished.trades_count as usize == plan.len() {
-            plan.iter()
-                .enumerate()
-                .map(|(i, e)| ExecRow {
-                    seq: i as i32 + 1,
-                    price: e.price,
-                    volume: e.volume,
-                    funds: e.funds,
-                    fee: e.fee,
-                    trend: finished.side.clone(),
-                    created_at: now,
-                })
-                .collect()
+            exec_rows(plan, &finished.side, now)
         } else {
             store::executions(&self.pool, finished.id).await?
         };
@@ -403,6 +408,57 @@ impl Orders {
             },
             true,
         ))
+    }
+
+    /// What placing `req` would make now, planned against the live book,
+    /// without writing, reserving or filling anything (Upbit's order test).
+    pub async fn test(&self, req: Place<'_>) -> Result<View, OrderError> {
+        if let Some(identifier) = req.identifier {
+            service_kit::text::key("identifier", identifier, MAX_IDENTIFIER)
+                .map_err(OrderError::invalid)?;
+            if store::identifier_used(&self.pool, req.user, identifier).await? {
+                return Err(Self::duplicate_identifier(req.side, identifier));
+            }
+        }
+        let (order, placement) = self.plan(&req).await?;
+        let (fills, state) = match placement {
+            Placement::WouldTake => (Vec::new(), State::Cancel),
+            Placement::Fills(fills) => {
+                let state = domain::placed_state(&order, &fills);
+                (fills, state)
+            }
+        };
+        let now = Utc::now();
+        let order = OrderRow {
+            id: Uuid::now_v7(),
+            user_id: req.user,
+            identifier: req.identifier.map(str::to_owned),
+            market: order.market.as_str().to_owned(),
+            side: order.side.as_str().to_owned(),
+            ord_type: order.ord_type.as_str().to_owned(),
+            price: order.price,
+            volume: order.volume,
+            state: state.as_str().to_owned(),
+            reserved_currency: order.reserve_currency.clone(),
+            reserved_amount: order.reserve_amount,
+            executed_volume: fills.iter().map(|e| e.volume).sum(),
+            executed_funds: fills.iter().map(|e| e.funds).sum(),
+            paid_fee: fills.iter().map(|e| e.fee).sum(),
+            trades_count: fills.len() as i32,
+            reject_reason: None,
+            created_at: now,
+            updated_at: now,
+            fee_rate: order.fee_rate,
+            plan: store::plan_json(&fills),
+            finalized: state != State::Wait,
+            request_key: None,
+            plan_deadline: None,
+            opened_at: Some(now),
+            time_in_force: order.time_in_force.map(|t| t.as_str().to_owned()),
+            smp_type: order.smp_type.map(|t| t.as_str().to_owned()),
+        };
+        let executions = exec_rows(&fills, &order.side, now);
+        Ok(View { order, executions })
     }
 
     /// Whether a request may make an order: `Some` with the order a retry of

@@ -466,32 +466,44 @@ pub async fn executions(pool: &PgPool, id: Uuid) -> Result<Vec<ExecRow>, sqlx::E
         .await
 }
 
-/// Orders of a user in `states` (all when empty), newest first unless `ascending`.
-#[allow(clippy::too_many_arguments)]
-pub async fn list(
-    pool: &PgPool,
-    user: Uuid,
-    market: Option<&str>,
-    states: &[&str],
-    ids: &[Uuid],
-    limit: i64,
-    offset: i64,
-    ascending: bool,
-) -> Result<Vec<OrderRow>, sqlx::Error> {
-    let order = if ascending { "ASC" } else { "DESC" };
+/// Which of a user's orders to list.
+pub struct ListFilter<'a> {
+    pub user: Uuid,
+    pub market: Option<&'a str>,
+    /// Empty: any state.
+    pub states: &'a [&'a str],
+    /// Empty: any (an order matches either list).
+    pub ids: &'a [Uuid],
+    pub identifiers: &'a [String],
+    pub created_from: Option<DateTime<Utc>>,
+    pub created_to: Option<DateTime<Utc>>,
+    pub limit: i64,
+    pub offset: i64,
+    pub ascending: bool,
+}
+
+/// A user's orders, newest first (or oldest with `ascending`).
+pub async fn list(pool: &PgPool, f: &ListFilter<'_>) -> Result<Vec<OrderRow>, sqlx::Error> {
+    let order = if f.ascending { "ASC" } else { "DESC" };
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM orders
          WHERE user_id = $1 AND ($2::text IS NULL OR market = $2)
            AND (cardinality($3::text[]) = 0 OR state = ANY($3))
-           AND (cardinality($4::uuid[]) = 0 OR id = ANY($4))
-         ORDER BY created_at {order}, id {order} LIMIT $5 OFFSET $6"
+           AND ((cardinality($4::uuid[]) = 0 AND cardinality($5::text[]) = 0)
+                OR id = ANY($4) OR identifier = ANY($5))
+           AND ($6::timestamptz IS NULL OR created_at >= $6)
+           AND ($7::timestamptz IS NULL OR created_at < $7)
+         ORDER BY created_at {order}, id {order} LIMIT $8 OFFSET $9"
     )))
-    .bind(user)
-    .bind(market)
-    .bind(states)
-    .bind(ids)
-    .bind(limit)
-    .bind(offset)
+    .bind(f.user)
+    .bind(f.market)
+    .bind(f.states)
+    .bind(f.ids)
+    .bind(f.identifiers)
+    .bind(f.created_from)
+    .bind(f.created_to)
+    .bind(f.limit)
+    .bind(f.offset)
     .fetch_all(pool)
     .await
 }

@@ -273,8 +273,7 @@ fn place(
         volume: volume.into(),
         identifier: String::new(),
         request_key: String::new(),
-        time_in_force: 0,
-        smp_type: String::new(),
+        ..Default::default()
     }
 }
 

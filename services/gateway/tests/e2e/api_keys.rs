@@ -11,8 +11,8 @@ use crate::market::wait_rest_price;
 use crate::stack::{Options, Stack};
 use crate::trading::upbit_jwt;
 
-/// `(status, body)` of an Upbit-signed request; `query` is both what is sent
-/// and what is hashed.
+/// `(status, body)` of an Upbit-signed request: `query` is sent as written
+/// and hashed decoded, as Upbit's examples hash `unquote(urlencode(params))`.
 async fn signed(
     stack: &Stack,
     key: &(String, String),
@@ -20,7 +20,11 @@ async fn signed(
     path: &str,
     query: &str,
 ) -> (u16, Value) {
-    let token = upbit_jwt(&key.0, &key.1, query);
+    let decoded = url::form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let token = upbit_jwt(&key.0, &key.1, &decoded);
     let url = if query.is_empty() {
         format!("{}{path}", stack.gw())
     } else {
@@ -35,6 +39,16 @@ async fn signed(
         .unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// A stack where KRW-ETH has traded at 4,000,000 (market orders have a price).
+async fn stack_trading_eth(db: &TestDb) -> Stack {
+    let stack = Stack::start(db, Options::default()).await;
+    stack
+        .sim_trade("KRW-ETH", "4000000", "0.01", "BID", None)
+        .await;
+    wait_rest_price(&stack, "KRW-ETH", "4000000").await;
+    stack
 }
 
 fn key_of(made: &Value) -> (String, String) {
@@ -186,11 +200,7 @@ async fn public_upbit_client_libraries_trade_through_the_gateway() {
         return;
     };
     let db = TestDb::create().await.unwrap();
-    let stack = Stack::start(&db, Options::default()).await;
-    stack
-        .sim_trade("KRW-ETH", "4000000", "0.01", "BID", None)
-        .await;
-    wait_rest_price(&stack, "KRW-ETH", "4000000").await;
+    let stack = stack_trading_eth(&db).await;
     let ivan = stack.client("ivan@example.com").await;
     let (_, made) = ivan
         .post("/api/v1/api-keys", json!({"label": "bots"}))
@@ -218,5 +228,202 @@ async fn public_upbit_client_libraries_trade_through_the_gateway() {
         "{}\n{stdout}\n{stderr}",
         out.status
     );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_are_listed_cancelled_replaced_and_tested_in_batches_as_upbit_does() {
+    let db = TestDb::create().await.unwrap();
+    let stack = stack_trading_eth(&db).await;
+    let judy = stack.client("judy@example.com").await;
+    let (_, made) = judy.post("/api/v1/api-keys", json!({})).await;
+    let key = key_of(&made);
+    let call = |method: reqwest::Method, path: &'static str, query: String| {
+        let (stack, key) = (&stack, &key);
+        async move { signed(stack, key, method, path, &query).await }
+    };
+    // Three resting bids well under the market.
+    let mut uuids = Vec::new();
+    for (i, price) in ["3000000", "3001000", "3002000"].iter().enumerate() {
+        let (status, o) = call(
+            reqwest::Method::POST,
+            "/v1/orders",
+            format!(
+                "market=KRW-ETH&side=bid&ord_type=limit&price={price}&volume=0.01&identifier=b{i}"
+            ),
+        )
+        .await;
+        assert_eq!((status, o["state"].as_str()), (201, Some("wait")), "{o}");
+        uuids.push(o["uuid"].as_str().unwrap().to_owned());
+    }
+    let (status, listed) = call(
+        reqwest::Method::GET,
+        "/v1/orders/uuids",
+        format!("uuids[]={}&uuids[]={}", uuids[0], uuids[1]),
+    )
+    .await;
+    assert_eq!(
+        (status, listed.as_array().map(Vec::len)),
+        (200, Some(2)),
+        "{listed}"
+    );
+    let (_, by_identifier) = call(
+        reqwest::Method::GET,
+        "/v1/orders/uuids",
+        "identifiers[]=b2".into(),
+    )
+    .await;
+    assert_eq!(
+        by_identifier[0]["uuid"],
+        uuids[2].as_str(),
+        "{by_identifier}"
+    );
+
+    // Cancel by uuid: one of ours and one that is nobody's.
+    let nobody = uuid::Uuid::new_v4();
+    let (status, cancelled) = call(
+        reqwest::Method::DELETE,
+        "/v1/orders/uuids",
+        format!("uuids[]={}&uuids[]={nobody}", uuids[0]),
+    )
+    .await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(
+        (
+            cancelled["success"]["count"].as_u64(),
+            cancelled["failed"]["count"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{cancelled}"
+    );
+    assert_eq!(cancelled["success"]["orders"][0]["uuid"], uuids[0].as_str());
+    assert_eq!(cancelled["success"]["orders"][0]["market"], "KRW-ETH");
+    assert_eq!(cancelled["failed"]["orders"][0]["uuid"], nobody.to_string());
+
+    // Cancel and replace what is left of b1 at a new price.
+    let (status, replaced) = call(
+        reqwest::Method::POST,
+        "/v1/orders/cancel_and_new",
+        format!(
+            "prev_order_uuid={}&new_ord_type=limit&new_price=3100000&new_volume=remain_only&new_identifier=b1-new",
+            uuids[1]
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{replaced}");
+    assert_eq!(
+        (replaced["uuid"].as_str(), replaced["state"].as_str()),
+        (Some(uuids[1].as_str()), Some("cancel")),
+        "{replaced}"
+    );
+    assert_eq!(replaced["new_order_identifier"], "b1-new");
+    let (_, new) = call(
+        reqwest::Method::GET,
+        "/v1/order",
+        "identifier=b1-new".into(),
+    )
+    .await;
+    assert_eq!(
+        (
+            new["uuid"].as_str(),
+            new["state"].as_str(),
+            new["volume"].as_str(),
+            new["price"].as_str()
+        ),
+        (
+            replaced["new_order_uuid"].as_str(),
+            Some("wait"),
+            Some("0.01"),
+            Some("3100000")
+        ),
+        "{new}"
+    );
+
+    // A test order is planned, answered, and never placed.
+    let (_, before) = call(reqwest::Method::GET, "/v1/accounts", String::new()).await;
+    let (status, tested) = call(
+        reqwest::Method::POST,
+        "/v1/orders/test",
+        "market=KRW-ETH&side=bid&ord_type=limit&price=3000000&volume=0.01".into(),
+    )
+    .await;
+    assert_eq!(
+        (status, tested["state"].as_str()),
+        (201, Some("wait")),
+        "{tested}"
+    );
+    let (status, _) = call(
+        reqwest::Method::GET,
+        "/v1/order",
+        format!("uuid={}", tested["uuid"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(status, 404, "a test order does not exist");
+    let (_, after) = call(reqwest::Method::GET, "/v1/accounts", String::new()).await;
+    assert_eq!(before, after, "nothing reserved");
+    let (status, refused) = call(
+        reqwest::Method::POST,
+        "/v1/orders/test",
+        "market=KRW-ETH&side=bid&ord_type=limit&price=3000500&volume=0.01".into(),
+    )
+    .await;
+    assert_eq!(
+        (status, refused["error"]["name"].as_str()),
+        (400, Some("invalid_price_bid"))
+    );
+
+    // Cancel every open bid on KRW-ETH: b2 and b1-new. At most once per 2 s.
+    let (status, all) = call(
+        reqwest::Method::DELETE,
+        "/v1/orders/open",
+        "cancel_side=bid&pairs=KRW-ETH".into(),
+    )
+    .await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["success"]["count"], 2, "{all}");
+    let again = stack
+        .http
+        .delete(format!("{}/v1/orders/open", stack.gw()))
+        .bearer_auth(upbit_jwt(&key.0, &key.1, ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 429);
+    let header = again.headers()["remaining-req"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(header.starts_with("group=order-cancel-all;"), "{header}");
+    let (_, open) = call(
+        reqwest::Method::GET,
+        "/v1/orders/open",
+        "market=KRW-ETH".into(),
+    )
+    .await;
+    assert_eq!(open, json!([]));
+
+    // Closed orders: Upbit's limit of 1,000 and a window of at most 7 days.
+    let (status, closed) = call(
+        reqwest::Method::GET,
+        "/v1/orders/closed",
+        "limit=1000".into(),
+    )
+    .await;
+    assert_eq!(
+        (status, closed.as_array().map(Vec::len)),
+        (200, Some(4)),
+        "{closed}"
+    );
+    for query in [
+        "limit=1001",
+        "start_time=2026-01-10T00:00:00%2B09:00&end_time=2026-01-01T00:00:00%2B09:00",
+        "start_time=1700000000000&end_time=1800000000000",
+    ] {
+        let (status, body) = call(reqwest::Method::GET, "/v1/orders/closed", query.into()).await;
+        assert_eq!(status, 400, "{query}: {body}");
+    }
+    let long_ago = "start_time=2020-01-01T00:00:00Z";
+    let (status, none) = call(reqwest::Method::GET, "/v1/orders/closed", long_ago.into()).await;
+    assert_eq!((status, none), (200, json!([])));
     stack.stop().await;
 }

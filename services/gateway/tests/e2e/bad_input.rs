@@ -85,7 +85,21 @@ struct Answer {
 }
 
 async fn send(request: reqwest::RequestBuilder) -> Answer {
-    let resp = request.send().await.unwrap();
+    let (client, request) = request.build_split();
+    let request = request.unwrap();
+    let what = format!(
+        "{} {} ({} bytes)",
+        request.method(),
+        request.url().path(),
+        request
+            .body()
+            .and_then(|b| b.as_bytes())
+            .map_or(0, <[u8]>::len)
+    );
+    let resp = client
+        .execute(request)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e:?}"));
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -467,7 +481,65 @@ async fn every_route_refuses_bad_input_with_a_4xx_never_a_5xx() {
             reqwest::Method::GET,
             "/v1/orders/closed",
             false,
-            vec![("market", "KRW-BTC"), ("limit", "5")],
+            vec![
+                ("market", "KRW-BTC"),
+                ("limit", "5"),
+                ("start_time", "1"),
+                ("end_time", "2"),
+            ],
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/orders/uuids",
+            false,
+            vec![
+                ("uuids[]", "00000000-0000-0000-0000-000000000000"),
+                ("order_by", "asc"),
+            ],
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/v1/orders/uuids",
+            false,
+            vec![("identifiers[]", "u")],
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/v1/orders/open",
+            false,
+            vec![
+                ("cancel_side", "bid"),
+                ("pairs", "KRW-BTC"),
+                ("excluded_pairs", "KRW-ETH"),
+                ("count", "5"),
+                ("order_by", "desc"),
+            ],
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/orders/cancel_and_new",
+            true,
+            vec![
+                ("prev_order_identifier", "u"),
+                ("new_ord_type", "limit"),
+                ("new_price", "1000000"),
+                ("new_volume", "remain_only"),
+                ("new_identifier", "n"),
+                ("new_time_in_force", "ioc"),
+            ],
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/orders/test",
+            true,
+            vec![
+                ("market", "KRW-BTC"),
+                ("side", "bid"),
+                ("ord_type", "best"),
+                ("price", "1000000"),
+                ("time_in_force", "fok"),
+                ("smp_type", "reduce"),
+            ],
         ),
     ];
     for (method, path, as_body, params) in &signed {
