@@ -63,6 +63,27 @@ pub fn extract(headers: &HeaderMap) -> Context {
     opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
 }
 
+/// Joins `span` (not yet entered) to the trace of the caller's `traceparent`.
+///
+/// From a trusted hop (another service of ours) the caller's context becomes
+/// the parent. From the internet it must not: a client would choose trace ids
+/// (splicing its requests into other traces) and the sampled flag (a parent-based
+/// sampler then records every request it sends, whatever the ratio). Untrusted,
+/// `span` starts a trace of its own, sampled by our sampler, and links the
+/// caller's context so a client's trace can still be found from it.
+pub fn join_caller_trace(span: &tracing::Span, headers: &HeaderMap, trust: bool) {
+    let remote = extract(headers);
+    if trust {
+        let _ = span.set_parent(remote);
+        return;
+    }
+    use opentelemetry::trace::TraceContextExt as _;
+    let caller = remote.span().span_context().clone();
+    if caller.is_valid() {
+        span.add_link(caller);
+    }
+}
+
 /// Writes `cx` into `headers` (`traceparent`, `tracestate`).
 pub fn inject(cx: &Context, headers: &mut HeaderMap) {
     opentelemetry::global::get_text_map_propagator(|p| {
@@ -145,4 +166,83 @@ pub fn served_by_chain(own: &str, scope: &RequestScope) -> String {
     let mut parts = vec![own.to_owned()];
     parts.extend(scope.downstream());
     parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    #[derive(Clone, Debug, Default)]
+    struct Collected(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Collected {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0.lock().unwrap().extend(batch);
+            Ok(())
+        }
+    }
+
+    /// The span a server records for a request carrying `traceparent`, if
+    /// sampled (every root span is, with the default sampler).
+    fn served(traceparent: &str, trust: bool) -> Option<SpanData> {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let spans = Collected::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(spans.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let mut headers = HeaderMap::new();
+            headers.insert("traceparent", HeaderValue::from_str(traceparent).unwrap());
+            let span = tracing::info_span!("http.server");
+            join_caller_trace(&span, &headers, trust);
+            span.in_scope(|| tracing::info!("handled"));
+        });
+        let _ = provider.shutdown();
+        spans.0.lock().unwrap().pop()
+    }
+
+    #[test]
+    fn an_untrusted_callers_trace_is_linked_not_adopted() {
+        let id = TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap();
+        let sampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+
+        let trusted = served(sampled, true).expect("sampled");
+        assert_eq!(trusted.span_context.trace_id(), id);
+        assert_eq!(
+            trusted.parent_span_id,
+            SpanId::from_hex("b7ad6b7169203331").unwrap()
+        );
+        assert!(
+            served(unsampled, true).is_none(),
+            "a trusted caller's sampling decision holds"
+        );
+
+        let untrusted = served(sampled, false).expect("sampled by our sampler");
+        assert_ne!(untrusted.span_context.trace_id(), id, "a trace of its own");
+        assert_eq!(untrusted.parent_span_id, SpanId::INVALID);
+        assert_eq!(
+            untrusted
+                .links
+                .iter()
+                .map(|l| l.span_context.trace_id())
+                .collect::<Vec<_>>(),
+            vec![id],
+            "the caller's trace is linked"
+        );
+        assert!(
+            served(unsampled, false).is_some(),
+            "the caller's flag does not decide what we record"
+        );
+    }
 }

@@ -28,7 +28,7 @@ fn unauthorized(name: &str, message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, name, message)
 }
 
-fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -79,9 +79,10 @@ async fn verify(
 }
 
 /// Access tokens the user service verified, so that a client's burst of
-/// requests costs one verification. Access tokens are stateless (not
-/// revocable before they expire), so remembering one changes nothing about
-/// who gets in; entries still last at most [`TokenCache::TTL`].
+/// requests costs one verification. A token ends with its session (sign-out,
+/// theft of its refresh chain): this gateway forgets it at once when the
+/// sign-out comes through it, others within [`TokenCache::TTL`], the longest
+/// an entry is trusted.
 #[derive(Default)]
 pub struct TokenCache {
     tokens: Mutex<HashMap<String, (Uuid, Instant)>>,
@@ -115,6 +116,13 @@ impl TokenCache {
             }
         }
         tokens.insert(token.to_owned(), (user, until.min(now + Self::TTL)));
+    }
+
+    /// Forgets a token (its session ended).
+    pub fn forget(&self, token: &str) {
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.remove(token);
+        }
     }
 
     #[cfg(test)]

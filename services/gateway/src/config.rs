@@ -96,6 +96,13 @@ pub struct Config {
     #[arg(long, env = "TRUSTED_PROXIES", default_value_t = 0)]
     pub trusted_proxies: usize,
 
+    /// Continue the trace of a client's `traceparent` (its trace id and its
+    /// sampling flag). Off: each request starts a trace of its own, sampled by
+    /// OTEL_TRACES_SAMPLER, and links the client's, so clients cannot splice
+    /// into other traces or have every request recorded.
+    #[arg(long, env = "TRUST_TRACEPARENT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub trust_traceparent: bool,
+
     /// Longest time a client may take to send a request's headers (HTTP/1);
     /// the connection is closed beyond it. The clock starts when a connection
     /// starts waiting for its next request, so this is also how long a kept-

@@ -40,6 +40,7 @@ pub fn router(gw: Shared) -> Router {
         .route("/api/v1/auth/register", post(private::register))
         .route("/api/v1/auth/login", post(private::login))
         .route("/api/v1/auth/refresh", post(private::refresh))
+        .route("/api/v1/auth/logout", post(private::logout))
         .route(
             "/api/v1/api-keys",
             post(private::create_api_key).get(private::list_api_keys),

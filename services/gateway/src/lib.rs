@@ -107,6 +107,7 @@ impl App {
             self.server.health(),
         );
         gw.request_timeout = config.request_timeout;
+        gw.trust_traceparent = config.trust_traceparent;
         let gw = Arc::new(gw);
         let router = http::router(gw);
         let draining = self.server.draining();

@@ -1,5 +1,5 @@
-//! Per-request telemetry for the HTTP API: a server span whose parent is the
-//! caller's `traceparent`, RED metrics by route template, forwarded headers for
+//! Per-request telemetry for the HTTP API: a server span that links the
+//! caller's `traceparent` (or continues it, with `TRUST_TRACEPARENT`), RED metrics by route template, forwarded headers for
 //! the gRPC calls the request makes, and `x-served-by` naming this gateway
 //! followed by every service that answered those calls.
 
@@ -12,7 +12,6 @@ use axum::response::Response;
 use telemetry::metrics::{HTTP_REQUESTS, HTTP_SECONDS};
 use telemetry::propagation::{self, RequestScope};
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::state::Shared;
 
@@ -40,7 +39,7 @@ pub async fn observe(
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
     );
-    let _ = span.set_parent(propagation::extract(req.headers()));
+    propagation::join_caller_trace(&span, req.headers(), gw.trust_traceparent);
     let scope = RequestScope::from_headers(req.headers());
     let started = Instant::now();
     let mut resp = scope

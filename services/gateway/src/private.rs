@@ -202,7 +202,47 @@ pub async fn refresh(
 }
 
 #[derive(Deserialize, Default)]
+pub struct LogoutBody {
+    /// Every session of the user, not only this token's.
+    #[serde(default)]
+    everywhere: bool,
+}
+
+/// `POST /api/v1/auth/logout` with the access token as bearer: ends its
+/// session (`{"everywhere": true}`: all of the user's), so its access and
+/// refresh tokens stop working.
+pub async fn logout(
+    State(gw): State<Shared>,
+    ip: ClientIp,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    auth_budget(&gw, ip).await?;
+    let token = crate::auth::bearer(&headers)?.to_owned();
+    let b: LogoutBody = if body.is_empty() {
+        LogoutBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+    };
+    let r = gw
+        .user
+        .clone()
+        .logout(user_pb::LogoutRequest {
+            access_token: token.clone(),
+            everywhere: b.everywhere,
+        })
+        .await?
+        .into_inner();
+    gw.tokens.forget(&token);
+    Ok(Json(json!({"sessions_ended": r.sessions_ended})))
+}
+
+#[derive(Deserialize, Default)]
 pub struct NewKey {
+    /// The account's password again: a stolen access token alone makes no keys.
+    #[serde(default)]
+    password: String,
     #[serde(default)]
     label: String,
     /// Permission names; absent: all of them.
@@ -237,19 +277,24 @@ fn key_json(k: &user_pb::ApiKey) -> Value {
     v
 }
 
+/// `POST /api/v1/api-keys` `{"password": "...", "label": "...", "permissions":
+/// ["view_orders"]}`: the password is checked again (one hash, so counted in
+/// the sign-in budget of the client's IP).
 pub async fn create_api_key(
     State(gw): State<Shared>,
+    ip: ClientIp,
     NativeUser(user): NativeUser,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     private_limit(&gw, "default", &user.to_string()).await?;
-    // The body is optional: `{"label": "...", "permissions": ["view_orders"]}`.
-    let new = if body.is_empty() {
-        NewKey::default()
-    } else {
-        serde_json::from_slice::<NewKey>(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
-    };
+    auth_budget(&gw, ip).await?;
+    let new = serde_json::from_slice::<NewKey>(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    if new.password.is_empty() {
+        return Err(ApiError::bad_request(
+            "password is required to make an API key",
+        ));
+    }
     let permissions = match new.permissions {
         None => Vec::new(),
         Some(names) if names.is_empty() || names.len() > 8 => {
@@ -269,6 +314,7 @@ pub async fn create_api_key(
             user_id: user.to_string(),
             label: new.label,
             permissions,
+            password: new.password,
         })
         .await?
         .into_inner();

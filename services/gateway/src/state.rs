@@ -81,6 +81,9 @@ pub struct Gateway {
     pub trusted_proxies: usize,
     /// Longest time a request may take to be read and answered.
     pub request_timeout: Duration,
+    /// Whether a client's `traceparent` becomes the parent of its request's
+    /// trace (otherwise it is only linked).
+    pub trust_traceparent: bool,
     pub served_by: String,
     pub draining: CancellationToken,
     pub health: Health,
@@ -120,6 +123,7 @@ impl Gateway {
             ws_idle,
             trusted_proxies,
             request_timeout: Duration::from_secs(30),
+            trust_traceparent: false,
             served_by,
             draining,
             health,

@@ -29,13 +29,13 @@ pub struct Config {
     #[arg(long, env = "INVENTORY_URL", default_value = "http://127.0.0.1:50053")]
     pub inventory_url: String,
 
-    /// Key signing access tokens (HS256). Unset: a random key per process, so
-    /// tokens do not survive a restart or work across replicas.
+    /// Key signing access tokens (HS256), at least 16 bytes, the same on every
+    /// replica. Required: the service refuses to start without it.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
-    /// Key from which API key secrets are derived (they are never stored).
-    /// Unset: a random key per process (API keys stop working on restart).
+    /// Key from which API key secrets are derived (they are never stored), at
+    /// least 16 bytes. Required; changing it invalidates every API key.
     #[arg(long, env = "API_KEY_SECRET", hide_env_values = true)]
     pub api_key_secret: Option<String>,
 
@@ -75,8 +75,8 @@ impl Config {
         c.metrics_addr = "127.0.0.1:0".into();
         c.db = db;
         c.inventory_url = format!("http://{inventory}");
-        c.jwt_secret = Some("test-jwt-secret".into());
-        c.api_key_secret = Some("test-api-key-secret".into());
+        c.jwt_secret = Some("test-jwt-secret-0123456789".into());
+        c.api_key_secret = Some("test-api-key-secret-0123456789".into());
         c
     }
 }

@@ -119,18 +119,33 @@ impl UserService for User {
         }))
     }
 
+    async fn logout(
+        &self,
+        request: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let req = request.into_inner();
+        let (user, ended) = self.users.logout(&req.access_token, req.everywhere).await?;
+        Ok(Response::new(pb::LogoutResponse {
+            user_id: user.to_string(),
+            sessions_ended: ended,
+        }))
+    }
+
     async fn create_api_key(
         &self,
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
         let req = request.into_inner();
+        let user = user_id(&req.user_id)?;
+        if req.password.is_empty() {
+            return Err(
+                UserError::Invalid("password is required to make an API key".into()).into(),
+            );
+        }
+        self.users.reauthenticate(user, &req.password).await?;
         let (row, secret) = self
             .users
-            .create_api_key(
-                user_id(&req.user_id)?,
-                &req.label,
-                &permissions(&req.permissions)?,
-            )
+            .create_api_key(user, &req.label, &permissions(&req.permissions)?)
             .await?;
         Ok(Response::new(pb::CreateApiKeyResponse {
             api_key: Some(api_key(&row, secret)),
@@ -171,7 +186,7 @@ impl UserService for User {
         use pb::verify_credentials_request::Credentials;
         let response = match request.into_inner().credentials {
             Some(Credentials::AccessToken(token)) => pb::VerifyCredentialsResponse {
-                user_id: self.users.verify_access_token(&token)?.to_string(),
+                user_id: self.users.verify_access_token(&token).await?.0.to_string(),
                 access_key: String::new(),
                 permissions: Vec::new(),
             },

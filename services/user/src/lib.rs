@@ -33,11 +33,18 @@ pub struct App {
     pg: PgConfig,
     pool: sqlx::PgPool,
     config: Config,
+    keys: service::Keys,
 }
 
 impl App {
     /// Binds the ports (port 0 allowed) and prepares the lazy database pool.
+    /// Refuses to start without its secrets (a random key per process would
+    /// make tokens and API keys work on one replica only, and die on restart).
     pub async fn build(config: Config, stop: CancellationToken) -> anyhow::Result<Self> {
+        let keys = service::Keys {
+            jwt: service::required_key(config.jwt_secret.as_deref(), "JWT_SECRET")?,
+            api_key: service::required_key(config.api_key_secret.as_deref(), "API_KEY_SECRET")?,
+        };
         let server = Server::bind(
             Some(&config.grpc_addr),
             &config.metrics_addr,
@@ -54,6 +61,7 @@ impl App {
             pg,
             pool,
             config,
+            keys,
         })
     }
 
@@ -83,8 +91,7 @@ impl App {
             self.pool,
             service::Hasher::new(concurrency, self.config.hash_wait),
             inventory,
-            service::key_or_random(self.config.jwt_secret.as_deref(), "JWT_SECRET"),
-            service::key_or_random(self.config.api_key_secret.as_deref(), "API_KEY_SECRET"),
+            self.keys,
             service::Lifetimes {
                 access_token: self.config.access_token_ttl,
                 refresh_token: self.config.refresh_token_ttl,

@@ -101,14 +101,27 @@ fn random_key() -> Vec<u8> {
     key
 }
 
-/// The key from configuration, or a random one with a warning.
-pub fn key_or_random(configured: Option<&str>, what: &str) -> Vec<u8> {
-    match configured.filter(|k| !k.is_empty()) {
-        Some(k) => k.as_bytes().to_vec(),
-        None => {
-            tracing::warn!("{what} is not set: using a random key for this process only");
-            random_key()
-        }
+/// Shortest secret accepted: 16 bytes (128 bits when random).
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// The service's two keys: signing access tokens, deriving API key secrets.
+pub struct Keys {
+    pub jwt: Vec<u8>,
+    pub api_key: Vec<u8>,
+}
+
+/// The key from configuration: set, and at least [`MIN_SECRET_LEN`] bytes.
+pub fn required_key(configured: Option<&str>, what: &str) -> anyhow::Result<Vec<u8>> {
+    match configured {
+        Some(k) if k.len() >= MIN_SECRET_LEN => Ok(k.as_bytes().to_vec()),
+        Some(k) if !k.is_empty() => anyhow::bail!(
+            "{what} is {} bytes; it must be at least {MIN_SECRET_LEN} (e.g. `head -c 32 /dev/urandom | base64`)",
+            k.len()
+        ),
+        _ => anyhow::bail!(
+            "{what} is not set: every replica must share it, or tokens and API keys would work \
+             on one replica only and die on restart (e.g. `head -c 32 /dev/urandom | base64`)"
+        ),
     }
 }
 
@@ -209,16 +222,15 @@ impl Users {
         pool: PgPool,
         hasher: Hasher,
         inventory: InventoryServiceClient<Channel>,
-        jwt_key: Vec<u8>,
-        api_key_secret: Vec<u8>,
+        keys: Keys,
         lifetimes: Lifetimes,
     ) -> Self {
         Self {
             pool,
             hasher,
             inventory,
-            jwt_key,
-            api_key_secret,
+            jwt_key: keys.jwt,
+            api_key_secret: keys.api_key,
             lifetimes,
         }
     }
@@ -294,12 +306,13 @@ impl Users {
         Ok((self.issue(user.id).await?, user))
     }
 
-    /// A new access token of `user` with `refresh_token` beside it.
-    fn tokens(&self, user: Uuid, refresh_token: String) -> Tokens {
+    /// A new access token of `user`'s `session` with `refresh_token` beside it.
+    fn tokens(&self, user: Uuid, session: Uuid, refresh_token: String) -> Tokens {
         let now = Utc::now().timestamp();
         let ttl = self.lifetimes.access_token.as_secs() as i64;
         let claims = serde_json::json!({
             "sub": user.to_string(),
+            "sid": session.to_string(),
             "typ": "access",
             "iat": now,
             "exp": now + ttl,
@@ -318,14 +331,16 @@ impl Users {
 
     async fn issue(&self, user: Uuid) -> Result<Tokens, UserError> {
         let refresh_token = B64.encode(random_key());
-        store::insert_refresh(
+        let session = Uuid::now_v7();
+        store::open_session(
             &self.pool,
-            &sha256_hex(refresh_token.as_bytes()),
+            session,
             user,
+            &sha256_hex(refresh_token.as_bytes()),
             self.refresh_expiry(),
         )
         .await?;
-        Ok(self.tokens(user, refresh_token))
+        Ok(self.tokens(user, session, refresh_token))
     }
 
     /// The refresh token that replaces `token`: derived from it, so that a
@@ -340,8 +355,9 @@ impl Users {
 
     /// Spends a refresh token for a new pair. The same token again within a
     /// minute, while its successor is unused, is a retry and gets the same
-    /// successor; otherwise presenting a spent one revokes all of the user's
-    /// refresh tokens.
+    /// successor; otherwise presenting a spent one ends its session (the
+    /// chain was copied: whoever holds the live token is cut off too), and
+    /// only that one, so an old token cannot sign the user out everywhere.
     pub async fn refresh(&self, token: &str) -> Result<Tokens, UserError> {
         let successor = self.successor(token);
         let used = store::use_refresh(
@@ -353,13 +369,13 @@ impl Users {
         )
         .await?;
         match used {
-            RefreshUse::Spent(user) => Ok(self.tokens(user, successor)),
-            RefreshUse::Retried(user) => {
+            RefreshUse::Spent(user, session) => Ok(self.tokens(user, session, successor)),
+            RefreshUse::Retried(user, session) => {
                 tracing::info!(%user, "a refresh was retried; answered with the same successor");
-                Ok(self.tokens(user, successor))
+                Ok(self.tokens(user, session, successor))
             }
-            RefreshUse::Reused(user) => {
-                tracing::warn!(%user, "a spent refresh token was presented again; revoked all of the user's refresh tokens");
+            RefreshUse::Reused(user, session) => {
+                tracing::warn!(%user, %session, "a spent refresh token was presented again; ended its session");
                 Err(UserError::Token(
                     "invalid_refresh_token",
                     "refresh token already used".into(),
@@ -372,8 +388,9 @@ impl Users {
         }
     }
 
-    /// The user an access token was issued to.
-    pub fn verify_access_token(&self, token: &str) -> Result<Uuid, UserError> {
+    /// The user and session an access token was issued to, while the session
+    /// lasts.
+    pub async fn verify_access_token(&self, token: &str) -> Result<(Uuid, Uuid), UserError> {
         let invalid = |m: &str| UserError::Token("invalid_access_token", m.into());
         let claims = jwt::decode(token)
             .and_then(|t| t.verify(&self.jwt_key, &[Alg::Hs256]))
@@ -391,11 +408,54 @@ impl Users {
                 "the access token has expired".into(),
             ));
         }
-        claims
-            .get("sub")
-            .and_then(|s| s.as_str())
-            .and_then(|s| Uuid::parse_str(s).ok())
-            .ok_or_else(|| invalid("no subject"))
+        let id = |name: &str| {
+            claims
+                .get(name)
+                .and_then(|s| s.as_str())
+                .and_then(|s| Uuid::parse_str(s).ok())
+        };
+        let user = id("sub").ok_or_else(|| invalid("no subject"))?;
+        let session = id("sid").ok_or_else(|| invalid("no session"))?;
+        if !store::session_live(&self.pool, session, user).await? {
+            return Err(UserError::Token(
+                "expired_access_token",
+                "the session has ended (signed out); sign in again".into(),
+            ));
+        }
+        Ok((user, session))
+    }
+
+    /// Ends the session of `access_token`, or every session of its user when
+    /// `everywhere`: their access tokens stop verifying, their refresh tokens
+    /// stop refreshing. Returns the user and how many sessions ended.
+    pub async fn logout(
+        &self,
+        access_token: &str,
+        everywhere: bool,
+    ) -> Result<(Uuid, u64), UserError> {
+        let (user, session) = self.verify_access_token(access_token).await?;
+        let ended = store::end_sessions(&self.pool, user, (!everywhere).then_some(session)).await?;
+        tracing::info!(%user, ended, everywhere, "signed out");
+        Ok((user, ended))
+    }
+
+    /// Checks `user`'s password again (for what a stolen access token alone
+    /// must not do, such as making API keys). One bounded hash.
+    pub async fn reauthenticate(&self, user: Uuid, password: &str) -> Result<(), UserError> {
+        let row = store::user_by_id(&self.pool, user)
+            .await?
+            .ok_or(UserError::NotFound("user"))?;
+        if password.is_empty() || password.chars().count() > 128 {
+            return Err(UserError::BadCredentials);
+        }
+        match self
+            .hasher
+            .verify(password.to_owned(), row.password_hash)
+            .await?
+        {
+            true => Ok(()),
+            false => Err(UserError::BadCredentials),
+        }
     }
 
     /// The secret of an API key: derived, never stored.
@@ -558,6 +618,7 @@ impl Users {
             }
             let _ = store::forget_dead_nonces(&self.pool).await;
             let _ = store::forget_expired_refresh_tokens(&self.pool).await;
+            let _ = store::forget_dead_sessions(&self.pool, self.lifetimes.access_token).await;
         }
     }
 }

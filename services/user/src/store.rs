@@ -81,31 +81,92 @@ pub async fn users_without_account(pool: &PgPool, limit: i64) -> Result<Vec<Uuid
         .await
 }
 
-pub async fn insert_refresh(
+/// Opens a session for `user` with its first refresh token, in one transaction.
+pub async fn open_session(
     pool: &PgPool,
-    hash: &str,
+    session: Uuid,
     user: Uuid,
+    hash: &str,
     expires: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO refresh_tokens (token_hash, user_id, expires_at) VALUES ($1, $2, $3)")
-        .bind(hash)
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO sessions (id, user_id) VALUES ($1, $2)")
+        .bind(session)
         .bind(user)
-        .bind(expires)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
-    Ok(())
+    sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, user_id, session_id, expires_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(hash)
+    .bind(user)
+    .bind(session)
+    .bind(expires)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// Whether `session` of `user` exists and has not ended.
+pub async fn session_live(pool: &PgPool, session: Uuid, user: Uuid) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query_scalar::<_, bool>(
+        "SELECT revoked_at IS NULL FROM sessions WHERE id = $1 AND user_id = $2",
+    )
+    .bind(session)
+    .bind(user)
+    .fetch_optional(pool)
+    .await?
+    .unwrap_or(false))
+}
+
+/// Ends `session` (every session of `user` when `None`): its access tokens stop
+/// verifying and its refresh tokens are spent. Returns how many ended.
+pub async fn end_sessions(
+    pool: &PgPool,
+    user: Uuid,
+    session: Option<Uuid>,
+) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let ended = end_sessions_in(&mut tx, user, session).await?;
+    tx.commit().await?;
+    Ok(ended)
+}
+
+async fn end_sessions_in(
+    tx: &mut sqlx::PgConnection,
+    user: Uuid,
+    session: Option<Uuid>,
+) -> Result<u64, sqlx::Error> {
+    let ended = sqlx::query(
+        "UPDATE sessions SET revoked_at = now()
+         WHERE user_id = $1 AND ($2::uuid IS NULL OR id = $2) AND revoked_at IS NULL",
+    )
+    .bind(user)
+    .bind(session)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query(
+        "UPDATE refresh_tokens SET used_at = now()
+         WHERE user_id = $1 AND ($2::uuid IS NULL OR session_id = $2) AND used_at IS NULL",
+    )
+    .bind(user)
+    .bind(session)
+    .execute(&mut *tx)
+    .await?;
+    Ok(ended)
 }
 
 /// Outcome of presenting a refresh token.
 pub enum RefreshUse {
-    /// Valid and now spent; its successor is stored.
-    Spent(Uuid),
+    /// Valid and now spent; its successor is stored. (user, session)
+    Spent(Uuid, Uuid),
     /// Spent moments ago, and its successor is still unused: a retry of that
     /// refresh (its answer was lost), answered with the same successor.
-    Retried(Uuid),
+    Retried(Uuid, Uuid),
     /// Presented again after its successor was used, or long after it was
-    /// spent: a sign of theft; every token of the user is revoked.
-    Reused(Uuid),
+    /// spent: a sign of theft; its session is ended (the user's others stay).
+    Reused(Uuid, Uuid),
     /// Unknown or expired.
     Invalid,
 }
@@ -121,31 +182,33 @@ pub async fn use_refresh(
     retry_grace: std::time::Duration,
 ) -> Result<RefreshUse, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let row: Option<(Uuid, Option<DateTime<Utc>>, bool)> = sqlx::query_as(
-        "SELECT user_id, used_at, expires_at > now() FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
+    let row: Option<(Uuid, Uuid, Option<DateTime<Utc>>, bool)> = sqlx::query_as(
+        "SELECT user_id, session_id, used_at, expires_at > now() FROM refresh_tokens
+         WHERE token_hash = $1 FOR UPDATE",
     )
     .bind(hash)
     .fetch_optional(&mut *tx)
     .await?;
     let outcome = match row {
-        None | Some((_, None, false)) => RefreshUse::Invalid,
-        Some((user, None, true)) => {
+        None | Some((_, _, None, false)) => RefreshUse::Invalid,
+        Some((user, session, None, true)) => {
             sqlx::query("UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1")
                 .bind(hash)
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(
-                "INSERT INTO refresh_tokens (token_hash, user_id, expires_at) VALUES ($1, $2, $3)
-                 ON CONFLICT DO NOTHING",
+                "INSERT INTO refresh_tokens (token_hash, user_id, session_id, expires_at)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
             )
             .bind(successor)
             .bind(user)
+            .bind(session)
             .bind(successor_expires)
             .execute(&mut *tx)
             .await?;
-            RefreshUse::Spent(user)
+            RefreshUse::Spent(user, session)
         }
-        Some((user, Some(used_at), _)) => {
+        Some((user, session, Some(used_at), _)) => {
             let retry: bool = sqlx::query_scalar(
                 "SELECT $3 > now() - $4 * interval '1 millisecond' AND EXISTS (
                     SELECT 1 FROM refresh_tokens
@@ -158,15 +221,10 @@ pub async fn use_refresh(
             .fetch_one(&mut *tx)
             .await?;
             if retry {
-                RefreshUse::Retried(user)
+                RefreshUse::Retried(user, session)
             } else {
-                sqlx::query(
-                    "UPDATE refresh_tokens SET used_at = now() WHERE user_id = $1 AND used_at IS NULL",
-                )
-                .bind(user)
-                .execute(&mut *tx)
-                .await?;
-                RefreshUse::Reused(user)
+                end_sessions_in(&mut tx, user, Some(session)).await?;
+                RefreshUse::Reused(user, session)
             }
         }
     };
@@ -273,6 +331,25 @@ pub async fn forget_expired_refresh_tokens(pool: &PgPool) -> Result<u64, sqlx::E
             .await?
             .rows_affected(),
     )
+}
+
+/// Forgets sessions none of whose access tokens can still verify: ended, or
+/// without a refresh token (they are swept a day after expiring, longer than an
+/// access token lives), and older than `access_ttl`.
+pub async fn forget_dead_sessions(
+    pool: &PgPool,
+    access_ttl: std::time::Duration,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM sessions s
+         WHERE s.created_at < now() - $1 * interval '1 millisecond'
+           AND (s.revoked_at < now() - $1 * interval '1 millisecond'
+                OR NOT EXISTS (SELECT 1 FROM refresh_tokens r WHERE r.session_id = s.id))",
+    )
+    .bind(access_ttl.as_millis() as i64)
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// Forgets the nonces of keys that can no longer verify a token (expired or

@@ -71,11 +71,15 @@ struct Env {
 }
 
 async fn env(db: &TestDb) -> Env {
+    env_with(db, |_| {}).await
+}
+
+async fn env_with(db: &TestDb, tweak: impl FnOnce(&mut user::Config)) -> Env {
     let inv = start_inventory(db).await;
     test_support::wait_serving(inv.grpc, "", Duration::from_secs(30))
         .await
         .unwrap();
-    let usr = start_user(db, inv.grpc).await;
+    let usr = start_user_with(db, inv.grpc, tweak).await;
     test_support::wait_serving(usr.grpc, "", Duration::from_secs(30))
         .await
         .unwrap();
@@ -187,6 +191,7 @@ async fn racing_key_creations_stop_at_the_limit() {
             user_id: id.clone(),
             label: String::new(),
             permissions: vec![],
+            password: "s3cret-password".into(),
         };
         async move { users.create_api_key(request).await }
     };
@@ -444,8 +449,9 @@ async fn tokens_verify_expire_refresh_once_and_refuse_forgeries() {
     }
     // Refresh tokens are single use; a retry of a refresh whose answer was
     // lost gets the same new token; reuse after that revokes the family.
-    let refresh = |token: &str| {
-        let mut users = e.users.clone();
+    let client = e.users.clone();
+    let refresh = move |token: &str| {
+        let mut users = client.clone();
         let request = pb::RefreshRequest {
             refresh_token: token.to_owned(),
         };
@@ -456,6 +462,11 @@ async fn tokens_verify_expire_refresh_once_and_refuse_forgeries() {
                 .map(|r| r.into_inner().tokens.unwrap())
         }
     };
+    // A second sign-in: a session of its own, which theft in the first leaves alone.
+    let other = e
+        .login("carol@example.com", "s3cret-password")
+        .await
+        .unwrap();
     let next = refresh(&pair.refresh_token).await.unwrap();
     let retried = refresh(&pair.refresh_token).await.unwrap();
     assert_eq!(
@@ -472,10 +483,26 @@ async fn tokens_verify_expire_refresh_once_and_refuse_forgeries() {
         Some("invalid_refresh_token"),
         "reuse revoked the newer token too"
     );
+    let ended = e
+        .verify(Credentials::AccessToken(after.access_token.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        ended.message().contains("session has ended"),
+        "the session's access tokens end with it: {ended:?}"
+    );
+    let other = refresh(&other.refresh_token).await.unwrap();
+    assert_eq!(
+        e.verify(Credentials::AccessToken(other.access_token.clone()))
+            .await
+            .unwrap(),
+        id,
+        "the user's other session goes on"
+    );
     let garbage = refresh("not-a-token").await.unwrap_err();
     assert_eq!(name(&garbage), Some("invalid_refresh_token"));
     // Access tokens expire (2 s in this test).
-    let token = next.access_token;
+    let token = other.access_token;
     let expired = test_support::eventually(Duration::from_secs(10), "token expiry", || {
         let mut users = e.users.clone();
         let token = token.clone();
@@ -492,6 +519,7 @@ async fn tokens_verify_expire_refresh_once_and_refuse_forgeries() {
     .await
     .unwrap();
     assert_eq!(name(&expired), Some("expired_access_token"));
+    assert!(expired.message().contains("has expired"), "{expired:?}");
     // Refresh tokens long expired are swept; live ones stay.
     let pool = sqlx::PgPool::connect(&db.role_url(user::SCHEMA))
         .await
@@ -500,11 +528,19 @@ async fn tokens_verify_expire_refresh_once_and_refuse_forgeries() {
         .fetch_one(&pool)
         .await
         .unwrap();
+    let session = uuid::Uuid::now_v7();
+    sqlx::query("INSERT INTO sessions (id, user_id) VALUES ($1, $2)")
+        .bind(session)
+        .bind(uuid::Uuid::parse_str(&id).unwrap())
+        .execute(&pool)
+        .await
+        .unwrap();
     sqlx::query(
-        "INSERT INTO refresh_tokens (token_hash, user_id, expires_at)
-         VALUES ('old', $1, now() - interval '2 days'), ('lately', $1, now() - interval '1 hour')",
+        "INSERT INTO refresh_tokens (token_hash, user_id, session_id, expires_at)
+         VALUES ('old', $1, $2, now() - interval '2 days'), ('lately', $1, $2, now() - interval '1 hour')",
     )
     .bind(uuid::Uuid::parse_str(&id).unwrap())
+    .bind(session)
     .execute(&pool)
     .await
     .unwrap();
@@ -521,6 +557,165 @@ async fn tokens_verify_expire_refresh_once_and_refuse_forgeries() {
     assert_eq!(left, live + 1);
     pool.close().await;
     e.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_end_one_at_a_time_or_everywhere_and_keys_take_the_password() {
+    let db = TestDb::create().await.unwrap();
+    let mut e = env_with(&db, |c| c.access_token_ttl = Duration::from_secs(600)).await;
+    let id = e
+        .register("olga@example.com", "s3cret-password")
+        .await
+        .unwrap()
+        .user
+        .unwrap()
+        .id;
+    let (laptop, phone, tablet) = (
+        e.login("olga@example.com", "s3cret-password")
+            .await
+            .unwrap(),
+        e.login("olga@example.com", "s3cret-password")
+            .await
+            .unwrap(),
+        e.login("olga@example.com", "s3cret-password")
+            .await
+            .unwrap(),
+    );
+    let client = e.users.clone();
+    let logout = move |token: &str, everywhere: bool| {
+        let mut users = client.clone();
+        let request = pb::LogoutRequest {
+            access_token: token.to_owned(),
+            everywhere,
+        };
+        async move { users.logout(request).await.map(|r| r.into_inner()) }
+    };
+    let client = e.users.clone();
+    let refresh = move |token: &str| {
+        let mut users = client.clone();
+        let request = pb::RefreshRequest {
+            refresh_token: token.to_owned(),
+        };
+        async move { users.refresh(request).await }
+    };
+    let out = logout(&laptop.access_token, false).await.unwrap();
+    assert_eq!((out.user_id.as_str(), out.sessions_ended), (id.as_str(), 1));
+    let err = e
+        .verify(Credentials::AccessToken(laptop.access_token.clone()))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("session has ended"), "{err:?}");
+    let err = refresh(&laptop.refresh_token).await.unwrap_err();
+    assert_eq!(name(&err), Some("invalid_refresh_token"));
+    assert_eq!(
+        e.verify(Credentials::AccessToken(phone.access_token.clone()))
+            .await
+            .unwrap(),
+        id,
+        "signing out on one device leaves the others signed in"
+    );
+    // A token of an ended session cannot sign anything else out.
+    let err = logout(&laptop.access_token, true).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let phone = refresh(&phone.refresh_token)
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    let out = logout(&phone.access_token, true).await.unwrap();
+    assert_eq!(out.sessions_ended, 2, "the phone's and the tablet's");
+    for t in [&phone, &tablet] {
+        assert!(
+            e.verify(Credentials::AccessToken(t.access_token.clone()))
+                .await
+                .is_err()
+        );
+        assert!(refresh(&t.refresh_token).await.is_err());
+    }
+
+    // Making an API key takes the password again: an access token alone will not do.
+    let again = e
+        .login("olga@example.com", "s3cret-password")
+        .await
+        .unwrap();
+    let (client, id2) = (e.users.clone(), id.clone());
+    let create = move |password: &str| {
+        let mut users = client.clone();
+        let request = pb::CreateApiKeyRequest {
+            user_id: id2.clone(),
+            label: String::new(),
+            permissions: vec![],
+            password: password.to_owned(),
+        };
+        async move { users.create_api_key(request).await }
+    };
+    let err = create("").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = create("wrong password").await.unwrap_err();
+    assert_eq!(
+        (err.code(), name(&err)),
+        (Code::Unauthenticated, Some("invalid_credentials"))
+    );
+    let made = create("s3cret-password").await.unwrap().into_inner();
+    assert_eq!(made.api_key.unwrap().access_key.len(), 40);
+    assert!(
+        e.verify(Credentials::AccessToken(again.access_token))
+            .await
+            .is_ok()
+    );
+    // Ended sessions are forgotten once none of their tokens can verify.
+    let pool = sqlx::PgPool::connect(&db.role_url(user::SCHEMA))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE sessions SET created_at = now() - interval '1 hour', revoked_at = now() - interval '1 hour' WHERE revoked_at IS NOT NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        user::store::forget_dead_sessions(&pool, Duration::from_secs(600))
+            .await
+            .unwrap(),
+        3
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 1, "the live session stays");
+    pool.close().await;
+    e.stop().await;
+}
+
+#[tokio::test]
+async fn refuses_to_start_without_its_secrets() {
+    let db = TestDb::create().await.unwrap();
+    type Tweak = fn(&mut user::Config);
+    let cases: [(&str, Tweak); 3] = [
+        ("JWT_SECRET is not set", |c| c.jwt_secret = None),
+        ("API_KEY_SECRET is not set", |c| {
+            c.api_key_secret = Some(String::new())
+        }),
+        ("JWT_SECRET is 5 bytes", |c| {
+            c.jwt_secret = Some("short".into())
+        }),
+    ];
+    for (want, tweak) in cases {
+        let mut config = user::Config::local(
+            DbArgs {
+                database_url: Some(db.role_url(user::SCHEMA)),
+                database_admin_url: Some(db.admin_url()),
+                database_max_connections: 1,
+            },
+            "127.0.0.1:1".parse().unwrap(),
+        );
+        tweak(&mut config);
+        let err = user::App::build(config, CancellationToken::new())
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains(want), "{want}: {err}");
+    }
 }
 
 fn upbit_token(access: &str, secret: &str, query: Option<&str>, nonce: &str, alg: Alg) -> String {
@@ -549,6 +744,7 @@ async fn api_keys_sign_upbit_requests() {
             user_id: id.clone(),
             label: "bot".into(),
             permissions: vec![],
+            password: "s3cret-password".into(),
         })
         .await
         .unwrap()
@@ -718,6 +914,7 @@ async fn upbit_tokens_cannot_be_replayed_or_stretched() {
                     user_id: id,
                     label: String::new(),
                     permissions: permissions.into_iter().map(|p| p as i32).collect(),
+                    password: "s3cret-password".into(),
                 })
                 .await
                 .map(|r| r.into_inner().api_key.unwrap())

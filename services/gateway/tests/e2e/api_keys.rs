@@ -9,7 +9,7 @@ use test_support::TestDb;
 
 use crate::market::wait_rest_price;
 use crate::stack::{Options, Stack};
-use crate::trading::upbit_jwt;
+use crate::trading::{PASSWORD, upbit_jwt};
 
 /// `(status, body)` of an Upbit-signed request: `query` is sent as written
 /// and hashed decoded, as Upbit's examples hash `unquote(urlencode(params))`.
@@ -66,7 +66,7 @@ async fn a_key_does_only_what_its_permissions_allow() {
     let (status, made) = grace
         .post(
             "/api/v1/api-keys",
-            json!({"label": "watcher", "permissions": ["view_accounts", "view_orders"]}),
+            json!({"label": "watcher", "permissions": ["view_accounts", "view_orders"], "password": PASSWORD}),
         )
         .await;
     assert_eq!(status, 201, "{made}");
@@ -108,7 +108,10 @@ async fn a_key_does_only_what_its_permissions_allow() {
     }
     // A trading-only key cannot read balances.
     let (_, made) = grace
-        .post("/api/v1/api-keys", json!({"permissions": ["make_orders"]}))
+        .post(
+            "/api/v1/api-keys",
+            json!({"permissions": ["make_orders"], "password": PASSWORD}),
+        )
         .await;
     let trader = key_of(&made);
     let (status, body) = signed(&stack, &trader, reqwest::Method::GET, "/v1/accounts", "").await;
@@ -118,7 +121,10 @@ async fn a_key_does_only_what_its_permissions_allow() {
     );
     for bad in [json!([]), json!(["withdraw"]), json!("view_orders")] {
         let (status, body) = grace
-            .post("/api/v1/api-keys", json!({"permissions": bad}))
+            .post(
+                "/api/v1/api-keys",
+                json!({"permissions": bad, "password": PASSWORD}),
+            )
             .await;
         assert_eq!(status, 400, "{bad}: {body}");
     }
@@ -135,11 +141,57 @@ async fn a_key_does_only_what_its_permissions_allow() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_take_the_password_and_signing_out_ends_the_session_at_once() {
+    let db = TestDb::create().await.unwrap();
+    let stack = Stack::start(&db, Options::default()).await;
+    let kate = stack.client("kate@example.com").await;
+    let (status, _) = kate.get("/api/v1/accounts").await;
+    assert_eq!(status, 200, "the token is verified (and remembered)");
+    let (status, body) = kate.post("/api/v1/api-keys", json!({"label": "x"})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("password"), "{body}");
+    let (status, body) = kate
+        .post(
+            "/api/v1/api-keys",
+            json!({"label": "x", "password": "a stolen token only"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["name"].as_str()),
+        (401, Some("invalid_credentials")),
+        "{body}"
+    );
+    let (status, made) = kate
+        .post("/api/v1/api-keys", json!({"password": PASSWORD}))
+        .await;
+    assert_eq!(status, 201, "{made}");
+
+    let (status, body) = kate.post("/api/v1/auth/logout", json!({})).await;
+    assert_eq!(
+        (status, &body["sessions_ended"]),
+        (200, &json!(1)),
+        "{body}"
+    );
+    let (status, body) = kate.get("/api/v1/accounts").await;
+    assert_eq!(
+        status, 401,
+        "signed out: refused at once, not when the gateway's cache expires: {body}"
+    );
+    // The API key is not a session: it goes on until revoked or expired.
+    let key = key_of(&made);
+    let (status, _) = signed(&stack, &key, reqwest::Method::GET, "/v1/accounts", "").await;
+    assert_eq!(status, 200);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signature_covers_one_reading_of_the_request() {
     let db = TestDb::create().await.unwrap();
     let stack = Stack::start(&db, Options::default()).await;
     let heidi = stack.client("heidi@example.com").await;
-    let (_, made) = heidi.post("/api/v1/api-keys", json!({})).await;
+    let (_, made) = heidi
+        .post("/api/v1/api-keys", json!({"password": PASSWORD}))
+        .await;
     let key = key_of(&made);
     // `market` = "KRW-ETH&x=1" would hash as two parameters: refused before
     // any signature is looked at.
@@ -203,7 +255,10 @@ async fn public_upbit_client_libraries_trade_through_the_gateway() {
     let stack = stack_trading_eth(&db).await;
     let ivan = stack.client("ivan@example.com").await;
     let (_, made) = ivan
-        .post("/api/v1/api-keys", json!({"label": "bots"}))
+        .post(
+            "/api/v1/api-keys",
+            json!({"label": "bots", "password": PASSWORD}),
+        )
         .await;
     let key = key_of(&made);
     let script = concat!(
@@ -236,7 +291,9 @@ async fn orders_are_listed_cancelled_replaced_and_tested_in_batches_as_upbit_doe
     let db = TestDb::create().await.unwrap();
     let stack = stack_trading_eth(&db).await;
     let judy = stack.client("judy@example.com").await;
-    let (_, made) = judy.post("/api/v1/api-keys", json!({})).await;
+    let (_, made) = judy
+        .post("/api/v1/api-keys", json!({"password": PASSWORD}))
+        .await;
     let key = key_of(&made);
     let call = |method: reqwest::Method, path: &'static str, query: String| {
         let (stack, key) = (&stack, &key);

@@ -220,7 +220,7 @@ async fn every_route_refuses_bad_input_with_a_4xx_never_a_5xx() {
         "/api/v1/api-keys",
         Some(&token),
     )
-    .json(&json!({"label": "fuzz"}));
+    .json(&json!({"label": "fuzz", "password": creds["password"]}));
     let made = send(made).await.body;
     let key = (
         made["access_key"].as_str().unwrap().to_owned(),
@@ -248,7 +248,11 @@ async fn every_route_refuses_bad_input_with_a_4xx_never_a_5xx() {
             Some(&token),
             json!({"market": "KRW-BTC", "side": "bid", "ord_type": "limit", "price": "1000000", "volume": "0.01", "identifier": "i"}),
         ),
-        ("/api/v1/api-keys", Some(&token), json!({"label": "l"})),
+        (
+            "/api/v1/api-keys",
+            Some(&token),
+            json!({"label": "l", "password": creds["password"]}),
+        ),
     ];
     for (path, auth, good) in &bodies {
         for field in good.as_object().unwrap().keys() {

@@ -21,6 +21,9 @@ fn dec(v: &Value) -> Decimal {
     }
 }
 
+/// Every test user's password.
+pub(crate) const PASSWORD: &str = "correct horse battery";
+
 pub(crate) struct Client<'a> {
     stack: &'a Stack,
     token: String,
@@ -60,9 +63,9 @@ impl Stack {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
-    /// Registers and logs in a new user.
+    /// Registers and logs in a new user (password [`PASSWORD`]).
     pub(crate) async fn client(&self, email: &str) -> Client<'_> {
-        let creds = json!({"email": email, "password": "correct horse battery"});
+        let creds = json!({"email": email, "password": PASSWORD});
         let (status, body) = self
             .call(
                 reqwest::Method::POST,
@@ -294,7 +297,7 @@ async fn users_reach_only_their_own_orders_and_bad_tokens_are_refused() {
     let now = chrono::Utc::now().timestamp();
     let expired = jwt::sign(
         Alg::Hs256,
-        b"test-jwt-secret",
+        b"test-jwt-secret-0123456789",
         &json!({"sub": user_id, "typ": "access", "exp": now - 10}),
     );
     let forged = jwt::sign(
@@ -431,7 +434,10 @@ async fn an_upbit_client_trades_by_changing_only_the_base_url() {
     .await;
     let carol = stack.client("carol@example.com").await;
     let (status, key) = carol
-        .post("/api/v1/api-keys", json!({"label": "bot"}))
+        .post(
+            "/api/v1/api-keys",
+            json!({"label": "bot", "password": PASSWORD}),
+        )
         .await;
     assert_eq!(status, 201, "{key}");
     let (access, secret) = (
