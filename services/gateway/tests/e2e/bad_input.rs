@@ -678,6 +678,25 @@ async fn every_route_refuses_bad_input_with_a_4xx_never_a_5xx() {
         tally.check(&format!("GET /v1/accounts with token {token:.20}"), &a);
         assert_eq!(a.status, 401);
     }
+    // Sign-out with a token that is not one, or a body that is not JSON; last,
+    // since a good one would end the session the table uses.
+    for (token, body, want) in [
+        ("a.b.c", "{}", 401),
+        (token.as_str(), "{\"everywhere\": \"yes\"}", 400),
+        (token.as_str(), "not json", 400),
+    ] {
+        let req = native(
+            &stack,
+            reqwest::Method::POST,
+            "/api/v1/auth/logout",
+            Some(token),
+        )
+        .header("content-type", "application/json")
+        .body(body);
+        let a = send(req).await;
+        tally.check(&format!("POST /api/v1/auth/logout {body}"), &a);
+        assert_eq!(a.status, want, "logout {token:.10} {body}: {}", a.text);
+    }
 
     assert!(
         tally.failures.is_empty(),
