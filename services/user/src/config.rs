@@ -35,9 +35,21 @@ pub struct Config {
     pub jwt_secret: Option<String>,
 
     /// Key from which API key secrets are derived (they are never stored), at
-    /// least 16 bytes. Required; changing it invalidates every API key.
+    /// least 16 bytes. Required; changing it alone invalidates every API key
+    /// (see API_KEY_SECRET_VERSION).
     #[arg(long, env = "API_KEY_SECRET", hide_env_values = true)]
     pub api_key_secret: Option<String>,
+
+    /// The version of API_KEY_SECRET: each key records the version its secret
+    /// comes from. To rotate, raise it with a new API_KEY_SECRET and list the
+    /// old one in API_KEY_RETIRED_SECRETS until its keys are replaced.
+    #[arg(long, env = "API_KEY_SECRET_VERSION", default_value_t = 1)]
+    pub api_key_secret_version: i16,
+
+    /// Earlier API_KEY_SECRETs that still verify the keys made under them, as
+    /// VERSION:SECRET,...; a key whose version is in neither is refused.
+    #[arg(long, env = "API_KEY_RETIRED_SECRETS", hide_env_values = true)]
+    pub api_key_retired_secrets: Option<String>,
 
     /// Lifetime of access tokens.
     #[arg(long, env = "ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_duration)]

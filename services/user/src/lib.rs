@@ -43,7 +43,11 @@ impl App {
     pub async fn build(config: Config, stop: CancellationToken) -> anyhow::Result<Self> {
         let keys = service::Keys {
             jwt: service::required_key(config.jwt_secret.as_deref(), "JWT_SECRET")?,
-            api_key: service::required_key(config.api_key_secret.as_deref(), "API_KEY_SECRET")?,
+            api_key: service::ApiKeySecrets::new(
+                service::required_key(config.api_key_secret.as_deref(), "API_KEY_SECRET")?,
+                config.api_key_secret_version,
+                config.api_key_retired_secrets.as_deref(),
+            )?,
         };
         let server = Server::bind(
             Some(&config.grpc_addr),

@@ -91,7 +91,7 @@ pub struct Users {
     hasher: Hasher,
     inventory: InventoryServiceClient<Channel>,
     jwt_key: Vec<u8>,
-    api_key_secret: Vec<u8>,
+    api_key_secrets: ApiKeySecrets,
     lifetimes: Lifetimes,
 }
 
@@ -104,10 +104,49 @@ fn random_key() -> Vec<u8> {
 /// Shortest secret accepted: 16 bytes (128 bits when random).
 pub const MIN_SECRET_LEN: usize = 16;
 
-/// The service's two keys: signing access tokens, deriving API key secrets.
+/// The service's keys: signing access tokens, deriving API key secrets.
 pub struct Keys {
     pub jwt: Vec<u8>,
-    pub api_key: Vec<u8>,
+    pub api_key: ApiKeySecrets,
+}
+
+/// The versions of `API_KEY_SECRET`: the current one, from which new keys'
+/// secrets are derived, and retired ones that still verify older keys.
+#[derive(Clone, Debug)]
+pub struct ApiKeySecrets {
+    current: i16,
+    by_version: std::collections::BTreeMap<i16, Vec<u8>>,
+}
+
+impl ApiKeySecrets {
+    /// `current` at `version`, and `retired` as `VERSION:SECRET,...`.
+    pub fn new(current: Vec<u8>, version: i16, retired: Option<&str>) -> anyhow::Result<Self> {
+        anyhow::ensure!(version >= 1, "API_KEY_SECRET_VERSION must be at least 1");
+        let mut by_version = std::collections::BTreeMap::from([(version, current)]);
+        for entry in retired
+            .unwrap_or_default()
+            .split(',')
+            .filter(|e| !e.trim().is_empty())
+        {
+            let (v, secret) = entry.trim().split_once(':').ok_or_else(|| {
+                anyhow::anyhow!("API_KEY_RETIRED_SECRETS entries are VERSION:SECRET")
+            })?;
+            let v: i16 = v
+                .parse()
+                .ok()
+                .filter(|v| *v >= 1)
+                .ok_or_else(|| anyhow::anyhow!("API_KEY_RETIRED_SECRETS: bad version {v:?}"))?;
+            let secret = required_key(Some(secret), &format!("retired API key secret {v}"))?;
+            anyhow::ensure!(
+                by_version.insert(v, secret).is_none(),
+                "API_KEY_RETIRED_SECRETS: version {v} is given twice (or is the current one)"
+            );
+        }
+        Ok(Self {
+            current: version,
+            by_version,
+        })
+    }
 }
 
 /// The key from configuration: set, and at least [`MIN_SECRET_LEN`] bytes.
@@ -230,7 +269,7 @@ impl Users {
             hasher,
             inventory,
             jwt_key: keys.jwt,
-            api_key_secret: keys.api_key,
+            api_key_secrets: keys.api_key,
             lifetimes,
         }
     }
@@ -459,14 +498,17 @@ impl Users {
     }
 
     /// The secret of an API key: derived, never stored.
-    fn secret_of(&self, access_key: &str) -> String {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.api_key_secret)
-            .expect("HMAC takes any key length");
+    /// The secret of `access_key` under `version` of `API_KEY_SECRET`; `None`
+    /// once that version is no longer configured (retired).
+    fn secret_of(&self, version: i16, access_key: &str) -> Option<String> {
+        let master = self.api_key_secrets.by_version.get(&version)?;
+        let mut mac =
+            <Hmac<Sha256> as KeyInit>::new_from_slice(master).expect("HMAC takes any key length");
         mac.update(b"upbit-secret:");
         mac.update(access_key.as_bytes());
         let mut secret = B64.encode(mac.finalize().into_bytes());
         secret.truncate(40);
-        secret
+        Some(secret)
     }
 
     /// A new API key with `permissions` (all when empty), usable for the
@@ -506,11 +548,14 @@ impl Users {
             label,
             permissions: &names,
             expire_at: Utc::now() + lifetime,
+            secret_version: self.api_key_secrets.current,
         };
         let row = store::insert_api_key(&self.pool, &new, MAX_API_KEYS)
             .await?
             .ok_or(UserError::Limit)?;
-        let secret = self.secret_of(&access_key);
+        let secret = self
+            .secret_of(self.api_key_secrets.current, &access_key)
+            .expect("the current secret is configured");
         Ok((row, secret))
     }
 
@@ -561,11 +606,17 @@ impl Users {
                 "the API key has expired".into(),
             ));
         }
+        let secret = self
+            .secret_of(key.secret_version, &access_key)
+            .ok_or_else(|| {
+                UserError::Token(
+                    "invalid_access_key",
+                    "this key's secret was retired (the server's key was rotated); make a new key"
+                        .into(),
+                )
+            })?;
         let claims = unverified
-            .verify(
-                self.secret_of(&access_key).as_bytes(),
-                &[Alg::Hs256, Alg::Hs512],
-            )
+            .verify(secret.as_bytes(), &[Alg::Hs256, Alg::Hs512])
             .map_err(|e| {
                 UserError::Token("jwt_verification", format!("JWT verification failed: {e}"))
             })?;

@@ -23,10 +23,12 @@ pub struct ApiKeyRow {
     pub revoked_at: Option<DateTime<Utc>>,
     /// Permission names (`view_accounts`, `view_orders`, `make_orders`).
     pub permissions: Vec<String>,
+    /// The version of `API_KEY_SECRET` its secret is derived from.
+    pub secret_version: i16,
 }
 
 const API_KEY_COLUMNS: &str =
-    "access_key, user_id, label, created_at, expire_at, revoked_at, permissions";
+    "access_key, user_id, label, created_at, expire_at, revoked_at, permissions, secret_version";
 
 /// Inserts a user; `None` when the email is taken.
 pub async fn insert_user(
@@ -239,6 +241,7 @@ pub struct NewApiKey<'a> {
     pub label: &'a str,
     pub permissions: &'a [String],
     pub expire_at: DateTime<Utc>,
+    pub secret_version: i16,
 }
 
 /// Inserts an API key unless the user already has `max` usable ones. The
@@ -258,8 +261,8 @@ pub async fn insert_api_key(
         return Ok(None);
     }
     let row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO api_keys (access_key, user_id, label, permissions, expire_at)
-         SELECT $1, $2, $3, $4, $5
+        "INSERT INTO api_keys (access_key, user_id, label, permissions, expire_at, secret_version)
+         SELECT $1, $2, $3, $4, $5, $7
          WHERE (SELECT count(*) FROM api_keys
                 WHERE user_id = $2 AND revoked_at IS NULL AND expire_at > now()) < $6
          RETURNING {API_KEY_COLUMNS}"
@@ -270,6 +273,7 @@ pub async fn insert_api_key(
     .bind(key.permissions)
     .bind(key.expire_at)
     .bind(max)
+    .bind(key.secret_version)
     .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;

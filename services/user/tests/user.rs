@@ -871,6 +871,129 @@ async fn api_keys_sign_upbit_requests() {
     e.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_outlive_a_rotation_until_their_secret_is_retired() {
+    let db = TestDb::create().await.unwrap();
+    let inv = start_inventory(&db).await;
+    test_support::wait_serving(inv.grpc, "", Duration::from_secs(30))
+        .await
+        .unwrap();
+    const OLD: &str = "the-first-api-key-secret";
+    const NEW: &str = "the-second-api-key-secret";
+    // Starts the user service with `secret` at `version` and `retired`.
+    let start = |version: i16, secret: &'static str, retired: Option<&'static str>| {
+        start_user_with(&db, inv.grpc, move |c| {
+            c.api_key_secret = Some(secret.into());
+            c.api_key_secret_version = version;
+            c.api_key_retired_secrets = retired.map(Into::into);
+        })
+    };
+    let nonce = std::sync::atomic::AtomicU32::new(0);
+    // Whether an Upbit token signed with `key`'s secret verifies.
+    let verifies = |users: &UserServiceClient<Channel>, key: &pb::ApiKey| {
+        let mut users = users.clone();
+        let n = nonce.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let credentials = signed(
+            &key.secret_key,
+            serde_json::json!({"access_key": key.access_key, "nonce": format!("n{n}")}),
+        );
+        async move {
+            users
+                .verify_credentials(pb::VerifyCredentialsRequest {
+                    credentials: Some(credentials),
+                })
+                .await
+        }
+    };
+    let connect = |at: SocketAddr| async move {
+        test_support::wait_serving(at, "", Duration::from_secs(30))
+            .await
+            .unwrap();
+        UserServiceClient::connect(format!("http://{at}"))
+            .await
+            .unwrap()
+    };
+    let make_key = |users: &UserServiceClient<Channel>, id: &str| {
+        let mut users = users.clone();
+        let request = pb::CreateApiKeyRequest {
+            user_id: id.to_owned(),
+            label: String::new(),
+            permissions: vec![],
+            password: "s3cret-password".into(),
+        };
+        async move {
+            users
+                .create_api_key(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .api_key
+                .unwrap()
+        }
+    };
+
+    let first = start(1, OLD, None).await;
+    let users = connect(first.grpc).await;
+    let id = users
+        .clone()
+        .register(pb::RegisterRequest {
+            email: "rota@example.com".into(),
+            password: "s3cret-password".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap()
+        .id;
+    let old_key = make_key(&users, &id).await;
+    verifies(&users, &old_key).await.unwrap();
+    first.running.stop().await;
+
+    // Rotated: version 2 is current, version 1 still verifies its keys.
+    let second = start(2, NEW, Some("1:the-first-api-key-secret")).await;
+    let users = connect(second.grpc).await;
+    verifies(&users, &old_key)
+        .await
+        .expect("an old key outlives the rotation");
+    let new_key = make_key(&users, &id).await;
+    verifies(&users, &new_key).await.unwrap();
+    second.running.stop().await;
+
+    // Retired: version 1 is gone, and so are its keys; version 2's go on.
+    let third = start(2, NEW, None).await;
+    let users = connect(third.grpc).await;
+    let err = verifies(&users, &old_key).await.unwrap_err();
+    assert_eq!(name(&err), Some("invalid_access_key"), "{err:?}");
+    assert!(err.message().contains("retired"), "{err:?}");
+    verifies(&users, &new_key).await.unwrap();
+    third.running.stop().await;
+
+    // A retired secret listed badly stops the service from starting.
+    for (retired, want) in [
+        ("1", "VERSION:SECRET"),
+        ("2:the-first-api-key-secret", "given twice"),
+        ("1:short", "at least 16"),
+    ] {
+        let mut config = user::Config::local(
+            DbArgs {
+                database_url: Some(db.role_url(user::SCHEMA)),
+                database_admin_url: Some(db.admin_url()),
+                database_max_connections: 1,
+            },
+            inv.grpc,
+        );
+        config.api_key_secret_version = 2;
+        config.api_key_retired_secrets = Some(retired.into());
+        let err = user::App::build(config, CancellationToken::new())
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains(want), "{retired}: {err}");
+    }
+    inv.running.stop().await;
+}
+
 /// A token with exactly `claims` signed by `secret`.
 fn signed(secret: &str, claims: serde_json::Value) -> Credentials {
     Credentials::Upbit(pb::UpbitToken {
