@@ -11,6 +11,7 @@ Usage: BASE_URL=http://127.0.0.1:PORT ACCESS_KEY=... SECRET_KEY=... python check
 Prints one line per step; exits non-zero at the first step that fails.
 """
 
+import asyncio
 import os
 import sys
 
@@ -81,6 +82,31 @@ def check_pyupbit():
     step("pyupbit cancel_order", isinstance(cancelled, dict) and cancelled.get("uuid") == order["uuid"], str(cancelled)[:200])
 
 
+async def check_ccxt_pro():
+    """ccxt's WebSocket side (ccxt.pro, in the same package): the private
+    socket's myOrder and myAsset, as watch_orders and watch_balance read them."""
+    import ccxt.pro
+
+    ex = ccxt.pro.upbit({"apiKey": ACCESS, "secret": SECRET, "enableRateLimit": False})
+    ex.urls["api"] = {"public": BASE, "private": BASE, "ws": "ws" + BASE[len("http"):] + "/websocket/v1"}
+    try:
+        await ex.load_markets()
+        watching = asyncio.ensure_future(ex.watch_orders("ETH/KRW"))
+        await asyncio.sleep(1)
+        order = await ex.create_order("ETH/KRW", "limit", "buy", 0.01, 3000000)
+        orders = await asyncio.wait_for(watching, 10)
+        mine = [o for o in orders if o["id"] == order["id"]]
+        step("ccxt.pro watch_orders", bool(mine) and mine[-1]["status"] == "open", str([o["status"] for o in orders]))
+        balance = asyncio.ensure_future(ex.watch_balance())
+        await asyncio.sleep(1)
+        await ex.cancel_order(order["id"])
+        balance = await asyncio.wait_for(balance, 10)
+        step("ccxt.pro watch_balance", balance["KRW"]["free"] > 0, str(balance["KRW"]))
+    finally:
+        await ex.close()
+
+
 check_ccxt()
+asyncio.run(check_ccxt_pro())
 check_pyupbit()
 print("all client checks passed")

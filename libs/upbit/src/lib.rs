@@ -10,6 +10,7 @@
 //!   for the REST quotation shapes.
 //! - [`request`]: subscription requests (`[{ticket},{type,codes},{format}]`), parsed
 //!   with Upbit's error names and built for clients.
+//! - [`private`]: the private WebSocket's requests (`myOrder`, `myAsset`) and events.
 //! - [`query`]: REST query parameters validated with client-safe messages.
 //! - [`scan`]: a strict, allocation-free reader of one JSON object's fields, for
 //!   clients that convert frames straight into their own types.
@@ -20,6 +21,7 @@
 pub mod error;
 pub mod market;
 pub mod parse;
+pub mod private;
 pub mod query;
 pub mod request;
 pub mod scan;

@@ -619,6 +619,76 @@ pub fn candle(c: &Candle, format: Format) -> String {
     })
 }
 
+/// A `myOrder` frame (private WebSocket). Upbit sends numbers as JSON
+/// numbers and an absent value as null.
+pub fn my_order(e: &crate::private::MyOrder, format: Format) -> String {
+    frame(format, 1024, |out, simple| {
+        let mut o = Obj::open(out, simple);
+        o.str("type", "ty", "myOrder")
+            .str("code", "cd", &e.code)
+            .str("uuid", "uid", &e.uuid)
+            .str("ask_bid", "ab", e.ask_bid)
+            .str("order_type", "ot", &e.order_type)
+            .str("state", "s", e.state)
+            .opt_str("trade_uuid", "tuid", e.trade_uuid.as_deref())
+            .opt_dec("price", "p", e.price)
+            .dec("avg_price", "ap", e.avg_price)
+            .opt_dec("volume", "v", e.volume)
+            .dec("remaining_volume", "rv", e.remaining_volume)
+            .dec("executed_volume", "ev", e.executed_volume)
+            .int("trades_count", "tc", e.trades_count)
+            .dec("reserved_fee", "rsf", e.reserved_fee)
+            .dec("remaining_fee", "rmf", e.remaining_fee)
+            .dec("paid_fee", "pf", e.paid_fee)
+            .dec("locked", "l", e.locked)
+            .dec("executed_funds", "ef", e.executed_funds)
+            .opt_str("time_in_force", "tif", e.time_in_force.as_deref())
+            .opt_dec("trade_fee", "tf", e.trade_fee);
+        match e.is_maker {
+            Some(m) => o.bool("is_maker", "im", m),
+            None => o.null("is_maker", "im"),
+        };
+        o.opt_str("identifier", "id", e.identifier.as_deref())
+            .opt_str("smp_type", "smpt", e.smp_type.as_deref())
+            .dec("prevented_volume", "pv", e.prevented_volume)
+            .dec("prevented_locked", "pl", e.prevented_locked);
+        match e.trade_timestamp {
+            Some(t) => o.int("trade_timestamp", "ttms", t),
+            None => o.null("trade_timestamp", "ttms"),
+        };
+        o.int("order_timestamp", "otms", e.order_timestamp)
+            .int("timestamp", "tms", e.timestamp)
+            .str("stream_type", "st", "REALTIME");
+        o.close();
+    })
+}
+
+/// A `myAsset` frame (private WebSocket).
+pub fn my_asset(e: &crate::private::MyAsset, format: Format) -> String {
+    frame(format, 256 + 96 * e.assets.len(), |out, simple| {
+        let mut o = Obj::open(out, simple);
+        o.str("type", "ty", "myAsset")
+            .str("asset_uuid", "astuid", &e.asset_uuid);
+        let list = o.raw("assets", "ast");
+        list.push('[');
+        for (i, (currency, balance, locked)) in e.assets.iter().enumerate() {
+            if i > 0 {
+                list.push(',');
+            }
+            let mut a = Obj::open(list, simple);
+            a.str("currency", "cu", currency)
+                .dec("balance", "b", *balance)
+                .dec("locked", "l", *locked);
+            a.close();
+        }
+        list.push(']');
+        o.int("asset_timestamp", "asttms", e.asset_timestamp)
+            .int("timestamp", "tms", e.timestamp)
+            .str("stream_type", "st", "REALTIME");
+        o.close();
+    })
+}
+
 /// REST quotation shapes (`/v1/ticker`, `/v1/trades/ticks`, `/v1/orderbook`,
 /// `/v1/candles/*`, `/v1/market/all`). Arrays are built by the caller with
 /// [`rest::array`].

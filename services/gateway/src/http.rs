@@ -12,7 +12,7 @@ use axum::routing::{delete, get, post};
 use crate::error::ApiError;
 use crate::ratelimit::{self, Decision};
 use crate::state::{ClientIp, Shared};
-use crate::{batch, exchange, native, observe, private, quotation, ws};
+use crate::{batch, exchange, native, observe, private, quotation, ws, ws_private};
 
 pub fn router(gw: Shared) -> Router {
     let api = Router::new()
@@ -30,6 +30,7 @@ pub fn router(gw: Shared) -> Router {
         .route("/v1/candles/weeks", get(quotation::candles_weeks))
         .route("/v1/candles/months", get(quotation::candles_months))
         .route("/websocket/v1", get(ws::upgrade))
+        .route("/websocket/v1/private", get(ws_private::upgrade))
         // Native API.
         .route("/api/v1/markets", get(native::markets))
         .route("/api/v1/tickers", get(native::tickers))

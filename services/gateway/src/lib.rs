@@ -19,6 +19,7 @@ mod ratelimit;
 mod state;
 mod views;
 mod ws;
+mod ws_private;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -108,7 +108,7 @@ pub fn upbit_order(o: &pb::Order, with_trades: bool) -> Value {
 }
 
 /// Upbit's `time_in_force` name, if the order has one.
-fn time_in_force(v: i32) -> Option<&'static str> {
+pub fn time_in_force(v: i32) -> Option<&'static str> {
     match pb::TimeInForce::try_from(v) {
         Ok(pb::TimeInForce::Ioc) => Some("ioc"),
         Ok(pb::TimeInForce::Fok) => Some("fok"),
@@ -119,7 +119,7 @@ fn time_in_force(v: i32) -> Option<&'static str> {
 
 /// The order's self-match prevention: as stored, or Upbit's default for an
 /// order from before it was stored.
-fn smp_type(o: &pb::Order) -> &str {
+pub fn smp_type(o: &pb::Order) -> &str {
     match (o.smp_type.as_str(), time_in_force(o.time_in_force)) {
         ("", Some("post_only")) => "none",
         ("", _) => "cancel_maker",

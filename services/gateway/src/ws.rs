@@ -32,7 +32,7 @@ use upbit::request::{
 use upbit::write::{self, Format, STATUS_UP};
 
 use crate::convert;
-use crate::state::{ClientIp, Shared, WsFull};
+use crate::state::{ClientIp, Shared, WsFull, WsSlot};
 
 static CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
     let g = IntGauge::new("gateway_ws_connections", "Open WebSocket connections.").expect("valid");
@@ -61,32 +61,36 @@ fn refuse(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-/// Upgrades within the limits: new connections per second per IP, open
-/// connections per IP and per process, and the size of what a client may send.
-pub async fn upgrade(ws: WebSocketUpgrade, State(gw): State<Shared>, ip: ClientIp) -> Response {
+/// A connection slot within the limits (new connections per second per IP,
+/// open connections per IP and per process), or the refusal.
+pub(crate) fn admit(gw: &Shared, ip: ClientIp) -> Result<WsSlot, Box<Response>> {
     if gw.ws_connects.take(ip.0).is_none() {
-        return refuse(
+        return Err(Box::new(refuse(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many connection requests.",
-        );
+        )));
     }
-    let slot = match gw
-        .ws_open
+    gw.ws_open
         .take(ip.0, gw.limits.ws_open, gw.limits.ws_open_per_ip)
-    {
+        .map_err(|full| {
+            Box::new(match full {
+                WsFull::Ip => refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many open connections from this address.",
+                ),
+                WsFull::Process => refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "This server holds all the connections it can; retry shortly.",
+                ),
+            })
+        })
+}
+
+/// Upgrades within the limits, bounding the size of what a client may send.
+pub async fn upgrade(ws: WebSocketUpgrade, State(gw): State<Shared>, ip: ClientIp) -> Response {
+    let slot = match admit(&gw, ip) {
         Ok(slot) => slot,
-        Err(WsFull::Ip) => {
-            return refuse(
-                StatusCode::TOO_MANY_REQUESTS,
-                "Too many open connections from this address.",
-            );
-        }
-        Err(WsFull::Process) => {
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "This server holds all the connections it can; retry shortly.",
-            );
-        }
+        Err(refused) => return *refused,
     };
     let max = gw.limits.ws_max_message;
     ws.max_message_size(max)
@@ -97,11 +101,11 @@ pub async fn upgrade(ws: WebSocketUpgrade, State(gw): State<Shared>, ip: ClientI
         })
 }
 
-fn binary(text: String) -> Message {
+pub(crate) fn binary(text: String) -> Message {
     Message::Binary(text.into_bytes().into())
 }
 
-fn error_frame(e: &upbit::error::ErrorBody) -> Message {
+pub(crate) fn error_frame(e: &upbit::error::ErrorBody) -> Message {
     binary(ErrorResponse::new(e.name.clone(), e.message.clone()).to_json())
 }
 

@@ -4,5 +4,6 @@ mod api_keys;
 mod bad_input;
 mod foundation;
 mod market;
+mod private_ws;
 mod stack;
 mod trading;

@@ -1,0 +1,424 @@
+//! `/websocket/v1/private`: Upbit's private WebSocket. The connection is
+//! authenticated like a private REST request (a signed JWT in
+//! `Authorization`, no parameters); it then streams `myOrder` (the key needs
+//! `view_orders`) and `myAsset` (`view_accounts`).
+//!
+//! `myOrder` is fed by the order service's update stream: each update of an
+//! order becomes Upbit's events — `wait` when it opens, `trade` for each new
+//! fill (with that fill's price, volume, fee and maker flag), then `done` or
+//! `cancel`. `myAsset` sends the balances that changed: read from inventory
+//! after each order event, and every [`ASSET_POLL`] for changes that come
+//! from elsewhere (deposits).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use exchange_proto::inventory::v1 as inv;
+use exchange_proto::order::v1 as pb;
+use exchange_proto::user::v1::Permission;
+use futures_util::{SinkExt, StreamExt};
+use rust_decimal::Decimal;
+use service_kit::ws::{Incoming, spawn_reader};
+use upbit::error::ErrorBody;
+use upbit::private::{MyAsset, MyOrder, PrivateFrame, PrivateRequest, parse_private_request};
+use upbit::request::{RequestWindow, too_many_requests};
+use upbit::write::{self, Format, STATUS_UP};
+use uuid::Uuid;
+
+use crate::auth::UpbitRequest;
+use crate::state::{ClientIp, Shared};
+use crate::views;
+use crate::ws::{admit, binary, error_frame};
+
+/// How often balances are read for changes no order event announced.
+pub const ASSET_POLL: Duration = Duration::from_secs(2);
+
+/// Orders remembered per connection (their fills seen so far); the oldest
+/// finished ones are forgotten first.
+const MAX_TRACKED: usize = 10_000;
+
+/// Upgrades an authenticated request within the connection limits.
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(gw): State<Shared>,
+    ip: ClientIp,
+    req: UpbitRequest,
+) -> Response {
+    let slot = match admit(&gw, ip) {
+        Ok(slot) => slot,
+        Err(refused) => return *refused,
+    };
+    let max = gw.limits.ws_max_message;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| async move {
+            serve(socket, &gw, req).await;
+            drop(slot);
+        })
+}
+
+fn out_of_scope(what: &str) -> ErrorBody {
+    ErrorBody {
+        name: "out_of_scope".into(),
+        message: format!("this API key may not {what}"),
+    }
+}
+
+fn decimal(text: &str) -> Decimal {
+    Decimal::from_str(text).unwrap_or_default()
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// What a connection has told its client about one order.
+#[derive(Clone, Copy, Default)]
+struct Told {
+    fills: u32,
+    opened: bool,
+    finished: bool,
+}
+
+/// Upbit's events for an update of `o`, given what was told before.
+fn order_events(o: &pb::Order, told: &mut Told) -> Vec<MyOrder> {
+    let state = views::state(o.state);
+    let executed = decimal(&o.executed_volume);
+    let funds = decimal(&o.executed_funds);
+    let base = MyOrder {
+        code: o.market.clone(),
+        uuid: o.uuid.clone(),
+        ask_bid: if views::side(o.side) == "ask" {
+            "ASK"
+        } else {
+            "BID"
+        },
+        order_type: views::ord_type(o.ord_type).to_owned(),
+        state: "wait",
+        trade_uuid: None,
+        price: (!o.price.is_empty()).then(|| decimal(&o.price)),
+        avg_price: if executed.is_zero() {
+            Decimal::ZERO
+        } else {
+            (funds / executed).round_dp(8).normalize()
+        },
+        volume: (!o.volume.is_empty()).then(|| decimal(&o.volume)),
+        remaining_volume: decimal(&o.remaining_volume),
+        executed_volume: executed,
+        trades_count: i64::from(o.trades_count),
+        reserved_fee: decimal(&o.reserved_fee),
+        remaining_fee: decimal(&o.remaining_fee),
+        paid_fee: decimal(&o.paid_fee),
+        locked: decimal(&o.locked),
+        executed_funds: funds,
+        time_in_force: views::time_in_force(o.time_in_force).map(str::to_owned),
+        trade_fee: None,
+        is_maker: None,
+        identifier: (!o.identifier.is_empty()).then(|| o.identifier.clone()),
+        smp_type: Some(views::smp_type(o).to_owned()),
+        prevented_volume: Decimal::ZERO,
+        prevented_locked: Decimal::ZERO,
+        trade_timestamp: None,
+        order_timestamp: o.created_at,
+        timestamp: now_ms(),
+    };
+    let mut events = Vec::new();
+    if !told.opened && state != "pending" {
+        told.opened = true;
+        events.push(base.clone());
+    }
+    let before = told.fills;
+    for t in o.trades.iter().filter(|t| t.seq > before) {
+        told.fills = told.fills.max(t.seq);
+        events.push(MyOrder {
+            state: "trade",
+            trade_uuid: Some(format!("{}-{}", o.uuid, t.seq)),
+            price: Some(decimal(&t.price)),
+            volume: Some(decimal(&t.volume)),
+            trade_fee: Some(decimal(&t.fee)),
+            // The fill's taker was the other side: this order made it.
+            is_maker: Some(t.trend != o.side),
+            trade_timestamp: Some(t.created_at),
+            ..base.clone()
+        });
+    }
+    let last = match state {
+        "done" => Some("done"),
+        "cancel" | "rejected" => Some("cancel"),
+        _ => None,
+    };
+    if let Some(last) = last
+        && !told.finished
+    {
+        told.finished = true;
+        events.push(MyOrder {
+            state: last,
+            ..base
+        });
+    }
+    events
+}
+
+/// Balances by currency: `(balance, locked)`.
+type Assets = HashMap<String, (Decimal, Decimal)>;
+
+async fn balances(gw: &Shared, user: Uuid) -> Option<Assets> {
+    let r = gw
+        .inventory
+        .clone()
+        .get_balances(inv::GetBalancesRequest {
+            user_id: user.to_string(),
+        })
+        .await
+        .ok()?
+        .into_inner();
+    Some(
+        r.balances
+            .into_iter()
+            .map(|b| (b.currency, (decimal(&b.balance), decimal(&b.locked))))
+            .collect(),
+    )
+}
+
+/// The `myAsset` event for what changed from `known` to `now` (and remembers
+/// `now`), if anything did.
+fn asset_event(known: &mut Assets, now: Assets) -> Option<MyAsset> {
+    let mut changed: Vec<(String, Decimal, Decimal)> = now
+        .iter()
+        .filter(|(c, v)| known.get(*c) != Some(v))
+        .map(|(c, (b, l))| (c.clone(), *b, *l))
+        .collect();
+    changed.extend(
+        known
+            .keys()
+            .filter(|c| !now.contains_key(*c))
+            .map(|c| (c.clone(), Decimal::ZERO, Decimal::ZERO)),
+    );
+    *known = now;
+    if changed.is_empty() {
+        return None;
+    }
+    changed.sort_by(|a, b| a.0.cmp(&b.0));
+    let at = now_ms();
+    Some(MyAsset {
+        asset_uuid: Uuid::new_v4().to_string(),
+        assets: changed,
+        asset_timestamp: at,
+        timestamp: at,
+    })
+}
+
+async fn order_updates(
+    gw: &Shared,
+    user: Uuid,
+) -> Option<tonic::Streaming<pb::StreamOrderUpdatesResponse>> {
+    match gw
+        .order
+        .clone()
+        .stream_order_updates(pb::StreamOrderUpdatesRequest {
+            user_id: user.to_string(),
+        })
+        .await
+    {
+        Ok(s) => Some(s.into_inner()),
+        Err(e) => {
+            tracing::debug!(error = %e, "order updates unavailable; retrying in a second");
+            None
+        }
+    }
+}
+
+async fn next_update(
+    stream: &mut Option<tonic::Streaming<pb::StreamOrderUpdatesResponse>>,
+) -> Option<Result<Option<pb::StreamOrderUpdatesResponse>, tonic::Status>> {
+    match stream {
+        Some(s) => Some(s.message().await),
+        None => std::future::pending().await,
+    }
+}
+
+async fn serve(socket: WebSocket, gw: &Shared, req: UpbitRequest) {
+    let user = req.user;
+    let (mut sink, stream) = socket.split();
+    let mut incoming = spawn_reader(stream);
+    let mut window = RequestWindow::default();
+    let mut format = Format::Default;
+    let mut subscribed: Option<PrivateRequest> = None;
+    let mut orders: Option<tonic::Streaming<pb::StreamOrderUpdatesResponse>> = None;
+    let mut told: HashMap<String, Told> = HashMap::new();
+    let mut assets: Option<Assets> = None;
+    let mut poll = tokio::time::interval(ASSET_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let retry = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(retry);
+    let mut reconnect = false;
+    let idle = tokio::time::sleep(gw.ws_idle);
+    tokio::pin!(idle);
+    loop {
+        let mut out: Vec<Message> = Vec::new();
+        tokio::select! {
+            received = incoming.recv() => {
+                idle.as_mut().reset(tokio::time::Instant::now() + gw.ws_idle);
+                let text = match received {
+                    None => break,
+                    Some(Incoming::Heard) => continue,
+                    Some(Incoming::Text(t)) => t,
+                };
+                match parse_private_request(&text) {
+                    Err(e) => out.push(error_frame(&e)),
+                    Ok(PrivateFrame::Ping) => out.push(binary(STATUS_UP.to_owned())),
+                    Ok(PrivateFrame::Subscribe(_)) if !window.allow() => {
+                        out.push(error_frame(&too_many_requests()));
+                    }
+                    Ok(PrivateFrame::Subscribe(request)) => {
+                        if request.my_order.is_some() && req.require(Permission::ViewOrders).is_err() {
+                            out.push(error_frame(&out_of_scope("view orders (myOrder)")));
+                        } else if request.my_asset && req.require(Permission::ViewAccounts).is_err() {
+                            out.push(error_frame(&out_of_scope("view accounts (myAsset)")));
+                        } else {
+                            if let Some(f) = request.format {
+                                format = f;
+                            }
+                            if request.my_order.is_some() && orders.is_none() {
+                                // Streaming before the next frame is read: an order
+                                // placed after a PING's answer is never missed.
+                                orders = order_updates(gw, user).await;
+                                reconnect = orders.is_none();
+                                retry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
+                            }
+                            if request.my_order.is_none() {
+                                orders = None;
+                                reconnect = false;
+                            }
+                            assets = if request.my_asset { balances(gw, user).await.or(Some(Assets::new())) } else { None };
+                            subscribed = Some(request);
+                        }
+                    }
+                }
+            }
+            () = &mut retry, if reconnect => {
+                orders = order_updates(gw, user).await;
+                reconnect = orders.is_none();
+                retry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
+            }
+            update = next_update(&mut orders) => {
+                match update {
+                    Some(Ok(Some(u))) => {
+                        let Some(o) = u.order else { continue };
+                        let codes = subscribed.as_ref().and_then(|s| s.my_order.as_ref());
+                        if codes.is_some_and(|c| c.is_empty() || c.contains(&o.market)) {
+                            if told.len() >= MAX_TRACKED {
+                                told.retain(|_, t| !t.finished);
+                                if told.len() >= MAX_TRACKED { told.clear(); }
+                            }
+                            let seen = told.entry(o.uuid.clone()).or_default();
+                            for e in order_events(&o, seen) {
+                                out.push(binary(write::my_order(&e, format)));
+                            }
+                        }
+                        if assets.is_some()
+                            && let (Some(now), Some(known)) = (balances(gw, user).await, assets.as_mut())
+                            && let Some(e) = asset_event(known, now)
+                        {
+                            out.push(binary(write::my_asset(&e, format)));
+                        }
+                    }
+                    _ => {
+                        // The order service went away (or restarted): stream again.
+                        orders = None;
+                        reconnect = true;
+                        retry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
+                    }
+                }
+            }
+            _ = poll.tick(), if assets.is_some() => {
+                if let (Some(now), Some(known)) = (balances(gw, user).await, assets.as_mut())
+                    && let Some(e) = asset_event(known, now)
+                {
+                    out.push(binary(write::my_asset(&e, format)));
+                }
+            }
+            _ = &mut idle => {
+                let _ = sink.send(Message::Close(Some(CloseFrame { code: 1000, reason: "idle timeout".into() }))).await;
+                break;
+            }
+            _ = gw.draining.cancelled() => {
+                let _ = sink.send(Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() }))).await;
+                break;
+            }
+        }
+        let mut failed = false;
+        for m in out {
+            failed = failed || sink.feed(m).await.is_err();
+        }
+        if failed || sink.flush().await.is_err() {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(state: pb::OrderState, fills: u32) -> pb::Order {
+        pb::Order {
+            uuid: "u".into(),
+            market: "KRW-ETH".into(),
+            side: pb::Side::Bid as i32,
+            ord_type: pb::OrderType::Limit as i32,
+            price: "4000000".into(),
+            volume: "0.01".into(),
+            executed_volume: "0.01".into(),
+            executed_funds: "40000".into(),
+            state: state as i32,
+            trades: (1..=fills)
+                .map(|seq| pb::Execution {
+                    seq,
+                    price: "4000000".into(),
+                    volume: "0.005".into(),
+                    fee: "10".into(),
+                    trend: pb::Side::Ask as i32,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_order_opens_fills_and_finishes_once_each() {
+        let mut told = Told::default();
+        let states = |events: Vec<MyOrder>| events.iter().map(|e| e.state).collect::<Vec<_>>();
+        assert!(order_events(&order(pb::OrderState::Pending, 0), &mut told).is_empty());
+        assert_eq!(
+            states(order_events(&order(pb::OrderState::Wait, 1), &mut told)),
+            ["wait", "trade"]
+        );
+        let events = order_events(&order(pb::OrderState::Done, 2), &mut told);
+        assert_eq!(states(events.clone()), ["trade", "done"]);
+        assert_eq!(events[0].trade_uuid.as_deref(), Some("u-2"));
+        assert_eq!(events[0].volume, Some(Decimal::new(5, 3)));
+        assert_eq!(events[0].is_maker, Some(true), "a seller took: we made");
+        assert_eq!(events[1].avg_price, Decimal::new(4_000_000, 0));
+        assert!(order_events(&order(pb::OrderState::Done, 2), &mut told).is_empty());
+    }
+
+    #[test]
+    fn assets_report_what_changed() {
+        let mut known: Assets = [("KRW".to_owned(), (Decimal::ONE, Decimal::ZERO))].into();
+        let same = known.clone();
+        assert!(asset_event(&mut known, same).is_none());
+        let now: Assets = [
+            ("KRW".to_owned(), (Decimal::ONE, Decimal::ZERO)),
+            ("ETH".to_owned(), (Decimal::TWO, Decimal::ZERO)),
+        ]
+        .into();
+        let e = asset_event(&mut known, now).unwrap();
+        assert_eq!(e.assets, [("ETH".to_owned(), Decimal::TWO, Decimal::ZERO)]);
+    }
+}
