@@ -204,6 +204,74 @@ pub fn candle(c: &pb::Candle, unit: Option<u32>) -> Option<upbit::write::rest::R
     })
 }
 
+/// `yyyy-MM-ddTHH:mm:ss` (UTC) of an epoch-ms time.
+fn utc_text(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string()
+}
+
+/// A stored candle as the WebSocket's `name` type (`candle.1m` …).
+pub fn live_candle(
+    c: &pb::Candle,
+    name: &str,
+    stream_type: upbit::StreamType,
+) -> Option<upbit::Candle> {
+    Some(upbit::Candle {
+        candle_type: name.to_owned(),
+        code: c.market.clone(),
+        candle_date_time_utc: utc_text(c.start_time),
+        opening_price: d(&c.opening_price)?,
+        high_price: d(&c.high_price)?,
+        low_price: d(&c.low_price)?,
+        trade_price: d(&c.trade_price)?,
+        candle_acc_trade_volume: d(&c.candle_acc_trade_volume)?,
+        candle_acc_trade_price: d(&c.candle_acc_trade_price)?,
+        timestamp: c.timestamp,
+        stream_type,
+    })
+}
+
+/// `current` (the market's candle of `name`, `period` ms long) with trade `t`
+/// in it; a new candle when `t` falls in a later period (or there is none).
+pub fn candle_with_trade(
+    current: Option<upbit::Candle>,
+    name: &str,
+    period: i64,
+    t: &upbit::Trade,
+) -> upbit::Candle {
+    let start = utc_text(t.trade_timestamp.div_euclid(period) * period);
+    let funds = t.trade_price * t.trade_volume;
+    match current {
+        Some(mut c) if c.candle_date_time_utc == start => {
+            c.high_price = c.high_price.max(t.trade_price);
+            c.low_price = c.low_price.min(t.trade_price);
+            c.trade_price = t.trade_price;
+            c.candle_acc_trade_volume += t.trade_volume;
+            c.candle_acc_trade_price += funds;
+            c.timestamp = t.trade_timestamp;
+            c.stream_type = upbit::StreamType::Realtime;
+            c
+        }
+        // A trade late for its period does not reopen it.
+        Some(c) if c.candle_date_time_utc > start => c,
+        _ => upbit::Candle {
+            candle_type: name.to_owned(),
+            code: t.code.clone(),
+            candle_date_time_utc: start,
+            opening_price: t.trade_price,
+            high_price: t.trade_price,
+            low_price: t.trade_price,
+            trade_price: t.trade_price,
+            candle_acc_trade_volume: t.trade_volume,
+            candle_acc_trade_price: funds,
+            timestamp: t.trade_timestamp,
+            stream_type: upbit::StreamType::Realtime,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

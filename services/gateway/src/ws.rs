@@ -152,9 +152,10 @@ async fn serve(socket: WebSocket, gw: &Shared) -> &'static str {
                         if !window.allow() {
                             vec![error_frame(&too_many_requests())]
                         } else {
-                            match validate(gw, &request.subscriptions).await {
+                            match validate(gw, request.subscriptions).await {
                                 Err(e) => vec![error_frame(&e)],
-                                Ok(()) => {
+                                Ok(subscriptions) => {
+                                    let request = upbit::request::SubscriptionRequest { subscriptions, ..request };
                                     if let Some(f) = request.format {
                                         format = f;
                                     }
@@ -210,32 +211,50 @@ async fn serve(socket: WebSocket, gw: &Shared) -> &'static str {
 
 /// Rejects requests for candle types (not served) and for codes that are not
 /// markets of this exchange, with `INVALID_PARAM`.
-async fn validate(gw: &Shared, subs: &[Subscription]) -> Result<(), upbit::error::ErrorBody> {
-    if subs
-        .iter()
-        .any(|s| matches!(s.data_type, DataType::Candle(_)))
-    {
-        return Err(invalid_param(
-            "candle streams are not served; subscribe to ticker, trade or orderbook",
-        ));
-    }
+/// The subscriptions with their codes checked: a malformed code is an error;
+/// a well-formed code of no listed market is dropped (it would have no data,
+/// as on Upbit), so it does not fail the rest of the request; a request left
+/// with no code at all is an error.
+async fn validate(
+    gw: &Shared,
+    subs: Vec<Subscription>,
+) -> Result<Vec<Subscription>, upbit::error::ErrorBody> {
     let markets = gw
         .markets()
         .await
         .map_err(|_| invalid_param("market list temporarily unavailable; retry"))?;
     let listed: std::collections::HashSet<&str> =
         markets.iter().map(|m| m.market.as_str()).collect();
-    for code in subs.iter().flat_map(|s| &s.codes) {
-        if upbit::market::MarketCode::parse(code).is_err() {
-            return Err(invalid_param(format!(
-                "`{code}` is not a market code like KRW-BTC"
-            )));
+    let mut unknown = Vec::new();
+    let mut kept = Vec::with_capacity(subs.len());
+    for mut sub in subs {
+        let mut codes = Vec::with_capacity(sub.codes.len());
+        let mut depths = Vec::with_capacity(sub.codes.len());
+        for (code, depth) in sub.codes.into_iter().zip(sub.depths) {
+            if upbit::market::MarketCode::parse(&code).is_err() {
+                return Err(invalid_param(format!(
+                    "`{code}` is not a market code like KRW-BTC"
+                )));
+            }
+            if listed.contains(code.as_str()) {
+                codes.push(code);
+                depths.push(depth);
+            } else {
+                unknown.push(code);
+            }
         }
-        if !listed.contains(code.as_str()) {
-            return Err(invalid_param(format!("unknown market code: {code}")));
+        if !codes.is_empty() {
+            (sub.codes, sub.depths) = (codes, depths);
+            kept.push(sub);
         }
     }
-    Ok(())
+    if kept.is_empty() {
+        return Err(invalid_param(format!(
+            "unknown market code: {}",
+            unknown.first().map_or("", String::as_str)
+        )));
+    }
+    Ok(kept)
 }
 
 /// The upstream tasks of one subscription set.
@@ -259,10 +278,7 @@ impl Upstream {
         // Every live stream of the set is opened before any of them forwards a
         // frame: once the client sees its first frame, nothing of the set can
         // still be connecting (and miss what happens next).
-        let live = subs
-            .iter()
-            .filter(|s| s.wants_realtime() && !matches!(s.data_type, DataType::Candle(_)))
-            .count();
+        let live = subs.iter().filter(|s| s.wants_realtime()).count();
         let opened = Arc::new(tokio::sync::Barrier::new(live));
         for sub in subs {
             let depths: HashMap<String, usize> = sub
@@ -291,7 +307,15 @@ impl Upstream {
                 DataType::Orderbook => up.tasks.spawn(orderbooks(
                     md, codes, snapshot, realtime, sink, cancel, opened,
                 )),
-                DataType::Candle(_) => continue,
+                DataType::Candle(ref name) => up.tasks.spawn(candles(
+                    md,
+                    name.clone(),
+                    codes,
+                    (snapshot, realtime),
+                    sink,
+                    cancel,
+                    opened,
+                )),
             };
         }
         up
@@ -510,6 +534,97 @@ async fn trades(
         let t = m.trade?;
         convert::skipped(convert::trade(&t, m.snapshot), "trade", &t.market)
             .map(|t| write::trade(&t, sink.format))
+    };
+    pump(open, render, sink, cancel, opened).await;
+}
+
+/// The market-data interval of a minute candle type (`None` for seconds,
+/// which market-data does not keep).
+fn minute_interval(seconds: u32) -> Option<pb::CandleInterval> {
+    use pb::CandleInterval as I;
+    Some(match seconds {
+        60 => I::Minute1,
+        180 => I::Minute3,
+        300 => I::Minute5,
+        600 => I::Minute10,
+        900 => I::Minute15,
+        1800 => I::Minute30,
+        3600 => I::Minute60,
+        14400 => I::Minute240,
+        _ => return None,
+    })
+}
+
+/// A live candle of `name` (`candle.1s` … `candle.240m`) per market, built from
+/// the trade stream: each trade updates its period's candle (a new period
+/// starts from that trade) and the candle is sent. Minute candles start from
+/// market-data's current candle (sent as the SNAPSHOT); second candles from the
+/// first trade.
+async fn candles(
+    md: Md,
+    name: String,
+    codes: Vec<String>,
+    (snapshot, realtime): (bool, bool),
+    sink: Sink,
+    cancel: CancellationToken,
+    opened: Arc<tokio::sync::Barrier>,
+) {
+    let seconds = upbit::types::CANDLE_TYPES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(60, |(_, s)| *s);
+    let period = i64::from(seconds) * 1000;
+    let mut current: HashMap<String, upbit::Candle> = HashMap::new();
+    if let Some(interval) = minute_interval(seconds) {
+        let now_start = chrono::Utc::now().timestamp_millis() / period * period;
+        for market in &codes {
+            let Ok(r) = md
+                .clone()
+                .list_candles(pb::ListCandlesRequest {
+                    market: market.clone(),
+                    interval: interval as i32,
+                    to: None,
+                    count: 1,
+                })
+                .await
+            else {
+                continue;
+            };
+            let Some(c) = r.into_inner().candles.into_iter().next() else {
+                continue;
+            };
+            let Some(candle) = convert::live_candle(&c, &name, upbit::StreamType::Snapshot) else {
+                continue;
+            };
+            if snapshot && !sink.put(write::candle(&candle, sink.format)) {
+                return;
+            }
+            if c.start_time == now_start {
+                current.insert(market.clone(), candle);
+            }
+        }
+    }
+    if !realtime {
+        return;
+    }
+    let current = std::sync::Mutex::new(current);
+    let open = |_first: bool| {
+        let (mut md, markets) = (md.clone(), codes.clone());
+        async move {
+            md.stream_trades(pb::StreamTradesRequest {
+                markets,
+                snapshot: false,
+            })
+            .await
+        }
+    };
+    let render = |m: pb::StreamTradesResponse, sink: &Sink| {
+        let t = convert::trade(&m.trade?, false)?;
+        let mut current = current.lock().ok()?;
+        let candle = convert::candle_with_trade(current.remove(&t.code), &name, period, &t);
+        let frame = write::candle(&candle, sink.format);
+        current.insert(t.code, candle);
+        Some(frame)
     };
     pump(open, render, sink, cancel, opened).await;
 }

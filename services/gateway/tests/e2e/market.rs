@@ -618,3 +618,60 @@ async fn one_websocket_client_cannot_stall_or_flood_the_gateway() {
     .await;
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candles_and_trades_share_a_socket_and_an_unknown_code_spoils_nothing() {
+    let db = TestDb::create().await.unwrap();
+    let stack = Stack::start(&db, Options::default()).await;
+    wait_rest_price(&stack, "KRW-ETH", "5200000").await;
+    let mut ws = ws_connect(stack.gateways[0].http).await;
+    // A trade stream for the trade type and one for each candle type; the
+    // unknown code of the trade type is dropped, not an error for all.
+    ws_subscribe(
+        &stack,
+        &mut ws,
+        r#"[{"ticket":"c"},{"type":"trade","codes":["KRW-BTC","KRW-NOPE"],"is_only_realtime":true},{"type":"candle.1s","codes":["KRW-BTC"]},{"type":"candle.1m","codes":["KRW-BTC"],"is_only_realtime":true}]"#,
+        "trade",
+        3.0,
+    )
+    .await;
+    stack
+        .sim_trade("KRW-BTC", "151234000", "0.01", "BID", None)
+        .await;
+    stack
+        .sim_trade("KRW-BTC", "151236000", "0.02", "ASK", None)
+        .await;
+    let (mut trades, mut seconds, mut minutes) = (0, None, None);
+    while trades < 2 || seconds.is_none() || minutes.is_none() {
+        ws_wait(&mut ws, Duration::from_secs(20), |m| {
+            match m {
+                Message::Trade(t) if t.code == "KRW-BTC" => trades += 1,
+                Message::Candle(c) if c.trade_price == dec("151236000") => {
+                    if c.candle_type == "candle.1s" {
+                        seconds = Some(c);
+                    } else if c.candle_type == "candle.1m" {
+                        minutes = Some(c);
+                    }
+                }
+                _ => return None,
+            }
+            Some(())
+        })
+        .await;
+    }
+    let minute = minutes.unwrap();
+    assert_eq!(minute.code, "KRW-BTC");
+    assert_eq!(minute.stream_type, StreamType::Realtime);
+    assert!(minute.high_price >= dec("151236000") && minute.low_price <= dec("151234000"));
+    // Both trades in the minute's totals, unless a minute began between them.
+    assert!(
+        minute.candle_acc_trade_volume >= dec("0.03")
+            || (minute.opening_price == dec("151236000")
+                && minute.candle_acc_trade_volume == dec("0.02")),
+        "{minute:?}"
+    );
+    assert!(minute.candle_date_time_utc.ends_with(":00"), "{minute:?}");
+    let second = seconds.unwrap();
+    assert_eq!(second.trade_price, dec("151236000"));
+    stack.stop().await;
+}
