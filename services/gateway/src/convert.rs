@@ -204,6 +204,25 @@ pub fn candle(c: &pb::Candle, unit: Option<u32>) -> Option<upbit::write::rest::R
     })
 }
 
+/// One trade as a candle of its own (to be folded into periods).
+pub fn trade_piece(t: &pb::Trade) -> Option<upbit::write::rest::RestCandle> {
+    let (price, volume) = (d(&t.trade_price)?, d(&t.trade_volume)?);
+    Some(upbit::write::rest::RestCandle {
+        market: t.market.clone(),
+        start: t.trade_timestamp,
+        opening_price: price,
+        high_price: price,
+        low_price: price,
+        trade_price: price,
+        timestamp: t.trade_timestamp,
+        candle_acc_trade_price: price * volume,
+        candle_acc_trade_volume: volume,
+        unit: None,
+        day: None,
+        first_day_of_period: false,
+    })
+}
+
 /// `yyyy-MM-ddTHH:mm:ss` (UTC) of an epoch-ms time.
 fn utc_text(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)

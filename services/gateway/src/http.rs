@@ -26,9 +26,11 @@ pub fn router(gw: Shared) -> Router {
             "/v1/candles/minutes/{unit}",
             get(quotation::candles_minutes),
         )
+        .route("/v1/candles/seconds", get(quotation::candles_seconds))
         .route("/v1/candles/days", get(quotation::candles_days))
         .route("/v1/candles/weeks", get(quotation::candles_weeks))
         .route("/v1/candles/months", get(quotation::candles_months))
+        .route("/v1/candles/years", get(quotation::candles_years))
         .route("/websocket/v1", get(ws::upgrade))
         .route("/websocket/v1/private", get(ws_private::upgrade))
         // Native API.

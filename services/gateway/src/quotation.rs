@@ -2,9 +2,7 @@
 //! `/v1/ticker/all`, `/v1/orderbook`, `/v1/trades/ticks`, `/v1/candles/*`) with
 //! Upbit's field names, `Remaining-Req` header, per-IP group limits and errors.
 
-use std::collections::HashMap;
-
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use exchange_proto::marketdata::v1 as pb;
@@ -16,10 +14,57 @@ use crate::error::ApiError;
 use crate::ratelimit::{Decision, too_many};
 use crate::state::{ClientIp, Shared};
 
-type Params = Query<HashMap<String, String>>;
+/// A request's query parameters as sent, in order, repeated keys included.
+pub struct QueryList(Vec<(String, String)>);
 
-fn param<'a>(q: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
-    q.get(key).map(String::as_str)
+impl QueryList {
+    /// The first value of `key`.
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `key` (`markets=A&markets=B`, or `markets[]=…`) joined
+    /// by commas, so a list sent as repeated keys (pyupbit) reads as the same
+    /// list sent comma separated.
+    fn list(&self, key: &str) -> Option<String> {
+        let array = format!("{key}[]");
+        let values: Vec<&str> = self
+            .0
+            .iter()
+            .filter(|(k, _)| *k == key || *k == array)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        (!values.is_empty()).then(|| values.join(","))
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for QueryList {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        Ok(Self(
+            url::form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .take(MAX_PARAMS)
+                .collect(),
+        ))
+    }
+}
+
+type Params = QueryList;
+
+/// Most query parameters read from one request.
+const MAX_PARAMS: usize = 64;
+
+fn param<'a>(q: &'a QueryList, key: &str) -> Option<&'a str> {
+    q.get(key)
 }
 
 /// Unknown markets answer Upbit's 404 `Code not found`.
@@ -58,8 +103,12 @@ where
     resp
 }
 
-pub async fn market_all(State(gw): State<Shared>, ip: ClientIp, Query(q): Params) -> Response {
-    let details = param(&q, "is_details") == Some("true");
+pub async fn market_all(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Response {
+    // Upbit's `is_details`; pyupbit sends `isDetails`.
+    let details = [param(&q, "is_details"), param(&q, "isDetails")]
+        .into_iter()
+        .flatten()
+        .any(|v| v.eq_ignore_ascii_case("true"));
     limited(&gw.clone(), ip, "market", async move {
         let markets = gw.markets().await?;
         let list: Vec<rest::MarketInfo> = markets
@@ -79,9 +128,9 @@ pub async fn market_all(State(gw): State<Shared>, ip: ClientIp, Query(q): Params
     .await
 }
 
-pub async fn ticker(State(gw): State<Shared>, ip: ClientIp, Query(q): Params) -> Response {
+pub async fn ticker(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Response {
     limited(&gw.clone(), ip, "ticker", async move {
-        let markets = query::markets(param(&q, "markets"))?;
+        let markets = query::markets(q.list("markets").as_deref())?;
         let request = pb::GetTickersRequest {
             markets: markets.iter().map(|m| m.to_string()).collect(),
             quote_currencies: vec![],
@@ -104,9 +153,9 @@ pub async fn ticker(State(gw): State<Shared>, ip: ClientIp, Query(q): Params) ->
     .await
 }
 
-pub async fn ticker_all(State(gw): State<Shared>, ip: ClientIp, Query(q): Params) -> Response {
+pub async fn ticker_all(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Response {
     limited(&gw.clone(), ip, "ticker", async move {
-        let quotes = query::quote_currencies(param(&q, "quote_currencies"))?;
+        let quotes = query::quote_currencies(q.list("quote_currencies").as_deref())?;
         let request = pb::GetTickersRequest {
             markets: vec![],
             quote_currencies: quotes,
@@ -128,9 +177,9 @@ pub async fn ticker_all(State(gw): State<Shared>, ip: ClientIp, Query(q): Params
     .await
 }
 
-pub async fn orderbook(State(gw): State<Shared>, ip: ClientIp, Query(q): Params) -> Response {
+pub async fn orderbook(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Response {
     limited(&gw.clone(), ip, "orderbook", async move {
-        let markets = query::markets(param(&q, "markets"))?;
+        let markets = query::markets(q.list("markets").as_deref())?;
         let depth = query::count(
             param(&q, "count"),
             query::MAX_ORDERBOOK_DEPTH,
@@ -166,7 +215,7 @@ pub async fn orderbook(State(gw): State<Shared>, ip: ClientIp, Query(q): Params)
     .await
 }
 
-pub async fn trades(State(gw): State<Shared>, ip: ClientIp, Query(q): Params) -> Response {
+pub async fn trades(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Response {
     limited(&gw.clone(), ip, "trade", async move {
         let market = query::market(param(&q, "market"))?;
         let count = query::count(param(&q, "count"), 1, query::MAX_TRADES)?;
@@ -206,7 +255,7 @@ pub async fn trades(State(gw): State<Shared>, ip: ClientIp, Query(q): Params) ->
 
 async fn candles(
     gw: &Shared,
-    q: &HashMap<String, String>,
+    q: &QueryList,
     interval: pb::CandleInterval,
     unit: Option<u32>,
 ) -> Result<String, ApiError> {
@@ -239,7 +288,7 @@ pub async fn candles_minutes(
     State(gw): State<Shared>,
     ip: ClientIp,
     Path(unit): Path<String>,
-    Query(q): Params,
+    q: Params,
 ) -> Response {
     limited(&gw.clone(), ip, "candle", async move {
         let unit = query::minute_unit(&unit)?;
@@ -258,21 +307,150 @@ pub async fn candles_minutes(
     .await
 }
 
-pub async fn candles_days(State(gw): State<Shared>, ip: ClientIp, Query(q): Params) -> Response {
+/// Folds candles or trades (newest first, each a [`rest::RestCandle`]) into
+/// the periods `period_start` maps their starts to: the first one's opening
+/// price, the last one's close, the extremes and sums, the period's start.
+/// Newest first, at most `count`.
+pub fn fold_candles(
+    pieces: &[rest::RestCandle],
+    period_start: impl Fn(i64) -> i64,
+    count: usize,
+    first_day_of_period: bool,
+) -> Vec<rest::RestCandle> {
+    let mut folded: Vec<rest::RestCandle> = Vec::new();
+    for p in pieces.iter().rev() {
+        let start = period_start(p.start);
+        match folded.last_mut() {
+            Some(c) if c.start == start => {
+                c.high_price = c.high_price.max(p.high_price);
+                c.low_price = c.low_price.min(p.low_price);
+                c.trade_price = p.trade_price;
+                c.timestamp = p.timestamp;
+                c.candle_acc_trade_price += p.candle_acc_trade_price;
+                c.candle_acc_trade_volume += p.candle_acc_trade_volume;
+            }
+            _ => folded.push(rest::RestCandle {
+                start,
+                unit: None,
+                day: None,
+                first_day_of_period,
+                ..p.clone()
+            }),
+        }
+    }
+    folded.reverse();
+    folded.truncate(count);
+    folded
+}
+
+/// Start of the UTC year of an epoch-ms time.
+fn year_start(ms: i64) -> i64 {
+    use chrono::Datelike;
+    let year = chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .year();
+    chrono::NaiveDate::from_ymd_opt(year, 1, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map_or(0, |t| t.and_utc().timestamp_millis())
+}
+
+/// `/v1/candles/years`: market-data's month candles (200 of them, 16 years)
+/// folded by year.
+pub async fn candles_years(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Response {
+    limited(&gw.clone(), ip, "candle", async move {
+        let market = query::market(param(&q, "market"))?;
+        let count = query::count(param(&q, "count"), 1, query::MAX_CANDLES)?;
+        let to = query::to_time(param(&q, "to"))?;
+        let months = gw
+            .md
+            .clone()
+            .list_candles(pb::ListCandlesRequest {
+                market: market.to_string(),
+                interval: pb::CandleInterval::Month1 as i32,
+                // Years that start before `to`, with their months before it.
+                to,
+                count: query::MAX_CANDLES,
+            })
+            .await
+            .map_err(market_error)?
+            .into_inner()
+            .candles;
+        let months: Vec<rest::RestCandle> = months
+            .iter()
+            .filter_map(|c| convert::skipped(convert::candle(c, None), "candle", &c.market))
+            .collect();
+        let years = fold_candles(&months, year_start, count as usize, true);
+        Ok(rest::array(years.iter().map(rest::candle)))
+    })
+    .await
+}
+
+/// Trades read at most for one `/v1/candles/seconds` answer.
+const MAX_SECOND_TRADES: usize = 2000;
+
+/// `/v1/candles/seconds`: one-second candles folded from the market's trades
+/// (market-data keeps no second candles), before `to`; seconds without trades
+/// have no candle, as on Upbit.
+pub async fn candles_seconds(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Response {
+    limited(&gw.clone(), ip, "candle", async move {
+        let market = query::market(param(&q, "market"))?;
+        let count = query::count(param(&q, "count"), 1, query::MAX_CANDLES)? as usize;
+        let to = query::to_time(param(&q, "to"))?;
+        let mut pieces: Vec<rest::RestCandle> = Vec::new();
+        let mut cursor = None;
+        let second = |ms: i64| ms.div_euclid(1000) * 1000;
+        loop {
+            let trades = gw
+                .md
+                .clone()
+                .list_trades(pb::ListTradesRequest {
+                    market: market.to_string(),
+                    count: query::MAX_TRADES,
+                    cursor,
+                    to: if cursor.is_none() { to } else { None },
+                    after: None,
+                })
+                .await
+                .map_err(market_error)?
+                .into_inner()
+                .trades;
+            let Some(last) = trades.last() else { break };
+            cursor = Some(last.sequential_id);
+            pieces.extend(
+                trades
+                    .iter()
+                    .filter_map(|t| convert::skipped(convert::trade_piece(t), "trade", &t.market)),
+            );
+            let seconds = pieces.first().map_or(0, |p| second(p.start))
+                - pieces.last().map_or(0, |p| second(p.start));
+            if trades.len() < query::MAX_TRADES as usize
+                || pieces.len() >= MAX_SECOND_TRADES
+                || seconds / 1000 >= count as i64
+            {
+                break;
+            }
+        }
+        let candles = fold_candles(&pieces, second, count, false);
+        Ok(rest::array(candles.iter().map(rest::candle)))
+    })
+    .await
+}
+
+pub async fn candles_days(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Response {
     limited(&gw.clone(), ip, "candle", async move {
         candles(&gw, &q, pb::CandleInterval::Day1, None).await
     })
     .await
 }
 
-pub async fn candles_weeks(State(gw): State<Shared>, ip: ClientIp, Query(q): Params) -> Response {
+pub async fn candles_weeks(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Response {
     limited(&gw.clone(), ip, "candle", async move {
         candles(&gw, &q, pb::CandleInterval::Week1, None).await
     })
     .await
 }
 
-pub async fn candles_months(State(gw): State<Shared>, ip: ClientIp, Query(q): Params) -> Response {
+pub async fn candles_months(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Response {
     limited(&gw.clone(), ip, "candle", async move {
         candles(&gw, &q, pb::CandleInterval::Month1, None).await
     })

@@ -372,6 +372,20 @@ async fn every_route_refuses_bad_input_with_a_4xx_never_a_5xx() {
             None,
             vec![("market", "KRW-BTC"), ("count", "5")],
         ),
+        (
+            "/v1/candles/years",
+            None,
+            vec![("market", "KRW-BTC"), ("count", "5")],
+        ),
+        (
+            "/v1/candles/seconds",
+            None,
+            vec![
+                ("market", "KRW-BTC"),
+                ("count", "5"),
+                ("to", "2026-01-01T00:00:00"),
+            ],
+        ),
     ];
     for (path, auth, params) in &queries {
         for (i, (field, _)) in params.iter().enumerate() {

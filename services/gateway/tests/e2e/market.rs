@@ -105,6 +105,26 @@ async fn a_price_the_sim_emits_is_served_by_rest_and_pushed_on_the_websocket() {
     );
 
     wait_rest_price(&stack, "KRW-BTC", "151234000").await;
+    // A list sent as repeated keys (pyupbit) reads as the comma list does.
+    let (status, both) = json(
+        &stack,
+        &format!("{}/v1/ticker?markets=KRW-BTC&markets=KRW-ETH", stack.gw()),
+    )
+    .await;
+    let codes: Vec<&str> = both
+        .as_array()
+        .map(|a| a.iter().filter_map(|t| t["market"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!((status, codes), (200, vec!["KRW-BTC", "KRW-ETH"]), "{both}");
+    let (_, details) = json(
+        &stack,
+        &format!("{}/v1/market/all?isDetails=true", stack.gw()),
+    )
+    .await;
+    assert!(
+        details[0].get("market_event").is_some(),
+        "isDetails as pyupbit spells it: {details}"
+    );
     let (_, native) = json(
         &stack,
         &format!("{}/api/v1/tickers?markets=KRW-BTC", stack.gw()),
@@ -248,6 +268,80 @@ async fn candles_agree_with_the_trades_that_built_them_and_with_upbit_sim() {
         "5280000",
         "the newest 5-minute period, minutes 5..9"
     );
+
+    // Seconds, folded from the trades: the newest two seconds before +3 s.
+    let to3 = chrono::DateTime::from_timestamp_millis(base + 3_000)
+        .unwrap()
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string();
+    let (status, seconds) = json(
+        &stack,
+        &format!(
+            "{}/v1/candles/seconds?market=KRW-ETH&count=2&to={to3}",
+            stack.gw()
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{seconds}");
+    let utc = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .format("%Y-%m-%dT%H:%M:%S")
+            .to_string()
+    };
+    assert_eq!(
+        seconds
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (
+                c["candle_date_time_utc"].as_str().unwrap().to_owned(),
+                c["opening_price"].to_string(),
+                c["candle_acc_trade_volume"].to_string()
+            ))
+            .collect::<Vec<_>>(),
+        [
+            (utc(base + 2_000), "5310000".to_owned(), "0.5".to_owned()),
+            (utc(base + 1_000), "5300000".to_owned(), "1".to_owned()),
+        ],
+        "{seconds}"
+    );
+
+    // Years: the months of each year, together.
+    let (status, years) = json(
+        &stack,
+        &format!("{}/v1/candles/years?market=KRW-ETH&count=1", stack.gw()),
+    )
+    .await;
+    assert_eq!(status, 200, "{years}");
+    let year = years[0]["first_day_of_period"].as_str().unwrap()[..4].to_owned();
+    let (_, months) = json(
+        &stack,
+        &format!("{}/v1/candles/months?market=KRW-ETH&count=24", stack.gw()),
+    )
+    .await;
+    let of_year: Vec<&serde_json::Value> = months
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| {
+            m["first_day_of_period"]
+                .as_str()
+                .unwrap()
+                .starts_with(&year)
+        })
+        .collect();
+    let volume: Decimal = of_year
+        .iter()
+        .map(|m| dec(&m["candle_acc_trade_volume"].to_string()))
+        .sum();
+    assert!(!of_year.is_empty() && years.as_array().unwrap().len() == 1);
+    assert_eq!(
+        dec(&years[0]["candle_acc_trade_volume"].to_string()),
+        volume,
+        "{years} vs {months}"
+    );
+    assert_eq!(years[0]["first_day_of_period"], format!("{year}-01-01"));
     stack.stop().await;
 }
 
