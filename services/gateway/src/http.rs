@@ -12,7 +12,7 @@ use axum::routing::{delete, get, post};
 use crate::error::ApiError;
 use crate::ratelimit::{self, Decision};
 use crate::state::{ClientIp, Shared};
-use crate::{batch, exchange, native, observe, private, quotation, ws, ws_private};
+use crate::{batch, exchange, native, observe, private, quotation, wallet, ws, ws_private};
 
 pub fn router(gw: Shared) -> Router {
     let api = Router::new()
@@ -21,6 +21,14 @@ pub fn router(gw: Shared) -> Router {
         .route("/v1/ticker", get(quotation::ticker))
         .route("/v1/ticker/all", get(quotation::ticker_all))
         .route("/v1/orderbook", get(quotation::orderbook))
+        .route(
+            "/v1/orderbook/instruments",
+            get(quotation::orderbook_instruments),
+        )
+        .route(
+            "/v1/orderbook/supported_levels",
+            get(quotation::orderbook_levels),
+        )
         .route("/v1/trades/ticks", get(quotation::trades))
         .route(
             "/v1/candles/minutes/{unit}",
@@ -78,6 +86,31 @@ pub fn router(gw: Shared) -> Router {
         .route("/v1/orders/cancel_and_new", post(batch::cancel_and_new))
         .route("/v1/orders/test", post(batch::test))
         .route("/v1/orders/closed", get(exchange::closed))
+        // Paper mode: what can be read is real, what would move funds is refused.
+        .route("/v1/deposits", get(wallet::deposits))
+        .route("/v1/deposit", get(wallet::deposit))
+        .route("/v1/withdraws", get(wallet::withdraws))
+        .route("/v1/withdraw", get(wallet::withdraw))
+        .route("/v1/status/wallet", get(wallet::wallet_status))
+        .route("/v1/api_keys", get(wallet::api_keys))
+        .route(
+            "/v1/withdraws/coin",
+            post(wallet::withdraw_refused).delete(wallet::withdraw_refused),
+        )
+        .route("/v1/withdraws/krw", post(wallet::withdraw_refused))
+        .route("/v1/withdraws/chance", get(wallet::withdraw_refused))
+        .route(
+            "/v1/withdraws/coin_addresses",
+            get(wallet::withdraw_refused),
+        )
+        .route("/v1/deposits/krw", post(wallet::deposit_refused))
+        .route("/v1/deposits/chance/coin", get(wallet::deposit_refused))
+        .route(
+            "/v1/deposits/generate_coin_address",
+            post(wallet::address_refused),
+        )
+        .route("/v1/deposits/coin_addresses", get(wallet::address_refused))
+        .route("/v1/deposits/coin_address", get(wallet::address_refused))
         .route_layer(middleware::from_fn_with_state(gw.clone(), admit))
         .route_layer(middleware::from_fn_with_state(gw.clone(), observe::observe));
     Router::new()

@@ -18,6 +18,7 @@ mod quotation;
 mod ratelimit;
 mod state;
 mod views;
+mod wallet;
 mod ws;
 mod ws_private;
 

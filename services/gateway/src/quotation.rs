@@ -153,6 +153,58 @@ pub async fn ticker(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Respon
     .await
 }
 
+/// `/v1/orderbook/instruments`: each market's quote currency, its tick size at
+/// the current price (Upbit's KRW ticks depend on the price), and the
+/// orderbook levels served — only `0`: orderbooks are not grouped here.
+pub async fn orderbook_instruments(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Response {
+    limited(&gw.clone(), ip, "orderbook", async move {
+        let markets = query::markets(q.list("markets").as_deref())?;
+        let tickers = gw
+            .md
+            .clone()
+            .get_tickers(pb::GetTickersRequest {
+                markets: markets.iter().map(|m| m.to_string()).collect(),
+                quote_currencies: vec![],
+            })
+            .await
+            .map_err(market_error)?
+            .into_inner()
+            .tickers;
+        let list: Vec<serde_json::Value> = markets
+            .iter()
+            .map(|m| {
+                let price = tickers
+                    .iter()
+                    .find(|t| t.market == m.as_str())
+                    .and_then(|t| t.trade_price.parse().ok())
+                    .unwrap_or_default();
+                serde_json::json!({
+                    "market": m.as_str(),
+                    "quote_currency": m.quote(),
+                    "tick_size": upbit::market::tick_size(m.quote(), price).normalize().to_string(),
+                    "supported_levels": ["0"],
+                })
+            })
+            .collect();
+        Ok(serde_json::Value::from(list).to_string())
+    })
+    .await
+}
+
+/// `/v1/orderbook/supported_levels` (Upbit's older name for the levels):
+/// only `0`, orderbooks are not grouped here.
+pub async fn orderbook_levels(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Response {
+    limited(&gw.clone(), ip, "orderbook", async move {
+        let markets = query::markets(q.list("markets").as_deref())?;
+        let list: Vec<serde_json::Value> = markets
+            .iter()
+            .map(|m| serde_json::json!({"market": m.as_str(), "supported_levels": [0]}))
+            .collect();
+        Ok(serde_json::Value::from(list).to_string())
+    })
+    .await
+}
+
 pub async fn ticker_all(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Response {
     limited(&gw.clone(), ip, "ticker", async move {
         let quotes = query::quote_currencies(q.list("quote_currencies").as_deref())?;

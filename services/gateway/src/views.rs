@@ -6,7 +6,7 @@ use exchange_proto::inventory::v1 as inv;
 use exchange_proto::order::v1 as pb;
 use serde_json::{Value, json};
 
-fn kst(ms: i64) -> String {
+pub fn kst(ms: i64) -> String {
     let offset = FixedOffset::east_opt(9 * 3600).expect("+09:00 is a valid offset");
     DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()

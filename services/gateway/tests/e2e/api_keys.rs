@@ -484,3 +484,111 @@ async fn orders_are_listed_cancelled_replaced_and_tested_in_batches_as_upbit_doe
     assert_eq!((status, none), (200, json!([])));
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deposits_wallets_and_keys_read_real_data_and_withdrawals_say_why_not() {
+    let db = TestDb::create().await.unwrap();
+    let stack = stack_trading_eth(&db).await;
+    let liam = stack.client("liam@example.com").await;
+    let (status, body) = liam
+        .post(
+            "/api/v1/deposits",
+            json!({"currency": "KRW", "amount": "12345", "idempotency_key": "faucet-1"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, made) = liam
+        .post("/api/v1/api-keys", json!({"password": PASSWORD}))
+        .await;
+    let key = key_of(&made);
+    let get = |path: &'static str, query: &'static str| {
+        let (stack, key) = (&stack, &key);
+        async move { signed(stack, key, reqwest::Method::GET, path, query).await }
+    };
+
+    let (status, deposits) = get("/v1/deposits", "currency=KRW").await;
+    assert_eq!(status, 200, "{deposits}");
+    let amounts: Vec<&str> = deposits
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["amount"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        amounts,
+        ["12345", "10000000"],
+        "the faucet's, then the opening balance"
+    );
+    let newest = &deposits[0];
+    assert_eq!(
+        (
+            newest["type"].as_str(),
+            newest["state"].as_str(),
+            newest["currency"].as_str()
+        ),
+        (Some("deposit"), Some("ACCEPTED"), Some("KRW"))
+    );
+    let (status, one) = signed(
+        &stack,
+        &key,
+        reqwest::Method::GET,
+        "/v1/deposit",
+        &format!("uuid={}", newest["uuid"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!((status, &one["amount"]), (200, &json!("12345")), "{one}");
+    let (status, limited) = get("/v1/deposits", "limit=1&order_by=asc").await;
+    assert_eq!(
+        (status, limited[0]["amount"].as_str()),
+        (200, Some("10000000")),
+        "{limited}"
+    );
+
+    let (status, withdraws) = get("/v1/withdraws", "").await;
+    assert_eq!((status, withdraws), (200, json!([])));
+    let (status, wallets) = get("/v1/status/wallet", "").await;
+    assert_eq!(status, 200, "{wallets}");
+    for currency in ["KRW", "BTC", "ETH"] {
+        assert!(
+            wallets
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["currency"] == currency && w["wallet_state"] == "working"),
+            "{currency}: {wallets}"
+        );
+    }
+    let (status, keys) = get("/v1/api_keys", "").await;
+    assert_eq!(status, 200, "{keys}");
+    assert_eq!(keys[0]["access_key"].as_str(), Some(key.0.as_str()));
+    assert!(keys[0]["expire_at"].as_str().unwrap().ends_with("+09:00"));
+
+    for (method, path) in [
+        (reqwest::Method::POST, "/v1/withdraws/coin"),
+        (reqwest::Method::POST, "/v1/withdraws/krw"),
+        (reqwest::Method::POST, "/v1/deposits/krw"),
+        (reqwest::Method::GET, "/v1/deposits/coin_addresses"),
+    ] {
+        let (status, body) = signed(&stack, &key, method.clone(), path, "").await;
+        assert_eq!(
+            (status, body["error"]["name"].as_str()),
+            (400, Some("not_supported_in_paper_trading")),
+            "{method} {path}: {body}"
+        );
+        assert!(body["error"]["message"].as_str().unwrap().contains("paper"));
+    }
+
+    // Tick sizes before ordering, as Upbit recommends fetching them.
+    let resp = stack
+        .get(&format!(
+            "{}/v1/orderbook/instruments?markets=KRW-ETH",
+            stack.gw()
+        ))
+        .await;
+    let instruments: Value = resp.json().await.unwrap();
+    assert_eq!(
+        instruments,
+        json!([{"market": "KRW-ETH", "quote_currency": "KRW", "tick_size": "1000", "supported_levels": ["0"]}])
+    );
+    stack.stop().await;
+}
