@@ -169,7 +169,7 @@ pub async fn chance(State(gw): State<Shared>, req: UpbitRequest) -> Result<Respo
             .map(views::upbit_account)
             .unwrap_or_else(|| {
                 json!({"currency": currency, "balance": "0", "locked": "0", "avg_buy_price": "0",
-                       "avg_buy_price_modified": false, "unit_currency": "KRW"})
+                       "avg_buy_price_modified": false, "unit_currency": c.quote_currency})
             })
         };
         let body = json!({
@@ -180,8 +180,10 @@ pub async fn chance(State(gw): State<Shared>, req: UpbitRequest) -> Result<Respo
             "market": {
                 "id": c.market,
                 "name": format!("{}/{}", c.base_currency, c.quote_currency),
+                // Upbit's deprecated list, and the current ones by side.
                 "order_types": ["limit"],
-                "ord_types": ["limit", "price", "market"],
+                "bid_types": ["best_fok", "best_ioc", "limit", "limit_fok", "limit_ioc", "price"],
+                "ask_types": ["best_fok", "best_ioc", "limit", "limit_fok", "limit_ioc", "market"],
                 "order_sides": ["ask", "bid"],
                 "bid": {"currency": c.quote_currency, "price_unit": null, "min_total": c.min_total},
                 "ask": {"currency": c.base_currency, "price_unit": null, "min_total": c.min_total},

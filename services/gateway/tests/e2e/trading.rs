@@ -491,6 +491,20 @@ async fn an_upbit_client_trades_by_changing_only_the_base_url() {
         ),
         (Some("0.0005"), Some("5000"))
     );
+    // The order types by side, as Upbit lists them now (ccxt reads them).
+    for (side, kind) in [("bid_types", "price"), ("ask_types", "market")] {
+        let types = chance["market"][side].as_array().unwrap();
+        for t in [
+            "limit",
+            "limit_ioc",
+            "limit_fok",
+            "best_ioc",
+            "best_fok",
+            kind,
+        ] {
+            assert!(types.iter().any(|x| x == t), "{side} lacks {t}: {chance}");
+        }
+    }
 
     // Place with a JSON body: query_hash covers its fields in order.
     let body = json!({"market": "KRW-ETH", "side": "bid", "volume": "0.01", "price": "4000000", "ord_type": "limit"});
