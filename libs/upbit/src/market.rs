@@ -132,6 +132,21 @@ pub fn floor_to_tick(quote: &str, price: Decimal) -> Decimal {
     ((price / tick).floor() * tick).normalize()
 }
 
+/// The orderbook levels (price units an orderbook may be grouped by) of a
+/// market trading at `price`: `0` (no grouping) and, in KRW markets (the only
+/// ones Upbit groups), the tick times 10, 100, … 100,000.
+pub fn supported_levels(quote: &str, price: Decimal) -> Vec<Decimal> {
+    let mut levels = vec![Decimal::ZERO];
+    if quote == "KRW" {
+        let mut level = krw_tick(price);
+        for _ in 0..5 {
+            level *= Decimal::TEN;
+            levels.push(level.normalize());
+        }
+    }
+    levels
+}
+
 /// Minimum order total in the quote currency (5,000 KRW; 0.00005 BTC; 0.5 USDT).
 pub fn min_order_total(quote: &str) -> Decimal {
     match quote {

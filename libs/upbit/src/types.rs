@@ -269,6 +269,61 @@ pub struct Candle {
     pub stream_type: StreamType,
 }
 
+impl Orderbook {
+    /// The book grouped by `level` (a price unit; 0 leaves it as it is): asks
+    /// at their price rounded up to the level, bids rounded down, sizes summed,
+    /// at most `depth` units (totals then follow the cut, as for any cut book).
+    pub fn grouped(mut self, level: Decimal, depth: usize) -> Self {
+        if level > Decimal::ZERO {
+            let group = |prices: Vec<(Decimal, Decimal)>, up: bool| {
+                let mut out: Vec<(Decimal, Decimal)> = Vec::new();
+                for (price, size) in prices {
+                    let steps = price / level;
+                    let p = if up { steps.ceil() } else { steps.floor() } * level;
+                    match out.last_mut() {
+                        Some((last, total)) if *last == p => *total += size,
+                        _ => out.push((p.normalize(), size)),
+                    }
+                }
+                out
+            };
+            let units = &self.orderbook_units;
+            let asks = group(
+                units.iter().map(|u| (u.ask_price, u.ask_size)).collect(),
+                true,
+            );
+            let bids = group(
+                units.iter().map(|u| (u.bid_price, u.bid_size)).collect(),
+                false,
+            );
+            // A side with fewer groups is padded with empty ones (price 0).
+            let empty = (Decimal::ZERO, Decimal::ZERO);
+            self.orderbook_units = (0..asks.len().max(bids.len()))
+                .map(|i| {
+                    let ((ask_price, ask_size), (bid_price, bid_size)) = (
+                        asks.get(i).copied().unwrap_or(empty),
+                        bids.get(i).copied().unwrap_or(empty),
+                    );
+                    OrderbookUnit {
+                        ask_price,
+                        bid_price,
+                        ask_size,
+                        bid_size,
+                    }
+                })
+                .collect();
+            self.level = level;
+        }
+        if self.orderbook_units.len() > depth {
+            // A cut book's totals are of what it shows.
+            self.orderbook_units.truncate(depth);
+            self.total_ask_size = self.orderbook_units.iter().map(|u| u.ask_size).sum();
+            self.total_bid_size = self.orderbook_units.iter().map(|u| u.bid_size).sum();
+        }
+        self
+    }
+}
+
 /// Any frame a quotation WebSocket sends.
 // Messages are parsed, converted and dropped; boxing the ticker would only add an
 // allocation per frame.
@@ -295,5 +350,65 @@ impl Message {
             Self::Candle(c) => Some(&c.code),
             Self::Status(_) | Self::Error(_) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod grouping_tests {
+    use super::*;
+
+    fn d(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_book_groups_asks_up_and_bids_down_by_its_level() {
+        let unit = |ap: &str, as_: &str, bp: &str, bs: &str| OrderbookUnit {
+            ask_price: d(ap),
+            ask_size: d(as_),
+            bid_price: d(bp),
+            bid_size: d(bs),
+        };
+        let book = Orderbook {
+            code: "KRW-BTC".into(),
+            total_ask_size: d("6"),
+            total_bid_size: d("6"),
+            orderbook_units: vec![
+                unit("150001000", "1", "149999000", "1"),
+                unit("150005000", "2", "149995000", "2"),
+                unit("150012000", "3", "149985000", "3"),
+            ],
+            timestamp: 1,
+            level: Decimal::ZERO,
+            stream_type: StreamType::Realtime,
+        };
+        let grouped = book.clone().grouped(d("10000"), 30);
+        assert_eq!(grouped.level, d("10000"));
+        assert_eq!(
+            grouped
+                .orderbook_units
+                .iter()
+                .map(|u| (u.ask_price, u.ask_size, u.bid_price, u.bid_size))
+                .collect::<Vec<_>>(),
+            [
+                (d("150010000"), d("3"), d("149990000"), d("3")),
+                (d("150020000"), d("3"), d("149980000"), d("3")),
+            ]
+        );
+        assert_eq!(grouped.total_ask_size, d("6"));
+        let cut = book.grouped(Decimal::ZERO, 2);
+        assert_eq!((cut.orderbook_units.len(), cut.total_ask_size), (2, d("3")));
+        assert_eq!(
+            crate::market::supported_levels("KRW", d("150000000")),
+            [
+                d("0"),
+                d("10000"),
+                d("100000"),
+                d("1000000"),
+                d("10000000"),
+                d("100000000")
+            ]
+        );
+        assert_eq!(crate::market::supported_levels("BTC", d("0.03")), [d("0")]);
     }
 }

@@ -279,7 +279,7 @@ impl FromRequest<Shared> for UpbitRequest {
 }
 
 /// Counts a private request of `client` in `group` (Upbit: `default` 30/s,
-/// `order` 8/s per key).
+/// `order` 12/s).
 pub async fn private_limit(
     gw: &Shared,
     group: &'static str,

@@ -365,6 +365,10 @@ async fn list(
         };
         let limit = upbit::query::count(req.param("limit"), 100, max)?;
         let mut wanted = states(&names)?;
+        if wanted.is_empty() {
+            // Only `watch` (reserved orders), which paper trading has none of.
+            return Ok(Value::Array(Vec::new()));
+        }
         // Upbit shows orders still being opened as "wait".
         if wanted.contains(&(pb::OrderState::Wait as i32)) {
             wanted.push(pb::OrderState::Pending as i32);

@@ -546,7 +546,10 @@ pub fn states(names: &[&str]) -> Result<Vec<i32>, ApiError> {
     let mut out = Vec::new();
     for name in names {
         match *name {
-            "wait" | "watch" => out.push(pb::OrderState::Wait as i32),
+            "wait" => out.push(pb::OrderState::Wait as i32),
+            // Reserved (stop) orders: there are none here, so `watch` adds no
+            // state (a request for `watch` alone finds nothing).
+            "watch" => {}
             "pending" => out.push(pb::OrderState::Pending as i32),
             "done" => out.push(pb::OrderState::Done as i32),
             "cancel" => out.push(pb::OrderState::Cancel as i32),

@@ -154,35 +154,25 @@ pub async fn ticker(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Respon
 }
 
 /// `/v1/orderbook/instruments`: each market's quote currency, its tick size at
-/// the current price (Upbit's KRW ticks depend on the price), and the
-/// orderbook levels served — only `0`: orderbooks are not grouped here.
+/// the current price (Upbit's KRW ticks depend on the price), and the levels
+/// its orderbook may be grouped by.
 pub async fn orderbook_instruments(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Response {
     limited(&gw.clone(), ip, "orderbook", async move {
         let markets = query::markets(q.list("markets").as_deref())?;
-        let tickers = gw
-            .md
-            .clone()
-            .get_tickers(pb::GetTickersRequest {
-                markets: markets.iter().map(|m| m.to_string()).collect(),
-                quote_currencies: vec![],
-            })
-            .await
-            .map_err(market_error)?
-            .into_inner()
-            .tickers;
+        let prices = prices(&gw, &markets).await?;
         let list: Vec<serde_json::Value> = markets
             .iter()
-            .map(|m| {
-                let price = tickers
+            .zip(prices)
+            .map(|(m, price)| {
+                let levels: Vec<String> = upbit::market::supported_levels(m.quote(), price)
                     .iter()
-                    .find(|t| t.market == m.as_str())
-                    .and_then(|t| t.trade_price.parse().ok())
-                    .unwrap_or_default();
+                    .map(ToString::to_string)
+                    .collect();
                 serde_json::json!({
                     "market": m.as_str(),
                     "quote_currency": m.quote(),
                     "tick_size": upbit::market::tick_size(m.quote(), price).normalize().to_string(),
-                    "supported_levels": ["0"],
+                    "supported_levels": levels,
                 })
             })
             .collect();
@@ -191,14 +181,23 @@ pub async fn orderbook_instruments(State(gw): State<Shared>, ip: ClientIp, q: Pa
     .await
 }
 
-/// `/v1/orderbook/supported_levels` (Upbit's older name for the levels):
-/// only `0`, orderbooks are not grouped here.
+/// `/v1/orderbook/supported_levels` (Upbit's older form of the levels, as
+/// numbers).
 pub async fn orderbook_levels(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Response {
     limited(&gw.clone(), ip, "orderbook", async move {
         let markets = query::markets(q.list("markets").as_deref())?;
+        let prices = prices(&gw, &markets).await?;
         let list: Vec<serde_json::Value> = markets
             .iter()
-            .map(|m| serde_json::json!({"market": m.as_str(), "supported_levels": [0]}))
+            .zip(prices)
+            .map(|(m, price)| {
+                let levels: Vec<serde_json::Value> =
+                    upbit::market::supported_levels(m.quote(), price)
+                        .iter()
+                        .map(|l| serde_json::Value::from(l.to_string().parse::<u64>().unwrap_or(0)))
+                        .collect();
+                serde_json::json!({"market": m.as_str(), "supported_levels": levels})
+            })
             .collect();
         Ok(serde_json::Value::from(list).to_string())
     })
@@ -237,14 +236,22 @@ pub async fn orderbook(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Res
             query::MAX_ORDERBOOK_DEPTH,
             query::MAX_ORDERBOOK_DEPTH,
         )?;
-        if let Some(level) = param(&q, "level").filter(|l| !l.is_empty() && *l != "0") {
-            return Err(ApiError::bad_request(format!(
-                "level {level} is not supported; only 0"
-            )));
-        }
+        let level = match param(&q, "level").filter(|l| !l.is_empty()) {
+            None => rust_decimal::Decimal::ZERO,
+            Some(l) => l
+                .parse::<rust_decimal::Decimal>()
+                .ok()
+                .filter(|l| !l.is_sign_negative() && l.scale() <= 8)
+                .ok_or_else(|| ApiError::bad_request("level must be a price unit, e.g. 10000"))?,
+        };
         let request = pb::GetOrderbooksRequest {
             markets: markets.iter().map(|m| m.to_string()).collect(),
-            depth,
+            // Grouping folds the whole book, then cuts it.
+            depth: if level.is_zero() {
+                depth
+            } else {
+                query::MAX_ORDERBOOK_DEPTH
+            },
         };
         let books = gw
             .md
@@ -254,17 +261,63 @@ pub async fn orderbook(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Res
             .map_err(market_error)?
             .into_inner()
             .orderbooks;
-        Ok(rest::array(
-            books
-                .iter()
-                .filter_map(|o| {
-                    let book = convert::orderbook(o, depth as usize, false);
-                    convert::skipped(book, "orderbook", &o.market)
-                })
-                .map(|o| rest::orderbook(&o)),
-        ))
+        let mut grouped = Vec::with_capacity(books.len());
+        for o in &books {
+            let full = query::MAX_ORDERBOOK_DEPTH as usize;
+            let Some(book) = convert::skipped(convert::orderbook(o, full, false), "orderbook", &o.market)
+            else {
+                continue;
+            };
+            if !level.is_zero() && !groupable(&book, level) {
+                return Err(ApiError::bad_request(format!(
+                    "level {level} is not a multiple of {}'s price unit (KRW markets only; see /v1/orderbook/instruments)",
+                    book.code
+                )));
+            }
+            grouped.push(book.grouped(level, depth as usize));
+        }
+        Ok(rest::array(grouped.iter().map(rest::orderbook)))
     })
     .await
+}
+
+/// Whether `book` may be grouped by `level`: a KRW market (the only ones
+/// Upbit groups) and a multiple of the price unit at its best ask.
+fn groupable(book: &upbit::Orderbook, level: rust_decimal::Decimal) -> bool {
+    let price = book
+        .orderbook_units
+        .first()
+        .map(|u| u.ask_price)
+        .unwrap_or_default();
+    book.code.starts_with("KRW-") && (level % upbit::market::krw_tick(price)).is_zero()
+}
+
+/// The last trade price of each of `markets` (zero when unknown).
+async fn prices(
+    gw: &Shared,
+    markets: &[upbit::market::MarketCode],
+) -> Result<Vec<rust_decimal::Decimal>, ApiError> {
+    let tickers = gw
+        .md
+        .clone()
+        .get_tickers(pb::GetTickersRequest {
+            markets: markets.iter().map(|m| m.to_string()).collect(),
+            quote_currencies: vec![],
+        })
+        .await
+        .map_err(market_error)?
+        .into_inner()
+        .tickers;
+    Ok(markets
+        .iter()
+        .map(|m| {
+            tickers
+                .iter()
+                .find(|t| t.market == m.as_str())
+                .and_then(|t| t.trade_price.parse().ok())
+                .unwrap_or_default()
+        })
+        .collect())
 }
 
 pub async fn trades(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Response {

@@ -143,9 +143,14 @@ async fn serve(socket: WebSocket, gw: &Shared) -> &'static str {
                     Err(e) => vec![error_frame(&e)],
                     Ok(ClientFrame::Ping) => vec![binary(STATUS_UP.to_owned())],
                     Ok(ClientFrame::ListSubscriptions { ticket }) => {
-                        let result: Vec<serde_json::Value> = subscribed.iter().map(|s| serde_json::json!({
-                            "type": s.data_type.as_str(), "codes": s.codes, "level": s.level.clone().unwrap_or_else(|| "0".into()),
-                        })).collect();
+                        // `level` is the orderbook's only, a number (as Upbit lists it).
+                        let result: Vec<serde_json::Value> = subscribed.iter().map(|s| {
+                            let mut v = serde_json::json!({"type": s.data_type.as_str(), "codes": s.codes});
+                            if s.data_type == DataType::Orderbook {
+                                v["level"] = serde_json::Value::from(level_of(s).to_string().parse::<f64>().unwrap_or(0.0));
+                            }
+                            v
+                        }).collect();
                         vec![binary(serde_json::json!({"method": "LIST_SUBSCRIPTIONS", "result": result, "ticket": ticket}).to_string())]
                     }
                     Ok(ClientFrame::Subscribe(request)) => {
@@ -209,8 +214,6 @@ async fn serve(socket: WebSocket, gw: &Shared) -> &'static str {
     reason
 }
 
-/// Rejects requests for candle types (not served) and for codes that are not
-/// markets of this exchange, with `INVALID_PARAM`.
 /// The subscriptions with their codes checked: a malformed code is an error;
 /// a well-formed code of no listed market is dropped (it would have no data,
 /// as on Upbit), so it does not fail the rest of the request; a request left
@@ -228,6 +231,17 @@ async fn validate(
     let mut unknown = Vec::new();
     let mut kept = Vec::with_capacity(subs.len());
     for mut sub in subs {
+        if let Some(level) = &sub.level
+            && level
+                .parse::<rust_decimal::Decimal>()
+                .ok()
+                .filter(|l| !l.is_sign_negative() && l.scale() <= 8)
+                .is_none()
+        {
+            return Err(invalid_param(format!(
+                "level `{level}` is not a price unit like 10000"
+            )));
+        }
         let mut codes = Vec::with_capacity(sub.codes.len());
         let mut depths = Vec::with_capacity(sub.codes.len());
         for (code, depth) in sub.codes.into_iter().zip(sub.depths) {
@@ -255,6 +269,15 @@ async fn validate(
         )));
     }
     Ok(kept)
+}
+
+/// The orderbook grouping a subscription asks for (0 when none or unreadable;
+/// [`validate`] refuses unreadable ones).
+fn level_of(sub: &Subscription) -> rust_decimal::Decimal {
+    sub.level
+        .as_deref()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_default()
 }
 
 /// The upstream tasks of one subscription set.
@@ -292,6 +315,7 @@ impl Upstream {
                 slow: slow.clone(),
                 format,
                 depths,
+                level: level_of(sub),
             };
             let (md, cancel) = (gw.md.clone(), up.cancel.clone());
             let opened = opened.clone();
@@ -337,6 +361,7 @@ fn merge(subs: &[Subscription]) -> Vec<Subscription> {
             m.data_type == sub.data_type
                 && m.only_snapshot == sub.only_snapshot
                 && m.only_realtime == sub.only_realtime
+                && m.level == sub.level
         });
         match same {
             Some(m) => {
@@ -359,6 +384,8 @@ struct Sink {
     slow: CancellationToken,
     format: Format,
     depths: HashMap<String, usize>,
+    /// Orderbook grouping (0: none).
+    level: rust_decimal::Decimal,
 }
 
 impl Sink {
@@ -372,6 +399,26 @@ impl Sink {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// `o` cut to the market's depth, grouped by the subscription's level
+    /// where the market allows it (KRW, a multiple of its price unit).
+    fn orderbook(&self, o: &pb::Orderbook, snapshot: bool) -> Option<upbit::Orderbook> {
+        let full = convert::orderbook(o, upbit::request::DEFAULT_ORDERBOOK_DEPTH, snapshot);
+        let book = convert::skipped(full, "orderbook", &o.market)?;
+        let price = book
+            .orderbook_units
+            .first()
+            .map(|u| u.ask_price)
+            .unwrap_or_default();
+        let level = if book.code.starts_with("KRW-")
+            && (self.level % upbit::market::krw_tick(price)).is_zero()
+        {
+            self.level
+        } else {
+            rust_decimal::Decimal::ZERO
+        };
+        Some(book.grouped(level, self.depth(&o.market)))
     }
 
     fn depth(&self, market: &str) -> usize {
@@ -651,10 +698,7 @@ async fn orderbooks(
                 .into_inner()
                 .orderbooks
                 .iter()
-                .filter_map(|o| {
-                    let book = convert::orderbook(o, sink.depth(&o.market), true);
-                    convert::skipped(book, "orderbook", &o.market)
-                })
+                .filter_map(|o| sink.orderbook(o, true))
                 .map(|o| write::orderbook(&o, sink.format))
                 .collect();
             put_all(&sink, frames);
@@ -674,8 +718,8 @@ async fn orderbooks(
     };
     let render = |m: pb::StreamOrderbooksResponse, sink: &Sink| {
         let o = m.orderbook?;
-        let book = convert::orderbook(&o, sink.depth(&o.market), m.snapshot);
-        convert::skipped(book, "orderbook", &o.market).map(|o| write::orderbook(&o, sink.format))
+        sink.orderbook(&o, m.snapshot)
+            .map(|o| write::orderbook(&o, sink.format))
     };
     pump(open, render, sink, cancel, opened).await;
 }

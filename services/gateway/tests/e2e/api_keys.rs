@@ -588,7 +588,8 @@ async fn deposits_wallets_and_keys_read_real_data_and_withdrawals_say_why_not() 
     let instruments: Value = resp.json().await.unwrap();
     assert_eq!(
         instruments,
-        json!([{"market": "KRW-ETH", "quote_currency": "KRW", "tick_size": "1000", "supported_levels": ["0"]}])
+        json!([{"market": "KRW-ETH", "quote_currency": "KRW", "tick_size": "1000",
+                "supported_levels": ["0", "10000", "100000", "1000000", "10000000", "100000000"]}])
     );
     stack.stop().await;
 }

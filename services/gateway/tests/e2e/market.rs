@@ -769,3 +769,81 @@ async fn candles_and_trades_share_a_socket_and_an_unknown_code_spoils_nothing() 
     assert_eq!(second.trade_price, dec("151236000"));
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orderbooks_group_by_level_on_rest_and_the_websocket() {
+    let db = TestDb::create().await.unwrap();
+    let stack = Stack::start(&db, Options::default()).await;
+    let url = |q: &str| format!("{}/v1/orderbook?{q}", stack.gw());
+    let book = eventually(Duration::from_secs(20), "a KRW-BTC orderbook", || async {
+        let (s, b) = json(&stack, &url("markets=KRW-BTC")).await;
+        (s == 200 && b[0]["orderbook_units"].as_array()?.len() > 5).then_some(b)
+    })
+    .await
+    .unwrap();
+    let (_, instruments) = json(
+        &stack,
+        &format!("{}/v1/orderbook/instruments?markets=KRW-BTC", stack.gw()),
+    )
+    .await;
+    let levels = instruments[0]["supported_levels"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(levels[0], "0", "{instruments}");
+    let level = dec(levels[2].as_str().unwrap());
+    let (status, grouped) = json(&stack, &url(&format!("markets=KRW-BTC&level={level}"))).await;
+    assert_eq!(status, 200, "{grouped}");
+    assert_eq!(dec(&grouped[0]["level"].to_string()), level);
+    let units = grouped[0]["orderbook_units"].as_array().unwrap();
+    let sum = |side: &str| -> Decimal { units.iter().map(|u| dec(&u[side].to_string())).sum() };
+    assert!(units.len() < book[0]["orderbook_units"].as_array().unwrap().len());
+    assert_eq!(
+        (sum("ask_size"), sum("bid_size")),
+        (
+            dec(&grouped[0]["total_ask_size"].to_string()),
+            dec(&grouped[0]["total_bid_size"].to_string())
+        ),
+        "every order of the book is in some group: {grouped}"
+    );
+    for u in units {
+        for side in ["ask_price", "bid_price"] {
+            let p = dec(&u[side].to_string());
+            assert!((p % level).is_zero(), "{side} {p} on the {level} grid");
+        }
+    }
+    let (status, body) = json(&stack, &url("markets=KRW-BTC&level=123")).await;
+    assert_eq!(
+        (status, body["error"]["name"].as_str().is_some()),
+        (400, true),
+        "{body}"
+    );
+
+    // The same on the WebSocket; LIST_SUBSCRIPTIONS names the level, a number.
+    let mut ws = ws_connect(stack.gateways[0].http).await;
+    ws_send(
+        &mut ws,
+        &format!(r#"[{{"ticket":"l"}},{{"type":"orderbook","codes":["KRW-BTC"],"level":{level},"is_only_snapshot":true}}]"#),
+    )
+    .await;
+    let live = ws_wait(&mut ws, Duration::from_secs(10), |m| match m {
+        Message::Orderbook(b) => Some(b),
+        _ => None,
+    })
+    .await;
+    assert_eq!(live.level, level);
+    assert!(
+        live.orderbook_units
+            .iter()
+            .all(|u| (u.ask_price % level).is_zero())
+    );
+    ws_send(
+        &mut ws,
+        r#"[{"ticket":"l"},{"method":"LIST_SUBSCRIPTIONS"}]"#,
+    )
+    .await;
+    let listed = ws_next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed).unwrap();
+    assert!(listed["result"][0]["level"].is_number(), "{listed}");
+    stack.stop().await;
+}
