@@ -2,6 +2,7 @@
 
 mod api_keys;
 mod bad_input;
+mod compat;
 mod foundation;
 mod market;
 mod private_ws;
