@@ -1,5 +1,9 @@
 """Trade on the exchange with unmodified public Upbit client libraries.
 
+What a bot does every day, each through a library as published: prices for a
+list of markets, orders with each time in force, cancel-and-replace, 1-second and
+yearly candles, deposits, and the private WebSocket (ccxt.pro).
+
 ccxt (the most used trading library) is pointed at the gateway the way it
 supports: its `urls['api']`. pyupbit has api.upbit.com written into each call,
 so only its HTTP transport is redirected; its signing code runs as published.
@@ -55,6 +59,25 @@ def check_ccxt():
     taker = ex.create_order("ETH/KRW", "limit", "buy", 0.01, 5000000, {"postOnly": True})
     taker = ex.fetch_order(taker["id"])
     step("ccxt post-only order that would take", taker["status"] == "canceled" and taker["filled"] == 0, taker["status"])
+    fok = ex.create_order("ETH/KRW", "limit", "buy", 0.01, 3000000, {"timeInForce": "FOK"})
+    fok = ex.fetch_order(fok["id"])
+    step("ccxt FOK order", fok["status"] == "canceled" and fok["filled"] == 0, f"{fok['status']} {fok['filled']}")
+    # Cancel-and-replace (POST /v1/orders/cancel_and_new).
+    resting = ex.create_order("ETH/KRW", "limit", "buy", 0.01, 3000000)
+    edited = ex.edit_order(resting["id"], "ETH/KRW", "limit", "buy", 0.01, 3100000)
+    new_id = edited["id"]  # ccxt answers the replacement's uuid
+    replaced = ex.fetch_order(new_id) if new_id else {}
+    step("ccxt edit_order", ex.fetch_order(resting["id"])["status"] == "canceled" and replaced.get("price") == 3100000,
+         str(replaced.get("price")))
+    ex.cancel_order(new_id)
+    tickers = ex.fetch_tickers(["ETH/KRW", "BTC/KRW"])
+    step("ccxt fetch_tickers (a list of markets)", set(tickers) == {"ETH/KRW", "BTC/KRW"}, str(sorted(tickers)))
+    seconds = ex.fetch_ohlcv("ETH/KRW", "1s", limit=5)
+    step("ccxt fetch_ohlcv 1s", len(seconds) >= 1 and seconds[0][4] > 0, str(seconds[:1]))
+    years = ex.fetch_ohlcv("ETH/KRW", "1y", limit=2)
+    step("ccxt fetch_ohlcv 1y", len(years) >= 1, str(years[:1]))
+    deposits = ex.fetch_deposits("KRW")
+    step("ccxt fetch_deposits", len(deposits) >= 1 and deposits[0]["status"] == "ok", str(deposits[:1])[:200])
 
 
 def check_pyupbit():
@@ -70,6 +93,8 @@ def check_pyupbit():
 
     requests.Session.request = redirected
     up = pyupbit.Upbit(ACCESS, SECRET)
+    prices = pyupbit.get_current_price(["KRW-ETH", "KRW-BTC"])
+    step("pyupbit get_current_price (a list)", isinstance(prices, dict) and set(prices) == {"KRW-ETH", "KRW-BTC"}, str(prices))
     balances = up.get_balances()
     step("pyupbit get_balances", isinstance(balances, list) and any(b["currency"] == "KRW" for b in balances), str(balances)[:200])
     order = up.buy_limit_order("KRW-ETH", 3000000, 0.01)
