@@ -287,12 +287,9 @@ pub async fn private_limit(
 ) -> Result<Decision, ApiError> {
     let limit = gw.limits.private(group);
     match gw.limiter.check(group, client, limit).await {
-        Decision::Limited => Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_requests",
-            "Too many API requests.",
-        )
-        .with_remaining_req(Decision::Limited.header(group, limit))),
+        d @ (Decision::Limited | Decision::Blocked { .. }) => {
+            Err(crate::ratelimit::refusal(d, group, limit))
+        }
         d => Ok(d),
     }
 }

@@ -21,6 +21,8 @@ pub struct ApiError {
     pub message: String,
     /// Upbit's `Remaining-Req`, which a refusal for a rate limit carries too.
     pub remaining_req: Option<axum::http::HeaderValue>,
+    /// `Retry-After` seconds (a 418 block).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -30,7 +32,14 @@ impl ApiError {
             name: name.into(),
             message: message.into(),
             remaining_req: None,
+            retry_after: None,
         }
+    }
+
+    /// The error with a `Retry-After` header.
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// The error with a `Remaining-Req` header.
@@ -126,6 +135,7 @@ impl From<tonic::Status> for ApiError {
             name,
             message,
             remaining_req: None,
+            retry_after: None,
         }
     }
 }
@@ -195,6 +205,11 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(body)).into_response();
         if let Some(value) = self.remaining_req {
             response.headers_mut().insert("remaining-req", value);
+        }
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
         response
     }

@@ -82,12 +82,7 @@ pub(crate) async fn admit_window(
         .check_window(group, &req.user.to_string(), limit, window_secs)
         .await;
     if decision == Decision::Limited {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_requests",
-            "Too many API requests.",
-        )
-        .with_remaining_req(decision.header(group, limit)));
+        return Err(crate::ratelimit::refusal(decision, group, limit));
     }
     Ok(Counted {
         group,

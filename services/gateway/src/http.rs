@@ -128,8 +128,9 @@ pub fn router(gw: Shared) -> Router {
 /// answered at once with its upgrade).
 async fn admit(State(gw): State<Shared>, ip: ClientIp, request: Request, next: Next) -> Response {
     let limit = gw.limits.per_ip;
-    if gw.limiter.check("ip", &ip.0.to_string(), limit).await == Decision::Limited {
-        return ratelimit::too_many("ip", limit);
+    let decision = gw.limiter.check("ip", &ip.0.to_string(), limit).await;
+    if matches!(decision, Decision::Limited | Decision::Blocked { .. }) {
+        return ratelimit::too_many(decision, "ip", limit);
     }
     match tokio::time::timeout(gw.request_timeout, next.run(request)).await {
         Ok(response) => response,

@@ -86,8 +86,8 @@ where
         .limiter
         .check(group, &ip.0.to_string(), gw.limits.quotation)
         .await;
-    if decision == Decision::Limited {
-        return too_many(group, gw.limits.quotation);
+    if matches!(decision, Decision::Limited | Decision::Blocked { .. }) {
+        return too_many(decision, group, gw.limits.quotation);
     }
     let mut resp = match body.await {
         Ok(json) => (

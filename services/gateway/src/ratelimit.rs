@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -39,6 +39,9 @@ pub enum Decision {
     Allowed { remaining: u32 },
     /// Over the limit.
     Limited,
+    /// Refused without counting: the client kept sending after 429s, and is
+    /// blocked for `secs` more seconds (Upbit's 418).
+    Blocked { secs: u64 },
     /// No limit.
     Unlimited,
 }
@@ -52,7 +55,7 @@ impl Decision {
     pub fn header(self, group: &str, limit: u32) -> Option<HeaderValue> {
         let sec = match self {
             Decision::Allowed { remaining } => remaining,
-            Decision::Limited => 0,
+            Decision::Limited | Decision::Blocked { .. } => 0,
             Decision::Unlimited if limit == 0 => UNLIMITED_SHOWN,
             Decision::Unlimited => limit,
         };
@@ -62,6 +65,100 @@ impl Decision {
         ))
         .ok()
     }
+}
+
+/// 429s within [`STRIKE_WINDOW`] after which a client is blocked.
+pub const STRIKES: u32 = 10;
+/// The window strikes are counted in.
+pub const STRIKE_WINDOW: Duration = Duration::from_secs(10);
+/// The first block; each further one within [`BAN_MEMORY`] doubles, up to
+/// [`MAX_BAN`].
+pub const FIRST_BAN: Duration = Duration::from_secs(10);
+pub const MAX_BAN: Duration = Duration::from_secs(600);
+/// How long a client's earlier blocks count towards the next one's length.
+const BAN_MEMORY: Duration = Duration::from_secs(3600);
+
+/// Clients that kept sending after 429s, per group: counted and blocked in
+/// this process (each gateway replica judges what it sees), as Upbit blocks
+/// an IP or account with 418 for a time that grows with each repeat.
+#[derive(Default)]
+pub struct Bans(Mutex<HashMap<String, Record>>);
+
+#[derive(Clone, Copy)]
+struct Record {
+    /// Start of the strike window and the 429s in it.
+    window: Instant,
+    strikes: u32,
+    /// Blocked until then.
+    until: Option<Instant>,
+    /// Blocks so far (the next one lasts longer), and the last one's start.
+    blocks: u32,
+    last_block: Option<Instant>,
+}
+
+impl Bans {
+    /// How long `key` stays blocked, if it is.
+    pub fn blocked(&self, key: &str, now: Instant) -> Option<Duration> {
+        let records = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let until = records.get(key)?.until?;
+        (until > now).then(|| until - now)
+    }
+
+    /// Counts a 429 of `key`; the block it earns, if this one was too many.
+    pub fn strike(&self, key: &str, now: Instant) -> Option<Duration> {
+        let mut records = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if records.len() >= LOCAL_KEYS {
+            records.retain(|_, r| {
+                r.until.is_some_and(|u| u > now)
+                    || r.last_block.is_some_and(|b| now - b < BAN_MEMORY)
+            });
+            if records.len() >= LOCAL_KEYS {
+                records.clear();
+            }
+        }
+        let r = records.entry(key.to_owned()).or_insert(Record {
+            window: now,
+            strikes: 0,
+            until: None,
+            blocks: 0,
+            last_block: None,
+        });
+        if now - r.window >= STRIKE_WINDOW {
+            (r.window, r.strikes) = (now, 0);
+        }
+        r.strikes += 1;
+        if r.strikes < STRIKES {
+            return None;
+        }
+        if r.last_block.is_none_or(|b| now - b >= BAN_MEMORY) {
+            r.blocks = 0;
+        }
+        let ban = FIRST_BAN.saturating_mul(1 << r.blocks.min(10)).min(MAX_BAN);
+        r.blocks += 1;
+        (r.until, r.last_block, r.strikes) = (Some(now + ban), Some(now), 0);
+        Some(ban)
+    }
+}
+
+/// Upbit's answer to a refused request: 429, or 418 with how long the block
+/// lasts (also in `Retry-After`). Both carry `Remaining-Req`.
+pub fn refusal(decision: Decision, group: &str, limit: u32) -> crate::error::ApiError {
+    let error = match decision {
+        Decision::Blocked { secs } => crate::error::ApiError::new(
+            StatusCode::IM_A_TEAPOT,
+            "too_many_requests",
+            format!(
+                "Requests kept coming after 429 Too Many Requests: blocked for {secs} seconds (longer each time it happens)."
+            ),
+        )
+        .with_retry_after(secs),
+        _ => crate::error::ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "Too many API requests.",
+        ),
+    };
+    error.with_remaining_req(decision.header(group, limit))
 }
 
 /// Counters of this process, for when Redis is away: key → (window slot, count).
@@ -93,6 +190,7 @@ pub struct RateLimiter {
     local: Arc<Local>,
     /// Until when (ms since the epoch) Redis is not asked.
     paused_until: Arc<std::sync::atomic::AtomicU64>,
+    bans: Arc<Bans>,
 }
 
 fn now_ms() -> u64 {
@@ -116,12 +214,30 @@ impl RateLimiter {
             prefix,
             local: Arc::default(),
             paused_until: Arc::default(),
+            bans: Arc::default(),
         }
     }
 
-    /// Counts one request of `client` in `group` against `per_second`.
+    /// Counts one request of `client` in `group` against `per_second`. A
+    /// client that keeps sending after 429s is blocked ([`Bans`]): its
+    /// requests are then refused without being counted.
     pub async fn check(&self, group: &str, client: &str, per_second: u32) -> Decision {
-        self.check_window(group, client, per_second, 1).await
+        let key = format!("{group}:{client}");
+        let now = Instant::now();
+        if let Some(left) = self.bans.blocked(&key, now) {
+            return Decision::Blocked {
+                secs: left.as_secs().max(1),
+            };
+        }
+        let decision = self.check_window(group, client, per_second, 1).await;
+        if decision == Decision::Limited
+            && let Some(ban) = self.bans.strike(&key, now)
+        {
+            return Decision::Blocked {
+                secs: ban.as_secs(),
+            };
+        }
+        decision
     }
 
     /// Counts one request of `client` in `group` against `limit` per window of
@@ -181,19 +297,8 @@ impl RateLimiter {
 }
 
 /// Upbit's 429 answer.
-pub fn too_many(group: &str, limit: u32) -> Response {
-    let mut resp = (
-        StatusCode::TOO_MANY_REQUESTS,
-        axum::Json(upbit::error::ErrorResponse::new(
-            "too_many_requests",
-            "Too many API requests.",
-        )),
-    )
-        .into_response();
-    if let Some(v) = Decision::Limited.header(group, limit) {
-        resp.headers_mut().insert("remaining-req", v);
-    }
-    resp
+pub fn too_many(decision: Decision, group: &str, limit: u32) -> Response {
+    refusal(decision, group, limit).into_response()
 }
 
 /// Starts the client's connection task (it reconnects on its own).
@@ -205,6 +310,34 @@ pub fn connect(redis: &Client) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_that_goes_on_after_429s_is_blocked_longer_each_time() {
+        let bans = Bans::default();
+        let t0 = Instant::now();
+        for i in 1..STRIKES {
+            assert_eq!(bans.strike("order:u", t0), None, "strike {i}");
+        }
+        assert_eq!(bans.strike("order:u", t0), Some(FIRST_BAN));
+        assert_eq!(bans.blocked("order:u", t0), Some(FIRST_BAN));
+        assert_eq!(bans.blocked("order:v", t0), None, "one client only");
+        let later = t0 + FIRST_BAN;
+        assert_eq!(bans.blocked("order:u", later), None, "the block ends");
+        // Strikes spread wider than the window do not add up.
+        for i in 0..STRIKES {
+            let at = later + STRIKE_WINDOW * i;
+            assert_eq!(bans.strike("order:u", at), None);
+        }
+        let t1 = later + STRIKE_WINDOW * STRIKES;
+        for _ in 1..STRIKES {
+            bans.strike("order:u", t1);
+        }
+        assert_eq!(
+            bans.strike("order:u", t1),
+            Some(FIRST_BAN * 2),
+            "a second block within the hour lasts twice as long"
+        );
+    }
 
     #[test]
     fn the_local_count_starts_again_each_window_and_stays_bounded() {

@@ -529,6 +529,54 @@ async fn bad_input_gets_upbit_errors_never_a_5xx() {
         statuses.push(resp.status().as_u16());
     }
     assert!(statuses.contains(&429), "{statuses:?}");
+    // Going on after 429s earns Upbit's 418: a block, refused without being
+    // counted, whose length is in the message and Retry-After. Other groups
+    // are not blocked.
+    let mut blocked = None;
+    for _ in 0..20 {
+        let resp = stack
+            .http
+            .get(format!("{gw}/v1/orderbook?markets=KRW-BTC"))
+            .send()
+            .await
+            .unwrap();
+        if resp.status().as_u16() == 418 {
+            let retry: u64 = resp.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            blocked = Some((retry, resp.json::<serde_json::Value>().await.unwrap()));
+            break;
+        }
+    }
+    let (retry, body) = blocked.expect("a 418 after 10 refusals within 10 s");
+    assert!((1..=10).contains(&retry), "{retry}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("blocked for"),
+        "{body}"
+    );
+    let again = stack
+        .http
+        .get(format!("{gw}/v1/orderbook?markets=KRW-BTC"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 418, "still blocked");
+    let other = stack
+        .http
+        .get(format!("{gw}/v1/trades/ticks?market=KRW-BTC"))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(
+        other.status().as_u16(),
+        418,
+        "the trade group is not blocked"
+    );
 
     // WebSocket: malformed requests and unknown markets get error frames; the
     // connection survives them.
