@@ -13,7 +13,7 @@ use crate::trading::{PASSWORD, upbit_jwt};
 
 /// `(status, body)` of an Upbit-signed request: `query` is sent as written
 /// and hashed decoded, as Upbit's examples hash `unquote(urlencode(params))`.
-async fn signed(
+pub(crate) async fn signed(
     stack: &Stack,
     key: &(String, String),
     method: reqwest::Method,
@@ -42,7 +42,7 @@ async fn signed(
 }
 
 /// A stack where KRW-ETH has traded at 4,000,000 (market orders have a price).
-async fn stack_trading_eth(db: &TestDb) -> Stack {
+pub(crate) async fn stack_trading_eth(db: &TestDb) -> Stack {
     let stack = Stack::start(db, Options::default()).await;
     stack
         .sim_trade("KRW-ETH", "4000000", "0.01", "BID", None)
@@ -51,7 +51,7 @@ async fn stack_trading_eth(db: &TestDb) -> Stack {
     stack
 }
 
-fn key_of(made: &Value) -> (String, String) {
+pub(crate) fn key_of(made: &Value) -> (String, String) {
     (
         made["access_key"].as_str().unwrap().to_owned(),
         made["secret_key"].as_str().unwrap().to_owned(),

@@ -114,3 +114,293 @@ async fn every_row_answers_as_its_status_says() {
     assert!(wrong.is_empty(), "{wrong:#?}");
     stack.stop().await;
 }
+
+/// JSON types as Upbit's documentation gives them.
+#[derive(Clone, Copy, Debug)]
+enum Ty {
+    Str,
+    Num,
+    Bool,
+    Obj,
+    Arr,
+    /// A string, or null when the value does not apply.
+    StrOrNull,
+}
+
+fn is(v: &serde_json::Value, ty: Ty) -> bool {
+    match ty {
+        Ty::Str => v.is_string(),
+        Ty::Num => v.is_number(),
+        Ty::Bool => v.is_boolean(),
+        Ty::Obj => v.is_object(),
+        Ty::Arr => v.is_array(),
+        Ty::StrOrNull => v.is_string() || v.is_null(),
+    }
+}
+
+use Ty::*;
+
+const TICKER: &[(&str, Ty)] = &[
+    ("market", Str),
+    ("trade_date", Str),
+    ("trade_time", Str),
+    ("trade_date_kst", Str),
+    ("trade_time_kst", Str),
+    ("trade_timestamp", Num),
+    ("opening_price", Num),
+    ("high_price", Num),
+    ("low_price", Num),
+    ("trade_price", Num),
+    ("prev_closing_price", Num),
+    ("change", Str),
+    ("change_price", Num),
+    ("change_rate", Num),
+    ("signed_change_price", Num),
+    ("signed_change_rate", Num),
+    ("trade_volume", Num),
+    ("acc_trade_price", Num),
+    ("acc_trade_price_24h", Num),
+    ("acc_trade_volume", Num),
+    ("acc_trade_volume_24h", Num),
+    ("highest_52_week_price", Num),
+    ("highest_52_week_date", Str),
+    ("lowest_52_week_price", Num),
+    ("lowest_52_week_date", Str),
+    ("timestamp", Num),
+];
+
+const CANDLE: &[(&str, Ty)] = &[
+    ("market", Str),
+    ("candle_date_time_utc", Str),
+    ("candle_date_time_kst", Str),
+    ("opening_price", Num),
+    ("high_price", Num),
+    ("low_price", Num),
+    ("trade_price", Num),
+    ("timestamp", Num),
+    ("candle_acc_trade_price", Num),
+    ("candle_acc_trade_volume", Num),
+];
+
+const ORDER: &[(&str, Ty)] = &[
+    ("uuid", Str),
+    ("side", Str),
+    ("ord_type", Str),
+    ("price", StrOrNull),
+    ("state", Str),
+    ("market", Str),
+    ("created_at", Str),
+    ("volume", StrOrNull),
+    ("remaining_volume", StrOrNull),
+    ("reserved_fee", Str),
+    ("remaining_fee", Str),
+    ("paid_fee", Str),
+    ("locked", Str),
+    ("executed_volume", Str),
+    ("executed_funds", Str),
+    ("trades_count", Num),
+    ("prevented_volume", Str),
+    ("prevented_locked", Str),
+];
+
+/// What each element of an answer (an array, or the one object) lacks or
+/// has in another type than `fields` says.
+fn mismatches(what: &str, body: &serde_json::Value, fields: &[(&str, Ty)]) -> Vec<String> {
+    let items: Vec<&serde_json::Value> = match body {
+        serde_json::Value::Array(items) if !items.is_empty() => items.iter().collect(),
+        serde_json::Value::Object(_) => vec![body],
+        _ => return vec![format!("{what}: nothing to check in {body}")],
+    };
+    let mut out = Vec::new();
+    for item in items {
+        for (field, ty) in fields {
+            match item.get(*field) {
+                Some(v) if is(v, *ty) => {}
+                Some(v) => out.push(format!("{what}.{field}: {v} is not {ty:?}")),
+                None => out.push(format!("{what}.{field}: missing")),
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_have_upbits_fields_in_upbits_types() {
+    let db = TestDb::create().await.unwrap();
+    let stack = crate::api_keys::stack_trading_eth(&db).await;
+    let get = |path: String| {
+        let stack = &stack;
+        async move {
+            let resp = stack
+                .http
+                .get(format!("{}{path}", stack.gw()))
+                .send()
+                .await
+                .unwrap();
+            (
+                resp.status().as_u16(),
+                resp.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let with = |extra: &[(&'static str, Ty)], base: &[(&'static str, Ty)]| {
+        base.iter().chain(extra).copied().collect::<Vec<_>>()
+    };
+    let m = "market=KRW-ETH";
+    let checks: Vec<(String, Vec<(&str, Ty)>)> = vec![
+        (
+            "/v1/market/all".into(),
+            vec![("market", Str), ("korean_name", Str), ("english_name", Str)],
+        ),
+        (
+            "/v1/market/all?is_details=true".into(),
+            vec![("market", Str), ("market_event", Obj)],
+        ),
+        ("/v1/ticker?markets=KRW-ETH".into(), TICKER.to_vec()),
+        (
+            "/v1/ticker/all?quote_currencies=KRW".into(),
+            TICKER.to_vec(),
+        ),
+        (
+            format!("/v1/trades/ticks?{m}"),
+            vec![
+                ("market", Str),
+                ("trade_date_utc", Str),
+                ("trade_time_utc", Str),
+                ("timestamp", Num),
+                ("trade_price", Num),
+                ("trade_volume", Num),
+                ("prev_closing_price", Num),
+                ("change_price", Num),
+                ("ask_bid", Str),
+                ("sequential_id", Num),
+            ],
+        ),
+        (
+            "/v1/orderbook?markets=KRW-ETH".into(),
+            vec![
+                ("market", Str),
+                ("timestamp", Num),
+                ("total_ask_size", Num),
+                ("total_bid_size", Num),
+                ("orderbook_units", Arr),
+                ("level", Num),
+            ],
+        ),
+        (
+            "/v1/orderbook/instruments?markets=KRW-ETH".into(),
+            vec![
+                ("market", Str),
+                ("quote_currency", Str),
+                ("tick_size", Str),
+                ("supported_levels", Arr),
+            ],
+        ),
+        (format!("/v1/candles/seconds?{m}"), CANDLE.to_vec()),
+        (
+            format!("/v1/candles/minutes/1?{m}"),
+            with(&[("unit", Num)], CANDLE),
+        ),
+        (
+            format!("/v1/candles/days?{m}"),
+            with(
+                &[
+                    ("prev_closing_price", Num),
+                    ("change_price", Num),
+                    ("change_rate", Num),
+                ],
+                CANDLE,
+            ),
+        ),
+        (
+            format!("/v1/candles/weeks?{m}"),
+            with(&[("first_day_of_period", Str)], CANDLE),
+        ),
+        (
+            format!("/v1/candles/months?{m}"),
+            with(&[("first_day_of_period", Str)], CANDLE),
+        ),
+        (
+            format!("/v1/candles/years?{m}"),
+            with(&[("first_day_of_period", Str)], CANDLE),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (path, fields) in &checks {
+        let (status, body) = get(path.clone()).await;
+        if status != 200 {
+            wrong.push(format!("{path}: {status} {body}"));
+            continue;
+        }
+        wrong.extend(mismatches(path, &body, fields));
+    }
+    // Errors: Upbit's body, a name and a message, whatever the status.
+    for path in [
+        "/v1/ticker?markets=KRW-NOPE",
+        "/v1/candles/minutes/7?market=KRW-ETH",
+        "/v1/orders/chance?market=KRW-ETH",
+    ] {
+        let (status, body) = get(path.into()).await;
+        let error = &body["error"];
+        if !(status >= 400 && error["name"].is_string() && error["message"].is_string()) {
+            wrong.push(format!(
+                "{path}: {status} {body} is not Upbit's error shape"
+            ));
+        }
+    }
+
+    // Private answers, signed with an API key.
+    let client = stack.client("shape@example.com").await;
+    let (_, made) = client
+        .post(
+            "/api/v1/api-keys",
+            serde_json::json!({"password": crate::trading::PASSWORD}),
+        )
+        .await;
+    let key = crate::api_keys::key_of(&made);
+    let signed = |method: reqwest::Method, path: &'static str, query: &'static str| {
+        let (stack, key) = (&stack, &key);
+        async move { crate::api_keys::signed(stack, key, method, path, query).await }
+    };
+    let (_, accounts) = signed(reqwest::Method::GET, "/v1/accounts", "").await;
+    wrong.extend(mismatches(
+        "accounts",
+        &accounts,
+        &[
+            ("currency", Str),
+            ("balance", Str),
+            ("locked", Str),
+            ("avg_buy_price", Str),
+            ("avg_buy_price_modified", Bool),
+            ("unit_currency", Str),
+        ],
+    ));
+    let (_, chance) = signed(reqwest::Method::GET, "/v1/orders/chance", "market=KRW-ETH").await;
+    wrong.extend(mismatches(
+        "chance",
+        &chance,
+        &[
+            ("bid_fee", Str),
+            ("ask_fee", Str),
+            ("maker_bid_fee", Str),
+            ("maker_ask_fee", Str),
+            ("market", Obj),
+            ("bid_account", Obj),
+            ("ask_account", Obj),
+        ],
+    ));
+    let (status, order) = signed(
+        reqwest::Method::POST,
+        "/v1/orders",
+        "market=KRW-ETH&side=bid&volume=0.01&price=3000000&ord_type=limit",
+    )
+    .await;
+    if status != 201 {
+        wrong.push(format!("POST /v1/orders: {status} {order}"));
+    }
+    wrong.extend(mismatches("order", &order, ORDER));
+    let (_, open) = signed(reqwest::Method::GET, "/v1/orders/open", "").await;
+    wrong.extend(mismatches("orders/open", &open, ORDER));
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    stack.stop().await;
+}
