@@ -808,6 +808,9 @@ pub mod rest {
         pub prev_closing_price: Decimal,
         pub change_price: Decimal,
         pub change_rate: Decimal,
+        /// With `converting_price_unit`: the close in that currency (`Some(None)`
+        /// writes null: no rate for that day).
+        pub converted_trade_price: Option<Option<Decimal>>,
     }
 
     /// One element of a candles response.
@@ -836,6 +839,9 @@ pub mod rest {
             o.dec("prev_closing_price", "", day.prev_closing_price)
                 .dec("change_price", "", day.change_price)
                 .dec("change_rate", "", day.change_rate);
+            if let Some(converted) = day.converted_trade_price {
+                o.opt_dec("converted_trade_price", "", converted);
+            }
         }
         o.close();
         out

@@ -186,6 +186,7 @@ pub fn candle(c: &pb::Candle, unit: Option<u32>) -> Option<upbit::write::rest::R
             prev_closing_price: d(&c.prev_closing_price)?,
             change_price: d(&c.change_price)?,
             change_rate: d(&c.change_rate)?,
+            converted_trade_price: None,
         })
     };
     Some(upbit::write::rest::RestCandle {

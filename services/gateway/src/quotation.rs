@@ -364,7 +364,18 @@ async fn candles(
     interval: pb::CandleInterval,
     unit: Option<u32>,
 ) -> Result<String, ApiError> {
-    let market = query::market(param(q, "market"))?;
+    let list = candle_list(gw, q, param(q, "market"), interval, unit).await?;
+    Ok(rest::array(list.iter().map(rest::candle)))
+}
+
+async fn candle_list(
+    gw: &Shared,
+    q: &QueryList,
+    market: Option<&str>,
+    interval: pb::CandleInterval,
+    unit: Option<u32>,
+) -> Result<Vec<rest::RestCandle>, ApiError> {
+    let market = query::market(market)?;
     let count = query::count(param(q, "count"), 1, query::MAX_CANDLES)?;
     let to = query::to_time(param(q, "to"))?;
     let request = pb::ListCandlesRequest {
@@ -381,12 +392,10 @@ async fn candles(
         .map_err(market_error)?
         .into_inner()
         .candles;
-    Ok(rest::array(
-        candles
-            .iter()
-            .filter_map(|c| convert::skipped(convert::candle(c, unit), "candle", &c.market))
-            .map(|c| rest::candle(&c)),
-    ))
+    Ok(candles
+        .iter()
+        .filter_map(|c| convert::skipped(convert::candle(c, unit), "candle", &c.market))
+        .collect())
 }
 
 pub async fn candles_minutes(
@@ -541,9 +550,49 @@ pub async fn candles_seconds(State(gw): State<Shared>, ip: ClientIp, q: Params) 
     .await
 }
 
+/// Day candles; `converting_price_unit=KRW` adds `converted_trade_price`,
+/// the close times that day's close of `KRW-<quote>` (null on a day it has
+/// none).
 pub async fn candles_days(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Response {
     limited(&gw.clone(), ip, "candle", async move {
-        candles(&gw, &q, pb::CandleInterval::Day1, None).await
+        let day = pb::CandleInterval::Day1;
+        let mut list = candle_list(&gw, &q, param(&q, "market"), day, None).await?;
+        match param(&q, "converting_price_unit").filter(|u| !u.is_empty()) {
+            None => {}
+            Some("KRW") => {
+                let quote = param(&q, "market")
+                    .and_then(|m| m.split_once('-'))
+                    .map_or("KRW", |(quote, _)| quote);
+                let rates: std::collections::HashMap<i64, rust_decimal::Decimal> = if quote == "KRW"
+                {
+                    list.iter()
+                        .map(|c| (c.start, rust_decimal::Decimal::ONE))
+                        .collect()
+                } else {
+                    let krw = format!("KRW-{quote}");
+                    candle_list(&gw, &q, Some(&krw), day, None)
+                        .await
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|c| (c.start, c.trade_price))
+                        .collect()
+                };
+                for c in &mut list {
+                    let converted = rates
+                        .get(&c.start)
+                        .map(|rate| (c.trade_price * rate).round_dp(8).normalize());
+                    if let Some(day) = c.day.as_mut() {
+                        day.converted_trade_price = Some(converted);
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "converting_price_unit must be KRW, not {other}"
+                )));
+            }
+        }
+        Ok(rest::array(list.iter().map(rest::candle)))
     })
     .await
 }

@@ -294,6 +294,7 @@ fn candles_reply(
                 } else {
                     (change / prev).round_dp(8)
                 },
+                converted_trade_price: None,
             }
         });
         items.push(rest::candle(&RestCandle {

@@ -342,6 +342,47 @@ async fn candles_agree_with_the_trades_that_built_them_and_with_upbit_sim() {
         "{years} vs {months}"
     );
     assert_eq!(years[0]["first_day_of_period"], format!("{year}-01-01"));
+
+    // converting_price_unit=KRW: a BTC market's close in KRW, at KRW-BTC's close
+    // that day (the simulator is paused: only these trades move the closes).
+    stack
+        .sim_trade("KRW-BTC", "150000000", "0.01", "BID", None)
+        .await;
+    stack.sim_trade("BTC-ETH", "0.035", "1", "BID", None).await;
+    let converted = eventually(Duration::from_secs(20), "converted day candles", || async {
+        let (_, krw_btc) = json(
+            &stack,
+            &format!("{}/v1/candles/days?market=KRW-BTC&count=1", stack.gw()),
+        )
+        .await;
+        let (_, btc_eth) = json(
+            &stack,
+            &format!(
+                "{}/v1/candles/days?market=BTC-ETH&count=1&converting_price_unit=KRW",
+                stack.gw()
+            ),
+        )
+        .await;
+        (krw_btc[0]["trade_price"] == serde_json::json!(150000000)
+            && btc_eth[0]["trade_price"] == serde_json::json!(0.035))
+        .then_some(btc_eth)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        converted[0]["converted_trade_price"].to_string(),
+        "5250000",
+        "0.035 BTC at 150,000,000 KRW: {converted}"
+    );
+    let (status, body) = json(
+        &stack,
+        &format!(
+            "{}/v1/candles/days?market=BTC-ETH&converting_price_unit=USD",
+            stack.gw()
+        ),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
     stack.stop().await;
 }
 
