@@ -128,7 +128,8 @@ impl Tally {
         if a.status >= 500 {
             self.failures.push(format!("{what}: {} {text}", a.status));
         } else if a.status >= 400
-            && !(a.body["error"]["name"].is_string() && a.body["error"]["message"].is_string())
+            && !((a.body["error"]["name"].is_string() || a.body["error"]["name"].is_u64())
+                && a.body["error"]["message"].is_string())
         {
             self.failures.push(format!(
                 "{what}: {} without Upbit's error shape: {text}",
@@ -657,7 +658,8 @@ async fn every_route_refuses_bad_input_with_a_4xx_never_a_5xx() {
             }
             let body: Value = serde_json::from_slice(&frame).unwrap_or(Value::Null);
             if body.get("error").is_some()
-                && !(body["error"]["name"].is_string() && body["error"]["message"].is_string())
+                && !((body["error"]["name"].is_string() || body["error"]["name"].is_u64())
+                    && body["error"]["message"].is_string())
             {
                 tally
                     .failures

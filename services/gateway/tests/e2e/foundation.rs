@@ -59,7 +59,8 @@ async fn every_service_serves_health_and_reflection() {
     assert_eq!(status, 404);
     let err: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(
-        err["error"]["name"].is_string() && err["error"]["message"].is_string(),
+        (err["error"]["name"].is_string() || err["error"]["name"].is_u64())
+            && err["error"]["message"].is_string(),
         "{body}"
     );
     stack.stop().await;

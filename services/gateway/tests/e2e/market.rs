@@ -518,7 +518,8 @@ async fn bad_input_gets_upbit_errors_never_a_5xx() {
         let (got, body) = json_as(&stack, &format!("{gw}{path}"), &format!("10.0.0.{i}")).await;
         assert_eq!(got, status, "{path}: {body}");
         assert!(
-            body["error"]["name"].is_string() && body["error"]["message"].is_string(),
+            (body["error"]["name"].is_string() || body["error"]["name"].is_u64())
+                && body["error"]["message"].is_string(),
             "{path}: {body}"
         );
     }
@@ -546,6 +547,7 @@ async fn bad_input_gets_upbit_errors_never_a_5xx() {
     )
     .await;
     assert_eq!(nope["error"]["message"], "Code not found");
+    assert_eq!(nope["error"]["name"], 404, "a number, as Upbit writes it");
 
     // Remaining-Req and the per-IP group limit (5/s here).
     let mut statuses = Vec::new();
