@@ -120,6 +120,12 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_IP", default_value_t = 100)]
     pub rate_limit_ip: u32,
 
+    /// Quotation and public WebSocket requests that carry an Origin header (a
+    /// browser's), per client IP per 10 seconds, as Upbit limits them (0 = no
+    /// limit).
+    #[arg(long, env = "RATE_LIMIT_ORIGIN", default_value_t = 1)]
+    pub rate_limit_origin: u32,
+
     /// Sign-in, sign-up and refresh requests per minute from one client IP (0 = no limit).
     #[arg(long, env = "RATE_LIMIT_AUTH", default_value_t = 30)]
     pub rate_limit_auth: u32,

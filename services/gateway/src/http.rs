@@ -15,8 +15,9 @@ use crate::state::{ClientIp, Shared};
 use crate::{batch, exchange, native, observe, private, quotation, wallet, ws, ws_private};
 
 pub fn router(gw: Shared) -> Router {
-    let api = Router::new()
-        // Upbit-compatible quotation API.
+    // Upbit-compatible quotation API and public WebSocket: what Upbit limits
+    // further for requests that carry an Origin header (browsers).
+    let public = Router::new()
         .route("/v1/market/all", get(quotation::market_all))
         .route("/v1/ticker", get(quotation::ticker))
         .route("/v1/ticker/all", get(quotation::ticker_all))
@@ -40,6 +41,9 @@ pub fn router(gw: Shared) -> Router {
         .route("/v1/candles/months", get(quotation::candles_months))
         .route("/v1/candles/years", get(quotation::candles_years))
         .route("/websocket/v1", get(ws::upgrade))
+        .route_layer(middleware::from_fn_with_state(gw.clone(), origin_limit));
+    let api = Router::new()
+        .merge(public)
         .route("/websocket/v1/private", get(ws_private::upgrade))
         // Native API.
         .route("/api/v1/markets", get(native::markets))
@@ -120,6 +124,27 @@ pub fn router(gw: Shared) -> Router {
         .fallback(|| async { ApiError::not_found() })
         .layer(middleware::map_response(crate::error::upbit_shape))
         .with_state(gw)
+}
+
+/// Upbit's rule for requests with an `Origin` header (browsers) on quotation
+/// REST and the public WebSocket: `RATE_LIMIT_ORIGIN` per 10 s per IP.
+async fn origin_limit(
+    State(gw): State<Shared>,
+    ip: ClientIp,
+    request: Request,
+    next: Next,
+) -> Response {
+    let limit = gw.limits.origin_per_10s;
+    if limit > 0 && request.headers().contains_key(axum::http::header::ORIGIN) {
+        let decision = gw
+            .limiter
+            .check_window("origin", &ip.0.to_string(), limit, 10)
+            .await;
+        if decision == Decision::Limited {
+            return ratelimit::too_many(decision, "origin", limit);
+        }
+    }
+    next.run(request).await
 }
 
 /// Every route's first step, before any other work for the request: requests

@@ -93,6 +93,7 @@ impl App {
                 quotation: config.rate_limit_quotation,
                 signup_per_hour: config.rate_limit_signup,
                 per_ip: config.rate_limit_ip,
+                origin_per_10s: config.rate_limit_origin,
                 auth_per_minute: config.rate_limit_auth,
                 login_failures: config.login_failures,
                 ws_connects: config.ws_connect_limit,

@@ -41,6 +41,9 @@ pub struct Limits {
     pub signup_per_hour: u32,
     /// Requests per second per IP on every route, before authentication.
     pub per_ip: u32,
+    /// Quotation and public WebSocket requests carrying `Origin`, per IP per
+    /// 10 s (Upbit's browser rule).
+    pub origin_per_10s: u32,
     /// Sign-in, sign-up and refresh requests per IP per minute.
     pub auth_per_minute: u32,
     /// Failed logins per account in 15 minutes.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use std::str::FromStr;
 use test_support::{TestDb, eventually};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use upbit::{Message, StreamType};
 
 use crate::stack::{Options, Stack, ws_connect, ws_next, ws_send, ws_subscribe, ws_wait};
@@ -936,5 +937,45 @@ async fn orderbooks_group_by_level_on_rest_and_the_websocket() {
     let listed = ws_next(&mut ws, Duration::from_secs(5)).await.unwrap();
     let listed: serde_json::Value = serde_json::from_slice(&listed).unwrap();
     assert!(listed["result"][0]["level"].is_number(), "{listed}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_origin_gets_upbits_one_request_per_ten_seconds() {
+    let db = TestDb::create().await.unwrap();
+    let stack = Stack::start(&db, Options::default()).await;
+    let get = |origin: Option<&'static str>| {
+        let stack = &stack;
+        async move {
+            let mut req = stack.http.get(format!("{}/v1/market/all", stack.gw()));
+            if let Some(o) = origin {
+                req = req.header("origin", o);
+            }
+            req.send().await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(get(Some("https://example.com")).await, 200);
+    assert_eq!(
+        get(Some("https://example.com")).await,
+        429,
+        "the second within 10 s"
+    );
+    assert_eq!(
+        get(None).await,
+        200,
+        "requests without Origin are not limited so"
+    );
+    // The public WebSocket counts too.
+    let mut request = format!("ws://{}/websocket/v1", stack.gateways[0].http)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("origin", "https://example.com".parse().unwrap());
+    let refused = tokio_tungstenite::connect_async(request).await;
+    assert!(
+        matches!(refused, Err(tokio_tungstenite::tungstenite::Error::Http(ref r)) if r.status() == 429),
+        "{refused:?}"
+    );
     stack.stop().await;
 }
