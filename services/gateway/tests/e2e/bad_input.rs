@@ -84,8 +84,19 @@ struct Answer {
     text: String,
 }
 
+/// Each request on a connection of its own: the server closes a connection
+/// whose oversized body it refused unread (hyper cannot reuse it), and a
+/// pooled client could send the next request on it just as it closes.
+static UNPOOLED: std::sync::LazyLock<reqwest::Client> = std::sync::LazyLock::new(|| {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+});
+
 async fn send(request: reqwest::RequestBuilder) -> Answer {
-    let (client, request) = request.build_split();
+    let (_, request) = request.build_split();
+    let client = &*UNPOOLED;
     let request = request.unwrap();
     let what = format!(
         "{} {} ({} bytes)",
