@@ -12,7 +12,7 @@ use axum::routing::{delete, get, post};
 use crate::error::ApiError;
 use crate::ratelimit::{self, Decision};
 use crate::state::{ClientIp, Shared};
-use crate::{batch, exchange, native, observe, private, quotation, wallet, ws, ws_private};
+use crate::{batch, exchange, native, observe, private, quotation, wallet, web, ws, ws_private};
 
 pub fn router(gw: Shared) -> Router {
     // Upbit-compatible quotation API and public WebSocket: what Upbit limits
@@ -118,6 +118,8 @@ pub fn router(gw: Shared) -> Router {
         .route_layer(middleware::from_fn_with_state(gw.clone(), admit))
         .route_layer(middleware::from_fn_with_state(gw.clone(), observe::observe));
     Router::new()
+        .route("/", get(web::index))
+        .route("/assets/{*path}", get(web::asset))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(api)
@@ -135,7 +137,7 @@ async fn origin_limit(
     next: Next,
 ) -> Response {
     let limit = gw.limits.origin_per_10s;
-    if limit > 0 && request.headers().contains_key(axum::http::header::ORIGIN) {
+    if limit > 0 && cross_origin(request.headers()) {
         let decision = gw
             .limiter
             .check_window("origin", &ip.0.to_string(), limit, 10)
@@ -145,6 +147,23 @@ async fn origin_limit(
         }
     }
     next.run(request).await
+}
+
+/// Whether a request carries an `Origin` other than the host it was sent to
+/// (this exchange's own page is not a third-party site).
+fn cross_origin(headers: &axum::http::HeaderMap) -> bool {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
+        return false;
+    };
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest);
+    !matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
 /// Every route's first step, before any other work for the request: requests

@@ -19,6 +19,7 @@ mod ratelimit;
 mod state;
 mod views;
 mod wallet;
+mod web;
 mod ws;
 mod ws_private;
 

@@ -2,8 +2,6 @@
 //! Upbit client libraries (ccxt, pyupbit) trading through the gateway as
 //! published.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 use test_support::TestDb;
 
@@ -265,24 +263,13 @@ async fn public_upbit_client_libraries_trade_through_the_gateway() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../tools/upbit-clients/check.py"
     );
-    let run = tokio::process::Command::new(&python)
+    let mut checker = tokio::process::Command::new(&python);
+    checker
         .arg(script)
         .env("BASE_URL", stack.gw())
         .env("ACCESS_KEY", &key.0)
-        .env("SECRET_KEY", &key.1)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("the client checks finish within 2 minutes")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("all client checks passed"),
-        "{}\n{stdout}\n{stderr}",
-        out.status
-    );
+        .env("SECRET_KEY", &key.1);
+    crate::stack::run_checker(checker, "all client checks passed").await;
     stack.stop().await;
 }
 

@@ -8,3 +8,4 @@ mod market;
 mod private_ws;
 mod stack;
 mod trading;
+mod web;

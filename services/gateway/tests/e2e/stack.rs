@@ -316,6 +316,25 @@ impl Stack {
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Runs an outside checker (a client library's script, the browser test) to
+/// its end, at most 2 minutes; fails with its output unless it exits 0 having
+/// printed `passed`. Returns its output.
+pub async fn run_checker(mut command: tokio::process::Command, passed: &str) -> String {
+    let run = command.kill_on_drop(true).output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the checker finishes within 2 minutes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains(passed),
+        "{}\n{stdout}\n{stderr}",
+        out.status
+    );
+    stdout.into_owned()
+}
+
 /// A WebSocket client of the gateway (or the simulator).
 pub async fn ws_connect(addr: SocketAddr) -> Ws {
     tokio_tungstenite::connect_async(format!("ws://{addr}/websocket/v1"))

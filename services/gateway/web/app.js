@@ -1,0 +1,217 @@
+// The exchange's web page: a live ticker board and a candlestick chart, fed by the
+// gateway's Upbit-compatible REST API and WebSocket (same origin, nothing from
+// outside). `window.exchange` exposes what is on screen for the browser tests.
+"use strict";
+
+const state = { markets: [], prices: {}, selected: null, interval: "1m", lastCandle: null,
+                candles: 0, connection: "connecting", ws: null, retry: 0 };
+window.exchange = state;
+
+const INTERVALS = {
+  "1s": { rest: "/v1/candles/seconds", ws: "candle.1s", secs: 1 },
+  "1m": { rest: "/v1/candles/minutes/1", ws: "candle.1m", secs: 60 },
+  "5m": { rest: "/v1/candles/minutes/5", ws: "candle.5m", secs: 300 },
+  "60m": { rest: "/v1/candles/minutes/60", ws: "candle.60m", secs: 3600 },
+  "1d": { rest: "/v1/candles/days", ws: null, secs: 86400 },
+};
+
+const $ = (sel) => document.querySelector(sel);
+const fmt = (n, digits) => n.toLocaleString("en-US", { maximumFractionDigits: digits ?? 8 });
+
+function showError(text) {
+  const el = $("#error");
+  el.hidden = !text;
+  el.textContent = text || "";
+}
+
+function setConnection(s) {
+  state.connection = s;
+  const el = $("#conn");
+  el.dataset.state = s;
+  el.textContent = { live: "live", connecting: "connecting…", reconnecting: "reconnecting…" }[s] || s;
+}
+
+async function getJson(path) {
+  const resp = await fetch(path);
+  const body = await resp.json();
+  if (!resp.ok) throw new Error(body?.error?.message || `${resp.status} from ${path}`);
+  return body;
+}
+
+// --- ticker board ---------------------------------------------------------------
+function buildBoard() {
+  const body = $("#board tbody");
+  body.replaceChildren();
+  for (const m of state.markets) {
+    const tr = document.createElement("tr");
+    tr.dataset.market = m.market;
+    tr.innerHTML = `<td class="name"></td><td class="num price">—</td><td class="num change">—</td><td class="num volume">—</td>`;
+    tr.querySelector(".name").textContent = m.korean_name;
+    const small = document.createElement("small");
+    small.textContent = `${m.english_name} · ${m.market}`;
+    tr.querySelector(".name").append(small);
+    tr.addEventListener("click", () => selectMarket(m.market));
+    body.append(tr);
+  }
+}
+
+function onTicker(t) {
+  state.prices[t.code] = t.trade_price;
+  const tr = document.querySelector(`tr[data-market="${t.code}"]`);
+  if (tr) {
+    const cls = t.change === "RISE" ? "rise" : t.change === "FALL" ? "fall" : "";
+    tr.querySelector(".price").textContent = fmt(t.trade_price);
+    tr.querySelector(".price").className = `num price ${cls}`;
+    const change = tr.querySelector(".change");
+    change.textContent = `${(t.signed_change_rate * 100).toFixed(2)}%`;
+    change.className = `num change ${cls}`;
+    tr.querySelector(".volume").textContent = fmt(t.acc_trade_price_24h, 0);
+  }
+  if (t.code === state.selected) {
+    $("#market-price").textContent = fmt(t.trade_price);
+    if (!INTERVALS[state.interval].ws) foldIntoLast(t.trade_price, t.trade_volume, t.trade_timestamp);
+  }
+}
+
+// --- chart ----------------------------------------------------------------------
+let chart, candles, volumes;
+
+function makeChart() {
+  const LC = window.LightweightCharts;
+  chart = LC.createChart($("#chart"), {
+    autoSize: true,
+    layout: { background: { color: "#161d2c" }, textColor: "#8894ad" },
+    grid: { vertLines: { color: "#1e2740" }, horzLines: { color: "#1e2740" } },
+    timeScale: { timeVisible: true, secondsVisible: true },
+  });
+  candles = chart.addSeries(LC.CandlestickSeries, {
+    upColor: "#e0475b", downColor: "#3b82f6", borderVisible: false,
+    wickUpColor: "#e0475b", wickDownColor: "#3b82f6",
+  });
+  volumes = chart.addSeries(LC.HistogramSeries, { priceScaleId: "", priceFormat: { type: "volume" } });
+  volumes.priceScale().applyOptions({ scaleMargins: { top: 0.8, bottom: 0 } });
+}
+
+const toSecs = (utc) => Math.floor(Date.parse(utc + "Z") / 1000);
+
+function bar(c) {
+  return { time: toSecs(c.candle_date_time_utc), open: c.opening_price, high: c.high_price,
+           low: c.low_price, close: c.trade_price, volume: c.candle_acc_trade_volume };
+}
+
+function drawLast(b) {
+  state.lastCandle = b;
+  candles.update(b);
+  volumes.update({ time: b.time, value: b.volume, color: b.close >= b.open ? "#e0475b55" : "#3b82f655" });
+}
+
+// A trade folded into the newest bar (for intervals without a live candle type).
+function foldIntoLast(price, volume, ts) {
+  const secs = INTERVALS[state.interval].secs;
+  const time = Math.floor(ts / 1000 / secs) * secs;
+  const last = state.lastCandle;
+  if (!last || time > last.time) {
+    drawLast({ time, open: price, high: price, low: price, close: price, volume });
+  } else if (time === last.time) {
+    drawLast({ ...last, high: Math.max(last.high, price), low: Math.min(last.low, price),
+               close: price, volume: last.volume + volume });
+  }
+}
+
+async function loadCandles() {
+  const market = state.selected;
+  const iv = INTERVALS[state.interval];
+  const list = await getJson(`${iv.rest}?market=${market}&count=200`);
+  if (market !== state.selected) return;
+  const bars = list.map(bar).reverse();
+  candles.setData(bars);
+  volumes.setData(bars.map((b) => ({ time: b.time, value: b.volume,
+                                     color: b.close >= b.open ? "#e0475b55" : "#3b82f655" })));
+  state.candles = bars.length;
+  state.lastCandle = bars[bars.length - 1] || null;
+  chart.timeScale().fitContent();
+}
+
+function onCandle(c) {
+  if (c.code !== state.selected || c.type !== INTERVALS[state.interval].ws) return;
+  const b = bar(c);
+  if (!state.lastCandle || b.time >= state.lastCandle.time) drawLast(b);
+}
+
+async function selectMarket(market) {
+  state.selected = market;
+  const info = state.markets.find((m) => m.market === market);
+  $("#market-name").textContent = info ? `${info.korean_name} ${market}` : market;
+  $("#market-price").textContent = state.prices[market] ? fmt(state.prices[market]) : "";
+  // KRW prices are whole won; other quotes need their decimals.
+  const krw = market.startsWith("KRW-");
+  candles.applyOptions({ priceFormat: { type: "price", precision: krw ? 0 : 8, minMove: krw ? 1 : 1e-8 } });
+  for (const tr of document.querySelectorAll("#board tbody tr")) {
+    tr.classList.toggle("selected", tr.dataset.market === market);
+  }
+  subscribe();
+  try {
+    await loadCandles();
+    showError("");
+  } catch (e) {
+    showError(`Could not load candles: ${e.message}`);
+  }
+}
+
+// --- WebSocket ------------------------------------------------------------------
+function subscribe() {
+  const ws = state.ws;
+  if (!ws || ws.readyState !== WebSocket.OPEN) return;
+  const request = [{ ticket: `web-${Date.now()}` },
+    { type: "ticker", codes: state.markets.map((m) => m.market) }];
+  const live = INTERVALS[state.interval].ws;
+  if (state.selected && live) request.push({ type: live, codes: [state.selected], is_only_realtime: true });
+  ws.send(JSON.stringify(request));
+}
+
+function connect() {
+  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/websocket/v1`);
+  ws.binaryType = "arraybuffer";
+  state.ws = ws;
+  const decoder = new TextDecoder();
+  ws.onopen = () => {
+    state.retry = 0;
+    setConnection("live");
+    subscribe();
+  };
+  ws.onmessage = (ev) => {
+    const msg = JSON.parse(typeof ev.data === "string" ? ev.data : decoder.decode(ev.data));
+    if (msg.error) return showError(`The server refused the subscription: ${msg.error.message}`);
+    if (msg.type === "ticker") onTicker(msg);
+    else if (msg.type && msg.type.startsWith("candle.")) onCandle(msg);
+  };
+  ws.onclose = () => {
+    setConnection("reconnecting");
+    state.retry = Math.min(state.retry + 1, 6);
+    setTimeout(connect, 500 * 2 ** state.retry);
+  };
+}
+
+// --- start ----------------------------------------------------------------------
+async function start() {
+  for (const button of document.querySelectorAll(".intervals button")) {
+    button.addEventListener("click", () => {
+      state.interval = button.dataset.interval;
+      for (const b of document.querySelectorAll(".intervals button")) b.classList.toggle("on", b === button);
+      if (state.selected) selectMarket(state.selected);
+    });
+  }
+  makeChart();
+  try {
+    state.markets = await getJson("/v1/market/all");
+  } catch (e) {
+    showError(`Could not load the markets: ${e.message}`);
+    return;
+  }
+  buildBoard();
+  connect();
+  const first = state.markets.find((m) => m.market === "KRW-BTC") || state.markets[0];
+  if (first) selectMarket(first.market);
+}
+
+start();

@@ -1,0 +1,83 @@
+// The exchange's page in headless Chromium, against a running stack.
+//
+// Usage: BASE_URL=http://127.0.0.1:PORT SIM_ADMIN=http://127.0.0.1:PORT \
+//        BROWSER_NODE_MODULES=dir/node_modules CHROMIUM=/usr/bin/chromium \
+//        SCREENSHOTS=dir node check.mjs
+// Prints one line per step; exits non-zero at the first that fails.
+import { createRequire } from "node:module";
+
+// playwright-core is installed outside the repository (scripts/test).
+const require = createRequire(`${process.env.BROWSER_NODE_MODULES}/`);
+const { chromium } = require("playwright-core");
+
+const BASE = process.env.BASE_URL.replace(/\/$/, "");
+const SIM = process.env.SIM_ADMIN.replace(/\/$/, "");
+const SHOTS = process.env.SCREENSHOTS || ".";
+
+function step(name, ok, detail = "") {
+  console.log(`${ok ? "ok  " : "FAIL"} ${name} ${detail}`.trimEnd());
+  if (!ok) process.exit(1);
+}
+
+async function simTrade(market, price, volume, side) {
+  const resp = await fetch(`${SIM}/sim/trade`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ market, price, volume, ask_bid: side }),
+  });
+  if (!resp.ok) throw new Error(`sim trade: ${resp.status} ${await resp.text()}`);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  const problems = [];
+  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+  page.on("console", (m) => { if (m.type() === "error") problems.push(`console: ${m.text()}`); });
+  const resp = await page.goto(`${BASE}/`);
+  step("the page loads", resp.ok(), `${resp.status()}`);
+  const csp = resp.headers()["content-security-policy"] || "";
+  step("it forbids anything from outside", csp.includes("default-src 'none'") && csp.includes("connect-src 'self'"), csp);
+
+  await page.waitForFunction(() => window.exchange?.connection === "live", null, { timeout: 15000 });
+  step("the WebSocket is live", true, await page.textContent("#conn"));
+  await page.waitForFunction(() => Object.keys(window.exchange.prices).length >= 2, null, { timeout: 15000 });
+  const rows = await page.$$eval("#board tbody tr", (trs) => trs.map((tr) => tr.querySelector(".price").textContent));
+  step("the ticker board shows prices", rows.filter((p) => p !== "—").length >= 2, JSON.stringify(rows));
+
+  await page.waitForFunction(() => window.exchange.candles > 0, null, { timeout: 15000 });
+  const before = await page.evaluate(() => window.exchange.lastCandle);
+  step("the chart shows candles", before !== null, JSON.stringify(before));
+
+  // A live trade at a new price: the board and the chart's last candle follow it.
+  await simTrade("KRW-BTC", "151357000", "0.05", "BID");
+  await page.waitForFunction(() => window.exchange.prices["KRW-BTC"] === 151357000, null, { timeout: 15000 });
+  const price = await page.textContent('tr[data-market="KRW-BTC"] .price');
+  step("a live trade moves the board", price === "151,357,000", price);
+  await page.waitForFunction(() => window.exchange.lastCandle?.close === 151357000, null, { timeout: 15000 });
+  const after = await page.evaluate(() => window.exchange.lastCandle);
+  step("and the chart's last candle", after.close === 151357000, JSON.stringify(after));
+  await page.screenshot({ path: `${SHOTS}/board-and-chart.png` });
+
+  // Another market, another interval: candles reload, the live candle follows.
+  await page.click('tr[data-market="KRW-ETH"]');
+  await page.click('.intervals button[data-interval="1s"]');
+  await simTrade("KRW-ETH", "5213000", "0.5", "ASK");
+  await page.waitForFunction(() => window.exchange.selected === "KRW-ETH"
+    && window.exchange.lastCandle?.close === 5213000, null, { timeout: 15000 });
+  step("1-second candles of another market move live", true, await page.textContent("#market-name"));
+
+  // A phone's width.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.screenshot({ path: `${SHOTS}/phone.png`, fullPage: true });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  step("it fits a phone's width", overflow <= 1, `${overflow}px wider`);
+  step("no script errors", problems.length === 0, problems.join("; "));
+} finally {
+  await browser.close();
+}
+console.log("all browser checks passed");
