@@ -61,7 +61,13 @@ try {
   await page.waitForFunction(() => window.exchange.lastCandle?.close === 151357000, null, { timeout: 15000 });
   const after = await page.evaluate(() => window.exchange.lastCandle);
   step("and the chart's last candle", after.close === 151357000, JSON.stringify(after));
-  await page.screenshot({ path: `${SHOTS}/board-and-chart.png` });
+  await page.waitForFunction(() => document.querySelector("#trades tbody tr td:nth-child(2)")?.textContent === "151,357,000",
+    null, { timeout: 15000 });
+  step("the trade is in the recent trades", true);
+  const book = await page.$$eval("#book tbody tr", (trs) => trs.map((tr) => tr.className));
+  step("the orderbook shows asks over bids", book.length >= 2 && book[0] === "ask" && book[book.length - 1] === "bid",
+       `${book.length} rows`);
+  await page.screenshot({ path: `${SHOTS}/board-and-chart.png`, fullPage: true });
 
   // Another market, another interval: candles reload, the live candle follows.
   await page.click('tr[data-market="KRW-ETH"]');

@@ -4,7 +4,8 @@
 "use strict";
 
 const state = { markets: [], prices: {}, selected: null, interval: "1m", lastCandle: null,
-                candles: 0, connection: "connecting", ws: null, retry: 0 };
+                candles: 0, connection: "connecting", ws: null, retry: 0,
+                book: null, trades: [] };
 window.exchange = state;
 
 const INTERVALS = {
@@ -132,6 +133,44 @@ async function loadCandles() {
   chart.timeScale().fitContent();
 }
 
+// --- orderbook and trades -------------------------------------------------------
+const BOOK_LEVELS = 15;
+
+function onOrderbook(ob) {
+  if (ob.code !== state.selected) return;
+  state.book = ob;
+  const units = ob.orderbook_units.slice(0, BOOK_LEVELS);
+  const biggest = Math.max(...units.map((u) => Math.max(u.ask_size, u.bid_size)), 1e-12);
+  const row = (side, price, size) => {
+    const tr = document.createElement("tr");
+    tr.className = side;
+    tr.innerHTML = `<td class="num p"></td><td class="num s"><span class="bar"></span></td>`;
+    tr.querySelector(".p").textContent = fmt(price);
+    tr.querySelector(".s").prepend(fmt(size, 4));
+    tr.querySelector(".bar").style.width = `${(size / biggest) * 100}%`;
+    return tr;
+  };
+  const rows = [...units].reverse().map((u) => row("ask", u.ask_price, u.ask_size))
+    .concat(units.map((u) => row("bid", u.bid_price, u.bid_size)));
+  $("#book tbody").replaceChildren(...rows);
+}
+
+function onTrade(t) {
+  if (t.code !== state.selected) return;
+  state.trades.unshift(t);
+  state.trades.length = Math.min(state.trades.length, 30);
+  const rows = state.trades.map((x) => {
+    const tr = document.createElement("tr");
+    tr.innerHTML = `<td></td><td class="num"></td><td class="num"></td>`;
+    tr.children[0].textContent = new Date(x.trade_timestamp).toLocaleTimeString();
+    tr.children[1].textContent = fmt(x.trade_price);
+    tr.children[1].className = `num ${x.ask_bid === "BID" ? "rise" : "fall"}`;
+    tr.children[2].textContent = fmt(x.trade_volume, 4);
+    return tr;
+  });
+  $("#trades tbody").replaceChildren(...rows);
+}
+
 function onCandle(c) {
   if (c.code !== state.selected || c.type !== INTERVALS[state.interval].ws) return;
   const b = bar(c);
@@ -140,6 +179,10 @@ function onCandle(c) {
 
 async function selectMarket(market) {
   state.selected = market;
+  state.book = null;
+  state.trades = [];
+  $("#book tbody").replaceChildren();
+  $("#trades tbody").replaceChildren();
   const info = state.markets.find((m) => m.market === market);
   $("#market-name").textContent = info ? `${info.korean_name} ${market}` : market;
   $("#market-price").textContent = state.prices[market] ? fmt(state.prices[market]) : "";
@@ -165,7 +208,11 @@ function subscribe() {
   const request = [{ ticket: `web-${Date.now()}` },
     { type: "ticker", codes: state.markets.map((m) => m.market) }];
   const live = INTERVALS[state.interval].ws;
-  if (state.selected && live) request.push({ type: live, codes: [state.selected], is_only_realtime: true });
+  if (state.selected) {
+    request.push({ type: "orderbook", codes: [`${state.selected}.${BOOK_LEVELS}`] });
+    request.push({ type: "trade", codes: [state.selected] });
+    if (live) request.push({ type: live, codes: [state.selected], is_only_realtime: true });
+  }
   ws.send(JSON.stringify(request));
 }
 
@@ -183,6 +230,8 @@ function connect() {
     const msg = JSON.parse(typeof ev.data === "string" ? ev.data : decoder.decode(ev.data));
     if (msg.error) return showError(`The server refused the subscription: ${msg.error.message}`);
     if (msg.type === "ticker") onTicker(msg);
+    else if (msg.type === "orderbook") onOrderbook(msg);
+    else if (msg.type === "trade") onTrade(msg);
     else if (msg.type && msg.type.startsWith("candle.")) onCandle(msg);
   };
   ws.onclose = () => {
