@@ -77,6 +77,38 @@ try {
     && window.exchange.lastCandle?.close === 5213000, null, { timeout: 15000 });
   step("1-second candles of another market move live", true, await page.textContent("#market-name"));
 
+  // Sign up, buy at market, watch the balance change; rest a limit order and cancel it.
+  await page.click('tr[data-market="KRW-BTC"]');
+  await page.fill("#email", `browser-${Date.now()}@example.com`);
+  await page.fill("#password", "correct horse battery");
+  await page.click("#signup");
+  await page.waitForSelector('#balances tr[data-currency="KRW"]', { timeout: 15000 });
+  const krw = async () => page.textContent('#balances tr[data-currency="KRW"] td:nth-child(2)');
+  step("sign-up shows the paper KRW", (await krw()) === "10,000,000", await krw());
+  step("the sign-in form gives way to the account", await page.isHidden("#auth"));
+  await page.selectOption("#type", "market");
+  await page.fill("#price", "1000000");
+  await page.click("#place");
+  await page.waitForSelector('#balances tr[data-currency="BTC"]', { timeout: 15000 });
+  const spent = await krw();
+  step("a market buy moves the balances on screen", spent !== "10,000,000"
+    && Number(spent.replaceAll(",", "")) < 9000000 + 1, `KRW ${spent}; ${await page.textContent("#order-note")}`);
+  await page.selectOption("#type", "limit");
+  await page.fill("#price", "100000001");
+  await page.fill("#amount", "0.001");
+  await page.click("#place");
+  await page.waitForFunction(() => document.querySelector("#order-note").textContent.includes("multiple of"),
+    null, { timeout: 10000 });
+  step("an off-tick price is refused before it is sent", true, await page.textContent("#order-note"));
+  await page.fill("#price", "100000000");
+  await page.click("#place");
+  await page.waitForSelector("#open tbody tr", { timeout: 15000 });
+  step("the limit order is open", (await page.$$("#open tbody tr")).length === 1);
+  await page.screenshot({ path: `${SHOTS}/trading.png`, fullPage: true });
+  await page.click("#open tbody tr button");
+  await page.waitForFunction(() => document.querySelectorAll("#open tbody tr").length === 0, null, { timeout: 15000 });
+  step("cancel removes it", true, await page.textContent("#order-note"));
+
   // A phone's width.
   await page.setViewportSize({ width: 390, height: 844 });
   await page.screenshot({ path: `${SHOTS}/phone.png`, fullPage: true });

@@ -193,6 +193,7 @@ async function selectMarket(market) {
     tr.classList.toggle("selected", tr.dataset.market === market);
   }
   subscribe();
+  refreshAccount().catch(() => {});
   try {
     await loadCandles();
     showError("");
@@ -241,6 +242,154 @@ function connect() {
   };
 }
 
+// --- account: sign-in, balances, orders (the native API) ---------------------------
+const session = { access: null, refresh: null, email: null };
+state.session = session;
+const MIN_TOTAL = { KRW: 5000, BTC: 0.00005, USDT: 0.5 };
+
+async function api(method, path, body, retried) {
+  const headers = { "content-type": "application/json" };
+  if (session.access) headers.authorization = `Bearer ${session.access}`;
+  const resp = await fetch(path, { method, headers, body: body ? JSON.stringify(body) : undefined });
+  if (resp.status === 401 && session.refresh && !retried) {
+    const r = await fetch("/api/v1/auth/refresh", { method: "POST", headers: { "content-type": "application/json" },
+                                                      body: JSON.stringify({ refresh_token: session.refresh }) });
+    if (r.ok) {
+      const t = await r.json();
+      Object.assign(session, { access: t.access_token, refresh: t.refresh_token });
+      return api(method, path, body, true);
+    }
+    signedOut("Your session ended; log in again.");
+  }
+  const text = await resp.text();
+  const json = text ? JSON.parse(text) : null;
+  if (!resp.ok) throw new Error(json?.error?.message || `${resp.status}`);
+  return json;
+}
+
+function note(text, bad) {
+  const el = $("#order-note");
+  el.textContent = text || "";
+  el.classList.toggle("bad", !!bad);
+}
+
+async function signIn(email, password, create) {
+  if (create) await api("POST", "/api/v1/auth/register", { email, password });
+  const t = await api("POST", "/api/v1/auth/login", { email, password });
+  Object.assign(session, { access: t.access_token, refresh: t.refresh_token, email });
+  $("#auth").hidden = true;
+  $("#me").hidden = false;
+  $("#who").textContent = email;
+  await refreshAccount();
+}
+
+function signedOut(message) {
+  Object.assign(session, { access: null, refresh: null, email: null });
+  $("#auth").hidden = false;
+  $("#me").hidden = true;
+  if (message) showError(message);
+}
+
+async function refreshAccount() {
+  if (!session.access) return;
+  const [{ accounts }, { orders }] = await Promise.all([
+    api("GET", "/api/v1/accounts"),
+    api("GET", `/api/v1/orders?state=open${state.selected ? `&market=${state.selected}` : ""}`),
+  ]);
+  state.balances = Object.fromEntries(accounts.map((a) => [a.currency, Number(a.balance)]));
+  $("#balances tbody").replaceChildren(...accounts.map((a) => {
+    const tr = document.createElement("tr");
+    tr.dataset.currency = a.currency;
+    tr.innerHTML = `<td></td><td class="num"></td><td class="num"></td>`;
+    tr.children[0].textContent = a.currency;
+    tr.children[1].textContent = fmt(Number(a.balance));
+    tr.children[2].textContent = fmt(Number(a.locked));
+    return tr;
+  }));
+  state.openOrders = orders.map((o) => o.uuid);
+  $("#open tbody").replaceChildren(...orders.map((o) => {
+    const tr = document.createElement("tr");
+    tr.dataset.uuid = o.uuid;
+    tr.innerHTML = `<td></td><td class="num"></td><td class="num"></td><td><button type="button">Cancel</button></td>`;
+    tr.children[0].textContent = `${o.side === "bid" ? "Buy" : "Sell"} ${o.market}`;
+    tr.children[1].textContent = o.price ? fmt(Number(o.price)) : "market";
+    tr.children[2].textContent = o.remaining_volume ?? "";
+    tr.querySelector("button").addEventListener("click", async () => {
+      try {
+        await api("DELETE", `/api/v1/orders/${o.uuid}`);
+        note("Cancelled.");
+      } catch (e) {
+        note(`Not cancelled: ${e.message}`, true);
+      }
+      refreshAccount();
+    });
+    return tr;
+  }));
+}
+
+// The order as the server will check it: tick size and minimum total first.
+async function placeOrder() {
+  const market = state.selected;
+  const [quote] = market.split("-");
+  const side = $("#side").value;
+  const type = $("#type").value;
+  const price = Number($("#price").value);
+  const amount = Number($("#amount").value);
+  let order;
+  if (type === "limit") {
+    const [info] = await getJson(`/v1/orderbook/instruments?markets=${market}`);
+    const tick = Number(info.tick_size);
+    if (!(price > 0) || Math.abs(price / tick - Math.round(price / tick)) > 1e-9) {
+      return note(`The price must be a multiple of ${fmt(tick)} ${quote} in ${market}.`, true);
+    }
+    if (!(amount > 0) || price * amount < MIN_TOTAL[quote]) {
+      return note(`An order must total at least ${MIN_TOTAL[quote]} ${quote}.`, true);
+    }
+    order = { market, side, ord_type: "limit", price: String(price), volume: String(amount) };
+    if ($("#tif").value) order.time_in_force = $("#tif").value;
+  } else if (side === "bid") {
+    // A market buy spends an amount of the quote currency.
+    const total = price || amount;
+    if (!(total >= MIN_TOTAL[quote])) return note(`Spend at least ${MIN_TOTAL[quote]} ${quote}.`, true);
+    order = { market, side, ord_type: "price", price: String(total) };
+  } else {
+    if (!(amount > 0)) return note("Give the volume to sell.", true);
+    order = { market, side, ord_type: "market", volume: String(amount) };
+  }
+  try {
+    const placed = await api("POST", "/api/v1/orders", order);
+    note(`Order ${placed.state}: ${placed.executed_volume} filled.`);
+  } catch (e) {
+    note(`Refused: ${e.message}`, true);
+  }
+  await refreshAccount();
+}
+
+function setupAccount() {
+  const credentials = () => [$("#email").value, $("#password").value];
+  $("#auth").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    signIn(...credentials(), false).catch((e) => showError(`Could not log in: ${e.message}`));
+  });
+  $("#signup").addEventListener("click", () => {
+    signIn(...credentials(), true).catch((e) => showError(`Could not sign up: ${e.message}`));
+  });
+  $("#logout").addEventListener("click", async () => {
+    await api("POST", "/api/v1/auth/logout", {}).catch(() => {});
+    signedOut();
+  });
+  $("#type").addEventListener("change", () => {
+    const market = $("#type").value === "market";
+    $("#price").placeholder = market ? "amount to spend (buy)" : "price";
+    $("#tif").disabled = market;
+  });
+  $("#order").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    placeOrder();
+  });
+  setInterval(() => refreshAccount().catch(() => {}), 3000);
+}
+
 // --- start ----------------------------------------------------------------------
 async function start() {
   for (const button of document.querySelectorAll(".intervals button")) {
@@ -251,6 +400,7 @@ async function start() {
     });
   }
   makeChart();
+  setupAccount();
   try {
     state.markets = await getJson("/v1/market/all");
   } catch (e) {
