@@ -109,6 +109,19 @@ try {
   await page.waitForFunction(() => document.querySelectorAll("#open tbody tr").length === 0, null, { timeout: 15000 });
   step("cancel removes it", true, await page.textContent("#order-note"));
 
+  // The traffic panel: who answered, the split, latency.
+  await page.fill("#traffic-rate", "20");
+  await page.click("#traffic-toggle");
+  await page.waitForFunction(() => window.exchange.traffic.sent >= 15, null, { timeout: 15000 });
+  await page.click("#traffic-toggle");
+  await page.waitForTimeout(700);
+  const split = await page.$$eval("#traffic-split tbody tr", (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
+  step("the traffic panel shows who answered", split.length >= 1 && split[0][0].startsWith("gateway/")
+    && split[0][0].includes("market-data/") && split.reduce((a, r) => a + Number(r[1]), 0) >= 15, JSON.stringify(split));
+  const stats = await page.textContent("#traffic-stats");
+  step("with latency percentiles and the error rate", /p99 [0-9.]+ ms/.test(stats) && stats.includes("errors 0.0%"), stats);
+  await page.screenshot({ path: `${SHOTS}/traffic.png`, fullPage: true });
+
   // A phone's width.
   await page.setViewportSize({ width: 390, height: 844 });
   await page.screenshot({ path: `${SHOTS}/phone.png`, fullPage: true });

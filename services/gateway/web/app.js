@@ -390,6 +390,71 @@ function setupAccount() {
   setInterval(() => refreshAccount().catch(() => {}), 3000);
 }
 
+// --- traffic: which version and pod answer, at a chosen rate -----------------------
+// Each answer's `x-served-by` names every hop (service/version/pod); the split of
+// those chains is where a canary's 10 % or a blue/green switch becomes visible.
+const traffic = { timer: null, sent: 0, errors: 0, latencies: [], split: {} };
+state.traffic = traffic;
+
+function percentile(sorted, p) {
+  if (!sorted.length) return 0;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+async function trafficShot(path) {
+  traffic.sent += 1;
+  const started = performance.now();
+  try {
+    const headers = session.access ? { authorization: `Bearer ${session.access}` } : {};
+    const resp = await fetch(path, { headers });
+    await resp.arrayBuffer();
+    traffic.latencies.push(performance.now() - started);
+    if (traffic.latencies.length > 1000) traffic.latencies.shift();
+    if (!resp.ok) traffic.errors += 1;
+    const chain = resp.headers.get("x-served-by") || "(not reported)";
+    traffic.split[chain] = (traffic.split[chain] || 0) + 1;
+  } catch {
+    traffic.errors += 1;
+  }
+}
+
+function renderTraffic() {
+  const answered = Object.values(traffic.split).reduce((a, b) => a + b, 0);
+  const sorted = [...traffic.latencies].sort((a, b) => a - b);
+  traffic.p50 = percentile(sorted, 50);
+  traffic.p99 = percentile(sorted, 99);
+  $("#traffic-stats").textContent = `${traffic.sent} sent · errors ${
+    traffic.sent ? ((traffic.errors / traffic.sent) * 100).toFixed(1) : "0.0"}% · latency p50 ${
+    traffic.p50.toFixed(1)} ms, p95 ${percentile(sorted, 95).toFixed(1)} ms, p99 ${traffic.p99.toFixed(1)} ms`;
+  const rows = Object.entries(traffic.split).sort((a, b) => b[1] - a[1]).map(([chain, n]) => {
+    const tr = document.createElement("tr");
+    tr.innerHTML = `<td></td><td class="num"></td><td class="num"></td>`;
+    tr.children[0].textContent = chain;
+    tr.children[1].textContent = n;
+    tr.children[2].textContent = `${((n / answered) * 100).toFixed(1)}%`;
+    return tr;
+  });
+  $("#traffic-split tbody").replaceChildren(...rows);
+}
+
+function setupTraffic() {
+  $("#traffic-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    if (traffic.timer) {
+      clearInterval(traffic.timer);
+      traffic.timer = null;
+      $("#traffic-toggle").textContent = "Start";
+      return;
+    }
+    Object.assign(traffic, { sent: 0, errors: 0, latencies: [], split: {} });
+    const rate = Math.max(1, Math.min(50, Number($("#traffic-rate").value) || 5));
+    const path = $("#traffic-path").value;
+    traffic.timer = setInterval(() => trafficShot(path), 1000 / rate);
+    $("#traffic-toggle").textContent = "Stop";
+  });
+  setInterval(renderTraffic, 500);
+}
+
 // --- start ----------------------------------------------------------------------
 async function start() {
   for (const button of document.querySelectorAll(".intervals button")) {
@@ -401,6 +466,7 @@ async function start() {
   }
   makeChart();
   setupAccount();
+  setupTraffic();
   try {
     state.markets = await getJson("/v1/market/all");
   } catch (e) {
