@@ -93,6 +93,9 @@ try {
   const spent = await krw();
   step("a market buy moves the balances on screen", spent !== "10,000,000"
     && Number(spent.replaceAll(",", "")) < 9000000 + 1, `KRW ${spent}; ${await page.textContent("#order-note")}`);
+  await page.waitForSelector("#closed tbody tr", { timeout: 15000 });
+  const done = await page.$$eval("#closed tbody tr .state", (tds) => tds.map((td) => td.textContent));
+  step("the filled order is listed as done", done.includes("done"), JSON.stringify(done));
   await page.selectOption("#type", "limit");
   await page.fill("#price", "100000001");
   await page.fill("#amount", "0.001");
@@ -108,6 +111,9 @@ try {
   await page.click("#open tbody tr button");
   await page.waitForFunction(() => document.querySelectorAll("#open tbody tr").length === 0, null, { timeout: 15000 });
   step("cancel removes it", true, await page.textContent("#order-note"));
+  await page.waitForFunction(() => [...document.querySelectorAll("#closed tbody tr .state")]
+    .some((td) => td.textContent === "cancel"), null, { timeout: 15000 });
+  step("and lists it as cancelled", true);
 
   // The traffic panel: who answered, the split, latency.
   await page.fill("#traffic-rate", "20");

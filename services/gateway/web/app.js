@@ -292,10 +292,23 @@ function signedOut(message) {
 
 async function refreshAccount() {
   if (!session.access) return;
-  const [{ accounts }, { orders }] = await Promise.all([
+  const market = state.selected ? `&market=${state.selected}` : "";
+  const [{ accounts }, { orders }, { orders: closed }] = await Promise.all([
     api("GET", "/api/v1/accounts"),
-    api("GET", `/api/v1/orders?state=open${state.selected ? `&market=${state.selected}` : ""}`),
+    api("GET", `/api/v1/orders?state=open${market}`),
+    api("GET", `/api/v1/orders?state=closed&limit=10${market}`),
   ]);
+  $("#closed tbody").replaceChildren(...closed.map((o) => {
+    const tr = document.createElement("tr");
+    tr.dataset.uuid = o.uuid;
+    tr.innerHTML = `<td></td><td class="state"></td><td class="num"></td><td class="num"></td>`;
+    const filled = Number(o.executed_volume);
+    tr.children[0].textContent = `${o.side === "bid" ? "Buy" : "Sell"} ${o.market}`;
+    tr.children[1].textContent = o.state;
+    tr.children[2].textContent = fmt(filled);
+    tr.children[3].textContent = filled > 0 ? fmt(Number(o.executed_funds) / filled, 2) : "—";
+    return tr;
+  }));
   state.balances = Object.fromEntries(accounts.map((a) => [a.currency, Number(a.balance)]));
   $("#balances tbody").replaceChildren(...accounts.map((a) => {
     const tr = document.createElement("tr");
