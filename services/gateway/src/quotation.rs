@@ -194,7 +194,11 @@ pub async fn orderbook_levels(State(gw): State<Shared>, ip: ClientIp, q: Params)
                 let levels: Vec<serde_json::Value> =
                     upbit::market::supported_levels(m.quote(), price)
                         .iter()
-                        .map(|l| serde_json::Value::from(l.to_string().parse::<u64>().unwrap_or(0)))
+                        .map(|l| {
+                            serde_json::Value::from(
+                                rust_decimal::prelude::ToPrimitive::to_u64(l).unwrap_or(0),
+                            )
+                        })
                         .collect();
                 serde_json::json!({"market": m.as_str(), "supported_levels": levels})
             })

@@ -309,7 +309,6 @@ async function refreshAccount() {
     tr.children[3].textContent = filled > 0 ? fmt(Number(o.executed_funds) / filled, 2) : "—";
     return tr;
   }));
-  state.balances = Object.fromEntries(accounts.map((a) => [a.currency, Number(a.balance)]));
   $("#balances tbody").replaceChildren(...accounts.map((a) => {
     const tr = document.createElement("tr");
     tr.dataset.currency = a.currency;
@@ -319,7 +318,6 @@ async function refreshAccount() {
     tr.children[2].textContent = fmt(Number(a.locked));
     return tr;
   }));
-  state.openOrders = orders.map((o) => o.uuid);
   $("#open tbody").replaceChildren(...orders.map((o) => {
     const tr = document.createElement("tr");
     tr.dataset.uuid = o.uuid;

@@ -555,7 +555,7 @@ impl Users {
             .ok_or(UserError::Limit)?;
         let secret = self
             .secret_of(self.api_key_secrets.current, &access_key)
-            .expect("the current secret is configured");
+            .ok_or_else(|| UserError::Internal("the current API key secret is missing".into()))?;
         Ok((row, secret))
     }
 

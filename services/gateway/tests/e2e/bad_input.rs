@@ -546,6 +546,23 @@ async fn every_route_refuses_bad_input_with_a_4xx_never_a_5xx() {
             ],
         ),
         (
+            reqwest::Method::GET,
+            "/v1/deposits",
+            false,
+            vec![
+                ("currency", "KRW"),
+                ("limit", "5"),
+                ("page", "1"),
+                ("order_by", "asc"),
+            ],
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/deposit",
+            false,
+            vec![("uuid", "00000000-0000-0000-0000-000000000001")],
+        ),
+        (
             reqwest::Method::POST,
             "/v1/orders/cancel_and_new",
             true,
