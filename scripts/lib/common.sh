@@ -50,6 +50,17 @@ http_body() {
   } 2>/dev/null
 }
 
+# http_headers HOST PORT PATH: prints the response's status line and headers.
+http_headers() {
+  local host=$1 port=$2 path=$3
+  {
+    exec 3<>"/dev/tcp/$host/$port" || return 1
+    printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$path" "$host" >&3
+    sed '/^\r\{0,1\}$/q' <&3 | tr -d '\r'
+    exec 3<&- 3>&-
+  } 2>/dev/null
+}
+
 redis_ping() {
   local host=$1 port=$2 line
   {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Smoke test of scripts/up: start the whole stack on free ports, check every
-# health endpoint and gRPC reflection (grpcurl list), stop it with SIGINT, and
-# check that no process it started is left.
+# Smoke test of scripts/up: start the whole stack on free ports (with market-data
+# as v1 and v2 side by side), check every health endpoint, gRPC reflection
+# (grpcurl list) and that the gateway's answers come from both versions, stop it
+# with SIGINT, and check that no process it started is left.
 set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -15,9 +16,11 @@ fi
 
 run_dir=$(mktemp -d)
 base=$(free_port)
-while tcp_open 127.0.0.1 $((base + 1)) || tcp_open 127.0.0.1 $((base + 5)); do base=$(free_port); done
+while tcp_open 127.0.0.1 $((base + 1)) || tcp_open 127.0.0.1 $((base + 5)) || tcp_open 127.0.0.1 $((base + 7)); do
+  base=$(free_port)
+done
 export RUN_DIR=$run_dir STATUS_EVERY=2 METRICS_PORT_BASE=$base
-for var in GATEWAY_PORT SIM_PORT MARKET_DATA_PORT ORDER_PORT INVENTORY_PORT USER_PORT INGESTOR_PORT; do
+for var in GATEWAY_PORT SIM_PORT MARKET_DATA_PORT ORDER_PORT INVENTORY_PORT USER_PORT INGESTOR_PORT MARKET_DATA_V2_PORT; do
   printf -v "$var" '%s' "$(free_port)"
   export "${var?}"
 done
@@ -27,7 +30,7 @@ export REDIS_PREFIX="smoke$$:"
 
 # Background jobs of a script start with SIGINT ignored; restore it so Ctrl-C
 # (SIGINT to the group) reaches scripts/up as it would from a terminal.
-setsid env --default-signal=INT "$ROOT/scripts/up" --no-build >"$run_dir/up.out" 2>&1 &
+setsid env --default-signal=INT "$ROOT/scripts/up" --no-build --two-versions >"$run_dir/up.out" 2>&1 &
 up_pid=$!
 cleanup() {
   kill -TERM -- "-$up_pid" 2>/dev/null || true
@@ -46,13 +49,24 @@ until [[ -f $run_dir/state ]]; do
   sleep 0.5
 done
 
-for offset in 0 1 2 3 4 5; do
+for offset in 0 1 2 3 4 5 7; do
   port=$((base + offset))
   [[ $(http_status 127.0.0.1 "$port" /readyz) == 200 ]] || fail "metrics port $port not ready"
   http_body 127.0.0.1 "$port" /metrics | grep -q '^service_info' || fail "no service_info on :$port/metrics"
 done
 [[ $(http_status 127.0.0.1 "$GATEWAY_PORT" /readyz) == 200 ]] || fail "gateway /readyz"
 [[ $(http_status 127.0.0.1 "$SIM_PORT" /healthz) == 200 ]] || fail "upbit-sim /healthz"
+
+# Two versions side by side: the gateway's calls reach both.
+served=""
+for _ in $(seq 1 40); do
+  served+=$(http_headers 127.0.0.1 "$GATEWAY_PORT" "/v1/ticker?markets=KRW-BTC" | grep -i '^x-served-by:' || true)$'\n'
+  sleep 0.12 # within the quotation limit (10/s per client)
+done
+for version in market-data/v1/ market-data/v2/; do
+  grep -q "$version" <<<"$served" || fail "no answer served by $version in 40 requests: $(sort <<<"$served" | uniq -c)"
+done
+say "  answers came from market-data v1 and v2: $(grep -o 'market-data/v[12]' <<<"$served" | sort | uniq -c | xargs)"
 
 if [[ -n $GRPCURL ]]; then
   check_list() {
@@ -85,7 +99,7 @@ for p in $children; do
   if kill -0 "$p" 2>/dev/null; then left+=" $p($(ps -o comm= -p "$p"))"; fi
 done
 [[ -z $left ]] || fail "processes left behind:$left"
-for port in "$GATEWAY_PORT" "$SIM_PORT" "$MARKET_DATA_PORT" "$ORDER_PORT" "$INVENTORY_PORT" "$USER_PORT" "$INGESTOR_PORT"; do
+for port in "$GATEWAY_PORT" "$SIM_PORT" "$MARKET_DATA_PORT" "$ORDER_PORT" "$INVENTORY_PORT" "$USER_PORT" "$INGESTOR_PORT" "$MARKET_DATA_V2_PORT"; do
   tcp_open 127.0.0.1 "$port" && fail "port $port still open after stop"
 done
 grep -q "stopping" "$run_dir/up.out" || fail "scripts/up did not stop its processes itself"

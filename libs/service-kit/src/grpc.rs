@@ -18,8 +18,13 @@ pub type Channel = telemetry::grpc::Client<tonic::transport::Channel>;
 
 /// A lazily connecting channel to `url` (e.g. `http://127.0.0.1:50053`); calls
 /// fail with UNAVAILABLE while the peer is down and succeed once it is back.
+///
+/// `url` may list several peers separated by commas (two versions of a
+/// service side by side, the local stand-in for a mesh's traffic split): calls
+/// are then spread over those that answer, and wait (up to the call timeout)
+/// while none does.
 pub fn channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(telemetry::grpc::ClientLayer.layer(endpoint(url)?.timeout(CALL_TIMEOUT).connect_lazy()))
+    connect(url, |e| e.timeout(CALL_TIMEOUT))
 }
 
 /// How long a call may take to be answered (its response headers: a server
@@ -29,7 +34,22 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// A channel without the call timeout, for client streams (whose answer comes
 /// only when the stream ends, e.g. market-data's `Ingest`).
 pub fn streaming_channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(telemetry::grpc::ClientLayer.layer(endpoint(url)?.connect_lazy()))
+    connect(url, |e| e)
+}
+
+fn connect(url: &str, configure: impl Fn(Endpoint) -> Endpoint) -> anyhow::Result<Channel> {
+    let endpoints = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| endpoint(u).map(&configure))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let channel = match <[Endpoint; 1]>::try_from(endpoints) {
+        Ok([one]) => one.connect_lazy(),
+        Err(many) if many.is_empty() => anyhow::bail!("no gRPC URL given"),
+        Err(many) => tonic::transport::Channel::balance_list(many.into_iter()),
+    };
+    Ok(telemetry::grpc::ClientLayer.layer(channel))
 }
 
 fn endpoint(url: &str) -> anyhow::Result<Endpoint> {

@@ -19,7 +19,7 @@ pub struct Config {
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9100")]
     pub metrics_addr: String,
 
-    /// market-data gRPC URL.
+    /// market-data gRPC URL; several URLs separated by commas share the calls.
     #[arg(
         long,
         env = "MARKET_DATA_URL",
@@ -27,15 +27,15 @@ pub struct Config {
     )]
     pub market_data_url: String,
 
-    /// order gRPC URL.
+    /// order gRPC URL; several URLs separated by commas share the calls.
     #[arg(long, env = "ORDER_URL", default_value = "http://127.0.0.1:50052")]
     pub order_url: String,
 
-    /// inventory gRPC URL.
+    /// inventory gRPC URL; several URLs separated by commas share the calls.
     #[arg(long, env = "INVENTORY_URL", default_value = "http://127.0.0.1:50053")]
     pub inventory_url: String,
 
-    /// user gRPC URL.
+    /// user gRPC URL; several URLs separated by commas share the calls.
     #[arg(long, env = "USER_URL", default_value = "http://127.0.0.1:50054")]
     pub user_url: String,
 

@@ -21,7 +21,7 @@ pub struct Config {
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9105")]
     pub metrics_addr: String,
 
-    /// market-data gRPC URL.
+    /// market-data gRPC URL; several URLs separated by commas share the calls.
     #[arg(
         long,
         env = "MARKET_DATA_URL",

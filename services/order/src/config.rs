@@ -28,11 +28,11 @@ pub struct Config {
     #[command(flatten)]
     pub db: DbArgs,
 
-    /// inventory gRPC URL (funds).
+    /// inventory gRPC URL (funds); several URLs separated by commas share the calls.
     #[arg(long, env = "INVENTORY_URL", default_value = "http://127.0.0.1:50053")]
     pub inventory_url: String,
 
-    /// market-data gRPC URL (orderbooks, trades).
+    /// market-data gRPC URL (orderbooks, trades); several URLs separated by commas share the calls.
     #[arg(
         long,
         env = "MARKET_DATA_URL",

@@ -25,7 +25,7 @@ pub struct Config {
     #[command(flatten)]
     pub db: DbArgs,
 
-    /// inventory gRPC URL (new users' paper accounts).
+    /// inventory gRPC URL (new users' paper accounts); several URLs separated by commas share the calls.
     #[arg(long, env = "INVENTORY_URL", default_value = "http://127.0.0.1:50053")]
     pub inventory_url: String,
 

@@ -39,6 +39,9 @@ pub struct Options {
     /// IP (0 = unlimited).
     pub ip_limit: u32,
     pub auth_limit: u32,
+    /// A second market-data, version v2, beside v1: the gateways spread their
+    /// market-data calls over both (as a mesh's traffic split would).
+    pub market_data_v2: bool,
 }
 
 impl Default for Options {
@@ -52,6 +55,7 @@ impl Default for Options {
             ws_per_ip: 0,
             ip_limit: 0,
             auth_limit: 0,
+            market_data_v2: false,
         }
     }
 }
@@ -97,28 +101,40 @@ impl Stack {
         let sim_admin = sim_app.metrics_addr();
         running.push(Running::spawn(stop, sim_app.run()));
 
-        let stop = CancellationToken::new();
-        let md = market_data::App::build(
-            market_data::Config {
-                grpc_addr: LOCAL.into(),
-                metrics_addr: LOCAL.into(),
-                db: db_args(db, market_data::SCHEMA),
-                redis_url: test_support::redis_url(),
-                redis_prefix: prefix.clone(),
-                write_batch: 1000,
-                write_linger: Duration::from_millis(10),
-                write_queue: 100_000,
-                stream_buffer: 1024,
-                stream_slow_after: Duration::from_secs(5),
-                runtime: runtime(),
-            },
-            stop.clone(),
-        )
-        .await
-        .unwrap();
-        let market_data = md.grpc_addr();
-        admins.push((md.metrics_addr(), "market-data"));
-        running.push(Running::spawn(stop, md.run()));
+        let versions: &[&str] = if options.market_data_v2 {
+            &["v1", "v2"]
+        } else {
+            &["v1"]
+        };
+        let mut market_datas = Vec::new();
+        for version in versions {
+            let stop = CancellationToken::new();
+            let md = market_data::App::build(
+                market_data::Config {
+                    grpc_addr: LOCAL.into(),
+                    metrics_addr: LOCAL.into(),
+                    db: db_args(db, market_data::SCHEMA),
+                    redis_url: test_support::redis_url(),
+                    redis_prefix: prefix.clone(),
+                    write_batch: 1000,
+                    write_linger: Duration::from_millis(10),
+                    write_queue: 100_000,
+                    stream_buffer: 1024,
+                    stream_slow_after: Duration::from_secs(5),
+                    runtime: RuntimeArgs {
+                        service_version: (*version).into(),
+                        ..runtime()
+                    },
+                },
+                stop.clone(),
+            )
+            .await
+            .unwrap();
+            market_datas.push(md.grpc_addr());
+            admins.push((md.metrics_addr(), "market-data"));
+            running.push(Running::spawn(stop, md.run()));
+        }
+        let market_data = market_datas[0];
 
         let stop = CancellationToken::new();
         let inv = inventory::App::build(
@@ -179,6 +195,11 @@ impl Stack {
             config.order_url = format!("http://{order}");
             config.inventory_url = format!("http://{inventory}");
             config.user_url = format!("http://{user}");
+            config.market_data_url = market_datas
+                .iter()
+                .map(|a| format!("http://{a}"))
+                .collect::<Vec<_>>()
+                .join(",");
             config.redis_url = test_support::redis_url();
             config.redis_prefix = prefix.clone();
             config.rate_limit_quotation = options.quotation_limit;
