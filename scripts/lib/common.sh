@@ -229,32 +229,37 @@ ensure_upbit_clients() {
   export UPBIT_CLIENTS_PYTHON=$venv/bin/python
 }
 
-# Chromium (Debian's) and playwright-core for the browser test (tools/browser):
-# installed once, playwright-core under ~/.cache/exchange/tools/browser from its
-# lock file. Exports BROWSER_NODE_MODULES and CHROMIUM; without them (no apt or
-# npm here) the browser test is skipped, except in CI where it must run.
+# Chromium and Firefox ESR (Debian's) and puppeteer-core for the browser test
+# (tools/browser): installed once, puppeteer-core under
+# ~/.cache/exchange/tools/browser from its lock file. Exports BROWSER_NODE_MODULES,
+# CHROMIUM and FIREFOX; without them (no apt or npm here) the browser test is
+# skipped, except in CI where it must run.
 ensure_browser() {
   local tools=${EXCHANGE_TOOLS:-$HOME/.cache/exchange/tools}
   local dir=$tools/browser src=$ROOT/tools/browser
-  local chromium
+  local chromium firefox
   chromium=$(command -v chromium || command -v chromium-browser || true)
   if [[ -z $chromium ]] && apt_install chromium; then
     chromium=$(command -v chromium || true)
   fi
-  if [[ ! -d $dir/node_modules/playwright-core ]] || ! cmp -s "$src/package-lock.json" "$dir/package-lock.json"; then
-    step "installing playwright-core for the browser test (once)"
+  firefox=$(command -v firefox-esr || command -v firefox || true)
+  if [[ -z $firefox ]] && apt_install firefox-esr; then
+    firefox=$(command -v firefox-esr || true)
+  fi
+  if [[ ! -d $dir/node_modules/puppeteer-core ]] || ! cmp -s "$src/package-lock.json" "$dir/package-lock.json"; then
+    step "installing puppeteer-core for the browser test (once)"
     rm -rf "$dir" && mkdir -p "$dir"
     cp "$src/package.json" "$src/package-lock.json" "$dir/"
     if ! have npm || ! (cd "$dir" && npm ci --silent --no-audit --no-fund >/dev/null 2>&1); then
       rm -rf "$dir/node_modules"
     fi
   fi
-  if [[ -z $chromium || ! -d $dir/node_modules/playwright-core ]]; then
-    [[ ${CI:-} == true ]] && die "cannot install Chromium or playwright-core for the browser test"
-    say "  no Chromium or playwright-core: the browser test will be skipped"
+  if [[ -z $chromium || -z $firefox || ! -d $dir/node_modules/puppeteer-core ]]; then
+    [[ ${CI:-} == true ]] && die "cannot install Chromium, Firefox or puppeteer-core for the browser test"
+    say "  no Chromium, Firefox or puppeteer-core: the browser test will be skipped"
     return 0
   fi
-  export BROWSER_NODE_MODULES=$dir/node_modules CHROMIUM=$chromium
+  export BROWSER_NODE_MODULES=$dir/node_modules CHROMIUM=$chromium FIREFOX=$firefox
 }
 
 target_dir() {

@@ -154,18 +154,25 @@ impl FromRequestParts<Shared> for NativeUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, gw: &Shared) -> Result<Self, Self::Rejection> {
-        let token = bearer(&parts.headers)?.to_owned();
-        if let Some(user) = gw.tokens.get(&token, Instant::now()) {
+        Self::verify(gw, bearer(&parts.headers)?).await
+    }
+}
+
+impl NativeUser {
+    /// The user an access token names (remembered until it expires, unless
+    /// its session ends first on this gateway).
+    pub async fn verify(gw: &Shared, token: &str) -> Result<Self, ApiError> {
+        if let Some(user) = gw.tokens.get(token, Instant::now()) {
             return Ok(Self(user));
         }
         let user = verify(
             gw,
-            pb::verify_credentials_request::Credentials::AccessToken(token.clone()),
+            pb::verify_credentials_request::Credentials::AccessToken(token.to_owned()),
         )
         .await?
         .user;
-        if let Some(until) = expiry(&token) {
-            gw.tokens.put(&token, user, until, Instant::now());
+        if let Some(until) = expiry(token) {
+            gw.tokens.put(token, user, until, Instant::now());
         }
         Ok(Self(user))
     }

@@ -74,6 +74,7 @@ pub fn router(gw: Shared) -> Router {
             "/api/v1/orders/{uuid}",
             get(private::get_order).delete(private::cancel_order),
         )
+        .route("/api/v1/websocket", get(ws_private::upgrade_page))
         // Upbit-compatible exchange API.
         .route("/v1/accounts", get(exchange::accounts))
         .route("/v1/orders/chance", get(exchange::chance))

@@ -1,7 +1,8 @@
 //! `/websocket/v1/private`: Upbit's private WebSocket. The connection is
 //! authenticated like a private REST request (a signed JWT in
 //! `Authorization`, no parameters); it then streams `myOrder` (the key needs
-//! `view_orders`) and `myAsset` (`view_accounts`).
+//! `view_orders`) and `myAsset` (`view_accounts`). `/api/v1/websocket` is the
+//! same stream for the web page, authenticated by an access token.
 //!
 //! `myOrder` is fed by the order service's update stream: each update of an
 //! order becomes Upbit's events — `wait` when it opens, `trade` for each new
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use exchange_proto::inventory::v1 as inv;
 use exchange_proto::order::v1 as pb;
@@ -29,7 +31,8 @@ use upbit::request::{RequestWindow, too_many_requests};
 use upbit::write::{self, Format, STATUS_UP};
 use uuid::Uuid;
 
-use crate::auth::UpbitRequest;
+use crate::auth::{NativeUser, UpbitRequest};
+use crate::error::ApiError;
 use crate::state::{ClientIp, Shared};
 use crate::views;
 use crate::ws::{admit, binary, error_frame};
@@ -59,6 +62,46 @@ pub async fn upgrade(
             serve(socket, &gw, req).await;
             drop(slot);
         })
+}
+
+/// The subprotocol a page selects; the access token rides beside it as
+/// `access_token.<token>`, since a browser cannot set `Authorization` on a
+/// WebSocket.
+pub const PAGE_PROTOCOL: &str = "exchange.v1";
+const TOKEN_PROTOCOL: &str = "access_token.";
+
+/// `/api/v1/websocket`: the same private stream for a signed-in page, which
+/// holds an access token instead of an API key (and may see its own orders
+/// and balances).
+pub async fn upgrade_page(
+    ws: WebSocketUpgrade,
+    State(gw): State<Shared>,
+    ip: ClientIp,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let token = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(TOKEN_PROTOCOL))
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "no_authorization_token",
+                format!(
+                    "offer the subprotocols {PAGE_PROTOCOL} and {TOKEN_PROTOCOL}<access token>"
+                ),
+            )
+        })?;
+    let NativeUser(user) = NativeUser::verify(&gw, token).await?;
+    let req = UpbitRequest {
+        user,
+        params: Vec::new(),
+        permissions: vec![Permission::ViewOrders, Permission::ViewAccounts],
+    };
+    Ok(upgrade(ws.protocols([PAGE_PROTOCOL]), State(gw), ip, req).await)
 }
 
 fn out_of_scope(what: &str) -> ErrorBody {

@@ -4,7 +4,7 @@
 "use strict";
 
 const state = { markets: [], prices: {}, selected: null, interval: "1m", lastCandle: null,
-                candles: 0, connection: "connecting", ws: null, retry: 0,
+                candles: 0, waiting: null, connection: "connecting", ws: null, retry: 0,
                 book: null, trades: [] };
 window.exchange = state;
 
@@ -108,6 +108,7 @@ function drawLast(b) {
 
 // A trade folded into the newest bar (for intervals without a live candle type).
 function foldIntoLast(price, volume, ts) {
+  if (state.waiting) return state.waiting.push(() => foldIntoLast(price, volume, ts));
   const secs = INTERVALS[state.interval].secs;
   const time = Math.floor(ts / 1000 / secs) * secs;
   const last = state.lastCandle;
@@ -119,11 +120,26 @@ function foldIntoLast(price, volume, ts) {
   }
 }
 
+// Live candles and trades that arrive while the history loads wait for it, so a newer
+// load (another market or interval) never loses them or draws over them.
+let loadSeq = 0;
+
 async function loadCandles() {
+  const seq = ++loadSeq;
   const market = state.selected;
   const iv = INTERVALS[state.interval];
-  const list = await getJson(`${iv.rest}?market=${market}&count=200`);
-  if (market !== state.selected) return;
+  state.waiting = [];
+  let list;
+  try {
+    list = await getJson(`${iv.rest}?market=${market}&count=200`);
+  } catch (e) {
+    if (seq !== loadSeq) return; // a newer load owns the chart now
+    state.waiting = null;
+    throw e;
+  }
+  if (seq !== loadSeq) return;
+  const waiting = state.waiting;
+  state.waiting = null;
   const bars = list.map(bar).reverse();
   candles.setData(bars);
   volumes.setData(bars.map((b) => ({ time: b.time, value: b.volume,
@@ -131,6 +147,7 @@ async function loadCandles() {
   state.candles = bars.length;
   state.lastCandle = bars[bars.length - 1] || null;
   chart.timeScale().fitContent();
+  for (const live of waiting) live();
 }
 
 // --- orderbook and trades -------------------------------------------------------
@@ -173,6 +190,7 @@ function onTrade(t) {
 
 function onCandle(c) {
   if (c.code !== state.selected || c.type !== INTERVALS[state.interval].ws) return;
+  if (state.waiting) return state.waiting.push(() => onCandle(c));
   const b = bar(c);
   if (!state.lastCandle || b.time >= state.lastCandle.time) drawLast(b);
 }
@@ -217,18 +235,30 @@ function subscribe() {
   ws.send(JSON.stringify(request));
 }
 
+const WS_BASE = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}`;
+const decoder = new TextDecoder();
+const frame = (ev) => JSON.parse(typeof ev.data === "string" ? ev.data : decoder.decode(ev.data));
+
+// The gateway closes a socket that says nothing for two minutes (as Upbit does).
+function keepAlive(ws) {
+  const timer = setInterval(() => {
+    if (ws.readyState === WebSocket.OPEN) ws.send("PING");
+  }, 60000);
+  ws.addEventListener("close", () => clearInterval(timer));
+}
+
 function connect() {
-  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/websocket/v1`);
+  const ws = new WebSocket(`${WS_BASE}/websocket/v1`);
   ws.binaryType = "arraybuffer";
   state.ws = ws;
-  const decoder = new TextDecoder();
+  keepAlive(ws);
   ws.onopen = () => {
     state.retry = 0;
     setConnection("live");
     subscribe();
   };
   ws.onmessage = (ev) => {
-    const msg = JSON.parse(typeof ev.data === "string" ? ev.data : decoder.decode(ev.data));
+    const msg = frame(ev);
     if (msg.error) return showError(`The server refused the subscription: ${msg.error.message}`);
     if (msg.type === "ticker") onTicker(msg);
     else if (msg.type === "orderbook") onOrderbook(msg);
@@ -281,10 +311,58 @@ async function signIn(email, password, create) {
   $("#me").hidden = false;
   $("#who").textContent = email;
   await refreshAccount();
+  openPrivate();
+}
+
+// --- the user's orders and balances, live -------------------------------------------
+// The gateway's private stream sends Upbit's myOrder and myAsset events whenever an
+// order of the user's opens, fills or ends or a balance changes (also when a resting
+// order fills against the market, with nobody clicking); the lists are read again
+// then. While the stream is down they are read every 10 s instead.
+const mine = { ws: null, live: false, events: 0, retry: 0, reread: null };
+state.mine = mine;
+
+function rereadSoon() {
+  if (mine.reread) return;
+  mine.reread = setTimeout(() => {
+    mine.reread = null;
+    refreshAccount().catch(() => {});
+  }, 150);
+}
+
+function openPrivate() {
+  if (!session.access || mine.ws) return;
+  // A browser cannot set Authorization on a WebSocket: the token rides as a subprotocol.
+  const ws = new WebSocket(`${WS_BASE}/api/v1/websocket`, ["exchange.v1", `access_token.${session.access}`]);
+  ws.binaryType = "arraybuffer";
+  mine.ws = ws;
+  keepAlive(ws);
+  ws.onopen = () => {
+    mine.retry = 0;
+    mine.live = true;
+    ws.send(JSON.stringify([{ ticket: `web-mine-${Date.now()}` }, { type: "myOrder" }, { type: "myAsset" }]));
+    rereadSoon();
+  };
+  ws.onmessage = (ev) => {
+    const msg = frame(ev);
+    if (msg.type === "myOrder" || msg.type === "myAsset") {
+      mine.events += 1;
+      rereadSoon();
+    }
+  };
+  ws.onclose = () => {
+    mine.ws = null;
+    mine.live = false;
+    if (!session.access) return;
+    mine.retry = Math.min(mine.retry + 1, 6);
+    // The access token may have expired meanwhile: a request refreshes it first.
+    setTimeout(() => refreshAccount().catch(() => {}).finally(openPrivate), 500 * 2 ** mine.retry);
+  };
 }
 
 function signedOut(message) {
   Object.assign(session, { access: null, refresh: null, email: null });
+  mine.ws?.close();
   $("#auth").hidden = false;
   $("#me").hidden = true;
   if (message) showError(message);
@@ -398,7 +476,9 @@ function setupAccount() {
     ev.preventDefault();
     placeOrder();
   });
-  setInterval(() => refreshAccount().catch(() => {}), 3000);
+  setInterval(() => {
+    if (!mine.live) refreshAccount().catch(() => {});
+  }, 10000);
 }
 
 // --- traffic: which version and pod answer, at a chosen rate -----------------------

@@ -213,3 +213,89 @@ async fn a_bot_sees_its_orders_open_fill_and_its_balances_move() {
     assert_eq!(refused["error"]["name"], "INVALID_PARAM", "{refused}");
     stack.stop().await;
 }
+
+/// `/api/v1/websocket` for a page holding an access token, offered as a
+/// subprotocol (a browser cannot set `Authorization` on a WebSocket).
+async fn page_ws(stack: &Stack, protocols: &str) -> Result<Ws, u16> {
+    let mut request = format!("ws://{}/api/v1/websocket", stack.gateways[0].http)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", protocols.parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, resp)) => {
+            assert_eq!(
+                resp.headers()
+                    .get("sec-websocket-protocol")
+                    .and_then(|v| v.to_str().ok()),
+                Some("exchange.v1"),
+                "the page's protocol is selected, never the token"
+            );
+            Ok(ws)
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_in_page_sees_its_own_orders_over_its_token() {
+    let db = TestDb::create().await.unwrap();
+    let stack = Stack::start(&db, Options::default()).await;
+    let (pat, sam) = (
+        stack.client("pat@example.com").await,
+        stack.client("sam@example.com").await,
+    );
+    eventually(Duration::from_secs(20), "a KRW-BTC orderbook", || async {
+        let (s, b) = pat.get("/api/v1/orderbooks/KRW-BTC").await;
+        (s == 200 && !b["asks"].as_array()?.is_empty()).then_some(())
+    })
+    .await
+    .unwrap();
+
+    assert_eq!(page_ws(&stack, "exchange.v1").await.err(), Some(401));
+    assert_eq!(
+        page_ws(&stack, "exchange.v1, access_token.not-a-token")
+            .await
+            .err(),
+        Some(401)
+    );
+    let mut ws = page_ws(&stack, &format!("exchange.v1, access_token.{}", pat.token))
+        .await
+        .unwrap();
+    ws_send(
+        &mut ws,
+        r#"[{"ticket":"page"},{"type":"myOrder"},{"type":"myAsset"}]"#,
+    )
+    .await;
+    ws_send(&mut ws, "PING").await;
+    next_where(&mut ws, "PING's answer", |v| v["status"] == "UP").await;
+
+    // Someone else's order is not pat's to see; pat's own is, with its balance.
+    let (status, theirs) = sam
+        .post(
+            "/api/v1/orders",
+            json!({"market": "KRW-BTC", "side": "bid", "ord_type": "limit", "price": "100000000", "volume": "0.001"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{theirs}");
+    let (status, mine) = pat
+        .post(
+            "/api/v1/orders",
+            json!({"market": "KRW-BTC", "side": "bid", "ord_type": "limit", "price": "100000000", "volume": "0.002"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{mine}");
+    let opened = next_where(&mut ws, "myOrder", |v| v["type"] == "myOrder").await;
+    assert_eq!(opened["uuid"], mine["uuid"], "only pat's: {opened}");
+    // 200,000 KRW and its 0.05 % fee.
+    next_where(&mut ws, "myAsset with KRW locked", |v| {
+        v["assets"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|x| x["currency"] == "KRW" && x["locked"] == json!(200100))
+        })
+    })
+    .await;
+    stack.stop().await;
+}

@@ -26,7 +26,7 @@ pub(crate) const PASSWORD: &str = "correct horse battery";
 
 pub(crate) struct Client<'a> {
     stack: &'a Stack,
-    token: String,
+    pub(crate) token: String,
 }
 
 impl Stack {
