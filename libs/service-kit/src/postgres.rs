@@ -111,11 +111,13 @@ impl PgConfig {
     /// A pool that connects on first use; queries fail (and are retried by the
     /// caller's policy) while the database is down instead of crashing the service.
     pub fn lazy_pool(&self) -> anyhow::Result<PgPool> {
+        let options = self.app_options()?;
+        telemetry::db::set_postgres_server(options.get_host(), options.get_port());
         Ok(PgPoolOptions::new()
             .max_connections(self.max_connections)
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(self.app_options()?))
+            .connect_lazy_with(options))
     }
 
     /// Creates the service role and schema when an admin URL is configured.

@@ -62,6 +62,11 @@ pub fn code_name(code: i32) -> &'static str {
     }
 }
 
+/// Calls that last as long as a connection and trace each message they carry
+/// themselves (a span per call would hold hours of work): market-data's
+/// `Ingest`, which traces a sample of its batches.
+pub const TRACED_PER_MESSAGE: &[&str] = &["/exchange.marketdata.v1.MarketDataService/Ingest"];
+
 /// Server side: wrap a tonic server with `Server::builder().layer(ServerLayer::new(..))`.
 #[derive(Clone)]
 pub struct ServerLayer {
@@ -111,16 +116,28 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let (service, method) = split_path(req.uri().path());
-        let span = tracing::info_span!(
-            "grpc.server",
-            otel.name = %req.uri().path().trim_start_matches('/'),
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.service = %service,
-            rpc.method = %method,
-            rpc.grpc.status_code = tracing::field::Empty,
-        );
+        let span = if TRACED_PER_MESSAGE.contains(&req.uri().path()) {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                "grpc.server",
+                otel.name = %req.uri().path().trim_start_matches('/'),
+                otel.kind = "server",
+                rpc.system = "grpc",
+                rpc.service = %service,
+                rpc.method = %method,
+                rpc.grpc.status_code = tracing::field::Empty,
+            )
+        };
         let _ = span.set_parent(propagation::extract(req.headers()));
+        for name in propagation::ROUTING_HEADERS {
+            if let Some(value) = req.headers().get(*name).and_then(|v| v.to_str().ok()) {
+                span.set_attribute(
+                    format!("rpc.grpc.request.metadata.{name}"),
+                    value.chars().take(64).collect::<String>(),
+                );
+            }
+        }
         let scope = RequestScope::from_headers(req.headers());
         let own = self.served_by.clone();
         let started = Instant::now();

@@ -6,16 +6,21 @@
 //!   OTLP/gRPC only when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 //!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; otherwise ids are still generated
 //!   and propagated, nothing is exported.
+//! - **Database spans**: one client span per SQL statement and Redis command
+//!   ([`db`]), children of the operation that ran them.
 //! - **Propagation**: W3C `traceparent` is extracted from and injected into every
 //!   HTTP and gRPC hop; `x-request-id`, B3 and the routing headers Istio matches on
 //!   (`x-canary`, `x-preview`) are forwarded unchanged ([`propagation`]).
 //! - **Metrics**: Prometheus text from the process registry ([`metrics`]); RED metrics
 //!   per RPC are recorded by [`grpc::ServerLayer`] and [`grpc::ClientLayer`].
 
+pub mod db;
 pub mod grpc;
 mod logs;
 pub mod metrics;
 pub mod propagation;
+#[cfg(test)]
+mod testing;
 
 use std::time::Duration;
 
@@ -26,6 +31,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -118,20 +124,33 @@ pub fn init(
     let tracer = provider.tracer(identity.service.clone());
     opentelemetry::global::set_tracer_provider(provider.clone());
 
-    let filter = EnvFilter::try_new(env("RUST_LOG").unwrap_or_else(|| "info".into()))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    // RUST_LOG filters logs and spans; the SQL span layer reads sqlx's
+    // statement events whatever it says (only while spans are exported).
+    let filter = || {
+        EnvFilter::try_new(env("RUST_LOG").unwrap_or_else(|| "info".into()))
+            .unwrap_or_else(|_| EnvFilter::new("info"))
+    };
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(filter());
+    let sql = db::SqlSpans::new(provider.tracer("sqlx"))
+        .with_filter(db::SqlSpans::filter(endpoint.is_some()));
     let text = env("LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("text"));
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let registry = tracing_subscriber::registry().with(otel).with(sql);
     if text {
         registry
-            .with(tracing_subscriber::fmt::layer().with_target(false))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_filter(filter()),
+            )
             .try_init()?;
     } else {
         registry
             .with(
                 tracing_subscriber::fmt::layer()
-                    .event_format(logs::JsonWithTrace::new(identity.service.clone())),
+                    .event_format(logs::JsonWithTrace::new(identity.service.clone()))
+                    .with_filter(filter()),
             )
             .try_init()?;
     }

@@ -18,6 +18,11 @@ use opentelemetry::propagation::{Extractor, Injector};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Headers forwarded verbatim from an incoming request to the calls it causes.
+/// The forwarded headers the mesh routes on (to a canary, to a preview). Every
+/// server span records them (`rpc.grpc.request.metadata.<name>`), so a trace
+/// shows which calls were pinned and whether the pin reached every hop.
+pub const ROUTING_HEADERS: &[&str] = &["x-canary", "x-preview"];
+
 pub const FORWARDED_HEADERS: &[&str] = &[
     "x-request-id",
     "b3",
@@ -131,6 +136,12 @@ impl RequestScope {
     pub async fn run<F: Future>(self, fut: F) -> F::Output {
         SCOPE.scope(self, fut).await
     }
+
+    /// The scope of the request being served (an empty one outside any), to
+    /// carry into work that outlives it, such as a WebSocket's streams.
+    pub fn current() -> Self {
+        SCOPE.try_with(Clone::clone).unwrap_or_default()
+    }
 }
 
 tokio::task_local! {
@@ -170,25 +181,13 @@ pub fn served_by_chain(own: &str, scope: &RequestScope) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
-    use opentelemetry_sdk::error::OTelSdkResult;
     use opentelemetry_sdk::propagation::TraceContextPropagator;
-    use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+    use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData};
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::*;
-
-    #[derive(Clone, Debug, Default)]
-    struct Collected(Arc<Mutex<Vec<SpanData>>>);
-
-    impl SpanExporter for Collected {
-        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-            self.0.lock().unwrap().extend(batch);
-            Ok(())
-        }
-    }
+    use crate::testing::Collected;
 
     /// The span a server records for a request carrying `traceparent`, if
     /// sampled (every root span is, with the default sampler).

@@ -6,11 +6,14 @@
 //!   prefix.
 //! - [`wait_serving`]: poll gRPC health until SERVING (a condition, not a sleep).
 //! - [`init_logs`]: test logs on stderr only when `TEST_LOG` is set.
+//! - [`otlp::Receiver`]: a real OTLP/gRPC trace receiver the services export to.
 //!
 //! `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) must
 //! name a role that can create databases and roles; `TEST_REDIS_URL` defaults to
 //! `redis://127.0.0.1:6379`. `scripts/test` sets both after making sure the servers
 //! are up.
+
+pub mod otlp;
 
 use std::time::{Duration, Instant};
 

@@ -135,6 +135,7 @@ impl App {
 /// A Redis client that reconnects forever; commands wait at most briefly.
 fn market_data_redis(url: &str) -> anyhow::Result<fred::clients::Client> {
     use anyhow::Context as _;
+    telemetry::db::set_redis_url(url);
     let config =
         fred::types::config::Config::from_url(url).context("REDIS_URL is not a redis:// URL")?;
     let client = fred::types::Builder::from_config(config)

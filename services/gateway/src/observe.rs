@@ -49,6 +49,7 @@ pub async fn observe(
         .await;
     let status = resp.status().as_u16();
     span.record("http.response.status_code", status);
+    log_request(&span, &method, &route, status, started.elapsed());
     HTTP_REQUESTS
         .with_label_values(&[method.as_str(), route.as_str(), &status.to_string()])
         .inc();
@@ -59,4 +60,28 @@ pub async fn observe(
         resp.headers_mut().insert(propagation::SERVED_BY, v);
     }
     resp
+}
+
+/// A request slower than this is logged.
+const SLOW_REQUEST: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One log line, in the request's span (so with its `trace_id`), for each
+/// request that failed (warn), was slow (info) or was refused (4xx: debug,
+/// since a client sending garbage must not flood the logs).
+fn log_request(
+    span: &tracing::Span,
+    method: &str,
+    route: &str,
+    status: u16,
+    elapsed: std::time::Duration,
+) {
+    let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    let _in = span.enter();
+    if status >= 500 {
+        tracing::warn!(method, route, status, ms, "request failed");
+    } else if elapsed >= SLOW_REQUEST {
+        tracing::info!(method, route, status, ms, "slow request");
+    } else if status >= 400 {
+        tracing::debug!(method, route, status, ms, "request refused");
+    }
 }

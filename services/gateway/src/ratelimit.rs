@@ -277,13 +277,13 @@ impl RateLimiter {
             ERRORS.inc();
             return self.local.add(&key, slot, by);
         }
-        let count = async {
+        let count = telemetry::db::redis("INCRBY EXPIRE", async {
             let pipeline = self.redis.pipeline();
             let _: () = pipeline.incr_by(&key, by as i64).await?;
             let _: () = pipeline.expire(&key, (window + 1) as i64, None).await?;
             let (count, _): (i64, i64) = pipeline.all().await?;
             Ok::<_, fred::error::Error>(count)
-        };
+        });
         match tokio::time::timeout(REDIS_WAIT, count).await {
             Ok(Ok(count)) => count.max(0) as u64,
             _ => {

@@ -21,9 +21,11 @@ use exchange_proto::marketdata::v1 as pb;
 use futures_util::{SinkExt, StreamExt};
 use prometheus::{IntCounterVec, IntGauge, Opts};
 use service_kit::ws::{Incoming, spawn_reader};
+use telemetry::propagation::RequestScope;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use upbit::error::ErrorResponse;
 use upbit::request::{
     ClientFrame, DataType, RequestWindow, Subscription, invalid_param, parse_request,
@@ -93,12 +95,26 @@ pub async fn upgrade(ws: WebSocketUpgrade, State(gw): State<Shared>, ip: ClientI
         Err(refused) => return *refused,
     };
     let max = gw.limits.ws_max_message;
+    let (session, scope) = session("ws.session");
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| async move {
-            connection(socket, gw).await;
-            drop(slot);
+        .on_upgrade(move |socket| {
+            scope
+                .run(async move {
+                    connection(socket, gw).await;
+                    drop(slot);
+                })
+                .instrument(session)
         })
+}
+
+/// A WebSocket session is a trace: a span that lives as long as the
+/// connection, child of the upgrade request's, and the request's forwarded
+/// headers (`x-canary`, `x-preview`, …), so every stream the session opens to
+/// market-data carries both, as the request's own calls would.
+pub(crate) fn session(name: &'static str) -> (tracing::Span, RequestScope) {
+    let span = tracing::info_span!("ws.session", otel.name = name, otel.kind = "server");
+    (span, RequestScope::current())
 }
 
 pub(crate) fn binary(text: String) -> Message {
@@ -298,6 +314,16 @@ impl Upstream {
         let mut up = Self::default();
         let merged = merge(subs);
         let subs = merged.as_slice();
+        // The streams of one request are one span of the session's trace.
+        let span = tracing::info_span!(
+            "ws.subscribe",
+            types = %subs.iter().map(|s| s.data_type.as_str()).collect::<Vec<_>>().join(","),
+        );
+        let scope = RequestScope::current();
+        let mut spawn = |task: futures_util::future::BoxFuture<'static, ()>| {
+            up.tasks
+                .spawn(scope.clone().run(task).instrument(span.clone()));
+        };
         // Every live stream of the set is opened before any of them forwards a
         // frame: once the client sees its first frame, nothing of the set can
         // still be connecting (and miss what happens next).
@@ -322,16 +348,16 @@ impl Upstream {
             let codes = sub.codes.clone();
             let (snapshot, realtime) = (sub.wants_snapshot(), sub.wants_realtime());
             match sub.data_type {
-                DataType::Ticker => up
-                    .tasks
-                    .spawn(tickers(md, codes, snapshot, realtime, sink, cancel, opened)),
-                DataType::Trade => up
-                    .tasks
-                    .spawn(trades(md, codes, snapshot, realtime, sink, cancel, opened)),
-                DataType::Orderbook => up.tasks.spawn(orderbooks(
+                DataType::Ticker => spawn(Box::pin(tickers(
                     md, codes, snapshot, realtime, sink, cancel, opened,
-                )),
-                DataType::Candle(ref name) => up.tasks.spawn(candles(
+                ))),
+                DataType::Trade => spawn(Box::pin(trades(
+                    md, codes, snapshot, realtime, sink, cancel, opened,
+                ))),
+                DataType::Orderbook => spawn(Box::pin(orderbooks(
+                    md, codes, snapshot, realtime, sink, cancel, opened,
+                ))),
+                DataType::Candle(ref name) => spawn(Box::pin(candles(
                     md,
                     name.clone(),
                     codes,
@@ -339,7 +365,7 @@ impl Upstream {
                     sink,
                     cancel,
                     opened,
-                )),
+                ))),
             };
         }
         up

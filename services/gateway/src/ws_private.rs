@@ -25,6 +25,7 @@ use exchange_proto::user::v1::Permission;
 use futures_util::{SinkExt, StreamExt};
 use rust_decimal::Decimal;
 use service_kit::ws::{Incoming, spawn_reader};
+use tracing::Instrument;
 use upbit::error::ErrorBody;
 use upbit::private::{MyAsset, MyOrder, PrivateFrame, PrivateRequest, parse_private_request};
 use upbit::request::{RequestWindow, too_many_requests};
@@ -56,11 +57,16 @@ pub async fn upgrade(
         Err(refused) => return *refused,
     };
     let max = gw.limits.ws_max_message;
+    let (session, scope) = crate::ws::session("ws.private_session");
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| async move {
-            serve(socket, &gw, req).await;
-            drop(slot);
+        .on_upgrade(move |socket| {
+            scope
+                .run(async move {
+                    serve(socket, &gw, req).await;
+                    drop(slot);
+                })
+                .instrument(session)
         })
 }
 

@@ -206,6 +206,7 @@ impl InventoryService for Inventory {
             .as_ref()
             .map(|t| terms(side, t).and_then(|t| t.to_json(not_after)))
             .transpose()?;
+        let reserving = terms.is_some();
         let settled = store::settle(
             &self.pool,
             &store::Settle {
@@ -219,7 +220,8 @@ impl InventoryService for Inventory {
                 terms,
             },
         )
-        .await?;
+        .await;
+        let settled = crate::metrics::count_settle(reserving, req.finalize, settled)?;
         self.lose_answer("Settle")?;
         let balances = if req.return_balances {
             store::balances(&self.pool, user)

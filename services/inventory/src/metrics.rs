@@ -4,6 +4,9 @@ use std::sync::LazyLock;
 
 use prometheus::{IntCounter, IntCounterVec, Opts};
 
+use crate::error::InventoryError;
+use crate::store::Settled;
+
 fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
     prometheus::register(Box::new(metric.clone())).expect("metric registered once");
     metric
@@ -33,3 +36,66 @@ pub static FAULTS_INJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         .expect("valid"),
     )
 });
+
+/// Reservations asked for (an order's first settle, with its terms), by result:
+/// `ok`, `insufficient_funds`, `expired` (its plan's time passed), `refused`
+/// (invalid or against the terms) or `unavailable`.
+pub static RESERVATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "inventory_reservations_total",
+                "Reservations asked for, by result (ok, insufficient_funds, expired, refused, unavailable).",
+            ),
+            &["result"],
+        )
+        .expect("valid"),
+    )
+});
+
+/// Fills applied to balances (each moves the base and the quote, with its fee).
+pub static FILLS_APPLIED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "inventory_fills_applied_total",
+            "Fills applied to balances.",
+        )
+        .expect("valid"),
+    )
+});
+
+/// Orders finished: what was left of their reservation released.
+pub static RELEASES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "inventory_releases_total",
+            "Orders finished and the rest of their reservation released.",
+        )
+        .expect("valid"),
+    )
+});
+
+/// Counts what a settle did (or why it was refused) and hands the result on.
+pub fn count_settle(
+    reserving: bool,
+    finalize: bool,
+    settled: Result<Settled, InventoryError>,
+) -> Result<Settled, InventoryError> {
+    if reserving {
+        let result = match &settled {
+            Ok(_) => "ok",
+            Err(InventoryError::InsufficientFunds) => "insufficient_funds",
+            Err(InventoryError::PlanExpired(_)) => "expired",
+            Err(InventoryError::Database(_)) => "unavailable",
+            Err(_) => "refused",
+        };
+        RESERVATIONS.with_label_values(&[result]).inc();
+    }
+    if let Ok(s) = &settled {
+        FILLS_APPLIED.inc_by(u64::from(s.fills_applied));
+        if finalize {
+            RELEASES.inc();
+        }
+    }
+    settled
+}

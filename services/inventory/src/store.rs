@@ -55,6 +55,7 @@ mod sqlstate {
 
 fn map(err: sqlx::Error) -> InventoryError {
     use sqlstate::*;
+    telemetry::db::failed(&err);
     if let Some(db) = err.as_database_error() {
         let message = || db.message().to_owned();
         match (db.code().as_deref(), db.constraint()) {

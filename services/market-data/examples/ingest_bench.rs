@@ -380,7 +380,7 @@ async fn main() -> anyhow::Result<()> {
         Some(line) => println!("redis-benchmark SET -P 64: {line}"),
         None => println!("redis-benchmark: not installed (apt-get install redis-tools)"),
     }
-    let ceiling = redis_ceiling(&a.redis, &a.prefix).await?;
+    let ceiling = Box::pin(redis_ceiling(&a.redis, &a.prefix)).await?;
     println!("market-data batch script, 2 writers x 2000 trades/batch: {ceiling:.0} events/s");
     println!();
 

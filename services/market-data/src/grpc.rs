@@ -16,6 +16,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::hot::{self, Batch, Hot, Live};
 use crate::metrics;
@@ -33,6 +34,41 @@ const MAX_DEPTH: u32 = 30;
 /// Largest number of events merged into one Redis round trip.
 const COALESCE_EVENTS: usize = 10_000;
 
+/// One ingest batch in this many is traced (its Redis script, as a trace of
+/// its own; the first batch always is). The ingest call itself has no span: it
+/// lasts as long as the ingestor's connection.
+pub const TRACE_BATCH_EVERY: u64 = 100;
+
+fn sampled(counter: &std::sync::atomic::AtomicU64) -> bool {
+    counter
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .is_multiple_of(TRACE_BATCH_EVERY)
+}
+
+/// A root span for a sampled ingest batch, else none (nothing inside is traced).
+fn ingest_span(batch: &Batch) -> tracing::Span {
+    static BATCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if !sampled(&BATCHES) {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        parent: None,
+        "ingest batch",
+        otel.kind = "consumer",
+        messaging.batch.message_count = batch.tickers.len() + batch.orderbooks.len() + batch.trades.len(),
+        trades = batch.trades.len(),
+    )
+}
+
+/// A root span for a sampled Postgres write of ingested trades, else none.
+pub fn store_span(trades: usize) -> tracing::Span {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if !sampled(&WRITES) {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(parent: None, "store trades", trades)
+}
+
 pub struct MarketData {
     pool: PgPool,
     hot: Hot,
@@ -48,6 +84,7 @@ pub struct MarketData {
 const LATEST_TO_MS: i64 = 253_402_300_799_999;
 
 fn unavailable(what: &str, err: &dyn std::fmt::Display) -> Status {
+    telemetry::db::failed(err);
     tracing::warn!(error = %err, "{what} unavailable");
     Status::unavailable(format!("{what} is temporarily unavailable; retry"))
 }
@@ -461,7 +498,8 @@ impl MarketDataService for MarketData {
             books_in.inc_by(n_books);
             trades_in.inc_by(batch.trades.len() as u64);
             let started = std::time::Instant::now();
-            let applied = self.apply_with_retry(&batch).await?;
+            let span = ingest_span(&batch);
+            let applied = self.apply_with_retry(&batch).instrument(span).await?;
             metrics::REDIS_APPLY.observe(started.elapsed().as_secs_f64());
             let now = Utc::now().timestamp_millis();
             let lag = |ts: i64| (now - ts).max(0) as f64 / 1000.0;

@@ -254,10 +254,12 @@ impl Hot {
             }
             order.extend_from_slice(members);
         }
-        let (tickers, orderbooks, fresh): (i64, i64, String) = self
-            .script
-            .evalsha_with_reload(&self.client, Vec::<String>::new(), args)
-            .await?;
+        let (tickers, orderbooks, fresh): (i64, i64, String) = telemetry::db::redis(
+            "EVALSHA",
+            self.script
+                .evalsha_with_reload(&self.client, Vec::<String>::new(), args),
+        )
+        .await?;
         // Back from group order to the batch's order.
         let mut fresh_trades = vec![false; batch.trades.len()];
         for (&n, flag) in order.iter().zip(fresh.bytes()) {
@@ -280,9 +282,9 @@ impl Hot {
         }
         let keys: Vec<String> = markets.iter().map(|m| self.key(kind, m)).collect();
         let values: Vec<Option<Bytes>> = if keys.len() == 1 {
-            vec![self.client.get(keys[0].clone()).await?]
+            vec![telemetry::db::redis("GET", self.client.get(keys[0].clone())).await?]
         } else {
-            self.client.mget(keys).await?
+            telemetry::db::redis("MGET", self.client.mget(keys)).await?
         };
         Ok(values
             .into_iter()

@@ -42,6 +42,7 @@ pub struct App {
 /// A Redis client builder that reconnects forever with backoff; commands issued
 /// while disconnected wait (bounded by their timeout) instead of failing the process.
 pub fn redis_builder(url: &str) -> anyhow::Result<fred::types::Builder> {
+    telemetry::db::set_redis_url(url);
     let config =
         fred::types::config::Config::from_url(url).context("REDIS_URL is not a redis:// URL")?;
     let mut builder = fred::types::Builder::from_config(config);

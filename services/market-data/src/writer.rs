@@ -13,6 +13,7 @@ use service_kit::retry::Backoff;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::metrics;
 use crate::store::{self, TradeRow};
@@ -100,8 +101,13 @@ async fn run(
         let queued = buf.len();
         let (fresh, seen): (Vec<_>, Vec<_>) = buf.drain(..).partition(|q| q.fresh);
         let rows = |q: Vec<Queued>| q.into_iter().map(|q| q.row).collect::<Vec<_>>();
-        write_with_retry(&pool, &rows(fresh), true, &stop).await;
-        write_with_retry(&pool, &rows(seen), false, &stop).await;
+        let span = crate::grpc::store_span(queued);
+        async {
+            write_with_retry(&pool, &rows(fresh), true, &stop).await;
+            write_with_retry(&pool, &rows(seen), false, &stop).await;
+        }
+        .instrument(span)
+        .await;
         metrics::WRITE_QUEUE.sub(queued as i64);
     }
 }

@@ -78,6 +78,7 @@ impl From<OrderError> for tonic::Status {
                 named_status(Code::Internal, name, "internal error")
             }
             OrderError::Database(e) => {
+                telemetry::db::failed(&e);
                 tracing::warn!(error = %e, "database error");
                 named_status(
                     Code::Unavailable,

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::domain::{OrdType, Side, SmpType, TimeInForce};
 use crate::error::OrderError;
+use crate::metrics;
 use crate::service::{Orders, Place, View};
 use crate::store;
 use crate::updates::Change;
@@ -218,7 +219,8 @@ impl OrderService for Order {
                 created: false,
             }));
         }
-        let (view, created) = self.orders.place(place).await?;
+        let placed = self.orders.place(place).await;
+        let (view, created) = metrics::count_placement(ord_type.as_str(), side.as_str(), placed)?;
         Ok(Response::new(pb::PlaceOrderResponse {
             order: Some(order_pb(&view)),
             created,
@@ -235,6 +237,7 @@ impl OrderService for Order {
             .orders
             .cancel(user(&req.user_id)?, uuid("uuid", &req.uuid)?, identifier)
             .await?;
+        metrics::CANCELS.inc();
         Ok(Response::new(pb::CancelOrderResponse {
             order: Some(order_pb(&view)),
         }))

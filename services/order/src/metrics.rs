@@ -2,7 +2,10 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{IntCounterVec, IntGauge, Opts};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+
+use crate::error::OrderError;
+use crate::service::View;
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
     prometheus::register(Box::new(metric.clone())).expect("metric registered once");
@@ -45,3 +48,56 @@ pub static CAUGHT_UP_TRADES: LazyLock<prometheus::IntCounter> = LazyLock::new(||
         .expect("valid"),
     )
 });
+
+/// Orders this service made, by type, side and the state they were answered
+/// in (`wait`, `done`, `cancel`, or `pending` when inventory's answer was late).
+pub static PLACED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "order_placed_total",
+                "Orders made, by ord_type, side and the state they were answered in.",
+            ),
+            &["ord_type", "side", "state"],
+        )
+        .expect("valid"),
+    )
+});
+
+/// Placements refused, by the error name the client got.
+pub static REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "order_rejected_total",
+                "Placements refused, by the error name the client got (insufficient_funds_bid, validation_error, market_data_stale, ...).",
+            ),
+            &["reason"],
+        )
+        .expect("valid"),
+    )
+});
+
+/// Orders cancelled by their owner.
+pub static CANCELS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new("order_cancels_total", "Orders cancelled by their owner.").expect("valid"),
+    )
+});
+
+/// Counts a placement's outcome (a retry that found its order is not a new one)
+/// and hands it on.
+pub fn count_placement(
+    ord_type: &str,
+    side: &str,
+    placed: Result<(View, bool), OrderError>,
+) -> Result<(View, bool), OrderError> {
+    match &placed {
+        Ok((view, true)) => PLACED
+            .with_label_values(&[ord_type, side, view.order.state.as_str()])
+            .inc(),
+        Ok((_, false)) => {}
+        Err(e) => REJECTED.with_label_values(&[e.name()]).inc(),
+    }
+    placed
+}

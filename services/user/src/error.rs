@@ -66,6 +66,7 @@ impl From<UserError> for tonic::Status {
                 tonic::Status::internal("internal error")
             }
             UserError::Database(e) => {
+                telemetry::db::failed(&e);
                 tracing::warn!(error = %e, "database error");
                 tonic::Status::unavailable("the database is temporarily unavailable; retry")
             }

@@ -38,6 +38,8 @@ pub struct Exchange {
 pub struct Settings {
     /// Simulator messages per second.
     pub sim_rate: u32,
+    /// More environment for every service (e.g. `OTEL_*`), over the run's own.
+    pub env: Vec<(String, String)>,
 }
 
 impl Exchange {
@@ -197,6 +199,12 @@ impl Exchange {
                 ],
             ),
         ];
+        let mut services = services;
+        for svc in &mut services {
+            for (key, value) in &settings.env {
+                svc.set_env(key, Some(value.clone()));
+            }
+        }
         let mut exchange = Self {
             dir: dir.to_owned(),
             postgres,

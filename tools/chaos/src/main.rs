@@ -9,11 +9,7 @@
 // A command-line tool: its report is its output.
 #![allow(clippy::print_stdout)]
 
-mod checks;
-mod cluster;
-mod exchange;
-mod faults;
-mod users;
+use chaos::{checks, exchange, faults, users};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -103,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
         &args.bin,
         &exchange::Settings {
             sim_rate: args.sim_rate,
+            env: Vec::new(),
         },
     )
     .await?;
