@@ -113,11 +113,13 @@ impl PgConfig {
     pub fn lazy_pool(&self) -> anyhow::Result<PgPool> {
         let options = self.app_options()?;
         telemetry::db::set_postgres_server(options.get_host(), options.get_port());
-        Ok(PgPoolOptions::new()
+        let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(options))
+            .connect_lazy_with(options);
+        PoolMetrics::register(&pool, self.max_connections);
+        Ok(pool)
     }
 
     /// Creates the service role and schema when an admin URL is configured.
@@ -254,5 +256,66 @@ impl PgConfig {
                 }
             }
         }
+    }
+}
+
+/// The pool's connections as Prometheus reads them, at each scrape:
+/// `db_client_connection_count{state="idle"|"used"}` and
+/// `db_client_connection_max` (OpenTelemetry's names for them). Registered for
+/// the first pool a process makes (each service has one).
+struct PoolMetrics {
+    pool: PgPool,
+    count: prometheus::IntGaugeVec,
+    max: prometheus::IntGauge,
+}
+
+impl PoolMetrics {
+    fn register(pool: &PgPool, max: u32) {
+        static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+        DONE.get_or_init(|| {
+            let made = (|| -> prometheus::Result<Self> {
+                let count = prometheus::IntGaugeVec::new(
+                    prometheus::Opts::new(
+                        "db_client_connection_count",
+                        "Connections of the service's Postgres pool, by state (idle, used).",
+                    ),
+                    &["state"],
+                )?;
+                let max_gauge = prometheus::IntGauge::new(
+                    "db_client_connection_max",
+                    "Most connections the service's Postgres pool may open.",
+                )?;
+                max_gauge.set(i64::from(max));
+                Ok(Self {
+                    pool: pool.clone(),
+                    count,
+                    max: max_gauge,
+                })
+            })();
+            match made.and_then(|m| prometheus::register(Box::new(m))) {
+                Ok(()) => {}
+                Err(e) => tracing::warn!(error = %e, "pool metrics not registered"),
+            }
+        });
+    }
+}
+
+impl prometheus::core::Collector for PoolMetrics {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        let mut descs = self.count.desc();
+        descs.extend(self.max.desc());
+        descs
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let size = i64::from(self.pool.size());
+        let idle = i64::try_from(self.pool.num_idle()).unwrap_or(i64::MAX);
+        self.count.with_label_values(&["idle"]).set(idle);
+        self.count
+            .with_label_values(&["used"])
+            .set((size - idle).max(0));
+        let mut families = self.count.collect();
+        families.extend(self.max.collect());
+        families
     }
 }

@@ -455,4 +455,11 @@ async fn check(exchange: &Exchange, receiver: &Receiver) {
     for (svc, text) in &scraped {
         assert!(text.contains("service_info{"), "{svc} has no service_info");
     }
+    for svc in ["order", "inventory", "user", "market-data"] {
+        assert!(
+            m(svc, "db_client_connection_count", &[]) >= 1.0
+                && m(svc, "db_client_connection_max", &[]) >= 1.0,
+            "{svc} reports its database pool"
+        );
+    }
 }
