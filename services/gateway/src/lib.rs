@@ -46,6 +46,9 @@ pub struct App {
 
 impl App {
     pub async fn build(config: Config, stop: CancellationToken) -> anyhow::Result<Self> {
+        ws::init_metrics();
+        convert::init_metrics();
+        ratelimit::init_metrics();
         let http = service_kit::server::bind(&config.http_addr, "HTTP_ADDR").await?;
         let http_addr = http.local_addr()?;
         let server = Server::bind(

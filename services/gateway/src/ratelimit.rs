@@ -352,3 +352,8 @@ mod tests {
         assert!(local.0.lock().unwrap().len() <= LOCAL_KEYS);
     }
 }
+
+/// Registers this module's series at start (0 until the first event).
+pub(crate) fn init_metrics() {
+    LazyLock::force(&ERRORS);
+}

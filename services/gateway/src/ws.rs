@@ -749,3 +749,11 @@ async fn orderbooks(
     };
     pump(open, render, sink, cancel, opened).await;
 }
+
+/// Registers this module's series at start (0 until the first event).
+pub(crate) fn init_metrics() {
+    LazyLock::force(&CONNECTIONS);
+    for reason in ["client", "slow", "idle", "shutdown"] {
+        CLOSED.with_label_values(&[reason]);
+    }
+}

@@ -30,6 +30,7 @@ pub struct App {
 
 impl App {
     pub async fn build(config: Config, stop: CancellationToken) -> anyhow::Result<Self> {
+        metrics::init();
         let server = Server::bind(
             Some(&config.grpc_addr),
             &config.metrics_addr,

@@ -169,3 +169,18 @@ pub fn count_event(kind: usize, market: &str) {
         counters.insert(market.to_owned(), c);
     });
 }
+
+/// Registers every series at start, at zero where its labels are known, so
+/// dashboards and alerts see 0 instead of no data until the first event.
+pub fn init() {
+    for reason in ["closed", "error", "stale", "connect_failed"] {
+        RECONNECTS.with_label_values(&[reason]);
+    }
+    for counter in [&PARSE_ERRORS, &DROPPED_TRADES, &SENT] {
+        LazyLock::force(counter);
+    }
+    for gauge in [&BUFFERED, &FEED_CONNECTED, &UPSTREAM_CONNECTED] {
+        LazyLock::force(gauge);
+    }
+    LazyLock::force(&BATCH);
+}

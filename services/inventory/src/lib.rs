@@ -35,6 +35,7 @@ pub struct App {
 impl App {
     /// Binds the ports (port 0 allowed) and prepares the lazy database pool.
     pub async fn build(config: Config, stop: CancellationToken) -> anyhow::Result<Self> {
+        metrics::init();
         let server = Server::bind(
             Some(&config.grpc_addr),
             &config.metrics_addr,

@@ -99,3 +99,23 @@ pub fn count_settle(
     }
     settled
 }
+
+/// Registers every series at start, at zero where its labels are known, so
+/// dashboards and alerts see 0 instead of no data until the first event.
+pub fn init() {
+    for rpc in ["OpenAccount", "Deposit", "Settle"] {
+        FAULTS_INJECTED.with_label_values(&[rpc]);
+    }
+    for result in [
+        "ok",
+        "insufficient_funds",
+        "expired",
+        "refused",
+        "unavailable",
+    ] {
+        RESERVATIONS.with_label_values(&[result]);
+    }
+    for counter in [&FILLS_REFUSED, &FILLS_APPLIED, &RELEASES] {
+        LazyLock::force(counter);
+    }
+}

@@ -61,6 +61,7 @@ pub fn redis_builder(url: &str) -> anyhow::Result<fred::types::Builder> {
 impl App {
     /// Binds the ports (port 0 allowed) and prepares lazy Postgres and Redis clients.
     pub async fn build(config: Config, stop: CancellationToken) -> anyhow::Result<Self> {
+        metrics::init();
         let server = Server::bind(
             Some(&config.grpc_addr),
             &config.metrics_addr,

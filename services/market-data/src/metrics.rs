@@ -193,3 +193,33 @@ pub static FANOUT_LAGGED: LazyLock<IntCounter> = LazyLock::new(|| {
         .expect("valid"),
     )
 });
+
+/// Registers every series at start, at zero where its labels are known, so
+/// dashboards and alerts see 0 instead of no data until the first event.
+pub fn init() {
+    for kind in ["ticker", "trade", "orderbook"] {
+        EVENTS.with_label_values(&[kind]);
+        PUBLISHED.with_label_values(&[kind]);
+        STREAMS.with_label_values(&[kind]);
+        STREAMS_DROPPED.with_label_values(&[kind]);
+    }
+    for counter in [
+        &REDIS_ERRORS,
+        &TRADES_STORED,
+        &TRADES_DUPLICATE,
+        &WRITE_ERRORS,
+        &FANOUT_LAGGED,
+    ] {
+        LazyLock::force(counter);
+    }
+    for histogram in [
+        &REDIS_APPLY,
+        &EVENT_TO_REDIS,
+        &WRITE_SECONDS,
+        &WRITE_BATCH,
+        &TRADE_TO_POSTGRES,
+    ] {
+        LazyLock::force(histogram);
+    }
+    LazyLock::force(&WRITE_QUEUE);
+}

@@ -101,3 +101,16 @@ pub fn count_placement(
     }
     placed
 }
+
+/// Registers every series at start, at zero where its labels are known, so
+/// dashboards and alerts see 0 instead of no data until the first event.
+pub fn init() {
+    for side in ["bid", "ask"] {
+        LIMIT_FILLS.with_label_values(&[side]);
+    }
+    LazyLock::force(&MATCHER_LEADING);
+    LazyLock::force(&CAUGHT_UP_TRADES);
+    LazyLock::force(&CANCELS);
+    LazyLock::force(&PLACED);
+    LazyLock::force(&REJECTED);
+}

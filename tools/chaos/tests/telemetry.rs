@@ -63,6 +63,27 @@ fn parent<'a>(spans: &[&'a Span], child: &Span) -> &'a Span {
         .unwrap_or_else(|| panic!("no parent of {}:{}", child.service, child.name))
 }
 
+/// The trace as an indented tree, children in start order (for the log).
+fn print_tree(spans: &[&Span], parent: &str, depth: usize) {
+    let mut children: Vec<_> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == parent)
+        .collect();
+    children.sort_by_key(|s| s.start_unix_nano);
+    for s in children {
+        let text = s.attr("db.query.text").unwrap_or("");
+        eprintln!(
+            "{:indent$}{} {} {:.60}",
+            "",
+            s.service,
+            s.name,
+            text,
+            indent = depth * 2
+        );
+        print_tree(spans, &s.span_id, depth + 1);
+    }
+}
+
 fn is_sql(s: &Span) -> bool {
     s.attr("db.system.name") == Some("postgresql")
 }
@@ -249,6 +270,7 @@ async fn check(exchange: &Exchange, receiver: &Receiver) {
         t.len(),
         sql.len()
     );
+    print_tree(&t, "", 0);
 
     // --- A quotation read reaches Redis through market-data.
     let (status, _) = json_call(
@@ -455,6 +477,23 @@ async fn check(exchange: &Exchange, receiver: &Receiver) {
     for (svc, text) in &scraped {
         assert!(text.contains("service_info{"), "{svc} has no service_info");
     }
+    // Every series the dashboards and alert rules query from the services is
+    // one they export (helm/exchange/dashboards/METRICS.txt lists them; the
+    // offline chart checks keep that list exact).
+    let exported: HashSet<&str> = scraped
+        .values()
+        .flat_map(|text| text.lines())
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let listed = include_str!("../../../helm/exchange/dashboards/METRICS.txt");
+    let missing: Vec<&str> = listed
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter(|name| !exported.contains(name))
+        .collect();
+    assert!(missing.is_empty(), "queried but not exported: {missing:?}");
     for svc in ["order", "inventory", "user", "market-data"] {
         assert!(
             m(svc, "db_client_connection_count", &[]) >= 1.0
