@@ -15,10 +15,16 @@
 #                 trading) whose every policy must name its own ServiceAccounts
 #   4. negatives  deliberately broken values (scripts/lib/k8s/negative/) and broken
 #                 renders (--self-test) must be rejected
-#   5. scripts    shellcheck; each script's --dry-run prints the expected commands in
+#   5. observability  dashboards, alert rules and METRICS.txt (every metric name real:
+#                 the exchange's own registered in the Rust sources, the others known
+#                 exporter/Istio/kube names), the OpenTelemetry Collector values and
+#                 who points at it, Alertmanager's routing and its webhook receiver
+#                 (run for real on loopback) - check_observability.py, and its
+#                 --self-test of deliberate breaks
+#   6. scripts    shellcheck; each script's --dry-run prints the expected commands in
 #                 order; a missing tool fails with a clear message; load-test refuses
 #                 remote targets
-#   6. k6         k6 inspect of every load-test script
+#   7. k6         k6 inspect of every load-test script
 #
 # Usage: scripts/lib/check-k8s.sh   (from anywhere; ../shared must sit beside the repo)
 # Exit status 1 on any failure; a summary at the end.
@@ -49,10 +55,13 @@ VALIDATE=$TOOLS_BIN/validate-manifests
 K6=$TOOLS_BIN/k6
 PY=${TOOLS_HOME:-$HOME/.cache/platform-tools}/venv/bin/python
 "$PY" -c 'import yaml' 2>/dev/null || die "the tools virtualenv ($PY) has no PyYAML"
+# A real PromQL parser for the dashboards' and rules' expressions (PyPI promql-parser).
+"$PY" -c 'import promql_parser' 2>/dev/null || "$PY" -m pip install -q promql-parser >/dev/null \
+  || die "cannot install promql-parser (PyPI) into the tools virtualenv ($PY)"
 have shellcheck || apt_install shellcheck || die "cannot install shellcheck (apt-get install shellcheck)"
 CHECK=("$PY" scripts/lib/k8s/check_rendered.py -n exchange)
 CHART=helm/exchange
-ok "helm $("$HELM" version --short 2>/dev/null || echo '?'), k6, validate-manifests, shellcheck $(shellcheck --version | sed -n 's/^version: //p')"
+ok "helm $("$HELM" version --short 2>/dev/null || echo '?'), k6, validate-manifests, shellcheck $(shellcheck --version | sed -n 's/^version: //p'), promql-parser"
 
 # ---------------------------------------------------------------------------------
 step "scripts: shellcheck, dry runs"
@@ -105,10 +114,14 @@ dry "cluster-up --dry-run" 0 scripts/cluster-up --dry-run -- \
   "kind create cluster --name exchange" "--config scripts/lib/k8s/kind-config.yaml" \
   "/etc/containerd/certs.d/localhost:5002/hosts.toml" '[host."http://kind-registry:5000"]' \
   "docker network connect kind kind-registry" "local-registry-hosting.yaml" \
-  "metrics-server" "kube-prometheus-stack" "grafana/loki" "grafana/alloy" \
+  "helm repo add open-telemetry https://open-telemetry.github.io/opentelemetry-helm-charts" \
+  "metrics-server" "kube-prometheus-stack" "kubectl apply -f scripts/lib/k8s/alert-logger.yaml" \
+  "grafana/loki" "grafana/alloy" \
   "istioctl install -y -f istio/install/istio-operator.yaml" "openssl req -x509" \
   "kubectl -n istio-system create secret tls exchange-ingress-tls" \
-  "samples/addons/jaeger.yaml" "kiali-server kiali/kiali-server" \
+  "samples/addons/jaeger.yaml" \
+  "helm upgrade --install otel-collector open-telemetry/opentelemetry-collector -n monitoring" \
+  "-f scripts/lib/k8s/otel-collector-values.yaml" "kiali-server kiali/kiali-server" \
   "kubectl apply -f istio/mesh/" "kubectl apply -f istio/monitoring/"
 dry "build-images --dry-run" 0 scripts/build-images --dry-run -- \
   "docker buildx create --name exchange-builder --driver docker-container --driver-opt network=host" \
@@ -242,7 +255,8 @@ renders=(
   # The gateway itself as canary and blue/green: its own header routes stay off the ingress.
   "gateway-canary|--set services.gateway.strategy=canary|--expect-canary gateway=v1:v2:10:x-canary=true"
   "gateway-bluegreen|--set services.gateway.strategy=bluegreen|--expect-bluegreen gateway=blue:x-preview=true"
-  "monitoring|--set monitoring.podMonitor.enabled=true --set monitoring.prometheusRule.enabled=true|"
+  # PodMonitors and rules on: the stores' exporters must be there and scraped.
+  "monitoring|--set monitoring.podMonitor.enabled=true --set monitoring.prometheusRule.enabled=true|--expect-store-exporters"
   "external-stores|--set postgresql.enabled=false --set externalDatabase.host=db.example.internal --set externalDatabase.existingSecret=exchange-db --set redis.enabled=false --set externalRedis.host=cache.example.internal --set externalRedis.existingSecret=exchange-cache|"
   "live-upbit|--set services.ingestor.upbit.source=live --set services.upbit-sim.enabled=false|"
   "own-gateway|--set istio.ingress.createGateway=true|"
@@ -292,8 +306,8 @@ for entry in "${renders[@]}"; do
     bad "mesh checks ($name)"; grep VIOLATION "$work/check-$name.log" | head -n 10 | sed 's/^/        | /'
   fi
 done
-if "$VALIDATE" -q istio/mesh istio/monitoring scripts/lib/k8s/local-registry-hosting.yaml >"$work/validate-istio.log" 2>&1; then
-  ok "istio/mesh, istio/monitoring: $(tail -n1 "$work/validate-istio.log")"
+if "$VALIDATE" -q istio/mesh istio/monitoring scripts/lib/k8s/local-registry-hosting.yaml scripts/lib/k8s/alert-logger.yaml >"$work/validate-istio.log" 2>&1; then
+  ok "istio/mesh, istio/monitoring, alert-logger: $(tail -n1 "$work/validate-istio.log")"
 else
   bad "validate-manifests istio/"; grep INVALID "$work/validate-istio.log" | head | sed 's/^/        | /'
 fi
@@ -357,10 +371,57 @@ for f in scripts/lib/k8s/negative/*.yaml; do
   fi
 done
 if "${CHECK[@]}" --mesh istio/mesh --self-test "$work/render-base.yaml" "$work/render-rolling.yaml" \
-    "$work/render-canary.yaml" "$work/render-bluegreen.yaml" >"$work/self-test.log" 2>&1; then
+    "$work/render-canary.yaml" "$work/render-bluegreen.yaml" --self-test-monitoring "$work/render-monitoring.yaml" \
+    >"$work/self-test.log" 2>&1; then
   ok "$(tail -n1 "$work/self-test.log")"
 else
   bad "checker self-test"; grep -v '^  caught' "$work/self-test.log" | sed 's/^/        | /'
+fi
+
+# ---------------------------------------------------------------------------------
+step "observability: dashboards, alert rules, METRICS.txt, Collector, Alertmanager"
+# Where scripts/cluster-up installs the OpenTelemetry Collector (release and
+# namespace): the chart, Istio and the NetworkPolicies must all name that Service.
+read -r otel_release otel_ns < <(sed -n 's/.*helm upgrade --install \([^ ]*\) open-telemetry\/opentelemetry-collector -n \([^ ]*\).*/\1 \2/p' \
+  "$work/dry-cluster_up___dry_run.log" | head -n1) || true
+OBS=("$PY" scripts/lib/k8s/check_observability.py --render "$work/render-monitoring.yaml"
+     --collector-release "${otel_release:-?}" --collector-namespace "${otel_ns:-?}" --require-parser)
+if [[ ! -s $work/render-monitoring.yaml ]]; then
+  bad "observability: no monitoring render to check"
+elif "${OBS[@]}" >"$work/observability.log" 2>&1; then
+  ok "observability: $(tail -n1 "$work/observability.log") (Collector: release ${otel_release:-?} in ${otel_ns:-?})"
+else
+  bad "observability"; grep -E 'VIOLATION|Error|Traceback' "$work/observability.log" | head -n 15 | sed 's/^/        | /'
+fi
+if [[ -s $work/render-monitoring.yaml ]] && "${OBS[@]}" --self-test >"$work/observability-self-test.log" 2>&1; then
+  ok "$(tail -n1 "$work/observability-self-test.log")"
+else
+  bad "observability self-test"; grep -v '^  caught' "$work/observability-self-test.log" | head -n 15 | sed 's/^/        | /'
+fi
+# METRICS.txt against the Rust sources once more, with nothing but grep: each name (a
+# histogram series by its family name) is a string literal in services/*/src or libs/*/src.
+# unregistered_metrics FILE: prints the names of FILE that no Rust source registers.
+unregistered_metrics() {
+  local name family suffix
+  while read -r name; do
+    [[ -z $name || $name == \#* ]] && continue
+    family=$name
+    for suffix in _bucket _sum _count; do family=${family%"$suffix"}; done
+    grep -rqsF --include='*.rs' "\"$name\"" services/*/src libs/*/src \
+      || grep -rqsF --include='*.rs' "\"$family\"" services/*/src libs/*/src || echo "$name"
+  done <"$1"
+}
+count=$(grep -cv '^#\|^$' helm/exchange/dashboards/METRICS.txt || true)
+missing=$(unregistered_metrics helm/exchange/dashboards/METRICS.txt)
+{ cat helm/exchange/dashboards/METRICS.txt; echo order_orders_placed_total; } >"$work/METRICS-broken.txt"
+if ((count == 0)); then
+  bad "METRICS.txt lists no metric"
+elif [[ -n $missing ]]; then
+  bad "METRICS.txt names not in the Rust sources: $(echo "$missing" | tr '\n' ' ')"
+elif [[ $(unregistered_metrics "$work/METRICS-broken.txt") != order_orders_placed_total ]]; then
+  bad "METRICS.txt grep: a name no service registers (order_orders_placed_total) went unnoticed"
+else
+  ok "METRICS.txt: all $count names are registered in services/*/src or libs/*/src (grep; an unregistered name is caught)"
 fi
 
 # ---------------------------------------------------------------------------------

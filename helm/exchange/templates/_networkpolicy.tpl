@@ -27,7 +27,7 @@ networkPolicy.defaultDeny everything else in the namespace is denied.
 {{- end -}}
 {{- end -}}
 
-{{/* Egress rules every workload needs: DNS, the mesh control plane, extras. Context: root. */}}
+{{/* Egress rules every workload needs: DNS, the mesh control plane, the trace collector, extras. Context: root. */}}
 {{- define "exchange.netpol.baseEgress" -}}
 {{- $np := .Values.networkPolicy -}}
 - to:
@@ -47,6 +47,22 @@ networkPolicy.defaultDeny everything else in the namespace is denied.
           {{- toYaml $np.controlPlane.namespaceSelector | nindent 10 }}
   ports:
     {{- range $np.controlPlane.ports }}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
+{{- end }}
+{{- if or .Values.telemetry.otlpEndpoint .Values.istio.enabled }}
+{{- /* Spans: the application's OTLP exporter and, in the mesh, its sidecar's tracer. */}}
+- to:
+    - namespaceSelector:
+        matchLabels:
+          {{- toYaml $np.otelCollector.namespaceSelector | nindent 10 }}
+      {{- with $np.otelCollector.podSelector }}
+      podSelector:
+        matchLabels:
+          {{- toYaml . | nindent 10 }}
+      {{- end }}
+  ports:
+    {{- range $np.otelCollector.ports }}
     - {protocol: TCP, port: {{ . }}}
     {{- end }}
 {{- end }}
@@ -141,7 +157,7 @@ spec:
     {{- include "exchange.netpol.baseEgress" $root | nindent 4 }}
 {{- end -}}
 
-{{/* NetworkPolicy of a data store: its users in, DNS and the control plane out. Context: {root, name, port, users}. */}}
+{{/* NetworkPolicy of a data store: its users in, Prometheus on its exporter's port (metricsPort, a port name, when it has one), DNS and the control plane out. Context: {root, name, portName, users, metricsPort}. */}}
 {{- define "exchange.storeNetworkPolicy" -}}
 {{- $root := .root -}}
 apiVersion: networking.k8s.io/v1
@@ -166,7 +182,7 @@ spec:
         - protocol: TCP
           port: {{ $.portName }}
     {{- end }}
-    {{- include "exchange.netpol.prometheusRule" (dict "root" $root "port" "") | nindent 4 }}
+    {{- include "exchange.netpol.prometheusRule" (dict "root" $root "port" (.metricsPort | default "")) | nindent 4 }}
   egress:
     {{- include "exchange.netpol.baseEgress" $root | nindent 4 }}
 {{- end -}}

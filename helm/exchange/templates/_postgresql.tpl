@@ -53,5 +53,17 @@ CREATE SCHEMA IF NOT EXISTS {{ $role }} AUTHORIZATION {{ $role }};
 ALTER SCHEMA {{ $role }} OWNER TO {{ $role }};
 REVOKE ALL ON SCHEMA {{ $role }} FROM PUBLIC;
 {{- end }}
+{{- with $.Values.postgresql.metrics }}
+{{- if .enabled }}
+
+-- the metrics exporter (postgresql.metrics): statistics only (pg_monitor), no
+-- password, so it can log in over the pod's loopback (trusted) and nowhere else
+SELECT 'CREATE ROLE {{ .role }} LOGIN'
+ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{{ .role }}')\gexec
+ALTER ROLE {{ .role }} WITH LOGIN PASSWORD NULL CONNECTION LIMIT 5;
+GRANT pg_monitor TO {{ .role }};
+GRANT CONNECT ON DATABASE {{ $.Values.postgresql.database }} TO {{ .role }};
+{{- end }}
+{{- end }}
 \unset password
 {{- end -}}

@@ -26,6 +26,13 @@ objects fit together the way the mesh needs:
               the ingress gateway; namespace-wide rules name only that namespace
   reflection  every gRPC server has reflection off (GRPC_REFLECTION=false), unless
               --allow-reflection (the load-test overlay)
+  monitoring  every PodMonitor selects pods that have its port, which a NetworkPolicy
+              opens to Prometheus and (in the mesh) the sidecar does not intercept;
+              when PodMonitors are rendered, every http-metrics port is scraped by
+              one; every workload exporting traces (OTEL_EXPORTER_OTLP_ENDPOINT) may
+              reach the collector's namespace and port; every image has a pinned tag;
+              --expect-store-exporters: Postgres and Redis each have an exporter
+              container that a PodMonitor scrapes
   strategies  --expect-rolling / --expect-canary / --expect-bluegreen assert the
               shape each values-<strategy>.yaml promises
 
@@ -44,6 +51,11 @@ import yaml
 CLUSTER_DOMAIN = "cluster.local"
 # The mesh ingress gateway's identity (istio/install): the one caller from outside the release.
 INGRESS_PRINCIPAL = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+# Where Prometheus runs (kube-prometheus-stack in namespace monitoring) and where the
+# OpenTelemetry Collector's pods are (the upstream chart's name label): the defaults
+# of networkPolicy.prometheus and networkPolicy.otelCollector.
+PROMETHEUS_PEER = ({"kubernetes.io/metadata.name": "monitoring"}, {"app.kubernetes.io/name": "prometheus"})
+COLLECTOR_POD_LABELS = {"app.kubernetes.io/name": "opentelemetry-collector"}
 HEALTH_PATH_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1.ServerReflection/",
                         "/grpc.reflection.v1alpha.ServerReflection/")
 
@@ -524,6 +536,116 @@ class Render:
                         self.err(f"{acl['where']}: Redis user {user} ({app}) may reach channels {sorted(got_channels)}, "
                                  f"expected only {sorted(want_channels)}")
 
+    # ---- monitoring ------------------------------------------------------------------
+    @staticmethod
+    def peer_admits(peer, ns_labels, pod_labels):
+        """A NetworkPolicy peer admits pods with pod_labels in a namespace with ns_labels
+        (another namespace than the policy's: a bare podSelector never does)."""
+        if "ipBlock" in peer:
+            return peer["ipBlock"].get("cidr") == "0.0.0.0/0"
+        if "namespaceSelector" not in peer:
+            return False
+        if not selects(peer["namespaceSelector"] or {}, ns_labels) and (peer["namespaceSelector"] or {}):
+            return False
+        ps = peer.get("podSelector")
+        return not ps or selects(ps, pod_labels)
+
+    def np_admits(self, w, direction, port, ns_labels, pod_labels):
+        """The NetworkPolicies selecting w let it talk to (egress) or be reached by
+        (ingress) pods with pod_labels in a namespace with ns_labels on port (a
+        number, or a name of one of w's container ports)."""
+        policies = [np for np in self.netpols
+                    if direction.capitalize() in (np["spec"].get("policyTypes") or [])
+                    and selects(np["spec"].get("podSelector") or {}, self.tlabels(w))]
+        if not policies:
+            return True
+        key = "from" if direction == "ingress" else "to"
+        number = self.resolve_port(w, port) if direction == "ingress" else port
+        for np in policies:
+            for rule in np["spec"].get(direction) or []:
+                peers = rule.get(key)
+                if peers and not any(self.peer_admits(p, ns_labels, pod_labels) for p in peers):
+                    continue
+                ports = rule.get("ports")
+                if not ports:
+                    return True
+                for p in ports:
+                    if p.get("port") == port or (number is not None and (
+                            p.get("port") == number or (direction == "ingress" and self.resolve_port(w, p.get("port")) == number))):
+                        return True
+        return False
+
+    @staticmethod
+    def excluded_ports(w):
+        ann = (Render.template(w).get("metadata") or {}).get("annotations") or {}
+        return {x.strip() for x in str(ann.get("traffic.sidecar.istio.io/excludeInboundPorts", "")).split(",") if x.strip()}
+
+    def check_monitoring(self):
+        istio = bool(self.by.get("AuthorizationPolicy") or self.by.get("VirtualService"))
+        monitors = self.by.get("PodMonitor", [])
+        scraped = set()
+        for pm in monitors:
+            pid = ident(pm)
+            sel = (pm["spec"].get("selector") or {})
+            tpls = [w for w in self.workloads if selects(sel, self.tlabels(w))]
+            if not tpls:
+                self.err(f"{pid}: selector selects no rendered pod template")
+            for ep in pm["spec"].get("podMetricsEndpoints") or []:
+                port = ep.get("port")
+                for w in tpls:
+                    number = self.resolve_port(w, port)
+                    if number is None:
+                        self.err(f"{pid}: {ident(w)} has no container port {port}")
+                        continue
+                    scraped.add((ident(w), number))
+                    if self.netpols and not self.np_admits(w, "ingress", port, *PROMETHEUS_PEER):
+                        self.err(f"{pid}: no NetworkPolicy lets Prometheus scrape {ident(w)} on port {port} (Prometheus cannot scrape it)")
+                    if istio and str(number) not in self.excluded_ports(w):
+                        self.err(f"{pid}: {ident(w)} port {port} ({number}) is intercepted by the sidecar "
+                                 f"(STRICT mTLS refuses Prometheus): add it to traffic.sidecar.istio.io/excludeInboundPorts")
+        if monitors:
+            for w in self.workloads:
+                for c in self.template(w)["spec"].get("containers") or []:
+                    for p in c.get("ports") or []:
+                        if p.get("name") == "http-metrics" and (ident(w), p["containerPort"]) not in scraped:
+                            self.err(f"{ident(w)} container {c.get('name')}: port http-metrics is not scraped by any PodMonitor")
+        for w in self.workloads:
+            for c in self.containers(w):
+                image = str(c.get("image", ""))
+                tag = image.rsplit("/", 1)[-1].partition(":")[2]
+                if "@sha256:" not in image and (not tag or tag == "latest"):
+                    self.err(f"{ident(w)} container {c.get('name')}: image {image} is not pinned to a version")
+                ep = self.env_of(c).get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                if not ep or not self.netpols:
+                    continue
+                m = re.match(r"^https?://([^:/]+):(\d+)", ep)
+                if not m:
+                    self.err(f"{ident(w)} container {c.get('name')}: OTEL_EXPORTER_OTLP_ENDPOINT {ep} has no host:port")
+                    continue
+                host, port = m.group(1), int(m.group(2))
+                parts = host.split(".")
+                ns = parts[1] if len(parts) > 2 and parts[2] == "svc" else self.ns
+                if not self.np_admits(w, "egress", port, {"kubernetes.io/metadata.name": ns}, COLLECTOR_POD_LABELS):
+                    self.err(f"{ident(w)} container {c.get('name')}: NetworkPolicy egress does not allow {ns}:{port}, "
+                             f"so it cannot reach the trace collector {host}")
+
+    def expect_store_exporters(self):
+        """The bundled Postgres and Redis each run an exporter that a PodMonitor scrapes."""
+        for app in ("postgresql", "redis"):
+            ws = [w for w in self.workloads if self.tlabels(w).get("app") == app]
+            if not ws:
+                self.err(f"store exporters: no {app} workload rendered")
+            for w in ws:
+                has = [c for c in self.template(w)["spec"].get("containers") or []
+                       if any(p.get("name") == "http-metrics" for p in c.get("ports") or [])]
+                if not has:
+                    self.err(f"store exporters: {ident(w)} has no metrics exporter (no container port http-metrics)")
+                    continue
+                if not any(selects(pm["spec"].get("selector") or {}, self.tlabels(w))
+                           and any(ep.get("port") == "http-metrics" for ep in pm["spec"].get("podMetricsEndpoints") or [])
+                           for pm in self.by.get("PodMonitor", [])):
+                    self.err(f"store exporters: {ident(w)}: its exporter is not scraped by any PodMonitor")
+
     # ---- istio -------------------------------------------------------------------
     def check_istio(self):
         drs = {}
@@ -892,6 +1014,7 @@ def run_checks(docs, namespace, mesh_docs, expectations, provided_secrets=None, 
     r.check_reflection(allow_reflection)
     r.check_redis()
     r.check_redis_clients()
+    r.check_monitoring()
     for kind, args in expectations:
         getattr(r, f"expect_{kind}")(*args)
     if provided_secrets is not None:
@@ -916,6 +1039,8 @@ def parse_expectations(a):
         live, hdr = rest.split(":", 1)
         h, v = hdr.split("=")
         out.append(("bluegreen", (app, live, h, v)))
+    if a.expect_store_exporters:
+        out.append(("store_exporters", ()))
     return out
 
 
@@ -1105,6 +1230,38 @@ def mutations(prefix):
     def m_reflection(docs, mesh):
         find(docs, "ConfigMap", f"{p}-order")["data"]["GRPC_REFLECTION"] = "true"
 
+    def m_unscraped_exporter(docs, mesh):
+        docs.remove(find(docs, "PodMonitor", f"{p}-postgresql"))
+
+    def m_exporter_netpol(docs, mesh):
+        np = find(docs, "NetworkPolicy", f"{p}-redis")
+        for rule in np["spec"]["ingress"]:
+            rule["ports"] = [x for x in rule.get("ports") or [] if x.get("port") != "http-metrics"]
+
+    def m_exporter_intercepted(docs, mesh):
+        del find(docs, "StatefulSet", f"{p}-postgresql")["spec"]["template"]["metadata"]["annotations"]["traffic.sidecar.istio.io/excludeInboundPorts"]
+
+    def m_no_exporter(docs, mesh):
+        spec = find(docs, "Deployment", f"{p}-redis")["spec"]["template"]["spec"]
+        spec["containers"] = [c for c in spec["containers"] if c["name"] != "redis-exporter"]
+
+    def m_exporter_latest(docs, mesh):
+        for c in find(docs, "StatefulSet", f"{p}-postgresql")["spec"]["template"]["spec"]["containers"]:
+            if c["name"] == "postgres-exporter":
+                c["image"] = c["image"].rsplit(":", 1)[0] + ":latest"
+
+    def m_podmonitor_port(docs, mesh):
+        find(docs, "PodMonitor", f"{p}-order")["spec"]["podMetricsEndpoints"][0]["port"] = "metrics"
+
+    def m_exporter_acl(docs, mesh):
+        a = redis_args(docs)
+        a.insert(a.index("exporter") + 5, "~*")
+
+    def m_trace_egress(docs, mesh):
+        np = find(docs, "NetworkPolicy", f"{p}-order")
+        np["spec"]["egress"] = [r for r in np["spec"]["egress"]
+                                if not any(x.get("port") == 4317 for x in r.get("ports") or [])]
+
     return [
         ("canary weights do not sum to 100", "sum to", "canary", m_weights),
         ("subset missing from the DestinationRule", "in no DestinationRule", "canary", m_subset),
@@ -1146,16 +1303,29 @@ def mutations(prefix):
         ("ServiceAccount not rendered", "ServiceAccount", "base", m_sa),
         ("order retried after it may have acted", "whose calls are not all idempotent", "base", m_retry_order),
         ("gRPC reflection on", "gRPC reflection is on", "base", m_reflection),
+        ("Postgres exporter without a PodMonitor", "is not scraped by any PodMonitor", "monitoring", m_unscraped_exporter),
+        ("Redis exporter closed to Prometheus", "Prometheus cannot scrape", "monitoring", m_exporter_netpol),
+        ("Postgres exporter behind the sidecar", "is intercepted by the sidecar", "monitoring", m_exporter_intercepted),
+        ("Redis without its exporter", "has no metrics exporter", "monitoring", m_no_exporter),
+        ("exporter image not pinned", "is not pinned to a version", "monitoring", m_exporter_latest),
+        ("PodMonitor on a port the pods do not have", "has no container port metrics", "monitoring", m_podmonitor_port),
+        ("Redis exporter user reaching every key", "Redis user exporter is granted ~*", "monitoring", m_exporter_acl),
+        ("service that cannot reach the trace collector", "cannot reach the trace collector", "base", m_trace_egress),
     ]
 
 
 def self_test(renders, namespace, mesh_docs, expectations_by_render, prefix):
     failed = 0
     for desc, fragment, which, mutate in mutations(prefix):
+        if which not in renders:
+            failed += 1
+            print(f"  MISSED: {desc} (no {which} render given: --self-test-monitoring)")
+            continue
         docs = copy.deepcopy(renders[which])
         mesh = copy.deepcopy(mesh_docs)
         mutate(docs, mesh)
-        r = run_checks(docs, namespace, mesh, expectations_by_render.get(which, []), allow_served_by=which != "base")
+        r = run_checks(docs, namespace, mesh, expectations_by_render.get(which, []),
+                       allow_served_by=which not in ("base", "monitoring"))
         hit = [e for e in r.errors if fragment in e]
         if hit:
             print(f"  caught: {desc}: {hit[0]}")
@@ -1183,19 +1353,26 @@ def main(argv):
     ap.add_argument("--secrets", help="file listing `secret key` pairs that scripts/deploy creates")
     ap.add_argument("--self-test", nargs=4, metavar=("BASE", "ROLLING", "CANARY", "BLUEGREEN"),
                     help="break good renders in many ways; fail unless every break is caught")
+    ap.add_argument("--self-test-monitoring", metavar="MONITORING",
+                    help="with --self-test: a render with PodMonitors and the PrometheusRule on")
+    ap.add_argument("--expect-store-exporters", action="store_true",
+                    help="the bundled Postgres and Redis each have an exporter a PodMonitor scrapes")
     ap.add_argument("--prefix", default="exchange", help="object name prefix (release fullname) for --self-test")
     a = ap.parse_args(argv)
     mesh_docs = load_docs(a.mesh) if a.mesh else []
 
     if a.self_test:
         renders = dict(zip(("base", "rolling", "canary", "bluegreen"), (load_docs([f]) for f in a.self_test)))
+        if a.self_test_monitoring:
+            renders["monitoring"] = load_docs([a.self_test_monitoring])
         exp = {"rolling": [("rolling", ("order", "v2", 3))],
                "canary": [("canary", ("inventory", "v1", "v2", 10, "x-canary", "true"))],
-               "bluegreen": [("bluegreen", ("user", "blue", "x-preview", "true"))]}
+               "bluegreen": [("bluegreen", ("user", "blue", "x-preview", "true"))],
+               "monitoring": [("store_exporters", ())]}
         # The unbroken renders must pass first, or the test proves nothing.
         for which, docs in renders.items():
             # The strategy overlays let x-served-by out on purpose.
-            r = run_checks(docs, a.namespace, mesh_docs, exp.get(which, []), allow_served_by=which != "base")
+            r = run_checks(docs, a.namespace, mesh_docs, exp.get(which, []), allow_served_by=which not in ("base", "monitoring"))
             if r.errors:
                 print(f"self-test: the unbroken {which} render already fails: {r.errors[:3]}")
                 return 1
