@@ -292,6 +292,11 @@ pub fn candle_with_trade(
     }
 }
 
+/// Registers this module's series at start (0 until the first event).
+pub(crate) fn init_metrics() {
+    LazyLock::force(&SKIPPED);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,9 +334,4 @@ mod tests {
         assert!(orderbook(&book, 30, false).is_none());
         assert!(skipped(orderbook(&book, 30, false), "orderbook", "KRW-BTC").is_none());
     }
-}
-
-/// Registers this module's series at start (0 until the first event).
-pub(crate) fn init_metrics() {
-    LazyLock::force(&SKIPPED);
 }

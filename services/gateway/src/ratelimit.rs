@@ -307,6 +307,11 @@ pub fn connect(redis: &Client) {
     drop(redis.connect());
 }
 
+/// Registers this module's series at start (0 until the first event).
+pub(crate) fn init_metrics() {
+    LazyLock::force(&ERRORS);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,9 +356,4 @@ mod tests {
         }
         assert!(local.0.lock().unwrap().len() <= LOCAL_KEYS);
     }
-}
-
-/// Registers this module's series at start (0 until the first event).
-pub(crate) fn init_metrics() {
-    LazyLock::force(&ERRORS);
 }
