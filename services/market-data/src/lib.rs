@@ -58,6 +58,19 @@ pub fn redis_builder(url: &str) -> anyhow::Result<fred::types::Builder> {
     Ok(builder)
 }
 
+/// `market-data retention`: deletes the stored trades older than `keep`
+/// (1-minute candles stay) and exits; returns how many it deleted. Run it from
+/// a CronJob or by hand; it needs only the database (already migrated by the
+/// service).
+pub async fn retention(config: &Config, keep: std::time::Duration) -> anyhow::Result<u64> {
+    let pool = config.db.pg_config(SCHEMA).lazy_pool()?;
+    let keep = chrono::Duration::from_std(keep)?;
+    let before = chrono::Utc::now() - keep;
+    let deleted = store::forget_old_trades(&pool, before, 10_000).await?;
+    pool.close().await;
+    Ok(deleted)
+}
+
 impl App {
     /// Binds the ports (port 0 allowed) and prepares lazy Postgres and Redis clients.
     pub async fn build(config: Config, stop: CancellationToken) -> anyhow::Result<Self> {

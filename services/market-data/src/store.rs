@@ -407,6 +407,60 @@ pub async fn upsert_markets(pool: &PgPool, markets: &[MarketRow]) -> Result<(), 
     Ok(())
 }
 
+/// Deletes the stored trades older than `before`, market by market and at
+/// most `batch` rows per statement (each a short transaction, along the
+/// `(market, ts)` index, so ingest never waits long behind it). With
+/// TimescaleDB, whole chunks older than `before` are dropped first. The
+/// 1-minute candles stay: they are the history; trades older than the
+/// retention are only the detail behind them. Returns the trades deleted (not
+/// counting dropped chunks).
+pub async fn forget_old_trades(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let timescale: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')",
+    )
+    .fetch_one(pool)
+    .await?;
+    if timescale {
+        sqlx::query("SELECT public.drop_chunks('trades', older_than => $1)")
+            .bind(before)
+            .execute(pool)
+            .await?;
+    }
+    let markets: Vec<String> = sqlx::query_scalar(
+        "SELECT market FROM markets UNION SELECT DISTINCT market FROM candles_1m",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut deleted = 0;
+    for market in markets {
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM trades t USING (
+                     SELECT market, sequential_id, ts FROM trades
+                      WHERE market = $1 AND ts < $2
+                      ORDER BY ts LIMIT $3
+                 ) old
+                 WHERE t.market = old.market AND t.sequential_id = old.sequential_id AND t.ts = old.ts",
+            )
+            .bind(&market)
+            .bind(before)
+            .bind(batch)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            deleted += n;
+            if n < u64::try_from(batch).unwrap_or(0) {
+                break;
+            }
+        }
+    }
+    Ok(deleted)
+}
+
 pub async fn list_markets(pool: &PgPool) -> Result<Vec<MarketRow>, sqlx::Error> {
     sqlx::query_as("SELECT market, korean_name, english_name, warning FROM markets ORDER BY market")
         .fetch_all(pool)

@@ -1319,3 +1319,72 @@ async fn redis_and_postgres_outages_mean_retries_not_crashes() {
     .unwrap();
     svc.running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_trades_in_batches_and_keeps_candles() {
+    let db = TestDb::create().await.unwrap();
+    let svc = start(&db).await;
+    test_support::wait_serving(svc.grpc, "", Duration::from_secs(30))
+        .await
+        .unwrap(); // migrated
+    let pool = DbArgs {
+        database_url: Some(db.role_url(market_data::SCHEMA)),
+        database_admin_url: None,
+        database_max_connections: 2,
+    }
+    .pg_config(market_data::SCHEMA)
+    .lazy_pool()
+    .unwrap();
+    let now = chrono::Utc::now();
+    let at = |days: i64, sid: i64, market: &str| TradeRow {
+        market: market.into(),
+        ts: now - chrono::Duration::days(days),
+        sequential_id: sid,
+        price: "100".parse().unwrap(),
+        volume: "1".parse().unwrap(),
+        ask_bid: "BID",
+        prev_closing_price: "100".parse().unwrap(),
+        change_price: "0".parse().unwrap(),
+    };
+    // Five old and two recent trades in one market, one old in another.
+    let mut trades: Vec<TradeRow> = (1..=5).map(|i| at(40, i, "KRW-AAA")).collect();
+    trades.extend([
+        at(1, 6, "KRW-AAA"),
+        at(0, 7, "KRW-AAA"),
+        at(31, 8, "KRW-BBB"),
+    ]);
+    assert_eq!(store::insert_trades(&pool, &trades, true).await.unwrap(), 8);
+    let candles_before: i64 = sqlx::query_scalar("SELECT count(*) FROM candles_1m")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(candles_before >= 3, "the trades made candles");
+
+    // Batches of two: the loop must go on past a full batch.
+    let deleted = store::forget_old_trades(&pool, now - chrono::Duration::days(30), 2)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 6);
+    let left: Vec<i64> =
+        sqlx::query_scalar("SELECT sequential_id FROM trades ORDER BY sequential_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(left, vec![6, 7]);
+    let candles_after: i64 = sqlx::query_scalar("SELECT count(*) FROM candles_1m")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        candles_after, candles_before,
+        "candles are the history: kept"
+    );
+    // Nothing more to do the second time.
+    assert_eq!(
+        store::forget_old_trades(&pool, now - chrono::Duration::days(30), 2)
+            .await
+            .unwrap(),
+        0
+    );
+    svc.running.stop().await;
+}
