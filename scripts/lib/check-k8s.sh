@@ -15,6 +15,10 @@
 #                 trading) whose every policy must name its own ServiceAccounts
 #   4. negatives  deliberately broken values (scripts/lib/k8s/negative/) and broken
 #                 renders (--self-test) must be rejected
+#   4b. upgrades  every strategy switch the scripts make, upgrade by upgrade
+#                 (check_rendered.py --transition): no Deployment changes its selector
+#                 and no share of traffic goes to pods that do not run yet; the direct
+#                 base -> canary upgrade is rejected (scripts/deploy splits it)
 #   5. observability  dashboards, alert rules and METRICS.txt (every metric name real:
 #                 the exchange's own registered in the Rust sources, the others known
 #                 exporter/Istio/kube names), the OpenTelemetry Collector values and
@@ -23,7 +27,9 @@
 #                 --self-test of deliberate breaks
 #   6. scripts    shellcheck; each script's --dry-run prints the expected commands in
 #                 order; a missing tool fails with a clear message; load-test refuses
-#                 remote targets
+#                 remote targets; images are built and deployed by commit tag, never
+#                 v1/v2; cluster-up pins every version (kind node image by digest from
+#                 a kind release with the probe fix, Istio, every add-on chart)
 #   7. k6         k6 inspect of every load-test script
 #
 # Usage: scripts/lib/check-k8s.sh   (from anywhere; ../shared must sit beside the repo)
@@ -110,8 +116,8 @@ dry() {
 }
 
 dry "cluster-up --dry-run" 0 scripts/cluster-up --dry-run -- \
-  "docker run -d --restart=always -p 127.0.0.1:5002:5000" "--name kind-registry registry:2" \
-  "kind create cluster --name exchange" "--config scripts/lib/k8s/kind-config.yaml" \
+  "docker run -d --restart=always -p 127.0.0.1:5002:5000" "--name kind-registry registry:2." \
+  "kind create cluster --name exchange" "--image kindest/node:v1." "@sha256:" "--config scripts/lib/k8s/kind-config.yaml" \
   "/etc/containerd/certs.d/localhost:5002/hosts.toml" '[host."http://kind-registry:5000"]' \
   "docker network connect kind kind-registry" "local-registry-hosting.yaml" \
   "helm repo add open-telemetry https://open-telemetry.github.io/opentelemetry-helm-charts" \
@@ -119,27 +125,78 @@ dry "cluster-up --dry-run" 0 scripts/cluster-up --dry-run -- \
   "grafana/loki" "grafana/alloy" \
   "istioctl install -y -f istio/install/istio-operator.yaml" "openssl req -x509" \
   "kubectl -n istio-system create secret tls exchange-ingress-tls" \
-  "samples/addons/jaeger.yaml" \
+  "raw.githubusercontent.com/istio/istio/1." "samples/addons/jaeger.yaml" \
   "helm upgrade --install otel-collector open-telemetry/opentelemetry-collector -n monitoring" \
   "-f scripts/lib/k8s/otel-collector-values.yaml" "kiali-server kiali/kiali-server" \
   "kubectl apply -f istio/mesh/" "kubectl apply -f istio/monitoring/"
-dry "build-images --dry-run" 0 scripts/build-images --dry-run -- \
+# Images are tagged by commit (immutable), never v1/v2 (re-pushed: pods would keep the old build).
+TAG=abc123def456
+# Every version cluster-up installs is pinned: each add-on chart with --version, Jaeger's
+# addon from an Istio release tag (not a branch), the node image by digest.
+# unpinned_installs LOG: the helm installs of LOG without --version, and add-ons from a branch.
+unpinned_installs() {
+  grep -E '^\+ helm upgrade --install' "$1" | grep -v -- '--version ' | cut -c1-100
+  grep -E '^\+ kubectl apply -f https://' "$1" | grep -E '/(release-[0-9.]+|master|main)/' | cut -c1-100
+  return 0
+}
+cu_log="$work/dry-cluster_up___dry_run.log"
+awk '!done && /^\+ helm upgrade --install/ { sub(/ --version [^ ]+/, ""); done = 1 } { print }' "$cu_log" >"$work/cluster-up-floating.log"
+if [[ ! -s $cu_log ]] || [[ $(grep -c '^+ helm upgrade --install' "$cu_log") -lt 6 ]]; then
+  bad "cluster-up --dry-run: expected six add-on chart installs"
+elif [[ -n $(unpinned_installs "$cu_log") ]]; then
+  bad "cluster-up installs floating versions: $(unpinned_installs "$cu_log" | head -n1)"
+elif [[ -z $(unpinned_installs "$work/cluster-up-floating.log") ]]; then
+  bad "cluster-up pin check: an install without --version went unnoticed"
+else
+  ok "cluster-up pins every add-on chart (--version), Jaeger's addon by Istio tag, the node image by digest (an unpinned install is caught)"
+fi
+dry "cluster-up refuses a node image without a digest" 1 env KIND_NODE_IMAGE=kindest/node:v1.31.4 scripts/cluster-up --dry-run -- \
+  "KIND_NODE_IMAGE=kindest/node:v1.31.4 is not pinned by digest"
+dry "cluster-up refuses a node image from kind < v0.28 (kindnetd drops probes under default deny)" 1 \
+  env KIND_VERSION=v0.26.0 KIND_NODE_IMAGE=kindest/node:v1.31.4@sha256:0000000000000000000000000000000000000000000000000000000000000000 \
+  scripts/cluster-up --dry-run -- "node images of kind releases before v0.28.0 drop kubelet probes"
+
+dry "build-images --dry-run" 0 env IMAGE_TAG=$TAG scripts/build-images --dry-run -- \
   "docker buildx create --name exchange-builder --driver docker-container --driver-opt network=host" \
-  "--target gateway -t localhost:5002/exchange/gateway:v1 -t localhost:5002/exchange/gateway:v2 --push ." \
+  "--target gateway -t localhost:5002/exchange/gateway:$TAG --push ." \
   "--target market-data" "--target order" "--target inventory" "--target user" "--target ingestor" "--target upbit-sim"
-dry "build-images --dry-run --platforms (multi-arch)" 0 scripts/build-images --dry-run --platforms linux/amd64,linux/arm64 order -- \
-  "--target order --platform linux/amd64,linux/arm64 -t localhost:5002/exchange/order:v1"
+if grep -Eq -- '-t [^ ]*:(v[0-9]+|latest)( |$)' "$work/dry-build_images___dry_run.log"; then
+  bad "build-images pushes a mutable tag (v1/v2/latest): $(grep -Eo -- '-t [^ ]*:(v[0-9]+|latest)' "$work/dry-build_images___dry_run.log" | head -n1)"
+else
+  ok "build-images pushes no mutable tag (only the commit tag)"
+fi
+commit_tag=$(git rev-parse --short=12 HEAD 2>/dev/null || echo none)
+dry "build-images --dry-run tags the git commit" 0 env -u IMAGE_TAG scripts/build-images --dry-run order -- \
+  "--target order -t localhost:5002/exchange/order:$commit_tag"
+dry "build-images refuses a version tag" 1 scripts/build-images --dry-run --tags v2 order -- \
+  "--tags: v2 is a tag that gets re-pushed"
+dry "build-images --dry-run --platforms (multi-arch)" 0 env IMAGE_TAG=$TAG scripts/build-images --dry-run --platforms linux/amd64,linux/arm64 order -- \
+  "--target order --platform linux/amd64,linux/arm64 -t localhost:5002/exchange/order:$TAG"
 for strategy in base rolling canary bluegreen; do
   file_pattern="helm upgrade --install exchange helm/exchange -n exchange"
   [[ $strategy != base ]] && file_pattern+=" -f helm/exchange/values-$strategy.yaml"
-  dry "deploy $strategy --dry-run" 0 scripts/deploy "$strategy" --dry-run -- \
+  dry "deploy $strategy --dry-run" 0 env IMAGE_TAG=$TAG scripts/deploy "$strategy" --dry-run -- \
     "kubectl apply -f -" "kind: Namespace" "name: exchange" "istio-injection: enabled" \
     "create secret generic exchange-postgresql" "create secret generic exchange-redis" \
-    "create secret generic exchange-user-secrets" "kubectl apply -f istio/mesh/10-peer-authentication.yaml" "$file_pattern" "--wait" "rollout status"
+    "create secret generic exchange-user-secrets" "kubectl apply -f istio/mesh/10-peer-authentication.yaml" "$file_pattern" \
+    "--set global.image.tag=$TAG" "--wait" "rollout status"
 done
+dry "deploy deploys the git commit tag" 0 env -u IMAGE_TAG scripts/deploy base --dry-run -- \
+  "--set global.image.tag=$commit_tag"
+dry "deploy refuses a version tag" 1 env IMAGE_TAG=v1 scripts/deploy base --dry-run -- \
+  "IMAGE_TAG=v1 is a tag that gets re-pushed"
+# Switching a running base release to canary: the candidate starts at weight 0 first.
+dry "deploy canary over a running base: candidate started without traffic first" 0 \
+  env PATH="$TOOLS_BIN:$PATH" IMAGE_TAG=$TAG DEPLOY_TEST_EXISTING=exchange-inventory,exchange-user,exchange-order \
+  scripts/deploy canary --dry-run -- \
+  "services.inventory.canary.weight=0" "step 1 of 2" "-f helm/exchange/values-canary.yaml" \
+  "--set services.inventory.canary.weight=0 --wait" "step 2 of 2" "--set global.image.tag=$TAG --wait"
+dry "deploy bluegreen over a running base: blue is the running Deployment, one upgrade" 0 \
+  env PATH="$TOOLS_BIN:$PATH" IMAGE_TAG=$TAG DEPLOY_TEST_EXISTING=exchange-inventory,exchange-user,exchange-order \
+  scripts/deploy bluegreen --dry-run -- "nothing to start first" "helm upgrade --install exchange helm/exchange -n exchange -f helm/exchange/values-bluegreen.yaml"
 # Another namespace and release name: the namespace, Secrets and release follow them
 # (the chart names its objects <release>-exchange-* unless the release contains "exchange").
-dry "deploy into another namespace and release --dry-run" 0 env NAMESPACE=trading RELEASE=payments scripts/deploy base --dry-run -- \
+dry "deploy into another namespace and release --dry-run" 0 env IMAGE_TAG=$TAG NAMESPACE=trading RELEASE=payments scripts/deploy base --dry-run -- \
   "kind: Namespace" "name: trading" "kubectl -n trading create secret generic payments-exchange-postgresql" \
   "kubectl -n trading create secret generic payments-exchange-user-secrets" \
   "helm upgrade --install payments helm/exchange -n trading"
@@ -148,18 +205,23 @@ if grep -q "00-namespace.yaml\|name: exchange\$" "$work/dry-deploy_into_another_
 else
   ok "deploy into namespace trading leaves namespace exchange alone"
 fi
+# Promotion in two upgrades: the primary rolls to v2 while the candidate keeps its share,
+# then the traffic returns to the primary and the candidate goes.
 dry "canary --dry-run" 0 scripts/canary --dry-run -- \
   "services.inventory.canary.weight=10" "sleep 60" "PromQL: 100 * (1 - ((sum(rate(istio_requests_total{" \
   'destination_app="inventory",destination_version="v2"' "PromQL: histogram_quantile(0.99" \
   "services.inventory.canary.weight=25" "PromQL:" "services.inventory.canary.weight=50" "PromQL:" \
   "services.inventory.canary.weight=100" "PromQL:" \
-  "services.inventory.canary.stable.version=v2 --set services.inventory.canary.candidate.enabled=false"
+  "promote (1/2)" "--set services.inventory.canary.stable.version=v2 --set services.inventory.canary.stable.tag= --wait" \
+  "promote (2/2)" "--set services.inventory.canary.candidate.enabled=false --set services.inventory.canary.weight=0"
 dry "canary gate failure rolls back" 1 env CANARY_TEST_METRICS=97.5,120 scripts/canary --dry-run -- \
   "services.inventory.canary.weight=10" "gate failed: success rate 97.50 % < 99 %" \
   "services.inventory.canary.weight=0" "aborted"
 dry "canary p99 gate" 1 env CANARY_TEST_METRICS=99.9,900 scripts/canary --dry-run --max-p99-ms 500 -- \
   "services.inventory.canary.weight=10" "p99 900 ms > 500 ms" "services.inventory.canary.weight=0"
 # The ingress strips the preview header: the smoke test goes through a port-forward.
+dry "bluegreen-switch back to blue --dry-run (blue is the primary Deployment)" 0 env DRY_RUN=1 scripts/bluegreen-switch --dry-run --to blue -- \
+  "rollout status deployment/exchange-user --timeout" "--set services.user.bluegreen.live=blue"
 dry "bluegreen-switch --dry-run" 0 scripts/bluegreen-switch --dry-run -- \
   "rollout status deployment/exchange-user-green" "port-forward svc/exchange-gateway 18080:8080" \
   "-H x-preview:" "http://127.0.0.1:18080/api/v1/auth/register" \
@@ -207,7 +269,7 @@ elif grep -Eq "kubectl (apply|create|label|delete)|helm (upgrade|install)" "$wor
 else
   ok "deploy without Istio refuses before changing anything: $(grep -m1 'Istio is not installed' "$work/no-istio.log" | cut -c1-60)..."
 fi
-dry "deploy --no-mesh --dry-run" 0 scripts/deploy base --no-mesh --dry-run -- \
+dry "deploy --no-mesh --dry-run" 0 env IMAGE_TAG=$TAG scripts/deploy base --no-mesh --dry-run -- \
   "--no-mesh: deploying WITHOUT the mesh" "mutual TLS" "AuthorizationPolicy" \
   "create secret generic exchange-postgresql" "helm upgrade --install exchange helm/exchange -n exchange --set istio.enabled=false"
 if ! [[ -s $work/dry-deploy___no_mesh___dry_run.log ]] \
@@ -242,6 +304,8 @@ deploy_secrets "$work/dry-deploy_into_another_namespace_and_release___dry_run.lo
 
 # ---------------------------------------------------------------------------------
 step "chart: lint, render, validate (Kubernetes 1.31 + Istio + Prometheus operator schemas)"
+# The image tag scripts/deploy would set (a values file, so that a negative file can override it).
+printf 'global:\n  image:\n    tag: "%s"\n' "$TAG" >"$work/tag.yaml"
 # name | extra helm args | checker expectations | release:namespace (default exchange:exchange)
 renders=(
   "base||"
@@ -251,7 +315,13 @@ renders=(
   "bluegreen|-f $CHART/values-bluegreen.yaml|--expect-bluegreen user=blue:x-preview=true --allow-served-by"
   "bluegreen-switched|-f $CHART/values-bluegreen.yaml --set services.user.bluegreen.live=green|--expect-bluegreen user=green:x-preview=true --allow-served-by"
   "canary-promoted|-f $CHART/values-canary.yaml --set services.inventory.canary.stable.version=v2 --set services.inventory.canary.candidate.enabled=false|--allow-served-by"
-  "loadtest+faults|-f $CHART/values-loadtest.yaml -f $CHART/values-faults.yaml|--allow-served-by --allow-reflection"
+  "loadtest+faults|-f $CHART/values-loadtest.yaml -f $CHART/values-faults.yaml|--allow-served-by --allow-reflection --allow-health"
+  # The steps of a canary (scripts/deploy, scripts/canary) and of going back to base.
+  "canary-0|-f $CHART/values-canary.yaml --set services.inventory.canary.weight=0|--allow-served-by"
+  "canary-100|-f $CHART/values-canary.yaml --set services.inventory.canary.weight=100|--allow-served-by"
+  "canary-promote-1|-f $CHART/values-canary.yaml --set services.inventory.canary.weight=100 --set services.inventory.canary.stable.version=v2|--allow-served-by"
+  "canary-promote-2|-f $CHART/values-canary.yaml --set services.inventory.canary.weight=0 --set services.inventory.canary.stable.version=v2 --set services.inventory.canary.candidate.enabled=false|--allow-served-by"
+  "no-istio-base|--set istio.enabled=false|"
   # The gateway itself as canary and blue/green: its own header routes stay off the ingress.
   "gateway-canary|--set services.gateway.strategy=canary|--expect-canary gateway=v1:v2:10:x-canary=true"
   "gateway-bluegreen|--set services.gateway.strategy=bluegreen|--expect-bluegreen gateway=blue:x-preview=true"
@@ -268,6 +338,7 @@ for entry in "${renders[@]}"; do
   IFS='|' read -r name args expect relns <<<"$entry"
   relns=${relns:-exchange:exchange}
   read -r -a helm_args <<<"$args"
+  helm_args=(-f "$work/tag.yaml" "${helm_args[@]}")
   out="$work/render-$name.yaml"
   if ! "$HELM" lint --strict --quiet "$CHART" "${helm_args[@]}" >"$work/lint-$name.log" 2>&1; then
     bad "helm lint ($name)"; show "$work/lint-$name.log"; continue
@@ -281,7 +352,7 @@ for entry in "${renders[@]}"; do
     bad "validate-manifests ($name)"; grep INVALID "$work/validate-$name.log" | head -n 10 | sed 's/^/        | /'
   fi
 done
-"$HELM" template exchange "$CHART" -n exchange >"$work/render-again.yaml" 2>/dev/null || true
+"$HELM" template exchange "$CHART" -n exchange -f "$work/tag.yaml" >"$work/render-again.yaml" 2>/dev/null || true
 if cmp -s "$work/render-base.yaml" "$work/render-again.yaml"; then
   ok "helm template is deterministic (two renders, same bytes)"
 else
@@ -296,7 +367,7 @@ for entry in "${renders[@]}"; do
   [[ -s $out ]] || continue
   read -r -a expect_args <<<"$expect"
   mesh=(--mesh istio/mesh)
-  [[ $name == no-istio ]] && mesh=()
+  [[ $name == no-istio* ]] && mesh=()
   secrets=(--secrets "$work/secrets")
   [[ ${relns%%:*} == payments ]] && secrets=(--secrets "$work/secrets-payments")
   [[ $name == external-stores ]] && secrets=()  # the external database's Secret is yours
@@ -350,7 +421,7 @@ for f in scripts/lib/k8s/negative/*.yaml; do
   [[ -n $with ]] && extra=(-f "$CHART/$with")
   out="$work/neg-$(basename "$f")"
   status=0
-  "$HELM" template exchange "$CHART" -n exchange "${extra[@]}" -f "$f" >"$out" 2>"$out.err" || status=$?
+  "$HELM" template exchange "$CHART" -n exchange -f "$work/tag.yaml" "${extra[@]}" -f "$f" >"$out" 2>"$out.err" || status=$?
   if [[ $stage == helm ]]; then
     if [[ $status != 0 ]] && grep -qF -- "$fragment" "$out.err"; then
       ok "$(basename "$f"): rejected by helm ($(grep -m1 -F -- "$fragment" "$out.err" | sed 's/^[- ]*//' | cut -c1-80))"
@@ -379,13 +450,51 @@ else
 fi
 
 # ---------------------------------------------------------------------------------
+step "upgrades: every strategy switch drops no traffic and changes no selector"
+# FROM>TO, as scripts/deploy, scripts/canary and scripts/bluegreen-switch upgrade.
+transitions=(
+  "base>rolling" "rolling>base"
+  "base>canary-0" "canary-0>canary" "canary>canary-100" "canary-100>canary-promote-1"
+  "canary-promote-1>canary-promote-2" "canary-promote-2>base" "canary>base"
+  "base>bluegreen" "bluegreen>bluegreen-switched" "bluegreen-switched>bluegreen" "bluegreen-switched>base"
+  "no-istio-base>no-istio"
+)
+for t in "${transitions[@]}"; do
+  from=$work/render-${t%%>*}.yaml to=$work/render-${t#*>}.yaml
+  if [[ ! -s $from || ! -s $to ]]; then
+    bad "upgrade $t: a render is missing"
+  elif "$PY" scripts/lib/k8s/check_rendered.py -n exchange --transition "$from" "$to" >"$work/transition.log" 2>&1; then
+    ok "upgrade ${t/>/ -> }: $(tail -n1 "$work/transition.log")"
+  else
+    bad "upgrade ${t/>/ -> }"; grep VIOLATION "$work/transition.log" | head -n 5 | sed 's/^/        | /'
+  fi
+done
+# The upgrade scripts/deploy splits in two must be rejected when done at once.
+if "$PY" scripts/lib/k8s/check_rendered.py -n exchange --transition "$work/render-base.yaml" "$work/render-canary.yaml" \
+    --expect-fail "exchange-inventory-canary, whose pods FROM does not run" >"$work/transition.log" 2>&1; then
+  ok "upgrade base -> canary at 10 % in one step: rejected ($(grep -m1 VIOLATION "$work/transition.log" | cut -c11-100)...)"
+else
+  bad "upgrade base -> canary at 10 % in one step should be rejected"; show "$work/transition.log"
+fi
+if "$PY" scripts/lib/k8s/check_rendered.py -n exchange --transition "$work/render-base.yaml" "$work/render-bluegreen.yaml" \
+    --transition-self-test >"$work/transition-self-test.log" 2>&1; then
+  ok "$(tail -n1 "$work/transition-self-test.log")"
+else
+  bad "transition self-test"; grep -v '^  caught' "$work/transition-self-test.log" | sed 's/^/        | /'
+fi
+
+# ---------------------------------------------------------------------------------
 step "observability: dashboards, alert rules, METRICS.txt, Collector, Alertmanager"
 # Where scripts/cluster-up installs the OpenTelemetry Collector (release and
 # namespace): the chart, Istio and the NetworkPolicies must all name that Service.
 read -r otel_release otel_ns < <(sed -n 's/.*helm upgrade --install \([^ ]*\) open-telemetry\/opentelemetry-collector -n \([^ ]*\).*/\1 \2/p' \
   "$work/dry-cluster_up___dry_run.log" | head -n1) || true
+# And the kube-prometheus-stack release, whose stock selectors want release=<it>.
+kps_release=$(sed -n 's/.*helm upgrade --install \([^ ]*\) prometheus-community\/kube-prometheus-stack .*/\1/p' \
+  "$work/dry-cluster_up___dry_run.log" | head -n1)
 OBS=("$PY" scripts/lib/k8s/check_observability.py --render "$work/render-monitoring.yaml"
-     --collector-release "${otel_release:-?}" --collector-namespace "${otel_ns:-?}" --require-parser)
+     --collector-release "${otel_release:-?}" --collector-namespace "${otel_ns:-?}"
+     --kps-release "${kps_release:-?}" --require-parser)
 if [[ ! -s $work/render-monitoring.yaml ]]; then
   bad "observability: no monitoring render to check"
 elif "${OBS[@]}" >"$work/observability.log" 2>&1; then

@@ -13,7 +13,18 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # Settings (environment overrides).
 CLUSTER_NAME=${CLUSTER_NAME:-exchange}
-KIND_NODE_IMAGE=${KIND_NODE_IMAGE:-kindest/node:v1.31.4}
+# Pinned platform versions (scripts/cluster-up; each overridable). A kind node image
+# is supported with the kind release that built it (its release notes list it with
+# its digest): KIND_VERSION is that release. kind >= KIND_MIN_VERSION (v0.28.0)
+# ships kindnetd with the fix for kubelet probes under default-deny NetworkPolicies
+# (kubernetes-sigs/kube-network-policies#160); older node images drop them.
+KIND_VERSION=${KIND_VERSION:-v0.33.0}
+KIND_MIN_VERSION=v0.28.0
+KIND_NODE_IMAGE=${KIND_NODE_IMAGE:-kindest/node:v1.35.8@sha256:07b2536e30b803ed61d1677a79df6115f798ce64c80f9e22f6ed45afd09323c0}
+# istioctl must be this release (scripts/cluster-up checks); Jaeger's addon manifest
+# is taken from the same tag.
+ISTIO_VERSION=${ISTIO_VERSION:-1.30.4}
+REGISTRY_IMAGE=${REGISTRY_IMAGE:-registry:2.8.3}
 REGISTRY_NAME=${REGISTRY_NAME:-kind-registry}
 REGISTRY_PORT=${REGISTRY_PORT:-5002}
 REGISTRY=${REGISTRY:-localhost:${REGISTRY_PORT}/exchange}
@@ -24,6 +35,33 @@ CHART=helm/exchange
 # contains "exchange", else <release>-exchange.
 if [[ $RELEASE == *exchange* ]]; then FULLNAME=$RELEASE; else FULLNAME=$RELEASE-exchange; fi
 K8S_LIB=scripts/lib/k8s
+# version_at_least HAVE WANT: true when version HAVE (v1.2.3 or 1.2.3) >= WANT.
+version_at_least() {
+  local have=${1#v} want=${2#v}
+  [[ $(printf '%s\n%s\n' "$want" "$have" | sort -V | head -n1) == "$want" ]]
+}
+
+# image_tag: the immutable tag of this tree's images: IMAGE_TAG when set, else the
+# git commit (12 hex digits), plus -dirty-<hash of the changes> when the work tree
+# differs from it (the same changes give the same tag; any other change, another
+# one). scripts/build-images pushes it; scripts/deploy deploys it. Never a version
+# label: a re-pushed tag is not pulled again (IfNotPresent) and changes no pod spec.
+image_tag() {
+  if [[ -n ${IMAGE_TAG:-} ]]; then printf '%s' "$IMAGE_TAG"; return 0; fi
+  have git || die "git is required to name the images by commit (or set IMAGE_TAG)"
+  local sha changes
+  sha=$(git rev-parse --short=12 HEAD 2>/dev/null) || die "not a git work tree: set IMAGE_TAG to an immutable tag"
+  changes=$( { git diff HEAD --binary; git ls-files -z --others --exclude-standard | xargs -0 -r sha256sum; } 2>/dev/null | sha256sum | cut -c1-8)
+  if [[ -n $(git status --porcelain 2>/dev/null) ]]; then
+    printf '%s-dirty-%s' "$sha" "$changes"
+  else
+    printf '%s' "$sha"
+  fi
+}
+
+# mutable_tag TAG: true for tags that get re-pushed (version labels, latest).
+mutable_tag() { [[ $1 =~ ^(latest|v[0-9]+)$ ]]; }
+
 # Every image the Dockerfile builds (one target each).
 SERVICES=(gateway market-data order inventory user ingestor upbit-sim)
 DRY_RUN=${DRY_RUN:-0}
@@ -79,10 +117,10 @@ need() {
 }
 
 hint_docker="https://docs.docker.com/engine/install/"
-hint_kind="go install sigs.k8s.io/kind@latest, or https://kind.sigs.k8s.io/docs/user/quick-start/#installation"
+hint_kind="go install sigs.k8s.io/kind@$KIND_VERSION, or https://kind.sigs.k8s.io/docs/user/quick-start/#installation (release $KIND_VERSION)"
 hint_kubectl="https://kubernetes.io/docs/tasks/tools/ (Debian: apt-get install kubernetes-client)"
 hint_helm="https://helm.sh/docs/intro/install/ (helm 3.14+ or 4)"
-hint_istioctl="curl -L https://istio.io/downloadIstio | sh - (then add istio-*/bin to PATH)"
+hint_istioctl="curl -L https://istio.io/downloadIstio | ISTIO_VERSION=$ISTIO_VERSION sh - (then add istio-$ISTIO_VERSION/bin to PATH)"
 hint_k6="../shared/tools/install puts k6 in ../shared/tools/bin, or https://grafana.com/docs/k6/latest/set-up/install-k6/"
 hint_curl="apt-get install curl"
 hint_python="apt-get install python3"

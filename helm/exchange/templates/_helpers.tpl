@@ -150,23 +150,30 @@ Renders a YAML list. Context: {root, name}.
 
 {{/*
 The Deployments (tracks) of a service under its strategy, as YAML {tracks: [...]}.
-Each track: suffix (Deployment name suffix), version, tag, replicas, selector
-(extra selector labels), subset (DestinationRule subset name, empty for rolling).
+Each track: suffix (Deployment name suffix), track (the exchange.dev/track label,
+which is the Deployment's selector and the DestinationRule subset's labels),
+version, tag, replicas, color (blue/green only), subset (the subset name, empty
+for rolling), role.
+
+The primary track keeps one name, one selector and one subset label across every
+strategy (as Flagger's primary does): <component>, exchange.dev/track=primary. It is
+the rolling Deployment, the canary's stable track and the blue color, so switching
+strategy never deletes the Deployment that serves: the candidate (<component>-canary)
+and green (<component>-green) are the only Deployments that come and go.
 Context: {root, name, svc}.
 */}}
 {{- define "exchange.tracks" -}}
 {{- $svc := .svc -}}
+{{- $root := .root -}}
 {{- $tracks := list -}}
+{{- $need := printf "global.image.tag is required: the immutable image tag to deploy (the git commit scripts/build-images pushes; scripts/deploy sets it), or a tag per track" -}}
 {{- if eq $svc.strategy "rolling" -}}
-{{- $tracks = append $tracks (dict "suffix" "" "version" $svc.rolling.version "tag" (default $svc.rolling.version $svc.rolling.tag) "replicas" $svc.replicas "selector" dict "subset" "") -}}
+{{- $tracks = append $tracks (dict "suffix" "" "track" "primary" "version" $svc.rolling.version "tag" ($svc.rolling.tag | default $root.Values.global.image.tag | required $need) "replicas" $svc.replicas "subset" "" "role" "") -}}
 {{- else if eq $svc.strategy "canary" -}}
 {{- $c := $svc.canary -}}
-{{- $tracks = append $tracks (dict "suffix" $c.stable.version "version" $c.stable.version "tag" (default $c.stable.version $c.stable.tag) "replicas" (default $svc.replicas $c.stable.replicas) "selector" (dict "version" $c.stable.version) "subset" $c.stable.version "role" "stable") -}}
+{{- $tracks = append $tracks (dict "suffix" "" "track" "primary" "version" $c.stable.version "tag" ($c.stable.tag | default $root.Values.global.image.tag | required $need) "replicas" (default $svc.replicas $c.stable.replicas) "subset" "stable" "role" "stable") -}}
 {{- if $c.candidate.enabled -}}
-{{- if eq $c.candidate.version $c.stable.version -}}
-{{- fail (printf "services.%s.canary: candidate and stable have the same version %s" .name $c.stable.version) -}}
-{{- end -}}
-{{- $tracks = append $tracks (dict "suffix" $c.candidate.version "version" $c.candidate.version "tag" (default $c.candidate.version $c.candidate.tag) "replicas" (default $svc.replicas $c.candidate.replicas) "selector" (dict "version" $c.candidate.version) "subset" $c.candidate.version "role" "candidate") -}}
+{{- $tracks = append $tracks (dict "suffix" "canary" "track" "canary" "version" $c.candidate.version "tag" ($c.candidate.tag | default $root.Values.global.image.tag | required $need) "replicas" (default $svc.replicas $c.candidate.replicas) "subset" "canary" "role" "candidate") -}}
 {{- end -}}
 {{- else if eq $svc.strategy "bluegreen" -}}
 {{- $b := $svc.bluegreen -}}
@@ -175,12 +182,18 @@ Context: {root, name, svc}.
 {{- end -}}
 {{- range $color := list "blue" "green" -}}
 {{- $c := index $b.colors $color -}}
-{{- $tracks = append $tracks (dict "suffix" $color "version" $c.version "tag" (default $c.version $c.tag) "replicas" (default $svc.replicas $c.replicas) "selector" (dict "color" $color) "subset" $color "role" (ternary "live" "idle" (eq $color $b.live))) -}}
+{{- $primary := eq $color "blue" -}}
+{{- $tracks = append $tracks (dict "suffix" (ternary "" $color $primary) "track" (ternary "primary" $color $primary) "color" $color "version" $c.version "tag" ($c.tag | default $root.Values.global.image.tag | required $need) "replicas" (default $svc.replicas $c.replicas) "subset" $color "role" (ternary "live" "idle" (eq $color $b.live))) -}}
 {{- end -}}
 {{- else -}}
 {{- fail (printf "services.%s.strategy must be rolling, canary or bluegreen, not %v" .name $svc.strategy) -}}
 {{- end -}}
 {{- toYaml (dict "tracks" $tracks) -}}
+{{- end -}}
+
+{{/* The selector labels of one track (on top of exchange.selectorLabels). Context: a track. */}}
+{{- define "exchange.trackSelector" -}}
+exchange.dev/track: {{ .track }}
 {{- end -}}
 
 {{/* Port name for a port role: grpc, http, metrics -> http-metrics. */}}

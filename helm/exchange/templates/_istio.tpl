@@ -3,8 +3,12 @@ Istio routing per service, from its strategy:
   rolling    one route to the host (no subsets)
   canary     header -> candidate subset; otherwise weights stable/candidate
   bluegreen  preview header -> idle color; otherwise 100% to the live color
-Each route set is rendered twice when the service has streamPaths: streams first
-(no timeout, no retries), then unary calls (timeout, retries).
+Each route set is rendered once per class of call: streams first (streamPaths: no
+timeout, no retries), then fault injection (istio.fault, only on the unary calls
+in istio.faultPaths, never on a stream), then the other unary calls (timeout,
+retries). Istio enables neither timeouts nor retries on a route with a fault, so
+the fault routes are rendered without them: what the render says is what Envoy
+does, and every other call keeps its timeout and retries.
 
 The ingress VirtualService (the public entry) is the edge: its routes never match a
 routing header (x-canary, x-preview: anyone on the internet could send them) and
@@ -91,17 +95,18 @@ response:
   headers:
     {{- . | nindent 4 }}
   {{- end }}
-  {{- if eq .class "stream" }}
-  retries:
-    attempts: 0
-  {{- else }}
+  {{- if eq .class "unary" }}
   timeout: {{ $i.timeout }}
   retries:
     {{- toYaml $i.retries | nindent 4 }}
+  {{- else }}
+  {{- /* streams: never retried; fault routes: Istio turns retries and timeouts off. */}}
+  retries:
+    attempts: 0
   {{- end }}
-  {{- with $i.fault }}
+  {{- if eq .class "fault" }}
   fault:
-    {{- toYaml . | nindent 4 }}
+    {{- toYaml $i.fault | nindent 4 }}
   {{- end }}
 {{- end -}}
 
@@ -116,10 +121,25 @@ response:
 {{- if $svc.istio.streamPaths -}}
 {{- $classes = append $classes (dict "class" "stream" "paths" $svc.istio.streamPaths) -}}
 {{- end -}}
+{{- if $svc.istio.fault -}}
+{{- if not $svc.istio.faultPaths -}}
+{{- fail (printf "services.%s.istio.fault needs istio.faultPaths: the unary calls to inject faults into (a route with a fault loses its retries and timeout, so it is never the catch-all route)" $.name) -}}
+{{- end -}}
+{{- range $fp := $svc.istio.faultPaths -}}
+{{- range $sp := $svc.istio.streamPaths -}}
+{{- if or (hasPrefix $sp $fp) (hasPrefix $fp $sp) -}}
+{{- fail (printf "services.%s.istio.faultPaths: %s overlaps the stream path %s (streams get no faults)" $.name $fp $sp) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if not $edge -}}
+{{- $classes = append $classes (dict "class" "fault" "paths" $svc.istio.faultPaths) -}}
+{{- end -}}
+{{- end -}}
 {{- $classes = append $classes (dict "class" "unary" "paths" list) -}}
 {{- range $c := $classes -}}
 {{- $base := dict "svc" $svc "class" $c.class "streamPaths" $c.paths "edgeHeaders" (ternary (include "exchange.istio.edgeHeaders" $.root) "" $edge) -}}
-{{- $prefix := ternary "stream-" "" (eq $c.class "stream") -}}
+{{- $prefix := get (dict "stream" "stream-" "fault" "fault-" "unary" "") $c.class -}}
 {{- if eq $svc.strategy "rolling" }}
 {{ include "exchange.istio.route" (merge (dict "name" (printf "%sprimary" $prefix) "header" nil "destinations" (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" "" "weight" nil))) $base) }}
 {{- else if eq $svc.strategy "canary" -}}
@@ -130,12 +150,12 @@ response:
 {{- fail (printf "services.%s.canary.weight must be 0-100, not %v" $.name $cn.weight) -}}
 {{- end }}
 {{- if not $edge }}
-{{ include "exchange.istio.route" (merge (dict "name" (printf "%scanary-pinned" $prefix) "header" $cn.header "destinations" (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" $cn.candidate.version "weight" nil))) $base) }}
+{{ include "exchange.istio.route" (merge (dict "name" (printf "%scanary-pinned" $prefix) "header" $cn.header "destinations" (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" "canary" "weight" nil))) $base) }}
 {{- end }}
-{{- $dests := printf "%s\n%s" (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" $cn.stable.version "weight" (sub 100 $w))) (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" $cn.candidate.version "weight" $w)) }}
+{{- $dests := printf "%s\n%s" (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" "stable" "weight" (sub 100 $w))) (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" "canary" "weight" $w)) }}
 {{ include "exchange.istio.route" (merge (dict "name" (printf "%scanary-weighted" $prefix) "header" nil "destinations" $dests) $base) }}
 {{- else }}
-{{ include "exchange.istio.route" (merge (dict "name" (printf "%sstable" $prefix) "header" nil "destinations" (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" $cn.stable.version "weight" nil))) $base) }}
+{{ include "exchange.istio.route" (merge (dict "name" (printf "%sstable" $prefix) "header" nil "destinations" (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" "stable" "weight" nil))) $base) }}
 {{- end -}}
 {{- else if eq $svc.strategy "bluegreen" -}}
 {{- $b := $svc.bluegreen -}}
@@ -165,7 +185,7 @@ spec:
     {{- range .tracks }}
     - name: {{ .subset }}
       labels:
-        {{- toYaml .selector | nindent 8 }}
+        {{- include "exchange.trackSelector" . | nindent 8 }}
     {{- end }}
   {{- end }}
 {{- end -}}
@@ -204,5 +224,16 @@ spec:
     - {{ $ing.gateway }}
     {{- end }}
   http:
+    {{- with $ing.hiddenPaths }}
+    # Health endpoints are for the kubelet and the mesh, not the internet.
+    - name: hidden
+      match:
+        {{- range . }}
+        - uri:
+            exact: {{ . }}
+        {{- end }}
+      directResponse:
+        status: 404
+    {{- end }}
     {{- include "exchange.istio.routes" (merge (dict "edge" true) .) | nindent 4 }}
 {{- end -}}

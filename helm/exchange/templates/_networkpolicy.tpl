@@ -27,6 +27,26 @@ networkPolicy.defaultDeny everything else in the namespace is denied.
 {{- end -}}
 {{- end -}}
 
+{{/*
+Ingress rule for the kubelet's probes in the mesh: the sidecar injector rewrites
+HTTP/TCP/gRPC probes to the sidecar agent (15020) and adds the sidecar's own
+readiness probe (15021). Context: root.
+*/}}
+{{- define "exchange.netpol.kubeletRule" -}}
+{{- $k := .Values.networkPolicy.kubelet -}}
+{{- if and .Values.istio.enabled $k.enabled $k.ports -}}
+# the kubelet's probes (rewritten by Istio to the sidecar agent) and the sidecar's readiness
+- ports:
+    {{- range $k.ports }}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
+  {{- with $k.from }}
+  from:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
+{{- end -}}
+
 {{/* Egress rules every workload needs: DNS, the mesh control plane, the trace collector, extras. Context: root. */}}
 {{- define "exchange.netpol.baseEgress" -}}
 {{- $np := .Values.networkPolicy -}}
@@ -127,6 +147,7 @@ spec:
           port: {{ include "exchange.portName" $main }}
     {{- end }}
     {{- include "exchange.netpol.prometheusRule" (dict "root" $root "port" (ternary "http-metrics" "" (hasKey $svc.ports "metrics"))) | nindent 4 }}
+    {{- include "exchange.netpol.kubeletRule" $root | nindent 4 }}
   egress:
     {{- range $up := include "exchange.upstreams" . | fromYamlArray }}
     {{- $upSvc := include "exchange.svc" (dict "root" $root "name" $up) | fromYaml }}
@@ -183,6 +204,7 @@ spec:
           port: {{ $.portName }}
     {{- end }}
     {{- include "exchange.netpol.prometheusRule" (dict "root" $root "port" (.metricsPort | default "")) | nindent 4 }}
+    {{- include "exchange.netpol.kubeletRule" $root | nindent 4 }}
   egress:
     {{- include "exchange.netpol.baseEgress" $root | nindent 4 }}
 {{- end -}}

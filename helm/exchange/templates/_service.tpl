@@ -149,7 +149,8 @@ spec:
   selector:
     {{- include "exchange.selectorLabels" . | nindent 4 }}
     {{- if and (eq $svc.strategy "bluegreen") (not .root.Values.istio.enabled) }}
-    color: {{ $svc.bluegreen.live }}
+    {{- /* The live color's track label: blue is the primary track. */}}
+    exchange.dev/track: {{ ternary "primary" "green" (eq $svc.bluegreen.live "blue") }}
     {{- end }}
   ports:
     {{- range $role := $svc.servicePorts }}
@@ -229,7 +230,19 @@ metadata:
     exchange.dev/track-role: {{ . }}
     {{- end }}
 spec:
-  {{- if not $svc.autoscaling.enabled }}
+  {{- if $svc.autoscaling.enabled }}
+  {{- /*
+  The HPA owns the count; the Deployment still states it so that a first install
+  starts the HPA's minimum (not 1 pod, which --wait would accept), and an upgrade
+  states what runs now (never less than the minimum), so Helm neither scales the
+  HPA's pods down nor drops the field (which would reset it to 1).
+  */}}
+  {{- $min := int ($svc.autoscaling.minReplicas | default $track.replicas) }}
+  {{- $live := lookup "apps/v1" "Deployment" $root.Release.Namespace (include "exchange.workloadName" .) }}
+  {{- $now := 0 }}
+  {{- if $live }}{{ $now = int (($live.spec).replicas | default 0) }}{{ end }}
+  replicas: {{ max $min $now }}
+  {{- else }}
   replicas: {{ $track.replicas }}
   {{- end }}
   revisionHistoryLimit: 5
@@ -237,9 +250,7 @@ spec:
   selector:
     matchLabels:
       {{- include "exchange.selectorLabels" . | nindent 6 }}
-      {{- with $track.selector }}
-      {{- toYaml . | nindent 6 }}
-      {{- end }}
+      {{- include "exchange.trackSelector" $track | nindent 6 }}
   strategy:
     type: RollingUpdate
     rollingUpdate:
@@ -256,7 +267,8 @@ spec:
         app.kubernetes.io/version: {{ $track.version | quote }}
         app: {{ .name }}
         version: {{ $track.version | quote }}
-        {{- with $track.selector.color }}
+        {{- include "exchange.trackSelector" $track | nindent 8 }}
+        {{- with $track.color }}
         color: {{ . }}
         {{- end }}
       annotations:
@@ -376,9 +388,7 @@ spec:
           labelSelector:
             matchLabels:
               {{- include "exchange.selectorLabels" . | nindent 14 }}
-              {{- with $track.selector }}
-              {{- toYaml . | nindent 14 }}
-              {{- end }}
+              {{- include "exchange.trackSelector" $track | nindent 14 }}
       {{- end }}
       {{- with $svc.nodeSelector }}
       nodeSelector:
@@ -437,9 +447,7 @@ spec:
   selector:
     matchLabels:
       {{- include "exchange.selectorLabels" . | nindent 6 }}
-      {{- with .track.selector }}
-      {{- toYaml . | nindent 6 }}
-      {{- end }}
+      {{- include "exchange.trackSelector" .track | nindent 6 }}
 {{- end -}}
 
 {{/* PodMonitor: scrapes every track's admin port, labelled with app/version. */}}

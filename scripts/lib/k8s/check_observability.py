@@ -190,6 +190,9 @@ def load_inputs(a):
         for path in sorted(glob.glob(os.path.join(root, "*", "src", "**", "*.rs"), recursive=True)):
             with open(path, encoding="utf-8") as f:
                 inp["sources"][path] = f.read()
+    with open(a.istio_monitoring, encoding="utf-8") as f:
+        inp["istio_monitoring"] = [d for d in yaml.safe_load_all(f) if isinstance(d, dict)]
+    inp["kps_release"] = a.kps_release
     inp["collector_namespace"] = a.collector_namespace
     inp["collector_release"] = a.collector_release
     return inp
@@ -516,6 +519,27 @@ class Checker:
         if 4317 not in (np.get("ports") or []):
             self.err("helm/exchange networkPolicy.otelCollector.ports does not open 4317 (OTLP/gRPC)")
 
+    # ---- what a stock kube-prometheus-stack selects --------------------------------------
+    def selection(self):
+        """A stock kube-prometheus-stack's Prometheus selects PodMonitors, ServiceMonitors
+        and PrometheusRules labelled release: <its release name>; everything this
+        repository defines must carry it, or a cluster with a stock stack ignores it."""
+        want = self.inp["kps_release"]
+        objs = [(f"helm/exchange {d['kind']}/{d['metadata']['name']}", d) for d in self.inp["render"]
+                if d.get("kind") in ("PodMonitor", "ServiceMonitor", "PrometheusRule")]
+        objs += [(f"istio/monitoring {d['kind']}/{d['metadata']['name']}", d) for d in self.inp["istio_monitoring"]
+                 if d.get("kind") in ("PodMonitor", "ServiceMonitor", "PrometheusRule")]
+        if not objs:
+            self.err("no PodMonitor/ServiceMonitor/PrometheusRule to check (monitoring render?)")
+        for where, d in objs:
+            got = ((d.get("metadata") or {}).get("labels") or {}).get("release")
+            if got != want:
+                self.err(f"{where}: label release={got!r}, a stock kube-prometheus-stack (release {want}) selects release={want!r}")
+        sm = (self.inp["collector"] or {}).get("serviceMonitor") or {}
+        if sm.get("enabled") and (sm.get("extraLabels") or {}).get("release") != want:
+            self.err(f"collector values: serviceMonitor.extraLabels has no release={want!r}: a stock "
+                     f"kube-prometheus-stack would not scrape the Collector")
+
     # ---- Alertmanager and Grafana ----------------------------------------------------
     def alerting(self):
         kps = self.inp["kps"] or {}
@@ -614,6 +638,7 @@ class Checker:
         self.collector()
         self.wiring()
         self.alerting()
+        self.selection()
         if self.run_logger:
             self.alert_logger_runs()
         return self
@@ -773,7 +798,21 @@ def mutations():
         cm = next(x for x in inp["alert_logger"] if x.get("kind") == "ConfigMap")
         cm["data"]["alert_logger.py"] = cm["data"]["alert_logger.py"].replace('"alertname": labels.get("alertname")', '"name": labels.get("alertname")')
 
+    def m_podmonitor_release(inp):
+        pm = next(d for d in inp["render"] if d.get("kind") == "PodMonitor")
+        pm["metadata"]["labels"].pop("release", None)
+
+    def m_istio_monitor_release(inp):
+        sm = next(d for d in inp["istio_monitoring"] if d.get("kind") == "ServiceMonitor")
+        sm["metadata"].pop("labels", None)
+
+    def m_collector_release(inp):
+        inp["collector"]["serviceMonitor"].pop("extraLabels", None)
+
     return [
+        ("a PodMonitor a stock kube-prometheus-stack ignores", "a stock kube-prometheus-stack (release", m_podmonitor_release),
+        ("istiod's ServiceMonitor without the release label", "istio/monitoring ServiceMonitor/istiod: label release=None", m_istio_monitor_release),
+        ("the Collector's ServiceMonitor without the release label", "serviceMonitor.extraLabels has no release", m_collector_release),
         ("a dashboard that is not JSON", "does not parse", m_json),
         ("an exchange metric misspelt", "unknown metric grpc_server_handled_totl", m_own_typo),
         ("an exporter metric misspelt", "unknown metric pg_stat_database_xact_commits", m_exporter_typo),
@@ -844,6 +883,9 @@ def main(argv):
     ap.add_argument("--collector-values", default="scripts/lib/k8s/otel-collector-values.yaml")
     ap.add_argument("--collector-namespace", default="monitoring")
     ap.add_argument("--collector-release", default="otel-collector")
+    ap.add_argument("--kps-release", default="kube-prometheus-stack",
+                    help="the kube-prometheus-stack release scripts/cluster-up installs (its selectors want release=<it>)")
+    ap.add_argument("--istio-monitoring", default="istio/monitoring/prometheus-operator.yaml")
     ap.add_argument("--istio-operator", default="istio/install/istio-operator.yaml")
     ap.add_argument("--kps-values", default="scripts/lib/k8s/kube-prometheus-stack-values.yaml")
     ap.add_argument("--alert-logger", default="scripts/lib/k8s/alert-logger.yaml")

@@ -33,8 +33,31 @@ objects fit together the way the mesh needs:
               reach the collector's namespace and port; every image has a pinned tag;
               --expect-store-exporters: Postgres and Redis each have an exporter
               container that a PodMonitor scrapes
+  probes      in the mesh, every pod admits the kubelet from its node on the sidecar
+              agent's ports (15020: the probes Istio rewrites; 15021: the sidecar's
+              readiness), even under default deny
+  drain       in the mesh, every pod keeps its sidecar for all but the last 10 s
+              of its grace period (proxy.istio.io/config terminationDrainDuration)
+  images      the exchange's images are deployed by an immutable tag (a commit),
+              never by a version label (v1, v2) or latest: a re-pushed tag is not
+              pulled again (IfNotPresent) and changes no pod spec
+  replicas    a Deployment an HPA scales states at least the HPA's minimum (a first
+              install would otherwise start one pod)
+  faults      a route with a fault matches named unary calls only: never the
+              catch-all, never a stream path, and carries no retries or timeout
+              (Istio turns them off on a route with a fault)
+  edge health the ingress answers the services' probe paths (/healthz, /readyz)
+              itself instead of forwarding them (unless --allow-health)
+  monitors    every PodMonitor, ServiceMonitor and PrometheusRule carries the
+              labels a stock kube-prometheus-stack selects (--monitor-label)
   strategies  --expect-rolling / --expect-canary / --expect-bluegreen assert the
               shape each values-<strategy>.yaml promises
+  transition  --transition FROM TO (two renders, upgrade FROM -> TO): no Deployment
+              changes its selector (immutable: the upgrade would fail), and every
+              share of traffic TO routes (every weighted or default route, and the
+              Services' selectors) reaches pods of a Deployment FROM already runs,
+              whose pods match the destination before and after, so nothing is
+              routed to pods that do not exist yet while the new ones start
 
 Exit status 1 when anything is violated (each violation on its own line).
 --self-test breaks a good render in many ways and fails unless every break is caught.
@@ -695,6 +718,8 @@ class Render:
             for i, route in enumerate(vs["spec"].get("http") or []):
                 rid = f"{vid} route {route.get('name', i)}"
                 dests = route.get("route") or []
+                if route.get("directResponse") or route.get("redirect"):
+                    continue
                 if not dests:
                     self.err(f"{rid}: no destinations")
                 weights = [d.get("weight") for d in dests]
@@ -740,6 +765,8 @@ class Render:
         for vs in edge:
             for i, r in enumerate(vs["spec"].get("http") or []):
                 rid = f"{ident(vs)} route {r.get('name', i)}"
+                if r.get("directResponse"):
+                    continue  # answered by the ingress itself: nothing reaches the mesh
                 for m in r.get("match") or []:
                     hit = sorted(set((m.get("headers") or {}).keys()) & routing)
                     if hit:
@@ -889,6 +916,173 @@ class Render:
                     return True
         return False
 
+    # ---- kubelet probes, sidecar drain, images, replicas, faults, edge health -------
+    SIDECAR_AGENT_PORTS = (15020, 15021)
+
+    def in_mesh(self):
+        return bool(self.by.get("VirtualService") or self.by.get("AuthorizationPolicy"))
+
+    def np_admits_node(self, w, port):
+        """The NetworkPolicies selecting w admit the node (the kubelet) on port: a rule
+        with no `from` (any source) or with an ipBlock peer (node addresses)."""
+        policies = [np for np in self.netpols
+                    if "Ingress" in (np["spec"].get("policyTypes") or ["Ingress"])
+                    and selects(np["spec"].get("podSelector") or {}, self.tlabels(w))]
+        if not policies:
+            return True
+        for np in policies:
+            for rule in np["spec"].get("ingress") or []:
+                peers = rule.get("from")
+                if peers and not any("ipBlock" in x for x in peers):
+                    continue
+                ports = rule.get("ports")
+                if not ports or any(x.get("port") == port for x in ports):
+                    return True
+        return False
+
+    def check_probes_in_mesh(self):
+        """Istio rewrites the kubelet's HTTP/TCP/gRPC probes to the sidecar agent
+        (15020) and adds the sidecar's readiness probe (15021): under default deny
+        both must be open to the node, or no pod ever becomes ready."""
+        if not self.in_mesh() or not self.netpols:
+            return
+        for w in self.workloads:
+            for port in self.SIDECAR_AGENT_PORTS:
+                if not self.np_admits_node(w, port):
+                    self.err(f"{ident(w)}: no NetworkPolicy admits the kubelet on {port} (the sidecar agent's "
+                             f"{'rewritten probes' if port == 15020 else 'readiness'}): the pods never become ready under default deny")
+
+    def check_sidecar_drain(self):
+        """The sidecar must outlive the application's shutdown: Envoy's default drain
+        (5 s) would cut clients off while the application is still finishing."""
+        if not self.in_mesh():
+            return
+        import json
+        for w in self.workloads:
+            spec = self.template(w)["spec"]
+            grace = spec.get("terminationGracePeriodSeconds", 30)
+            ann = (self.template(w).get("metadata") or {}).get("annotations") or {}
+            try:
+                cfg = json.loads(ann.get("proxy.istio.io/config") or "{}")
+            except ValueError:
+                self.err(f"{ident(w)}: proxy.istio.io/config is not JSON")
+                continue
+            drain = duration_seconds(cfg.get("terminationDrainDuration", "5s"))
+            if drain is None or not (grace - 10 <= drain < grace):
+                self.err(f"{ident(w)}: the sidecar drains {cfg.get('terminationDrainDuration', '5s (the default)')} of a "
+                         f"{grace} s grace period: it must stay up for all but the last 10 s "
+                         f"(proxy.istio.io/config terminationDrainDuration)")
+
+    MUTABLE_TAG = re.compile(r"^(latest|v[0-9]+)$")
+
+    def check_image_tags(self):
+        """The exchange's own images (container named as the pod's app) are deployed by
+        an immutable tag: a re-pushed tag (v1, v2, latest) is not pulled again under
+        IfNotPresent and changes no pod spec, so a rebuild would never reach the pods."""
+        versions = {self.tlabels(w).get("version") for w in self.workloads}
+        for w in self.workloads:
+            app = self.tlabels(w).get("app")
+            for c in self.template(w)["spec"].get("containers") or []:
+                image = str(c.get("image", ""))
+                if c.get("name") != app or "@sha256:" in image:
+                    continue
+                path, _, tag = image.rpartition(":")
+                if not path.endswith(f"/{app}"):
+                    continue
+                if self.MUTABLE_TAG.match(tag) or tag in versions:
+                    self.err(f"{ident(w)} container {app}: image {image} uses the mutable tag {tag} "
+                             f"(scripts/build-images re-pushes it; pods keep the old build): deploy the commit tag")
+
+    def check_hpa_replicas(self):
+        hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in self.by.get("HorizontalPodAutoscaler", [])}
+        for w in self.workloads:
+            h = hpas.get(name_of(w))
+            if w["kind"] != "Deployment" or h is None:
+                continue
+            want = h["spec"].get("minReplicas", 1)
+            if w["spec"].get("replicas", 1) < want:
+                self.err(f"{ident(w)}: states {w['spec'].get('replicas', 'no')} replicas under an HPA with minReplicas "
+                         f"{want}: a first install starts fewer pods than the minimum (and --wait accepts them)")
+
+    @staticmethod
+    def route_paths(route):
+        out = []
+        for m in route.get("match") or []:
+            uri = m.get("uri") or {}
+            for kind in ("prefix", "exact", "regex"):
+                if kind in uri:
+                    out.append(uri[kind])
+        return out
+
+    @staticmethod
+    def is_stream_route(route):
+        return (not route.get("fault") and not route.get("timeout") and route.get("match")
+                and (route.get("retries") or {}).get("attempts") == 0)
+
+    def check_faults(self):
+        """Istio enables neither retries nor timeouts on a route with a fault: a fault
+        on the catch-all route switches them off for every call, and on a stream it
+        aborts the stream. Faults belong on routes of their own, for named unary calls."""
+        for vs in self.by.get("VirtualService", []):
+            routes = vs["spec"].get("http") or []
+            streams = [x for r in routes if self.is_stream_route(r) for x in self.route_paths(r)]
+            for i, r in enumerate(routes):
+                if not r.get("fault"):
+                    continue
+                rid = f"{ident(vs)} route {r.get('name', i)}"
+                paths = self.route_paths(r)
+                if not paths:
+                    self.err(f"{rid}: a fault on a route matching every call (Istio then turns off its retries and timeout): "
+                             f"give the faults a route of their own for named unary calls")
+                for fp in paths:
+                    for sp in streams:
+                        if fp.startswith(sp) or sp.startswith(fp):
+                            self.err(f"{rid}: the fault reaches the stream path {sp}")
+                if r.get("timeout") or (r.get("retries") or {}).get("attempts"):
+                    self.err(f"{rid}: carries retries/timeout beside a fault, which Istio does not apply: the render "
+                             f"would promise retries that never happen")
+
+    def check_edge_health(self, allow=False):
+        """The services' probe paths are for the kubelet: the ingress answers them itself."""
+        if allow:
+            return
+        for vs in self.by.get("VirtualService", []):
+            if all(g == "mesh" for g in vs["spec"].get("gateways") or ["mesh"]):
+                continue
+            hidden = set()
+            for i, r in enumerate(vs["spec"].get("http") or []):
+                if r.get("directResponse"):
+                    for m in r.get("match") or []:
+                        uri = m.get("uri") or {}
+                        hidden |= {uri.get("exact"), uri.get("prefix")} - {None}
+                    continue
+                for d in r.get("route") or []:
+                    for w in self.dest_templates(d["destination"]):
+                        for c in self.template(w)["spec"].get("containers") or []:
+                            for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                                get = (c.get(probe) or {}).get("httpGet") or {}
+                                port = get.get("port")
+                                number = self.resolve_port(w, port) if port is not None else None
+                                routed = (d["destination"].get("port") or {}).get("number")
+                                svc = self.service_for_host(d["destination"]["host"])
+                                target = next((self.resolve_port(w, sp.get("targetPort", sp["port"])) for sp in
+                                               (svc["spec"]["ports"] if svc else []) if sp["port"] == routed), None)
+                                path = get.get("path")
+                                if path and number is not None and number == target and not any(
+                                        path == h or path.startswith(h.rstrip("/") + "/") for h in hidden):
+                                    self.err(f"{ident(vs)} route {r.get('name', i)}: the {probe} path {path} of "
+                                             f"{ident(w)} is reachable from the internet (istio.ingress.hiddenPaths)")
+                                    hidden.add(path)
+
+    def check_monitor_labels(self, want):
+        for m in list(self.by.get("PodMonitor", [])) + list(self.by.get("ServiceMonitor", [])) \
+                + list(self.by.get("PrometheusRule", [])) + [x for x in self.mesh if x["kind"] in ("PodMonitor", "ServiceMonitor", "PrometheusRule")]:
+            labels = (m.get("metadata") or {}).get("labels") or {}
+            missing = {k: v for k, v in want.items() if labels.get(k) != v}
+            if missing:
+                self.err(f"{ident(m)}: lacks the label(s) {missing} a stock kube-prometheus-stack selects "
+                         f"it by: Prometheus would ignore it")
+
     # ---- strategies ------------------------------------------------------------------
     def deployments_of(self, app):
         return [w for w in self.workloads if w["kind"] == "Deployment" and self.tlabels(w).get("app") == app]
@@ -998,8 +1192,12 @@ class Render:
         return refs
 
 
+DEFAULT_MONITOR_LABELS = {"release": "kube-prometheus-stack"}
+
+
 def run_checks(docs, namespace, mesh_docs, expectations, provided_secrets=None, release=None,
-               external_principals=(INGRESS_PRINCIPAL,), allow_served_by=False, allow_reflection=False):
+               external_principals=(INGRESS_PRINCIPAL,), allow_served_by=False, allow_reflection=False,
+               allow_health=False, monitor_labels=None):
     r = Render(docs, namespace, mesh_docs, release, external_principals)
     if not docs:
         r.err("the render is empty")
@@ -1015,12 +1213,146 @@ def run_checks(docs, namespace, mesh_docs, expectations, provided_secrets=None, 
     r.check_redis()
     r.check_redis_clients()
     r.check_monitoring()
+    r.check_probes_in_mesh()
+    r.check_sidecar_drain()
+    r.check_image_tags()
+    r.check_hpa_replicas()
+    r.check_faults()
+    r.check_edge_health(allow_health)
+    r.check_monitor_labels(DEFAULT_MONITOR_LABELS if monitor_labels is None else monitor_labels)
     for kind, args in expectations:
         getattr(r, f"expect_{kind}")(*args)
     if provided_secrets is not None:
         for name, key in sorted(r.external_secret_refs() - provided_secrets):
             r.err(f"Secret {name} key {key} is referenced but scripts/deploy does not create it")
     return r
+
+
+# ---- upgrades from one render to another ------------------------------------------------
+def transition_errors(from_docs, to_docs, namespace):
+    """Upgrading FROM -> TO (one helm upgrade): what breaks or drops traffic."""
+    a, b = Render(from_docs, namespace), Render(to_docs, namespace)
+    b.check_istio()  # fills b.drs
+    b.errors = []
+    errors = []
+    old = {name_of(w): w for w in a.workloads if w["kind"] == "Deployment"}
+    for w in b.workloads:
+        o = old.get(name_of(w))
+        if w["kind"] == "Deployment" and o is not None and o["spec"].get("selector") != w["spec"].get("selector"):
+            errors.append(f"Deployment/{name_of(w)} changes its selector (immutable): the upgrade fails "
+                          f"({o['spec'].get('selector')} -> {w['spec'].get('selector')})")
+    serving_apps = {a.tlabels(w).get("app") for w in old.values()}
+
+    def kept(templates, selectors):
+        """Deployments of templates that FROM already runs, unchanged selector, whose FROM
+        pods every selector in selectors selects (they receive the traffic at once)."""
+        out = []
+        for w in templates:
+            o = old.get(name_of(w))
+            if o is None or w["kind"] != "Deployment" or o["spec"].get("selector") != w["spec"].get("selector"):
+                continue
+            if all(selects(sel, a.tlabels(o)) for sel in selectors):
+                out.append(name_of(w))
+        return out
+
+    routed_apps = set()
+    for vs in b.by.get("VirtualService", []):
+        for i, r in enumerate(vs["spec"].get("http") or []):
+            if any(m.get("headers") for m in r.get("match") or []):
+                continue  # only requests that ask for it (canary pin, preview)
+            for d in r.get("route") or []:
+                weight = d.get("weight", 100)
+                if not weight:
+                    continue
+                dest = d["destination"]
+                svc = b.service_for_host(dest["host"])
+                if svc is None:
+                    continue
+                tpls = b.dest_templates(dest)
+                apps = {b.tlabels(w).get("app") for w in tpls}
+                routed_apps |= apps
+                if not tpls or not (apps & serving_apps):
+                    continue
+                selectors = [svc["spec"].get("selector") or {}]
+                if dest.get("subset"):
+                    dr = b.drs.get(name_of(svc))
+                    sub = next((x for x in (dr["spec"].get("subsets") or []) if x["name"] == dest["subset"]), None) if dr else None
+                    selectors.append((sub or {}).get("labels") or {})
+                if not kept(tpls, selectors):
+                    errors.append(f"{ident(vs)} route {r.get('name', i)}: {weight}% of {'/'.join(sorted(apps))} traffic goes to "
+                                  f"{', '.join(sorted(name_of(w) for w in tpls))}, whose pods FROM does not run (or the "
+                                  f"destination does not select them yet): those requests fail until the new pods are ready")
+    for name, svc in b.services.items():
+        tpls = b.templates_of_service(svc)
+        apps = {b.tlabels(w).get("app") for w in tpls}
+        if not tpls or apps & routed_apps or not (apps & serving_apps) or all(w["kind"] != "Deployment" for w in tpls):
+            continue
+        if not kept(tpls, [svc["spec"].get("selector") or {}]):
+            errors.append(f"Service/{name}: selects only {', '.join(sorted(name_of(w) for w in tpls))}, whose pods FROM "
+                          f"does not run: the Service has no endpoint until the new pods are ready")
+    return errors
+
+
+def plan_switch(to_docs, namespace, existing):
+    """--set overrides for a first upgrade that starts the new Deployments without
+    routing default traffic to them (scripts/deploy runs it, waits, then upgrades
+    to the real values): a candidate at weight 0, blue/green live on a color that
+    runs. existing: names of the release's Deployments in the cluster now."""
+    b = Render(to_docs, namespace)
+    b.check_istio()
+    deps = {name_of(w): w for w in b.workloads if w["kind"] == "Deployment"}
+    have_apps = {b.tlabels(w).get("app") for n, w in deps.items() if n in existing}
+    out = []
+    for vs in b.by.get("VirtualService", []):
+        for r in vs["spec"].get("http") or []:
+            if any(m.get("headers") for m in r.get("match") or []):
+                continue
+            for d in r.get("route") or []:
+                if not d.get("weight", 100):
+                    continue
+                tpls = b.dest_templates(d["destination"])
+                if not tpls or any(name_of(w) in existing for w in tpls):
+                    continue
+                for w in tpls:
+                    app = b.tlabels(w).get("app")
+                    role = (w["metadata"].get("labels") or {}).get("exchange.dev/track-role")
+                    if app not in have_apps:
+                        continue  # a new service: nothing serves it yet, nothing to drop
+                    if role == "candidate":
+                        out.append(f"services.{app}.canary.weight=0")
+                    elif role == "live":
+                        other = next((name_of(x) for x in deps.values() if b.tlabels(x).get("app") == app
+                                      and name_of(x) in existing and b.tlabels(x).get("color")), None)
+                        if other:
+                            out.append(f"services.{app}.bluegreen.live={b.tlabels(deps[other]).get('color')}")
+    return sorted(set(out))
+
+
+def transition_mutations():
+    """Breaks of a good TO render that the transition check must catch."""
+    def m_rename(to):
+        # The old naming: the serving Deployment gets a strategy-specific name.
+        for d in to:
+            if d["kind"] == "Deployment" and (d["spec"]["template"]["metadata"]["labels"].get("exchange.dev/track") == "primary"):
+                d["metadata"]["name"] += "-v1"
+                d["spec"]["selector"]["matchLabels"]["version"] = "v1"
+
+    def m_selector(to):
+        for d in to:
+            if d["kind"] == "Deployment":
+                d["spec"]["selector"]["matchLabels"]["color"] = "blue"
+                d["spec"]["template"]["metadata"]["labels"]["color"] = "blue"
+                break
+
+    def m_subset(to):
+        # Subsets selecting a label the running pods do not have yet.
+        for d in to:
+            if d["kind"] == "DestinationRule":
+                for sub in d["spec"].get("subsets") or []:
+                    sub["labels"] = {"color": sub["name"]}
+    return [("the serving Deployment renamed (old naming)", "whose pods FROM does not run", m_rename),
+            ("a Deployment's selector changed", "changes its selector", m_selector),
+            ("subsets on labels the running pods lack", "whose pods FROM does not run", m_subset)]
 
 
 def parse_expectations(a):
@@ -1059,13 +1391,47 @@ def mutations(prefix):
 
     def m_subset(docs, mesh):
         for s in find(docs, "DestinationRule", f"{p}-inventory")["spec"]["subsets"]:
-            if s["name"] == "v2":
-                s["name"] = "v3"
+            if s["name"] == "canary":
+                s["name"] = "candidate"
 
     def m_subset_labels(docs, mesh):
         for s in find(docs, "DestinationRule", f"{p}-inventory")["spec"]["subsets"]:
-            if s["name"] == "v2":
+            if s["name"] == "canary":
                 s["labels"] = {"version": "v9"}
+
+    def m_kubelet(docs, mesh):
+        np = find(docs, "NetworkPolicy", f"{p}-order")
+        np["spec"]["ingress"] = [r for r in np["spec"]["ingress"]
+                                 if not any(x.get("port") == 15020 for x in r.get("ports") or [])]
+
+    def m_store_drain(docs, mesh):
+        del find(docs, "StatefulSet", f"{p}-postgresql")["spec"]["template"]["metadata"]["annotations"]["proxy.istio.io/config"]
+
+    def m_mutable_tag(docs, mesh):
+        c = find(docs, "Deployment", f"{p}-order")["spec"]["template"]["spec"]["containers"][0]
+        c["image"] = c["image"].rsplit(":", 1)[0] + ":v1"
+
+    def m_hpa_replicas(docs, mesh):
+        del find(docs, "Deployment", f"{p}-order")["spec"]["replicas"]
+
+    def md_routes(docs):
+        return find(docs, "VirtualService", f"{p}-market-data")["spec"]["http"]
+
+    def m_fault_catchall(docs, mesh):
+        md_routes(docs)[-1]["fault"] = {"abort": {"percentage": {"value": 2}, "grpcStatus": "UNAVAILABLE"}}
+
+    def m_fault_stream(docs, mesh):
+        r = copy.deepcopy(md_routes(docs)[0])
+        r["name"] = "fault-primary"
+        r["fault"] = {"abort": {"percentage": {"value": 2}, "grpcStatus": "UNAVAILABLE"}}
+        md_routes(docs).insert(1, r)
+
+    def m_edge_health(docs, mesh):
+        vs = find(docs, "VirtualService", f"{p}-gateway-ingress")
+        vs["spec"]["http"] = [r for r in vs["spec"]["http"] if not r.get("directResponse")]
+
+    def m_monitor_label(docs, mesh):
+        find(docs, "PodMonitor", f"{p}-order")["metadata"]["labels"].pop("release", None)
 
     def m_port_name(docs, mesh):
         del find(docs, "Service", f"{p}-order")["spec"]["ports"][0]["name"]
@@ -1202,11 +1568,13 @@ def mutations(prefix):
 
     def m_edge_strip(docs, mesh):
         for r in ingress_routes(docs):
-            r["headers"]["request"]["remove"] = ["x-canary"]
+            if "headers" in r:
+                r["headers"]["request"]["remove"] = ["x-canary"]
 
     def m_edge_served_by(docs, mesh):
         for r in ingress_routes(docs):
-            r["headers"].pop("response", None)
+            if "headers" in r:
+                r["headers"].pop("response", None)
 
     def m_default_deny(docs, mesh):
         docs.remove(find(docs, "AuthorizationPolicy", f"{p}-allow-nothing"))
@@ -1264,6 +1632,14 @@ def mutations(prefix):
 
     return [
         ("canary weights do not sum to 100", "sum to", "canary", m_weights),
+        ("probe ports closed to the kubelet", "no NetworkPolicy admits the kubelet on 15020", "base", m_kubelet),
+        ("Postgres' sidecar on the default 5 s drain", "the sidecar drains 5s (the default)", "base", m_store_drain),
+        ("service image on a re-pushed tag", "uses the mutable tag v1", "base", m_mutable_tag),
+        ("HPA-owned Deployment without replicas", "states no replicas under an HPA", "base", m_hpa_replicas),
+        ("fault on the catch-all route", "a fault on a route matching every call", "base", m_fault_catchall),
+        ("fault on a stream", "the fault reaches the stream path", "base", m_fault_stream),
+        ("health endpoint forwarded from the internet", "reachable from the internet", "base", m_edge_health),
+        ("PodMonitor a stock kube-prometheus-stack ignores", "lacks the label(s) {'release'", "monitoring", m_monitor_label),
         ("subset missing from the DestinationRule", "in no DestinationRule", "canary", m_subset),
         ("subset labels select no pod", "select no pod template", "canary", m_subset_labels),
         ("Service port without a name", "is not named", "base", m_port_name),
@@ -1358,8 +1734,53 @@ def main(argv):
     ap.add_argument("--expect-store-exporters", action="store_true",
                     help="the bundled Postgres and Redis each have an exporter a PodMonitor scrapes")
     ap.add_argument("--prefix", default="exchange", help="object name prefix (release fullname) for --self-test")
+    ap.add_argument("--allow-health", action="store_true",
+                    help="the ingress forwards the probe paths on purpose (the load-test overlay)")
+    ap.add_argument("--monitor-label", action="append", default=[], metavar="KEY=VALUE",
+                    help="labels every PodMonitor/ServiceMonitor/PrometheusRule needs (default release=kube-prometheus-stack)")
+    ap.add_argument("--transition", nargs=2, metavar=("FROM", "TO"),
+                    help="check the upgrade from one render to another (no dropped traffic, no selector change)")
+    ap.add_argument("--expect-fail", metavar="FRAGMENT",
+                    help="with --transition: the upgrade must be rejected with this fragment")
+    ap.add_argument("--transition-self-test", action="store_true",
+                    help="with --transition (a good one): break TO in several ways; each must be caught")
+    ap.add_argument("--plan-switch", metavar="TO",
+                    help="print the --set overrides of a first upgrade that routes no default traffic to "
+                         "Deployments the cluster does not run yet (--existing)")
+    ap.add_argument("--existing", default="", help="with --plan-switch: comma-separated Deployment names running now")
     a = ap.parse_args(argv)
+    if a.plan_switch:
+        for line in plan_switch(load_docs([a.plan_switch]), a.namespace, set(filter(None, a.existing.split(",")))):
+            print(line)
+        return 0
     mesh_docs = load_docs(a.mesh) if a.mesh else []
+    monitor_labels = dict(x.split("=", 1) for x in a.monitor_label) if a.monitor_label else None
+
+    if a.transition:
+        frm, to = (load_docs([f]) for f in a.transition)
+        errs = transition_errors(frm, to, a.namespace)
+        if a.transition_self_test:
+            if errs:
+                print(f"transition self-test: the unbroken upgrade already fails: {errs[:2]}")
+                return 1
+            missed = 0
+            for desc, fragment, mutate in transition_mutations():
+                t = copy.deepcopy(to)
+                mutate(t)
+                hit = [e for e in transition_errors(frm, t, a.namespace) if fragment in e]
+                print(f"  {'caught' if hit else 'MISSED'}: {desc}: {hit[0] if hit else fragment}")
+                missed += 0 if hit else 1
+            n = len(transition_mutations())
+            print(f"transition self-test: {n - missed}/{n} deliberate breaks caught")
+            return 1 if missed else 0
+        for e in errs:
+            print(f"VIOLATION {e}")
+        if a.expect_fail:
+            ok = any(a.expect_fail in e for e in errs)
+            print(f"upgrade {'rejected as expected' if ok else 'NOT rejected'} ({a.expect_fail})")
+            return 0 if ok else 1
+        print(f"upgrade: {len(errs)} violations")
+        return 1 if errs else 0
 
     if a.self_test:
         renders = dict(zip(("base", "rolling", "canary", "bluegreen"), (load_docs([f]) for f in a.self_test)))
@@ -1389,7 +1810,8 @@ def main(argv):
         with open(a.secrets, encoding="utf-8") as f:
             provided = {tuple(line.split()[:2]) for line in f if len(line.split()) >= 2}
     r = run_checks(docs, a.namespace, mesh_docs, parse_expectations(a), provided, a.release,
-                   a.external_principal or [INGRESS_PRINCIPAL], a.allow_served_by, a.allow_reflection)
+                   a.external_principal or [INGRESS_PRINCIPAL], a.allow_served_by, a.allow_reflection,
+                   a.allow_health, monitor_labels)
     for e in r.errors:
         print(f"VIOLATION {e}")
     print(f"{len(docs)} objects checked, {len(r.errors)} violations")
