@@ -31,6 +31,8 @@
 #                 v1/v2; cluster-up pins every version (kind node image by digest from
 #                 a kind release with the probe fix, Istio, every add-on chart)
 #   7. k6         k6 inspect of every load-test script
+#   8. argocd     the app of apps in argocd/ (check_argocd.py): every Application renders,
+#                 pins versions and agrees with cluster-up and the chart; and its --self-test
 #
 # Usage: scripts/lib/check-k8s.sh   (from anywhere; ../shared must sit beside the repo)
 # Exit status 1 on any failure; a summary at the end.
@@ -531,6 +533,20 @@ elif [[ $(unregistered_metrics "$work/METRICS-broken.txt") != order_orders_place
   bad "METRICS.txt grep: a name no service registers (order_orders_placed_total) went unnoticed"
 else
   ok "METRICS.txt: all $count names are registered in services/*/src or libs/*/src (grep; an unregistered name is caught)"
+fi
+
+# ---------------------------------------------------------------------------------
+step "argocd: the app of apps (argocd/) against scripts/cluster-up and helm/exchange"
+ARGO=("$PY" scripts/lib/k8s/check_argocd.py --helm "$HELM" --validate "$VALIDATE")
+if "${ARGO[@]}" >"$work/argocd.log" 2>&1; then
+  ok "argocd: $(tail -n1 "$work/argocd.log")"
+else
+  bad "argocd"; grep -E 'VIOLATION|Error|Traceback' "$work/argocd.log" | head -n 15 | sed 's/^/        | /'
+fi
+if "${ARGO[@]}" --self-test >"$work/argocd-self-test.log" 2>&1; then
+  ok "$(tail -n1 "$work/argocd-self-test.log")"
+else
+  bad "argocd self-test"; grep -v '^  caught' "$work/argocd-self-test.log" | head -n 15 | sed 's/^/        | /'
 fi
 
 # ---------------------------------------------------------------------------------
