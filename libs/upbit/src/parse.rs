@@ -198,6 +198,33 @@ fn trim_ascii(bytes: &[u8]) -> &[u8] {
     &bytes[start..end]
 }
 
+/// One element of `GET /v1/trades/ticks` (the fields a backfill stores).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RestTrade {
+    pub market: String,
+    /// The trade's time, epoch milliseconds (the stream's `trade_timestamp`).
+    pub timestamp: i64,
+    #[serde(deserialize_with = "de_decimal")]
+    pub trade_price: Decimal,
+    #[serde(deserialize_with = "de_decimal")]
+    pub trade_volume: Decimal,
+    #[serde(default, deserialize_with = "de_opt_decimal")]
+    pub prev_closing_price: Option<Decimal>,
+    #[serde(default, deserialize_with = "de_opt_decimal")]
+    pub change_price: Option<Decimal>,
+    pub ask_bid: crate::types::AskBid,
+    pub sequential_id: i64,
+}
+
+/// Parses the body of `GET /v1/trades/ticks` (numbers read exactly, never
+/// through `f64`).
+pub fn parse_rest_trades(body: &[u8]) -> Result<Vec<RestTrade>, ParseError> {
+    serde_json::from_slice(body).map_err(|e| ParseError::Invalid {
+        kind: "trades/ticks",
+        reason: e.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,5 +268,21 @@ mod tests {
             parse_message(br#"{"type":"trade","code":"KRW-BTC","trade_pr"#),
             Err(ParseError::Invalid { kind: "trade", .. })
         ));
+    }
+
+    #[test]
+    fn rest_trades_read_numbers_exactly() {
+        let body = br#"[{"market":"KRW-BTC","trade_date_utc":"2026-12-03","trade_time_utc":"01:02:03",
+            "timestamp":1764723723000,"trade_price":94000000.0,"trade_volume":8.428e-05,
+            "prev_closing_price":93000000,"change_price":1000000.0,"ask_bid":"BID","sequential_id":17647237230000001}]"#;
+        let t = &super::parse_rest_trades(body).unwrap()[0];
+        assert_eq!(t.trade_volume.to_string(), "0.00008428");
+        assert_eq!(t.trade_price, rust_decimal::Decimal::from(94_000_000));
+        assert_eq!(
+            (t.timestamp, t.sequential_id),
+            (1764723723000, 17647237230000001)
+        );
+        assert!(super::parse_rest_trades(br#"[{"market":"KRW-BTC"}]"#).is_err());
+        assert!(super::parse_rest_trades(br#"{"error":{"name":"x","message":"y"}}"#).is_err());
     }
 }

@@ -4,6 +4,7 @@
 //! (`exchange.marketdata.v1.MarketDataService`). Owns Postgres schema
 //! `market_data` and Redis keys `md:*`.
 
+pub mod backfill;
 pub mod config;
 mod grpc;
 pub mod hot;
@@ -69,6 +70,19 @@ pub async fn retention(config: &Config, keep: std::time::Duration) -> anyhow::Re
     let deleted = store::forget_old_trades(&pool, before, 10_000).await?;
     pool.close().await;
     Ok(deleted)
+}
+
+/// `market-data backfill`: stores the trades Upbit lists for the window that
+/// are missing here (and folds them into their candles), then exits. See
+/// [`backfill`].
+pub async fn backfill(
+    config: &Config,
+    job: &backfill::Backfill,
+) -> anyhow::Result<backfill::Backfilled> {
+    let pool = config.db.pg_config(SCHEMA).lazy_pool()?;
+    let done = backfill::run(&pool, job).await;
+    pool.close().await;
+    done
 }
 
 impl App {

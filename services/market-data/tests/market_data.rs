@@ -34,9 +34,8 @@ impl Opts {
     }
 }
 
-async fn start_with(db: &TestDb, opts: &Opts) -> Started {
-    test_support::init_logs();
-    let config = Config {
+fn config(db: &TestDb, opts: &Opts) -> Config {
+    Config {
         grpc_addr: "127.0.0.1:0".into(),
         metrics_addr: "127.0.0.1:0".into(),
         db: DbArgs {
@@ -56,9 +55,15 @@ async fn start_with(db: &TestDb, opts: &Opts) -> Started {
         stream_buffer: 4096,
         stream_slow_after: Duration::from_millis(500),
         runtime: RuntimeArgs::default(),
-    };
+    }
+}
+
+async fn start_with(db: &TestDb, opts: &Opts) -> Started {
+    test_support::init_logs();
     let stop = CancellationToken::new();
-    let app = App::build(config, stop.clone()).await.expect("app builds");
+    let app = App::build(config(db, opts), stop.clone())
+        .await
+        .expect("app builds");
     Started {
         grpc: app.grpc_addr(),
         admin: app.metrics_addr(),
@@ -1320,13 +1325,13 @@ async fn redis_and_postgres_outages_mean_retries_not_crashes() {
     svc.running.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_deletes_old_trades_in_batches_and_keeps_candles() {
-    let db = TestDb::create().await.unwrap();
-    let svc = start(&db).await;
+/// A running service (so the schema is migrated) and a pool of the service's
+/// role, as a job (`market-data retention`, `backfill`) connects.
+async fn migrated(db: &TestDb) -> (Started, sqlx::PgPool) {
+    let svc = start(db).await;
     test_support::wait_serving(svc.grpc, "", Duration::from_secs(30))
         .await
-        .unwrap(); // migrated
+        .unwrap();
     let pool = DbArgs {
         database_url: Some(db.role_url(market_data::SCHEMA)),
         database_admin_url: None,
@@ -1335,6 +1340,13 @@ async fn retention_deletes_old_trades_in_batches_and_keeps_candles() {
     .pg_config(market_data::SCHEMA)
     .lazy_pool()
     .unwrap();
+    (svc, pool)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_trades_in_batches_and_keeps_candles() {
+    let db = TestDb::create().await.unwrap();
+    let (svc, pool) = migrated(&db).await;
     let now = chrono::Utc::now();
     let at = |days: i64, sid: i64, market: &str| TradeRow {
         market: market.into(),
@@ -1386,5 +1398,131 @@ async fn retention_deletes_old_trades_in_batches_and_keeps_candles() {
             .unwrap(),
         0
     );
+    svc.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_stores_only_missing_trades_and_counts_each_once_in_its_candle() {
+    use market_data::backfill::Backfill;
+    let db = TestDb::create().await.unwrap();
+    let (svc, pool) = migrated(&db).await;
+
+    // A simulated Upbit trading one market; wait for a few pages of trades.
+    let mut sim_config = upbit_sim::Config::local("127.0.0.1:0");
+    sim_config.markets = Some("KRW-BTC".into());
+    let stop = CancellationToken::new();
+    let sim = upbit_sim::App::build(sim_config, stop.clone())
+        .await
+        .unwrap();
+    let upbit = format!("http://{}", sim.http_addr());
+    let _sim = Running::spawn(stop, sim.run());
+    let http = reqwest::Client::new();
+    let ticks = |count: u32| {
+        let (http, url) = (
+            http.clone(),
+            format!("{upbit}/v1/trades/ticks?market=KRW-BTC&count={count}"),
+        );
+        async move { http.get(url).send().await.unwrap().bytes().await.unwrap() }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while upbit::parse::parse_rest_trades(&ticks(500).await)
+        .unwrap()
+        .len()
+        < 120
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the simulator made no trades"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Live ingest had seen the newest 30 (and folded them) before going down.
+    let seen: Vec<TradeRow> = upbit::parse::parse_rest_trades(&ticks(30).await)
+        .unwrap()
+        .iter()
+        .map(|t| TradeRow {
+            market: t.market.clone(),
+            ts: chrono::DateTime::from_timestamp_millis(t.timestamp).unwrap(),
+            sequential_id: t.sequential_id,
+            price: t.trade_price,
+            volume: t.trade_volume,
+            ask_bid: t.ask_bid.as_str(),
+            prev_closing_price: t.prev_closing_price.unwrap_or_default(),
+            change_price: t.change_price.unwrap_or_default(),
+        })
+        .collect();
+    assert_eq!(store::insert_trades(&pool, &seen, true).await.unwrap(), 30);
+
+    let job = Backfill {
+        upbit_url: upbit.clone(),
+        since: Duration::from_secs(3600),
+        markets: vec!["KRW-BTC".into()],
+        rate: 10,
+        keep: Duration::from_secs(30 * 86_400),
+        page: 50,
+    };
+    // Candles and trades agree: every stored trade is in its candle exactly once.
+    let agree = || async {
+        let (volume, count): (rust_decimal::Decimal, i64) = sqlx::query_as(
+            "SELECT coalesce(sum(volume), 0), count(*) FROM trades WHERE market = 'KRW-BTC'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let (c_volume, c_count): (rust_decimal::Decimal, i64) = sqlx::query_as(
+            "SELECT coalesce(sum(volume), 0), coalesce(sum(trade_count), 0)::bigint
+             FROM candles_1m WHERE market = 'KRW-BTC'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!((c_volume, c_count), (volume, count), "candles vs trades");
+        count
+    };
+    let first = market_data::backfill(&config(&db, &Opts::new()), &job)
+        .await
+        .unwrap();
+    assert!(first.failed.is_empty(), "{first:?}");
+    assert!(first.pages >= 3, "paged back with the cursor: {first:?}");
+    assert!(first.fetched >= 120, "{first:?}");
+    assert_eq!(
+        first.stored,
+        first.fetched - 30,
+        "the 30 seen are skipped: {first:?}"
+    );
+    assert_eq!(agree().await, first.fetched as i64);
+
+    // Again: only what the simulator traded since is new; nothing counts twice.
+    let second = market_data::backfill(&config(&db, &Opts::new()), &job)
+        .await
+        .unwrap();
+    assert!(second.stored < second.fetched, "{second:?}");
+    assert_eq!(agree().await, first.fetched as i64 + second.stored as i64);
+
+    // A market Upbit does not list fails alone; bad windows are refused.
+    let unknown = Backfill {
+        markets: vec!["KRW-NOPE".into()],
+        ..job.clone()
+    };
+    let done = market_data::backfill(&config(&db, &Opts::new()), &unknown)
+        .await
+        .unwrap();
+    assert_eq!(done.failed, vec!["KRW-NOPE".to_string()]);
+    for (since, keep, why) in [
+        (8 * 86_400, 30 * 86_400, "at most 7d"),
+        (2 * 86_400, 86_400, "shorter than the trade retention"),
+    ] {
+        let bad = Backfill {
+            since: Duration::from_secs(since),
+            keep: Duration::from_secs(keep),
+            ..job.clone()
+        };
+        let err = market_data::backfill(&config(&db, &Opts::new()), &bad)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(why), "{err}");
+    }
+    pool.close().await;
     svc.running.stop().await;
 }

@@ -27,6 +27,15 @@ pub use config::Config;
 /// Schema (and default role) owned by this service.
 pub const SCHEMA: &str = "users";
 
+/// `user retention`: one pass of the housekeeping that forgets dead nonces,
+/// refresh tokens and sessions (for a CronJob, or by hand).
+pub async fn retention(config: &Config) -> anyhow::Result<store::Forgotten> {
+    let pool = config.db.pg_config(SCHEMA).lazy_pool()?;
+    let forgotten = store::forget_dead_records(&pool, config.access_token_ttl).await;
+    pool.close().await;
+    Ok(forgotten?)
+}
+
 /// A built service, listening, not yet serving.
 pub struct App {
     server: Server,

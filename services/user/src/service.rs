@@ -667,9 +667,11 @@ impl Users {
                     tracing::info!(%user, "opened the account of an interrupted registration");
                 }
             }
-            let _ = store::forget_dead_nonces(&self.pool).await;
-            let _ = store::forget_expired_refresh_tokens(&self.pool).await;
-            let _ = store::forget_dead_sessions(&self.pool, self.lifetimes.access_token).await;
+            if let Err(e) =
+                store::forget_dead_records(&self.pool, self.lifetimes.access_token).await
+            {
+                tracing::debug!(error = %e, "forgetting dead records failed; will retry");
+            }
         }
     }
 }

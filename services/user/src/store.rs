@@ -326,6 +326,27 @@ pub async fn use_nonce(pool: &PgPool, key: &str, nonce: &str) -> Result<bool, sq
     Ok(inserted.rows_affected() == 1)
 }
 
+/// What one pass of [`forget_dead_records`] deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Forgotten {
+    pub nonces: u64,
+    pub refresh_tokens: u64,
+    pub sessions: u64,
+}
+
+/// Forgets everything that can no longer verify anything: the nonces of dead
+/// keys, long-expired refresh tokens, then the sessions left without any.
+pub async fn forget_dead_records(
+    pool: &PgPool,
+    access_ttl: std::time::Duration,
+) -> Result<Forgotten, sqlx::Error> {
+    Ok(Forgotten {
+        nonces: forget_dead_nonces(pool).await?,
+        refresh_tokens: forget_expired_refresh_tokens(pool).await?,
+        sessions: forget_dead_sessions(pool, access_ttl).await?,
+    })
+}
+
 /// Forgets refresh tokens that expired over a day ago: an expired token is
 /// refused whether or not its row exists, so keeping it protects nothing.
 pub async fn forget_expired_refresh_tokens(pool: &PgPool) -> Result<u64, sqlx::Error> {

@@ -544,12 +544,17 @@ async fn tokens_verify_expire_refresh_once_and_refuse_forgeries() {
     .execute(&pool)
     .await
     .unwrap();
-    assert_eq!(
-        user::store::forget_expired_refresh_tokens(&pool)
-            .await
-            .unwrap(),
-        1
+    // `user retention`, as its CronJob runs it: the service's own settings.
+    let job = user::Config::local(
+        DbArgs {
+            database_url: Some(db.role_url(user::SCHEMA)),
+            database_admin_url: None,
+            database_max_connections: 1,
+        },
+        "127.0.0.1:9".parse().unwrap(),
     );
+    let forgotten = user::retention(&job).await.unwrap();
+    assert_eq!(forgotten.refresh_tokens, 1, "{forgotten:?}");
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM refresh_tokens")
         .fetch_one(&pool)
         .await
