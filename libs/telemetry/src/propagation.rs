@@ -132,6 +132,14 @@ impl RequestScope {
         self.served_by.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
+    /// Whether the request carries a routing header (`x-canary`,
+    /// `x-preview`): it is meant for particular versions downstream.
+    pub fn routed(&self) -> bool {
+        self.forwarded
+            .iter()
+            .any(|(name, _)| ROUTING_HEADERS.contains(&name.as_str()))
+    }
+
     /// Runs `fut` with this scope current.
     pub async fn run<F: Future>(self, fut: F) -> F::Output {
         SCOPE.scope(self, fut).await
@@ -159,17 +167,23 @@ fn forward_into(headers: &mut HeaderMap) {
 /// Records a downstream `x-served-by` value in the current request scope.
 pub fn record_served_by(headers: &HeaderMap) {
     if let Some(value) = headers.get(SERVED_BY).and_then(|v| v.to_str().ok()) {
-        let _ = SCOPE.try_with(|scope| {
-            if let Ok(mut chain) = scope.served_by.lock() {
-                for part in value.split(',') {
-                    let part = part.trim();
-                    if !part.is_empty() && !chain.iter().any(|p| p == part) {
-                        chain.push(part.to_owned());
-                    }
+        record_served_by_value(value);
+    }
+}
+
+/// Records `value` (an `x-served-by` chain) in the current request scope, for
+/// an answer made from what a service sent earlier (a followed stream).
+pub fn record_served_by_value(value: &str) {
+    let _ = SCOPE.try_with(|scope| {
+        if let Ok(mut chain) = scope.served_by.lock() {
+            for part in value.split(',') {
+                let part = part.trim();
+                if !part.is_empty() && !chain.iter().any(|p| p == part) {
+                    chain.push(part.to_owned());
                 }
             }
-        });
-    }
+        }
+    });
 }
 
 /// `own` followed by the downstream chain of the current scope, comma separated.

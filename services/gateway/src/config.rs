@@ -81,6 +81,11 @@ pub struct Config {
     #[arg(long, env = "WS_MAX_CONNECTIONS_PER_IP", default_value_t = 200)]
     pub ws_max_connections_per_ip: usize,
 
+    /// Answer `/v1/ticker` and `/v1/ticker/all` from the tickers this gateway
+    /// follows on market-data's stream (false: every read asks market-data).
+    #[arg(long, env = "TICKERS_FROM_MEMORY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tickers_from_memory: bool,
+
     /// Frames queued per WebSocket client before it is disconnected as too slow.
     #[arg(long, env = "WS_BUFFER", default_value_t = 4096)]
     pub ws_buffer: usize,

@@ -5,6 +5,7 @@
 
 mod auth;
 mod batch;
+mod board;
 pub mod config;
 mod convert;
 mod error;
@@ -48,6 +49,7 @@ impl App {
     pub async fn build(config: Config, stop: CancellationToken) -> anyhow::Result<Self> {
         ws::init_metrics();
         convert::init_metrics();
+        board::init_metrics();
         ratelimit::init_metrics();
         let http = service_kit::server::bind(&config.http_addr, "HTTP_ADDR").await?;
         let http_addr = http.local_addr()?;
@@ -115,7 +117,10 @@ impl App {
         );
         gw.request_timeout = config.request_timeout;
         gw.trust_traceparent = config.trust_traceparent;
+        gw.tickers = Arc::new(board::TickerBoard::new(config.tickers_from_memory));
         let gw = Arc::new(gw);
+        let (board, md, draining) = (gw.tickers.clone(), gw.md.clone(), self.server.draining());
+        self.server.spawn("tickers", board.follow(md, draining));
         let router = http::router(gw);
         let draining = self.server.draining();
         let listener = self.http;

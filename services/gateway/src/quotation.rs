@@ -128,9 +128,26 @@ pub async fn market_all(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Re
     .await
 }
 
+/// A ticker reply from the gateway's memory ([`crate::board`]), unless the
+/// request is routed to particular versions downstream.
+fn from_memory(reply: impl FnOnce() -> Option<crate::board::FromMemory>) -> Option<String> {
+    if telemetry::propagation::RequestScope::current().routed() {
+        return None;
+    }
+    let reply = reply()?;
+    if let Some(fed_by) = &reply.served_by {
+        telemetry::propagation::record_served_by_value(fed_by);
+    }
+    Some(reply.body)
+}
+
 pub async fn ticker(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Response {
     limited(&gw.clone(), ip, "ticker", async move {
         let markets = query::markets(q.list("markets").as_deref())?;
+        if let Some(body) = from_memory(|| gw.tickers.tickers(markets.iter().map(|m| m.as_str()))) {
+            return Ok(body);
+        }
+        crate::board::count_fallback();
         let request = pb::GetTickersRequest {
             markets: markets.iter().map(|m| m.to_string()).collect(),
             quote_currencies: vec![],
@@ -211,6 +228,19 @@ pub async fn orderbook_levels(State(gw): State<Shared>, ip: ClientIp, q: Params)
 pub async fn ticker_all(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Response {
     limited(&gw.clone(), ip, "ticker", async move {
         let quotes = query::quote_currencies(q.list("quote_currencies").as_deref())?;
+        if gw.tickers.is_live() {
+            let listed = gw.markets().await?;
+            let wanted = listed.iter().map(|m| m.market.as_str()).filter(|m| {
+                quotes.is_empty()
+                    || quotes
+                        .iter()
+                        .any(|q| m.split('-').next() == Some(q.as_str()))
+            });
+            if let Some(body) = from_memory(|| gw.tickers.listed(wanted)) {
+                return Ok(body);
+            }
+        }
+        crate::board::count_fallback();
         let request = pb::GetTickersRequest {
             markets: vec![],
             quote_currencies: quotes,

@@ -93,6 +93,8 @@ pub struct Gateway {
     markets: RwLock<Option<(Instant, Arc<Vec<pb::Market>>)>>,
     /// Access tokens the user service verified.
     pub tokens: crate::auth::TokenCache,
+    /// Tickers followed on market-data's stream.
+    pub tickers: Arc<crate::board::TickerBoard>,
 }
 
 pub type Shared = Arc<Gateway>;
@@ -132,6 +134,7 @@ impl Gateway {
             health,
             markets: RwLock::new(None),
             tokens: Default::default(),
+            tickers: Default::default(),
         }
     }
 

@@ -979,3 +979,68 @@ async fn a_browser_origin_gets_upbits_one_request_per_ten_seconds() {
     );
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickers_come_from_memory_and_agree_with_market_data() {
+    let db = TestDb::create().await.unwrap();
+    let stack = Stack::start(&db, Options::default()).await;
+    wait_rest_price(&stack, "KRW-ETH", "5200000").await;
+    let admin = stack.gateways[0].admin;
+    let reads = |source: &'static str| async move {
+        test_support::read_metric(
+            admin,
+            "gateway_ticker_reads_total",
+            &[&format!("source=\"{source}\"")],
+        )
+        .await
+    };
+    let body = |path: String, routed: bool| {
+        let request = stack.http.get(format!("{}{path}", stack.gw()));
+        let request = if routed {
+            request.header("x-canary", "true")
+        } else {
+            request
+        };
+        async move {
+            let resp = request.send().await.unwrap();
+            let served_by = resp.headers()["x-served-by"].to_str().unwrap().to_owned();
+            (
+                resp.status().as_u16(),
+                served_by,
+                resp.text().await.unwrap(),
+            )
+        }
+    };
+
+    // A trade moves the price: the memory follows it.
+    stack
+        .sim_trade("KRW-BTC", "151234000", "0.0123", "BID", None)
+        .await;
+    wait_rest_price(&stack, "KRW-BTC", "151234000").await;
+    let (memory, fallback) = (reads("memory").await, reads("market-data").await);
+    assert!(memory > 0.0, "reads were answered from memory");
+
+    // The same requests routed to a version (x-canary) ask market-data: the
+    // answers are the same bytes, and both name market-data as their source.
+    for path in [
+        "/v1/ticker?markets=KRW-BTC,KRW-ETH".to_owned(),
+        "/v1/ticker/all?quote_currencies=KRW".to_owned(),
+        "/v1/ticker/all".to_owned(),
+    ] {
+        let (status, served, from_memory) = body(path.clone(), false).await;
+        assert_eq!(status, 200, "{path}: {from_memory}");
+        assert!(served.contains("market-data/"), "{path}: {served}");
+        let (_, _, from_grpc) = body(path.clone(), true).await;
+        assert_eq!(from_memory, from_grpc, "{path}");
+        assert!(from_memory.contains("151234000"), "{path}: {from_memory}");
+    }
+    assert_eq!(reads("memory").await, memory + 3.0);
+    assert_eq!(reads("market-data").await, fallback + 3.0);
+
+    // A market the memory does not hold asks market-data: Upbit's 404.
+    let (status, _, text) = body("/v1/ticker?markets=KRW-NOPE".into(), false).await;
+    assert_eq!(status, 404, "{text}");
+    assert!(text.contains("Code not found"), "{text}");
+    assert_eq!(reads("market-data").await, fallback + 4.0);
+    stack.stop().await;
+}

@@ -237,6 +237,19 @@ impl Stack {
         )
         .await
         .unwrap();
+        // ...and each gateway follows the tickers (its own market-data stream,
+        // opened now rather than in the middle of a test counting streams).
+        for gw in &gateways {
+            test_support::wait_metric(
+                gw.admin,
+                "gateway_ticker_board_live",
+                &[],
+                1.0,
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+        }
         Self {
             sim,
             sim_admin,
