@@ -4,7 +4,9 @@
 #
 #   1. tools      ../shared/tools/install (helm v4 engine, validate-manifests, k6), shellcheck
 #   2. chart      helm lint --strict + helm template for values.yaml, each strategy file
-#                 and variants (monitoring on, Istio off, external stores, live Upbit);
+#                 and variants (monitoring on, Istio off, external stores, live Upbit, HA
+#                 stores: values-ha.yaml, whose CloudNativePG Cluster is checked
+#                 structurally by check_rendered.py instead, scheduled jobs off);
 #                 every render validated strictly (Kubernetes 1.31, Istio, Prometheus
 #                 operator CRDs); rendering twice gives the same bytes
 #   3. mesh       static checks of every render with istio/mesh (check_rendered.py):
@@ -19,6 +21,11 @@
 #                 (check_rendered.py --transition): no Deployment changes its selector
 #                 and no share of traffic goes to pods that do not run yet; the direct
 #                 base -> canary upgrade is rejected (scripts/deploy splits it)
+#   4c. release gate  the in-cluster canary/blue-green analysis (helm/exchange/files/
+#                 release_gate.py) run for real against stand-ins of the Kubernetes API
+#                 (serving and patching the rendered VirtualServices) and Prometheus
+#                 (check_release_gate.py): promotion, rollback after `threshold` failed
+#                 checks, too little traffic, Prometheus down, blue/green pre/post
 #   5. observability  dashboards, alert rules and METRICS.txt (every metric name real:
 #                 the exchange's own registered in the Rust sources, the others known
 #                 exporter/Istio/kube names), the OpenTelemetry Collector values and
@@ -210,24 +217,38 @@ fi
 # Promotion in two upgrades: the primary rolls to v2 while the candidate keeps its share,
 # then the traffic returns to the primary and the candidate goes.
 dry "canary --dry-run" 0 scripts/canary --dry-run -- \
-  "services.inventory.canary.weight=10" "sleep 60" "PromQL: 100 * (1 - ((sum(rate(istio_requests_total{" \
-  'destination_app="inventory",destination_version="v2"' "PromQL: histogram_quantile(0.99" \
-  "services.inventory.canary.weight=25" "PromQL:" "services.inventory.canary.weight=50" "PromQL:" \
-  "services.inventory.canary.weight=100" "PromQL:" \
-  "promote (1/2)" "--set services.inventory.canary.stable.version=v2 --set services.inventory.canary.stable.tag= --wait" \
+  "helm get values exchange -n exchange --all -o yaml" \
+  "helm template exchange helm/exchange -n exchange -f" "-s templates/release-gate-job.yaml" \
+  "--set releaseGate.run.id=dryrun --set releaseGate.run.mode=canary --set releaseGate.run.service=inventory" \
+  "kubectl -n exchange create -f" "kubectl -n exchange logs -f job/exchange-gate-inventory-dryrun -c release-gate" \
+  "promote (1/2)" "--set services.inventory.canary.weight=100 --set services.inventory.canary.stable.version=v2 --set services.inventory.canary.stable.tag= --wait" \
   "promote (2/2)" "--set services.inventory.canary.candidate.enabled=false --set services.inventory.canary.weight=0"
-dry "canary gate failure rolls back" 1 env CANARY_TEST_METRICS=97.5,120 scripts/canary --dry-run -- \
-  "services.inventory.canary.weight=10" "gate failed: success rate 97.50 % < 99 %" \
-  "services.inventory.canary.weight=0" "aborted"
-dry "canary p99 gate" 1 env CANARY_TEST_METRICS=99.9,900 scripts/canary --dry-run --max-p99-ms 500 -- \
-  "services.inventory.canary.weight=10" "p99 900 ms > 500 ms" "services.inventory.canary.weight=0"
+# The gate's settings reach its Job; a failed analysis (the Job already rolled back)
+# is recorded in the release as weight 0, and there is no promotion.
+dry "canary --dry-run: a failed analysis is recorded as weight 0" 1 env RELEASE_GATE_TEST_RESULT=failed \
+  scripts/canary --dry-run --steps 5,50 --samples 3 --threshold 1 --interval 10 --max-p99-ms 300 -- \
+  "--set releaseGate.canary.samples=3 --set releaseGate.analysis.threshold=1 --set releaseGate.analysis.intervalSeconds=10" \
+  "--set releaseGate.analysis.maxP99Ms=300 --set releaseGate.canary.steps=" "5" "50" "kubectl -n exchange create -f" \
+  "gate rolled inventory v2 back" "--reuse-values --set services.inventory.canary.weight=0 --wait" "failed its analysis"
+if grep -q "promote" "$work/dry-canary___dry_run__a_failed_analysis_is_recorded_as_weight_0.log" 2>/dev/null; then
+  bad "canary: a failed analysis must not promote"
+fi
 # The ingress strips the preview header: the smoke test goes through a port-forward.
 dry "bluegreen-switch back to blue --dry-run (blue is the primary Deployment)" 0 env DRY_RUN=1 scripts/bluegreen-switch --dry-run --to blue -- \
   "rollout status deployment/exchange-user --timeout" "--set services.user.bluegreen.live=blue"
 dry "bluegreen-switch --dry-run" 0 scripts/bluegreen-switch --dry-run -- \
   "rollout status deployment/exchange-user-green" "port-forward svc/exchange-gateway 18080:8080" \
   "-H x-preview:" "http://127.0.0.1:18080/api/v1/auth/register" \
+  "-s templates/release-gate-job.yaml" "--set releaseGate.run.mode=bluegreen --set releaseGate.run.service=user --set releaseGate.run.to=green" \
+  "kubectl -n exchange create -f" "logs -f job/exchange-gate-user-dryrun" \
   "--reuse-values --set services.user.bluegreen.live=green" "http://127.0.0.1:18080/api/v1/auth/login"
+dry "bluegreen-switch --dry-run: the gate keeps the old color, nothing recorded" 1 env RELEASE_GATE_TEST_RESULT=failed \
+  scripts/bluegreen-switch --dry-run --pre-samples 3 --bake-samples 4 -- \
+  "--set releaseGate.bluegreen.preSamples=3 --set releaseGate.bluegreen.bakeSamples=4" "logs -f job/exchange-gate-user-dryrun" \
+  "did not keep green live"
+if grep -q "bluegreen.live=green" "$work/dry-bluegreen_switch___dry_run__the_gate_keeps_the_old_color__nothing_recorded.log" 2>/dev/null; then
+  bad "bluegreen-switch: a failed gate must not record the switch"
+fi
 dry "bluegreen-switch --service gateway --dry-run" 0 scripts/bluegreen-switch --dry-run --service gateway -- \
   "port-forward deployment/exchange-gateway-green 18080:8080" "-H x-preview:" \
   "--set services.gateway.bluegreen.live=green" "curl -sS -k" "https://127.0.0.1/api/v1/auth/login"
@@ -335,6 +356,16 @@ renders=(
   "no-istio|-f $CHART/values-bluegreen.yaml --set istio.enabled=false|"
   # Another namespace and release name: every policy must name them (--release).
   "other-release|-f $CHART/values-canary.yaml|--release payments --allow-served-by|payments:trading"
+  # The release gate's Job of one run (scripts/canary, scripts/bluegreen-switch render it),
+  # and the rollback demo's failing candidate.
+  "canary-gate-job|-f $CHART/values-canary.yaml --set releaseGate.run.id=ci --set releaseGate.run.service=inventory|--expect-canary inventory=v1:v2:10:x-canary=true --allow-served-by"
+  "bluegreen-gate-job|-f $CHART/values-bluegreen.yaml --set releaseGate.run.id=ci --set releaseGate.run.mode=bluegreen --set releaseGate.run.service=user --set releaseGate.run.to=green|--expect-bluegreen user=blue:x-preview=true --allow-served-by"
+  "canary-failing|-f $CHART/values-canary.yaml -f $CHART/values-canary-failing.yaml|--allow-served-by"
+  # Data stores (issue 18): Postgres as a CloudNativePG Cluster and Redis through
+  # Sentinels (values-ha.yaml), in another release too; the scheduled jobs switched off.
+  "ha|-f $CHART/values-ha.yaml|--expect-ha"
+  "ha-other-release|-f $CHART/values-ha.yaml -f $CHART/values-canary.yaml|--expect-ha --release payments --allow-served-by|payments:trading"
+  "no-jobs|--set jobDefaults.enabled=false|"
 )
 for entry in "${renders[@]}"; do
   IFS='|' read -r name args expect relns <<<"$entry"
@@ -348,8 +379,21 @@ for entry in "${renders[@]}"; do
   if ! "$HELM" template "${relns%%:*}" "$CHART" -n "${relns#*:}" "${helm_args[@]}" >"$out" 2>"$work/template-$name.log"; then
     bad "helm template ($name)"; show "$work/template-$name.log"; continue
   fi
-  if "$VALIDATE" -q "$out" >"$work/validate-$name.log" 2>&1; then
-    ok "$name: lint, template, $(tail -n1 "$work/validate-$name.log")"
+  # validate-manifests has no schema for CloudNativePG's Cluster (it reports unknown
+  # kinds as invalid): everything else is validated strictly, the Cluster by
+  # check_rendered.py's structural check (its fields and types) below.
+  validate_in=$out cnpg=""
+  if grep -q '^apiVersion: postgresql.cnpg.io/' "$out"; then
+    validate_in="$out.no-cnpg"
+    "$PY" - "$out" "$validate_in" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("apiVersion") != "postgresql.cnpg.io/v1"]
+yaml.safe_dump_all(docs, open(sys.argv[2], "w"), sort_keys=False)
+PY
+    cnpg=" (+ the CloudNativePG Cluster: structural check below)"
+  fi
+  if "$VALIDATE" -q "$validate_in" >"$work/validate-$name.log" 2>&1; then
+    ok "$name: lint, template, $(tail -n1 "$work/validate-$name.log")$cnpg"
   else
     bad "validate-manifests ($name)"; grep INVALID "$work/validate-$name.log" | head -n 10 | sed 's/^/        | /'
   fi
@@ -373,6 +417,7 @@ for entry in "${renders[@]}"; do
   secrets=(--secrets "$work/secrets")
   [[ ${relns%%:*} == payments ]] && secrets=(--secrets "$work/secrets-payments")
   [[ $name == external-stores ]] && secrets=()  # the external database's Secret is yours
+  [[ $name == ha* ]] && secrets=()  # the roles' basic-auth Secrets and Redis' are yours (docs/DEPLOYMENT.md)
   if "$PY" scripts/lib/k8s/check_rendered.py -n "${relns#*:}" "$out" "${mesh[@]}" "${expect_args[@]}" "${secrets[@]}" >"$work/check-$name.log" 2>&1; then
     ok "$name: $(tail -n1 "$work/check-$name.log")${expect:+ ($expect)}"
   else
@@ -483,6 +528,44 @@ if "$PY" scripts/lib/k8s/check_rendered.py -n exchange --transition "$work/rende
   ok "$(tail -n1 "$work/transition-self-test.log")"
 else
   bad "transition self-test"; grep -v '^  caught' "$work/transition-self-test.log" | sed 's/^/        | /'
+fi
+
+# ---------------------------------------------------------------------------------
+step "release gate: the in-cluster analysis, run offline against stand-ins"
+gate_renders=(canary-gate-job canary-0 canary-100 bluegreen-gate-job bluegreen-switched canary canary-failing)
+missing_render=""
+for r in "${gate_renders[@]}"; do [[ -s $work/render-$r.yaml ]] || missing_render+=" $r"; done
+if [[ -n $missing_render ]]; then
+  bad "release gate: renders missing:$missing_render"
+else
+  # The Job is rendered only for a run, never as part of the release.
+  if grep -q '^kind: Job$' "$work/render-canary.yaml"; then
+    bad "release gate: the release itself renders a Job (only releaseGate.run.id should)"
+  else
+    ok "release gate: the release holds its ServiceAccount, Role and NetworkPolicy, no Job (one per run)"
+  fi
+  # Only the demo's candidate fails: the stable Deployment has no fault.
+  if "$PY" - "$work/render-canary-failing.yaml" >"$work/gate-demo.log" 2>&1 <<'PY'
+import sys, yaml
+faulty = sorted(d["metadata"]["name"] for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "Deployment"
+                for c in d["spec"]["template"]["spec"]["containers"] for e in c.get("env") or []
+                if e["name"] == "FAULT_UNAVAILABLE_AFTER_COMMIT")
+assert faulty == ["exchange-inventory-canary"], faulty
+PY
+  then
+    ok "release gate demo: values-canary-failing.yaml makes only exchange-inventory-canary fail"
+  else
+    bad "release gate demo: the fault should be on the candidate only"; show "$work/gate-demo.log"
+  fi
+  if "$PY" scripts/lib/k8s/check_release_gate.py --canary "$work/render-canary-gate-job.yaml" \
+      --canary-0 "$work/render-canary-0.yaml" --canary-100 "$work/render-canary-100.yaml" \
+      --bluegreen "$work/render-bluegreen-gate-job.yaml" --bluegreen-switched "$work/render-bluegreen-switched.yaml" \
+      --validate "$VALIDATE" --python python3 >"$work/release-gate.log" 2>&1; then
+    ok "$(tail -n1 "$work/release-gate.log")"
+    grep '^  ok' "$work/release-gate.log" | sed 's/^  ok  /        | /'
+  else
+    bad "release gate dry run"; tail -n 30 "$work/release-gate.log" | sed 's/^/        | /'
+  fi
 fi
 
 # ---------------------------------------------------------------------------------

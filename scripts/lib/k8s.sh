@@ -216,3 +216,62 @@ for k in sys.argv[1].split("."):
     v = v.get(k) if isinstance(v, dict) else None
 print("" if v is None else v)' "$path" <<<"$json" | grep . || printf '%s' "$default"
 }
+
+# release_gate MODE SERVICE HELM_ARGS...: one analysis run of the in-cluster release
+# gate (helm/exchange/files/release_gate.py): renders its Job from the chart with the
+# release's own values plus HELM_ARGS (templates/release-gate-job.yaml), creates it,
+# follows its log, and sets GATE_RESULT to passed or failed. The Job does not depend
+# on this shell: closing the laptop leaves it analysing, and it rolls back by itself.
+# In a dry run GATE_RESULT is RELEASE_GATE_TEST_RESULT (default passed).
+GATE_RESULT=""
+release_gate() {
+  local mode=$1 service=$2
+  shift 2
+  local id job dir deadline status
+  id=$(date +%s)
+  [[ $DRY_RUN == 1 ]] && id=dryrun
+  job=$(printf '%s-gate-%s-%s' "$FULLNAME" "$service" "$id" | cut -c1-63 | sed 's/-*$//')
+  dir=${TMPDIR:-/tmp}/release-gate.XXXXXX
+  if [[ $DRY_RUN != 1 ]]; then
+    dir=$(mktemp -d)
+    local others
+    others=$(kubectl -n "$NAMESPACE" get jobs -l "app.kubernetes.io/instance=$RELEASE,exchange.dev/gate-of=$service" \
+      -o jsonpath='{range .items[?(@.status.active)]}{.metadata.name}{" "}{end}' 2>/dev/null || true)
+    [[ -z $others ]] || die "a release gate is already analysing $service: $others(kubectl -n $NAMESPACE logs -f job/${others%% *})"
+  fi
+  step "release gate ($mode of $service): Job $job, in the cluster"
+  print_cmd helm get values "$RELEASE" -n "$NAMESPACE" --all -o yaml
+  say "    > $dir/values.yaml"
+  if [[ $DRY_RUN != 1 ]]; then
+    helm get values "$RELEASE" -n "$NAMESPACE" --all -o yaml >"$dir/values.yaml" || die "cannot read the release's values"
+  fi
+  local tmpl=(helm template "$RELEASE" "$CHART" -n "$NAMESPACE" -f "$dir/values.yaml" -s templates/release-gate-job.yaml
+              --set "releaseGate.run.id=$id" --set "releaseGate.run.mode=$mode" --set "releaseGate.run.service=$service" "$@")
+  print_cmd "${tmpl[@]}"
+  say "    > $dir/job.yaml"
+  print_cmd kubectl -n "$NAMESPACE" create -f "$dir/job.yaml"
+  if [[ $DRY_RUN == 1 ]]; then
+    GATE_RESULT=${RELEASE_GATE_TEST_RESULT:-passed}
+    print_cmd kubectl -n "$NAMESPACE" logs -f "job/$job" -c release-gate --pod-running-timeout=5m
+    say "  (dry run: the gate's result is taken as $GATE_RESULT)"
+    return 0
+  fi
+  "${tmpl[@]}" >"$dir/job.yaml" || die "cannot render the gate's Job (is releaseGate.enabled in the release? scripts/deploy $mode sets it)"
+  kubectl -n "$NAMESPACE" create -f "$dir/job.yaml" >/dev/null || die "cannot create Job $job"
+  deadline=$(sed -n 's/^ *activeDeadlineSeconds: *//p' "$dir/job.yaml" | head -n1)
+  deadline=$((SECONDS + ${deadline:-3600} + 120))
+  say "  leaving this shell does not stop it; to watch again: kubectl -n $NAMESPACE logs -f job/$job"
+  say "  to stop it (it rolls back first): kubectl -n $NAMESPACE delete job $job"
+  print_cmd kubectl -n "$NAMESPACE" logs -f "job/$job" -c release-gate --pod-running-timeout=5m
+  kubectl -n "$NAMESPACE" logs -f "job/$job" -c release-gate --pod-running-timeout=5m || say "  (log stream ended; waiting for the Job's result)"
+  while :; do
+    status=$(kubectl -n "$NAMESPACE" get job "$job" -o jsonpath='{.status.succeeded}/{.status.failed}' 2>/dev/null || true)
+    case $status in
+      1/*) GATE_RESULT=passed ;;
+      */1) GATE_RESULT=failed ;;
+    esac
+    if [[ -n $GATE_RESULT ]]; then rm -rf "$dir"; return 0; fi
+    ((SECONDS < deadline)) || die "Job $job has no result after its deadline; see kubectl -n $NAMESPACE describe job $job"
+    sleep 5
+  done
+}

@@ -63,13 +63,27 @@ spec:
     - operation:
         ports: [{{ $port | quote }}]
 {{- end }}
+{{- if and (eq .name "gateway") (include "exchange.releaseGate.on" $root) }}
+# release-gate -> gateway (the gate's load during an analysis)
+- from:
+    - source:
+        principals: [{{ include "exchange.principal" (dict "root" $root "name" "release-gate") | quote }}]
+  to:
+    - operation:
+        ports: [{{ $port | quote }}]
+{{- end }}
+{{- $jobs := list }}
+{{- range $j := include "exchange.jobs" $root | fromYamlArray }}{{ $jobs = append $jobs $j.name }}{{ end }}
+{{- $anyJob := list }}
+{{- range $name, $own := $root.Values.services }}{{ range $job, $_ := ($own.jobs | default dict) }}{{ $anyJob = append $anyJob (printf "%s-%s" $name $job) }}{{ end }}{{ end }}
 {{- range $caller, $methods := $svc.allowedCallers }}
 {{- $callerCtx := dict "root" $root "name" $caller }}
-{{- if not (index $root.Values.services $caller) }}
-{{- fail (printf "services.%s.allowedCallers names %s, which is not a service" $.name $caller) }}
+{{- $isJob := has $caller $jobs }}
+{{- if and (not (index $root.Values.services $caller)) (not (has $caller $anyJob)) }}
+{{- fail (printf "services.%s.allowedCallers names %s, which is not a service or a job (<service>-<job>)" $.name $caller) }}
 {{- end }}
-{{- if include "exchange.enabled" $callerCtx }}
-# {{ $caller }} -> {{ $.name }}
+{{- if or $isJob (and (index $root.Values.services $caller) (include "exchange.enabled" $callerCtx)) }}
+# {{ $caller }}{{ if $isJob }} (a CronJob){{ end }} -> {{ $.name }}
 - from:
     - source:
         principals: [{{ include "exchange.principal" $callerCtx | quote }}]

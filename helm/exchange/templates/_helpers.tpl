@@ -153,7 +153,8 @@ The Deployments (tracks) of a service under its strategy, as YAML {tracks: [...]
 Each track: suffix (Deployment name suffix), track (the exchange.dev/track label,
 which is the Deployment's selector and the DestinationRule subset's labels),
 version, tag, replicas, color (blue/green only), subset (the subset name, empty
-for rolling), role.
+for rolling), role, extraEnv (the candidate's and each color's own, e.g. a
+candidate told to fail for the release gate's rollback demo).
 
 The primary track keeps one name, one selector and one subset label across every
 strategy (as Flagger's primary does): <component>, exchange.dev/track=primary. It is
@@ -173,7 +174,7 @@ Context: {root, name, svc}.
 {{- $c := $svc.canary -}}
 {{- $tracks = append $tracks (dict "suffix" "" "track" "primary" "version" $c.stable.version "tag" ($c.stable.tag | default $root.Values.global.image.tag | required $need) "replicas" (default $svc.replicas $c.stable.replicas) "subset" "stable" "role" "stable") -}}
 {{- if $c.candidate.enabled -}}
-{{- $tracks = append $tracks (dict "suffix" "canary" "track" "canary" "version" $c.candidate.version "tag" ($c.candidate.tag | default $root.Values.global.image.tag | required $need) "replicas" (default $svc.replicas $c.candidate.replicas) "subset" "canary" "role" "candidate") -}}
+{{- $tracks = append $tracks (dict "suffix" "canary" "track" "canary" "version" $c.candidate.version "tag" ($c.candidate.tag | default $root.Values.global.image.tag | required $need) "replicas" (default $svc.replicas $c.candidate.replicas) "subset" "canary" "role" "candidate" "extraEnv" $c.candidate.extraEnv) -}}
 {{- end -}}
 {{- else if eq $svc.strategy "bluegreen" -}}
 {{- $b := $svc.bluegreen -}}
@@ -183,7 +184,7 @@ Context: {root, name, svc}.
 {{- range $color := list "blue" "green" -}}
 {{- $c := index $b.colors $color -}}
 {{- $primary := eq $color "blue" -}}
-{{- $tracks = append $tracks (dict "suffix" (ternary "" $color $primary) "track" (ternary "primary" $color $primary) "color" $color "version" $c.version "tag" ($c.tag | default $root.Values.global.image.tag | required $need) "replicas" (default $svc.replicas $c.replicas) "subset" $color "role" (ternary "live" "idle" (eq $color $b.live))) -}}
+{{- $tracks = append $tracks (dict "suffix" (ternary "" $color $primary) "track" (ternary "primary" $color $primary) "color" $color "version" $c.version "tag" ($c.tag | default $root.Values.global.image.tag | required $need) "replicas" (default $svc.replicas $c.replicas) "subset" $color "role" (ternary "live" "idle" (eq $color $b.live)) "extraEnv" $c.extraEnv) -}}
 {{- end -}}
 {{- else -}}
 {{- fail (printf "services.%s.strategy must be rolling, canary or bluegreen, not %v" .name $svc.strategy) -}}
@@ -211,9 +212,21 @@ exchange.dev/track: {{ .track }}
 {{- if hasKey .ports "grpc" -}}grpc{{- else -}}http{{- end -}}
 {{- end -}}
 
-{{/* Postgres host, port, database and password Secret (bundled or external), as YAML. */}}
+{{/*
+Postgres host, port, database and password Secret (bundled, CloudNativePG or
+external), as YAML. roleSecrets: each service's password is in a Secret of its own,
+<secret>-<service>, key `password` (CloudNativePG sets the role's password from it);
+otherwise in `secret`, key <service>-password.
+*/}}
 {{- define "exchange.database" -}}
-{{- if .Values.postgresql.enabled -}}
+{{- if and .Values.postgresql.enabled (eq (include "exchange.postgresql.mode" .) "cloudnative-pg") -}}
+host: {{ include "exchange.host" (dict "root" . "name" "postgresql-rw") }}
+port: 5432
+database: {{ .Values.postgresql.database }}
+secret: {{ .Values.postgresql.auth.existingSecret | default (include "exchange.componentName" (dict "root" . "name" "postgresql")) }}
+params: ""
+roleSecrets: true
+{{- else if .Values.postgresql.enabled -}}
 host: {{ include "exchange.host" (dict "root" . "name" "postgresql") }}
 port: {{ .Values.postgresql.port }}
 database: {{ .Values.postgresql.database }}
@@ -240,12 +253,45 @@ host: {{ include "exchange.host" (dict "root" . "name" "redis") }}
 port: {{ .Values.redis.port }}
 secret: {{ .Values.redis.auth.existingSecret | default (include "exchange.componentName" (dict "root" . "name" "redis")) | quote }}
 acl: true
+scheme: redis
+query: ""
+ports: [{{ .Values.redis.port }}]
 {{- else -}}
-host: {{ required "externalRedis.host is required when redis.enabled is false" .Values.externalRedis.host }}
-port: {{ .Values.externalRedis.port }}
-secret: {{ .Values.externalRedis.existingSecret | quote }}
+{{- $x := .Values.externalRedis -}}
+host: {{ required "externalRedis.host is required when redis.enabled is false" $x.host }}
+secret: {{ $x.existingSecret | quote }}
 acl: false
+{{- if ($x.sentinel).enabled }}
+{{- /* fred's URL form: the client asks the Sentinels at host:port for the primary of masterSet, and again after a failover. */}}
+port: {{ $x.sentinel.port }}
+scheme: redis-sentinel
+query: {{ printf "?sentinelServiceName=%s" (required "externalRedis.sentinel.masterSet is required with externalRedis.sentinel.enabled" $x.sentinel.masterSet) | quote }}
+ports: [{{ $x.sentinel.port }}, {{ $x.port }}]
+{{- else }}
+port: {{ $x.port }}
+scheme: redis
+query: ""
+ports: [{{ $x.port }}]
+{{- end }}
 {{- end -}}
+{{- end -}}
+
+{{/* The labels that select the bundled Postgres' pods: the StatefulSet's, or the CloudNativePG Cluster's instances. Context: root. */}}
+{{- define "exchange.postgresql.podLabels" -}}
+{{- if eq (include "exchange.postgresql.mode" .) "cloudnative-pg" -}}
+cnpg.io/cluster: {{ include "exchange.componentName" (dict "root" . "name" "postgresql") }}
+{{- else -}}
+{{ include "exchange.selectorLabels" (dict "root" . "name" "postgresql") }}
+{{- end -}}
+{{- end -}}
+
+{{/* How the bundled Postgres runs: statefulset (one pod) or cloudnative-pg (a CloudNativePG Cluster). Context: root. */}}
+{{- define "exchange.postgresql.mode" -}}
+{{- $m := .Values.postgresql.mode | default "statefulset" -}}
+{{- if not (has $m (list "statefulset" "cloudnative-pg")) -}}
+{{- fail (printf "postgresql.mode must be statefulset or cloudnative-pg, not %v" $m) -}}
+{{- end -}}
+{{- $m -}}
 {{- end -}}
 
 {{/* The bundled Redis container's env var holding a service's ACL password. Context: the service name. */}}

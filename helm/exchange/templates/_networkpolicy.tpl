@@ -91,7 +91,7 @@ readiness probe (15021). Context: root.
 {{- end }}
 {{- end -}}
 
-{{/* Egress to a bundled data store, or to its external address. Context: {root, name (postgresql|redis), port, external}. */}}
+{{/* Egress to a bundled data store, or to its external address. Context: {root, name (postgresql|redis), port or ports, external}. */}}
 {{- define "exchange.netpol.storeEgress" -}}
 - to:
     {{- if .external }}
@@ -99,10 +99,16 @@ readiness probe (15021). Context: root.
     {{- else }}
     - podSelector:
         matchLabels:
+          {{- if eq .name "postgresql" }}
+          {{- include "exchange.postgresql.podLabels" .root | nindent 10 }}
+          {{- else }}
           {{- include "exchange.selectorLabels" . | nindent 10 }}
+          {{- end }}
     {{- end }}
   ports:
-    - {protocol: TCP, port: {{ .port }}}
+    {{- range (.ports | default (list .port)) }}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
 {{- end -}}
 
 {{/* NetworkPolicy of an application service. Context: {root, name, svc}. */}}
@@ -133,6 +139,16 @@ spec:
         - protocol: TCP
           port: {{ include "exchange.portName" $main }}
     {{- end }}
+    {{- range $job := include "exchange.jobCallers" . | fromYamlArray }}
+    # {{ $job }} (a CronJob) -> {{ $.name }}
+    - from:
+        - podSelector:
+            matchLabels:
+              {{- include "exchange.selectorLabels" (dict "root" $root "name" $job) | nindent 14 }}
+      ports:
+        - protocol: TCP
+          port: {{ include "exchange.portName" $main }}
+    {{- end }}
     {{- if $svc.ingress }}
     # the mesh ingress gateway -> {{ .name }}
     - from:
@@ -142,6 +158,16 @@ spec:
           podSelector:
             matchLabels:
               {{- toYaml $root.Values.istio.ingress.selector | nindent 14 }}
+      ports:
+        - protocol: TCP
+          port: {{ include "exchange.portName" $main }}
+    {{- end }}
+    {{- if and (eq .name "gateway") (include "exchange.releaseGate.on" $root) }}
+    # release-gate -> gateway (the gate's load during an analysis)
+    - from:
+        - podSelector:
+            matchLabels:
+              {{- include "exchange.selectorLabels" (dict "root" $root "name" "release-gate") | nindent 14 }}
       ports:
         - protocol: TCP
           port: {{ include "exchange.portName" $main }}
@@ -164,7 +190,7 @@ spec:
     {{- include "exchange.netpol.storeEgress" (dict "root" $root "name" "postgresql" "port" (include "exchange.database" $root | fromYaml).port "external" (not $root.Values.postgresql.enabled)) | nindent 4 }}
     {{- end }}
     {{- if $svc.redis.enabled }}
-    {{- include "exchange.netpol.storeEgress" (dict "root" $root "name" "redis" "port" (include "exchange.redis" $root | fromYaml).port "external" (not $root.Values.redis.enabled)) | nindent 4 }}
+    {{- include "exchange.netpol.storeEgress" (dict "root" $root "name" "redis" "ports" (include "exchange.redis" $root | fromYaml).ports "external" (not $root.Values.redis.enabled)) | nindent 4 }}
     {{- end }}
     {{- if and $svc.upbit (eq (toString $svc.upbit.source) "live") }}
     # the live Upbit (HTTPS and WSS)

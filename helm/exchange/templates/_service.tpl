@@ -125,7 +125,7 @@ data:
   {{- if $svc.redis.enabled }}
   {{- $r := include "exchange.redis" $root | fromYaml }}
   {{- if not $r.secret }}
-  REDIS_URL: {{ printf "redis://%s:%v" $r.host $r.port | quote }}
+  REDIS_URL: {{ printf "%s://%s:%v%s" $r.scheme $r.host $r.port $r.query | quote }}
   {{- end }}
   REDIS_PREFIX: {{ $svc.redis.prefix | quote }}
   {{- end }}
@@ -328,27 +328,10 @@ spec:
             - name: SHUTDOWN_TIMEOUT
               value: {{ printf "%ds" (int $l.shutdownTimeoutSeconds) | quote }}
             {{- if $svc.database.role }}
-            {{- $db := include "exchange.database" $root | fromYaml }}
-            - name: DATABASE_PASSWORD
-              valueFrom:
-                secretKeyRef:
-                  name: {{ $db.secret }}
-                  key: {{ printf "%s-password" .name }}
-            - name: DATABASE_URL
-              value: {{ printf "postgres://%s:$(DATABASE_PASSWORD)@%s:%v/%s%s" $svc.database.role $db.host $db.port $db.database (ternary (printf "?%s" $db.params) "" (ne $db.params "")) | quote }}
+            {{- include "exchange.databaseEnv" . | nindent 12 }}
             {{- end }}
             {{- if $svc.redis.enabled }}
-            {{- $r := include "exchange.redis" $root | fromYaml }}
-            {{- if $r.secret }}
-            {{- /* The bundled Redis: this service's own ACL user; an external one: its default user. */}}
-            - name: REDIS_PASSWORD
-              valueFrom:
-                secretKeyRef:
-                  name: {{ $r.secret }}
-                  key: {{ ternary (printf "%s-password" .name) "redis-password" $r.acl }}
-            - name: REDIS_URL
-              value: {{ printf "redis://%s:$(REDIS_PASSWORD)@%s:%v" (ternary .name "" $r.acl) $r.host $r.port | quote }}
-            {{- end }}
+            {{- include "exchange.redisEnv" . | nindent 12 }}
             {{- end }}
             {{- $secretName := $svc.secrets.existingSecret | default (printf "%s-secrets" (include "exchange.componentName" .)) }}
             {{- range $env, $key := $svc.secrets.env }}
@@ -359,6 +342,10 @@ spec:
                   key: {{ $key }}
             {{- end }}
             {{- with $svc.extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+            {{- with $track.extraEnv }}
+            # this track's own (canary.candidate.extraEnv, bluegreen.colors.<color>.extraEnv)
             {{- toYaml . | nindent 12 }}
             {{- end }}
           startupProbe:
@@ -402,6 +389,41 @@ spec:
       affinity:
         {{- toYaml . | nindent 8 }}
       {{- end }}
+{{- end -}}
+
+{{/*
+The env entries that connect service .name to its Postgres schema: DATABASE_PASSWORD
+from the Secret, DATABASE_URL as its role. The service's Deployments and its jobs
+(CronJobs) share them. Context: {root, name, svc}.
+*/}}
+{{- define "exchange.databaseEnv" -}}
+{{- $db := include "exchange.database" .root | fromYaml -}}
+- name: DATABASE_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ ternary (printf "%s-%s" $db.secret .name) $db.secret (eq (toString $db.roleSecrets) "true") }}
+      key: {{ ternary "password" (printf "%s-password" .name) (eq (toString $db.roleSecrets) "true") }}
+- name: DATABASE_URL
+  value: {{ printf "postgres://%s:$(DATABASE_PASSWORD)@%s:%v/%s%s" .svc.database.role $db.host $db.port $db.database (ternary (printf "?%s" $db.params) "" (ne $db.params "")) | quote }}
+{{- end -}}
+
+{{/*
+The env entries that connect service .name to Redis when its password is in a
+Secret (the bundled Redis: the service's own ACL user; an external one: its default
+user): REDIS_PASSWORD and REDIS_URL. Without a Secret, REDIS_URL is in the
+ConfigMap. Renders nothing then. Context: {root, name, svc}.
+*/}}
+{{- define "exchange.redisEnv" -}}
+{{- $r := include "exchange.redis" .root | fromYaml -}}
+{{- if $r.secret -}}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $r.secret }}
+      key: {{ ternary (printf "%s-password" .name) "redis-password" $r.acl }}
+- name: REDIS_URL
+  value: {{ printf "%s://%s:$(REDIS_PASSWORD)@%s:%v%s" $r.scheme (ternary .name "" $r.acl) $r.host $r.port $r.query | quote }}
+{{- end -}}
 {{- end -}}
 
 {{/* HorizontalPodAutoscaler of a track. */}}

@@ -494,8 +494,17 @@ def script_sets(model, script):
 
 
 def canary_steps(model):
+    """scripts/canary's weights: its own default, or (the release gate walks them) the
+    chart's releaseGate.canary.steps."""
     m = re.search(r"^steps=([0-9,]+)$", model.read(CANARY), flags=re.M)
-    return [int(x) for x in m.group(1).split(",")] if m else []
+    if m:
+        return [int(x) for x in m.group(1).split(",")]
+    try:
+        values = yaml.safe_load(model.read("helm/exchange/values.yaml")) or {}
+    except yaml.YAMLError:
+        return []
+    steps = ((values.get("releaseGate") or {}).get("canary") or {}).get("steps") or []
+    return [int(x) for x in steps if isinstance(x, int)]
 
 
 def chart_secrets(model, release, namespace):
@@ -1048,6 +1057,12 @@ def release_steps(checker, app, values):
             if not commands or (strategy == "canary" and not weights):
                 checker.err(f"{script}: cannot find its steps and `--set` arguments to simulate")
                 continue
+            if strategy == "canary":
+                known["last"] = str(weights[-1])  # the weight the release gate leaves
+                if not any("$1" in x for c in commands for x in c):
+                    # The release gate's Job walks the weights (VirtualService patches):
+                    # on Argo CD the same steps are parameters.
+                    commands = [["$key.weight=$1"]] + commands
             prev, params = "as committed", []
             stepping = [c for c in commands if any("$1" in x for x in c)]
             for c in stepping:

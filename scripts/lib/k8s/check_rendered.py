@@ -50,6 +50,22 @@ objects fit together the way the mesh needs:
               itself instead of forwarding them (unless --allow-health)
   monitors    every PodMonitor, ServiceMonitor and PrometheusRule carries the
               labels a stock kube-prometheus-stack selects (--monitor-label)
+  jobs        every CronJob: concurrencyPolicy Forbid, a starting deadline, an active
+              deadline, a backoff limit, history limits, restartPolicy Never/OnFailure,
+              its pods as restricted as the services' (the workload checks above), no
+              Service selecting them; in the mesh a job pod's sidecar is a native
+              sidecar (or there is none), or the Job never completes; a pod without a
+              sidecar calling one with a sidecar is refused by STRICT mTLS
+  stores      the bundled Postgres keeps its data (PGDATA) on a PersistentVolumeClaim,
+              never an emptyDir; a CloudNativePG Cluster (a CRD validate-manifests does
+              not know) is checked structurally here (the fields the chart sets, their
+              types), with storage, and its Services (<cluster>-rw/-ro/-r) and pods
+              stand in for the wiring and NetworkPolicy checks
+  gate        the release gate's Job: never retried, its own deadline before the
+              Job's, cleaned up, a native sidecar; its ServiceAccount bound to a Role
+              that may only get/list/patch VirtualServices (each one it patches
+              rendered and named); its calls to Prometheus and the API server allowed
+              by its NetworkPolicy (its load to the gateway is a wired call above)
   strategies  --expect-rolling / --expect-canary / --expect-bluegreen assert the
               shape each values-<strategy>.yaml promises
   transition  --transition FROM TO (two renders, upgrade FROM -> TO): no Deployment
@@ -134,6 +150,98 @@ def duration_seconds(text):
     return n * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
 
 
+# ---- CloudNativePG: a CRD validate-manifests has no schema for -------------------------
+# The fields of a Cluster the chart sets, and their types: a dict is an object with
+# exactly these optional keys, ("map", T) an object of any keys with values T, [T] a
+# list, a set the allowed values.
+QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
+CNPG_CLUSTER_SHAPE = {
+    "apiVersion": {"postgresql.cnpg.io/v1"},
+    "kind": {"Cluster"},
+    "metadata": {"name": str, "labels": ("map", str), "annotations": ("map", str)},
+    "spec": {
+        "instances": int,
+        "imageName": str,
+        "primaryUpdateStrategy": {"unsupervised", "supervised"},
+        "enableSuperuserAccess": bool,
+        "storage": {"size": str, "storageClass": str},
+        "postgresql": {"parameters": ("map", str)},
+        "bootstrap": {"initdb": {"database": str, "owner": str,
+                                 "postInitApplicationSQLRefs": {"configMapRefs": [{"name": str, "key": str}]}}},
+        "managed": {"roles": [{"name": str, "ensure": {"present", "absent"}, "login": bool, "inherit": bool,
+                               "connectionLimit": int, "comment": str, "passwordSecret": {"name": str}}]},
+        "inheritedMetadata": {"labels": ("map", str), "annotations": ("map", str)},
+        "resources": {"requests": ("map", str), "limits": ("map", str)},
+        "affinity": {"enablePodAntiAffinity": bool, "topologyKey": str, "podAntiAffinityType": {"preferred", "required"}},
+        "monitoring": {"enablePodMonitor": bool},
+    },
+}
+CNPG_REQUIRED = (("spec", "instances"), ("spec", "imageName"), ("spec", "storage", "size"))
+
+
+def shape_errors(value, shape, path):
+    """Where value does not fit shape (see CNPG_CLUSTER_SHAPE)."""
+    out = []
+    if isinstance(shape, set):
+        if value not in shape:
+            out.append(f"{path}: {value!r} is not one of {sorted(shape)}")
+    elif isinstance(shape, tuple) and shape[0] == "map":
+        if not isinstance(value, dict):
+            return [f"{path}: expected an object, got {type(value).__name__}"]
+        for k, v in value.items():
+            out += shape_errors(v, shape[1], f"{path}.{k}")
+    elif isinstance(shape, list):
+        if not isinstance(value, list):
+            return [f"{path}: expected a list, got {type(value).__name__}"]
+        for i, v in enumerate(value):
+            out += shape_errors(v, shape[0], f"{path}[{i}]")
+    elif isinstance(shape, dict):
+        if not isinstance(value, dict):
+            return [f"{path}: expected an object, got {type(value).__name__}"]
+        for k, v in value.items():
+            if k not in shape:
+                out.append(f"{path}: unknown field {k!r}")
+            else:
+                out += shape_errors(v, shape[k], f"{path}.{k}")
+    elif shape is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            out.append(f"{path}: expected an integer, got {value!r}")
+    elif not isinstance(value, shape):
+        out.append(f"{path}: expected {shape.__name__}, got {type(value).__name__} {value!r}")
+    return out
+
+
+def cnpg_stand_ins(clusters):
+    """Stand-ins for what the CloudNativePG operator makes of each Cluster: its instance
+    pods (primary and replicas, with the inherited labels) and Services <name>-rw
+    (primary), -ro (replicas) and -r (any), port 5432."""
+    pods, services = [], {}
+    for c in clusters:
+        name = name_of(c)
+        spec = c.get("spec") or {}
+        inherited = ((spec.get("inheritedMetadata") or {}).get("labels") or {})
+        n = spec.get("instances") if isinstance(spec.get("instances"), int) else 1
+        for i in range(max(n, 1)):
+            role = "primary" if i == 0 else "replica"
+            labels = dict(inherited, **{"cnpg.io/cluster": name, "cnpg.io/podRole": "instance",
+                                        "cnpg.io/instanceRole": role})
+            pods.append({"kind": "CNPGInstance", "metadata": {"name": f"{name}-{i + 1}"},
+                         "spec": {"template": {"metadata": {"labels": labels},
+                                               "spec": {"containers": [{"name": "postgres", "ports": [
+                                                   {"name": "postgresql", "containerPort": 5432},
+                                                   {"name": "status", "containerPort": 8000}]}]}}}})
+        for suffix, extra in (("rw", {"cnpg.io/instanceRole": "primary"}), ("ro", {"cnpg.io/instanceRole": "replica"}), ("r", {})):
+            services[f"{name}-{suffix}"] = {"kind": "Service", "metadata": {"name": f"{name}-{suffix}"},
+                                            "spec": {"selector": dict({"cnpg.io/cluster": name, "cnpg.io/podRole": "instance"}, **extra),
+                                                     "ports": [{"name": "postgres", "port": 5432, "targetPort": 5432,
+                                                                "appProtocol": "tcp"}]}}
+    return pods, services
+
+
+# Workloads that run to completion: no probes, nothing calls them, no drain.
+JOB_KINDS = ("CronJob", "Job")
+
+
 class Render:
     def __init__(self, docs, namespace, mesh_docs=(), release=None, external_principals=()):
         self.docs = docs
@@ -146,8 +254,11 @@ class Render:
         for d in docs:
             by.setdefault(d["kind"], []).append(d)
         self.by = by
-        self.workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet")]
+        self.workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet") + JOB_KINDS]
         self.services = {name_of(s): s for s in by.get("Service", [])}
+        # A CloudNativePG Cluster's pods and Services are made by its operator: stand-ins
+        # (kind CNPGInstance, not workloads) let the wiring and NetworkPolicy checks see them.
+        self.cnpg_pods, self.cnpg_services = cnpg_stand_ins(by.get("Cluster", []))
         self.configmaps = {name_of(c): c for c in by.get("ConfigMap", [])}
         self.secrets = {name_of(s) for s in by.get("Secret", [])}
         self.service_accounts = {name_of(s) for s in by.get("ServiceAccount", [])}
@@ -159,7 +270,42 @@ class Render:
     # ---- lookups -----------------------------------------------------------------
     @staticmethod
     def template(w):
+        if w["kind"] == "CronJob":
+            return w["spec"]["jobTemplate"]["spec"]["template"]
         return w["spec"]["template"]
+
+    def pod_templates(self):
+        """Workloads and the stand-ins of operator-made pods (what selectors may select)."""
+        return self.workloads + self.cnpg_pods + self.gate_pods()
+
+    def gate_pods(self):
+        """The release gate's pods: a Job per analysis run (scripts/canary renders it; not
+        part of the release), so a release render holds only its ServiceAccount and
+        NetworkPolicy. A stand-in with the ServiceAccount's selector labels (the Job's
+        pod labels) lets the policies that name those pods be checked."""
+        if any(w["kind"] == "Job" and "GATE_MODE" in str(w) for w in self.workloads):
+            return []
+        out = []
+        for cm in self.configmaps.values():
+            if "release_gate.py" not in (cm.get("data") or {}):
+                continue
+            for sa in self.by.get("ServiceAccount", []):
+                labels = (sa.get("metadata") or {}).get("labels") or {}
+                if name_of(sa) == name_of(cm) and labels.get("app.kubernetes.io/name"):
+                    sel = {k: labels[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/instance") if k in labels}
+                    out.append({"kind": "ReleaseGateJob", "metadata": {"name": name_of(sa)},
+                                "spec": {"template": {"metadata": {"labels": sel}, "spec": {"containers": []}}}})
+        return out
+
+    def has_sidecar(self, w):
+        """In a mesh render, the pod gets a sidecar unless told not to."""
+        if not self.in_mesh():
+            return False
+        meta = self.template(w).get("metadata") or {}
+        for where in (meta.get("labels") or {}, meta.get("annotations") or {}):
+            if str(where.get("sidecar.istio.io/inject", "")).lower() == "false":
+                return False
+        return True
 
     @staticmethod
     def tlabels(w):
@@ -172,13 +318,13 @@ class Render:
                 h = h[: -len(suffix)]
         if "." in h:
             return None
-        return self.services.get(h)
+        return self.services.get(h) or self.cnpg_services.get(h)
 
     def templates_of_service(self, svc):
         sel = svc["spec"].get("selector") or {}
         if not sel:
             return []
-        return [w for w in self.workloads if selects(sel, self.tlabels(w))]
+        return [w for w in self.pod_templates() if selects(sel, self.tlabels(w))]
 
     @staticmethod
     def containers(w):
@@ -240,6 +386,10 @@ class Render:
                         self.err(f"{cid}: port {p.get('containerPort')} is not named")
                 if c in (spec.get("initContainers") or []):
                     continue
+                if w["kind"] in JOB_KINDS:
+                    # A job runs to completion: no probes, no grace period to drain.
+                    self.check_limits(cid, c)
+                    continue
                 for probe in ("readinessProbe", "livenessProbe"):
                     if not c.get(probe):
                         self.err(f"{cid}: no {probe}")
@@ -251,11 +401,7 @@ class Render:
                     live = (c.get("livenessProbe") or {}).get("grpc")
                     if not live or live.get("service") != "liveness":
                         self.err(f"{cid}: serves gRPC but its livenessProbe is not gRPC health 'liveness'")
-                res = c.get("resources") or {}
-                for kind in ("requests", "limits"):
-                    for r in ("cpu", "memory"):
-                        if not (res.get(kind) or {}).get(r):
-                            self.err(f"{cid}: no resources.{kind}.{r}")
+                self.check_limits(cid, c)
                 for ef in c.get("envFrom") or []:
                     ref = (ef.get("configMapRef") or {}).get("name")
                     if ref:
@@ -265,6 +411,114 @@ class Render:
                 self.check_grace(cid, spec, c)
             if uses_cm and "checksum/config" not in ((self.template(w).get("metadata") or {}).get("annotations") or {}):
                 self.err(f"{wid}: reads a ConfigMap but has no checksum/config annotation (config changes would not roll pods)")
+
+    def check_limits(self, cid, c):
+        res = c.get("resources") or {}
+        for kind in ("requests", "limits"):
+            for r in ("cpu", "memory"):
+                if not (res.get(kind) or {}).get(r):
+                    self.err(f"{cid}: no resources.{kind}.{r}")
+
+    def check_cronjobs(self):
+        """Scheduled jobs: one run at a time, bounded in time and retries, history kept
+        small; in the mesh a sidecar that stops with the job (a native sidecar) or none."""
+        for w in self.workloads:
+            if w["kind"] != "CronJob":
+                continue
+            wid = ident(w)
+            spec = w["spec"]
+            jspec = spec["jobTemplate"]["spec"]
+            if spec.get("concurrencyPolicy") != "Forbid":
+                self.err(f"{wid}: concurrencyPolicy is {spec.get('concurrencyPolicy', 'Allow (the default)')}, not Forbid: "
+                         f"a slow run and the next would work on the same rows at once")
+            if not spec.get("startingDeadlineSeconds"):
+                self.err(f"{wid}: no startingDeadlineSeconds (after 100 missed schedules the CronJob stops starting runs)")
+            if not jspec.get("activeDeadlineSeconds"):
+                self.err(f"{wid}: no activeDeadlineSeconds: a hung run holds the schedule (Forbid) forever")
+            if "backoffLimit" not in jspec:
+                self.err(f"{wid}: no backoffLimit (the default retries a failing run 6 times)")
+            for key in ("successfulJobsHistoryLimit", "failedJobsHistoryLimit"):
+                if key not in spec:
+                    self.err(f"{wid}: no {key}")
+            pod = self.template(w)
+            if pod["spec"].get("restartPolicy") not in ("Never", "OnFailure"):
+                self.err(f"{wid}: restartPolicy {pod['spec'].get('restartPolicy')} (a Job's pods: Never or OnFailure)")
+            if self.has_sidecar(w):
+                ann = (pod.get("metadata") or {}).get("annotations") or {}
+                if str(ann.get("sidecar.istio.io/nativeSidecar", "")).lower() != "true":
+                    self.err(f"{wid}: its pods get a classic Istio sidecar, which keeps running after the job exits, so "
+                             f"the Job never completes: make it a native sidecar (sidecar.istio.io/nativeSidecar: \"true\")")
+            for svc in self.services.values():
+                sel = svc["spec"].get("selector") or {}
+                if sel and selects(sel, self.tlabels(w)):
+                    self.err(f"Service/{name_of(svc)} selects the pods of {wid}: a job's pod would receive the Service's traffic")
+
+    # The pods the release gate's Prometheus runs as (kube-prometheus-stack).
+    PROMETHEUS_POD_LABELS = {"app.kubernetes.io/name": "prometheus"}
+
+    def check_release_gate(self):
+        """The release gate's Job (templates/release-gate-job.yaml): one pod, never
+        retried, its own deadline below the Job's, cleaned up; a token bound to a Role
+        that may only read and patch VirtualServices (every one it is told to patch
+        rendered and named); and every call it makes allowed: the gateway (its load, a
+        wired URL, checked with the others), Prometheus's namespace and port, and the
+        API server (443/6443)."""
+        for w in self.workloads:
+            if w["kind"] != "Job":
+                continue
+            c = (self.template(w)["spec"].get("containers") or [{}])[0]
+            env = self.env_of(c)
+            if "GATE_MODE" not in env:
+                continue
+            wid = ident(w)
+            spec, pod = w["spec"], self.template(w)["spec"]
+            if spec.get("backoffLimit") != 0:
+                self.err(f"{wid}: backoffLimit {spec.get('backoffLimit', '6 (the default)')}: a second pod would analyse again from the start")
+            deadline = spec.get("activeDeadlineSeconds")
+            if not deadline or float(env.get("GATE_DEADLINE", "inf")) >= deadline:
+                self.err(f"{wid}: the gate's own deadline ({env.get('GATE_DEADLINE')} s) must end before the Job's "
+                         f"activeDeadlineSeconds ({deadline}), or Kubernetes stops it before it rolls back")
+            if "ttlSecondsAfterFinished" not in spec:
+                self.err(f"{wid}: no ttlSecondsAfterFinished: every analysis run's Job would stay forever")
+            if pod.get("restartPolicy") != "Never":
+                self.err(f"{wid}: restartPolicy {pod.get('restartPolicy')}, not Never")
+            if self.has_sidecar(w) and str(((self.template(w).get("metadata") or {}).get("annotations") or {})
+                                           .get("sidecar.istio.io/nativeSidecar", "")).lower() != "true":
+                self.err(f"{wid}: a classic sidecar keeps the Job from completing (sidecar.istio.io/nativeSidecar)")
+            if pod.get("automountServiceAccountToken") is not True:
+                self.err(f"{wid}: mounts no ServiceAccount token, so it cannot patch the VirtualServices")
+            sa = pod.get("serviceAccountName")
+            roles = {name_of(r): r for r in self.by.get("Role", [])}
+            bound = [roles.get(b["roleRef"]["name"]) for b in self.by.get("RoleBinding", [])
+                     if b["roleRef"].get("kind") == "Role" and any(
+                         s.get("kind") == "ServiceAccount" and s.get("name") == sa for s in b.get("subjects") or [])]
+            if not bound or None in bound:
+                self.err(f"{wid}: ServiceAccount {sa} is bound to no rendered Role")
+            names = set()
+            for role in filter(None, bound):
+                for rule in role.get("rules") or []:
+                    if rule.get("apiGroups") != ["networking.istio.io"] or rule.get("resources") != ["virtualservices"] \
+                            or not set(rule.get("verbs") or []) <= {"get", "list", "patch"}:
+                        self.err(f"{ident(role)}: the gate may only get/list/patch VirtualServices, not {rule}")
+                    names |= set(rule.get("resourceNames") or ["*"])
+            vs = {name_of(v) for v in self.by.get("VirtualService", [])}
+            for n in [x for x in env.get("GATE_VIRTUALSERVICE", "").split(",") if x]:
+                if n not in vs:
+                    self.err(f"{wid}: GATE_VIRTUALSERVICE names {n}, which is not rendered")
+                if "*" not in names and n not in names:
+                    self.err(f"{wid}: its Role may not patch VirtualService {n}")
+            m = self.URL.match(env.get("GATE_PROMETHEUS_URL", ""))
+            if not m:
+                self.err(f"{wid}: GATE_PROMETHEUS_URL is not a URL")
+            else:
+                host, port = m.group(1), int(m.group(2) or 80)
+                parts = host.split(".")
+                ns = parts[1] if len(parts) > 2 else self.ns
+                if self.netpols and not self.np_admits(w, "egress", port, {"kubernetes.io/metadata.name": ns},
+                                                       self.PROMETHEUS_POD_LABELS):
+                    self.err(f"NetworkPolicy: {wid} -> Prometheus {host}:{port} (GATE_PROMETHEUS_URL) is not allowed")
+            if self.netpols and not any(self.np_admits(w, "egress", p, {}, {}) for p in (443, 6443)):
+                self.err(f"NetworkPolicy: {wid} -> the Kubernetes API server (443/6443) is not allowed")
 
     def check_restricted(self, cid, psc, csc):
         def eff(key):
@@ -300,6 +554,81 @@ class Render:
         if not grace > need:
             self.err(f"{cid}: terminationGracePeriodSeconds {grace} does not exceed preStop {pre}s + "
                      f"DRAIN_DELAY + SHUTDOWN_TIMEOUT = {need:g}s")
+
+    # ---- data stores ------------------------------------------------------------------
+    def check_store_data(self):
+        """Postgres keeps its data on a PersistentVolumeClaim: PGDATA lies under a mount
+        of a volumeClaimTemplate (never an emptyDir, which a rescheduled pod loses); a
+        CloudNativePG Cluster states its storage (a PVC per instance)."""
+        for w in self.workloads:
+            for c in self.containers(w):
+                env = {e["name"]: e.get("value") for e in c.get("env") or [] if "value" in e}
+                pgdata = env.get("PGDATA")
+                if not pgdata:
+                    continue
+                cid = f"{ident(w)} container {c.get('name')}"
+                mounts = sorted((m for m in c.get("volumeMounts") or []
+                                 if pgdata == m["mountPath"] or pgdata.startswith(m["mountPath"].rstrip("/") + "/")),
+                                key=lambda m: len(m["mountPath"]), reverse=True)
+                if not mounts:
+                    self.err(f"{cid}: PGDATA {pgdata} is on the container's own filesystem, not a PersistentVolumeClaim")
+                    continue
+                vol = mounts[0]["name"]
+                claims = {(t.get("metadata") or {}).get("name") for t in (w["spec"].get("volumeClaimTemplates") or [])}
+                pod_vols = {v["name"]: v for v in self.template(w)["spec"].get("volumes") or []}
+                if w["kind"] != "StatefulSet" or vol not in claims or vol in pod_vols:
+                    kind = next((k for k in ("emptyDir", "hostPath", "configMap") if k in (pod_vols.get(vol) or {})), "no claim")
+                    self.err(f"{cid}: PGDATA {pgdata} is on volume {vol} ({kind}), not a PersistentVolumeClaim "
+                             f"(volumeClaimTemplates): the database is lost with the pod")
+        for cl in self.by.get("Cluster", []):
+            size = ((cl.get("spec") or {}).get("storage") or {}).get("size")
+            if not size or not QUANTITY.match(str(size)):
+                self.err(f"{ident(cl)}: no spec.storage.size (a PersistentVolumeClaim per instance)")
+
+    def check_cnpg(self):
+        """A CloudNativePG Cluster, which validate-manifests does not know: the fields the
+        chart sets with their types, a pinned image, a bootstrap SQL ConfigMap that is
+        rendered, and every service reaching it as a managed role whose password Secret
+        is the one its DATABASE_URL reads."""
+        for cl in self.by.get("Cluster", []):
+            cid = ident(cl)
+            if cl.get("apiVersion") != "postgresql.cnpg.io/v1":
+                continue  # another operator's Cluster: not ours to judge
+            for e in shape_errors(cl, CNPG_CLUSTER_SHAPE, cid):
+                self.err(e)
+            spec = cl.get("spec") or {}
+            for path in CNPG_REQUIRED:
+                v = cl
+                for k in path:
+                    v = v.get(k) if isinstance(v, dict) else None
+                if v in (None, ""):
+                    self.err(f"{cid}: {'.'.join(path)} is required")
+            if isinstance(spec.get("instances"), int) and spec["instances"] < 1:
+                self.err(f"{cid}: spec.instances {spec['instances']} (at least 1)")
+            image = str(spec.get("imageName", ""))
+            tag = image.rsplit("/", 1)[-1].partition(":")[2]
+            if image and "@sha256:" not in image and (not tag or tag == "latest"):
+                self.err(f"{cid}: imageName {image} is not pinned to a version")
+            refs = (((spec.get("bootstrap") or {}).get("initdb") or {}).get("postInitApplicationSQLRefs") or {}).get("configMapRefs") or []
+            for ref in refs if isinstance(refs, list) else []:
+                cm = self.configmaps.get(ref.get("name"))
+                if cm is None or ref.get("key") not in (cm.get("data") or {}):
+                    self.err(f"{cid}: bootstrap SQL ConfigMap {ref.get('name')} key {ref.get('key')} is not rendered")
+            roles = {r.get("name"): r for r in ((spec.get("managed") or {}).get("roles") or []) if isinstance(r, dict)}
+            for w in self.workloads:
+                for c in self.template(w)["spec"].get("containers") or []:
+                    url = self.env_of(c).get("DATABASE_URL", "")
+                    m = re.match(r"^postgres(?:ql)?://([^:@/]+):\$\(([A-Za-z_][A-Za-z0-9_]*)\)@([^:/?]+)", url)
+                    if not m or not m.group(3).startswith(f"{name_of(cl)}-"):
+                        continue
+                    role, var = m.group(1), m.group(2)
+                    ref = next(((e.get("valueFrom") or {}).get("secretKeyRef") for e in c.get("env") or [] if e["name"] == var), None)
+                    r = roles.get(role)
+                    if r is None or r.get("ensure", "present") != "present" or not r.get("login"):
+                        self.err(f"{ident(w)}: DATABASE_URL logs in as {role}, which {cid} does not manage as a login role")
+                    elif not ref or ref.get("name") != (r.get("passwordSecret") or {}).get("name") or ref.get("key") != "password":
+                        self.err(f"{ident(w)}: DATABASE_PASSWORD is not the `password` of Secret "
+                                 f"{(r.get('passwordSecret') or {}).get('name')}, which {cid} sets on role {role}")
 
     # ---- services and network policies --------------------------------------------
     def ingress_allows(self, w, port_number):
@@ -344,14 +673,14 @@ class Render:
         for np in self.netpols:
             spec = np["spec"]
             sel = spec.get("podSelector") or {}
-            if sel and not any(selects(sel, self.tlabels(w)) for w in self.workloads):
+            if sel and not any(selects(sel, self.tlabels(w)) for w in self.pod_templates()):
                 self.err(f"{ident(np)}: podSelector selects no rendered pod template")
             for direction, peers_key in (("ingress", "from"), ("egress", "to")):
                 for rule in spec.get(direction) or []:
                     for peer in rule.get(peers_key) or []:
                         ps = peer.get("podSelector")
                         if ps and "namespaceSelector" not in peer and "ipBlock" not in peer:
-                            if not any(selects(ps, self.tlabels(w)) for w in self.workloads):
+                            if not any(selects(ps, self.tlabels(w)) for w in self.pod_templates()):
                                 self.err(f"{ident(np)}: {direction} peer {ps.get('matchLabels', ps)} selects no rendered pod template")
 
     def np_allows(self, src, dst, port_number):
@@ -410,7 +739,10 @@ class Render:
                     continue
                 if self.netpols and not self.np_allows(w, dst, number):
                     self.err(f"NetworkPolicy: {ident(w)} -> {ident(dst)}:{number} ({key}) is wired but not allowed")
-                if aps is not None and not self.ap_allows(aps, w, dst, number):
+                if self.has_sidecar(dst) and self.in_mesh() and not self.has_sidecar(w):
+                    self.err(f"mesh: {ident(w)} has no sidecar but calls {ident(dst)}:{number} ({key}), whose sidecar "
+                             f"admits only mTLS (STRICT): the call is refused")
+                if aps is not None and self.has_sidecar(dst) and not self.ap_allows(aps, w, dst, number):
                     self.err(f"AuthorizationPolicy: {ident(w)} -> {ident(dst)}:{number} ({key}) is wired but not allowed by any AuthorizationPolicy")
 
     # ---- Redis ACL ------------------------------------------------------------------
@@ -876,6 +1208,8 @@ class Render:
                         if not paths or not all(x.startswith(HEALTH_PATH_PREFIXES) for x in paths):
                             self.err(f"{ident(ap)}: a namespace-wide rule must be limited to health/reflection paths")
         for w in self.workloads:
+            if w["kind"] in JOB_KINDS:
+                continue  # nothing calls a job: the namespace's default deny is all it needs
             if not any(((ap.get("spec") or {}).get("selector") or {}).get("matchLabels")
                        and selects(ap["spec"]["selector"]["matchLabels"], self.tlabels(w)) for ap in aps):
                 self.err(f"mesh: no ALLOW policy selects {ident(w)}; with default deny nothing can reach it")
@@ -959,6 +1293,8 @@ class Render:
             return
         import json
         for w in self.workloads:
+            if w["kind"] in JOB_KINDS:
+                continue  # a job serves nothing: its sidecar stops when it exits (native sidecar)
             spec = self.template(w)["spec"]
             grace = spec.get("terminationGracePeriodSeconds", 30)
             ann = (self.template(w).get("metadata") or {}).get("annotations") or {}
@@ -981,7 +1317,8 @@ class Render:
         IfNotPresent and changes no pod spec, so a rebuild would never reach the pods."""
         versions = {self.tlabels(w).get("version") for w in self.workloads}
         for w in self.workloads:
-            app = self.tlabels(w).get("app")
+            # A job runs its service's image (container named after the service).
+            app = self.tlabels(w).get("exchange.dev/job-of") or self.tlabels(w).get("app")
             for c in self.template(w)["spec"].get("containers") or []:
                 image = str(c.get("image", ""))
                 if c.get("name") != app or "@sha256:" in image:
@@ -1181,6 +1518,33 @@ class Render:
         if svc is not None and {self.tlabels(w).get("color") for w in self.templates_of_service(svc)} != {"blue", "green"}:
             self.err(f"bluegreen {app}: Service/{name_of(svc)} must select both colors (Istio subsets need both endpoints)")
 
+    def expect_ha(self):
+        """values-ha.yaml: Postgres as a CloudNativePG Cluster of at least two instances
+        on different nodes, every DATABASE_URL on its primary (-rw); Redis through Sentinels."""
+        clusters = [c for c in self.by.get("Cluster", []) if c.get("apiVersion") == "postgresql.cnpg.io/v1"]
+        if len(clusters) != 1:
+            self.err(f"ha: expected one CloudNativePG Cluster, found {len(clusters)}")
+            return
+        cl = clusters[0]
+        spec = cl.get("spec") or {}
+        if not isinstance(spec.get("instances"), int) or spec["instances"] < 2:
+            self.err(f"ha: {ident(cl)} has {spec.get('instances')} instance(s): no replica to fail over to")
+        if not (spec.get("affinity") or {}).get("enablePodAntiAffinity"):
+            self.err(f"ha: {ident(cl)} may put its instances on one node")
+        if any(w["kind"] == "StatefulSet" and self.tlabels(w).get("app") == "postgresql" for w in self.workloads):
+            self.err("ha: the bundled Postgres StatefulSet is rendered beside the Cluster")
+        for w in self.workloads:
+            for c in self.template(w)["spec"].get("containers") or []:
+                env = self.env_of(c)
+                url = env.get("DATABASE_URL")
+                if url:
+                    m = self.URL.match(url)
+                    host = m.group(1).split(".")[0] if m else ""
+                    if host != f"{name_of(cl)}-rw":
+                        self.err(f"ha: {ident(w)} DATABASE_URL points at {host or url}, not the primary {name_of(cl)}-rw")
+                if "REDIS_URL" in env and not env["REDIS_URL"].startswith(("redis-sentinel://", "rediss-sentinel://")):
+                    self.err(f"ha: {ident(w)} REDIS_URL does not go through the Sentinels: {env['REDIS_URL']}")
+
     def external_secret_refs(self):
         refs = set()
         for w in self.workloads:
@@ -1202,6 +1566,10 @@ def run_checks(docs, namespace, mesh_docs, expectations, provided_secrets=None, 
     if not docs:
         r.err("the render is empty")
     r.check_workloads()
+    r.check_cronjobs()
+    r.check_release_gate()
+    r.check_store_data()
+    r.check_cnpg()
     r.check_services()
     r.check_netpols()
     r.check_istio()
@@ -1373,6 +1741,8 @@ def parse_expectations(a):
         out.append(("bluegreen", (app, live, h, v)))
     if a.expect_store_exporters:
         out.append(("store_exporters", ()))
+    if a.expect_ha:
+        out.append(("ha", ()))
     return out
 
 
@@ -1630,7 +2000,57 @@ def mutations(prefix):
         np["spec"]["egress"] = [r for r in np["spec"]["egress"]
                                 if not any(x.get("port") == 4317 for x in r.get("ports") or [])]
 
+    def job_pod(docs, job):
+        return find(docs, "CronJob", f"{p}-{job}")["spec"]["jobTemplate"]["spec"]["template"]
+
+    def m_job_classic_sidecar(docs, mesh):
+        del job_pod(docs, "market-data-backfill")["metadata"]["annotations"]["sidecar.istio.io/nativeSidecar"]
+
+    def m_job_no_sidecar(docs, mesh):
+        pod = job_pod(docs, "user-retention")
+        pod["metadata"]["labels"]["sidecar.istio.io/inject"] = "false"
+        del pod["metadata"]["annotations"]["sidecar.istio.io/nativeSidecar"]
+
+    def m_job_db_egress(docs, mesh):
+        np = find(docs, "NetworkPolicy", f"{p}-user-retention")
+        np["spec"]["egress"] = [r for r in np["spec"]["egress"] if not any(x.get("port") == 5432 for x in r.get("ports") or [])]
+
+    def m_job_upbit_ap(docs, mesh):
+        ap = find(docs, "AuthorizationPolicy", f"{p}-upbit-sim")
+        ap["spec"]["rules"] = [r for r in ap["spec"]["rules"] if "backfill" not in str(r)]
+
+    def m_job_overlap(docs, mesh):
+        find(docs, "CronJob", f"{p}-market-data-retention")["spec"]["concurrencyPolicy"] = "Allow"
+
+    def m_job_deadline(docs, mesh):
+        del find(docs, "CronJob", f"{p}-market-data-retention")["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"]
+
+    def m_job_root(docs, mesh):
+        job_pod(docs, "user-retention")["spec"]["containers"][0]["securityContext"]["runAsNonRoot"] = False
+
+    def m_job_tag(docs, mesh):
+        c = job_pod(docs, "user-retention")["spec"]["containers"][0]
+        c["image"] = c["image"].rsplit(":", 1)[0] + ":v1"
+
+    def m_job_selected(docs, mesh):
+        find(docs, "Service", f"{p}-user")["spec"]["selector"] = {"app.kubernetes.io/instance": "exchange"}
+
+    def m_pgdata_emptydir(docs, mesh):
+        ss = find(docs, "StatefulSet", f"{p}-postgresql")
+        ss["spec"]["volumeClaimTemplates"] = []
+        ss["spec"]["template"]["spec"]["volumes"].append({"name": "data", "emptyDir": {}})
+
     return [
+        ("CronJob pods with a classic sidecar (the Job never completes)", "the Job never completes", "base", m_job_classic_sidecar),
+        ("CronJob without a sidecar calling Postgres under STRICT mTLS", "has no sidecar but calls", "base", m_job_no_sidecar),
+        ("CronJob without egress to Postgres", "CronJob/exchange-user-retention -> StatefulSet/exchange-postgresql:5432 (DATABASE_URL) is wired but not allowed", "base", m_job_db_egress),
+        ("backfill job not allowed into upbit-sim", "CronJob/exchange-market-data-backfill -> Deployment/exchange-upbit-sim:9090 (UPBIT_REST_URL) is wired but not allowed by any AuthorizationPolicy", "base", m_job_upbit_ap),
+        ("CronJob runs overlapping", "not Forbid", "base", m_job_overlap),
+        ("CronJob without an active deadline", "no activeDeadlineSeconds", "base", m_job_deadline),
+        ("CronJob running as root", "CronJob/exchange-user-retention container user: runAsNonRoot", "base", m_job_root),
+        ("CronJob on a re-pushed tag", "CronJob/exchange-user-retention container user: image", "base", m_job_tag),
+        ("Service selecting a job's pods", "selects the pods of CronJob", "base", m_job_selected),
+        ("Postgres data on an emptyDir", "not a PersistentVolumeClaim", "base", m_pgdata_emptydir),
         ("canary weights do not sum to 100", "sum to", "canary", m_weights),
         ("probe ports closed to the kubelet", "no NetworkPolicy admits the kubelet on 15020", "base", m_kubelet),
         ("Postgres' sidecar on the default 5 s drain", "the sidecar drains 5s (the default)", "base", m_store_drain),
@@ -1733,6 +2153,8 @@ def main(argv):
                     help="with --self-test: a render with PodMonitors and the PrometheusRule on")
     ap.add_argument("--expect-store-exporters", action="store_true",
                     help="the bundled Postgres and Redis each have an exporter a PodMonitor scrapes")
+    ap.add_argument("--expect-ha", action="store_true",
+                    help="values-ha.yaml: a CloudNativePG Cluster of 2+ instances behind every DATABASE_URL, Redis via Sentinels")
     ap.add_argument("--prefix", default="exchange", help="object name prefix (release fullname) for --self-test")
     ap.add_argument("--allow-health", action="store_true",
                     help="the ingress forwards the probe paths on purpose (the load-test overlay)")
