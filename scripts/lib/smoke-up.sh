@@ -57,10 +57,11 @@ done
 [[ $(http_status 127.0.0.1 "$GATEWAY_PORT" /readyz) == 200 ]] || fail "gateway /readyz"
 [[ $(http_status 127.0.0.1 "$SIM_PORT" /healthz) == 200 ]] || fail "upbit-sim /healthz"
 
-# Two versions side by side: the gateway's calls reach both.
+# Two versions side by side: the gateway's calls reach both. (An orderbook read
+# asks market-data every time; tickers come from the gateway's memory, fed by one.)
 served=""
 for _ in $(seq 1 40); do
-  served+=$(http_headers 127.0.0.1 "$GATEWAY_PORT" "/v1/ticker?markets=KRW-BTC" | grep -i '^x-served-by:' || true)$'\n'
+  served+=$(http_headers 127.0.0.1 "$GATEWAY_PORT" "/v1/orderbook?markets=KRW-BTC" | grep -i '^x-served-by:' || true)$'\n'
   sleep 0.12 # within the quotation limit (10/s per client)
 done
 for version in market-data/v1/ market-data/v2/; do
