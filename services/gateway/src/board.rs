@@ -123,34 +123,33 @@ impl TickerBoard {
     /// The `/v1/ticker` body for `markets`, in that order, when the board is
     /// live and holds every one of them.
     pub fn tickers<'a>(&self, markets: impl IntoIterator<Item = &'a str>) -> Option<FromMemory> {
-        let board = self.board.read().ok()?;
-        if !board.live {
-            return None;
-        }
-        let entries = markets
-            .into_iter()
-            .map(|m| board.tickers.get(m).cloned())
-            .collect::<Option<Vec<_>>>()?;
-        let served_by = board.served_by.clone();
-        drop(board);
-        READS.with_label_values(&["memory"]).inc();
-        Some(FromMemory {
-            body: rest::array(entries.iter().filter_map(|e| e.json()).map(str::to_owned)),
-            served_by,
-        })
+        self.reply(|held| markets.into_iter().map(|m| held.get(m).cloned()).collect())
     }
 
     /// The `/v1/ticker/all` body: of `listed` (the market list, in its
     /// order), those with a ticker, when the board is live.
     pub fn listed<'a>(&self, listed: impl IntoIterator<Item = &'a str>) -> Option<FromMemory> {
+        self.reply(|held| {
+            Some(
+                listed
+                    .into_iter()
+                    .filter_map(|m| held.get(m).cloned())
+                    .collect(),
+            )
+        })
+    }
+
+    /// A reply of the entries `pick` chooses (`None`: not from memory), when
+    /// the board is live; rendered after the lock is released.
+    fn reply(
+        &self,
+        pick: impl FnOnce(&HashMap<String, Arc<Entry>>) -> Option<Vec<Arc<Entry>>>,
+    ) -> Option<FromMemory> {
         let board = self.board.read().ok()?;
         if !board.live {
             return None;
         }
-        let entries: Vec<Arc<Entry>> = listed
-            .into_iter()
-            .filter_map(|m| board.tickers.get(m).cloned())
-            .collect();
+        let entries = pick(&board.tickers)?;
         let served_by = board.served_by.clone();
         drop(board);
         READS.with_label_values(&["memory"]).inc();
