@@ -140,6 +140,37 @@ impl RequestScope {
             .any(|(name, _)| ROUTING_HEADERS.contains(&name.as_str()))
     }
 
+    /// This scope's routing headers alone (no request id, no trace
+    /// headers): the scope of work shared by every request routed alike, such
+    /// as one upstream stream serving many WebSocket sessions.
+    pub fn routing_only(&self) -> Self {
+        let forwarded = self
+            .forwarded
+            .iter()
+            .filter(|(name, _)| ROUTING_HEADERS.contains(&name.as_str()))
+            .cloned()
+            .collect();
+        Self {
+            forwarded: Arc::new(forwarded),
+            served_by: Arc::default(),
+        }
+    }
+
+    /// The routing headers as one text (empty when none): requests with equal
+    /// texts are routed to the same versions downstream.
+    pub fn routing_key(&self) -> String {
+        let mut key = String::new();
+        for (name, value) in self.forwarded.iter() {
+            if ROUTING_HEADERS.contains(&name.as_str()) {
+                key.push_str(name.as_str());
+                key.push('=');
+                key.push_str(&String::from_utf8_lossy(value.as_bytes()));
+                key.push('\n');
+            }
+        }
+        key
+    }
+
     /// Runs `fut` with this scope current.
     pub async fn run<F: Future>(self, fut: F) -> F::Output {
         SCOPE.scope(self, fut).await
@@ -202,6 +233,31 @@ mod tests {
 
     use super::*;
     use crate::testing::Collected;
+
+    #[test]
+    fn routing_headers_alone_key_and_scope_shared_work() {
+        let mut canary = HeaderMap::new();
+        canary.insert("x-canary", HeaderValue::from_static("1"));
+        canary.insert("x-request-id", HeaderValue::from_static("first"));
+        let mut other = canary.clone();
+        other.insert("x-request-id", HeaderValue::from_static("second"));
+        let (a, b) = (
+            RequestScope::from_headers(&canary),
+            RequestScope::from_headers(&other),
+        );
+        assert_eq!(a.routing_key(), b.routing_key(), "request ids do not count");
+        assert_ne!(a.routing_key(), RequestScope::default().routing_key());
+        let shared = a.routing_only();
+        assert!(shared.routed());
+        assert!(
+            shared
+                .forwarded
+                .iter()
+                .all(|(n, _)| n.as_str() != "x-request-id"),
+            "one request's id is not carried into shared work"
+        );
+        assert_eq!(RequestScope::default().routing_key(), "");
+    }
 
     /// The span a server records for a request carrying `traceparent`, if
     /// sampled (every root span is, with the default sampler).

@@ -159,6 +159,22 @@ impl TickerBoard {
         })
     }
 
+    /// The held tickers of `markets`, in that order, when the board is live
+    /// and holds every one of them (a WebSocket subscription's snapshot).
+    pub fn current(&self, markets: &[String]) -> Option<Vec<pb::Ticker>> {
+        let board = self.board.read().ok()?;
+        if !board.live {
+            return None;
+        }
+        let held = markets
+            .iter()
+            .map(|m| board.tickers.get(m).map(|e| e.ticker.clone()))
+            .collect::<Option<Vec<_>>>()?;
+        drop(board);
+        READS.with_label_values(&["memory"]).inc();
+        Some(held)
+    }
+
     /// Whether reads may come from memory now.
     pub fn is_live(&self) -> bool {
         self.board.read().is_ok_and(|b| b.live)

@@ -86,9 +86,22 @@ pub struct Config {
     #[arg(long, env = "TICKERS_FROM_MEMORY", default_value_t = true, action = clap::ArgAction::Set)]
     pub tickers_from_memory: bool,
 
-    /// Frames queued per WebSocket client before it is disconnected as too slow.
-    #[arg(long, env = "WS_BUFFER", default_value_t = 4096)]
+    /// Messages each WebSocket feed (one market-data stream per type and
+    /// market, shared by all its subscribers) keeps for subscribers that are
+    /// behind; a client further behind is disconnected as too slow.
+    #[arg(long, env = "WS_BUFFER", default_value_t = 1024)]
     pub ws_buffer: usize,
+
+    /// Bytes a WebSocket connection gathers before writing to its socket (about
+    /// the most it holds unsent; a client that does not read falls behind its
+    /// feeds and is disconnected).
+    #[arg(long, env = "WS_WRITE_BUFFER", default_value_t = 16 * 1024)]
+    pub ws_write_buffer: usize,
+
+    /// Close a WebSocket connection as too slow when a write to it waits this
+    /// long (the client has stopped reading and its socket is full).
+    #[arg(long, env = "WS_STALL_TIMEOUT", default_value = "10s", value_parser = service_kit::config::parse_duration)]
+    pub ws_stall_timeout: std::time::Duration,
 
     /// Close WebSocket connections that send nothing (not even a ping) for this long.
     #[arg(long, env = "WS_IDLE_TIMEOUT", default_value = "120s", value_parser = service_kit::config::parse_duration)]

@@ -10,6 +10,7 @@ pub mod config;
 mod convert;
 mod error;
 mod exchange;
+mod fanout;
 mod http;
 mod idempotency;
 mod native;
@@ -106,6 +107,7 @@ impl App {
                 ws_open: config.ws_max_connections,
                 ws_open_per_ip: config.ws_max_connections_per_ip,
                 ws_max_message: config.ws_max_message,
+                ws_write_buffer: config.ws_write_buffer,
             },
             limiter,
             config.ws_buffer,
@@ -116,6 +118,7 @@ impl App {
             self.server.health(),
         );
         gw.request_timeout = config.request_timeout;
+        gw.ws_stall = config.ws_stall_timeout;
         gw.trust_traceparent = config.trust_traceparent;
         gw.tickers = Arc::new(board::TickerBoard::new(config.tickers_from_memory));
         let gw = Arc::new(gw);

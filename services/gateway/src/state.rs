@@ -55,6 +55,10 @@ pub struct Limits {
     pub ws_open_per_ip: usize,
     /// Largest WebSocket message a client may send, in bytes.
     pub ws_max_message: usize,
+    /// Bytes a WebSocket connection gathers before writing to its socket, and
+    /// so about the most it holds unsent: a client that does not read stalls
+    /// only its own connection, which falls behind its feeds and is closed.
+    pub ws_write_buffer: usize,
 }
 
 impl Limits {
@@ -78,8 +82,12 @@ pub struct Gateway {
     pub limiter: RateLimiter,
     pub ws_connects: PerSecond<IpAddr>,
     pub ws_open: Arc<WsSlots>,
-    pub ws_buffer: usize,
+    /// The market-data streams WebSocket subscriptions share.
+    pub fanout: Arc<crate::fanout::Fanout>,
     pub ws_idle: Duration,
+    /// Longest a WebSocket write may wait for the client to read before the
+    /// connection is closed as too slow.
+    pub ws_stall: Duration,
     /// Proxies whose X-Forwarded-For entries are trusted (see [`ClientIp`]).
     pub trusted_proxies: usize,
     /// Longest time a request may take to be read and answered.
@@ -115,6 +123,7 @@ impl Gateway {
         draining: CancellationToken,
         health: Health,
     ) -> Self {
+        let fanout = Arc::new(crate::fanout::Fanout::new(upstreams.md.clone(), ws_buffer));
         Self {
             md: upstreams.md,
             user: upstreams.user,
@@ -124,8 +133,9 @@ impl Gateway {
             limiter,
             ws_connects: PerSecond::new(limits.ws_connects),
             ws_open: Arc::new(WsSlots::default()),
-            ws_buffer,
+            fanout,
             ws_idle,
+            ws_stall: Duration::from_secs(10),
             trusted_proxies,
             request_timeout: Duration::from_secs(30),
             trust_traceparent: false,

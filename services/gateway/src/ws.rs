@@ -2,29 +2,33 @@
 //! live streams (which fan out from Redis, so every gateway replica sees every
 //! event).
 //!
-//! Per connection: a request replaces the whole subscription set (the streams
-//! of the previous one are cancelled); each type gets a market-data stream with
-//! a SNAPSHOT first unless `is_only_realtime`; `is_only_snapshot` reads the
-//! current state once. Frames are binary in the connection's format. The
-//! upstream streams are always read promptly: a WebSocket client that cannot
-//! keep up is disconnected instead of backing up the shared gRPC connection.
+//! Per connection: a request replaces the whole subscription set (its places
+//! in the feeds of the previous one are given up); each type object gets a
+//! SNAPSHOT first unless `is_only_realtime` (read once from market-data, or for
+//! tickers from the gateway's memory), then the live messages of its markets'
+//! feeds ([`crate::fanout`]: one market-data stream per type and market in
+//! the gateway, each message rendered once per format and shared by every
+//! connection); `is_only_snapshot` reads the current state once. Frames are
+//! binary in the connection's format. The feeds never wait for a connection:
+//! a client more than a feed's ring behind is disconnected as too slow, and
+//! what a connection has not sent yet is bounded in bytes by its write buffer.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use exchange_proto::marketdata::v1 as pb;
-use futures_util::{SinkExt, StreamExt};
-use prometheus::{IntCounterVec, IntGauge, Opts};
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use service_kit::ws::{Incoming, spawn_reader};
 use telemetry::propagation::RequestScope;
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
 use tracing::Instrument;
 use upbit::error::ErrorResponse;
 use upbit::request::{
@@ -34,6 +38,7 @@ use upbit::request::{
 use upbit::write::{self, Format, STATUS_UP};
 
 use crate::convert;
+use crate::fanout::{self, Event, Feed, Kind, Payload, Shape};
 use crate::state::{ClientIp, Shared, WsFull, WsSlot};
 
 static CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
@@ -88,24 +93,37 @@ pub(crate) fn admit(gw: &Shared, ip: ClientIp) -> Result<WsSlot, Box<Response>> 
         })
 }
 
+/// Bytes read from the socket at a time: client messages are small requests
+/// (tungstenite's default, 128 KiB per connection, is most of an idle
+/// connection's memory). A larger message still fits: the buffer grows.
+pub(crate) const READ_BUFFER: usize = 4096;
+
+/// `ws` with its buffers bounded: what a client may send (`ws_max_message`),
+/// what is read at a time, what is gathered unsent (`ws_write_buffer`).
+pub(crate) fn bounded(ws: WebSocketUpgrade, limits: &crate::state::Limits) -> WebSocketUpgrade {
+    let (max, write) = (limits.ws_max_message, limits.ws_write_buffer);
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(write)
+        .max_write_buffer_size(write.saturating_mul(4).max(max))
+}
+
 /// Upgrades within the limits, bounding the size of what a client may send.
 pub async fn upgrade(ws: WebSocketUpgrade, State(gw): State<Shared>, ip: ClientIp) -> Response {
     let slot = match admit(&gw, ip) {
         Ok(slot) => slot,
         Err(refused) => return *refused,
     };
-    let max = gw.limits.ws_max_message;
     let (session, scope) = session("ws.session");
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| {
-            scope
-                .run(async move {
-                    connection(socket, gw).await;
-                    drop(slot);
-                })
-                .instrument(session)
-        })
+    bounded(ws, &gw.limits).on_upgrade(move |socket| {
+        scope
+            .run(async move {
+                connection(socket, gw).await;
+                drop(slot);
+            })
+            .instrument(session)
+    })
 }
 
 /// A WebSocket session is a trace: a span that lives as long as the
@@ -138,15 +156,13 @@ const BURST: usize = 256;
 async fn serve(socket: WebSocket, gw: &Shared) -> &'static str {
     let (mut sink, stream) = socket.split();
     let mut incoming = spawn_reader(stream);
-    let (tx, mut rx) = mpsc::channel::<Message>(gw.ws_buffer.max(16));
-    let slow = CancellationToken::new();
-    let mut upstream = Upstream::default();
+    let mut frames: Frames = futures_util::stream::pending().boxed();
     let mut format = Format::Default;
     let mut window = RequestWindow::default();
     let mut subscribed: Vec<Subscription> = Vec::new();
     let idle = tokio::time::sleep(gw.ws_idle);
     tokio::pin!(idle);
-    let reason = loop {
+    loop {
         tokio::select! {
             received = incoming.recv() => {
                 idle.as_mut().reset(tokio::time::Instant::now() + gw.ws_idle);
@@ -180,8 +196,7 @@ async fn serve(socket: WebSocket, gw: &Shared) -> &'static str {
                                     if let Some(f) = request.format {
                                         format = f;
                                     }
-                                    upstream.stop().await;
-                                    upstream = Upstream::start(gw, &request.subscriptions, format, &tx, &slow);
+                                    frames = subscribe(gw, &request.subscriptions, format);
                                     subscribed = request.subscriptions;
                                     Vec::new()
                                 }
@@ -197,37 +212,79 @@ async fn serve(socket: WebSocket, gw: &Shared) -> &'static str {
                     break "client";
                 }
             }
-            out = rx.recv() => {
-                let mut next = out;
-                let mut written = 0;
-                let mut failed = false;
-                while let Some(frame) = next.take() {
-                    if sink.feed(frame).await.is_err() { failed = true; break; }
-                    written += 1;
-                    if written < BURST {
-                        next = rx.try_recv().ok();
+            out = frames.next() => {
+                let Some(first) = out else {
+                    // Snapshots only, all sent.
+                    frames = futures_util::stream::pending().boxed();
+                    continue;
+                };
+                let burst = tokio::time::timeout(gw.ws_stall, write_burst(&mut sink, first, &mut frames));
+                match burst.await {
+                    Ok(Burst::Written) => {}
+                    Ok(Burst::Failed) => break "client",
+                    Ok(Burst::Behind) => {
+                        close(&mut sink, gw, 1008, "too slow: messages were not read").await;
+                        break "slow";
                     }
+                    // The client has read nothing for that long: its socket is
+                    // full, a close frame would not get through either.
+                    Err(_stalled) => break "slow",
                 }
-                if failed || (written > 0 && sink.flush().await.is_err()) {
-                    break "client";
-                }
-            }
-            _ = slow.cancelled() => {
-                let _ = sink.send(Message::Close(Some(CloseFrame { code: 1008, reason: "too slow: messages were not read".into() }))).await;
-                break "slow";
             }
             _ = &mut idle => {
-                let _ = sink.send(Message::Close(Some(CloseFrame { code: 1000, reason: "idle timeout".into() }))).await;
+                close(&mut sink, gw, 1000, "idle timeout").await;
                 break "idle";
             }
             _ = gw.draining.cancelled() => {
-                let _ = sink.send(Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() }))).await;
+                close(&mut sink, gw, 1001, "server shutting down").await;
                 break "shutdown";
             }
         }
-    };
-    upstream.stop().await;
-    reason
+    }
+}
+
+type WsSink = futures_util::stream::SplitSink<WebSocket, Message>;
+
+/// How a burst of writes ended.
+enum Burst {
+    Written,
+    /// The socket failed: the client is gone.
+    Failed,
+    /// The connection fell a feed's ring behind.
+    Behind,
+}
+
+/// Writes `first` and what else is ready (up to [`BURST`] frames), then
+/// flushes.
+async fn write_burst(sink: &mut WsSink, first: Out, frames: &mut Frames) -> Burst {
+    let mut next = Some(first);
+    let mut written = 0;
+    while let Some(out) = next.take() {
+        let Out::Frame(frame) = out else {
+            return Burst::Behind;
+        };
+        if sink.feed(Message::Binary(frame)).await.is_err() {
+            return Burst::Failed;
+        }
+        written += 1;
+        if written < BURST {
+            next = frames.next().now_or_never().flatten();
+        }
+    }
+    match sink.flush().await {
+        Ok(()) => Burst::Written,
+        Err(_) => Burst::Failed,
+    }
+}
+
+/// Sends a close frame, giving up after the stall timeout (a client that
+/// reads nothing would hold the connection open forever otherwise).
+pub(crate) async fn close(sink: &mut WsSink, gw: &Shared, code: u16, reason: &'static str) {
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }));
+    let _ = tokio::time::timeout(gw.ws_stall, sink.send(frame)).await;
 }
 
 /// The subscriptions with their codes checked: a malformed code is an error;
@@ -296,87 +353,6 @@ fn level_of(sub: &Subscription) -> rust_decimal::Decimal {
         .unwrap_or_default()
 }
 
-/// The upstream tasks of one subscription set.
-#[derive(Default)]
-struct Upstream {
-    tasks: JoinSet<()>,
-    cancel: CancellationToken,
-}
-
-impl Upstream {
-    fn start(
-        gw: &Shared,
-        subs: &[Subscription],
-        format: Format,
-        tx: &mpsc::Sender<Message>,
-        slow: &CancellationToken,
-    ) -> Self {
-        let mut up = Self::default();
-        let merged = merge(subs);
-        let subs = merged.as_slice();
-        // The streams of one request are one span of the session's trace.
-        let span = tracing::info_span!(
-            "ws.subscribe",
-            types = %subs.iter().map(|s| s.data_type.as_str()).collect::<Vec<_>>().join(","),
-        );
-        let scope = RequestScope::current();
-        let mut spawn = |task: futures_util::future::BoxFuture<'static, ()>| {
-            up.tasks
-                .spawn(scope.clone().run(task).instrument(span.clone()));
-        };
-        // Every live stream of the set is opened before any of them forwards a
-        // frame: once the client sees its first frame, nothing of the set can
-        // still be connecting (and miss what happens next).
-        let live = subs.iter().filter(|s| s.wants_realtime()).count();
-        let opened = Arc::new(tokio::sync::Barrier::new(live));
-        for sub in subs {
-            let depths: HashMap<String, usize> = sub
-                .codes
-                .iter()
-                .cloned()
-                .zip(sub.depths.iter().copied())
-                .collect();
-            let sink = Sink {
-                tx: tx.clone(),
-                slow: slow.clone(),
-                format,
-                depths,
-                level: level_of(sub),
-            };
-            let (md, cancel) = (gw.md.clone(), up.cancel.clone());
-            let opened = opened.clone();
-            let codes = sub.codes.clone();
-            let (snapshot, realtime) = (sub.wants_snapshot(), sub.wants_realtime());
-            match sub.data_type {
-                DataType::Ticker => spawn(Box::pin(tickers(
-                    md, codes, snapshot, realtime, sink, cancel, opened,
-                ))),
-                DataType::Trade => spawn(Box::pin(trades(
-                    md, codes, snapshot, realtime, sink, cancel, opened,
-                ))),
-                DataType::Orderbook => spawn(Box::pin(orderbooks(
-                    md, codes, snapshot, realtime, sink, cancel, opened,
-                ))),
-                DataType::Candle(ref name) => spawn(Box::pin(candles(
-                    md,
-                    name.clone(),
-                    codes,
-                    (snapshot, realtime),
-                    sink,
-                    cancel,
-                    opened,
-                ))),
-            };
-        }
-        up
-    }
-
-    async fn stop(&mut self) {
-        self.cancel.cancel();
-        while self.tasks.join_next().await.is_some() {}
-    }
-}
-
 /// Type objects of the same type (and snapshot/realtime choice) as one, with
 /// their codes together: one upstream stream each, however a request repeats
 /// itself.
@@ -404,213 +380,6 @@ fn merge(subs: &[Subscription]) -> Vec<Subscription> {
     merged
 }
 
-/// Where an upstream task puts frames.
-struct Sink {
-    tx: mpsc::Sender<Message>,
-    slow: CancellationToken,
-    format: Format,
-    depths: HashMap<String, usize>,
-    /// Orderbook grouping (0: none).
-    level: rust_decimal::Decimal,
-}
-
-impl Sink {
-    /// False when the connection is gone or too slow (the task should end).
-    fn put(&self, text: String) -> bool {
-        match self.tx.try_send(binary(text)) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.slow.cancel();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-
-    /// `o` cut to the market's depth, grouped by the subscription's level
-    /// where the market allows it (KRW, a multiple of its price unit).
-    fn orderbook(&self, o: &pb::Orderbook, snapshot: bool) -> Option<upbit::Orderbook> {
-        let full = convert::orderbook(o, upbit::request::DEFAULT_ORDERBOOK_DEPTH, snapshot);
-        let book = convert::skipped(full, "orderbook", &o.market)?;
-        let price = book
-            .orderbook_units
-            .first()
-            .map(|u| u.ask_price)
-            .unwrap_or_default();
-        let level = if book.code.starts_with("KRW-")
-            && (self.level % upbit::market::krw_tick(price)).is_zero()
-        {
-            self.level
-        } else {
-            rust_decimal::Decimal::ZERO
-        };
-        Some(book.grouped(level, self.depth(&o.market)))
-    }
-
-    fn depth(&self, market: &str) -> usize {
-        self.depths
-            .get(market)
-            .copied()
-            .unwrap_or(upbit::request::DEFAULT_ORDERBOOK_DEPTH)
-    }
-}
-
-/// Backoff between upstream reconnects.
-const RETRY: Duration = Duration::from_millis(500);
-
-type Md = exchange_proto::marketdata::v1::market_data_service_client::MarketDataServiceClient<
-    service_kit::grpc::Channel,
->;
-
-/// Forwards one market-data stream into the connection until cancelled,
-/// reopening it (without a snapshot) when it breaks. `open(snapshot)` opens the
-/// stream; `render` turns a message into a frame. After the first attempt to
-/// open, waits at `opened` for the other streams of the subscription set.
-async fn pump<M, F, Fut, R>(
-    open: F,
-    render: R,
-    sink: Sink,
-    cancel: CancellationToken,
-    opened: Arc<tokio::sync::Barrier>,
-) where
-    F: Fn(bool) -> Fut,
-    Fut: Future<Output = Result<tonic::Response<tonic::Streaming<M>>, tonic::Status>>,
-    R: Fn(M, &Sink) -> Option<String>,
-{
-    let mut first = true;
-    let mut waited = false;
-    loop {
-        let result = tokio::select! { _ = cancel.cancelled() => return, r = open(first) => r };
-        if !waited {
-            waited = true;
-            tokio::select! { _ = cancel.cancelled() => return, _ = opened.wait() => {} }
-        }
-        if let Ok(resp) = result {
-            first = false;
-            let mut stream = resp.into_inner();
-            loop {
-                let next =
-                    tokio::select! { _ = cancel.cancelled() => return, m = stream.message() => m };
-                let Ok(Some(message)) = next else { break };
-                if let Some(frame) = render(message, &sink)
-                    && !sink.put(frame)
-                {
-                    return;
-                }
-            }
-        }
-        tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(RETRY) => {} }
-    }
-}
-
-/// Sends the frames of a one-off snapshot (`is_only_snapshot`).
-fn put_all(sink: &Sink, frames: Vec<String>) {
-    for frame in frames {
-        if !sink.put(frame) {
-            return;
-        }
-    }
-}
-
-async fn tickers(
-    md: Md,
-    codes: Vec<String>,
-    snapshot: bool,
-    realtime: bool,
-    sink: Sink,
-    cancel: CancellationToken,
-    opened: Arc<tokio::sync::Barrier>,
-) {
-    if !realtime {
-        let request = pb::GetTickersRequest {
-            markets: codes,
-            quote_currencies: vec![],
-        };
-        if let Ok(r) = md.clone().get_tickers(request).await {
-            let frames = r
-                .into_inner()
-                .tickers
-                .iter()
-                .filter_map(|t| convert::skipped(convert::ticker(t, true), "ticker", &t.market))
-                .map(|t| write::ticker(&t, sink.format))
-                .collect();
-            put_all(&sink, frames);
-        }
-        return;
-    }
-    let open = |first: bool| {
-        let (mut md, markets) = (md.clone(), codes.clone());
-        async move {
-            md.stream_tickers(pb::StreamTickersRequest {
-                markets,
-                snapshot: snapshot && first,
-            })
-            .await
-        }
-    };
-    let render = |m: pb::StreamTickersResponse, sink: &Sink| {
-        let t = m.ticker?;
-        convert::skipped(convert::ticker(&t, m.snapshot), "ticker", &t.market)
-            .map(|t| write::ticker(&t, sink.format))
-    };
-    pump(open, render, sink, cancel, opened).await;
-}
-
-async fn trades(
-    md: Md,
-    codes: Vec<String>,
-    snapshot: bool,
-    realtime: bool,
-    sink: Sink,
-    cancel: CancellationToken,
-    opened: Arc<tokio::sync::Barrier>,
-) {
-    if !realtime {
-        let mut frames = Vec::new();
-        for market in codes {
-            if let Ok(r) = md
-                .clone()
-                .list_trades(pb::ListTradesRequest {
-                    market,
-                    count: 1,
-                    cursor: None,
-                    to: None,
-                    after: None,
-                })
-                .await
-            {
-                frames.extend(
-                    r.into_inner()
-                        .trades
-                        .iter()
-                        .filter_map(|t| {
-                            convert::skipped(convert::trade(t, true), "trade", &t.market)
-                        })
-                        .map(|t| write::trade(&t, sink.format)),
-                );
-            }
-        }
-        put_all(&sink, frames);
-        return;
-    }
-    let open = |first: bool| {
-        let (mut md, markets) = (md.clone(), codes.clone());
-        async move {
-            md.stream_trades(pb::StreamTradesRequest {
-                markets,
-                snapshot: snapshot && first,
-            })
-            .await
-        }
-    };
-    let render = |m: pb::StreamTradesResponse, sink: &Sink| {
-        let t = m.trade?;
-        convert::skipped(convert::trade(&t, m.snapshot), "trade", &t.market)
-            .map(|t| write::trade(&t, sink.format))
-    };
-    pump(open, render, sink, cancel, opened).await;
-}
-
 /// The market-data interval of a minute candle type (`None` for seconds,
 /// which market-data does not keep).
 fn minute_interval(seconds: u32) -> Option<pb::CandleInterval> {
@@ -628,127 +397,339 @@ fn minute_interval(seconds: u32) -> Option<pb::CandleInterval> {
     })
 }
 
-/// A live candle of `name` (`candle.1s` … `candle.240m`) per market, built from
-/// the trade stream: each trade updates its period's candle (a new period
-/// starts from that trade) and the candle is sent. Minute candles start from
-/// market-data's current candle (sent as the SNAPSHOT); second candles from the
-/// first trade.
-async fn candles(
-    md: Md,
+/// What a connection's subscriptions produce.
+enum Out {
+    Frame(Bytes),
+    /// The connection fell a feed's whole ring behind.
+    Slow,
+}
+
+type Frames = BoxStream<'static, Out>;
+
+/// Live subscription type objects, by type (`candle` for every candle type).
+static SUBSCRIPTIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    let g = IntGaugeVec::new(
+        Opts::new(
+            "gateway_ws_subscriptions",
+            "Realtime WebSocket subscriptions (type objects) being served, by type.",
+        ),
+        &["type"],
+    )
+    .expect("valid");
+    prometheus::register(Box::new(g.clone())).expect("registered once");
+    g
+});
+
+fn type_label(data_type: &DataType) -> &'static str {
+    match data_type {
+        DataType::Ticker => "ticker",
+        DataType::Trade => "trade",
+        DataType::Orderbook => "orderbook",
+        DataType::Candle(_) => "candle",
+    }
+}
+
+/// Counts a realtime subscription for as long as it is held.
+struct Counted(&'static str);
+
+impl Counted {
+    fn new(label: &'static str) -> Self {
+        SUBSCRIPTIONS.with_label_values(&[label]).inc();
+        Self(label)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        SUBSCRIPTIONS.with_label_values(&[self.0]).dec();
+    }
+}
+
+/// The frames of a subscription set: a place in each feed is taken now, so
+/// nothing published from here on is missed; once every feed of the set has
+/// opened (so once the client sees a frame, nothing of the set is still
+/// connecting), each type object's snapshot, then its live frames.
+fn subscribe(gw: &Shared, subs: &[Subscription], format: Format) -> Frames {
+    let scope = RequestScope::current();
+    let merged = merge(subs);
+    // One span of the session per request: the snapshot reads run in it, and
+    // each feed it opens links to it.
+    let span = tracing::info_span!(
+        "ws.subscribe",
+        types = %merged.iter().map(|s| s.data_type.as_str()).collect::<Vec<_>>().join(","),
+    );
+    let _in = span.enter();
+    let mut feeds = Vec::new();
+    let mut labels = Vec::new();
+    let mut parts: Option<Vec<Frames>> = merged
+        .into_iter()
+        .map(|sub| {
+            if sub.wants_realtime() {
+                labels.push(type_label(&sub.data_type));
+            }
+            part(gw, sub, format, &scope, &mut feeds, &span)
+        })
+        .collect::<Vec<_>>()
+        .into();
+    futures_util::stream::once(async move {
+        futures_util::future::join_all(feeds.iter().map(|f| f.opened())).await;
+        labels.into_iter().map(Counted::new).collect::<Vec<_>>()
+    })
+    .flat_map(move |counted| {
+        futures_util::stream::select_all(parts.take().unwrap_or_default()).map(move |out| {
+            let _live = &counted;
+            out
+        })
+    })
+    .fuse()
+    .boxed()
+}
+
+/// The feed a type object follows (candles are made from trades).
+fn kind_of(data_type: &DataType) -> Kind {
+    match data_type {
+        DataType::Ticker => Kind::Ticker,
+        DataType::Trade | DataType::Candle(_) => Kind::Trade,
+        DataType::Orderbook => Kind::Orderbook,
+    }
+}
+
+/// One type object: its snapshot (unless `is_only_realtime`), then its live
+/// frames (unless `is_only_snapshot`). The feeds it follows are added to
+/// `feeds`.
+fn part(
+    gw: &Shared,
+    sub: Subscription,
+    format: Format,
+    scope: &RequestScope,
+    feeds: &mut Vec<Arc<Feed>>,
+    span: &tracing::Span,
+) -> Frames {
+    let level = level_of(&sub);
+    let shapes: Vec<Shape> = sub
+        .depths
+        .iter()
+        .map(|&depth| Shape {
+            format,
+            depth,
+            level,
+        })
+        .collect();
+    let live: Vec<(Arc<Feed>, broadcast::Receiver<Arc<Event>>, Shape)> = if sub.wants_realtime() {
+        sub.codes
+            .iter()
+            .zip(&shapes)
+            .map(|(code, shape)| {
+                let feed = gw.fanout.feed(kind_of(&sub.data_type), code, scope);
+                let rx = feed.subscribe();
+                feeds.push(feed.clone());
+                (feed, rx, *shape)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let gw = gw.clone();
+    let span = span.clone();
+    futures_util::stream::once(async move {
+        let (frames, candles) = snapshot(&gw, &sub, &shapes).instrument(span).await;
+        let first = futures_util::stream::iter(frames.into_iter().map(Out::Frame));
+        let live = live.into_iter().map(|(feed, rx, shape)| {
+            BroadcastStream::new(rx)
+                .map(move |event| {
+                    let _held = &feed;
+                    (event, shape)
+                })
+                .boxed()
+        });
+        let live = futures_util::stream::select_all(live);
+        match candles {
+            None => first
+                .chain(live.map(|(event, shape)| match event {
+                    Ok(event) => Out::Frame(event.frame(shape)),
+                    Err(_lagged) => Out::Slow,
+                }))
+                .boxed(),
+            Some(mut candles) => first
+                .chain(live.filter_map(move |(event, _)| {
+                    std::future::ready(match event {
+                        Ok(event) => candles.add(&event.payload, format).map(Out::Frame),
+                        Err(_lagged) => Some(Out::Slow),
+                    })
+                }))
+                .boxed(),
+        }
+    })
+    .flatten()
+    .boxed()
+}
+
+/// The live candles of one candle type object, built from trades: each trade
+/// updates its period's candle (a new period starts from that trade) and the
+/// candle is sent.
+struct Candles {
     name: String,
+    /// Milliseconds.
+    period: i64,
+    current: HashMap<String, upbit::Candle>,
+}
+
+impl Candles {
+    fn add(&mut self, payload: &Payload, format: Format) -> Option<Bytes> {
+        let Payload::Trade(t) = payload else {
+            return None;
+        };
+        let candle =
+            convert::candle_with_trade(self.current.remove(&t.code), &self.name, self.period, t);
+        let frame = write::candle(&candle, format);
+        self.current.insert(t.code.clone(), candle);
+        Some(Bytes::from(frame))
+    }
+}
+
+/// The snapshot frames of a type object (none for `is_only_realtime`), and
+/// for a candle type the live candles' starting state. Minute candles start
+/// from market-data's current candle (sent as the SNAPSHOT); second candles
+/// from the first trade.
+async fn snapshot(
+    gw: &Shared,
+    sub: &Subscription,
+    shapes: &[Shape],
+) -> (Vec<Bytes>, Option<Candles>) {
+    let wanted = sub.wants_snapshot();
+    let format = shapes.first().map_or(Format::Default, |s| s.format);
+    let mut md = gw.md.clone();
+    let codes = sub.codes.clone();
+    let frames = match &sub.data_type {
+        DataType::Ticker if wanted => {
+            let held = if RequestScope::current().routed() {
+                None
+            } else {
+                gw.tickers.current(&codes)
+            };
+            let tickers = match held {
+                Some(t) => t,
+                None => md
+                    .get_tickers(pb::GetTickersRequest {
+                        markets: codes,
+                        quote_currencies: vec![],
+                    })
+                    .await
+                    .map(|r| r.into_inner().tickers)
+                    .unwrap_or_default(),
+            };
+            tickers
+                .iter()
+                .filter_map(|t| convert::skipped(convert::ticker(t, true), "ticker", &t.market))
+                .map(|t| Bytes::from(write::ticker(&t, format)))
+                .collect()
+        }
+        DataType::Trade if wanted => {
+            let mut frames = Vec::new();
+            for market in codes {
+                let request = pb::ListTradesRequest {
+                    market,
+                    count: 1,
+                    cursor: None,
+                    to: None,
+                    after: None,
+                };
+                if let Ok(r) = md.list_trades(request).await {
+                    frames.extend(
+                        r.into_inner()
+                            .trades
+                            .iter()
+                            .filter_map(|t| {
+                                convert::skipped(convert::trade(t, true), "trade", &t.market)
+                            })
+                            .map(|t| Bytes::from(write::trade(&t, format))),
+                    );
+                }
+            }
+            frames
+        }
+        DataType::Orderbook if wanted => {
+            let request = pb::GetOrderbooksRequest {
+                markets: codes.clone(),
+                depth: 0,
+            };
+            let books = md
+                .get_orderbooks(request)
+                .await
+                .map(|r| r.into_inner().orderbooks)
+                .unwrap_or_default();
+            books
+                .iter()
+                .filter_map(|o| {
+                    let shape = codes
+                        .iter()
+                        .position(|c| *c == o.market)
+                        .and_then(|i| shapes.get(i))?;
+                    let full = convert::orderbook(o, upbit::request::DEFAULT_ORDERBOOK_DEPTH, true);
+                    let book = convert::skipped(full, "orderbook", &o.market)?;
+                    Some(Bytes::from(write::orderbook(
+                        &fanout::shaped_book(&book, *shape),
+                        format,
+                    )))
+                })
+                .collect()
+        }
+        DataType::Candle(name) => {
+            return candle_snapshot(&mut md, name, codes, wanted, format).await;
+        }
+        _ => Vec::new(),
+    };
+    (frames, None)
+}
+
+async fn candle_snapshot(
+    md: &mut Md,
+    name: &str,
     codes: Vec<String>,
-    (snapshot, realtime): (bool, bool),
-    sink: Sink,
-    cancel: CancellationToken,
-    opened: Arc<tokio::sync::Barrier>,
-) {
+    wanted: bool,
+    format: Format,
+) -> (Vec<Bytes>, Option<Candles>) {
     let seconds = upbit::types::CANDLE_TYPES
         .iter()
         .find(|(n, _)| *n == name)
         .map_or(60, |(_, s)| *s);
     let period = i64::from(seconds) * 1000;
-    let mut current: HashMap<String, upbit::Candle> = HashMap::new();
+    let mut candles = Candles {
+        name: name.to_owned(),
+        period,
+        current: HashMap::new(),
+    };
+    let mut frames = Vec::new();
     if let Some(interval) = minute_interval(seconds) {
         let now_start = chrono::Utc::now().timestamp_millis() / period * period;
-        for market in &codes {
-            let Ok(r) = md
-                .clone()
-                .list_candles(pb::ListCandlesRequest {
-                    market: market.clone(),
-                    interval: interval as i32,
-                    to: None,
-                    count: 1,
-                })
-                .await
-            else {
+        for market in codes {
+            let request = pb::ListCandlesRequest {
+                market: market.clone(),
+                interval: interval as i32,
+                to: None,
+                count: 1,
+            };
+            let Ok(r) = md.list_candles(request).await else {
                 continue;
             };
             let Some(c) = r.into_inner().candles.into_iter().next() else {
                 continue;
             };
-            let Some(candle) = convert::live_candle(&c, &name, upbit::StreamType::Snapshot) else {
+            let Some(candle) = convert::live_candle(&c, name, upbit::StreamType::Snapshot) else {
                 continue;
             };
-            if snapshot && !sink.put(write::candle(&candle, sink.format)) {
-                return;
+            if wanted {
+                frames.push(Bytes::from(write::candle(&candle, format)));
             }
             if c.start_time == now_start {
-                current.insert(market.clone(), candle);
+                candles.current.insert(market, candle);
             }
         }
     }
-    if !realtime {
-        return;
-    }
-    let current = std::sync::Mutex::new(current);
-    let open = |_first: bool| {
-        let (mut md, markets) = (md.clone(), codes.clone());
-        async move {
-            md.stream_trades(pb::StreamTradesRequest {
-                markets,
-                snapshot: false,
-            })
-            .await
-        }
-    };
-    let render = |m: pb::StreamTradesResponse, sink: &Sink| {
-        let t = convert::trade(&m.trade?, false)?;
-        let mut current = current.lock().ok()?;
-        let candle = convert::candle_with_trade(current.remove(&t.code), &name, period, &t);
-        let frame = write::candle(&candle, sink.format);
-        current.insert(t.code, candle);
-        Some(frame)
-    };
-    pump(open, render, sink, cancel, opened).await;
+    (frames, Some(candles))
 }
 
-async fn orderbooks(
-    md: Md,
-    codes: Vec<String>,
-    snapshot: bool,
-    realtime: bool,
-    sink: Sink,
-    cancel: CancellationToken,
-    opened: Arc<tokio::sync::Barrier>,
-) {
-    if !realtime {
-        if let Ok(r) = md
-            .clone()
-            .get_orderbooks(pb::GetOrderbooksRequest {
-                markets: codes,
-                depth: 0,
-            })
-            .await
-        {
-            let frames = r
-                .into_inner()
-                .orderbooks
-                .iter()
-                .filter_map(|o| sink.orderbook(o, true))
-                .map(|o| write::orderbook(&o, sink.format))
-                .collect();
-            put_all(&sink, frames);
-        }
-        return;
-    }
-    let open = |first: bool| {
-        let (mut md, markets) = (md.clone(), codes.clone());
-        async move {
-            md.stream_orderbooks(pb::StreamOrderbooksRequest {
-                markets,
-                snapshot: snapshot && first,
-                depth: 0,
-            })
-            .await
-        }
-    };
-    let render = |m: pb::StreamOrderbooksResponse, sink: &Sink| {
-        let o = m.orderbook?;
-        sink.orderbook(&o, m.snapshot)
-            .map(|o| write::orderbook(&o, sink.format))
-    };
-    pump(open, render, sink, cancel, opened).await;
-}
+type Md = pb::market_data_service_client::MarketDataServiceClient<service_kit::grpc::Channel>;
 
 /// Registers this module's series at start (0 until the first event).
 pub(crate) fn init_metrics() {
@@ -756,4 +737,8 @@ pub(crate) fn init_metrics() {
     for reason in ["client", "slow", "idle", "shutdown"] {
         CLOSED.with_label_values(&[reason]);
     }
+    for label in ["ticker", "trade", "orderbook", "candle"] {
+        SUBSCRIPTIONS.with_label_values(&[label]);
+    }
+    fanout::init_metrics();
 }

@@ -16,7 +16,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use exchange_proto::inventory::v1 as inv;
@@ -56,18 +56,15 @@ pub async fn upgrade(
         Ok(slot) => slot,
         Err(refused) => return *refused,
     };
-    let max = gw.limits.ws_max_message;
     let (session, scope) = crate::ws::session("ws.private_session");
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| {
-            scope
-                .run(async move {
-                    serve(socket, &gw, req).await;
-                    drop(slot);
-                })
-                .instrument(session)
-        })
+    crate::ws::bounded(ws, &gw.limits).on_upgrade(move |socket| {
+        scope
+            .run(async move {
+                serve(socket, &gw, req).await;
+                drop(slot);
+            })
+            .instrument(session)
+    })
 }
 
 /// The subprotocol a page selects; the access token rides beside it as
@@ -392,19 +389,25 @@ async fn serve(socket: WebSocket, gw: &Shared, req: UpbitRequest) {
                 }
             }
             _ = &mut idle => {
-                let _ = sink.send(Message::Close(Some(CloseFrame { code: 1000, reason: "idle timeout".into() }))).await;
+                crate::ws::close(&mut sink, gw, 1000, "idle timeout").await;
                 break;
             }
             _ = gw.draining.cancelled() => {
-                let _ = sink.send(Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() }))).await;
+                crate::ws::close(&mut sink, gw, 1001, "server shutting down").await;
                 break;
             }
         }
-        let mut failed = false;
-        for m in out {
-            failed = failed || sink.feed(m).await.is_err();
+        if out.is_empty() {
+            continue;
         }
-        if failed || sink.flush().await.is_err() {
+        // A client that reads nothing for the stall timeout is let go.
+        let written = tokio::time::timeout(gw.ws_stall, async {
+            for m in out {
+                sink.feed(m).await?;
+            }
+            sink.flush().await
+        });
+        if !matches!(written.await, Ok(Ok(()))) {
             break;
         }
     }

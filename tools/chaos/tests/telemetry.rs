@@ -57,10 +57,16 @@ fn assert_linked(spans: &[&Span]) {
 }
 
 fn parent<'a>(spans: &[&'a Span], child: &Span) -> &'a Span {
+    parent_of(spans, child)
+        .unwrap_or_else(|| panic!("no parent of {}:{}", child.service, child.name))
+}
+
+/// The parent of `child` if exported yet.
+fn parent_of<'a>(spans: &[&'a Span], child: &Span) -> Option<&'a Span> {
     spans
         .iter()
         .find(|s| s.span_id == child.parent_span_id)
-        .unwrap_or_else(|| panic!("no parent of {}:{}", child.service, child.name))
+        .copied()
 }
 
 /// The trace as an indented tree, children in start order (for the log).
@@ -355,25 +361,43 @@ async fn check(exchange: &Exchange, receiver: &Receiver) {
     assert!(matches!(frame, Ok(Some(Ok(_)))), "a trade frame: {frame:?}");
     ws.close(None).await.unwrap();
     drop(ws);
+    // The session's trace: its subscription's snapshot read reaches
+    // market-data with the pin.
     receiver
         .wait_for(WAIT, "a WebSocket session reaching market-data", |spans| {
-            let stream = spans.iter().find(|s| {
+            let read = spans.iter().find(|s| {
                 s.service == "market-data"
                     && s.kind == SERVER
-                    && s.name.ends_with("StreamTrades")
+                    && s.name.ends_with("ListTrades")
                     && spans
                         .iter()
                         .any(|g| g.trace_id == s.trace_id && g.name == "ws.subscribe")
             })?;
-            let t = trace(spans, &stream.trace_id);
-            let client = parent(&t, stream);
-            let subscribe = parent(&t, client);
-            let session = parent(&t, subscribe);
+            let t = trace(spans, &read.trace_id);
+            let client = parent_of(&t, read)?;
+            let subscribe = parent_of(&t, client)?;
+            let session = parent_of(&t, subscribe)?;
             (client.service == "gateway"
                 && subscribe.name == "ws.subscribe"
                 && session.name == "ws.session"
-                && stream.attr("rpc.grpc.request.metadata.x-canary") == Some("always"))
+                && read.attr("rpc.grpc.request.metadata.x-canary") == Some("always"))
             .then_some(())
+        })
+        .await
+        .unwrap();
+    // The live stream is shared by every session routed alike: a trace of its
+    // own (`ws.feed`), opened with the pin.
+    receiver
+        .wait_for(WAIT, "a pinned feed streaming from market-data", |spans| {
+            let stream = spans.iter().find(|s| {
+                s.service == "market-data"
+                    && s.kind == SERVER
+                    && s.name.ends_with("StreamTrades")
+                    && s.attr("rpc.grpc.request.metadata.x-canary") == Some("always")
+            })?;
+            let t = trace(spans, &stream.trace_id);
+            let feed = parent_of(&t, parent_of(&t, stream)?)?;
+            (feed.service == "gateway" && feed.name == "ws.feed").then_some(())
         })
         .await
         .unwrap();

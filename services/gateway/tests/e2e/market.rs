@@ -408,7 +408,6 @@ async fn duplicate_trades_from_two_ingestors_are_stored_and_pushed_once() {
             &stack,
             &mut ws,
             r#"[{"ticket":"dup"},{"type":"trade","codes":["KRW-XRP"],"is_only_realtime":true}]"#,
-            "trade",
             1.0,
         )
         .await;
@@ -714,7 +713,6 @@ async fn one_websocket_client_cannot_stall_or_flood_the_gateway() {
         &stack,
         &mut good,
         r#"[{"ticket":"good"},{"type":"trade","codes":["KRW-BTC"]}]"#,
-        "trade",
         1.0,
     )
     .await;
@@ -805,6 +803,132 @@ async fn one_websocket_client_cannot_stall_or_flood_the_gateway() {
     stack.stop().await;
 }
 
+/// A trade frame's bytes, from a connection's next frames.
+async fn next_trade_frame(ws: &mut crate::stack::Ws, price: &str) -> Vec<u8> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let bytes = ws_next(ws, left).await.expect("the trade in time");
+        if let Ok(Message::Trade(t)) = upbit::parse_message(&bytes)
+            && t.trade_price == dec(price)
+        {
+            return bytes;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_clients_share_one_stream_per_market_and_a_slow_one_is_dropped_alone() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    let db = TestDb::create().await.unwrap();
+    let stack = Stack::start(
+        &db,
+        Options {
+            ws_buffer: 128,
+            ..Options::default()
+        },
+    )
+    .await;
+    wait_rest_price(&stack, "KRW-BTC", "148000000").await;
+    let addr = stack.gateways[0].http;
+    let admin = stack.gateways[0].admin;
+    let feeds = || test_support::read_metric(admin, "gateway_ws_feeds", &[]);
+    let (md_before, feeds_before) = (stack.md_streams("trade").await, feeds().await);
+    assert_eq!(feeds_before, 0.0);
+
+    // Two clients of one market's trades: one market-data stream, one feed,
+    // the same bytes to both.
+    let trades = r#"[{"ticket":"a"},{"type":"trade","codes":["KRW-BTC"],"is_only_realtime":true}]"#;
+    let mut a = ws_connect(addr).await;
+    ws_subscribe(&stack, &mut a, trades, 1.0).await;
+    let mut b = ws_connect(addr).await;
+    ws_subscribe(&stack, &mut b, trades, 1.0).await;
+    assert_eq!(stack.md_streams("trade").await, md_before + 1.0);
+    assert_eq!(feeds().await, 1.0);
+    stack
+        .sim_trade("KRW-BTC", "148500000", "0.01", "BID", None)
+        .await;
+    let (seen_a, seen_b) = (
+        next_trade_frame(&mut a, "148500000").await,
+        next_trade_frame(&mut b, "148500000").await,
+    );
+    assert_eq!(seen_a, seen_b);
+    // (`b` would not read from here on: it leaves.)
+    drop(b);
+
+    // A client that never reads, under a busy feed of every orderbook: once
+    // its socket is full its writes stall (2 s here) or it falls the feed's
+    // ring (128) behind, and it is closed as too slow, while `a`, reading, is
+    // served throughout.
+    let mut slow = ws_connect(addr).await;
+    ws_subscribe(
+        &stack,
+        &mut slow,
+        r#"[{"ticket":"s"},{"type":"orderbook","codes":["KRW-BTC","KRW-ETH","KRW-XRP","BTC-ETH"],"is_only_realtime":true},{"type":"trade","codes":["KRW-BTC"],"is_only_realtime":true}]"#,
+        2.0,
+    )
+    .await;
+    let (frames_tx, mut frames_rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        while let Some(bytes) = ws_next(&mut a, Duration::from_secs(60)).await {
+            if let Ok(Message::Trade(t)) = upbit::parse_message(&bytes)
+                && frames_tx.send(t.trade_price).is_err()
+            {
+                break;
+            }
+        }
+    });
+    let closed_slow =
+        || test_support::read_metric(admin, "gateway_ws_closed_total", &["reason=\"slow\""]);
+    stack.sim_post("/sim/rate?eps=4000").await;
+    eventually(
+        Duration::from_secs(60),
+        "the slow client closed",
+        || async { (closed_slow().await >= 1.0).then_some(()) },
+    )
+    .await
+    .unwrap();
+    stack.sim_post("/sim/rate?eps=0").await;
+    // What it was sent before, then the end (a close frame, if it got through).
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), slow.next()).await {
+            Ok(Some(Ok(WsMessage::Close(frame)))) => {
+                assert_eq!(frame.map(|f| u16::from(f.code)), Some(1008));
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            Ok(None | Some(Err(_))) => break,
+            Err(_) => panic!("the slow connection was not closed"),
+        }
+    }
+    assert_eq!(
+        closed_slow().await,
+        1.0,
+        "only the client that did not read"
+    );
+    stack
+        .sim_trade("KRW-BTC", "149900000", "0.01", "BID", None)
+        .await;
+    eventually(Duration::from_secs(20), "a still served", || {
+        let got = std::iter::from_fn(|| frames_rx.try_recv().ok()).any(|p| p == dec("149900000"));
+        async move { got.then_some(()) }
+    })
+    .await
+    .unwrap();
+    reader.abort();
+    let _ = reader.await;
+
+    // Nobody left: the feeds and their market-data streams are closed.
+    eventually(Duration::from_secs(10), "feeds closed", || async {
+        (feeds().await == 0.0 && stack.md_streams("trade").await == md_before).then_some(())
+    })
+    .await
+    .unwrap();
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn candles_and_trades_share_a_socket_and_an_unknown_code_spoils_nothing() {
     let db = TestDb::create().await.unwrap();
@@ -817,7 +941,6 @@ async fn candles_and_trades_share_a_socket_and_an_unknown_code_spoils_nothing() 
         &stack,
         &mut ws,
         r#"[{"ticket":"c"},{"type":"trade","codes":["KRW-BTC","KRW-NOPE"],"is_only_realtime":true},{"type":"candle.1s","codes":["KRW-BTC"]},{"type":"candle.1m","codes":["KRW-BTC"],"is_only_realtime":true}]"#,
-        "trade",
         3.0,
     )
     .await;

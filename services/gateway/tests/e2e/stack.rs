@@ -42,6 +42,9 @@ pub struct Options {
     /// A second market-data, version v2, beside v1: the gateways spread their
     /// market-data calls over both (as a mesh's traffic split would).
     pub market_data_v2: bool,
+    /// Messages a WebSocket feed keeps for subscribers behind, and a 2 s stall
+    /// timeout (0: the defaults).
+    pub ws_buffer: usize,
 }
 
 impl Default for Options {
@@ -56,6 +59,7 @@ impl Default for Options {
             ip_limit: 0,
             auth_limit: 0,
             market_data_v2: false,
+            ws_buffer: 0,
         }
     }
 }
@@ -206,6 +210,10 @@ impl Stack {
             (config.rate_limit_default, config.rate_limit_order) = options.private_limits;
             config.ws_connect_limit = 0;
             config.ws_max_connections_per_ip = options.ws_per_ip;
+            if options.ws_buffer > 0 {
+                config.ws_buffer = options.ws_buffer;
+                config.ws_stall_timeout = Duration::from_secs(2);
+            }
             config.rate_limit_ip = options.ip_limit;
             config.rate_limit_auth = options.auth_limit;
             // The tests stand for the proxy in front: the client's address is
@@ -322,6 +330,12 @@ impl Stack {
         .await
     }
 
+    /// Realtime WebSocket subscriptions the gateways serve (they run in this
+    /// process, so one registry holds them all).
+    pub async fn ws_subscriptions(&self) -> f64 {
+        test_support::read_metric(self.gateways[0].admin, "gateway_ws_subscriptions", &[]).await
+    }
+
     pub async fn sim_post(&self, path: &str) {
         let resp = self
             .http
@@ -395,17 +409,17 @@ pub async fn ws_next(ws: &mut Ws, wait: Duration) -> Option<Vec<u8>> {
     }
 }
 
-/// Subscribes with `request` and waits until market-data serves `streams` more
-/// live streams of `kind` than before: the gateway answers a subscription
-/// with nothing (as Upbit does) and opens its streams afterwards, so only then
-/// can nothing published next be missed.
-pub async fn ws_subscribe(stack: &Stack, ws: &mut Ws, request: &str, kind: &str, streams: f64) {
-    let before = stack.md_streams(kind).await;
+/// Subscribes with `request` and waits until the gateways serve `objects` more
+/// realtime type objects than before: the gateway answers a subscription with
+/// nothing (as Upbit does) and counts it once every stream it follows is open,
+/// so only then can nothing published next be missed.
+pub async fn ws_subscribe(stack: &Stack, ws: &mut Ws, request: &str, objects: f64) {
+    let before = stack.ws_subscriptions().await;
     ws_send(ws, request).await;
     test_support::eventually(
         Duration::from_secs(10),
-        &format!("{streams} more {kind} streams"),
-        || async { (stack.md_streams(kind).await >= before + streams).then_some(()) },
+        &format!("{objects} more live subscriptions"),
+        || async { (stack.ws_subscriptions().await >= before + objects).then_some(()) },
     )
     .await
     .unwrap();

@@ -1,0 +1,72 @@
+# shellcheck shell=bash
+# What the benchmarks that run the whole stack share (source after common.sh):
+# starting it from release builds on free ports, finding its processes, and
+# the one-line summaries scripts/bench gathers into its table.
+
+# bench_build: every release binary and example of the workspace, in one
+# cargo invocation: the same set every time, so one benchmark does not rebuild
+# crates another built with other features (cargo unifies features per
+# invocation). A no-op once built.
+bench_build() {
+  step "building release binaries and benchmark programs"
+  cargo build --release --manifest-path "$ROOT/Cargo.toml" --workspace --bins --examples -q
+}
+
+# bench_stack_up NAME: the whole stack (scripts/up --release --no-build) on free
+# ports with a quiet market and every rate limit off, in database
+# bench_NAME_PID; waits until it is ready and stops it (and drops the database)
+# when the calling script exits. Exports GATEWAY_PORT, SIM_PORT, … and
+# METRICS_PORT_BASE (gateway admin +0, market-data +1, …, upbit-sim +6), sets
+# BIN (the release binaries) and run_dir (a scratch directory, removed at exit).
+# Extra environment for the services may be exported before the call.
+bench_stack_up() {
+  BIN="$(target_dir)/release"
+  run_dir=$(mktemp -d)
+  export RUN_DIR=$run_dir STATUS_EVERY=3600 EXCHANGE_DB="bench_${1}_$$"
+  export SIM_RATE=0 RATE_LIMIT_ORDER=0 RATE_LIMIT_DEFAULT=0 RATE_LIMIT_QUOTATION=0 RATE_LIMIT_IP=0 \
+    RATE_LIMIT_AUTH=0 RATE_LIMIT_SIGNUP=0 RUST_LOG=warn
+  export METRICS_PORT_BASE
+  METRICS_PORT_BASE=$(free_port)
+  local var
+  for var in GATEWAY_PORT SIM_PORT MARKET_DATA_PORT ORDER_PORT INVENTORY_PORT USER_PORT INGESTOR_PORT; do
+    printf -v "$var" '%s' "$(free_port)"
+    export "${var?}"
+  done
+  setsid env --default-signal=INT "$ROOT/scripts/up" --release --no-build >"$run_dir/up.out" 2>&1 &
+  bench_up_pid=$!
+  trap bench_stack_down EXIT
+  local deadline=$((SECONDS + 180))
+  until [[ -f $run_dir/state ]]; do
+    kill -0 "$bench_up_pid" 2>/dev/null || { tail -n 30 "$run_dir/up.out" >&2; die "the stack did not start"; }
+    ((SECONDS < deadline)) || die "the stack was not ready after 180s"
+    sleep 0.5
+  done
+}
+
+# bench_on_exit CMD: runs CMD (a function name) before the stack stops.
+bench_on_exit() { bench_exit_hook=$1; }
+
+bench_stack_down() {
+  if [[ -n ${bench_exit_hook:-} ]]; then "$bench_exit_hook" || true; fi
+  kill -TERM -- "-$bench_up_pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$bench_up_pid" 2>/dev/null || break; sleep 0.1; done
+  psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS $EXCHANGE_DB WITH (FORCE)" >/dev/null 2>&1 || true
+  rm -rf "$run_dir"
+}
+
+# pid_of NAME: the pid of the stack's release binary NAME, or "".
+pid_of() { pgrep -f "^$BIN/$1\$" | head -n1 || true; }
+
+# cpu_ticks PID: utime+stime of PID in clock ticks (0 when gone).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# rss_mb PID: resident memory of PID in MB (0 when gone).
+rss_mb() { awk '/^VmRSS:/ {printf "%.0f", $2 / 1024}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# bench_summary PART FIGURE CEILING RATIO TARGET: one row of scripts/bench's
+# table, appended to $BENCH_SUMMARY when scripts/bench runs this part.
+bench_summary() {
+  if [[ -n ${BENCH_SUMMARY:-} ]]; then
+    printf '| %s | %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4" "$5" >>"$BENCH_SUMMARY"
+  fi
+}

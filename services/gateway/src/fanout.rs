@@ -1,0 +1,435 @@
+//! One market-data stream per type and market in each gateway, shared by every
+//! WebSocket subscription to it.
+//!
+//! A *feed* follows market-data's stream of one type (ticker, trade,
+//! orderbook) for one market, converts each message once and hands the same
+//! [`Event`] to every subscriber through a broadcast ring. Each event is
+//! rendered at most once per format (and, for orderbooks, per depth and
+//! level asked), on the first subscriber's read; the others get the same
+//! bytes. A feed lives as long as somebody holds it: the last subscription
+//! gone, its stream is closed.
+//!
+//! Buffers: the ring is the feed's, not the connections' — a connection holds
+//! only its place in it. A connection more than the ring's length behind
+//! ([`Fanout::new`]'s `capacity`, `WS_BUFFER`) is told so ([`Lagged`]) and is
+//! closed as too slow; what it has not yet sent is bounded in bytes by the
+//! socket's write buffer.
+//!
+//! Routed sessions (`x-canary`, `x-preview`) get feeds of their own, opened
+//! with those headers, so they see the versions they asked for.
+//!
+//! [`Lagged`]: tokio::sync::broadcast::error::RecvError::Lagged
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use exchange_proto::marketdata::v1 as pb;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use prometheus::{IntGaugeVec, Opts};
+use rust_decimal::Decimal;
+use telemetry::propagation::RequestScope;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::Instrument;
+use upbit::request::DEFAULT_ORDERBOOK_DEPTH;
+use upbit::write::{self, Format};
+
+use crate::convert;
+
+static FEEDS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    let g = IntGaugeVec::new(
+        Opts::new(
+            "gateway_ws_feeds",
+            "Market-data streams followed for WebSocket subscribers (one per type and market, \
+             shared by every subscriber).",
+        ),
+        &["type"],
+    )
+    .expect("valid metric definition");
+    prometheus::register(Box::new(g.clone())).expect("metric registered once");
+    g
+});
+
+/// Registers this module's series at start.
+pub(crate) fn init_metrics() {
+    for kind in [Kind::Ticker, Kind::Trade, Kind::Orderbook] {
+        FEEDS.with_label_values(&[kind.as_str()]);
+    }
+}
+
+/// What a feed follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Ticker,
+    Trade,
+    Orderbook,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Ticker => "ticker",
+            Kind::Trade => "trade",
+            Kind::Orderbook => "orderbook",
+        }
+    }
+}
+
+/// One message of a feed, converted once.
+#[derive(Debug)]
+pub enum Payload {
+    /// (Boxed: the largest by far, and an event is allocated once.)
+    Ticker(Box<upbit::Ticker>),
+    Trade(upbit::Trade),
+    /// At the default depth; cut and grouped per subscriber when rendered.
+    Orderbook(upbit::Orderbook),
+}
+
+/// How a subscriber wants a message written.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Shape {
+    pub format: Format,
+    /// Orderbook levels (others ignore it).
+    pub depth: usize,
+    /// Orderbook grouping, 0 for none (others ignore it).
+    pub level: Decimal,
+}
+
+/// Most orderbook shapes one event keeps rendered (more are rendered per read).
+const MAX_SHAPES: usize = 16;
+
+/// A feed's message and its renderings.
+pub struct Event {
+    pub payload: Payload,
+    /// One per format, for tickers, trades and plain orderbooks.
+    frames: [OnceLock<Bytes>; 4],
+    /// Orderbooks cut or grouped otherwise.
+    shaped: Mutex<Vec<(Shape, Bytes)>>,
+}
+
+fn format_index(format: Format) -> usize {
+    match format {
+        Format::Default => 0,
+        Format::Simple => 1,
+        Format::JsonList => 2,
+        Format::SimpleList => 3,
+    }
+}
+
+impl Event {
+    pub fn new(payload: Payload) -> Self {
+        Self {
+            payload,
+            frames: Default::default(),
+            shaped: Mutex::default(),
+        }
+    }
+
+    /// The frame in `shape`, rendered once for all who ask alike.
+    pub fn frame(&self, shape: Shape) -> Bytes {
+        let plain = !matches!(self.payload, Payload::Orderbook(_))
+            || (shape.depth == DEFAULT_ORDERBOOK_DEPTH && shape.level.is_zero());
+        if plain {
+            return self.frames[format_index(shape.format)]
+                .get_or_init(|| render(&self.payload, shape))
+                .clone();
+        }
+        let mut shaped = self.shaped.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, bytes)) = shaped.iter().find(|(s, _)| *s == shape) {
+            return bytes.clone();
+        }
+        let bytes = render(&self.payload, shape);
+        if shaped.len() < MAX_SHAPES {
+            shaped.push((shape, bytes.clone()));
+        }
+        bytes
+    }
+}
+
+/// `payload` written in `shape`.
+pub fn render(payload: &Payload, shape: Shape) -> Bytes {
+    Bytes::from(match payload {
+        Payload::Ticker(t) => write::ticker(t, shape.format),
+        Payload::Trade(t) => write::trade(t, shape.format),
+        Payload::Orderbook(o) => write::orderbook(&shaped_book(o, shape), shape.format),
+    })
+}
+
+/// `book` cut to the shape's depth and grouped by its level where the market
+/// allows it (KRW, a multiple of its price unit).
+pub fn shaped_book(book: &upbit::Orderbook, shape: Shape) -> upbit::Orderbook {
+    let price = book
+        .orderbook_units
+        .first()
+        .map(|u| u.ask_price)
+        .unwrap_or_default();
+    let level = if book.code.starts_with("KRW-")
+        && (shape.level % upbit::market::krw_tick(price)).is_zero()
+    {
+        shape.level
+    } else {
+        Decimal::ZERO
+    };
+    book.clone().grouped(level, shape.depth)
+}
+
+/// One followed stream. Dropping the last holder closes it.
+pub struct Feed {
+    kind: Kind,
+    tx: broadcast::Sender<Arc<Event>>,
+    opened: watch::Receiver<bool>,
+    _stop: DropGuard,
+}
+
+impl Feed {
+    /// A place in the ring: every event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.tx.subscribe()
+    }
+
+    /// Returns once the first attempt to open the stream is over (opened or
+    /// failed: the feed goes on retrying).
+    pub async fn opened(&self) {
+        let mut opened = self.opened.clone();
+        let _ = opened.wait_for(|o| *o).await;
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        FEEDS.with_label_values(&[self.kind.as_str()]).dec();
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    kind: Kind,
+    market: String,
+    /// The routing headers of the sessions it serves.
+    route: String,
+}
+
+type Md = pb::market_data_service_client::MarketDataServiceClient<service_kit::grpc::Channel>;
+
+/// The feeds of one gateway. See the module documentation.
+pub struct Fanout {
+    md: Md,
+    capacity: usize,
+    feeds: Mutex<HashMap<Key, Weak<Feed>>>,
+}
+
+/// Backoff between upstream reconnects.
+const RETRY: Duration = Duration::from_millis(500);
+
+impl Fanout {
+    /// Feeds from `md`, each keeping its last `capacity` events for
+    /// subscribers that are behind.
+    pub fn new(md: Md, capacity: usize) -> Self {
+        Self {
+            md,
+            capacity: capacity.max(16),
+            feeds: Mutex::default(),
+        }
+    }
+
+    /// The feed of `kind` for `market` as sessions in `scope` see it: the one
+    /// already followed, or a new one.
+    pub fn feed(&self, kind: Kind, market: &str, scope: &RequestScope) -> Arc<Feed> {
+        let key = Key {
+            kind,
+            market: market.to_owned(),
+            route: scope.routing_key(),
+        };
+        let mut feeds = self.feeds.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(feed) = feeds.get(&key).and_then(Weak::upgrade) {
+            return feed;
+        }
+        feeds.retain(|_, f| f.strong_count() > 0);
+        let (tx, _) = broadcast::channel(self.capacity);
+        let (opened_tx, opened) = watch::channel(false);
+        let stop = CancellationToken::new();
+        // A trace of its own, as long as the feed lives (it outlives the
+        // session that opened it), linked from the span that opened it.
+        let span = tracing::info_span!(parent: None, "ws.feed", otel.name = "ws.feed", r#type = kind.as_str(), market);
+        span.follows_from(tracing::Span::current());
+        tokio::spawn(
+            scope
+                .routing_only()
+                .run(follow(
+                    self.md.clone(),
+                    key.clone(),
+                    tx.clone(),
+                    opened_tx,
+                    stop.clone(),
+                ))
+                .instrument(span),
+        );
+        FEEDS.with_label_values(&[kind.as_str()]).inc();
+        let feed = Arc::new(Feed {
+            kind,
+            tx,
+            opened,
+            _stop: stop.drop_guard(),
+        });
+        feeds.insert(key, Arc::downgrade(&feed));
+        feed
+    }
+}
+
+/// Follows the stream of `key` until `stop`, reopening it (without a
+/// snapshot: subscribers fetch their own) when it breaks.
+async fn follow(
+    mut md: Md,
+    key: Key,
+    tx: broadcast::Sender<Arc<Event>>,
+    opened: watch::Sender<bool>,
+    stop: CancellationToken,
+) {
+    loop {
+        let result =
+            tokio::select! { _ = stop.cancelled() => return, r = open(&mut md, &key) => r };
+        opened.send_replace(true);
+        match result {
+            Ok(mut stream) => loop {
+                let next =
+                    tokio::select! { _ = stop.cancelled() => return, m = stream.next() => m };
+                match next {
+                    Some(Ok(Some(payload))) => {
+                        if tx.receiver_count() > 0 {
+                            let _ = tx.send(Arc::new(Event::new(payload)));
+                        }
+                    }
+                    Some(Ok(None)) => {}
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "feed stream broke; reopening");
+                        break;
+                    }
+                    None => break,
+                }
+            },
+            Err(e) => tracing::debug!(error = %e, "feed stream unavailable; retrying"),
+        }
+        tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(RETRY) => {} }
+    }
+}
+
+type Messages = BoxStream<'static, Result<Option<Payload>, tonic::Status>>;
+
+/// `stream`'s messages through `convert`.
+fn converted<M: Send + 'static>(
+    stream: tonic::Streaming<M>,
+    convert: fn(M) -> Option<Payload>,
+) -> Messages {
+    stream.map(move |m| m.map(convert)).boxed()
+}
+
+/// Opens the market-data stream of `key`: its messages converted (`None`
+/// for one that does not convert, which is counted and skipped).
+async fn open(md: &mut Md, key: &Key) -> Result<Messages, tonic::Status> {
+    let markets = vec![key.market.clone()];
+    Ok(match key.kind {
+        Kind::Ticker => {
+            let request = pb::StreamTickersRequest {
+                markets,
+                snapshot: false,
+            };
+            converted(md.stream_tickers(request).await?.into_inner(), |m| {
+                let t = m.ticker?;
+                convert::skipped(convert::ticker(&t, false), "ticker", &t.market)
+                    .map(|t| Payload::Ticker(Box::new(t)))
+            })
+        }
+        Kind::Trade => {
+            let request = pb::StreamTradesRequest {
+                markets,
+                snapshot: false,
+            };
+            converted(md.stream_trades(request).await?.into_inner(), |m| {
+                let t = m.trade?;
+                convert::skipped(convert::trade(&t, false), "trade", &t.market).map(Payload::Trade)
+            })
+        }
+        Kind::Orderbook => {
+            let request = pb::StreamOrderbooksRequest {
+                markets,
+                snapshot: false,
+                depth: 0,
+            };
+            converted(md.stream_orderbooks(request).await?.into_inner(), |m| {
+                let o = m.orderbook?;
+                let book = convert::orderbook(&o, DEFAULT_ORDERBOOK_DEPTH, false);
+                convert::skipped(book, "orderbook", &o.market).map(Payload::Orderbook)
+            })
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl Shape {
+        fn plain(format: Format) -> Self {
+            Self {
+                format,
+                depth: DEFAULT_ORDERBOOK_DEPTH,
+                level: Decimal::ZERO,
+            }
+        }
+    }
+
+    fn book() -> upbit::Orderbook {
+        let units = (0..20)
+            .map(|i| upbit::OrderbookUnit {
+                ask_price: Decimal::from(100_000 + i * 1_000),
+                bid_price: Decimal::from(99_000 - i * 1_000),
+                ask_size: Decimal::ONE,
+                bid_size: Decimal::ONE,
+            })
+            .collect();
+        upbit::Orderbook {
+            code: "KRW-BTC".into(),
+            total_ask_size: Decimal::from(20),
+            total_bid_size: Decimal::from(20),
+            orderbook_units: units,
+            timestamp: 1,
+            level: Decimal::ZERO,
+            stream_type: upbit::StreamType::Realtime,
+        }
+    }
+
+    #[test]
+    fn an_event_is_rendered_once_per_shape_and_each_shape_as_asked() {
+        let event = Event::new(Payload::Orderbook(book()));
+        let plain = event.frame(Shape::plain(Format::Default));
+        let again = event.frame(Shape::plain(Format::Default));
+        assert_eq!(plain.as_ptr(), again.as_ptr(), "the same bytes, not a copy");
+        let simple = event.frame(Shape::plain(Format::Simple));
+        assert_ne!(plain, simple);
+        let five = Shape {
+            depth: 5,
+            ..Shape::plain(Format::Default)
+        };
+        let cut = event.frame(five);
+        assert_eq!(cut.as_ptr(), event.frame(five).as_ptr());
+        let units = |b: &Bytes| match upbit::parse_message(b) {
+            Ok(upbit::Message::Orderbook(o)) => o.orderbook_units.len(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            (units(&plain), units(&cut)),
+            (20.min(DEFAULT_ORDERBOOK_DEPTH), 5)
+        );
+        let grouped = Shape {
+            level: Decimal::from(10_000),
+            ..Shape::plain(Format::Default)
+        };
+        assert!(
+            units(&event.frame(grouped)) < units(&plain),
+            "grouped by 10,000"
+        );
+    }
+}
