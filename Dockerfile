@@ -45,7 +45,9 @@ LABEL org.opencontainers.image.title="exchange" \
       org.opencontainers.image.description="Upbit-compatible paper-trading exchange (one service per target)" \
       org.opencontainers.image.licenses="Apache-2.0"
 USER 65532:65532
-ENV LOG_FORMAT=json
+# MIMALLOC_ARENA_EAGER_COMMIT=0: mimalloc's first arena committed lazily, so the
+# kernel does not back it with huge pages (about 20 MB less memory per service).
+ENV LOG_FORMAT=json MIMALLOC_ARENA_EAGER_COMMIT=0
 
 # --- one small image per service (keep the names equal to the binaries) ------------
 FROM runtime AS upbit-sim

@@ -13,7 +13,7 @@ bench_build() {
 }
 
 # bench_stack_up NAME: the whole stack (scripts/up --release --no-build) on free
-# ports with a quiet market and every rate limit off, in database
+# ports with a quiet market (MAX_BOOK_AGE an hour) and every rate limit off, in database
 # bench_NAME_PID; waits until it is ready and stops it (and drops the database)
 # when the calling script exits. Exports GATEWAY_PORT, SIM_PORT, … and
 # METRICS_PORT_BASE (gateway admin +0, market-data +1, …, upbit-sim +6), sets
@@ -23,8 +23,10 @@ bench_stack_up() {
   BIN="$(target_dir)/release"
   run_dir=$(mktemp -d)
   export RUN_DIR=$run_dir STATUS_EVERY=3600 EXCHANGE_DB="bench_${1}_$$"
-  export SIM_RATE=0 RATE_LIMIT_ORDER=0 RATE_LIMIT_DEFAULT=0 RATE_LIMIT_QUOTATION=0 RATE_LIMIT_IP=0 \
-    RATE_LIMIT_AUTH=0 RATE_LIMIT_SIGNUP=0 RUST_LOG=warn
+  # A quiet market: the simulator's book stays as it starts, so the order
+  # service's staleness guard is widened to keep it orderable.
+  export SIM_RATE=0 MAX_BOOK_AGE=${MAX_BOOK_AGE:-1h} RATE_LIMIT_ORDER=0 RATE_LIMIT_DEFAULT=0 \
+    RATE_LIMIT_QUOTATION=0 RATE_LIMIT_IP=0 RATE_LIMIT_AUTH=0 RATE_LIMIT_SIGNUP=0 RUST_LOG=warn
   export METRICS_PORT_BASE
   METRICS_PORT_BASE=$(free_port)
   local var

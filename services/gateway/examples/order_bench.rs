@@ -130,8 +130,21 @@ async fn main() -> anyhow::Result<()> {
                             .send()
                             .await
                         {
-                            Ok(r) => r.status().as_u16() == 201,
-                            Err(_) => false,
+                            Ok(r) if r.status().as_u16() == 201 => true,
+                            Ok(r) => {
+                                if errors == 0 {
+                                    let status = r.status();
+                                    let text = r.text().await.unwrap_or_default();
+                                    eprintln!("worker {w}: first error: {status} {text}");
+                                }
+                                false
+                            }
+                            Err(e) => {
+                                if errors == 0 {
+                                    eprintln!("worker {w}: first error: {e}");
+                                }
+                                false
+                            }
                         };
                         if ok {
                             latencies.push(started.elapsed().as_micros() as u32);

@@ -17,7 +17,7 @@
 //!
 //! Usage: ws_clients --url ws://HOST:PORT/websocket/v1 --gateway-admin HOST:PORT
 //!   --sim-admin HOST:PORT --clients N [--market KRW-BTC] [--rate 20]
-//!   [--seconds 15] [--pids gateway=PID,market-data=PID]
+//!   [--seconds 15] [--pids gateway=PID,market-data=PID] [--rss-baseline KIB]
 
 #![allow(clippy::print_stdout)] // a report on stdout is its purpose
 
@@ -36,6 +36,9 @@ struct Args {
     rate: u32,
     seconds: u64,
     pids: Vec<(String, u32)>,
+    /// The server's resident memory before any client (KiB); by default
+    /// read when this run starts.
+    rss_baseline: Option<u64>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -48,6 +51,7 @@ fn args() -> anyhow::Result<Args> {
         rate: 20,
         seconds: 15,
         pids: Vec::new(),
+        rss_baseline: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -63,6 +67,7 @@ fn args() -> anyhow::Result<Args> {
             "--market" => a.market = value()?,
             "--rate" => a.rate = value()?.parse()?,
             "--seconds" => a.seconds = value()?.parse()?,
+            "--rss-baseline" => a.rss_baseline = Some(value()?.parse()?),
             "--pids" => {
                 for pair in value()?.split(',').filter(|p| !p.is_empty()) {
                     let (name, pid) = pair
@@ -185,7 +190,9 @@ async fn main() -> anyhow::Result<()> {
     pids.push(("clients".into(), me));
     // The server: the first process named (its memory per idle connection).
     let gateway_pid = a.pids.first().map(|(_, p)| *p);
-    let rss_before = gateway_pid.map_or(0, rss_kib);
+    let rss_before = a
+        .rss_baseline
+        .unwrap_or_else(|| gateway_pid.map_or(0, rss_kib));
 
     // Connect and subscribe, a few hundred at a time.
     let request = format!(
