@@ -224,6 +224,12 @@ pub struct Fanout {
 /// Backoff between upstream reconnects.
 const RETRY: Duration = Duration::from_millis(500);
 
+/// Most distinct routing-header values (`x-canary`, `x-preview`) with feeds
+/// at once. The values are the client's to choose and each gets feeds of its
+/// own: without a bound, one client could multiply the gateway's feeds and
+/// market-data's streams by sending a new value per connection.
+pub const MAX_ROUTES: usize = 16;
+
 impl Fanout {
     /// Feeds from `md`, each keeping its last `capacity` events for
     /// subscribers that are behind.
@@ -233,6 +239,25 @@ impl Fanout {
             capacity: capacity.max(16),
             feeds: Mutex::default(),
         }
+    }
+
+    /// Whether sessions in `scope` may not have feeds now: routed alike as no
+    /// session with feeds is, while [`MAX_ROUTES`] other routes have some.
+    pub fn routes_full(&self, scope: &RequestScope) -> bool {
+        let route = scope.routing_key();
+        if route.is_empty() {
+            return false;
+        }
+        let mut feeds = self.feeds.lock().unwrap_or_else(PoisonError::into_inner);
+        feeds.retain(|_, f| f.strong_count() > 0);
+        let mut routes: Vec<&str> = feeds
+            .keys()
+            .map(|k| k.route.as_str())
+            .filter(|r| !r.is_empty())
+            .collect();
+        routes.sort_unstable();
+        routes.dedup();
+        !routes.contains(&route.as_str()) && routes.len() >= MAX_ROUTES
     }
 
     /// The feed of `kind` for `market` as sessions in `scope` see it: the one
@@ -399,6 +424,45 @@ mod tests {
             level: Decimal::ZERO,
             stream_type: upbit::StreamType::Realtime,
         }
+    }
+
+    fn routed(value: &str) -> RequestScope {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-canary", value.parse().unwrap());
+        RequestScope::from_headers(&headers)
+    }
+
+    #[tokio::test]
+    async fn feeds_are_shared_per_market_and_route_and_routes_are_bounded() {
+        // Nothing listens there: the feeds keep retrying, which is all this needs.
+        let md = Md::new(service_kit::grpc::channel("http://127.0.0.1:9").unwrap());
+        let fanout = Fanout::new(md, 16);
+        let plain = RequestScope::default();
+        let a = fanout.feed(Kind::Trade, "KRW-BTC", &plain);
+        let b = fanout.feed(Kind::Trade, "KRW-BTC", &plain);
+        assert!(Arc::ptr_eq(&a, &b), "one feed per type and market");
+        let other = fanout.feed(Kind::Ticker, "KRW-BTC", &plain);
+        assert!(!Arc::ptr_eq(&a, &other));
+        let canary = fanout.feed(Kind::Trade, "KRW-BTC", &routed("always"));
+        assert!(
+            !Arc::ptr_eq(&a, &canary),
+            "a routed session's feed is its own"
+        );
+
+        let held: Vec<_> = (1..MAX_ROUTES)
+            .map(|i| fanout.feed(Kind::Trade, "KRW-BTC", &routed(&format!("r{i}"))))
+            .collect();
+        assert!(fanout.routes_full(&routed("one-more")));
+        assert!(!fanout.routes_full(&routed("always")), "a route in use");
+        assert!(
+            !fanout.routes_full(&plain),
+            "unrouted sessions are never refused"
+        );
+        drop(held);
+        assert!(
+            !fanout.routes_full(&routed("one-more")),
+            "gone with their feeds"
+        );
     }
 
     #[test]

@@ -188,6 +188,11 @@ async fn serve(socket: WebSocket, gw: &Shared) -> &'static str {
                     Ok(ClientFrame::Subscribe(request)) => {
                         if !window.allow() {
                             vec![error_frame(&too_many_requests())]
+                        } else if gw.fanout.routes_full(&RequestScope::current()) {
+                            vec![error_frame(&invalid_param(format!(
+                                "at most {} distinct x-canary/x-preview values may stream at once; use one in use or none",
+                                fanout::MAX_ROUTES
+                            )))]
                         } else {
                             match validate(gw, request.subscriptions).await {
                                 Err(e) => vec![error_frame(&e)],

@@ -926,6 +926,38 @@ async fn websocket_clients_share_one_stream_per_market_and_a_slow_one_is_dropped
     })
     .await
     .unwrap();
+
+    // Routed sessions get feeds of their own, for at most 16 distinct values:
+    // a 17th value is refused (an invented value per connection cannot
+    // multiply the feeds), while a value in use still streams.
+    let routed = |value: &str| {
+        let mut request = format!("ws://{addr}/websocket/v1")
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("x-canary", value.parse().unwrap());
+        tokio_tungstenite::connect_async(request)
+    };
+    let mut pinned = Vec::new();
+    for i in 0..16 {
+        let (mut ws, _) = routed(&format!("v{i}")).await.unwrap();
+        ws_subscribe(&stack, &mut ws, trades, 1.0).await;
+        pinned.push(ws);
+    }
+    assert_eq!(feeds().await, 16.0, "one feed per routing value");
+    let (mut seventeenth, _) = routed("v16").await.unwrap();
+    ws_send(&mut seventeenth, trades).await;
+    let refused = ws_next(&mut seventeenth, Duration::from_secs(5))
+        .await
+        .expect("an error frame");
+    match upbit::parse_message(&refused) {
+        Ok(Message::Error(e)) => assert_eq!(e.name, "INVALID_PARAM"),
+        other => panic!("{other:?}"),
+    }
+    let (mut again, _) = routed("v3").await.unwrap();
+    ws_subscribe(&stack, &mut again, trades, 1.0).await;
+    assert_eq!(feeds().await, 16.0, "a value in use shares its feed");
     stack.stop().await;
 }
 
