@@ -45,11 +45,33 @@ bench_stack_up() {
   done
 }
 
-# bench_on_exit CMD: runs CMD (a function name) before the stack stops.
-bench_on_exit() { bench_exit_hook=$1; }
+# bench_ceiling URL CMD...: starts CMD, a ceiling server, in the background
+# (stopped with the stack) and waits until URL answers. Sets ceiling_pid.
+bench_ceiling() {
+  local url=$1 deadline=$((SECONDS + 30))
+  shift
+  "$@" &
+  ceiling_pid=$!
+  until curl -fsS "$url" -o /dev/null 2>/dev/null; do
+    kill -0 "$ceiling_pid" 2>/dev/null || die "the ceiling server ($1) exited"
+    ((SECONDS < deadline)) || die "the ceiling server ($1) did not answer after 30s"
+    sleep 0.1
+  done
+}
+
+# bench_ticker FILE: waits until the gateway serves KRW-BTC's ticker (the
+# market is live: subscriptions and reads are accepted); writes it to FILE.
+bench_ticker() {
+  local deadline=$((SECONDS + 60))
+  until curl -fsS "http://127.0.0.1:$GATEWAY_PORT/v1/ticker?markets=KRW-BTC" -o "$1" 2>/dev/null \
+    && grep -q trade_price "$1"; do
+    ((SECONDS < deadline)) || die "no KRW-BTC ticker from the gateway after 60s"
+    sleep 0.5
+  done
+}
 
 bench_stack_down() {
-  if [[ -n ${bench_exit_hook:-} ]]; then "$bench_exit_hook" || true; fi
+  if [[ -n ${ceiling_pid:-} ]]; then kill "$ceiling_pid" 2>/dev/null || true; fi
   kill -TERM -- "-$bench_up_pid" 2>/dev/null || true
   for _ in $(seq 1 100); do kill -0 "$bench_up_pid" 2>/dev/null || break; sleep 0.1; done
   psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS $EXCHANGE_DB WITH (FORCE)" >/dev/null 2>&1 || true

@@ -133,21 +133,6 @@ async fn client(url: String, request: String, stop: CancellationToken) -> anyhow
     Ok(delays)
 }
 
-/// The sum of `metric` on a Prometheus page.
-async fn metric(http: &reqwest::Client, admin: &str, metric: &str) -> f64 {
-    let Ok(resp) = http.get(format!("http://{admin}/metrics")).send().await else {
-        return 0.0;
-    };
-    let page = resp.text().await.unwrap_or_default();
-    page.lines()
-        .filter(|l| {
-            l.strip_prefix(metric)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Resident memory of `pid`, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -184,6 +169,7 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
+    let admin: std::net::SocketAddr = a.gateway_admin.parse()?;
     let http = reqwest::Client::new();
     let me = std::process::id();
     let mut pids = a.pids.clone();
@@ -199,7 +185,7 @@ async fn main() -> anyhow::Result<()> {
         r#"[{{"ticket":"bench"}},{{"type":"trade","codes":["{}"],"is_only_realtime":true}}]"#,
         a.market
     );
-    let base = metric(&http, &a.gateway_admin, "gateway_ws_subscriptions").await;
+    let base = test_support::read_metric(admin, "gateway_ws_subscriptions", &[]).await;
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     let started = Instant::now();
@@ -211,7 +197,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let want = base + a.clients as f64;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while metric(&http, &a.gateway_admin, "gateway_ws_subscriptions").await < want {
+    while test_support::read_metric(admin, "gateway_ws_subscriptions", &[]).await < want {
         anyhow::ensure!(
             Instant::now() < deadline,
             "the gateway did not count {} subscriptions within 120 s",

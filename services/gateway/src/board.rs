@@ -145,14 +145,7 @@ impl TickerBoard {
         &self,
         pick: impl FnOnce(&HashMap<String, Arc<Entry>>) -> Option<Vec<Arc<Entry>>>,
     ) -> Option<FromMemory> {
-        let board = self.board.read().ok()?;
-        if !board.live {
-            return None;
-        }
-        let entries = pick(&board.tickers)?;
-        let served_by = board.served_by.clone();
-        drop(board);
-        READS.with_label_values(&["memory"]).inc();
+        let (entries, served_by) = self.read(pick)?;
         Some(FromMemory {
             body: rest::array(entries.iter().filter_map(|e| e.json()).map(str::to_owned)),
             served_by,
@@ -162,17 +155,31 @@ impl TickerBoard {
     /// The held tickers of `markets`, in that order, when the board is live
     /// and holds every one of them (a WebSocket subscription's snapshot).
     pub fn current(&self, markets: &[String]) -> Option<Vec<pb::Ticker>> {
+        let (held, _) = self.read(|held| {
+            markets
+                .iter()
+                .map(|m| held.get(m).map(|e| e.ticker.clone()))
+                .collect()
+        })?;
+        Some(held)
+    }
+
+    /// What `pick` takes from the held tickers and who fed them, when the
+    /// board is live (`None` from `pick`: not from memory); counted as a
+    /// read from memory.
+    fn read<T>(
+        &self,
+        pick: impl FnOnce(&HashMap<String, Arc<Entry>>) -> Option<T>,
+    ) -> Option<(T, Option<String>)> {
         let board = self.board.read().ok()?;
         if !board.live {
             return None;
         }
-        let held = markets
-            .iter()
-            .map(|m| board.tickers.get(m).map(|e| e.ticker.clone()))
-            .collect::<Option<Vec<_>>>()?;
+        let picked = pick(&board.tickers)?;
+        let served_by = board.served_by.clone();
         drop(board);
         READS.with_label_values(&["memory"]).inc();
-        Some(held)
+        Some((picked, served_by))
     }
 
     /// Whether reads may come from memory now.

@@ -466,7 +466,7 @@ fn subscribe(gw: &Shared, subs: &[Subscription], format: Format) -> Frames {
     let _in = span.enter();
     let mut feeds = Vec::new();
     let mut labels = Vec::new();
-    let mut parts: Option<Vec<Frames>> = merged
+    let parts: Vec<Frames> = merged
         .into_iter()
         .map(|sub| {
             if sub.wants_realtime() {
@@ -474,18 +474,16 @@ fn subscribe(gw: &Shared, subs: &[Subscription], format: Format) -> Frames {
             }
             part(gw, sub, format, &scope, &mut feeds, &span)
         })
-        .collect::<Vec<_>>()
-        .into();
+        .collect();
     futures_util::stream::once(async move {
         futures_util::future::join_all(feeds.iter().map(|f| f.opened())).await;
-        labels.into_iter().map(Counted::new).collect::<Vec<_>>()
-    })
-    .flat_map(move |counted| {
-        futures_util::stream::select_all(parts.take().unwrap_or_default()).map(move |out| {
+        let counted: Vec<Counted> = labels.into_iter().map(Counted::new).collect();
+        futures_util::stream::select_all(parts).map(move |out| {
             let _live = &counted;
             out
         })
     })
+    .flatten()
     .fuse()
     .boxed()
 }
@@ -537,7 +535,7 @@ fn part(
     let gw = gw.clone();
     let span = span.clone();
     futures_util::stream::once(async move {
-        let (frames, candles) = snapshot(&gw, &sub, &shapes).instrument(span).await;
+        let (frames, candles) = snapshot(&gw, &sub, format, &shapes).instrument(span).await;
         let first = futures_util::stream::iter(frames.into_iter().map(Out::Frame));
         let live = live.into_iter().map(|(feed, rx, shape)| {
             BroadcastStream::new(rx)
@@ -599,10 +597,10 @@ impl Candles {
 async fn snapshot(
     gw: &Shared,
     sub: &Subscription,
+    format: Format,
     shapes: &[Shape],
 ) -> (Vec<Bytes>, Option<Candles>) {
     let wanted = sub.wants_snapshot();
-    let format = shapes.first().map_or(Format::Default, |s| s.format);
     let mut md = gw.md.clone();
     let codes = sub.codes.clone();
     let frames = match &sub.data_type {
