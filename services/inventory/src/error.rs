@@ -23,6 +23,9 @@ pub enum InventoryError {
     /// The faucet's cap over the last 24 hours.
     #[error("{0}")]
     DepositLimit(String),
+    /// Another attempt of the order was executed with another record.
+    #[error("{0}")]
+    OrderConflict(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -53,6 +56,9 @@ impl From<InventoryError> for tonic::Status {
             }
             InventoryError::DepositLimit(m) => {
                 named_status(Code::InvalidArgument, "deposit_limit_exceeded", m)
+            }
+            InventoryError::OrderConflict(m) => {
+                named_status(Code::AlreadyExists, "order_conflict", m)
             }
             InventoryError::Database(e) => {
                 tracing::warn!(error = %e, "database error");

@@ -58,6 +58,30 @@ fn text(d: Decimal) -> String {
 /// most the 30 levels of a book; recovery re-sends an order's fills).
 const MAX_FILLS: usize = 1000;
 
+/// Longest order record a Settle call may carry, in bytes.
+const MAX_RECORD: usize = 16 * 1024;
+
+/// Most orders one ListUnconfirmed or ConfirmOrders call covers.
+const MAX_BATCH: usize = 500;
+
+/// An order record as given: a JSON object of at most [`MAX_RECORD`] bytes.
+fn record(text: &str) -> Result<Option<serde_json::Value>, InventoryError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if text.len() > MAX_RECORD {
+        return Err(InventoryError::Invalid(format!(
+            "order_record is longer than {MAX_RECORD} bytes"
+        )));
+    }
+    match serde_json::from_str(text) {
+        Ok(value @ serde_json::Value::Object(_)) => Ok(Some(value)),
+        _ => Err(InventoryError::Invalid(
+            "order_record must be a JSON object".into(),
+        )),
+    }
+}
+
 fn balance(row: BalanceRow) -> pb::Balance {
     pb::Balance {
         currency: row.currency,
@@ -207,6 +231,10 @@ impl InventoryService for Inventory {
             .map(|t| terms(side, t).and_then(|t| t.to_json(not_after)))
             .transpose()?;
         let reserving = terms.is_some();
+        let record = record(&req.order_record)?;
+        if record.is_some() && !reserving {
+            return Err(InventoryError::Invalid("order_record comes with terms".into()).into());
+        }
         let settled = store::settle(
             &self.pool,
             &store::Settle {
@@ -218,6 +246,7 @@ impl InventoryService for Inventory {
                 fills: &fills,
                 finalize: req.finalize,
                 terms,
+                record,
             },
         )
         .await;
@@ -254,9 +283,61 @@ impl InventoryService for Inventory {
                 locked: text(r.locked),
                 last_fill_seq: r.last_fill_seq.max(0) as u32,
                 released: r.released,
+                order_record: r.record.map(|v| v.to_string()).unwrap_or_default(),
+                created_at: r.created_at.timestamp_millis(),
             },
         };
         Ok(Response::new(response))
+    }
+
+    async fn list_unconfirmed(
+        &self,
+        request: Request<pb::ListUnconfirmedRequest>,
+    ) -> Result<Response<pb::ListUnconfirmedResponse>, Status> {
+        let req = request.into_inner();
+        let limit = match req.limit as usize {
+            0 => 100,
+            n if n <= MAX_BATCH => n,
+            _ => {
+                return Err(InventoryError::Invalid(format!(
+                    "limit must be between 1 and {MAX_BATCH}"
+                ))
+                .into());
+            }
+        };
+        let min_age = std::time::Duration::from_millis(req.min_age_ms.max(0) as u64);
+        let orders = store::unconfirmed(&self.pool, min_age, limit as i64)
+            .await?
+            .into_iter()
+            .map(|u| pb::UnconfirmedOrder {
+                order_id: u.order_id.to_string(),
+                user_id: u.user_id.to_string(),
+                order_record: u.record.to_string(),
+                created_at: u.created_at.timestamp_millis(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListUnconfirmedResponse { orders }))
+    }
+
+    async fn confirm_orders(
+        &self,
+        request: Request<pb::ConfirmOrdersRequest>,
+    ) -> Result<Response<pb::ConfirmOrdersResponse>, Status> {
+        let req = request.into_inner();
+        if req.order_ids.len() > MAX_BATCH {
+            return Err(
+                InventoryError::Invalid(format!("at most {MAX_BATCH} orders per call")).into(),
+            );
+        }
+        let ids = req
+            .order_ids
+            .iter()
+            .map(|id| domain::uuid("order_ids", id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let confirmed = store::confirm(&self.pool, &ids).await?;
+        Ok(Response::new(pb::ConfirmOrdersResponse {
+            confirmed: confirmed as u32,
+        }))
     }
 
     async fn list_ledger(

@@ -1,5 +1,5 @@
 //! SQL: each call is one statement (one transaction) invoking the functions of
-//! migrations 0002 and 0003. Deadlocks and serialization failures are retried here.
+//! migrations 0002–0004. Deadlocks and serialization failures are retried here.
 
 use std::time::Duration;
 
@@ -27,6 +27,18 @@ pub struct ReservationRow {
     pub locked: Decimal,
     pub last_fill_seq: i32,
     pub released: bool,
+    pub created_at: DateTime<Utc>,
+    /// The caller's record of the order, until it confirms it.
+    pub record: Option<serde_json::Value>,
+}
+
+/// A reservation made with a record its caller has not confirmed.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct UnconfirmedRow {
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub record: serde_json::Value,
+    pub created_at: DateTime<Utc>,
 }
 
 #[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
@@ -51,6 +63,7 @@ mod sqlstate {
     pub const FILL_REFUSED: &str = "EX001";
     pub const PLAN_EXPIRED: &str = "EX002";
     pub const DEPOSIT_LIMIT: &str = "EX003";
+    pub const ORDER_CONFLICT: &str = "EX004";
 }
 
 fn map(err: sqlx::Error) -> InventoryError {
@@ -73,6 +86,7 @@ fn map(err: sqlx::Error) -> InventoryError {
             (Some(FILL_REFUSED), _) => return InventoryError::FillRefused(message()),
             (Some(PLAN_EXPIRED), _) => return InventoryError::PlanExpired(message()),
             (Some(DEPOSIT_LIMIT), _) => return InventoryError::DepositLimit(message()),
+            (Some(ORDER_CONFLICT), _) => return InventoryError::OrderConflict(message()),
             _ => {}
         }
     }
@@ -183,6 +197,8 @@ pub struct Settle<'a> {
     pub finalize: bool,
     /// The terms as `settle` takes them ([`crate::domain::Terms::to_json`]).
     pub terms: Option<serde_json::Value>,
+    /// The caller's record of the order, kept until it confirms it (with `terms`).
+    pub record: Option<serde_json::Value>,
 }
 
 pub async fn settle(pool: &PgPool, s: &Settle<'_>) -> Result<Settled, InventoryError> {
@@ -201,16 +217,19 @@ pub async fn settle(pool: &PgPool, s: &Settle<'_>) -> Result<Settled, InventoryE
             .collect(),
     );
     let (applied, released): (i32, Decimal) = with_retry(|| {
-        sqlx::query_as("SELECT fills_applied, released FROM settle($1, $2, $3, $4, $5, $6, $7, $8)")
-            .bind(s.order)
-            .bind(s.user)
-            .bind(s.side.as_str())
-            .bind(s.base)
-            .bind(s.quote)
-            .bind(&fills_json)
-            .bind(s.finalize)
-            .bind(&s.terms)
-            .fetch_one(pool)
+        sqlx::query_as(
+            "SELECT fills_applied, released FROM settle($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(s.order)
+        .bind(s.user)
+        .bind(s.side.as_str())
+        .bind(s.base)
+        .bind(s.quote)
+        .bind(&fills_json)
+        .bind(s.finalize)
+        .bind(&s.terms)
+        .bind(&s.record)
+        .fetch_one(pool)
     })
     .await?;
     Ok(Settled {
@@ -223,11 +242,42 @@ pub async fn reservation(
     pool: &PgPool,
     order: Uuid,
 ) -> Result<Option<ReservationRow>, InventoryError> {
-    sqlx::query_as("SELECT currency, reserved, locked, last_fill_seq, released FROM reservations WHERE order_id = $1")
-        .bind(order)
-        .fetch_optional(pool)
+    sqlx::query_as(
+        "SELECT r.currency, r.reserved, r.locked, r.last_fill_seq, r.released, r.created_at, u.record
+         FROM reservations r LEFT JOIN unconfirmed_orders u USING (order_id) WHERE r.order_id = $1",
+    )
+    .bind(order)
+    .fetch_optional(pool)
+    .await
+    .map_err(map)
+}
+
+/// Reservations with a record not confirmed, made at least `min_age` ago, oldest first.
+pub async fn unconfirmed(
+    pool: &PgPool,
+    min_age: Duration,
+    limit: i64,
+) -> Result<Vec<UnconfirmedRow>, InventoryError> {
+    sqlx::query_as(
+        "SELECT order_id, user_id, record, created_at FROM unconfirmed_orders
+         WHERE created_at < now() - $1 * interval '1 millisecond'
+         ORDER BY created_at LIMIT $2",
+    )
+    .bind(min_age.as_millis() as i64)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(map)
+}
+
+/// Drops the records of orders their caller stored; how many there were.
+pub async fn confirm(pool: &PgPool, orders: &[Uuid]) -> Result<u64, InventoryError> {
+    let done = sqlx::query("DELETE FROM unconfirmed_orders WHERE order_id = ANY($1)")
+        .bind(orders)
+        .execute(pool)
         .await
-        .map_err(map)
+        .map_err(map)?;
+    Ok(done.rows_affected())
 }
 
 pub async fn ledger(

@@ -133,6 +133,7 @@ fn settle_req(
         return_balances: false,
         terms,
         not_after: 0,
+        order_record: String::new(),
     }
 }
 
@@ -871,6 +872,159 @@ async fn a_lost_answer_after_commit_is_retried_without_moving_money_twice() {
     assert_eq!(
         test_support::read_metric(svc.admin, "inventory_faults_injected_total", &[]).await,
         6.0
+    );
+    assert_ledger_matches(&db).await;
+    svc.running.stop().await;
+}
+
+/// A user's KRW and BTC, each (available, locked).
+async fn holdings(
+    inv: &mut InventoryServiceClient<Channel>,
+    user: Uuid,
+) -> ((Decimal, Decimal), (Decimal, Decimal)) {
+    (
+        balance(inv, user, "KRW").await,
+        balance(inv, user, "BTC").await,
+    )
+}
+
+fn listed(orders: &[pb::UnconfirmedOrder], order: Uuid) -> Option<&pb::UnconfirmedOrder> {
+    orders.iter().find(|o| o.order_id == order.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_records_are_kept_until_confirmed_and_another_plan_changes_nothing() {
+    let db = TestDb::create().await.unwrap();
+    let svc = start(&db).await;
+    let mut inv = client(&svc).await;
+    let user = open(&mut inv).await;
+    let order = Uuid::new_v4();
+    let record = serde_json::json!({"state": "done", "plan": [{"price": "1000000"}]});
+    let mut buy = settle_req(
+        order,
+        user,
+        pb::OrderSide::Bid,
+        vec![fill(1, "1000000", "0.01", "10000", "5")],
+        true,
+        market_buy("20000", FEE),
+    );
+    buy.order_record = record.to_string();
+    inv.settle(buy.clone()).await.unwrap();
+    let after = holdings(&mut inv, user).await;
+    assert_eq!(after.0, (dec("9989995"), dec("0")));
+
+    // Kept with the reservation, in the same commit.
+    let held = inv
+        .get_reservation(pb::GetReservationRequest {
+            order_id: order.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(held.exists && held.created_at > 0);
+    let kept: serde_json::Value = serde_json::from_str(&held.order_record).unwrap();
+    assert_eq!(kept, record);
+
+    // The same attempt again is a repeat; another plan for the order is refused whole.
+    let again = inv.settle(buy.clone()).await.unwrap().into_inner();
+    assert_eq!(again.fills_applied, 0);
+    let mut other = settle_req(
+        order,
+        user,
+        pb::OrderSide::Bid,
+        vec![
+            fill(1, "1000000", "0.01", "10000", "5"),
+            fill(2, "1000000", "0.005", "5000", "2.5"),
+        ],
+        true,
+        market_buy("20000", FEE),
+    );
+    other.order_record = serde_json::json!({"state": "done", "plan": []}).to_string();
+    let err = inv.settle(other.clone()).await.unwrap_err();
+    assert_eq!(
+        (err.code(), service_kit::grpc::error_name(&err)),
+        (Code::AlreadyExists, Some("order_conflict")),
+        "{err:?}"
+    );
+    assert_eq!(
+        holdings(&mut inv, user).await,
+        after,
+        "the conflicting call changed nothing"
+    );
+
+    // Listed once old enough, until confirmed.
+    let list = |min_age_ms: i64| pb::ListUnconfirmedRequest {
+        min_age_ms,
+        limit: 0,
+    };
+    let young = inv.list_unconfirmed(list(3_600_000)).await.unwrap();
+    assert!(listed(&young.into_inner().orders, order).is_none());
+    let all = inv.list_unconfirmed(list(0)).await.unwrap().into_inner();
+    let found = listed(&all.orders, order).expect("listed");
+    assert_eq!(found.user_id, user.to_string());
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&found.order_record).unwrap(),
+        record
+    );
+    let confirm = pb::ConfirmOrdersRequest {
+        order_ids: vec![order.to_string(), Uuid::new_v4().to_string()],
+    };
+    let confirmed = inv.confirm_orders(confirm.clone()).await.unwrap();
+    assert_eq!(confirmed.into_inner().confirmed, 1);
+    let confirmed = inv.confirm_orders(confirm).await.unwrap();
+    assert_eq!(confirmed.into_inner().confirmed, 0, "idempotent");
+    let all = inv.list_unconfirmed(list(0)).await.unwrap().into_inner();
+    assert!(listed(&all.orders, order).is_none());
+    let held = inv
+        .get_reservation(pb::GetReservationRequest {
+            order_id: order.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(held.exists && held.order_record.is_empty());
+
+    // Records are bounded and come with terms; batches are bounded.
+    let mut bad = Vec::new();
+    for record in [
+        "[1]",
+        "not json",
+        &format!("{{\"x\":\"{}\"}}", "a".repeat(17_000)),
+    ] {
+        let mut req = buy.clone();
+        req.order_id = Uuid::new_v4().to_string();
+        req.order_record = record.to_owned();
+        bad.push(req);
+    }
+    let mut no_terms = buy.clone();
+    no_terms.terms = None;
+    bad.push(no_terms);
+    for req in bad {
+        let err = inv.settle(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    }
+    let err = inv
+        .list_unconfirmed(pb::ListUnconfirmedRequest {
+            min_age_ms: 0,
+            limit: 501,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    for ids in [
+        vec!["nope".to_owned()],
+        vec![Uuid::new_v4().to_string(); 501],
+    ] {
+        let err = inv
+            .confirm_orders(pb::ConfirmOrdersRequest { order_ids: ids })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+    }
+    assert_eq!(
+        holdings(&mut inv, user).await,
+        after,
+        "bad calls changed nothing"
     );
     assert_ledger_matches(&db).await;
     svc.running.stop().await;

@@ -212,7 +212,7 @@ pub struct Level {
 }
 
 /// An execution, before or after it is recorded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Exec {
     pub price: Decimal,
     pub volume: Decimal,

@@ -13,6 +13,7 @@ mod error;
 mod grpc;
 pub mod matcher;
 mod metrics;
+pub mod record;
 pub mod service;
 mod store;
 mod updates;
@@ -79,6 +80,12 @@ impl App {
             InventoryServiceClient::new(service_kit::grpc::channel(&config.inventory_url)?);
         let market_data =
             MarketDataServiceClient::new(service_kit::grpc::channel(&config.market_data_url)?);
+        let draining = self.server.draining();
+        let (stored, to_confirm) = tokio::sync::mpsc::channel(16 * 1024);
+        self.server.spawn(
+            "confirm-stored",
+            service::confirm_stored(inventory.clone(), to_confirm, draining.clone()),
+        );
         let orders = Arc::new(service::Orders::new(
             self.pool.clone(),
             inventory,
@@ -91,8 +98,8 @@ impl App {
                 pending_give_up: config.pending_give_up,
                 fault: config.fault_after,
             },
+            stored,
         ));
-        let draining = self.server.draining();
         let (changes, _) = tokio::sync::broadcast::channel(4096);
         self.server.spawn(
             "order-updates",

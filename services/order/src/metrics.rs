@@ -85,6 +85,24 @@ pub static CANCELS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// Orders written from the record inventory kept of them (two-commit
+/// placement): `by="retry"` when a retry of a crashed attempt found it had been
+/// executed with another plan, `by="recovery"` when recovery wrote an order
+/// whose placement died between inventory's commit and its own, or completed a
+/// PENDING one.
+pub static FROM_RECORD: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "order_written_from_record_total",
+                "Orders written from inventory's record of them, by who wrote them (retry, recovery).",
+            ),
+            &["by"],
+        )
+        .expect("valid"),
+    )
+});
+
 /// Counts a placement's outcome (a retry that found its order is not a new one)
 /// and hands it on.
 pub fn count_placement(
@@ -111,6 +129,9 @@ pub fn init() {
     LazyLock::force(&MATCHER_LEADING);
     LazyLock::force(&CAUGHT_UP_TRADES);
     LazyLock::force(&CANCELS);
+    for by in ["retry", "recovery"] {
+        FROM_RECORD.with_label_values(&[by]);
+    }
     LazyLock::force(&PLACED);
     LazyLock::force(&REJECTED);
 }

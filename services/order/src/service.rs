@@ -2,20 +2,31 @@
 //!
 //! Placing: a retried request (same request key) gets the order the first one
 //! made → validate → read the live orderbook (refused when older than
-//! `MAX_BOOK_AGE`) → plan what fills at once → write the order PENDING with the
-//! plan and the time inventory must have reserved its funds by → one inventory
-//! call reserves the funds for the order's terms and settles the planned fills
-//! (finalizing market orders) → record the executions and the new state (WAIT,
-//! DONE or CANCEL). Three commits.
+//! `MAX_BOOK_AGE`) → plan what fills at once → in one transaction: write the
+//! order PENDING with its plan and the time inventory must have reserved its
+//! funds by (not committed: it holds the order's id, identifier and request
+//! key) → one inventory call reserves the funds for the order's terms, settles
+//! the planned fills (finalizing market orders) and keeps the order's
+//! [`Record`] → record the executions and the new state (WAIT, DONE or CANCEL)
+//! → commit. Two commits: inventory's, then the order's. The records of
+//! stored orders are confirmed to inventory in batches, off the request path.
 //!
-//! When inventory's answer does not come in time, the client gets the order
-//! PENDING: it is never executed twice. Once its plan's deadline has passed,
-//! inventory refuses to reserve for it, so [`Orders::recover`] knows for certain
-//! whether it was: if inventory holds the reservation, the stored plan was
-//! executed and is recorded; if not, the order is planned again against the
-//! current book (or rejected when there is none fresh enough). A DONE or CANCEL
-//! order not yet finalized gets its fills settled and the rest of its
-//! reservation released.
+//! An order's id is derived from its request key (or identifier), so every
+//! attempt of a request is the same order, and inventory takes a second
+//! attempt only if it makes the same record; otherwise ("order_conflict") the
+//! first attempt was executed and its record is what is written.
+//!
+//! When the process dies between the two commits, the order's transaction is
+//! rolled back but inventory holds its record: [`Orders::recover`] writes the
+//! order from it (a placement still in flight holds the id, so the two never
+//! both write). When inventory's answer does not come in time, the order is
+//! committed PENDING and the client gets it so: it is never executed twice.
+//! Once its plan's deadline has passed, inventory refuses to reserve for it, so
+//! recovery knows for certain whether it was: if inventory holds the
+//! reservation, what it executed (its record) is written; if not, the order is
+//! planned again against the current book (or rejected when there is none fresh
+//! enough). A DONE or CANCEL order not yet finalized gets its fills settled and
+//! the rest of its reservation released.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -28,13 +39,14 @@ use exchange_proto::marketdata::v1 as md;
 use exchange_proto::marketdata::v1::market_data_service_client::MarketDataServiceClient;
 use rust_decimal::Decimal;
 use service_kit::grpc::Channel;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::domain::{
     self, Exec, Level, OrdType, Placement, Side, SmpType, State, TimeInForce, Validated,
 };
 use crate::error::OrderError;
+use crate::record::{self, Record};
 use crate::store::{self, ExecRow, NewOrder, OrderRow};
 
 mod recovery;
@@ -45,10 +57,11 @@ pub const MAX_IDENTIFIER: usize = 100;
 /// Where to crash on purpose (`FAULT_AFTER`), to demonstrate and test recovery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Fault {
-    /// After writing the order PENDING.
+    /// After writing the order PENDING, before inventory is called (that
+    /// write is not committed: nothing happened).
     Persist,
     /// After inventory reserved (and settled) the funds, before the order
-    /// becomes WAIT/DONE.
+    /// is committed.
     Reserve,
 }
 
@@ -94,6 +107,8 @@ pub struct Orders {
     market_data: MarketDataServiceClient<Channel>,
     rules: Rules,
     markets: RwLock<Option<(Instant, Arc<Vec<String>>)>>,
+    /// Stored orders whose records inventory may drop ([`confirm_stored`]).
+    stored: tokio::sync::mpsc::Sender<Uuid>,
 }
 
 fn unavailable(what: &str, status: &tonic::Status) -> OrderError {
@@ -172,16 +187,52 @@ fn terms(order: &Validated) -> inv::OrderTerms {
 enum Outcome {
     /// Reserved and settled; the order moved on (to WAIT, DONE or CANCEL).
     Done(Box<OrderRow>),
+    /// An earlier attempt of the order was executed with another plan: the
+    /// order is written as that attempt's record says.
+    Earlier(Box<OrderRow>),
     /// Not known (inventory slow or away): the order stays PENDING.
     Unknown,
 }
 
+/// Most order ids one confirmation call carries.
+const CONFIRM_BATCH: usize = 500;
+
+/// Confirms stored orders to inventory, in batches as they come (while one call
+/// is out, the next batch gathers). An id not confirmed here (inventory away,
+/// the queue full, the process stopping) is confirmed by recovery, which finds
+/// its record still there.
+pub async fn confirm_stored(
+    inventory: InventoryServiceClient<Channel>,
+    mut stored: tokio::sync::mpsc::Receiver<Uuid>,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let mut batch = Vec::with_capacity(CONFIRM_BATCH);
+    loop {
+        let got = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            got = stored.recv_many(&mut batch, CONFIRM_BATCH) => got,
+        };
+        if got == 0 {
+            return Ok(());
+        }
+        let order_ids = batch.drain(..).map(|id| id.to_string()).collect();
+        let mut client = inventory.clone();
+        let call = client.confirm_orders(inv::ConfirmOrdersRequest { order_ids });
+        if let Err(status) = call.await {
+            tracing::debug!(%status, "confirming stored orders left to recovery");
+        }
+    }
+}
+
 impl Orders {
+    /// `stored` takes the ids of orders stored with a record, for
+    /// [`confirm_stored`].
     pub fn new(
         pool: PgPool,
         inventory: InventoryServiceClient<Channel>,
         market_data: MarketDataServiceClient<Channel>,
         rules: Rules,
+        stored: tokio::sync::mpsc::Sender<Uuid>,
     ) -> Self {
         Self {
             pool,
@@ -189,7 +240,14 @@ impl Orders {
             market_data,
             rules,
             markets: RwLock::new(None),
+            stored,
         }
+    }
+
+    /// Queues a stored order's confirmation (recovery confirms it if the
+    /// queue is full).
+    fn stored(&self, id: Uuid) {
+        let _ = self.stored.try_send(id);
     }
 
     pub fn fee_rate(&self) -> Decimal {
@@ -334,7 +392,7 @@ impl Orders {
             Placement::WouldTake => &[],
         };
         let new = NewOrder {
-            id: Uuid::now_v7(),
+            id: record::order_id(req.user, req.request_key, req.identifier),
             user: req.user,
             identifier: req.identifier,
             request_key: req.request_key,
@@ -351,11 +409,11 @@ impl Orders {
             time_in_force: order.time_in_force.map(TimeInForce::as_str),
             smp_type: order.smp_type.map(SmpType::as_str),
         };
-        let inserted = match placement {
-            Placement::WouldTake => store::insert_cancelled(&self.pool, &new).await?,
-            Placement::Fills(_) => store::insert_pending(&self.pool, &new).await?,
-        };
-        let Some(row) = inserted else {
+        // Uncommitted until inventory answered: a crash rolls it back, and
+        // another attempt of this order waits for it.
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = store::insert_pending(&mut *tx, &new).await? else {
+            drop(tx);
             // The same request key or identifier raced us.
             if let Some(view) = self.retried(&req).await? {
                 return Ok((view, false));
@@ -365,39 +423,49 @@ impl Orders {
                 req.identifier.unwrap_or_default(),
             ));
         };
-        if row.state == State::Cancel.as_str() {
-            // A post_only order that would have taken: nothing to reserve.
-            return Ok((
-                View {
-                    order: row,
-                    executions: Vec::new(),
-                },
-                true,
-            ));
-        }
-        if self.rules.fault == Some(Fault::Persist) {
-            crash(Fault::Persist);
-        }
-        let pending = row.clone();
-        let finished = match self.complete_pending(row, &order, plan).await {
-            Ok(Outcome::Done(finished)) => *finished,
-            Ok(Outcome::Unknown) | Err(OrderError::Unavailable(_) | OrderError::Database(_)) => {
+        let derived = req.request_key.is_some() || req.identifier.is_some();
+        let recorded = placement != Placement::WouldTake;
+        let outcome = match placement {
+            // A post_only order that would take: cancelled, nothing reserved
+            // (unless an earlier attempt of it was executed: that stands).
+            Placement::WouldTake => match self.earlier(derived, row.id).await? {
+                Some((record, _)) => Self::write_earlier(&mut tx, &row, &record).await?,
+                None => Outcome::Done(Box::new(
+                    store::cancel_pending(&mut *tx, row.id)
+                        .await?
+                        .ok_or(OrderError::NotFound)?,
+                )),
+            },
+            Placement::Fills(_) => {
+                if self.rules.fault == Some(Fault::Persist) {
+                    crash(Fault::Persist);
+                }
+                self.complete_pending(&mut tx, row.clone(), &order, plan)
+                    .await?
+            }
+        };
+        tx.commit().await?;
+        let (finished, created) = match outcome {
+            Outcome::Done(finished) => (*finished, true),
+            Outcome::Earlier(finished) => (*finished, false),
+            Outcome::Unknown => {
                 // Written, outcome not known yet: the client learns the order's
                 // uuid and that it is pending, and recovery decides it.
                 return Ok((
                     View {
-                        order: pending,
+                        order: row,
                         executions: Vec::new(),
                     },
                     true,
                 ));
             }
-            Err(e) => return Err(e),
         };
+        if recorded || !created {
+            self.stored(finished.id);
+        }
         // The executions are the plan: no need to read them back.
-        let now = Utc::now();
-        let executions = if finished.trades_count as usize == plan.len() {
-            exec_rows(plan, &finished.side, now)
+        let executions = if created && finished.trades_count as usize == plan.len() {
+            exec_rows(plan, &finished.side, finished.updated_at)
         } else {
             store::executions(&self.pool, finished.id).await?
         };
@@ -406,8 +474,46 @@ impl Orders {
                 order: finished,
                 executions,
             },
-            true,
+            created,
         ))
+    }
+
+    /// The record of an earlier attempt of order `id` that inventory executed
+    /// (with when), if its id is one attempts share (`derived`).
+    async fn earlier(
+        &self,
+        derived: bool,
+        id: Uuid,
+    ) -> Result<Option<(Record, chrono::DateTime<Utc>)>, OrderError> {
+        if !derived {
+            return Ok(None);
+        }
+        let reservation = self.reservation(id).await?;
+        if !reservation.exists || reservation.order_record.is_empty() {
+            return Ok(None);
+        }
+        let record = Record::parse(&reservation.order_record).ok_or_else(|| {
+            OrderError::Internal(format!("inventory holds a malformed record of order {id}"))
+        })?;
+        let at = chrono::DateTime::from_timestamp_millis(reservation.created_at)
+            .unwrap_or_else(Utc::now);
+        Ok(Some((record, at)))
+    }
+
+    /// Writes the PENDING `row` as an earlier attempt's record says.
+    async fn write_earlier(
+        db: &mut PgConnection,
+        row: &OrderRow,
+        record: &Record,
+    ) -> Result<Outcome, OrderError> {
+        let written = store::write_record(&mut *db, row.id, row.user_id, record, row.created_at)
+            .await?
+            .ok_or(OrderError::NotFound)?;
+        tracing::info!(order = %row.id, "an earlier attempt of this order was executed; written as it was");
+        crate::metrics::FROM_RECORD
+            .with_label_values(&["retry"])
+            .inc();
+        Ok(Outcome::Earlier(Box::new(written)))
     }
 
     /// What placing `req` would make now, planned against the live book,
@@ -534,10 +640,12 @@ impl Orders {
     }
 
     /// Reserves for a PENDING order's terms and settles its planned fills in
-    /// inventory (by the plan's deadline), then records its new state. Used by
-    /// `place` and by recovery.
+    /// inventory (by the plan's deadline, with the order's record), then
+    /// records its new state on `db`: the placing transaction, or recovery's
+    /// connection. Used by `place` and by recovery.
     async fn complete_pending(
         &self,
+        db: &mut PgConnection,
         row: OrderRow,
         order: &Validated,
         plan: &[Exec],
@@ -562,20 +670,26 @@ impl Orders {
                 .plan_deadline
                 .map(|t| t.timestamp_millis())
                 .unwrap_or_default(),
+            order_record: Record::new(&row, plan, state).to_json(),
         };
         let mut call = tonic::Request::new(request);
         call.set_timeout(self.rules.plan_ttl);
         if let Err(status) = self.inventory.clone().settle(call).await {
             return match service_kit::grpc::error_name(&status) {
                 Some("insufficient_funds") => {
-                    store::reject(&self.pool, row.id, "insufficient funds").await?;
+                    store::reject(&mut *db, row.id, "insufficient funds").await?;
                     Err(OrderError::InsufficientFunds(order.side))
                 }
                 // Too late for this plan: recovery plans the order again.
                 Some("plan_expired") => Ok(Outcome::Unknown),
+                // An earlier attempt was executed with another plan.
+                Some("order_conflict") => match self.earlier(true, row.id).await? {
+                    Some((record, _)) => Self::write_earlier(db, &row, &record).await,
+                    None => Ok(Outcome::Unknown),
+                },
                 Some(name @ ("fill_refused" | "validation_error" | "not_found")) => {
                     tracing::error!(order = %row.id, name, message = status.message(), "inventory refused an order");
-                    store::reject(&self.pool, row.id, "refused by inventory").await?;
+                    store::reject(&mut *db, row.id, "refused by inventory").await?;
                     Err(OrderError::Internal(format!(
                         "inventory refused the order: {}",
                         status.message()
@@ -591,11 +705,11 @@ impl Orders {
             crash(Fault::Reserve);
         }
         let updated =
-            store::finish_pending(&self.pool, row.id, state.as_str(), plan, finalize).await?;
+            store::finish_pending(&mut *db, row.id, state.as_str(), plan, finalize).await?;
         match updated {
             Some(updated) => Ok(Outcome::Done(Box::new(updated))),
             // Someone else (recovery) finished it meanwhile.
-            None => store::get(&self.pool, row.id)
+            None => store::get(&mut *db, row.id)
                 .await?
                 .map(|row| Outcome::Done(Box::new(row)))
                 .ok_or(OrderError::NotFound),
@@ -621,6 +735,7 @@ impl Orders {
             return_balances: false,
             terms: None,
             not_after: 0,
+            order_record: String::new(),
         })
     }
 

@@ -3,10 +3,11 @@
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::domain::{Exec, Side};
+use crate::record::Record;
 
 /// Columns of an order, as selected everywhere.
 const COLUMNS: &str = "id, user_id, identifier, market, side, ord_type, price, volume, state, \
@@ -115,42 +116,23 @@ pub fn plan_from_json(value: &serde_json::Value) -> Option<Vec<Exec>> {
         .collect()
 }
 
-/// Writes the order PENDING, its plan due in inventory by now + `plan_ttl`;
-/// `None` when the user already has an order with this identifier or request key.
+/// Writes the order PENDING, its plan due in inventory by now + `plan_ttl`
+/// (announced once it leaves PENDING); `None` when the user already has an
+/// order with this id, identifier or request key. Placing does this in the
+/// transaction it commits once inventory answered: until then, another
+/// attempt of the same order waits here.
 pub async fn insert_pending(
-    pool: &PgPool,
+    db: impl PgExecutor<'_>,
     o: &NewOrder<'_>,
 ) -> Result<Option<OrderRow>, sqlx::Error> {
-    insert(pool, o, "pending").await
-}
-
-/// Writes an order that is cancelled as it is placed, with nothing reserved
-/// or filled (a post_only order that would take); `None` as `insert_pending`.
-pub async fn insert_cancelled(
-    pool: &PgPool,
-    o: &NewOrder<'_>,
-) -> Result<Option<OrderRow>, sqlx::Error> {
-    insert(pool, o, "cancel").await
-}
-
-async fn insert(
-    pool: &PgPool,
-    o: &NewOrder<'_>,
-    state: &str,
-) -> Result<Option<OrderRow>, sqlx::Error> {
-    // A pending order is announced when it leaves PENDING; one placed
-    // cancelled, now.
     let sql = format!(
         "INSERT INTO orders (id, user_id, identifier, market, side, ord_type, price, volume, state,
                              reserved_currency, reserved_amount, fee_rate, plan, request_key, plan_deadline,
-                             time_in_force, smp_type, finalized, opened_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $17, $9, $10, $11, $12, $13,
-                 now() + $14 * interval '1 millisecond', $15, $16,
-                 $17 = 'cancel', CASE WHEN $17 = 'cancel' THEN now() END)
+                             time_in_force, smp_type)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $11, $12, $13,
+                 now() + $14 * interval '1 millisecond', $15, $16)
          ON CONFLICT DO NOTHING
-         RETURNING {COLUMNS},
-                   CASE WHEN state <> 'pending'
-                        THEN pg_notify('order_events', id::text || ' ' || user_id::text) END AS notified"
+         RETURNING {COLUMNS}"
     );
     sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(o.id)
@@ -169,8 +151,86 @@ async fn insert(
         .bind(o.plan_ttl.as_millis() as i64)
         .bind(o.time_in_force)
         .bind(o.smp_type)
-        .bind(state)
-        .fetch_optional(pool)
+        .fetch_optional(db)
+        .await
+}
+
+/// Writes an order from its record, as inventory executed it: inserts it, or
+/// completes it if it is PENDING (an attempt whose answer was not known);
+/// `None` when it exists and is not PENDING. With its executions, in one
+/// statement. `created_at` is used when inserting.
+pub async fn write_record(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    user: Uuid,
+    r: &Record,
+    created_at: DateTime<Utc>,
+) -> Result<Option<OrderRow>, sqlx::Error> {
+    let volume: Decimal = r.plan.iter().map(|e| e.volume).sum();
+    let funds: Decimal = r.plan.iter().map(|e| e.funds).sum();
+    let fee: Decimal = r.plan.iter().map(|e| e.fee).sum();
+    let sql = format!(
+        "WITH o AS (
+            INSERT INTO orders (id, user_id, identifier, market, side, ord_type, price, volume, state,
+                                reserved_currency, reserved_amount, fee_rate, plan, request_key,
+                                time_in_force, smp_type, executed_volume, executed_funds, paid_fee,
+                                trades_count, finalized, created_at, opened_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                    $19, $20, $21, $22, now())
+            ON CONFLICT (id) DO UPDATE SET
+                identifier = excluded.identifier, market = excluded.market, side = excluded.side,
+                ord_type = excluded.ord_type, price = excluded.price, volume = excluded.volume,
+                state = excluded.state, reserved_currency = excluded.reserved_currency,
+                reserved_amount = excluded.reserved_amount, fee_rate = excluded.fee_rate,
+                plan = excluded.plan, request_key = excluded.request_key,
+                time_in_force = excluded.time_in_force, smp_type = excluded.smp_type,
+                executed_volume = excluded.executed_volume, executed_funds = excluded.executed_funds,
+                paid_fee = excluded.paid_fee, trades_count = excluded.trades_count,
+                finalized = excluded.finalized, plan_deadline = NULL, updated_at = now(),
+                opened_at = now()
+            WHERE orders.state = 'pending'
+            RETURNING {COLUMNS}, {NOTIFY}
+         ),
+         e AS (
+            INSERT INTO executions (order_id, seq, price, volume, funds, fee, trend)
+            SELECT $1, x.ordinality::int, (x.value ->> 'price')::numeric, (x.value ->> 'volume')::numeric,
+                   (x.value ->> 'funds')::numeric, (x.value ->> 'fee')::numeric, o.side
+            FROM o, jsonb_array_elements($13) WITH ORDINALITY AS x(value, ordinality)
+         )
+         SELECT * FROM o"
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .bind(user)
+        .bind(&r.identifier)
+        .bind(&r.market)
+        .bind(&r.side)
+        .bind(&r.ord_type)
+        .bind(r.price)
+        .bind(r.volume)
+        .bind(&r.state)
+        .bind(&r.reserved_currency)
+        .bind(r.reserved_amount)
+        .bind(r.fee_rate)
+        .bind(plan_json(&r.plan))
+        .bind(&r.request_key)
+        .bind(&r.time_in_force)
+        .bind(&r.smp_type)
+        .bind(volume)
+        .bind(funds)
+        .bind(fee)
+        .bind(r.plan.len() as i32)
+        .bind(r.finalized())
+        .bind(created_at)
+        .fetch_optional(db)
+        .await
+}
+
+/// The state of each of these orders that exists.
+pub async fn states(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, state FROM orders WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(pool)
         .await
 }
 
@@ -250,7 +310,7 @@ pub async fn touch(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
 /// Moves a PENDING order on once inventory has its funds: records the
 /// executions it filled at once and its new state, in one statement.
 pub async fn finish_pending(
-    pool: &PgPool,
+    db: impl PgExecutor<'_>,
     id: Uuid,
     state: &str,
     execs: &[Exec],
@@ -283,14 +343,16 @@ pub async fn finish_pending(
         .bind(execs.len() as i32)
         .bind(finalized)
         .bind(plan_json(execs))
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await
 }
 
-/// Refuses a PENDING order (its funds could not be reserved).
 /// Cancels a PENDING order that never reserved anything (a post_only order
 /// that would now take).
-pub async fn cancel_pending(pool: &PgPool, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
+pub async fn cancel_pending(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<OrderRow>, sqlx::Error> {
     let sql = format!(
         "UPDATE orders SET state = 'cancel', finalized = true, updated_at = now(), opened_at = now()
          WHERE id = $1 AND state = 'pending'
@@ -298,12 +360,13 @@ pub async fn cancel_pending(pool: &PgPool, id: Uuid) -> Result<Option<OrderRow>,
     );
     sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(id)
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await
 }
 
+/// Refuses a PENDING order (its funds could not be reserved).
 pub async fn reject(
-    pool: &PgPool,
+    db: impl PgExecutor<'_>,
     id: Uuid,
     reason: &str,
 ) -> Result<Option<OrderRow>, sqlx::Error> {
@@ -315,7 +378,7 @@ pub async fn reject(
     sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(id)
         .bind(reason)
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await
 }
 
@@ -432,12 +495,12 @@ pub async fn mark_finalized(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> 
     Ok(())
 }
 
-pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
+pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM orders WHERE id = $1"
     )))
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await
 }
 

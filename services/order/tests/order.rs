@@ -1015,52 +1015,137 @@ async fn crashing_order_service(env: &Env, fault: &str) -> (tokio::process::Chil
     (child, addr)
 }
 
+/// A market bid of 1,000,000 KRW of ETH with request key `key`.
+fn eth_buy(user: Uuid, key: &str) -> pb::PlaceOrderRequest {
+    let mut request = place(
+        user,
+        "KRW-ETH",
+        pb::Side::Bid,
+        pb::OrderType::Price,
+        "1000000",
+        "",
+    );
+    request.request_key = key.into();
+    request
+}
+
+/// Places `request` on an order service that aborts at `fault` and waits for
+/// the process to die.
+async fn place_and_crash(env: &Env, fault: &str, request: pb::PlaceOrderRequest) {
+    let (mut child, addr) = crashing_order_service(env, fault).await;
+    let mut orders = OrderServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let err = orders.place_order(request).await.unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            Code::Unavailable | Code::Unknown | Code::Internal
+        ),
+        "{fault}: {err:?}"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!status.success(), "{fault}: the process died");
+}
+
+/// Orders inventory holds a record of that are not confirmed yet.
+async fn unconfirmed(env: &Env) -> Vec<String> {
+    env.inventory
+        .clone()
+        .list_unconfirmed(inv::ListUnconfirmedRequest {
+            min_age_ms: 0,
+            limit: 500,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .orders
+        .into_iter()
+        .map(|o| o.order_id)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_between_steps_loses_and_strands_no_money() {
+async fn a_crash_between_the_two_commits_loses_duplicates_and_strands_nothing() {
     let mut env = env().await;
     let user = env.new_user().await;
-    for fault in ["reserve", "persist"] {
-        let (mut child, addr) = crashing_order_service(&env, fault).await;
-        let mut orders = OrderServiceClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
-        let err = orders
-            .place_order(place(
-                user,
-                "KRW-ETH",
-                pb::Side::Bid,
-                pb::OrderType::Price,
-                "1000000",
-                "",
-            ))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(
-                err.code(),
-                Code::Unavailable | Code::Unknown | Code::Internal
-            ),
-            "{fault}: {err:?}"
-        );
-        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(!status.success(), "{fault}: the process died");
-        let (_, locked) = env.balance(user, "KRW").await;
-        if fault == "reserve" {
-            assert!(
-                !locked.is_zero() || env.balance(user, "ETH").await.0 > Decimal::ZERO,
-                "inventory acted before the crash"
-            );
-        }
+    let buy = |key: &str| eth_buy(user, key);
+    // 1. Inventory commits (funds taken, ETH bought), the order's commit never
+    // comes: the process dies in between.
+    place_and_crash(&env, "reserve", buy("crash-after-inventory")).await;
+    let krw = env.balance(user, "KRW").await;
+    let eth = env.balance(user, "ETH").await.0;
+    assert!(
+        eth > Decimal::ZERO,
+        "inventory executed it before the crash"
+    );
+    // 2. The process dies before calling inventory: nothing happened.
+    place_and_crash(&env, "persist", buy("crash-before-inventory")).await;
+    assert_eq!(env.balance(user, "KRW").await, krw);
+    assert_eq!(env.balance(user, "ETH").await.0, eth);
+
+    // The market moves, then the client retries both on a replica without
+    // recovery (so the retries, not recovery, meet the crashed attempts).
+    env.feed(vec![book("KRW-ETH", "5300000", "1", 1000)]).await;
+    let (placing, mut orders) = placing_only(&env, env.inventory_addr).await;
+    let executed = orders
+        .place_order(buy("crash-after-inventory"))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = executed.order.unwrap();
+    assert!(!executed.created, "the crashed attempt made it");
+    assert_eq!(first.state, pb::OrderState::Done as i32);
+    assert!(
+        first.trades.iter().all(|t| dec(&t.price) == dec("5200000")),
+        "written as inventory executed it, not planned again: {:?}",
+        first.trades
+    );
+    assert_eq!(dec(&first.executed_volume), eth);
+    assert_eq!(
+        test_support::read_metric(
+            placing.admin,
+            "order_written_from_record_total",
+            &[r#"by="retry""#]
+        )
+        .await,
+        1.0
+    );
+    let placed = orders
+        .place_order(buy("crash-before-inventory"))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = placed.order.unwrap();
+    assert!(placed.created, "nothing was made before the crash");
+    assert!(
+        second
+            .trades
+            .iter()
+            .all(|t| dec(&t.price) == dec("5300000")),
+        "{:?}",
+        second.trades
+    );
+    for (key, uuid) in [
+        ("crash-after-inventory", &first.uuid),
+        ("crash-before-inventory", &second.uuid),
+    ] {
+        let again = orders.place_order(buy(key)).await.unwrap().into_inner();
+        assert_eq!((again.created, &again.order.unwrap().uuid), (false, uuid));
     }
-    // A normal replica starts: recovery finishes both orders.
+    placing.running.stop().await;
+
+    // 3. A crash after inventory's commit that nobody retries: recovery
+    // writes the order from inventory's record.
+    place_and_crash(&env, "reserve", buy("crash-never-retried")).await;
     env.with_order_service().await;
     let orders = env.orders();
-    let finished = eventually(
+    let done = eventually(
         Duration::from_secs(30),
-        "both crashed orders finished",
+        "the crashed order written by recovery",
         || {
             let mut orders = orders.clone();
             async move {
@@ -1069,6 +1154,7 @@ async fn a_crash_between_steps_loses_and_strands_no_money() {
                         user_id: user.to_string(),
                         states: vec![
                             pb::OrderState::Pending as i32,
+                            pb::OrderState::Wait as i32,
                             pb::OrderState::Done as i32,
                             pb::OrderState::Cancel as i32,
                             pb::OrderState::Rejected as i32,
@@ -1079,24 +1165,36 @@ async fn a_crash_between_steps_loses_and_strands_no_money() {
                     .ok()?
                     .into_inner()
                     .orders;
-                (all.len() == 2 && all.iter().all(|o| o.state == pb::OrderState::Done as i32))
+                (all.len() == 3 && all.iter().all(|o| o.state == pb::OrderState::Done as i32))
                     .then_some(all)
             }
         },
     )
     .await
     .unwrap();
-    let spent: Decimal = finished
+    let spent: Decimal = done
         .iter()
         .map(|o| dec(&o.executed_funds) + dec(&o.paid_fee))
         .sum();
-    let bought: Decimal = finished.iter().map(|o| dec(&o.executed_volume)).sum();
+    let bought: Decimal = done.iter().map(|o| dec(&o.executed_volume)).sum();
     assert_eq!(
         env.balance(user, "KRW").await,
         (dec("10000000") - spent, dec("0")),
-        "nothing stuck in locked"
+        "nothing stuck in locked, nothing spent twice"
     );
     assert_eq!(env.balance(user, "ETH").await.0, bought);
+    // Every record is confirmed (dropped) once its order is stored.
+    let ids: Vec<String> = done.iter().map(|o| o.uuid.clone()).collect();
+    eventually(Duration::from_secs(30), "records confirmed", || {
+        let env = &env;
+        let ids = &ids;
+        async move {
+            let left = unconfirmed(env).await;
+            ids.iter().all(|id| !left.contains(id)).then_some(())
+        }
+    })
+    .await
+    .unwrap();
     env.assert_books_balance().await;
     env.stop().await;
 }
@@ -1144,15 +1242,7 @@ async fn an_order_whose_answer_was_lost_executes_exactly_once() {
     // 1. Inventory commits the reservation and its fills, but the answer is lost.
     let lossy = lossy_inventory(&env).await;
     let (placing, mut orders) = placing_only(&env, lossy.grpc).await;
-    let mut request = place(
-        user,
-        "KRW-ETH",
-        pb::Side::Bid,
-        pb::OrderType::Price,
-        "1000000",
-        "",
-    );
-    request.request_key = "lost-answer".into();
+    let request = eth_buy(user, "lost-answer");
     let first = orders
         .place_order(request.clone())
         .await

@@ -52,7 +52,8 @@ pub const SETTLED: &str = "SELECT
     (SELECT count(*) FROM orders.orders WHERE state = 'pending')
   + (SELECT count(*) FROM orders.orders WHERE NOT finalized AND state IN ('done', 'cancel', 'rejected'))
   + (SELECT count(*) FROM orders.orders o JOIN inventory.reservations r ON r.order_id = o.id
-     WHERE r.last_fill_seq <> o.trades_count)";
+     WHERE r.last_fill_seq <> o.trades_count)
+  + (SELECT count(*) FROM inventory.unconfirmed_orders)";
 
 pub async fn unsettled(url: &str) -> anyhow::Result<i64> {
     let mut conn = PgConnection::connect(url).await?;
@@ -166,7 +167,11 @@ pub async fn run(url: &str, acked: &[Acked]) -> anyhow::Result<Vec<Check>> {
              UNION ALL
              SELECT o.id::text, o.state, o.trades_count, -1, o.executed_volume, 0
              FROM orders.orders o LEFT JOIN inventory.reservations r ON r.order_id = o.id
-             WHERE r.order_id IS NULL AND o.state NOT IN ('pending', 'rejected')",
+             WHERE r.order_id IS NULL AND o.state NOT IN ('pending', 'rejected')
+             UNION ALL
+             SELECT r.order_id::text, 'never written', -1, r.last_fill_seq, 0, r.executed_volume
+             FROM inventory.reservations r LEFT JOIN orders.orders o ON o.id = r.order_id
+             WHERE o.id IS NULL",
         )
         .await?,
     );
