@@ -319,6 +319,10 @@ impl<'a> Matcher<'a> {
         let mut failed = false;
         let mut queue: VecDeque<(Resting, bool)> = orders.into_iter().map(|o| (o, true)).collect();
         while let Some((open, first_try)) = queue.pop_front() {
+            if left_bid <= Decimal::ZERO && left_ask <= Decimal::ZERO {
+                // The trade's volume is used up on both sides: nothing more fills.
+                break;
+            }
             let left = match open.side {
                 Side::Bid => &mut left_bid,
                 Side::Ask => &mut left_ask,
