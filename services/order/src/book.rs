@@ -1,5 +1,6 @@
 //! The matcher's book: the open limit orders of every market in price then
-//! time priority, so that a trade meets only the orders it crosses.
+//! time priority, so that a trade meets only the orders it crosses. Public for
+//! the benchmark `examples/matcher_book.rs`.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
@@ -11,15 +12,15 @@ use crate::domain::Side;
 use crate::store::{self, OrderRow};
 
 #[derive(Clone, Debug)]
-pub(crate) struct Resting {
-    pub(crate) id: Uuid,
-    pub(crate) side: Side,
-    pub(crate) price: Decimal,
-    pub(crate) remaining: Decimal,
-    pub(crate) trades_count: i32,
-    pub(crate) fee_rate: Decimal,
+pub struct Resting {
+    pub id: Uuid,
+    pub side: Side,
+    pub price: Decimal,
+    pub remaining: Decimal,
+    pub trades_count: i32,
+    pub fee_rate: Decimal,
     /// When the order opened: it takes part in trades from then on.
-    pub(crate) since_ms: i64,
+    pub since_ms: i64,
 }
 
 impl Resting {
@@ -63,7 +64,7 @@ impl MarketBook {
 
 /// Open limit orders by market, and where each one is.
 #[derive(Default)]
-pub(crate) struct Book {
+pub struct Book {
     pub(crate) markets: HashMap<String, MarketBook>,
     pub(crate) located: HashMap<Uuid, (String, Side, Decimal, i64)>,
 }
@@ -84,7 +85,7 @@ impl Book {
         }
     }
 
-    pub(crate) fn upsert(&mut self, market: &str, order: Option<Resting>, id: Uuid) {
+    pub fn upsert(&mut self, market: &str, order: Option<Resting>, id: Uuid) {
         self.remove(id);
         let Some(o) = order.filter(|o| o.remaining > Decimal::ZERO) else {
             return;
@@ -100,7 +101,7 @@ impl Book {
 
     /// Orders a trade at `price` made at `trade_ms` fills, in priority order:
     /// only those that cross, never one placed after the trade.
-    pub(crate) fn crossing(&self, market: &str, price: Decimal, trade_ms: i64) -> Vec<Resting> {
+    pub fn crossing(&self, market: &str, price: Decimal, trade_ms: i64) -> Vec<Resting> {
         let Some(book) = self.markets.get(market) else {
             return Vec::new();
         };

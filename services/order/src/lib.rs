@@ -6,7 +6,7 @@
 //! See [`service`] for the flow and its crash recovery, [`matcher`] for limit
 //! orders.
 
-mod book;
+pub mod book;
 pub mod config;
 pub mod domain;
 mod error;
