@@ -10,22 +10,23 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::{Exec, State};
+use crate::error::OrderError;
 use crate::store::OrderRow;
 
 /// Order ids are derived in this namespace from the request key (or the
 /// identifier), so that every attempt of one request names the same order.
 const ORDER_IDS: Uuid = Uuid::from_u128(0x6f72_6465_7273_4000_8000_7570_6269_7421);
 
-/// The id of the order a request makes: the same for every attempt of a
-/// request with a key (or, without one, an identifier, which is unique per
-/// user for good); a new one otherwise.
-pub fn order_id(user: Uuid, request_key: Option<&str>, identifier: Option<&str>) -> Uuid {
+/// The id every attempt of a request shares: derived from its key (or,
+/// without one, its identifier, which is unique per user for good). `None`
+/// for a request with neither: its order gets a new id.
+pub fn shared_id(user: Uuid, request_key: Option<&str>, identifier: Option<&str>) -> Option<Uuid> {
     let name = match (request_key, identifier) {
         (Some(key), _) => format!("{user}/key/{key}"),
         (None, Some(identifier)) => format!("{user}/identifier/{identifier}"),
-        (None, None) => return Uuid::now_v7(),
+        (None, None) => return None,
     };
-    Uuid::new_v5(&ORDER_IDS, name.as_bytes())
+    Some(Uuid::new_v5(&ORDER_IDS, name.as_bytes()))
 }
 
 /// Everything needed to write the order as placed (its id, user and time come
@@ -87,6 +88,19 @@ impl Record {
         (placed && record.plan.len() <= 1000).then_some(record)
     }
 
+    /// The record inventory holds of `order` (`text`, empty for none); an
+    /// error when it is not one this service could have written.
+    pub fn held(text: &str, order: Uuid) -> Result<Option<Self>, OrderError> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        Self::parse(text).map(Some).ok_or_else(|| {
+            OrderError::Internal(format!(
+                "inventory holds a malformed record of order {order}"
+            ))
+        })
+    }
+
     pub fn finalized(&self) -> bool {
         self.state != State::Wait.as_str()
     }
@@ -99,13 +113,20 @@ mod tests {
     #[test]
     fn attempts_of_one_request_name_one_order() {
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        let id = order_id(a, Some("k1"), Some("i1"));
-        assert_eq!(id, order_id(a, Some("k1"), Some("i2")), "the key decides");
-        assert_ne!(id, order_id(b, Some("k1"), Some("i1")), "per user");
-        assert_ne!(id, order_id(a, Some("k2"), None));
-        assert_eq!(order_id(a, None, Some("i1")), order_id(a, None, Some("i1")));
-        assert_ne!(order_id(a, None, Some("i1")), order_id(a, Some("i1"), None));
-        assert_ne!(order_id(a, None, None), order_id(a, None, None));
+        let id = shared_id(a, Some("k1"), Some("i1"));
+        assert!(id.is_some());
+        assert_eq!(id, shared_id(a, Some("k1"), Some("i2")), "the key decides");
+        assert_ne!(id, shared_id(b, Some("k1"), Some("i1")), "per user");
+        assert_ne!(id, shared_id(a, Some("k2"), None));
+        assert_eq!(
+            shared_id(a, None, Some("i1")),
+            shared_id(a, None, Some("i1"))
+        );
+        assert_ne!(
+            shared_id(a, None, Some("i1")),
+            shared_id(a, Some("i1"), None)
+        );
+        assert_eq!(shared_id(a, None, None), None, "nothing to share");
     }
 
     #[test]
@@ -149,5 +170,7 @@ mod tests {
         assert_eq!(Record::parse(&pending.to_json()), None);
         assert_eq!(Record::parse("{}"), None);
         assert_eq!(Record::parse("[1]"), None);
+        assert_eq!(Record::held("", Uuid::nil()).unwrap(), None);
+        assert!(Record::held("{}", Uuid::nil()).is_err());
     }
 }

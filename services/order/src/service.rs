@@ -391,8 +391,9 @@ impl Orders {
             Placement::Fills(fills) => fills.as_slice(),
             Placement::WouldTake => &[],
         };
+        let shared = record::shared_id(req.user, req.request_key, req.identifier);
         let new = NewOrder {
-            id: record::order_id(req.user, req.request_key, req.identifier),
+            id: shared.unwrap_or_else(Uuid::now_v7),
             user: req.user,
             identifier: req.identifier,
             request_key: req.request_key,
@@ -423,19 +424,24 @@ impl Orders {
                 req.identifier.unwrap_or_default(),
             ));
         };
-        let derived = req.request_key.is_some() || req.identifier.is_some();
         let recorded = placement != Placement::WouldTake;
         let outcome = match placement {
             // A post_only order that would take: cancelled, nothing reserved
             // (unless an earlier attempt of it was executed: that stands).
-            Placement::WouldTake => match self.earlier(derived, row.id).await? {
-                Some((record, _)) => Self::write_earlier(&mut tx, &row, &record).await?,
-                None => Outcome::Done(Box::new(
-                    store::cancel_pending(&mut *tx, row.id)
-                        .await?
-                        .ok_or(OrderError::NotFound)?,
-                )),
-            },
+            Placement::WouldTake => {
+                let earlier = match shared {
+                    Some(id) => self.earlier(id).await?,
+                    None => None,
+                };
+                match earlier {
+                    Some(record) => Self::write_earlier(&mut tx, &row, &record).await?,
+                    None => Outcome::Done(Box::new(
+                        store::cancel_pending(&mut *tx, row.id)
+                            .await?
+                            .ok_or(OrderError::NotFound)?,
+                    )),
+                }
+            }
             Placement::Fills(_) => {
                 if self.rules.fault == Some(Fault::Persist) {
                     crash(Fault::Persist);
@@ -478,26 +484,9 @@ impl Orders {
         ))
     }
 
-    /// The record of an earlier attempt of order `id` that inventory executed
-    /// (with when), if its id is one attempts share (`derived`).
-    async fn earlier(
-        &self,
-        derived: bool,
-        id: Uuid,
-    ) -> Result<Option<(Record, chrono::DateTime<Utc>)>, OrderError> {
-        if !derived {
-            return Ok(None);
-        }
-        let reservation = self.reservation(id).await?;
-        if !reservation.exists || reservation.order_record.is_empty() {
-            return Ok(None);
-        }
-        let record = Record::parse(&reservation.order_record).ok_or_else(|| {
-            OrderError::Internal(format!("inventory holds a malformed record of order {id}"))
-        })?;
-        let at = chrono::DateTime::from_timestamp_millis(reservation.created_at)
-            .unwrap_or_else(Utc::now);
-        Ok(Some((record, at)))
+    /// The record of an earlier attempt of order `id` that inventory executed.
+    async fn earlier(&self, id: Uuid) -> Result<Option<Record>, OrderError> {
+        Record::held(&self.reservation(id).await?.order_record, id)
     }
 
     /// Writes the PENDING `row` as an earlier attempt's record says.
@@ -683,8 +672,8 @@ impl Orders {
                 // Too late for this plan: recovery plans the order again.
                 Some("plan_expired") => Ok(Outcome::Unknown),
                 // An earlier attempt was executed with another plan.
-                Some("order_conflict") => match self.earlier(true, row.id).await? {
-                    Some((record, _)) => Self::write_earlier(db, &row, &record).await,
+                Some("order_conflict") => match self.earlier(row.id).await? {
+                    Some(record) => Self::write_earlier(db, &row, &record).await,
                     None => Ok(Outcome::Unknown),
                 },
                 Some(name @ ("fill_refused" | "validation_error" | "not_found")) => {

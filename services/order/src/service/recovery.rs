@@ -136,8 +136,8 @@ impl Orders {
             .user_id
             .parse()
             .map_err(|_| OrderError::Internal(format!("order {id} has a malformed user")))?;
-        let mut record = Record::parse(&unconfirmed.order_record)
-            .ok_or_else(|| OrderError::Internal(format!("order {id} has a malformed record")))?;
+        let mut record = Record::held(&unconfirmed.order_record, id)?
+            .ok_or_else(|| OrderError::Internal(format!("order {id} has an empty record")))?;
         let at = chrono::DateTime::from_timestamp_millis(unconfirmed.created_at)
             .unwrap_or_else(Utc::now);
         let written = match store::write_record(&self.pool, id, user, &record, at).await {
@@ -243,11 +243,8 @@ impl Orders {
             smp_type: row.smp_type.as_deref().and_then(SmpType::parse),
         };
         let reservation = self.reservation(row.id).await?;
-        if reservation.exists && !reservation.order_record.is_empty() {
+        if let Some(record) = Record::held(&reservation.order_record, row.id)? {
             // Inventory executed this order: write what it executed.
-            let record = Record::parse(&reservation.order_record).ok_or_else(|| {
-                OrderError::Internal(format!("order {} has a malformed record", row.id))
-            })?;
             store::write_record(&self.pool, row.id, row.user_id, &record, row.created_at).await?;
             crate::metrics::FROM_RECORD
                 .with_label_values(&["recovery"])
