@@ -174,9 +174,9 @@ pub async fn write_record(
             INSERT INTO orders (id, user_id, identifier, market, side, ord_type, price, volume, state,
                                 reserved_currency, reserved_amount, fee_rate, plan, request_key,
                                 time_in_force, smp_type, executed_volume, executed_funds, paid_fee,
-                                trades_count, finalized, created_at, opened_at)
+                                trades_count, settled_fills, finalized, created_at, opened_at)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                    $19, $20, $21, $22, now())
+                    $19, $20, $20, $21, $22, now())
             ON CONFLICT (id) DO UPDATE SET
                 identifier = excluded.identifier, market = excluded.market, side = excluded.side,
                 ord_type = excluded.ord_type, price = excluded.price, volume = excluded.volume,
@@ -186,8 +186,8 @@ pub async fn write_record(
                 time_in_force = excluded.time_in_force, smp_type = excluded.smp_type,
                 executed_volume = excluded.executed_volume, executed_funds = excluded.executed_funds,
                 paid_fee = excluded.paid_fee, trades_count = excluded.trades_count,
-                finalized = excluded.finalized, plan_deadline = NULL, updated_at = now(),
-                opened_at = now()
+                settled_fills = excluded.settled_fills, finalized = excluded.finalized,
+                plan_deadline = NULL, updated_at = now(), opened_at = now()
             WHERE orders.state = 'pending'
             RETURNING {COLUMNS}, {NOTIFY}
          ),
@@ -322,7 +322,8 @@ pub async fn finish_pending(
     let sql = format!(
         "WITH o AS (
             UPDATE orders SET state = $2, executed_volume = $3, executed_funds = $4, paid_fee = $5,
-                              trades_count = $6, finalized = $7, updated_at = now(), opened_at = now()
+                              trades_count = $6, settled_fills = $6, finalized = $7,
+                              updated_at = now(), opened_at = now()
             WHERE id = $1 AND state = 'pending'
             RETURNING {COLUMNS}, {NOTIFY}
          ),
@@ -603,21 +604,33 @@ pub async fn unfinished(
     .await
 }
 
-/// Open orders with executions, last changed before `older_than` (their fills
-/// may not all be settled).
-pub async fn waiting_with_fills(
+/// Open orders with fills inventory may not have applied (more than it is
+/// known to have), last changed before `older_than`, longest waiting first.
+pub async fn unsettled_fills(
     pool: &PgPool,
     older_than: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<OrderRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM orders WHERE state = 'wait' AND trades_count > 0 AND updated_at < $1
+        "SELECT {COLUMNS} FROM orders WHERE state = 'wait' AND trades_count > settled_fills
+            AND updated_at < $1
          ORDER BY updated_at LIMIT $2"
     )))
     .bind(older_than)
     .bind(limit)
     .fetch_all(pool)
     .await
+}
+
+/// Records that inventory has applied the first `fills` fills of an order
+/// (never lowering what is recorded: a later fill may have been marked first).
+pub async fn mark_settled(pool: &PgPool, id: Uuid, fills: i32) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE orders SET settled_fills = $2 WHERE id = $1 AND settled_fills < $2")
+        .bind(id)
+        .bind(fills)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// The side an order row is on.

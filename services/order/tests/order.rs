@@ -180,7 +180,13 @@ impl Env {
     }
 
     async fn with_order_service(&mut self) {
-        let svc = start_order(self, |_| {}).await;
+        self.with_order_service_using(|_| {}).await;
+    }
+
+    /// Starts the order service (with `tweak` applied to its config) and waits
+    /// until its matcher leads.
+    async fn with_order_service_using(&mut self, tweak: impl FnOnce(&mut order::Config)) {
+        let svc = start_order(self, tweak).await;
         test_support::wait_serving(svc.grpc, "", Duration::from_secs(30))
             .await
             .unwrap();
@@ -1529,6 +1535,118 @@ async fn trades_made_while_no_matcher_ran_still_fill_once() {
         (dec("0.3"), dec("0")),
         "settled once"
     );
+    env.assert_books_balance().await;
+    env.stop().await;
+}
+
+/// More partly filled open orders than a recovery pass takes at once (200), all
+/// settled, and one fill that inventory never applied (it was away when the
+/// matcher recorded it): recovery finds that one, however many are before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_settles_a_fill_behind_hundreds_of_settled_ones() {
+    let mut env = env().await;
+    // 0.0001 ETH at each level: a bid of 0.002 at the best ask fills 0.0001 at
+    // once and rests (about 10,400 KRW an order).
+    env.feed(vec![book("KRW-ETH", "5200000", "0.0001", 1000)])
+        .await;
+    let inventory = test_support::TcpProxy::start(env.inventory_addr)
+        .await
+        .unwrap();
+    let via = format!("http://{}", inventory.addr);
+    env.with_order_service_using(|c| c.inventory_url = via)
+        .await;
+    let mut orders = env.orders();
+    let user = env.new_user().await;
+    for _ in 0..210 {
+        let partly = orders
+            .place_order(place(
+                user,
+                "KRW-ETH",
+                pb::Side::Bid,
+                pb::OrderType::Limit,
+                "5200000",
+                "0.002",
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .order
+            .unwrap();
+        assert_eq!(
+            (partly.state, partly.executed_volume.as_str()),
+            (pb::OrderState::Wait as i32, "0.0001")
+        );
+    }
+    let resting = orders
+        .place_order(place(
+            user,
+            "KRW-BTC",
+            pb::Side::Bid,
+            pb::OrderType::Limit,
+            "147000000",
+            "0.001",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    // Inventory goes away; a trade crosses the BTC bid: the fill is recorded,
+    // its settlement left to recovery.
+    inventory.cut();
+    env.feed(vec![trade("KRW-BTC", "147000000", "0.0004", 1)])
+        .await;
+    eventually(Duration::from_secs(20), "the fill recorded", || {
+        let request = pb::GetOrderRequest {
+            user_id: user.to_string(),
+            uuid: resting.uuid.clone(),
+            identifier: String::new(),
+        };
+        let mut orders = orders.clone();
+        async move {
+            let o = orders.get_order(request).await.ok()?.into_inner().order?;
+            (o.executed_volume == "0.0004").then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(env.balance(user, "BTC").await, (dec("0"), dec("0")));
+    inventory.restore();
+    let mut direct = env.inventory.clone();
+    eventually(Duration::from_secs(30), "the fill settled", || {
+        let mut direct = direct.clone();
+        async move {
+            let b = direct
+                .get_balances(inv::GetBalancesRequest {
+                    user_id: user.to_string(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .balances;
+            b.iter()
+                .any(|b| b.currency == "BTC" && b.balance == "0.0004")
+                .then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    let reservation = direct
+        .get_reservation(inv::GetReservationRequest {
+            order_id: resting.uuid.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reservation.last_fill_seq, 1);
+    let mut admin = env.db.admin().await.unwrap();
+    let behind: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orders.orders WHERE state = 'wait' AND trades_count > settled_fills",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(behind, 0, "every fill known to be settled");
     env.assert_books_balance().await;
     env.stop().await;
 }

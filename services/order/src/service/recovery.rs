@@ -42,20 +42,22 @@ impl Orders {
             .filter(|done| std::future::ready(*done))
             .count()
             .await;
-        for row in store::waiting_with_fills(&self.pool, cutoff, 200).await? {
+        for row in store::unsettled_fills(&self.pool, cutoff, 200).await? {
             let settled = async {
                 let reservation = self.reservation(row.id).await?;
-                if (reservation.last_fill_seq as i32) < row.trades_count {
+                let behind = (reservation.last_fill_seq as i32) < row.trades_count;
+                if behind {
                     self.settle_all(&row, false).await?;
-                    return Ok::<_, OrderError>(true);
                 }
-                Ok(false)
+                store::mark_settled(&self.pool, row.id, row.trades_count).await?;
+                Ok::<_, OrderError>(behind)
             };
             match settled.await {
                 Ok(true) => finished += 1,
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(order = %row.id, error = %e, "recovery will retry settling this order's fills")
+                    tracing::warn!(order = %row.id, error = %e, "recovery will retry settling this order's fills");
+                    store::touch(&self.pool, row.id).await?;
                 }
             }
         }
