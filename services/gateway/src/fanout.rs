@@ -1,13 +1,18 @@
-//! One market-data stream per type and market in each gateway, shared by every
-//! WebSocket subscription to it.
+//! One market-data stream per type in each gateway, shared by every WebSocket
+//! subscription of that type whatever its markets.
 //!
-//! A *feed* follows market-data's stream of one type (ticker, trade,
-//! orderbook) for one market, converts each message once and hands the same
-//! [`Event`] to every subscriber through a broadcast ring. Each event is
+//! An *upstream* follows market-data's stream of one type (ticker, trade,
+//! orderbook) for every market and hands each message to its market's
+//! *feed*, which converts it once (only when somebody follows that market)
+//! and hands the same [`Event`] to every subscriber through a broadcast ring.
+//! A gateway so holds a handful of streams to market-data (three per route in
+//! use) however many markets its clients follow: the mesh bounds concurrent
+//! requests per connection pool, and a client subscribing every market of
+//! every type must not use them up. Each event is
 //! rendered at most once per format (and, for orderbooks, per depth and
 //! level asked), on the first subscriber's read; the others get the same
-//! bytes. A feed lives as long as somebody holds it: the last subscription
-//! gone, its stream is closed.
+//! bytes. A feed lives as long as somebody holds it, an upstream as long as
+//! one of its feeds: the last subscription gone, the stream is closed.
 //!
 //! Buffers: the ring is the feed's, not the connections' — a connection holds
 //! only its place in it. A connection more than the ring's length behind
@@ -15,8 +20,8 @@
 //! closed as too slow; what it has not yet sent is bounded in bytes by the
 //! socket's write buffer.
 //!
-//! Routed sessions (`x-canary`, `x-preview`) get feeds of their own, opened
-//! with those headers, so they see the versions they asked for.
+//! Routed sessions (`x-canary`, `x-preview`) get feeds and upstreams of their
+//! own, opened with those headers, so they see the versions they asked for.
 //!
 //! [`Lagged`]: tokio::sync::broadcast::error::RecvError::Lagged
 
@@ -43,8 +48,8 @@ static FEEDS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     let g = IntGaugeVec::new(
         Opts::new(
             "gateway_ws_feeds",
-            "Market-data streams followed for WebSocket subscribers (one per type and market, \
-             shared by every subscriber).",
+            "Markets followed for WebSocket subscribers, by type (each shared by every \
+             subscriber; one market-data stream per type carries them all).",
         ),
         &["type"],
     )
@@ -176,12 +181,15 @@ pub fn shaped_book(book: &upbit::Orderbook, shape: Shape) -> upbit::Orderbook {
     book.clone().grouped(level, shape.depth)
 }
 
-/// One followed stream. Dropping the last holder closes it.
+/// The subscribers' side of one type and market: a ring of its events. Its
+/// market-data stream is its type's [`Upstream`], shared with the other
+/// markets. Dropping the last holder leaves the upstream (and closes it when
+/// no other market of it is followed).
 pub struct Feed {
     kind: Kind,
+    market: String,
     tx: broadcast::Sender<Arc<Event>>,
-    opened: watch::Receiver<bool>,
-    _stop: DropGuard,
+    upstream: Arc<Upstream>,
 }
 
 impl Feed {
@@ -190,10 +198,11 @@ impl Feed {
         self.tx.subscribe()
     }
 
-    /// Returns once the first attempt to open the stream is over (opened or
-    /// failed: the feed goes on retrying).
+    /// Returns once the first attempt to open the upstream is over (opened or
+    /// failed: it goes on retrying). Events of this market are delivered from
+    /// the feed's creation on.
     pub async fn opened(&self) {
-        let mut opened = self.opened.clone();
+        let mut opened = self.upstream.opened.clone();
         let _ = opened.wait_for(|o| *o).await;
     }
 }
@@ -201,7 +210,33 @@ impl Feed {
 impl Drop for Feed {
     fn drop(&mut self) {
         FEEDS.with_label_values(&[self.kind.as_str()]).dec();
+        let mut routes = self
+            .upstream
+            .routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // A feed made for this market since this one was given up has its own ring.
+        if routes
+            .get(&self.market)
+            .is_some_and(|tx| tx.same_channel(&self.tx))
+        {
+            routes.remove(&self.market);
+        }
     }
+}
+
+/// Each followed market's ring, by market code.
+type Routes = Arc<Mutex<HashMap<String, broadcast::Sender<Arc<Event>>>>>;
+
+/// One market-data stream of a type, for every market, for sessions routed
+/// alike: it hands each message to its market's feed, converted only when that
+/// feed has subscribers. So a gateway opens at most one stream per type and
+/// route (what the mesh's connection pool to market-data counts), however many
+/// markets its clients follow. Dropping the last holder closes the stream.
+struct Upstream {
+    routes: Routes,
+    opened: watch::Receiver<bool>,
+    _stop: DropGuard,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -218,7 +253,15 @@ type Md = pb::market_data_service_client::MarketDataServiceClient<service_kit::g
 pub struct Fanout {
     md: Md,
     capacity: usize,
-    feeds: Mutex<HashMap<Key, Weak<Feed>>>,
+    held: Mutex<Held>,
+}
+
+/// What a gateway follows: feeds by type, market and route; upstreams by
+/// type and route.
+#[derive(Default)]
+struct Held {
+    feeds: HashMap<Key, Weak<Feed>>,
+    upstreams: HashMap<(Kind, String), Weak<Upstream>>,
 }
 
 /// Backoff between upstream reconnects.
@@ -237,8 +280,15 @@ impl Fanout {
         Self {
             md,
             capacity: capacity.max(16),
-            feeds: Mutex::default(),
+            held: Mutex::default(),
         }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        held.feeds.retain(|_, f| f.strong_count() > 0);
+        held.upstreams.retain(|_, u| u.strong_count() > 0);
+        held
     }
 
     /// Whether sessions in `scope` may not have feeds now: routed alike as no
@@ -248,9 +298,9 @@ impl Fanout {
         if route.is_empty() {
             return false;
         }
-        let mut feeds = self.feeds.lock().unwrap_or_else(PoisonError::into_inner);
-        feeds.retain(|_, f| f.strong_count() > 0);
-        let mut routes: Vec<&str> = feeds
+        let held = self.held();
+        let mut routes: Vec<&str> = held
+            .feeds
             .keys()
             .map(|k| k.route.as_str())
             .filter(|r| !r.is_empty())
@@ -258,6 +308,12 @@ impl Fanout {
         routes.sort_unstable();
         routes.dedup();
         !routes.contains(&route.as_str()) && routes.len() >= MAX_ROUTES
+    }
+
+    /// Market-data streams open now (one per type and route in use).
+    #[cfg(test)]
+    pub fn upstreams(&self) -> usize {
+        self.held().upstreams.len()
     }
 
     /// The feed of `kind` for `market` as sessions in `scope` see it: the one
@@ -268,62 +324,94 @@ impl Fanout {
             market: market.to_owned(),
             route: scope.routing_key(),
         };
-        let mut feeds = self.feeds.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(feed) = feeds.get(&key).and_then(Weak::upgrade) {
+        let mut held = self.held();
+        if let Some(feed) = held.feeds.get(&key).and_then(Weak::upgrade) {
             return feed;
         }
-        feeds.retain(|_, f| f.strong_count() > 0);
+        let upstream_key = (kind, key.route.clone());
+        let upstream = match held.upstreams.get(&upstream_key).and_then(Weak::upgrade) {
+            Some(upstream) => upstream,
+            None => {
+                let upstream = self.open_upstream(kind, scope);
+                held.upstreams
+                    .insert(upstream_key, Arc::downgrade(&upstream));
+                upstream
+            }
+        };
         let (tx, _) = broadcast::channel(self.capacity);
+        upstream
+            .routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.market.clone(), tx.clone());
+        FEEDS.with_label_values(&[kind.as_str()]).inc();
+        let feed = Arc::new(Feed {
+            kind,
+            market: key.market.clone(),
+            tx,
+            upstream,
+        });
+        held.feeds.insert(key, Arc::downgrade(&feed));
+        feed
+    }
+
+    /// Starts following market-data's stream of `kind` for sessions in `scope`.
+    fn open_upstream(&self, kind: Kind, scope: &RequestScope) -> Arc<Upstream> {
+        let routes = Routes::default();
         let (opened_tx, opened) = watch::channel(false);
         let stop = CancellationToken::new();
-        // A trace of its own, as long as the feed lives (it outlives the
+        // A trace of its own, as long as the stream lives (it outlives the
         // session that opened it), linked from the span that opened it.
-        let span = tracing::info_span!(parent: None, "ws.feed", otel.name = "ws.feed", r#type = kind.as_str(), market);
+        let span = tracing::info_span!(parent: None, "ws.feed", otel.name = "ws.feed", r#type = kind.as_str());
         span.follows_from(tracing::Span::current());
         tokio::spawn(
             scope
                 .routing_only()
                 .run(follow(
                     self.md.clone(),
-                    key.clone(),
-                    tx.clone(),
+                    kind,
+                    routes.clone(),
                     opened_tx,
                     stop.clone(),
                 ))
                 .instrument(span),
         );
-        FEEDS.with_label_values(&[kind.as_str()]).inc();
-        let feed = Arc::new(Feed {
-            kind,
-            tx,
+        Arc::new(Upstream {
+            routes,
             opened,
             _stop: stop.drop_guard(),
-        });
-        feeds.insert(key, Arc::downgrade(&feed));
-        feed
+        })
     }
 }
 
-/// Follows the stream of `key` until `stop`, reopening it (without a
-/// snapshot: subscribers fetch their own) when it breaks.
+/// Follows market-data's stream of `kind` until `stop`, reopening it (without
+/// a snapshot: subscribers fetch their own) when it breaks, and hands each
+/// message to its market's ring in `routes`.
 async fn follow(
     mut md: Md,
-    key: Key,
-    tx: broadcast::Sender<Arc<Event>>,
+    kind: Kind,
+    routes: Routes,
     opened: watch::Sender<bool>,
     stop: CancellationToken,
 ) {
     loop {
         let result =
-            tokio::select! { _ = stop.cancelled() => return, r = open(&mut md, &key) => r };
+            tokio::select! { _ = stop.cancelled() => return, r = open(&mut md, kind) => r };
         opened.send_replace(true);
         match result {
             Ok(mut stream) => loop {
                 let next =
                     tokio::select! { _ = stop.cancelled() => return, m = stream.next() => m };
                 match next {
-                    Some(Ok(Some(payload))) => {
-                        if tx.receiver_count() > 0 {
+                    Some(Ok(Some(message))) => {
+                        let tx = routes
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .get(message.market())
+                            .cloned();
+                        if let Some(tx) = tx.filter(|tx| tx.receiver_count() > 0)
+                            && let Some(payload) = message.convert()
+                        {
                             let _ = tx.send(Arc::new(Event::new(payload)));
                         }
                     }
@@ -341,30 +429,57 @@ async fn follow(
     }
 }
 
-type Messages = BoxStream<'static, Result<Option<Payload>, tonic::Status>>;
-
-/// `stream`'s messages through `convert`.
-fn converted<M: Send + 'static>(
-    stream: tonic::Streaming<M>,
-    convert: fn(M) -> Option<Payload>,
-) -> Messages {
-    stream.map(move |m| m.map(convert)).boxed()
+/// A message of an upstream, as market-data sent it.
+enum Raw {
+    /// (Boxed: the largest by far.)
+    Ticker(Box<pb::Ticker>),
+    Trade(pb::Trade),
+    Orderbook(pb::Orderbook),
 }
 
-/// Opens the market-data stream of `key`: its messages converted (`None`
-/// for one that does not convert, which is counted and skipped).
-async fn open(md: &mut Md, key: &Key) -> Result<Messages, tonic::Status> {
-    let markets = vec![key.market.clone()];
-    Ok(match key.kind {
+impl Raw {
+    fn market(&self) -> &str {
+        match self {
+            Raw::Ticker(t) => &t.market,
+            Raw::Trade(t) => &t.market,
+            Raw::Orderbook(o) => &o.market,
+        }
+    }
+
+    /// Converted, or `None` for one that does not convert (counted, skipped).
+    fn convert(self) -> Option<Payload> {
+        match self {
+            Raw::Ticker(t) => convert::skipped(convert::ticker(&t, false), "ticker", &t.market)
+                .map(|t| Payload::Ticker(Box::new(t))),
+            Raw::Trade(t) => {
+                convert::skipped(convert::trade(&t, false), "trade", &t.market).map(Payload::Trade)
+            }
+            Raw::Orderbook(o) => {
+                let book = convert::orderbook(&o, DEFAULT_ORDERBOOK_DEPTH, false);
+                convert::skipped(book, "orderbook", &o.market).map(Payload::Orderbook)
+            }
+        }
+    }
+}
+
+type Messages = BoxStream<'static, Result<Option<Raw>, tonic::Status>>;
+
+/// `stream`'s messages, each as a [`Raw`] (`None` for an empty one).
+fn raw<M: Send + 'static>(stream: tonic::Streaming<M>, pick: fn(M) -> Option<Raw>) -> Messages {
+    stream.map(move |m| m.map(pick)).boxed()
+}
+
+/// Opens market-data's stream of `kind` for every market.
+async fn open(md: &mut Md, kind: Kind) -> Result<Messages, tonic::Status> {
+    let markets = Vec::new();
+    Ok(match kind {
         Kind::Ticker => {
             let request = pb::StreamTickersRequest {
                 markets,
                 snapshot: false,
             };
-            converted(md.stream_tickers(request).await?.into_inner(), |m| {
-                let t = m.ticker?;
-                convert::skipped(convert::ticker(&t, false), "ticker", &t.market)
-                    .map(|t| Payload::Ticker(Box::new(t)))
+            raw(md.stream_tickers(request).await?.into_inner(), |m| {
+                m.ticker.map(|t| Raw::Ticker(Box::new(t)))
             })
         }
         Kind::Trade => {
@@ -372,9 +487,8 @@ async fn open(md: &mut Md, key: &Key) -> Result<Messages, tonic::Status> {
                 markets,
                 snapshot: false,
             };
-            converted(md.stream_trades(request).await?.into_inner(), |m| {
-                let t = m.trade?;
-                convert::skipped(convert::trade(&t, false), "trade", &t.market).map(Payload::Trade)
+            raw(md.stream_trades(request).await?.into_inner(), |m| {
+                m.trade.map(Raw::Trade)
             })
         }
         Kind::Orderbook => {
@@ -383,10 +497,8 @@ async fn open(md: &mut Md, key: &Key) -> Result<Messages, tonic::Status> {
                 snapshot: false,
                 depth: 0,
             };
-            converted(md.stream_orderbooks(request).await?.into_inner(), |m| {
-                let o = m.orderbook?;
-                let book = convert::orderbook(&o, DEFAULT_ORDERBOOK_DEPTH, false);
-                convert::skipped(book, "orderbook", &o.market).map(Payload::Orderbook)
+            raw(md.stream_orderbooks(request).await?.into_inner(), |m| {
+                m.orderbook.map(Raw::Orderbook)
             })
         }
     })
@@ -448,6 +560,14 @@ mod tests {
             !Arc::ptr_eq(&a, &canary),
             "a routed session's feed is its own"
         );
+        assert_eq!(fanout.upstreams(), 3, "trade, ticker, and the routed trade");
+        let eth = fanout.feed(Kind::Trade, "KRW-ETH", &plain);
+        assert!(!Arc::ptr_eq(&a, &eth));
+        assert_eq!(
+            fanout.upstreams(),
+            3,
+            "another market rides the same stream"
+        );
 
         let held: Vec<_> = (1..MAX_ROUTES)
             .map(|i| fanout.feed(Kind::Trade, "KRW-BTC", &routed(&format!("r{i}"))))
@@ -458,10 +578,20 @@ mod tests {
             !fanout.routes_full(&plain),
             "unrouted sessions are never refused"
         );
+        assert_eq!(fanout.upstreams(), 3 + MAX_ROUTES - 1);
         drop(held);
         assert!(
             !fanout.routes_full(&routed("one-more")),
             "gone with their feeds"
+        );
+        assert_eq!(fanout.upstreams(), 3);
+        drop((a, b, canary));
+        assert_eq!(fanout.upstreams(), 2, "the routed one closed with its feed");
+        drop(eth);
+        assert_eq!(
+            fanout.upstreams(),
+            1,
+            "the plain trade stream, with its last market"
         );
     }
 

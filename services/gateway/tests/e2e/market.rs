@@ -836,6 +836,7 @@ async fn websocket_clients_share_one_stream_per_market_and_a_slow_one_is_dropped
     let admin = stack.gateways[0].admin;
     let feeds = || test_support::read_metric(admin, "gateway_ws_feeds", &[]);
     let (md_before, feeds_before) = (stack.md_streams("trade").await, feeds().await);
+    let books_before = stack.md_streams("orderbook").await;
     assert_eq!(feeds_before, 0.0);
 
     // Two clients of one market's trades: one market-data stream, one feed,
@@ -870,6 +871,9 @@ async fn websocket_clients_share_one_stream_per_market_and_a_slow_one_is_dropped
         2.0,
     )
     .await;
+    // Four markets' orderbooks: four feeds, one market-data stream for them all.
+    assert_eq!(feeds().await, 5.0);
+    assert_eq!(stack.md_streams("orderbook").await, books_before + 1.0);
     let (frames_tx, mut frames_rx) = tokio::sync::mpsc::unbounded_channel();
     let reader = tokio::spawn(async move {
         while let Some(bytes) = ws_next(&mut a, Duration::from_secs(60)).await {
@@ -922,7 +926,9 @@ async fn websocket_clients_share_one_stream_per_market_and_a_slow_one_is_dropped
 
     // Nobody left: the feeds and their market-data streams are closed.
     eventually(Duration::from_secs(10), "feeds closed", || async {
-        (feeds().await == 0.0 && stack.md_streams("trade").await == md_before).then_some(())
+        let trades = stack.md_streams("trade").await;
+        let books = stack.md_streams("orderbook").await;
+        (feeds().await == 0.0 && trades == md_before && books == books_before).then_some(())
     })
     .await
     .unwrap();
