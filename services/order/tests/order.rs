@@ -283,6 +283,30 @@ fn place(
     }
 }
 
+/// Order `uuid` of `user` once it has executed `volume` (within 20 s).
+async fn executed(
+    orders: &OrderServiceClient<Channel>,
+    user: Uuid,
+    uuid: &str,
+    volume: &str,
+    what: &str,
+) -> pb::Order {
+    eventually(Duration::from_secs(20), what, || {
+        let request = pb::GetOrderRequest {
+            user_id: user.to_string(),
+            uuid: uuid.to_owned(),
+            identifier: String::new(),
+        };
+        let mut orders = orders.clone();
+        async move {
+            let o = orders.get_order(request).await.ok()?.into_inner().order?;
+            (o.executed_volume == volume).then_some(o)
+        }
+    })
+    .await
+    .unwrap()
+}
+
 fn error_name(s: &tonic::Status) -> Option<&str> {
     service_kit::grpc::error_name(s)
 }
@@ -1504,20 +1528,7 @@ async fn trades_made_while_no_matcher_ran_still_fill_once() {
     for round in 0..2 {
         env.with_order_service().await;
         let orders = env.orders();
-        let filled = eventually(Duration::from_secs(20), "the missed fill", || {
-            let request = pb::GetOrderRequest {
-                user_id: user.to_string(),
-                uuid: resting.uuid.clone(),
-                identifier: String::new(),
-            };
-            let mut orders = orders.clone();
-            async move {
-                let o = orders.get_order(request).await.ok()?.into_inner().order?;
-                (o.executed_volume == "0.3").then_some(o)
-            }
-        })
-        .await
-        .unwrap();
+        let filled = executed(&orders, user, &resting.uuid, "0.3", "the missed fill").await;
         assert_eq!(filled.trades.len(), 1, "round {round}: filled once");
         // Round 2 starts another matcher that reads the same trade again.
         env.running.pop().unwrap().stop().await;
@@ -1596,20 +1607,7 @@ async fn recovery_settles_a_fill_behind_hundreds_of_settled_ones() {
     inventory.cut();
     env.feed(vec![trade("KRW-BTC", "147000000", "0.0004", 1)])
         .await;
-    eventually(Duration::from_secs(20), "the fill recorded", || {
-        let request = pb::GetOrderRequest {
-            user_id: user.to_string(),
-            uuid: resting.uuid.clone(),
-            identifier: String::new(),
-        };
-        let mut orders = orders.clone();
-        async move {
-            let o = orders.get_order(request).await.ok()?.into_inner().order?;
-            (o.executed_volume == "0.0004").then_some(())
-        }
-    })
-    .await
-    .unwrap();
+    executed(&orders, user, &resting.uuid, "0.0004", "the fill recorded").await;
     assert_eq!(env.balance(user, "BTC").await, (dec("0"), dec("0")));
     inventory.restore();
     let mut direct = env.inventory.clone();
