@@ -91,7 +91,7 @@ pub fn upbit_order(o: &pb::Order, with_trades: bool) -> Value {
             .map(|t| {
                 json!({
                     "market": o.market,
-                    "uuid": format!("{}-{}", o.uuid, t.seq),
+                    "uuid": trade_uuid(&o.uuid, t.seq),
                     "price": t.price,
                     "volume": t.volume,
                     "funds": t.funds,
@@ -105,6 +105,16 @@ pub fn upbit_order(o: &pb::Order, with_trades: bool) -> Value {
             .collect();
     }
     v
+}
+
+/// The uuid of an order's `seq`th fill, as Upbit gives each trade one: a UUID
+/// derived from the order's (v5), so the same fill has the same uuid on every
+/// read, on REST and on the private WebSocket.
+pub fn trade_uuid(order_uuid: &str, seq: u32) -> String {
+    match uuid::Uuid::parse_str(order_uuid) {
+        Ok(order) => uuid::Uuid::new_v5(&order, &seq.to_be_bytes()).to_string(),
+        Err(_) => format!("{order_uuid}-{seq}"),
+    }
 }
 
 /// Upbit's `time_in_force` name, if the order has one.

@@ -182,7 +182,7 @@ fn order_events(o: &pb::Order, told: &mut Told) -> Vec<MyOrder> {
         told.fills = told.fills.max(t.seq);
         events.push(MyOrder {
             state: "trade",
-            trade_uuid: Some(format!("{}-{}", o.uuid, t.seq)),
+            trade_uuid: Some(crate::views::trade_uuid(&o.uuid, t.seq)),
             price: Some(decimal(&t.price)),
             volume: Some(decimal(&t.volume)),
             trade_fee: Some(decimal(&t.fee)),
@@ -417,9 +417,11 @@ async fn serve(socket: WebSocket, gw: &Shared, req: UpbitRequest) {
 mod tests {
     use super::*;
 
+    const ORDER: &str = "0192d4c8-8f5e-7c3a-9b1d-2e4f6a8b0c1d";
+
     fn order(state: pb::OrderState, fills: u32) -> pb::Order {
         pb::Order {
-            uuid: "u".into(),
+            uuid: ORDER.into(),
             market: "KRW-ETH".into(),
             side: pb::Side::Bid as i32,
             ord_type: pb::OrderType::Limit as i32,
@@ -453,7 +455,17 @@ mod tests {
         );
         let events = order_events(&order(pb::OrderState::Done, 2), &mut told);
         assert_eq!(states(events.clone()), ["trade", "done"]);
-        assert_eq!(events[0].trade_uuid.as_deref(), Some("u-2"));
+        let trade = events[0].trade_uuid.clone().unwrap();
+        assert!(
+            uuid::Uuid::parse_str(&trade).is_ok(),
+            "a UUID, as Upbit's: {trade}"
+        );
+        assert_eq!(
+            trade,
+            crate::views::trade_uuid(ORDER, 2),
+            "the same on every read"
+        );
+        assert_ne!(trade, crate::views::trade_uuid(ORDER, 1));
         assert_eq!(events[0].volume, Some(Decimal::new(5, 3)));
         assert_eq!(events[0].is_maker, Some(true), "a seller took: we made");
         assert_eq!(events[1].avg_price, Decimal::new(4_000_000, 0));
