@@ -759,18 +759,27 @@ async fn one_websocket_client_cannot_stall_or_flood_the_gateway() {
         panic!("{}", String::from_utf8_lossy(&bytes))
     };
     assert_eq!(e.name, "INVALID_PARAM");
-    let before = stack.md_streams("trade").await;
+    let trade_feeds = || {
+        test_support::read_metric(
+            stack.gateways[0].admin,
+            "gateway_ws_feeds",
+            &["type=\"trade\""],
+        )
+    };
+    let (before, feeds_before) = (stack.md_streams("trade").await, trade_feeds().await);
     ws_send(&mut repeat, &objects(15)).await;
-    eventually(Duration::from_secs(10), "one more trade stream", || async {
-        (stack.md_streams("trade").await == before + 1.0).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "KRW-ETH's trades followed",
+        || async { (trade_feeds().await == feeds_before + 1.0).then_some(()) },
+    )
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        stack.md_streams("trade").await,
-        before + 1.0,
-        "fifteen identical type objects share one stream"
+        (trade_feeds().await, stack.md_streams("trade").await),
+        (feeds_before + 1.0, before),
+        "fifteen identical type objects: one feed, on the trade stream already open for `good`"
     );
 
     // At most 4 connections from one address (this stack's setting).
