@@ -298,15 +298,15 @@ pub async fn orderbook(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Res
         let mut grouped = Vec::with_capacity(books.len());
         for o in &books {
             let full = query::MAX_ORDERBOOK_DEPTH as usize;
-            let Some(book) = convert::skipped(convert::orderbook(o, full, false), "orderbook", &o.market)
+            let Some(book) =
+                convert::skipped(convert::orderbook(o, full, false), "orderbook", &o.market)
             else {
                 continue;
             };
+            // As on Upbit: a level the market does not support yields nothing
+            // for it (`[]` for a request of that market alone), not an error.
             if !level.is_zero() && !groupable(&book, level) {
-                return Err(ApiError::bad_request(format!(
-                    "level {level} is not a multiple of {}'s price unit (KRW markets only; see /v1/orderbook/instruments)",
-                    book.code
-                )));
+                continue;
             }
             grouped.push(book.grouped(level, depth as usize));
         }

@@ -744,7 +744,7 @@ async fn one_websocket_client_cannot_stall_or_flood_the_gateway() {
     );
 
     // Type objects: more than Upbit has types is an error frame; repeating one
-    // type opens one upstream stream, not one per object.
+    // type follows its market once, on the type's one upstream stream.
     let mut repeat = ws_connect(addr).await;
     let objects = |n: usize| {
         let mut items = vec![r#"{"ticket":"r"}"#.to_owned()];
@@ -1074,12 +1074,22 @@ async fn orderbooks_group_by_level_on_rest_and_the_websocket() {
             assert!((p % level).is_zero(), "{side} {p} on the {level} grid");
         }
     }
+    // A level the market does not support: nothing for it, as Upbit answers.
     let (status, body) = json(&stack, &url("markets=KRW-BTC&level=123")).await;
-    assert_eq!(
-        (status, body["error"]["name"].as_str().is_some()),
-        (400, true),
-        "{body}"
-    );
+    assert_eq!((status, body), (200, serde_json::json!([])));
+    let (status, body) = json(
+        &stack,
+        &url(&format!("markets=KRW-BTC,BTC-ETH&level={level}")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let codes: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["market"].as_str())
+        .collect();
+    assert_eq!(codes, ["KRW-BTC"], "only KRW books group: {body}");
 
     // The same on the WebSocket; LIST_SUBSCRIPTIONS names the level, a number.
     let mut ws = ws_connect(stack.gateways[0].http).await;
