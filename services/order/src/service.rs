@@ -799,7 +799,8 @@ impl Orders {
             self.settle_request(&row, vec![fill(trades_count as usize + 1, exec)], done)?;
         match self.inventory.clone().settle(request).await {
             Ok(_) if done => store::mark_finalized(&self.pool, id).await?,
-            // Not recorded: recovery asks inventory about this order once.
+            // Recorded, so recovery need not ask inventory about it (if the
+            // write fails, recovery asks once).
             Ok(_) => {
                 if let Err(e) = store::mark_settled(&self.pool, id, row.trades_count).await {
                     tracing::warn!(order = %id, error = %e, "fill settled; recovery will check it with inventory");
