@@ -147,13 +147,15 @@ pub async fn login(
     if limit > 0
         && gw
             .limiter
-            .count("loginfail", &account, LOGIN_FAILURE_WINDOW)
+            .count("loginfail", &account, limit, LOGIN_FAILURE_WINDOW)
             .await
             >= u64::from(limit)
     {
-        return Err(too_many(
-            "too many failed logins for this account; retry in 15 minutes",
-        ));
+        // The count drops by one every window / limit.
+        let minutes = (LOGIN_FAILURE_WINDOW / u64::from(limit)).div_ceil(60);
+        return Err(too_many(&format!(
+            "too many failed logins for this account; retry in {minutes} minutes"
+        )));
     }
     let result = gw
         .user
@@ -168,7 +170,7 @@ pub async fn login(
         Err(status) => {
             if status.code() == tonic::Code::Unauthenticated {
                 gw.limiter
-                    .check_window("loginfail", &account, u32::MAX, LOGIN_FAILURE_WINDOW)
+                    .check_window("loginfail", &account, limit, LOGIN_FAILURE_WINDOW)
                     .await;
             }
             return Err(status.into());
