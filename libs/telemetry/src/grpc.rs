@@ -5,7 +5,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http::{HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use prometheus::IntCounterVec;
 use tower::{Layer, Service};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -26,16 +28,106 @@ fn split_path(path: &str) -> (String, String) {
     }
 }
 
-/// The gRPC status of a response whose headers carry it (trailers-only responses,
-/// i.e. errors returned before any message); `OK` otherwise.
-fn status_code<B>(resp: &Response<B>) -> &'static str {
-    let code = resp
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-        .unwrap_or(0);
-    code_name(code)
+/// The gRPC status these headers or trailers carry, if any.
+fn status_in(headers: &HeaderMap) -> Option<&'static str> {
+    let code = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
+    Some(code_name(code))
+}
+
+/// A call to count in `grpc_{server,client}_handled_total` once its status is
+/// known. A response whose headers carry it (trailers-only: an error before any
+/// message) is counted at once; any other when its body ends, from the trailers,
+/// so a stream that ends with an error counts as that error, not as OK.
+struct Tally {
+    handled: &'static IntCounterVec,
+    service: String,
+    method: String,
+    /// The code of a body that fails (the server's `Unknown`; for a client,
+    /// the connection broke: `Unavailable`).
+    broken: &'static str,
+}
+
+impl Tally {
+    fn count(self, code: &'static str) {
+        self.handled
+            .with_label_values(&[self.service.as_str(), self.method.as_str(), code])
+            .inc();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that counts its call ([`Tally`]) when it ends: with the
+    /// trailers' status; `Unknown` when it ends without one; `Tally::broken`
+    /// when it fails; `Canceled` when it is dropped before its end (the caller
+    /// went away).
+    pub struct Counted<B> {
+        #[pin]
+        inner: B,
+        tally: Option<Tally>,
+    }
+
+    impl<B> PinnedDrop for Counted<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(tally) = this.project().tally.take() {
+                tally.count("Canceled");
+            }
+        }
+    }
+}
+
+impl<B> Counted<B> {
+    /// Counts now if the headers carried the status (`known`), else at the end.
+    fn new(inner: B, tally: Option<Tally>, known: Option<&'static str>) -> Self {
+        let tally = match (tally, known) {
+            (Some(tally), Some(code)) => {
+                tally.count(code);
+                None
+            }
+            (tally, _) => tally,
+        };
+        Self { inner, tally }
+    }
+}
+
+impl<B: Body> Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        let code = match &polled {
+            Poll::Ready(Some(Ok(frame))) => frame
+                .trailers_ref()
+                .map(|t| Ok(status_in(t).unwrap_or("Unknown"))),
+            Poll::Ready(Some(Err(_))) => Some(Err(())),
+            Poll::Ready(None) => Some(Ok("Unknown")),
+            Poll::Pending => None,
+        };
+        if let Some(code) = code
+            && let Some(tally) = this.tally.take()
+        {
+            let code = code.unwrap_or(tally.broken);
+            tally.count(code);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Canonical name of a gRPC status code number.
@@ -103,7 +195,7 @@ where
     S::Error: Send + 'static,
     B: Send + 'static,
 {
-    type Response = Response<RB>;
+    type Response = Response<Counted<RB>>;
     type Error = S::Error;
     type Future = BoxFuture<Result<Self::Response, Self::Error>>;
 
@@ -147,20 +239,25 @@ where
             async move {
                 let result = scope.clone().run(inner.call(req)).await;
                 let mut resp = result?;
-                let code = status_code(&resp);
-                tracing::Span::current().record("rpc.grpc.status_code", code);
-                if !is_probe {
-                    GRPC_SERVER_HANDLED
-                        .with_label_values(&[service.as_str(), method.as_str(), code])
-                        .inc();
+                // The span ends with the response's headers: a status that
+                // comes later, in the trailers, is counted but not on it.
+                let known = status_in(resp.headers());
+                tracing::Span::current().record("rpc.grpc.status_code", known.unwrap_or("OK"));
+                let tally = (!is_probe).then(|| {
                     GRPC_SERVER_SECONDS
                         .with_label_values(&[service.as_str(), method.as_str()])
                         .observe(started.elapsed().as_secs_f64());
-                }
+                    Tally {
+                        handled: &GRPC_SERVER_HANDLED,
+                        service,
+                        method,
+                        broken: "Unknown",
+                    }
+                });
                 if let Ok(v) = HeaderValue::from_str(&propagation::served_by_chain(&own, &scope)) {
                     resp.headers_mut().insert(propagation::SERVED_BY, v);
                 }
-                Ok(resp)
+                Ok(resp.map(|body| Counted::new(body, tally, known)))
             }
             .instrument(span),
         )
@@ -191,7 +288,7 @@ where
     S::Error: Send + 'static,
     B: Send + 'static,
 {
-    type Response = Response<RB>;
+    type Response = Response<Counted<RB>>;
     type Error = S::Error;
     type Future = BoxFuture<Result<Self::Response, Self::Error>>;
 
@@ -220,23 +317,141 @@ where
         Box::pin(
             async move {
                 let result = inner.call(req).await;
-                let code = match &result {
-                    Ok(resp) => {
-                        propagation::record_served_by(resp.headers());
-                        status_code(resp)
-                    }
-                    Err(_) => "Unavailable",
-                };
-                tracing::Span::current().record("rpc.grpc.status_code", code);
-                GRPC_CLIENT_HANDLED
-                    .with_label_values(&[service.as_str(), method.as_str(), code])
-                    .inc();
                 GRPC_CLIENT_SECONDS
                     .with_label_values(&[service.as_str(), method.as_str()])
                     .observe(started.elapsed().as_secs_f64());
-                result
+                let tally = Tally {
+                    handled: &GRPC_CLIENT_HANDLED,
+                    service,
+                    method,
+                    broken: "Unavailable",
+                };
+                let resp = match result {
+                    Ok(resp) => resp,
+                    Err(e) => {
+                        tracing::Span::current().record("rpc.grpc.status_code", "Unavailable");
+                        tally.count("Unavailable");
+                        return Err(e);
+                    }
+                };
+                propagation::record_served_by(resp.headers());
+                let known = status_in(resp.headers());
+                tracing::Span::current().record("rpc.grpc.status_code", known.unwrap_or("OK"));
+                Ok(resp.map(|body| Counted::new(body, Some(tally), known)))
             }
             .instrument(span),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use tower::ServiceExt;
+
+    type Frames = StreamBody<
+        futures_util::stream::Iter<
+            std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>,
+        >,
+    >;
+
+    /// A gRPC response: `status` in its headers (trailers-only), or a message
+    /// then `status` in the trailers.
+    fn response(trailers_only: Option<&str>, trailer: Option<&str>) -> Response<Frames> {
+        let mut frames = vec![Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0")))];
+        if let Some(code) = trailer {
+            let mut t = HeaderMap::new();
+            t.insert("grpc-status", HeaderValue::from_str(code).unwrap());
+            frames.push(Ok(Frame::trailers(t)));
+        }
+        let mut resp = Response::new(StreamBody::new(futures_util::stream::iter(frames)));
+        if let Some(code) = trailers_only {
+            resp.headers_mut()
+                .insert("grpc-status", HeaderValue::from_str(code).unwrap());
+        }
+        resp
+    }
+
+    fn handled(counter: &IntCounterVec, service: &str, code: &str) -> u64 {
+        counter.with_label_values(&[service, "Watch", code]).get()
+    }
+
+    async fn serve(service: &str, resp: Response<Frames>) -> Response<Counted<Frames>> {
+        // The layer needs a Clone service; it is called once.
+        let resp = std::sync::Arc::new(std::sync::Mutex::new(Some(resp)));
+        let inner = tower::service_fn(move |_req: Request<()>| {
+            let resp = resp.lock().unwrap().take().expect("called once");
+            async move { Ok::<_, std::convert::Infallible>(resp) }
+        });
+        let req = Request::builder()
+            .uri(format!("http://x/{service}/Watch"))
+            .body(())
+            .unwrap();
+        ServerLayer::new("test/v1/pod".into())
+            .layer(inner)
+            .oneshot(req)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_with_an_error_counts_as_that_error() {
+        let svc = "t.Ends";
+        let resp = serve(svc, response(None, Some("8"))).await;
+        assert_eq!(
+            handled(&GRPC_SERVER_HANDLED, svc, "OK"),
+            0,
+            "not known before the trailers"
+        );
+        resp.into_body().collect().await.unwrap();
+        assert_eq!(handled(&GRPC_SERVER_HANDLED, svc, "ResourceExhausted"), 1);
+        assert_eq!(handled(&GRPC_SERVER_HANDLED, svc, "OK"), 0);
+
+        let svc = "t.Fine";
+        serve(svc, response(None, Some("0")))
+            .await
+            .into_body()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(handled(&GRPC_SERVER_HANDLED, svc, "OK"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_trailers_only_error_counts_at_once_and_a_dropped_stream_as_canceled() {
+        let svc = "t.Early";
+        let resp = serve(svc, response(Some("5"), None)).await;
+        assert_eq!(handled(&GRPC_SERVER_HANDLED, svc, "NotFound"), 1);
+        drop(resp);
+        assert_eq!(
+            handled(&GRPC_SERVER_HANDLED, svc, "Canceled"),
+            0,
+            "counted once"
+        );
+
+        let svc = "t.Gone";
+        let mut body = serve(svc, response(None, Some("0"))).await.into_body();
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        assert_eq!(handled(&GRPC_SERVER_HANDLED, svc, "Canceled"), 1);
+        assert_eq!(handled(&GRPC_SERVER_HANDLED, svc, "OK"), 0);
+    }
+
+    #[tokio::test]
+    async fn the_client_counts_the_status_its_stream_ends_with() {
+        let svc = "t.Client";
+        let inner = tower::service_fn(|_req: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(response(None, Some("14")))
+        });
+        let req = Request::builder()
+            .uri(format!("http://x/{svc}/Watch"))
+            .body(())
+            .unwrap();
+        let resp = ClientLayer.layer(inner).oneshot(req).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        assert_eq!(handled(&GRPC_CLIENT_HANDLED, svc, "Unavailable"), 1);
+        assert_eq!(handled(&GRPC_CLIENT_HANDLED, svc, "OK"), 0);
     }
 }

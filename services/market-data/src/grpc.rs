@@ -320,18 +320,23 @@ impl MarketData {
         T: Send + 'static,
         F: Fn(&Live) -> Option<T> + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel(self.stream_buffer.max(snapshot.len() + 1));
+        // One slot more than the messages may fill: the status that ends a
+        // stream whose consumer is too slow, which finds the buffer full.
+        let (tx, rx) = mpsc::channel(self.stream_buffer.max(snapshot.len() + 1) + 1);
         let draining = self.draining.clone();
         let wanted: HashSet<String> = markets.into_iter().collect();
         let slow_after = self.slow_after;
         tokio::spawn(async move {
+            let Ok(last) = tx.clone().reserve_owned().await else {
+                return;
+            };
             let gauge = metrics::STREAMS.with_label_values(&[kind]);
             gauge.inc();
             let end = forward(snapshot, live, &tx, &wanted, pick, slow_after, &draining).await;
             if end == StreamEnd::TooSlow {
                 metrics::STREAMS_DROPPED.with_label_values(&[kind]).inc();
                 tracing::info!(kind, "dropped a live stream whose consumer is too slow");
-                let _ = tx.try_send(Err(Status::resource_exhausted(
+                last.send(Err(Status::resource_exhausted(
                     "consumer too slow; stream dropped",
                 )));
             }

@@ -1151,13 +1151,15 @@ async fn a_consumer_that_stops_reading_does_not_hold_back_others() {
         markets: vec!["KRW-SLO".into()],
         snapshot: false,
     };
-    // Never read: its messages pile up on its own connection and buffers only.
+    // Not read until dropped: its messages pile up on its own connection (a
+    // small window) and buffers only.
     let other = tonic::transport::Endpoint::from_shared(format!("http://{}", svc.grpc))
         .unwrap()
+        .initial_stream_window_size(16 * 1024)
         .connect()
         .await
         .unwrap();
-    let _idle = MarketDataServiceClient::new(other)
+    let mut idle = MarketDataServiceClient::new(other)
         .stream_trades(request())
         .await
         .unwrap()
@@ -1193,6 +1195,49 @@ async fn a_consumer_that_stops_reading_does_not_hold_back_others() {
         reader.await.unwrap(),
         5_000,
         "the reading consumer got everything"
+    );
+    // The idle one was dropped, and learns why once it reads what was sent
+    // before: the status ends its stream even though its buffer was full.
+    let dropped = [r#"type="trade""#];
+    test_support::eventually(
+        Duration::from_secs(20),
+        "the idle stream dropped",
+        || async {
+            (test_support::read_metric(svc.admin, "market_data_stream_dropped_total", &dropped)
+                .await
+                >= 1.0)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let mut buffered = 0;
+    let end = loop {
+        match idle.message().await {
+            Ok(Some(_)) => buffered += 1,
+            other => break other,
+        }
+    };
+    let status = end.expect_err("the stream ends with an error");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(buffered > 100 && buffered < 5_000, "{buffered}");
+    // Counted as that error, not as a stream that went well.
+    let call = |code: &str| {
+        [
+            r#"grpc_method="StreamTrades""#.to_owned(),
+            format!(r#"grpc_code="{code}""#),
+        ]
+    };
+    let handled = |code: &'static str| async move {
+        let labels = call(code);
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        test_support::read_metric(svc.admin, "grpc_server_handled_total", &labels).await
+    };
+    assert_eq!(handled("ResourceExhausted").await, 1.0);
+    assert_eq!(
+        handled("OK").await,
+        0.0,
+        "no stream ended well: the other reader hung up"
     );
     svc.running.stop().await;
 }
