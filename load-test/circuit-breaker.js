@@ -10,6 +10,7 @@ import http from 'k6/http';
 import { check } from 'k6';
 import { Rate } from 'k6/metrics';
 import { BASE_URL, MARKETS } from './lib/exchange.js';
+export { handleSummary } from './lib/summary.js';
 
 const circuitOpen = new Rate('circuit_open');
 

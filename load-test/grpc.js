@@ -6,6 +6,7 @@
 // Locally (scripts/up) market-data listens on 127.0.0.1:50051 already.
 import grpc from 'k6/net/grpc';
 import { check, sleep } from 'k6';
+export { handleSummary } from './lib/summary.js';
 
 const ADDR = __ENV.GRPC_ADDR || '127.0.0.1:50051';
 const client = new grpc.Client();

@@ -8,6 +8,7 @@ import { check, sleep } from 'k6';
 import ws from 'k6/ws';
 import { Counter } from 'k6/metrics';
 import { BASE_URL, MARKETS, get, pick, signUp, tradeRoundTrip } from './lib/exchange.js';
+export { handleSummary } from './lib/summary.js';
 
 const DURATION = __ENV.DURATION || '5m';
 const wsMessages = new Counter('ws_messages');
@@ -41,10 +42,12 @@ export function quotes() {
   }
 }
 
-let token = null;
+// Each trader's session renews its access token before it expires
+// (ACCESS_TOKEN_TTL, 15 minutes by default), so runs may last longer than that.
+let session = null;
 export function traders() {
-  if (!token) token = signUp();
-  tradeRoundTrip(token);
+  if (!session) session = signUp();
+  tradeRoundTrip(session);
   sleep(1);
 }
 

@@ -3,6 +3,7 @@
 // bends in Grafana and when the HPAs add pods.
 //   scripts/load-test ramp-up --base-url https://127.0.0.1 --cluster-ingress
 import { MARKETS, get, pick } from './lib/exchange.js';
+export { handleSummary } from './lib/summary.js';
 
 const PEAK = Number(__ENV.PEAK || 400);
 const STEP = `${Number(__ENV.STEP_SECONDS || 60)}s`;

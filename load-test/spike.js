@@ -3,6 +3,7 @@
 // the burst and recover without errors once it passes.
 //   scripts/load-test spike --base-url https://127.0.0.1 --cluster-ingress
 import { MARKETS, get, pick } from './lib/exchange.js';
+export { handleSummary } from './lib/summary.js';
 
 const BASE = Number(__ENV.BASE || 20);
 const SPIKE = Number(__ENV.SPIKE || 400);
