@@ -23,7 +23,12 @@ fn invalid(msg: impl Into<String>) -> InvalidParam {
     InvalidParam(msg.into())
 }
 
-/// `markets=KRW-BTC,KRW-ETH` (required, at least one, at most 200 codes).
+/// Codes one `markets` list may hold: more than Upbit lists in all its quote
+/// currencies, since clients ask for every market at once (ccxt's `fetchTickers`
+/// and `fetchOrderBooks` without symbols), yet a bound on one request's work.
+pub const MAX_MARKETS: usize = 1000;
+
+/// `markets=KRW-BTC,KRW-ETH` (required, at least one, at most [`MAX_MARKETS`]).
 pub fn markets(value: Option<&str>) -> Result<Vec<MarketCode>, InvalidParam> {
     let value = value
         .map(str::trim)
@@ -34,8 +39,13 @@ pub fn markets(value: Option<&str>) -> Result<Vec<MarketCode>, InvalidParam> {
         .map(str::trim)
         .filter(|c| !c.is_empty())
         .collect();
-    if codes.len() > 200 {
-        return Err(invalid("at most 200 markets per request"));
+    if codes.is_empty() {
+        return Err(invalid("markets is required, e.g. markets=KRW-BTC,KRW-ETH"));
+    }
+    if codes.len() > MAX_MARKETS {
+        return Err(invalid(format!(
+            "at most {MAX_MARKETS} markets per request"
+        )));
     }
     codes
         .into_iter()
@@ -158,6 +168,16 @@ pub fn quote_currencies(value: Option<&str>) -> Result<Vec<String>, InvalidParam
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn markets_takes_every_listed_market_at_once_within_a_bound() {
+        // ccxt's fetchTickers() names every market Upbit lists (over 200).
+        let all: Vec<String> = (0..MAX_MARKETS).map(|i| format!("KRW-C{i}")).collect();
+        assert_eq!(markets(Some(&all.join(","))).unwrap().len(), MAX_MARKETS);
+        let more = format!("{},KRW-BTC", all.join(","));
+        assert!(markets(Some(&more)).unwrap_err().0.contains("at most 1000"));
+        assert!(markets(Some(" , ")).is_err(), "none");
+    }
 
     #[test]
     fn to_accepts_upbit_formats() {
