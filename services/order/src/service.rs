@@ -372,6 +372,16 @@ impl Orders {
         Ok(Some(self.view(existing).await?))
     }
 
+    fn too_many_open(&self, side: Side) -> OrderError {
+        OrderError::Named(
+            domain::create_error(side),
+            format!(
+                "at most {} orders may be open at once; cancel some first",
+                self.rules.max_open_orders
+            ),
+        )
+    }
+
     fn duplicate_identifier(side: Side, identifier: &str) -> OrderError {
         OrderError::Named(
             domain::create_error(side),
@@ -409,15 +419,20 @@ impl Orders {
             plan_ttl: self.rules.plan_ttl,
             time_in_force: order.time_in_force.map(TimeInForce::as_str),
             smp_type: order.smp_type.map(SmpType::as_str),
+            max_open: self.rules.max_open_orders,
         };
         // Uncommitted until inventory answered: a crash rolls it back, and
         // another attempt of this order waits for it.
         let mut tx = self.pool.begin().await?;
         let Some(row) = store::insert_pending(&mut *tx, &new).await? else {
             drop(tx);
-            // The same request key or identifier raced us.
+            // The same request key or identifier raced us, or the user has
+            // as many orders open as allowed.
             if let Some(view) = self.retried(&req).await? {
                 return Ok((view, false));
+            }
+            if store::open_count(&self.pool, req.user).await? >= self.rules.max_open_orders {
+                return Err(self.too_many_open(req.side));
             }
             return Err(Self::duplicate_identifier(
                 req.side,
@@ -515,6 +530,9 @@ impl Orders {
                 return Err(Self::duplicate_identifier(req.side, identifier));
             }
         }
+        if store::open_count(&self.pool, req.user).await? >= self.rules.max_open_orders {
+            return Err(self.too_many_open(req.side));
+        }
         let (order, placement) = self.plan(&req).await?;
         let (fills, state) = match placement {
             Placement::WouldTake => (Vec::new(), State::Cancel),
@@ -582,7 +600,7 @@ impl Orders {
         Ok(None)
     }
 
-    /// The order validated as Upbit does, within the user's open-order cap,
+    /// The order validated as Upbit does (the open-order cap is the caller's),
     /// and what it does at once against the live (fresh) orderbook.
     async fn plan(&self, req: &Place<'_>) -> Result<(Validated, Placement), OrderError> {
         let price = domain::parse_amount("price", req.price)?;
@@ -594,16 +612,6 @@ impl Orders {
                 "market {} does not exist",
                 req.market
             )));
-        }
-        let open = store::open_count(&self.pool, req.user).await?;
-        if open >= self.rules.max_open_orders {
-            return Err(OrderError::Named(
-                domain::create_error(req.side),
-                format!(
-                    "at most {} orders may be open at once; cancel some first",
-                    self.rules.max_open_orders
-                ),
-            ));
         }
         let levels = self.levels(req.market, req.side).await?;
         let reference = levels.first().map(|l| l.price);

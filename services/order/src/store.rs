@@ -81,6 +81,8 @@ pub struct NewOrder<'a> {
     pub plan_ttl: std::time::Duration,
     pub time_in_force: Option<&'a str>,
     pub smp_type: Option<&'a str>,
+    /// Orders the user may have open (PENDING or WAIT), this one included.
+    pub max_open: i64,
 }
 
 /// Executions as JSON (decimals as strings, exact).
@@ -118,8 +120,9 @@ pub fn plan_from_json(value: &serde_json::Value) -> Option<Vec<Exec>> {
 
 /// Writes the order PENDING, its plan due in inventory by now + `plan_ttl`
 /// (announced once it leaves PENDING); `None` when the user already has an
-/// order with this id, identifier or request key. Placing does this in the
-/// transaction it commits once inventory answered: until then, another
+/// order with this id, identifier or request key, or `max_open` open orders
+/// (one statement: no round trip to count them first). Placing does this in
+/// the transaction it commits once inventory answered: until then, another
 /// attempt of the same order waits here.
 pub async fn insert_pending(
     db: impl PgExecutor<'_>,
@@ -129,8 +132,10 @@ pub async fn insert_pending(
         "INSERT INTO orders (id, user_id, identifier, market, side, ord_type, price, volume, state,
                              reserved_currency, reserved_amount, fee_rate, plan, request_key, plan_deadline,
                              time_in_force, smp_type)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $11, $12, $13,
-                 now() + $14 * interval '1 millisecond', $15, $16)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $11, $12, $13,
+                now() + $14 * interval '1 millisecond', $15, $16
+         WHERE (SELECT count(*) FROM orders
+                WHERE user_id = $2 AND state IN ('pending', 'wait')) < $17
          ON CONFLICT DO NOTHING
          RETURNING {COLUMNS}"
     );
@@ -151,6 +156,7 @@ pub async fn insert_pending(
         .bind(o.plan_ttl.as_millis() as i64)
         .bind(o.time_in_force)
         .bind(o.smp_type)
+        .bind(o.max_open)
         .fetch_optional(db)
         .await
 }

@@ -1469,8 +1469,15 @@ async fn a_stale_book_fills_nothing_and_open_orders_are_capped() {
                 .unwrap(),
         );
     }
+    let held = env.balance(user, "KRW").await;
     let err = orders.place_order(bid("5003000")).await.unwrap_err();
     assert_eq!(error_name(&err), Some("create_bid_error"), "{err:?}");
+    assert!(err.message().contains("at most 3 orders"), "{err:?}");
+    assert_eq!(
+        env.balance(user, "KRW").await,
+        held,
+        "nothing reserved for it"
+    );
     orders
         .cancel_order(pb::CancelOrderRequest {
             user_id: user.to_string(),
