@@ -18,20 +18,26 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Registers `metric` in the process-wide registry and returns it: for a
+/// service's `static X: LazyLock<_> = LazyLock::new(|| register(...))`. Each is
+/// registered once (a `LazyLock`); a second registration of a name is a bug.
+pub fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
+    prometheus::register(Box::new(metric.clone())).expect("metric registered once");
+    metric
+}
+
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    prometheus::register(Box::new(c.clone())).expect("metric registered once");
-    c
+    register(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition"))
 }
 
 fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    let h = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-        labels,
+    register(
+        HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+            labels,
+        )
+        .expect("valid metric definition"),
     )
-    .expect("valid metric definition");
-    prometheus::register(Box::new(h.clone())).expect("metric registered once");
-    h
 }
 
 /// `grpc_server_handled_total{grpc_service, grpc_method, grpc_code}`

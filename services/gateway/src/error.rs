@@ -8,10 +8,8 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use service_kit::grpc::ERROR_NAME;
 use tonic::Code;
-
-/// Metadata key services use to name an error for clients.
-pub const ERROR_NAME: &str = "x-error-name";
 
 /// An error answered to a client: status, Upbit error name, a safe message.
 #[derive(Debug)]

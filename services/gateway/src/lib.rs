@@ -108,15 +108,17 @@ impl App {
                 ws_open_per_ip: config.ws_max_connections_per_ip,
                 ws_max_message: config.ws_max_message,
                 ws_write_buffer: config.ws_write_buffer,
+                ws_buffer: config.ws_buffer,
+                ws_idle: config.ws_idle_timeout,
             },
             limiter,
-            config.ws_buffer,
-            config.ws_idle_timeout,
-            config.trusted_proxies,
-            self.server.served_by().to_owned(),
-            self.server.draining(),
-            self.server.health(),
+            state::Process {
+                served_by: self.server.served_by().to_owned(),
+                draining: self.server.draining(),
+                health: self.server.health(),
+            },
         );
+        gw.trusted_proxies = config.trusted_proxies;
         gw.request_timeout = config.request_timeout;
         gw.ws_stall = config.ws_stall_timeout;
         gw.trust_traceparent = config.trust_traceparent;

@@ -59,6 +59,18 @@ pub struct Limits {
     /// so about the most it holds unsent: a client that does not read stalls
     /// only its own connection, which falls behind its feeds and is closed.
     pub ws_write_buffer: usize,
+    /// Messages a feed keeps for its slowest WebSocket client.
+    pub ws_buffer: usize,
+    /// How long a WebSocket connection may stay silent.
+    pub ws_idle: Duration,
+}
+
+/// What the gateway takes from the process serving it.
+pub struct Process {
+    /// This process's `service/version/pod`.
+    pub served_by: String,
+    pub draining: CancellationToken,
+    pub health: Health,
 }
 
 impl Limits {
@@ -84,7 +96,6 @@ pub struct Gateway {
     pub ws_open: Arc<WsSlots>,
     /// The market-data streams WebSocket subscriptions share.
     pub fanout: Arc<crate::fanout::Fanout>,
-    pub ws_idle: Duration,
     /// Longest a WebSocket write may wait for the client to read before the
     /// connection is closed as too slow.
     pub ws_stall: Duration,
@@ -111,19 +122,23 @@ pub type Shared = Arc<Gateway>;
 const MARKETS_TTL: Duration = Duration::from_secs(30);
 
 impl Gateway {
-    #[allow(clippy::too_many_arguments)]
+    /// A gateway with these limits; the settings below them start at their
+    /// defaults (no trusted proxy, 10 s WebSocket stall, 30 s requests).
     pub fn new(
         upstreams: Upstreams,
         limits: Limits,
         limiter: RateLimiter,
-        ws_buffer: usize,
-        ws_idle: Duration,
-        trusted_proxies: usize,
-        served_by: String,
-        draining: CancellationToken,
-        health: Health,
+        process: Process,
     ) -> Self {
-        let fanout = Arc::new(crate::fanout::Fanout::new(upstreams.md.clone(), ws_buffer));
+        let fanout = Arc::new(crate::fanout::Fanout::new(
+            upstreams.md.clone(),
+            limits.ws_buffer,
+        ));
+        let Process {
+            served_by,
+            draining,
+            health,
+        } = process;
         Self {
             md: upstreams.md,
             user: upstreams.user,
@@ -134,9 +149,8 @@ impl Gateway {
             ws_connects: PerSecond::new(limits.ws_connects),
             ws_open: Arc::new(WsSlots::default()),
             fanout,
-            ws_idle,
             ws_stall: Duration::from_secs(10),
-            trusted_proxies,
+            trusted_proxies: 0,
             request_timeout: Duration::from_secs(30),
             trust_traceparent: false,
             served_by,

@@ -160,12 +160,12 @@ async fn serve(socket: WebSocket, gw: &Shared) -> &'static str {
     let mut format = Format::Default;
     let mut window = RequestWindow::default();
     let mut subscribed: Vec<Subscription> = Vec::new();
-    let idle = tokio::time::sleep(gw.ws_idle);
+    let idle = tokio::time::sleep(gw.limits.ws_idle);
     tokio::pin!(idle);
     loop {
         tokio::select! {
             received = incoming.recv() => {
-                idle.as_mut().reset(tokio::time::Instant::now() + gw.ws_idle);
+                idle.as_mut().reset(tokio::time::Instant::now() + gw.limits.ws_idle);
                 let text = match received {
                     None => break "client",
                     Some(Incoming::Heard) => continue,

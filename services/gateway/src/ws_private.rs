@@ -302,13 +302,13 @@ async fn serve(socket: WebSocket, gw: &Shared, req: UpbitRequest) {
     let retry = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(retry);
     let mut reconnect = false;
-    let idle = tokio::time::sleep(gw.ws_idle);
+    let idle = tokio::time::sleep(gw.limits.ws_idle);
     tokio::pin!(idle);
     loop {
         let mut out: Vec<Message> = Vec::new();
         tokio::select! {
             received = incoming.recv() => {
-                idle.as_mut().reset(tokio::time::Instant::now() + gw.ws_idle);
+                idle.as_mut().reset(tokio::time::Instant::now() + gw.limits.ws_idle);
                 let text = match received {
                     None => break,
                     Some(Incoming::Heard) => continue,

@@ -5,11 +5,7 @@ use std::sync::LazyLock;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
 };
-
-fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
-    prometheus::register(Box::new(metric.clone())).expect("metric registered once");
-    metric
-}
+use telemetry::metrics::register;
 
 const LAG_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0,

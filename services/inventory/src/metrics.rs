@@ -3,14 +3,10 @@
 use std::sync::LazyLock;
 
 use prometheus::{IntCounter, IntCounterVec, Opts};
+use telemetry::metrics::register;
 
 use crate::error::InventoryError;
 use crate::store::Settled;
-
-fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
-    prometheus::register(Box::new(metric.clone())).expect("metric registered once");
-    metric
-}
 
 /// Fills refused because their order's terms do not allow them.
 pub static FILLS_REFUSED: LazyLock<IntCounter> = LazyLock::new(|| {

@@ -5,11 +5,7 @@ use std::sync::LazyLock;
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
 };
-
-fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
-    prometheus::register(Box::new(metric.clone())).expect("metric registered once");
-    metric
-}
+use telemetry::metrics::register;
 
 /// Latency buckets for pipeline lag (seconds): 0.5 ms .. 60 s.
 const LAG_BUCKETS: &[f64] = &[

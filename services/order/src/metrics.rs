@@ -3,14 +3,10 @@
 use std::sync::LazyLock;
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+use telemetry::metrics::register;
 
 use crate::error::OrderError;
 use crate::service::View;
-
-fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
-    prometheus::register(Box::new(metric.clone())).expect("metric registered once");
-    metric
-}
 
 /// 1 while this replica leads matching and follows the live trades.
 pub static MATCHER_LEADING: LazyLock<IntGauge> = LazyLock::new(|| {
