@@ -6,13 +6,16 @@
 #   2. chart      helm lint --strict + helm template for values.yaml, each strategy file
 #                 and variants (monitoring on, Istio off, external stores, live Upbit, HA
 #                 stores: values-ha.yaml, whose CloudNativePG Cluster is checked
-#                 structurally by check_rendered.py instead, scheduled jobs off);
+#                 structurally by check_rendered.py instead, scheduled jobs off, the
+#                 egress allow-list off, an extra ServiceEntry);
 #                 every render validated strictly (Kubernetes 1.31, Istio, Prometheus
 #                 operator CRDs); rendering twice gives the same bytes
 #   3. mesh       static checks of every render with istio/mesh (check_rendered.py):
 #                 subsets, weights, canary/blue-green/rolling shapes, labels, probes,
 #                 limits, restricted security, NetworkPolicy and AuthorizationPolicy
-#                 coverage of every wired call, Secrets scripts/deploy creates; a
+#                 coverage of every wired call, one Sidecar per workload whose egress
+#                 covers its calls (REGISTRY_ONLY; a ServiceEntry for every host outside
+#                 the cluster), Secrets scripts/deploy creates; a
 #                 release under another name in another namespace (payments in
 #                 trading) whose every policy must name its own ServiceAccounts
 #   4. negatives  deliberately broken values (scripts/lib/k8s/negative/) and broken
@@ -352,6 +355,11 @@ renders=(
   "monitoring|--set monitoring.podMonitor.enabled=true --set monitoring.prometheusRule.enabled=true|--expect-store-exporters"
   "external-stores|--set postgresql.enabled=false --set externalDatabase.host=db.example.internal --set externalDatabase.existingSecret=exchange-db --set redis.enabled=false --set externalRedis.host=cache.example.internal --set externalRedis.existingSecret=exchange-cache|"
   "live-upbit|--set services.ingestor.upbit.source=live --set services.upbit-sim.enabled=false|"
+  # The egress allow-list switched off (istio.sidecarScoping, istio.egress.registryOnly),
+  # and an internet host of one's own allowed the documented way (a ServiceEntry from
+  # istio.egress.serviceEntries, the host in the caller's istio.egressHosts).
+  "open-egress|--set istio.sidecarScoping=false --set istio.egress.registryOnly=false|--allow-open-egress"
+  "extra-egress|--set istio.egress.serviceEntries.prices.hosts[0]=prices.example.com,istio.egress.serviceEntries.prices.ports[0].number=443,istio.egress.serviceEntries.prices.ports[0].name=tls,istio.egress.serviceEntries.prices.ports[0].protocol=TLS --set services.order.config.PRICES_URL=https://prices.example.com/v1 --set services.order.istio.egressHosts[0]=./prices.example.com|"
   "own-gateway|--set istio.ingress.createGateway=true|"
   "no-istio|-f $CHART/values-bluegreen.yaml --set istio.enabled=false|"
   # Another namespace and release name: every policy must name them (--release).

@@ -3,7 +3,8 @@ Scheduled jobs: CronJobs running a service binary's job subcommand (e.g.
 `market-data retention`) from the service's own image, with its database settings
 (exchange.databaseEnv, as its Deployments). Each job is a component of its own,
 <service>-<job>: its own ServiceAccount (mesh identity), pod labels no Service or
-policy of the service selects, and a NetworkPolicy allowing exactly its calls.
+policy of the service selects, and a NetworkPolicy and a Sidecar (_sidecar.tpl)
+allowing exactly its calls.
 
 In the mesh the job keeps its sidecar (mTLS to Postgres and upbit-sim under STRICT,
 callers named by AuthorizationPolicy) as a Kubernetes native sidecar
@@ -90,7 +91,7 @@ live: false
 {{- end -}}
 
 {{/*
-Every object of one job: ServiceAccount, CronJob, NetworkPolicy.
+Every object of one job: ServiceAccount, CronJob, NetworkPolicy, Sidecar.
 Context: {root, name (<service>-<job>), service, job}.
 */}}
 {{- define "exchange.cronJob" -}}
@@ -288,5 +289,9 @@ spec:
         - {protocol: TCP, port: {{ $sim.ports.http }}}
     {{- end }}
     {{- include "exchange.netpol.baseEgress" $root | nindent 4 }}
+{{- end }}
+{{- if include "exchange.egress.on" $root }}
+---
+{{ include "exchange.sidecar" (dict "root" $root "name" .name "calls" (include "exchange.egress.jobCalls" (dict "root" $root "service" .service "job" .job) | fromYamlArray)) }}
 {{- end }}
 {{- end -}}

@@ -33,6 +33,10 @@ Every Kubernetes object of one application service. templates/<service>.yaml cal
 ---
 {{ include "exchange.authorizationPolicy" $ctx }}
 {{- end }}
+{{- if include "exchange.egress.on" .root }}
+---
+{{ include "exchange.sidecar" (merge (dict "calls" (include "exchange.egress.serviceCalls" $ctx | fromYamlArray) "hosts" $ctx.svc.istio.egressHosts) $ctx) }}
+{{- end }}
 {{- /* Routing only for services whose main port is published (not the health-only ingestor). */ -}}
 {{- if and .root.Values.istio.enabled (has (include "exchange.mainPort" $ctx.svc) $ctx.svc.servicePorts) }}
 ---

@@ -61,6 +61,13 @@ objects fit together the way the mesh needs:
               not know) is checked structurally here (the fields the chart sets, their
               types), with storage, and its Services (<cluster>-rw/-ro/-r) and pods
               stand in for the wiring and NetworkPolicy checks
+  sidecars    in the mesh, every pod with a sidecar is selected by exactly one Sidecar
+              of the release, with outboundTrafficPolicy REGISTRY_ONLY, whose egress
+              imports every host the pod calls (each URL in its environment, the API
+              server when it mounts a token, the Collector its sidecar's spans go to)
+              and never every host of the mesh ("*/*"); a host outside the cluster
+              needs a ServiceEntry naming it and its port (--allow-open-egress: the
+              render turns istio.sidecarScoping and istio.egress.registryOnly off)
   gate        the release gate's Job: never retried, its own deadline before the
               Job's, cleaned up, a native sidecar; its ServiceAccount bound to a Role
               that may only get/list/patch VirtualServices (each one it patches
@@ -1309,6 +1316,146 @@ class Render:
                          f"{grace} s grace period: it must stay up for all but the last 10 s "
                          f"(proxy.istio.io/config terminationDrainDuration)")
 
+    # ---- sidecar scoping and the egress allow-list ------------------------------------
+    ANY_URL = re.compile(r"^([a-z][a-z0-9+.-]*)://(?:[^@/]*@)?(\[[^]]*\]|[^:/?]+)(?::(\d+))?")
+    SCHEME_PORTS = {"http": 80, "ws": 80, "grpc": 80, "https": 443, "wss": 443, "postgres": 5432,
+                    "postgresql": 5432, "redis": 6379, "rediss": 6379, "redis-sentinel": 26379,
+                    "rediss-sentinel": 26379}
+    LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+    def in_cluster(self, host):
+        """<service>.<namespace>.svc.<cluster domain> for a host inside the cluster (a bare
+        name is a Service of the release's namespace), None for a host outside it."""
+        h = host.lower().rstrip(".")
+        if "." not in h:
+            return f"{h}.{self.ns}.svc.{CLUSTER_DOMAIN}"
+        if h.endswith(".svc"):
+            h = f"{h}.{CLUSTER_DOMAIN}"
+        if h.endswith(f".svc.{CLUSTER_DOMAIN}") and h.count(".") == 2 + CLUSTER_DOMAIN.count(".") + 1:
+            return h
+        return None
+
+    def token_mounted(self, w):
+        spec = self.template(w)["spec"]
+        if "automountServiceAccountToken" in spec:
+            return spec["automountServiceAccountToken"] is True
+        sa = next((s for s in self.by.get("ServiceAccount", []) if name_of(s) == spec.get("serviceAccountName")), None)
+        return sa is None or sa.get("automountServiceAccountToken", True) is True
+
+    def calls_of(self, w, collectors):
+        """(host, port, why) of every call w makes: every URL in its containers'
+        environment (loopback aside), the API server when it mounts a token, and the
+        Collector its sidecar sends its own spans to (Istio's otel-tracing provider,
+        which check_observability.py pins to the Collector the services export to)."""
+        out = []
+        for c in self.containers(w):
+            for key, val in sorted(self.env_of(c).items()):
+                m = self.ANY_URL.match(val)
+                if not m or m.group(2).lower() in self.LOOPBACK:
+                    continue
+                out.append((m.group(2).lower(), int(m.group(3) or self.SCHEME_PORTS.get(m.group(1), 80)), key))
+        if self.token_mounted(w):
+            out.append((f"kubernetes.default.svc.{CLUSTER_DOMAIN}", 443, "the API server (a mounted token)"))
+        for host, port in sorted(collectors):
+            out.append((host, port, "the Collector: its sidecar's spans"))
+        return out
+
+    @staticmethod
+    def dns_matches(pattern, host):
+        pattern = pattern.lower()
+        if pattern == "*":
+            return True
+        if pattern.startswith("*."):
+            return host.endswith(pattern[1:])
+        return pattern == host
+
+    def sidecar_imports(self, sc, namespace, host):
+        """The Sidecar's egress holds host of namespace (a Service there, or a ServiceEntry)."""
+        for eg in (sc.get("spec") or {}).get("egress") or []:
+            for entry in eg.get("hosts") or []:
+                ns, _, dns = str(entry).partition("/")
+                ns = self.ns if ns == "." else ns
+                if ns != "~" and ns in ("*", namespace) and self.dns_matches(dns, host):
+                    return True
+        return False
+
+    def service_entry_for(self, host, port):
+        """A ServiceEntry of the release's namespace, visible there, naming host:port."""
+        for se in self.by.get("ServiceEntry", []):
+            if (se.get("metadata") or {}).get("namespace", self.ns) != self.ns:
+                continue
+            spec = se.get("spec") or {}
+            if not set(spec.get("exportTo") or ["*"]) & {"*", ".", self.ns}:
+                continue
+            named = any(self.dns_matches(h, host) for h in spec.get("hosts") or []) or host in (spec.get("addresses") or [])
+            if named and any(p.get("number") == port for p in spec.get("ports") or []):
+                return se
+        return None
+
+    def check_sidecars(self, allow_open=False):
+        """Every pod with a sidecar is selected by exactly one Sidecar of the release,
+        whose egress imports every host the pod calls (a host outside the cluster also
+        needs a ServiceEntry, or REGISTRY_ONLY drops the call) and nothing beyond its
+        namespaces (never every host of the mesh, "*/*"), with outboundTrafficPolicy
+        REGISTRY_ONLY; --allow-open-egress accepts pods without a Sidecar, "*/*" and the
+        mesh's default policy (istio.sidecarScoping and istio.egress.registryOnly off)."""
+        if not self.in_mesh():
+            return
+        sidecars = [s for s in self.by.get("Sidecar", []) if (s.get("metadata") or {}).get("namespace", self.ns) == self.ns]
+        collectors = set()
+        for w in self.workloads:
+            for c in self.containers(w):
+                m = self.ANY_URL.match(self.env_of(c).get("OTEL_EXPORTER_OTLP_ENDPOINT", ""))
+                if m:
+                    collectors.add((m.group(2).lower(), int(m.group(3) or 80)))
+
+        def selector(sc):
+            return ((sc.get("spec") or {}).get("workloadSelector") or {}).get("labels")
+
+        for sc in sidecars:
+            sid = ident(sc)
+            sel = selector(sc)
+            if sel and not any(selects(sel, self.tlabels(w)) for w in self.workloads + self.gate_pods()):
+                self.err(f"{sid}: workloadSelector {sel} selects no rendered pod template")
+            mode = ((sc.get("spec") or {}).get("outboundTrafficPolicy") or {}).get("mode")
+            if mode != "REGISTRY_ONLY" and not allow_open:
+                self.err(f"{sid}: outboundTrafficPolicy is {mode or 'the mesh default (ALLOW_ANY)'}, not REGISTRY_ONLY: "
+                         f"its pods may call any host on the internet (istio.egress.registryOnly)")
+            hosts = [str(h) for eg in (sc.get("spec") or {}).get("egress") or [] for h in eg.get("hosts") or []]
+            if not hosts:
+                self.err(f"{sid}: no egress hosts")
+            if "*/*" in hosts and not allow_open:
+                self.err(f"{sid}: egress \"*/*\" imports every host of the mesh (istio.sidecarScoping is off)")
+        for w in self.workloads + self.gate_pods():
+            if not self.has_sidecar(w):
+                continue
+            wid = ident(w)
+            labels = self.tlabels(w)
+            chosen = [s for s in sidecars if selector(s) and selects(selector(s), labels)] \
+                or [s for s in sidecars if not selector(s)]
+            if not chosen:
+                if not allow_open:
+                    self.err(f"{wid}: no Sidecar selects it: its Envoy holds every service of the mesh and may call any host")
+                continue
+            if len(chosen) > 1:
+                self.err(f"{wid}: {len(chosen)} Sidecars select it ({', '.join(ident(s) for s in chosen)}): Istio applies one of them")
+                continue
+            sc = chosen[0]
+            registry_only = ((sc.get("spec") or {}).get("outboundTrafficPolicy") or {}).get("mode") == "REGISTRY_ONLY"
+            for host, port, why in self.calls_of(w, collectors):
+                fq = self.in_cluster(host)
+                if fq:
+                    if not self.sidecar_imports(sc, fq.split(".")[1], fq):
+                        self.err(f"{ident(sc)}: egress does not cover {fq}:{port}, which {wid} calls ({why}): "
+                                 f"list {fq.split('.')[1]}/{fq}")
+                elif registry_only:
+                    se = self.service_entry_for(host, port)
+                    if se is None:
+                        self.err(f"{wid} calls {host}:{port} ({why}), which no ServiceEntry names: REGISTRY_ONLY drops it")
+                    elif not self.sidecar_imports(sc, (se.get("metadata") or {}).get("namespace", self.ns), host):
+                        self.err(f"{ident(sc)}: egress does not cover {host}:{port}, which {wid} calls ({why}) "
+                                 f"through {ident(se)}: list ./{host}")
+
     MUTABLE_TAG = re.compile(r"^(latest|v[0-9]+)$")
 
     def check_image_tags(self):
@@ -1561,7 +1708,7 @@ DEFAULT_MONITOR_LABELS = {"release": "kube-prometheus-stack"}
 
 def run_checks(docs, namespace, mesh_docs, expectations, provided_secrets=None, release=None,
                external_principals=(INGRESS_PRINCIPAL,), allow_served_by=False, allow_reflection=False,
-               allow_health=False, monitor_labels=None):
+               allow_health=False, monitor_labels=None, allow_open_egress=False):
     r = Render(docs, namespace, mesh_docs, release, external_principals)
     if not docs:
         r.err("the render is empty")
@@ -1583,6 +1730,7 @@ def run_checks(docs, namespace, mesh_docs, expectations, provided_secrets=None, 
     r.check_monitoring()
     r.check_probes_in_mesh()
     r.check_sidecar_drain()
+    r.check_sidecars(allow_open_egress)
     r.check_image_tags()
     r.check_hpa_replicas()
     r.check_faults()
@@ -2035,6 +2183,31 @@ def mutations(prefix):
     def m_job_selected(docs, mesh):
         find(docs, "Service", f"{p}-user")["spec"]["selector"] = {"app.kubernetes.io/instance": "exchange"}
 
+    def sidecar_hosts(docs, name):
+        return find(docs, "Sidecar", f"{p}-{name}")["spec"]["egress"][0]["hosts"]
+
+    def m_sidecar_call(docs, mesh):
+        hosts = sidecar_hosts(docs, "order")
+        hosts[:] = [h for h in hosts if "inventory" not in h]
+
+    def m_sidecar_collector(docs, mesh):
+        hosts = sidecar_hosts(docs, "redis")
+        hosts[:] = [h for h in hosts if "otel-collector" not in h] or ["~/*"]
+
+    def m_sidecar_missing(docs, mesh):
+        docs.remove(find(docs, "Sidecar", f"{p}-user-retention"))
+
+    def m_sidecar_twice(docs, mesh):
+        extra = copy.deepcopy(find(docs, "Sidecar", f"{p}-gateway"))
+        extra["metadata"]["name"] = f"{p}-gateway-extra"
+        docs.append(extra)
+
+    def m_sidecar_allow_any(docs, mesh):
+        del find(docs, "Sidecar", f"{p}-market-data")["spec"]["outboundTrafficPolicy"]
+
+    def m_sidecar_unscoped(docs, mesh):
+        sidecar_hosts(docs, "ingestor")[:] = ["*/*"]
+
     def m_pgdata_emptydir(docs, mesh):
         ss = find(docs, "StatefulSet", f"{p}-postgresql")
         ss["spec"]["volumeClaimTemplates"] = []
@@ -2051,6 +2224,12 @@ def mutations(prefix):
         ("CronJob on a re-pushed tag", "CronJob/exchange-user-retention container user: image", "base", m_job_tag),
         ("Service selecting a job's pods", "selects the pods of CronJob", "base", m_job_selected),
         ("Postgres data on an emptyDir", "not a PersistentVolumeClaim", "base", m_pgdata_emptydir),
+        ("Sidecar without a wired call", "Sidecar/exchange-order: egress does not cover exchange-inventory", "base", m_sidecar_call),
+        ("Sidecar without the Collector its spans go to", "Sidecar/exchange-redis: egress does not cover otel-collector", "base", m_sidecar_collector),
+        ("CronJob without a Sidecar", "CronJob/exchange-user-retention: no Sidecar selects it", "base", m_sidecar_missing),
+        ("two Sidecars for one workload", "2 Sidecars select it", "canary", m_sidecar_twice),
+        ("Sidecar open to any host (ALLOW_ANY)", "not REGISTRY_ONLY", "base", m_sidecar_allow_any),
+        ("Sidecar importing every host of the mesh", "imports every host of the mesh", "bluegreen", m_sidecar_unscoped),
         ("canary weights do not sum to 100", "sum to", "canary", m_weights),
         ("probe ports closed to the kubelet", "no NetworkPolicy admits the kubelet on 15020", "base", m_kubelet),
         ("Postgres' sidecar on the default 5 s drain", "the sidecar drains 5s (the default)", "base", m_store_drain),
@@ -2156,6 +2335,9 @@ def main(argv):
     ap.add_argument("--expect-ha", action="store_true",
                     help="values-ha.yaml: a CloudNativePG Cluster of 2+ instances behind every DATABASE_URL, Redis via Sentinels")
     ap.add_argument("--prefix", default="exchange", help="object name prefix (release fullname) for --self-test")
+    ap.add_argument("--allow-open-egress", action="store_true",
+                    help="Sidecar scoping and REGISTRY_ONLY are off on purpose (istio.sidecarScoping, "
+                         "istio.egress.registryOnly): pods without a Sidecar and open egress are accepted")
     ap.add_argument("--allow-health", action="store_true",
                     help="the ingress forwards the probe paths on purpose (the load-test overlay)")
     ap.add_argument("--monitor-label", action="append", default=[], metavar="KEY=VALUE",
@@ -2233,7 +2415,7 @@ def main(argv):
             provided = {tuple(line.split()[:2]) for line in f if len(line.split()) >= 2}
     r = run_checks(docs, a.namespace, mesh_docs, parse_expectations(a), provided, a.release,
                    a.external_principal or [INGRESS_PRINCIPAL], a.allow_served_by, a.allow_reflection,
-                   a.allow_health, monitor_labels)
+                   a.allow_health, monitor_labels, a.allow_open_egress)
     for e in r.errors:
         print(f"VIOLATION {e}")
     print(f"{len(docs)} objects checked, {len(r.errors)} violations")
