@@ -759,13 +759,7 @@ async fn one_websocket_client_cannot_stall_or_flood_the_gateway() {
         panic!("{}", String::from_utf8_lossy(&bytes))
     };
     assert_eq!(e.name, "INVALID_PARAM");
-    let trade_feeds = || {
-        test_support::read_metric(
-            stack.gateways[0].admin,
-            "gateway_ws_feeds",
-            &["type=\"trade\""],
-        )
-    };
+    let trade_feeds = || stack.ws_feeds(Some("trade"));
     let (before, feeds_before) = (stack.md_streams("trade").await, trade_feeds().await);
     ws_send(&mut repeat, &objects(15)).await;
     eventually(
@@ -842,8 +836,7 @@ async fn websocket_clients_share_one_stream_per_market_and_a_slow_one_is_dropped
     .await;
     wait_rest_price(&stack, "KRW-BTC", "148000000").await;
     let addr = stack.gateways[0].http;
-    let admin = stack.gateways[0].admin;
-    let feeds = || test_support::read_metric(admin, "gateway_ws_feeds", &[]);
+    let feeds = || stack.ws_feeds(None);
     let (md_before, feeds_before) = (stack.md_streams("trade").await, feeds().await);
     let books_before = stack.md_streams("orderbook").await;
     assert_eq!(feeds_before, 0.0);
@@ -893,8 +886,13 @@ async fn websocket_clients_share_one_stream_per_market_and_a_slow_one_is_dropped
             }
         }
     });
-    let closed_slow =
-        || test_support::read_metric(admin, "gateway_ws_closed_total", &["reason=\"slow\""]);
+    let closed_slow = || {
+        test_support::read_metric(
+            stack.gateways[0].admin,
+            "gateway_ws_closed_total",
+            &["reason=\"slow\""],
+        )
+    };
     stack.sim_post("/sim/rate?eps=4000").await;
     eventually(
         Duration::from_secs(60),

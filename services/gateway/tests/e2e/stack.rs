@@ -330,6 +330,14 @@ impl Stack {
         .await
     }
 
+    /// The WebSocket feeds the gateways hold (one per type and market), of
+    /// `kind` or of every type.
+    pub async fn ws_feeds(&self, kind: Option<&str>) -> f64 {
+        let label = kind.map(|k| format!("type=\"{k}\""));
+        let labels: Vec<&str> = label.iter().map(String::as_str).collect();
+        test_support::read_metric(self.gateways[0].admin, "gateway_ws_feeds", &labels).await
+    }
+
     /// Realtime WebSocket subscriptions the gateways serve (they run in this
     /// process, so one registry holds them all).
     pub async fn ws_subscriptions(&self) -> f64 {
