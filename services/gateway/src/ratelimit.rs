@@ -4,10 +4,11 @@
 //! of N, then one more each W/N: over any span t, at most N + t·N/W requests.
 //! Unlike fixed windows there is no boundary across which 2N pass at once
 //! ("1 per 2 s" means 2 s between two requests), and a refused request is not
-//! counted, so a client that paces itself is never locked out by its 429s. When Redis is unreachable (or slower than
-//! 250 ms) the same limits are counted in this process instead, so a Redis
-//! outage loosens a limit (each replica counts alone) but never lifts it;
-//! `gateway_ratelimit_errors_total` shows it.
+//! counted, so a client that paces itself is never locked out by its 429s.
+//! When Redis is unreachable (or slower than 250 ms) the same limits are
+//! counted in this process instead, so a Redis outage loosens a limit (each
+//! replica counts alone) but never lifts it; `gateway_ratelimit_errors_total`
+//! shows it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -34,7 +35,7 @@ static ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
 const REDIS_WAIT: Duration = Duration::from_millis(250);
 /// After Redis failed a check, how long the local count is used without asking
 /// it (so an outage does not add its timeout to every request).
-const REDIS_PAUSE_MS: u64 = 2_000;
+const REDIS_PAUSE: Duration = Duration::from_secs(2);
 /// Counters the local fallback keeps before it forgets the old ones.
 const LOCAL_KEYS: usize = 100_000;
 
@@ -180,7 +181,8 @@ struct Cell {
 /// epoch), which moves on by `step` per admitted request; the requests counted
 /// are how many steps it is ahead of now. Admitted if fewer than `limit` are
 /// counted, and then counted when `admit` (a peek only reads). Returns the new
-/// TAT. [`SCRIPT`] is the same in Lua; the tests hold the two to each other.
+/// TAT. [`SCRIPT`] is the same in Lua; the unit tests put both through the
+/// same cases (a burst, refusals, a peek).
 fn gcra(tat: u64, now: u64, step: u64, limit: u64, admit: bool) -> (u64, Cell) {
     let tat = tat.max(now);
     let used = (tat - now).div_ceil(step);
@@ -315,7 +317,7 @@ impl RateLimiter {
         let cell = self.take(group, client, limit, window, true).await;
         if cell.admitted {
             Decision::Allowed {
-                remaining: limit.saturating_sub(cell.used.min(u64::from(u32::MAX)) as u32),
+                remaining: limit.saturating_sub(u32::try_from(cell.used).unwrap_or(u32::MAX)),
             }
         } else {
             Decision::Limited
@@ -356,7 +358,7 @@ impl RateLimiter {
             _ => {
                 ERRORS.inc();
                 self.paused_until
-                    .store(now + REDIS_PAUSE_MS * 1000, Ordering::Relaxed);
+                    .store(now + REDIS_PAUSE.as_micros() as u64, Ordering::Relaxed);
                 self.local.take(&key, now, step, limit, admit)
             }
         }

@@ -372,14 +372,18 @@ impl Orders {
         Ok(Some(self.view(existing).await?))
     }
 
-    fn too_many_open(&self, side: Side) -> OrderError {
-        OrderError::Named(
+    /// Refuses the order when its user has as many orders open as allowed.
+    async fn within_open_cap(&self, user: Uuid, side: Side) -> Result<(), OrderError> {
+        if store::open_count(&self.pool, user).await? < self.rules.max_open_orders {
+            return Ok(());
+        }
+        Err(OrderError::Named(
             domain::create_error(side),
             format!(
                 "at most {} orders may be open at once; cancel some first",
                 self.rules.max_open_orders
             ),
-        )
+        ))
     }
 
     fn duplicate_identifier(side: Side, identifier: &str) -> OrderError {
@@ -431,9 +435,7 @@ impl Orders {
             if let Some(view) = self.retried(&req).await? {
                 return Ok((view, false));
             }
-            if store::open_count(&self.pool, req.user).await? >= self.rules.max_open_orders {
-                return Err(self.too_many_open(req.side));
-            }
+            self.within_open_cap(req.user, req.side).await?;
             return Err(Self::duplicate_identifier(
                 req.side,
                 req.identifier.unwrap_or_default(),
@@ -530,9 +532,7 @@ impl Orders {
                 return Err(Self::duplicate_identifier(req.side, identifier));
             }
         }
-        if store::open_count(&self.pool, req.user).await? >= self.rules.max_open_orders {
-            return Err(self.too_many_open(req.side));
-        }
+        self.within_open_cap(req.user, req.side).await?;
         let (order, placement) = self.plan(&req).await?;
         let (fills, state) = match placement {
             Placement::WouldTake => (Vec::new(), State::Cancel),
