@@ -77,6 +77,13 @@ try {
   const rows = await page.$$eval("#board tbody tr", (trs) => trs.map((tr) => tr.querySelector(".price").textContent));
   step("the ticker board shows prices", rows.filter((p) => p !== "—").length >= 2, JSON.stringify(rows));
 
+  // The test designated KRW-XRP (Upbit's warning and a caution) before the page loaded.
+  const badges = await page.$$eval('tr[data-market="KRW-XRP"] .badge', (bs) => bs.map((b) => `${b.textContent}:${b.title}`));
+  step("Upbit's designations are badged", JSON.stringify(badges) === JSON.stringify(
+    ["유의:Investment warning", "주의:Caution: PRICE_FLUCTUATIONS"]), JSON.stringify(badges));
+  const plain = await page.$$eval('tr[data-market="KRW-BTC"] .badge', (bs) => bs.length);
+  step("and only those", plain === 0, `${plain} on KRW-BTC`);
+
   await page.waitForFunction(() => window.exchange.candles > 0, { timeout: 15000 });
   const before = await page.evaluate(() => window.exchange.lastCandle);
   step("the chart shows candles", before !== null, JSON.stringify(before));

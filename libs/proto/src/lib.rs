@@ -6,6 +6,8 @@
 
 #[warn(clippy::all)]
 pub mod decimal;
+#[warn(clippy::all)]
+mod market_event;
 
 /// `exchange.marketdata.v1`
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

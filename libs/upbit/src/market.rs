@@ -3,6 +3,7 @@
 use std::fmt;
 
 use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 
 /// A market code `QUOTE-BASE`, e.g. `KRW-BTC`: uppercase ASCII letters and digits.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -157,6 +158,48 @@ pub fn min_order_total(quote: &str) -> Decimal {
     }
 }
 
+/// Why a market is under caution: `market_event.caution` of
+/// `/v1/market/all?is_details=true`. Upbit may add reasons; unknown ones are
+/// ignored when read, missing ones read as false.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE", default)]
+pub struct Caution {
+    pub price_fluctuations: bool,
+    pub trading_volume_soaring: bool,
+    pub deposit_amount_soaring: bool,
+    pub global_price_differences: bool,
+    pub concentration_of_small_accounts: bool,
+}
+
+impl Caution {
+    /// The reasons set, in Upbit's order and spelling.
+    pub fn reasons(&self) -> Vec<&'static str> {
+        [
+            (self.price_fluctuations, "PRICE_FLUCTUATIONS"),
+            (self.trading_volume_soaring, "TRADING_VOLUME_SOARING"),
+            (self.deposit_amount_soaring, "DEPOSIT_AMOUNT_SOARING"),
+            (self.global_price_differences, "GLOBAL_PRICE_DIFFERENCES"),
+            (
+                self.concentration_of_small_accounts,
+                "CONCENTRATION_OF_SMALL_ACCOUNTS",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect()
+    }
+}
+
+/// A market's designations, `market_event` of `/v1/market/all?is_details=true`:
+/// `warning` is Upbit's investment warning (투자유의), `caution` its reasons
+/// for caution (주의).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MarketEvent {
+    pub warning: bool,
+    pub caution: Caution,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +207,27 @@ mod tests {
 
     fn dec(s: &str) -> Decimal {
         Decimal::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn market_events_read_as_upbit_writes_them() {
+        // Upbit's shape, plus a reason it may add later and one it may drop.
+        let json = r#"{"warning": true, "caution": {"PRICE_FLUCTUATIONS": true,
+            "TRADING_VOLUME_SOARING": false, "GLOBAL_PRICE_DIFFERENCES": true,
+            "SOMETHING_NEW": true}}"#;
+        let event: MarketEvent = serde_json::from_str(json).unwrap();
+        assert!(event.warning);
+        assert_eq!(
+            event.caution.reasons(),
+            ["PRICE_FLUCTUATIONS", "GLOBAL_PRICE_DIFFERENCES"]
+        );
+        let written = serde_json::to_value(event).unwrap();
+        assert_eq!(written["caution"]["GLOBAL_PRICE_DIFFERENCES"], true);
+        assert_eq!(written["caution"]["DEPOSIT_AMOUNT_SOARING"], false);
+        assert_eq!(written["caution"].as_object().unwrap().len(), 5);
+        let empty: MarketEvent = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty, MarketEvent::default());
+        assert!(empty.caution.reasons().is_empty());
     }
 
     #[test]

@@ -847,22 +847,7 @@ pub mod rest {
         out
     }
 
-    /// `market_event.caution` of `/v1/market/all?is_details=true`.
-    #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-    #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-    pub struct Caution {
-        pub price_fluctuations: bool,
-        pub trading_volume_soaring: bool,
-        pub deposit_amount_soaring: bool,
-        pub global_price_differences: bool,
-        pub concentration_of_small_accounts: bool,
-    }
-
-    #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-    pub struct MarketEvent {
-        pub warning: bool,
-        pub caution: Caution,
-    }
+    pub use crate::market::{Caution, MarketEvent};
 
     /// One element of `GET /v1/market/all`.
     #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

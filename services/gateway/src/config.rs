@@ -114,6 +114,11 @@ pub struct Config {
     #[arg(long, env = "TRUSTED_PROXIES", default_value_t = 0)]
     pub trusted_proxies: usize,
 
+    /// How long the market list (names, Upbit's warning and caution) is cached
+    /// between reads from market-data.
+    #[arg(long, env = "MARKETS_TTL", default_value = "30s", value_parser = service_kit::config::parse_duration)]
+    pub markets_ttl: std::time::Duration,
+
     /// Continue the trace of a client's `traceparent` (its trace id and its
     /// sampling flag). Off: each request starts a trace of its own, sampled by
     /// OTEL_TRACES_SAMPLER, and links the client's, so clients cannot splice

@@ -119,6 +119,7 @@ impl App {
             },
         );
         gw.trusted_proxies = config.trusted_proxies;
+        gw.markets_ttl = config.markets_ttl;
         gw.request_timeout = config.request_timeout;
         gw.ws_stall = config.ws_stall_timeout;
         gw.trust_traceparent = config.trust_traceparent;

@@ -23,7 +23,10 @@ pub struct MarketView {
     market: String,
     korean_name: String,
     english_name: String,
+    /// Upbit's investment warning (투자유의).
     warning: bool,
+    /// Upbit's reasons for caution (주의), e.g. `PRICE_FLUCTUATIONS`; empty when none.
+    caution: Vec<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -41,6 +44,7 @@ pub async fn markets(State(gw): State<Shared>) -> Result<Json<Markets>, ApiError
             korean_name: m.korean_name.clone(),
             english_name: m.english_name.clone(),
             warning: m.warning,
+            caution: m.caution().reasons(),
         })
         .collect();
     Ok(Json(Markets { markets }))

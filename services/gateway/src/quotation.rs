@@ -119,7 +119,7 @@ pub async fn market_all(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Re
                 english_name: m.english_name.clone(),
                 market_event: details.then(|| rest::MarketEvent {
                     warning: m.warning,
-                    ..Default::default()
+                    caution: m.caution(),
                 }),
             })
             .collect();

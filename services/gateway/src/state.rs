@@ -110,6 +110,8 @@ pub struct Gateway {
     pub draining: CancellationToken,
     pub health: Health,
     markets: RwLock<Option<(Instant, Arc<Vec<pb::Market>>)>>,
+    /// How long the market list (names, warning and caution) is cached.
+    pub markets_ttl: Duration,
     /// Access tokens the user service verified.
     pub tokens: crate::auth::TokenCache,
     /// Tickers followed on market-data's stream.
@@ -118,12 +120,10 @@ pub struct Gateway {
 
 pub type Shared = Arc<Gateway>;
 
-/// How long the market list is cached.
-const MARKETS_TTL: Duration = Duration::from_secs(30);
-
 impl Gateway {
     /// A gateway with these limits; the settings below them start at their
-    /// defaults (no trusted proxy, 10 s WebSocket stall, 30 s requests).
+    /// defaults (no trusted proxy, 10 s WebSocket stall, 30 s requests, market
+    /// list cached 30 s).
     pub fn new(
         upstreams: Upstreams,
         limits: Limits,
@@ -157,6 +157,7 @@ impl Gateway {
             draining,
             health,
             markets: RwLock::new(None),
+            markets_ttl: Duration::from_secs(30),
             tokens: Default::default(),
             tickers: Default::default(),
         }
@@ -165,7 +166,7 @@ impl Gateway {
     /// The market list (cached briefly).
     pub async fn markets(&self) -> Result<Arc<Vec<pb::Market>>, ApiError> {
         if let Some((at, list)) = self.markets.read().ok().and_then(|m| m.clone())
-            && at.elapsed() < MARKETS_TTL
+            && at.elapsed() < self.markets_ttl
         {
             return Ok(list);
         }

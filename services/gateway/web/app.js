@@ -48,12 +48,25 @@ function buildBoard() {
     tr.dataset.market = m.market;
     tr.innerHTML = `<td class="name"></td><td class="num price">—</td><td class="num change">—</td><td class="num volume">—</td>`;
     tr.querySelector(".name").textContent = m.korean_name;
+    // Upbit's designations: 유의 (investment warning), 주의 (caution, with its reasons).
+    const event = m.market_event || {};
+    const reasons = Object.entries(event.caution || {}).filter(([, set]) => set).map(([reason]) => reason);
+    if (event.warning) tr.querySelector(".name").append(badge("유의", "warning", "Investment warning"));
+    if (reasons.length) tr.querySelector(".name").append(badge("주의", "caution", `Caution: ${reasons.join(", ")}`));
     const small = document.createElement("small");
     small.textContent = `${m.english_name} · ${m.market}`;
     tr.querySelector(".name").append(small);
     tr.addEventListener("click", () => selectMarket(m.market));
     body.append(tr);
   }
+}
+
+function badge(text, kind, title) {
+  const b = document.createElement("span");
+  b.className = `badge ${kind}`;
+  b.textContent = text;
+  b.title = title;
+  return b;
 }
 
 function onTicker(t) {
@@ -559,7 +572,7 @@ async function start() {
   setupAccount();
   setupTraffic();
   try {
-    state.markets = await getJson("/v1/market/all");
+    state.markets = await getJson("/v1/market/all?is_details=true");
   } catch (e) {
     showError(`Could not load the markets: ${e.message}`);
     return;

@@ -45,6 +45,12 @@ pub struct Config {
     #[arg(long, env = "UPBIT_MARKETS", default_value = "KRW")]
     pub markets: String,
 
+    /// How often the market list is fetched again, to follow Upbit's warning and
+    /// caution designations and name changes of the followed markets (0s: never;
+    /// markets listed later are followed after a restart).
+    #[arg(long, env = "MARKETS_REFRESH", default_value = "10m", value_parser = parse_duration)]
+    pub markets_refresh: Duration,
+
     /// Feed format to request: SIMPLE (Upbit's short keys: about a third fewer
     /// bytes on the wire, and less to write and read: about a tenth less CPU for
     /// the feed's two ends), or DEFAULT; the parser reads either.

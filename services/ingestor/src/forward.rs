@@ -15,7 +15,7 @@ use exchange_proto::marketdata::v1 as pb;
 use prost::Message as _;
 use service_kit::grpc::Channel;
 use service_kit::retry::Backoff;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::{Codec, EncodeBuf, Encoder};
@@ -77,7 +77,8 @@ const REPLAY_BATCHES: usize = 8;
 
 pub struct ForwardConfig {
     pub source: String,
-    pub markets: Vec<pb::Market>,
+    /// The followed markets: sent first on every stream, and again when they change.
+    pub markets: watch::Receiver<Vec<pb::Market>>,
     pub batch_max: usize,
     pub batch_linger: Duration,
 }
@@ -89,17 +90,15 @@ pub async fn run(
     buffer: std::sync::Arc<Buffer>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut markets = config.markets.clone();
+    let mut watching = true;
     let mut recent: VecDeque<Bytes> = VecDeque::with_capacity(REPLAY_BATCHES);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {
         let (tx, rx) = mpsc::channel::<Bytes>(4);
         let mut call = tokio::spawn(ingest(channel.clone(), rx));
-        let first = pb::IngestRequest {
-            events: Vec::new(),
-            source: config.source.clone(),
-            markets: config.markets.clone(),
-        };
-        let mut open = tx.send(first.encode_to_vec().into()).await.is_ok();
+        let first = markets_message(&config.source, &markets.borrow_and_update());
+        let mut open = tx.send(first).await.is_ok();
         for batch in &recent {
             if !open {
                 break;
@@ -114,6 +113,15 @@ pub async fn run(
             let batch = tokio::select! {
                 b = buffer.next_batch(config.batch_max, config.batch_linger, &stop) => b,
                 r = &mut call => { ended = Some(r); break; }
+                changed = markets.changed(), if watching => {
+                    // Err: nothing refreshes the list (MARKETS_REFRESH=0s).
+                    watching = changed.is_ok();
+                    if watching {
+                        let update = markets_message(&config.source, &markets.borrow_and_update());
+                        open = tx.send(update).await.is_ok();
+                    }
+                    continue;
+                }
             };
             if batch.is_empty() {
                 // Stopping: finish the call so market-data gets everything sent.
@@ -158,6 +166,18 @@ pub async fn run(
             _ = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// The followed markets as an encoded `IngestRequest`, which market-data
+/// registers (names and designations).
+fn markets_message(source: &str, markets: &[pb::Market]) -> Bytes {
+    pb::IngestRequest {
+        events: Vec::new(),
+        source: source.to_owned(),
+        markets: markets.to_vec(),
+    }
+    .encode_to_vec()
+    .into()
 }
 
 /// One batch as an encoded `IngestRequest`.

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use service_kit::server::Server;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -65,7 +65,8 @@ impl App {
             let (buffer, subscribed, draining) =
                 (buffer.clone(), subscribed.clone(), draining.clone());
             async move {
-                let listed = markets::fetch(&config.upbit_rest_url, &draining).await?;
+                let lister = markets::Lister::new(&config.upbit_rest_url)?;
+                let listed = lister.fetch_until_listed(&draining).await?;
                 let chosen = markets::select(&config.markets, &listed);
                 anyhow::ensure!(
                     !chosen.is_empty(),
@@ -80,9 +81,18 @@ impl App {
                     max_connects_per_sec: config.max_connects_per_sec,
                     format: config.feed_format,
                 };
+                let (followed, markets) = watch::channel(chosen);
+                let refresh = async {
+                    if !config.markets_refresh.is_zero() {
+                        let every = config.markets_refresh;
+                        lister
+                            .follow(&config.markets, every, followed, draining.clone())
+                            .await;
+                    }
+                };
                 let forward_config = forward::ForwardConfig {
                     source,
-                    markets: chosen,
+                    markets,
                     batch_max: config.batch_max,
                     batch_linger: config.batch_linger,
                 };
@@ -96,7 +106,7 @@ impl App {
                     draining.cancelled().await;
                     feed_stop.cancel();
                 };
-                let (feed, forwarder, ()) = tokio::join!(feed, forwarder, stop_feed);
+                let (feed, forwarder, (), ()) = tokio::join!(feed, forwarder, stop_feed, refresh);
                 feed?;
                 forwarder
             }

@@ -192,6 +192,7 @@ fn market_to_pb(m: &MarketRow) -> pb::Market {
         korean_name: m.korean_name.clone(),
         english_name: m.english_name.clone(),
         warning: m.warning,
+        caution: Some(m.caution.into()),
     }
 }
 
@@ -274,6 +275,7 @@ impl MarketData {
                 korean_name: m.korean_name.clone(),
                 english_name: m.english_name.clone(),
                 warning: m.warning,
+                caution: m.caution(),
             })
             .collect();
         store::upsert_markets(&self.pool, &rows)

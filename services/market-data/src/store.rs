@@ -6,6 +6,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::PgPool;
+use upbit::market::Caution;
 
 /// A trade row as stored.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,12 +23,33 @@ pub struct TradeRow {
 }
 
 /// A market row.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MarketRow {
     pub market: String,
     pub korean_name: String,
     pub english_name: String,
     pub warning: bool,
+    pub caution: Caution,
+}
+
+impl sqlx::FromRow<'_, sqlx::postgres::PgRow> for MarketRow {
+    fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row as _;
+        Ok(Self {
+            market: row.try_get("market")?,
+            korean_name: row.try_get("korean_name")?,
+            english_name: row.try_get("english_name")?,
+            warning: row.try_get("warning")?,
+            caution: Caution {
+                price_fluctuations: row.try_get("caution_price_fluctuations")?,
+                trading_volume_soaring: row.try_get("caution_trading_volume_soaring")?,
+                deposit_amount_soaring: row.try_get("caution_deposit_amount_soaring")?,
+                global_price_differences: row.try_get("caution_global_price_differences")?,
+                concentration_of_small_accounts: row
+                    .try_get("caution_concentration_of_small_accounts")?,
+            },
+        })
+    }
 }
 
 /// A candle of any interval.
@@ -375,7 +397,7 @@ fn exact_add(a: Decimal, b: Decimal) -> Option<Decimal> {
         .filter(|s| s.scale() == a.scale().max(b.scale()))
 }
 
-/// Inserts or renames markets.
+/// Inserts markets, or updates their names and designations.
 pub async fn upsert_markets(pool: &PgPool, markets: &[MarketRow]) -> Result<(), sqlx::Error> {
     if markets.is_empty() {
         return Ok(());
@@ -383,25 +405,47 @@ pub async fn upsert_markets(pool: &PgPool, markets: &[MarketRow]) -> Result<(), 
     let codes: Vec<&str> = markets.iter().map(|m| m.market.as_str()).collect();
     let ko: Vec<&str> = markets.iter().map(|m| m.korean_name.as_str()).collect();
     let en: Vec<&str> = markets.iter().map(|m| m.english_name.as_str()).collect();
-    let warning: Vec<bool> = markets.iter().map(|m| m.warning).collect();
+    let flag = |f: fn(&MarketRow) -> bool| markets.iter().map(f).collect::<Vec<bool>>();
     sqlx::query(
         r#"
-        INSERT INTO markets (market, korean_name, english_name, warning)
-        SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bool[])
+        INSERT INTO markets (market, korean_name, english_name, warning,
+            caution_price_fluctuations, caution_trading_volume_soaring,
+            caution_deposit_amount_soaring, caution_global_price_differences,
+            caution_concentration_of_small_accounts)
+        SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bool[],
+            $5::bool[], $6::bool[], $7::bool[], $8::bool[], $9::bool[])
         ORDER BY 1
         ON CONFLICT (market) DO UPDATE SET
             korean_name = EXCLUDED.korean_name,
             english_name = EXCLUDED.english_name,
             warning = EXCLUDED.warning,
+            caution_price_fluctuations = EXCLUDED.caution_price_fluctuations,
+            caution_trading_volume_soaring = EXCLUDED.caution_trading_volume_soaring,
+            caution_deposit_amount_soaring = EXCLUDED.caution_deposit_amount_soaring,
+            caution_global_price_differences = EXCLUDED.caution_global_price_differences,
+            caution_concentration_of_small_accounts =
+                EXCLUDED.caution_concentration_of_small_accounts,
             updated_at = now()
-        WHERE (markets.korean_name, markets.english_name, markets.warning)
-              IS DISTINCT FROM (EXCLUDED.korean_name, EXCLUDED.english_name, EXCLUDED.warning)
+        WHERE (markets.korean_name, markets.english_name, markets.warning,
+               markets.caution_price_fluctuations, markets.caution_trading_volume_soaring,
+               markets.caution_deposit_amount_soaring, markets.caution_global_price_differences,
+               markets.caution_concentration_of_small_accounts)
+              IS DISTINCT FROM
+              (EXCLUDED.korean_name, EXCLUDED.english_name, EXCLUDED.warning,
+               EXCLUDED.caution_price_fluctuations, EXCLUDED.caution_trading_volume_soaring,
+               EXCLUDED.caution_deposit_amount_soaring, EXCLUDED.caution_global_price_differences,
+               EXCLUDED.caution_concentration_of_small_accounts)
         "#,
     )
     .bind(codes)
     .bind(ko)
     .bind(en)
-    .bind(warning)
+    .bind(flag(|m| m.warning))
+    .bind(flag(|m| m.caution.price_fluctuations))
+    .bind(flag(|m| m.caution.trading_volume_soaring))
+    .bind(flag(|m| m.caution.deposit_amount_soaring))
+    .bind(flag(|m| m.caution.global_price_differences))
+    .bind(flag(|m| m.caution.concentration_of_small_accounts))
     .execute(pool)
     .await?;
     Ok(())
@@ -462,9 +506,14 @@ pub async fn forget_old_trades(
 }
 
 pub async fn list_markets(pool: &PgPool) -> Result<Vec<MarketRow>, sqlx::Error> {
-    sqlx::query_as("SELECT market, korean_name, english_name, warning FROM markets ORDER BY market")
-        .fetch_all(pool)
-        .await
+    sqlx::query_as(
+        "SELECT market, korean_name, english_name, warning, caution_price_fluctuations,
+                caution_trading_volume_soaring, caution_deposit_amount_soaring,
+                caution_global_price_differences, caution_concentration_of_small_accounts
+         FROM markets ORDER BY market",
+    )
+    .fetch_all(pool)
+    .await
 }
 
 #[derive(sqlx::FromRow)]

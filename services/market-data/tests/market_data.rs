@@ -89,7 +89,7 @@ fn market(code: &str) -> pb::Market {
         market: code.into(),
         korean_name: "코인".into(),
         english_name: code.into(),
-        warning: false,
+        ..Default::default()
     }
 }
 

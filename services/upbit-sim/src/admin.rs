@@ -9,6 +9,8 @@
 //! - `POST /sim/drop` — drop every open WebSocket connection (no close frame)
 //! - `POST /sim/stall?secs=N` — send no data frames for N seconds
 //! - `POST /sim/malformed?count=N` — send the next N data frames malformed
+//! - `POST /sim/market-event` `{"market","warning"?,"caution"?:{"PRICE_FLUCTUATIONS":true,…}}`
+//!   — designate a market as Upbit does (`/v1/market/all?is_details=true`)
 //!
 //! `/metrics` has the process's common metrics and the simulator's `upbit_sim_*`.
 
@@ -23,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use upbit::AskBid;
 use upbit::error::ErrorResponse;
+use upbit::market::MarketEvent;
 
 use crate::AppState;
 
@@ -65,6 +68,7 @@ pub fn router(state: Arc<AppState>, controls: bool) -> axum::Router {
             .route("/sim/drop", post(drop_connections))
             .route("/sim/stall", post(stall))
             .route("/sim/malformed", post(malformed))
+            .route("/sim/market-event", post(market_event))
     } else {
         router
     };
@@ -173,6 +177,24 @@ pub async fn trade(State(app): State<Arc<AppState>>, Json(req): Json<TradeReques
                 .into_response()
         }
         Err(e) => bad(e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct MarketEventRequest {
+    market: String,
+    #[serde(flatten)]
+    event: MarketEvent,
+}
+
+pub async fn market_event(
+    State(app): State<Arc<AppState>>,
+    Json(req): Json<MarketEventRequest>,
+) -> Response {
+    match app.sim.set_market_event(&req.market, req.event) {
+        Ok(()) => Json(serde_json::json!({ "market": req.market, "market_event": req.event }))
+            .into_response(),
+        Err(e) => bad(e),
     }
 }
 

@@ -11,6 +11,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use upbit::Message;
+use upbit::market::MarketEvent;
 
 use crate::engine::{BookTexts, Engine, Event, Payload};
 use crate::markets::MarketSpec;
@@ -45,6 +46,8 @@ pub struct Sim {
     subscribed: AtomicU64,
     /// Per market, the text of its orderbook's levels as last written.
     book_texts: Mutex<HashMap<String, Arc<Mutex<BookTexts>>>>,
+    /// Warning and caution designations set through `POST /sim/market-event`.
+    events: Mutex<HashMap<String, MarketEvent>>,
 }
 
 /// Counts one connection in [`Sim::subscribed`] while it holds a subscription;
@@ -99,7 +102,24 @@ impl Sim {
             generated: AtomicU64::new(0),
             subscribed: AtomicU64::new(0),
             book_texts: Mutex::default(),
+            events: Mutex::default(),
         })
+    }
+
+    /// The market's designations (none unless set).
+    pub fn market_event(&self, code: &str) -> MarketEvent {
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        events.get(code).copied().unwrap_or_default()
+    }
+
+    /// Designates a market as Upbit would: `market/all?is_details=true` shows it.
+    pub fn set_market_event(&self, code: &str, event: MarketEvent) -> Result<(), String> {
+        if !self.markets.iter().any(|m| m.code.as_str() == code) {
+            return Err(format!("{code} is not a simulated market"));
+        }
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        events.insert(code.to_owned(), event);
+        Ok(())
     }
 
     pub fn markets(&self) -> &[MarketSpec] {

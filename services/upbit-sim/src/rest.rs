@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use rust_decimal::Decimal;
 use upbit::error::ErrorResponse;
 use upbit::query::{self, InvalidParam};
-use upbit::write::rest::{self, DayFields, MarketEvent, MarketInfo, RestCandle};
+use upbit::write::rest::{self, DayFields, MarketInfo, RestCandle};
 
 use crate::AppState;
 use crate::engine::SimCandle;
@@ -99,7 +99,10 @@ pub async fn market_all(
     Query(q): Params,
 ) -> Response {
     limited(&app, peer, "market", || {
-        let details = q.get("is_details").is_some_and(|v| v == "true");
+        // Upbit's `is_details`, and `isDetails` as pyupbit sends it.
+        let details = ["is_details", "isDetails"]
+            .iter()
+            .any(|k| q.get(*k).is_some_and(|v| v.eq_ignore_ascii_case("true")));
         let list: Vec<MarketInfo> = app
             .sim
             .markets()
@@ -108,7 +111,7 @@ pub async fn market_all(
                 market: m.code.to_string(),
                 korean_name: m.korean_name.clone(),
                 english_name: m.english_name.clone(),
-                market_event: details.then(MarketEvent::default),
+                market_event: details.then(|| app.sim.market_event(m.code.as_str())),
             })
             .collect();
         Ok(serde_json::to_string(&list).unwrap_or_default())

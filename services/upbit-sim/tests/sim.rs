@@ -368,8 +368,45 @@ async fn the_admin_port_counts_what_the_feed_does() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+    // Market designations: refused for a market the sim does not trade, shown
+    // by market/all with details (either spelling) and only then.
+    let designate = |market: &str| {
+        sim.http
+            .post(format!("{}/sim/market-event", sim.admin))
+            .json(
+                &serde_json::json!({"market": market, "caution": {"DEPOSIT_AMOUNT_SOARING": true}}),
+            )
+            .send()
+    };
+    assert_eq!(designate("KRW-NOPE").await.unwrap().status(), 400);
+    assert_eq!(designate("KRW-ETH").await.unwrap().status(), 200);
+    for query in ["is_details=true", "isDetails=true"] {
+        let list: serde_json::Value = sim
+            .get(&format!("/v1/market/all?{query}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let eth = list
+            .as_array()
+            .and_then(|l| l.iter().find(|m| m["market"] == "KRW-ETH"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(eth["market_event"]["warning"], false, "{query}: {eth}");
+        assert_eq!(
+            eth["market_event"]["caution"]["DEPOSIT_AMOUNT_SOARING"], true,
+            "{query}: {eth}"
+        );
+    }
+    let plain: serde_json::Value = sim.get("/v1/market/all").await.json().await.unwrap();
+    assert!(plain[0].get("market_event").is_none(), "{plain}");
     // The controls are on the admin port only: the feed's port does not know them.
-    for path in ["/sim/trade", "/sim/rate?eps=5", "/sim/drop"] {
+    for path in [
+        "/sim/trade",
+        "/sim/rate?eps=5",
+        "/sim/drop",
+        "/sim/market-event",
+    ] {
         let resp = sim
             .http
             .post(format!("{}{path}", sim.base))

@@ -184,6 +184,85 @@ async fn a_price_the_sim_emits_is_served_by_rest_and_pushed_on_the_websocket() {
     stack.stop().await;
 }
 
+/// Waits until `/v1/market/all?is_details=true` shows `market`'s
+/// `market_event` as `expected`, and returns the whole list.
+pub(crate) async fn wait_market_event(
+    stack: &Stack,
+    market: &str,
+    expected: &serde_json::Value,
+) -> serde_json::Value {
+    let url = format!("{}/v1/market/all?is_details=true", stack.gw());
+    eventually(Duration::from_secs(20), "the market event", || async {
+        let (_, list) = json(stack, &url).await;
+        let found = list
+            .as_array()?
+            .iter()
+            .find(|m| m["market"] == market)?
+            .get("market_event")?
+            == expected;
+        found.then_some(list)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upbit_warning_and_caution_designations_follow_the_source_while_running() {
+    let db = TestDb::create().await.unwrap();
+    let stack = Stack::start(&db, Options::default()).await;
+    let designated = serde_json::json!({
+        "warning": true,
+        "caution": {
+            "PRICE_FLUCTUATIONS": true,
+            "TRADING_VOLUME_SOARING": false,
+            "DEPOSIT_AMOUNT_SOARING": false,
+            "GLOBAL_PRICE_DIFFERENCES": true,
+            "CONCENTRATION_OF_SMALL_ACCOUNTS": false,
+        },
+    });
+    // Upbit designates KRW-XRP while everything runs: the ingestor's next look
+    // at the market list carries it through market-data to the gateway.
+    let mut body = designated.clone();
+    body["market"] = "KRW-XRP".into();
+    stack.sim_post_json("/sim/market-event", body).await;
+    let list = wait_market_event(&stack, "KRW-XRP", &designated).await;
+    let btc = list
+        .as_array()
+        .and_then(|l| l.iter().find(|m| m["market"] == "KRW-BTC"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(btc["market_event"]["warning"], false, "{btc}");
+    assert_eq!(
+        btc["market_event"]["caution"]["PRICE_FLUCTUATIONS"], false,
+        "{btc}"
+    );
+    let (_, native) = json(&stack, &format!("{}/api/v1/markets", stack.gw())).await;
+    let xrp = native["markets"]
+        .as_array()
+        .and_then(|l| l.iter().find(|m| m["market"] == "KRW-XRP"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (&xrp["warning"], &xrp["caution"]),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!(["PRICE_FLUCTUATIONS", "GLOBAL_PRICE_DIFFERENCES"])
+        ),
+        "{native}"
+    );
+
+    // And lifted again.
+    stack
+        .sim_post_json(
+            "/sim/market-event",
+            serde_json::json!({"market": "KRW-XRP", "warning": false}),
+        )
+        .await;
+    let lifted = serde_json::to_value(upbit::market::MarketEvent::default()).unwrap();
+    wait_market_event(&stack, "KRW-XRP", &lifted).await;
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn candles_agree_with_the_trades_that_built_them_and_with_upbit_sim() {
     let db = TestDb::create().await.unwrap();

@@ -181,6 +181,8 @@ impl Stack {
             let stop = CancellationToken::new();
             let mut config = ingestor::Config::local(sim, market_data);
             config.markets = "KRW,BTC".into();
+            // Upbit's designations reach the API within a second or two.
+            config.markets_refresh = Duration::from_secs(1);
             let ing = ingestor::App::build(config, stop.clone()).await.unwrap();
             ingestors.push((ing.grpc_addr(), ing.metrics_addr()));
             admins.push((ing.metrics_addr(), "ingestor"));
@@ -219,6 +221,7 @@ impl Stack {
             // The tests stand for the proxy in front: the client's address is
             // the last X-Forwarded-For entry they write (or the peer).
             config.trusted_proxies = 1;
+            config.markets_ttl = Duration::from_secs(1);
             let gw = gateway::App::build(config, stop.clone()).await.unwrap();
             gateways.push(Gateway {
                 http: gw.http_addr(),
@@ -352,6 +355,17 @@ impl Stack {
             .await
             .unwrap();
         assert!(resp.status().is_success());
+    }
+
+    pub async fn sim_post_json(&self, path: &str, body: serde_json::Value) {
+        let resp = self
+            .http
+            .post(format!("http://{}{path}", self.sim_admin))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
     }
 
     pub async fn sim_get(&self, path: &str) -> serde_json::Value {

@@ -4,7 +4,7 @@
 
 use test_support::TestDb;
 
-use crate::market::wait_rest_price;
+use crate::market::{wait_market_event, wait_rest_price};
 use crate::stack::{Options, Stack, run_checker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,6 +35,13 @@ async fn the_page_works_live_in_chromium_and_firefox() {
     )
     .await;
     wait_rest_price(&stack, "KRW-ETH", "5200000").await;
+    // The board badges Upbit's designations.
+    let designated = serde_json::json!({"warning": true, "caution": {"PRICE_FLUCTUATIONS": true}});
+    let mut body = designated.clone();
+    body["market"] = "KRW-XRP".into();
+    stack.sim_post_json("/sim/market-event", body).await;
+    let event: upbit::market::MarketEvent = serde_json::from_value(designated).unwrap();
+    wait_market_event(&stack, "KRW-XRP", &serde_json::to_value(event).unwrap()).await;
     let shots = concat!(env!("CARGO_TARGET_TMPDIR"), "/screenshots");
     std::fs::create_dir_all(shots).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/browser/check.mjs");
