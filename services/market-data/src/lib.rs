@@ -6,8 +6,13 @@
 
 pub mod backfill;
 pub mod config;
+mod convert;
+mod error;
 mod grpc;
 pub mod hot;
+mod ingest;
+mod live;
+mod markets;
 mod metrics;
 pub mod store;
 mod writer;

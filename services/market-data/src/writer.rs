@@ -101,7 +101,7 @@ async fn run(
         let queued = buf.len();
         let (fresh, seen): (Vec<_>, Vec<_>) = buf.drain(..).partition(|q| q.fresh);
         let rows = |q: Vec<Queued>| q.into_iter().map(|q| q.row).collect::<Vec<_>>();
-        let span = crate::grpc::store_span(queued);
+        let span = crate::ingest::store_span(queued);
         async {
             write_with_retry(&pool, &rows(fresh), true, &stop).await;
             write_with_retry(&pool, &rows(seen), false, &stop).await;
