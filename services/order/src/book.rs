@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-use crate::domain::Side;
-use crate::store::{self, OrderRow};
+use crate::domain::{OrdType, Side, State};
+use crate::store::OrderRow;
 
 #[derive(Clone, Debug)]
 pub struct Resting {
@@ -25,12 +25,12 @@ pub struct Resting {
 
 impl Resting {
     pub(crate) fn from_row(row: &OrderRow) -> Option<Self> {
-        if row.state != "wait" || row.ord_type != "limit" {
+        if row.state != State::Wait || row.ord_type != OrdType::Limit {
             return None;
         }
         Some(Self {
             id: row.id,
-            side: store::side_of(row),
+            side: row.side,
             price: row.price?,
             remaining: row.volume? - row.executed_volume,
             trades_count: row.trades_count,

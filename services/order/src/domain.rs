@@ -167,6 +167,22 @@ impl State {
     }
 }
 
+/// Reads a stored name (`store::OrderRow` via `#[sqlx(try_from = "String")]`);
+/// a name this service never writes is a decode error, not a default.
+macro_rules! from_stored_name {
+    ($($t:ident),*) => {$(
+        impl TryFrom<String> for $t {
+            type Error = String;
+
+            fn try_from(text: String) -> Result<Self, String> {
+                Self::parse(&text)
+                    .ok_or_else(|| format!("`{text}` is not a stored {}", stringify!($t)))
+            }
+        }
+    )*};
+}
+from_stored_name!(Side, OrdType, State);
+
 /// A validated order, ready to be persisted.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Validated {
@@ -542,6 +558,35 @@ mod tests {
     }
 
     const FEE: &str = "0.0005";
+
+    #[test]
+    fn stored_names_read_back_and_unknown_ones_are_errors() {
+        for side in [Side::Bid, Side::Ask] {
+            assert_eq!(Side::try_from(side.as_str().to_owned()), Ok(side));
+        }
+        for t in [
+            OrdType::Limit,
+            OrdType::Price,
+            OrdType::Market,
+            OrdType::Best,
+        ] {
+            assert_eq!(OrdType::try_from(t.as_str().to_owned()), Ok(t));
+        }
+        for s in [
+            State::Pending,
+            State::Wait,
+            State::Done,
+            State::Cancel,
+            State::Rejected,
+        ] {
+            assert_eq!(State::try_from(s.as_str().to_owned()), Ok(s));
+        }
+        assert!(Side::try_from("BID".to_owned()).is_err(), "case matters");
+        assert_eq!(
+            State::try_from("open".to_owned()),
+            Err("`open` is not a stored State".to_owned())
+        );
+    }
 
     #[test]
     fn validation_follows_upbit() {

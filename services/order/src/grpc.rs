@@ -10,7 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::domain::{OrdType, Side, SmpType, TimeInForce};
+use crate::domain::{OrdType, Side, SmpType, State, TimeInForce};
 use crate::error::OrderError;
 use crate::metrics;
 use crate::service::{Orders, Place, View};
@@ -54,22 +54,29 @@ fn user(value: &str) -> Result<Uuid, OrderError> {
     uuid("user_id", value)?.ok_or_else(|| OrderError::invalid("user_id is required"))
 }
 
-fn state(s: &str) -> pb::OrderState {
+fn state(s: State) -> pb::OrderState {
     match s {
-        "pending" => pb::OrderState::Pending,
-        "wait" => pb::OrderState::Wait,
-        "done" => pb::OrderState::Done,
-        "cancel" => pb::OrderState::Cancel,
-        "rejected" => pb::OrderState::Rejected,
-        _ => pb::OrderState::Unspecified,
+        State::Pending => pb::OrderState::Pending,
+        State::Wait => pb::OrderState::Wait,
+        State::Done => pb::OrderState::Done,
+        State::Cancel => pb::OrderState::Cancel,
+        State::Rejected => pb::OrderState::Rejected,
     }
 }
 
-fn side(s: &str) -> pb::Side {
-    if s == "bid" {
-        pb::Side::Bid
-    } else {
-        pb::Side::Ask
+fn side(s: Side) -> pb::Side {
+    match s {
+        Side::Bid => pb::Side::Bid,
+        Side::Ask => pb::Side::Ask,
+    }
+}
+
+fn ord_type(t: OrdType) -> pb::OrderType {
+    match t {
+        OrdType::Limit => pb::OrderType::Limit,
+        OrdType::Price => pb::OrderType::Price,
+        OrdType::Market => pb::OrderType::Market,
+        OrdType::Best => pb::OrderType::Best,
     }
 }
 
@@ -77,15 +84,15 @@ fn side(s: &str) -> pb::Side {
 pub fn order_pb(view: &View) -> pb::Order {
     let o = &view.order;
     let ceil8 = |d: Decimal| d.round_dp_with_strategy(8, RoundingStrategy::AwayFromZero);
-    let open = o.state == "wait" || o.state == "pending";
+    let open = matches!(o.state, State::Wait | State::Pending);
     let (volume, remaining_volume) = match o.volume {
         Some(v) => (text(v), text((v - o.executed_volume).max(Decimal::ZERO))),
         None => (String::new(), String::new()),
     };
-    let bid = o.side == "bid";
+    let bid = o.side == Side::Bid;
     let reserved_fee = if bid {
-        let total = match (o.ord_type.as_str(), o.price, o.volume) {
-            ("limit", Some(p), Some(v)) => p * v,
+        let total = match (o.ord_type, o.price, o.volume) {
+            (OrdType::Limit, Some(p), Some(v)) => p * v,
             (_, Some(total), _) => total,
             _ => Decimal::ZERO,
         };
@@ -109,13 +116,8 @@ pub fn order_pb(view: &View) -> pb::Order {
         uuid: o.id.to_string(),
         user_id: o.user_id.to_string(),
         market: o.market.clone(),
-        side: side(&o.side) as i32,
-        ord_type: match o.ord_type.as_str() {
-            "limit" => pb::OrderType::Limit,
-            "price" => pb::OrderType::Price,
-            "best" => pb::OrderType::Best,
-            _ => pb::OrderType::Market,
-        } as i32,
+        side: side(o.side) as i32,
+        ord_type: ord_type(o.ord_type) as i32,
         price: o.price.map(text).unwrap_or_default(),
         volume,
         remaining_volume,
@@ -125,7 +127,7 @@ pub fn order_pb(view: &View) -> pb::Order {
         locked: text(locked),
         executed_volume: text(o.executed_volume),
         executed_funds: text(o.executed_funds),
-        state: state(&o.state) as i32,
+        state: state(o.state) as i32,
         created_at: o.created_at.timestamp_millis(),
         trades_count: o.trades_count.max(0) as u32,
         identifier: o.identifier.clone().unwrap_or_default(),
@@ -138,7 +140,7 @@ pub fn order_pb(view: &View) -> pb::Order {
                 volume: text(e.volume),
                 funds: text(e.funds),
                 fee: text(e.fee),
-                trend: side(&e.trend) as i32,
+                trend: side(e.trend) as i32,
                 created_at: e.created_at.timestamp_millis(),
             })
             .collect(),

@@ -359,7 +359,7 @@ impl<'a> Matcher<'a> {
                     metrics::LIMIT_FILLS
                         .with_label_values(&[open.side.as_str()])
                         .inc();
-                    tracing::info!(order = %open.id, price = %open.price, volume = %take, trade = trade.id, state = %row.state, "limit order filled");
+                    tracing::info!(order = %open.id, price = %open.price, volume = %take, trade = trade.id, state = row.state.as_str(), "limit order filled");
                     self.book
                         .upsert(&trade.market, Resting::from_row(&row), open.id);
                 }

@@ -57,8 +57,8 @@ impl Record {
     pub fn new(row: &OrderRow, plan: &[Exec], state: State) -> Self {
         Self {
             market: row.market.clone(),
-            side: row.side.clone(),
-            ord_type: row.ord_type.clone(),
+            side: row.side.as_str().to_owned(),
+            ord_type: row.ord_type.as_str().to_owned(),
             price: row.price,
             volume: row.volume,
             identifier: row.identifier.clone(),

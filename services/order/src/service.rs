@@ -135,7 +135,7 @@ fn exec_of(row: &ExecRow) -> Exec {
 }
 
 /// Immediate executions as recorded: the order took, so its side is the trend.
-fn exec_rows(plan: &[Exec], side: &str, at: chrono::DateTime<Utc>) -> Vec<ExecRow> {
+fn exec_rows(plan: &[Exec], side: Side, at: chrono::DateTime<Utc>) -> Vec<ExecRow> {
     plan.iter()
         .enumerate()
         .map(|(i, e)| ExecRow {
@@ -144,7 +144,7 @@ fn exec_rows(plan: &[Exec], side: &str, at: chrono::DateTime<Utc>) -> Vec<ExecRo
             volume: e.volume,
             funds: e.funds,
             fee: e.fee,
-            trend: side.to_owned(),
+            trend: side,
             created_at: at,
         })
         .collect()
@@ -356,8 +356,8 @@ impl Orders {
             domain::parse_amount("", given).ok().flatten() == stored
         };
         let same_order = existing.market == req.market
-            && existing.side == req.side.as_str()
-            && existing.ord_type == req.ord_type.as_str()
+            && existing.side == req.side
+            && existing.ord_type == req.ord_type
             && same(req.price, existing.price)
             && same(req.volume, existing.volume)
             && existing.identifier.as_deref() == req.identifier
@@ -488,7 +488,7 @@ impl Orders {
         }
         // The executions are the plan: no need to read them back.
         let executions = if created && finished.trades_count as usize == plan.len() {
-            exec_rows(plan, &finished.side, finished.updated_at)
+            exec_rows(plan, finished.side, finished.updated_at)
         } else {
             store::executions(&self.pool, finished.id).await?
         };
@@ -547,11 +547,11 @@ impl Orders {
             user_id: req.user,
             identifier: req.identifier.map(str::to_owned),
             market: order.market.as_str().to_owned(),
-            side: order.side.as_str().to_owned(),
-            ord_type: order.ord_type.as_str().to_owned(),
+            side: order.side,
+            ord_type: order.ord_type,
             price: order.price,
             volume: order.volume,
-            state: state.as_str().to_owned(),
+            state,
             reserved_currency: order.reserve_currency.clone(),
             reserved_amount: order.reserve_amount,
             executed_volume: fills.iter().map(|e| e.volume).sum(),
@@ -570,7 +570,7 @@ impl Orders {
             time_in_force: order.time_in_force.map(|t| t.as_str().to_owned()),
             smp_type: order.smp_type.map(|t| t.as_str().to_owned()),
         };
-        let executions = exec_rows(&fills, &order.side, now);
+        let executions = exec_rows(&fills, order.side, now);
         Ok(View { order, executions })
     }
 
@@ -724,7 +724,7 @@ impl Orders {
         Ok(inv::SettleRequest {
             order_id: order.id.to_string(),
             user_id: order.user_id.to_string(),
-            side: inv_side(store::side_of(order)) as i32,
+            side: inv_side(order.side) as i32,
             base_currency: market.base().to_owned(),
             quote_currency: market.quote().to_owned(),
             fills,
@@ -773,8 +773,7 @@ impl Orders {
                 let now = store::get(&self.pool, order.id)
                     .await?
                     .ok_or(OrderError::NotFound)?;
-                let state = domain::State::parse(&now.state).unwrap_or(domain::State::Done);
-                return Err(OrderError::NotCancellable(state.as_str()));
+                return Err(OrderError::NotCancellable(now.state.as_str()));
             }
         };
         // If inventory is away, recovery finishes the release later.
@@ -802,7 +801,7 @@ impl Orders {
         else {
             return Ok(None);
         };
-        let done = row.state == "done";
+        let done = row.state == domain::State::Done;
         let request =
             self.settle_request(&row, vec![fill(trades_count as usize + 1, exec)], done)?;
         match self.inventory.clone().settle(request).await {

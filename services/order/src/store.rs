@@ -6,7 +6,7 @@ use rust_decimal::Decimal;
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{Exec, Side};
+use crate::domain::{Exec, OrdType, Side, State};
 use crate::record::Record;
 
 /// Columns of an order, as selected everywhere.
@@ -23,11 +23,14 @@ pub struct OrderRow {
     pub user_id: Uuid,
     pub identifier: Option<String>,
     pub market: String,
-    pub side: String,
-    pub ord_type: String,
+    #[sqlx(try_from = "String")]
+    pub side: Side,
+    #[sqlx(try_from = "String")]
+    pub ord_type: OrdType,
     pub price: Option<Decimal>,
     pub volume: Option<Decimal>,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: State,
     pub reserved_currency: String,
     pub reserved_amount: Decimal,
     pub executed_volume: Decimal,
@@ -58,7 +61,8 @@ pub struct ExecRow {
     pub fee: Decimal,
     /// The taker's side: the order's own for its immediate fills, the other
     /// side's when a market trade filled it resting.
-    pub trend: String,
+    #[sqlx(try_from = "String")]
+    pub trend: Side,
     pub created_at: DateTime<Utc>,
 }
 
@@ -637,13 +641,4 @@ pub async fn mark_settled(pool: &PgPool, id: Uuid, fills: i32) -> Result<(), sql
         .execute(pool)
         .await?;
     Ok(())
-}
-
-/// The side an order row is on.
-pub fn side_of(row: &OrderRow) -> Side {
-    if row.side == "bid" {
-        Side::Bid
-    } else {
-        Side::Ask
-    }
 }

@@ -8,7 +8,7 @@ use exchange_proto::inventory::v1 as inv;
 use uuid::Uuid;
 
 use super::{CONFIRM_BATCH, Orders, Outcome, unavailable};
-use crate::domain::{self, OrdType, Placement, SmpType, TimeInForce, Validated};
+use crate::domain::{self, OrdType, Placement, SmpType, State, TimeInForce, Validated};
 use crate::error::OrderError;
 use crate::record::Record;
 use crate::store::{self, OrderRow};
@@ -181,7 +181,7 @@ impl Orders {
     /// back of the queue. Whether it was finished.
     async fn recover_one(&self, row: OrderRow) -> bool {
         let id = row.id;
-        let result = if row.state == "pending" {
+        let result = if row.state == State::Pending {
             self.recover_pending(row).await
         } else {
             self.settle_all(&row, true).await.map(|()| true)
@@ -190,9 +190,9 @@ impl Orders {
             Ok(true) => {
                 async {
                     if let Some(now) = store::get(&self.pool, id).await?
-                        && now.state != "pending"
+                        && now.state != State::Pending
                         && !now.finalized
-                        && now.state != "wait"
+                        && now.state != State::Wait
                     {
                         store::mark_finalized(&self.pool, id).await?;
                     }
@@ -227,9 +227,7 @@ impl Orders {
     /// plan if inventory executed it, plans it again if not. `Ok(false)` when it
     /// has to wait (no fresh book yet).
     async fn recover_pending(&self, row: OrderRow) -> Result<bool, OrderError> {
-        let side = store::side_of(&row);
-        let ord_type = OrdType::parse(&row.ord_type)
-            .ok_or_else(|| OrderError::Internal("bad ord_type".into()))?;
+        let (side, ord_type) = (row.side, row.ord_type);
         let market = upbit::market::MarketCode::parse(&row.market)
             .map_err(|e| OrderError::Internal(e.to_string()))?;
         let order = Validated {
