@@ -31,7 +31,7 @@ fn od(s: &str) -> Option<Option<Decimal>> {
 static SKIPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     let c = IntCounter::new(
         "gateway_malformed_messages_total",
-        "Market-data messages with a malformed decimal, skipped rather than shown with a 0.",
+        "Upstream messages (market data, orders, balances) with a malformed decimal, skipped rather than shown with a 0.",
     )
     .expect("valid");
     prometheus::register(Box::new(c.clone())).expect("registered once");
@@ -45,7 +45,7 @@ pub fn skipped<T>(converted: Option<T>, what: &str, market: &str) -> Option<T> {
         tracing::warn!(
             what,
             market,
-            "skipped a market-data message with a malformed decimal"
+            "skipped an upstream message with a malformed decimal"
         );
     }
     converted

@@ -12,7 +12,6 @@
 //! from elsewhere (deposits).
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -114,8 +113,24 @@ fn out_of_scope(what: &str) -> ErrorBody {
     }
 }
 
-fn decimal(text: &str) -> Decimal {
-    Decimal::from_str(text).unwrap_or_default()
+/// A decimal from the order or inventory service: empty means 0 (a market
+/// order's remaining volume); a malformed one makes its message unusable
+/// (skipped and counted, [`crate::convert::skipped`]), never a 0.
+fn decimal(text: &str) -> Option<Decimal> {
+    if text.is_empty() {
+        Some(Decimal::ZERO)
+    } else {
+        exchange_proto::decimal::parse(text).ok()
+    }
+}
+
+/// An optional decimal: `Some(None)` when empty, `None` when malformed.
+fn optional(text: &str) -> Option<Option<Decimal>> {
+    if text.is_empty() {
+        Some(None)
+    } else {
+        exchange_proto::decimal::parse(text).ok().map(Some)
+    }
 }
 
 fn now_ms() -> i64 {
@@ -130,11 +145,12 @@ struct Told {
     finished: bool,
 }
 
-/// Upbit's events for an update of `o`, given what was told before.
-fn order_events(o: &pb::Order, told: &mut Told) -> Vec<MyOrder> {
+/// Upbit's events for an update of `o`, given what was told before; `None`
+/// (and nothing told) when a decimal in it is malformed.
+fn order_events(o: &pb::Order, told: &mut Told) -> Option<Vec<MyOrder>> {
     let state = views::state(o.state);
-    let executed = decimal(&o.executed_volume);
-    let funds = decimal(&o.executed_funds);
+    let executed = decimal(&o.executed_volume)?;
+    let funds = decimal(&o.executed_funds)?;
     let base = MyOrder {
         code: o.market.clone(),
         uuid: o.uuid.clone(),
@@ -146,20 +162,20 @@ fn order_events(o: &pb::Order, told: &mut Told) -> Vec<MyOrder> {
         order_type: views::ord_type(o.ord_type).to_owned(),
         state: "wait",
         trade_uuid: None,
-        price: (!o.price.is_empty()).then(|| decimal(&o.price)),
+        price: optional(&o.price)?,
         avg_price: if executed.is_zero() {
             Decimal::ZERO
         } else {
             (funds / executed).round_dp(8).normalize()
         },
-        volume: (!o.volume.is_empty()).then(|| decimal(&o.volume)),
-        remaining_volume: decimal(&o.remaining_volume),
+        volume: optional(&o.volume)?,
+        remaining_volume: decimal(&o.remaining_volume)?,
         executed_volume: executed,
         trades_count: i64::from(o.trades_count),
-        reserved_fee: decimal(&o.reserved_fee),
-        remaining_fee: decimal(&o.remaining_fee),
-        paid_fee: decimal(&o.paid_fee),
-        locked: decimal(&o.locked),
+        reserved_fee: decimal(&o.reserved_fee)?,
+        remaining_fee: decimal(&o.remaining_fee)?,
+        paid_fee: decimal(&o.paid_fee)?,
+        locked: decimal(&o.locked)?,
         executed_funds: funds,
         time_in_force: views::time_in_force(o.time_in_force).map(str::to_owned),
         trade_fee: None,
@@ -172,26 +188,33 @@ fn order_events(o: &pb::Order, told: &mut Told) -> Vec<MyOrder> {
         order_timestamp: o.created_at,
         timestamp: now_ms(),
     };
+    let before = told.fills;
+    let fills = o
+        .trades
+        .iter()
+        .filter(|t| t.seq > before)
+        .map(|t| {
+            Some(MyOrder {
+                state: "trade",
+                trade_uuid: Some(crate::views::trade_uuid(&o.uuid, t.seq)),
+                price: Some(decimal(&t.price)?),
+                volume: Some(decimal(&t.volume)?),
+                trade_fee: Some(decimal(&t.fee)?),
+                // The fill's taker was the other side: this order made it.
+                is_maker: Some(t.trend != o.side),
+                trade_timestamp: Some(t.created_at),
+                ..base.clone()
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    // Everything read: from here on, what is told is remembered.
     let mut events = Vec::new();
     if !told.opened && state != "pending" {
         told.opened = true;
         events.push(base.clone());
     }
-    let before = told.fills;
-    for t in o.trades.iter().filter(|t| t.seq > before) {
-        told.fills = told.fills.max(t.seq);
-        events.push(MyOrder {
-            state: "trade",
-            trade_uuid: Some(crate::views::trade_uuid(&o.uuid, t.seq)),
-            price: Some(decimal(&t.price)),
-            volume: Some(decimal(&t.volume)),
-            trade_fee: Some(decimal(&t.fee)),
-            // The fill's taker was the other side: this order made it.
-            is_maker: Some(t.trend != o.side),
-            trade_timestamp: Some(t.created_at),
-            ..base.clone()
-        });
-    }
+    told.fills = o.trades.iter().map(|t| t.seq).fold(before, u32::max);
+    events.extend(fills);
     let last = match state {
         "done" => Some("done"),
         "cancel" | "rejected" => Some("cancel"),
@@ -206,7 +229,7 @@ fn order_events(o: &pb::Order, told: &mut Told) -> Vec<MyOrder> {
             ..base
         });
     }
-    events
+    Some(events)
 }
 
 /// Balances by currency: `(balance, locked)`.
@@ -222,12 +245,12 @@ async fn balances(gw: &Shared, user: Uuid) -> Option<Assets> {
         .await
         .ok()?
         .into_inner();
-    Some(
-        r.balances
-            .into_iter()
-            .map(|b| (b.currency, (decimal(&b.balance), decimal(&b.locked))))
-            .collect(),
-    )
+    let assets = r
+        .balances
+        .into_iter()
+        .map(|b| Some((b.currency, (decimal(&b.balance)?, decimal(&b.locked)?))))
+        .collect();
+    crate::convert::skipped(assets, "balances", "")
 }
 
 /// The `myAsset` event for what changed from `known` to `now` (and remembers
@@ -362,7 +385,8 @@ async fn serve(socket: WebSocket, gw: &Shared, req: UpbitRequest) {
                                 if told.len() >= MAX_TRACKED { told.clear(); }
                             }
                             let seen = told.entry(o.uuid.clone()).or_default();
-                            for e in order_events(&o, seen) {
+                            let events = crate::convert::skipped(order_events(&o, seen), "order", &o.market);
+                            for e in events.into_iter().flatten() {
                                 out.push(binary(write::my_order(&e, format)));
                             }
                         }
@@ -448,12 +472,16 @@ mod tests {
     fn an_order_opens_fills_and_finishes_once_each() {
         let mut told = Told::default();
         let states = |events: Vec<MyOrder>| events.iter().map(|e| e.state).collect::<Vec<_>>();
-        assert!(order_events(&order(pb::OrderState::Pending, 0), &mut told).is_empty());
+        assert!(
+            order_events(&order(pb::OrderState::Pending, 0), &mut told)
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(
-            states(order_events(&order(pb::OrderState::Wait, 1), &mut told)),
+            states(order_events(&order(pb::OrderState::Wait, 1), &mut told).unwrap()),
             ["wait", "trade"]
         );
-        let events = order_events(&order(pb::OrderState::Done, 2), &mut told);
+        let events = order_events(&order(pb::OrderState::Done, 2), &mut told).unwrap();
         assert_eq!(states(events.clone()), ["trade", "done"]);
         let trade = events[0].trade_uuid.clone().unwrap();
         assert!(
@@ -469,7 +497,28 @@ mod tests {
         assert_eq!(events[0].volume, Some(Decimal::new(5, 3)));
         assert_eq!(events[0].is_maker, Some(true), "a seller took: we made");
         assert_eq!(events[1].avg_price, Decimal::new(4_000_000, 0));
-        assert!(order_events(&order(pb::OrderState::Done, 2), &mut told).is_empty());
+        assert!(
+            order_events(&order(pb::OrderState::Done, 2), &mut told)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_malformed_decimal_skips_the_update_and_tells_nothing() {
+        let mut told = Told::default();
+        let mut bad = order(pb::OrderState::Wait, 1);
+        bad.trades[0].fee = "1e3".into();
+        assert!(order_events(&bad, &mut told).is_none());
+        let mut bad = order(pb::OrderState::Wait, 1);
+        bad.locked = "NaN".into();
+        assert!(order_events(&bad, &mut told).is_none());
+        // Nothing was remembered: the next good update tells it all.
+        let events = order_events(&order(pb::OrderState::Wait, 1), &mut told).unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.state).collect::<Vec<_>>(),
+            ["wait", "trade"]
+        );
     }
 
     #[test]
