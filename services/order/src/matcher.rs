@@ -494,9 +494,8 @@ impl<'a> Matcher<'a> {
                 .collect();
             let ids: Vec<i64> = fresh.iter().map(|t| t.id).collect();
             let mut used: HashMap<(i64, Side), Decimal> = HashMap::new();
-            for (id, side, volume) in store::consumed(self.orders.pool(), market, &ids).await? {
-                let side = Side::parse(&side).unwrap_or(Side::Bid);
-                used.insert((id, side), volume);
+            for c in store::consumed(self.orders.pool(), market, &ids).await? {
+                used.insert((c.trade_id, c.side), c.volume);
             }
             for trade in &fresh {
                 self.progress.mark(market, trade.ms, trade.id);

@@ -439,20 +439,30 @@ pub async fn record_fill(
 }
 
 /// How much of each of `trades` (sequential ids in `market`) already filled
-/// orders, per side of the orders: (trade id, side, volume).
+/// orders, per side of the orders.
 pub async fn consumed(
     pool: &PgPool,
     market: &str,
     trades: &[i64],
-) -> Result<Vec<(i64, String, Decimal)>, sqlx::Error> {
+) -> Result<Vec<Consumed>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT e.trade_id, o.side, sum(e.volume) FROM executions e JOIN orders o ON o.id = e.order_id
+        "SELECT e.trade_id, o.side, sum(e.volume) AS volume
+         FROM executions e JOIN orders o ON o.id = e.order_id
          WHERE e.trade_id = ANY($2) AND o.market = $1 GROUP BY 1, 2",
     )
     .bind(market)
     .bind(trades)
     .fetch_all(pool)
     .await
+}
+
+/// The volume of a market trade that resting orders of one side took.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Consumed {
+    pub trade_id: i64,
+    #[sqlx(try_from = "String")]
+    pub side: Side,
+    pub volume: Decimal,
 }
 
 /// The last trade the matcher processed, per market: (market, trade ms, sequential id).
