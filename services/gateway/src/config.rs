@@ -51,7 +51,7 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_QUOTATION", default_value_t = 10)]
     pub rate_limit_quotation: u32,
 
-    /// Private API requests per second per user or API key (Upbit's `default` group; 0 = no limit).
+    /// Private API requests per second per user, all their API keys together (Upbit's `default` group; 0 = no limit).
     #[arg(long, env = "RATE_LIMIT_DEFAULT", default_value_t = 30)]
     pub rate_limit_default: u32,
 

@@ -31,9 +31,9 @@ pub struct Upstreams {
 /// Request limits (0 = unlimited).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Limits {
-    /// Private API requests per second per user or key, Upbit's `default` group.
+    /// Private API requests per second per user (all their keys together), Upbit's `default` group.
     pub default: u32,
-    /// Order placements and cancels per second per user or key, Upbit's `order` group.
+    /// Order placements and cancels per second per user (all their keys together), Upbit's `order` group.
     pub order: u32,
     /// Quotation requests per second per IP and group.
     pub quotation: u32,

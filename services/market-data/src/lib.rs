@@ -2,7 +2,7 @@
 //! (published on pub/sub channels for fan-out), trades and 1-minute candles in
 //! Postgres, queries and live streams over gRPC
 //! (`exchange.marketdata.v1.MarketDataService`). Owns Postgres schema
-//! `market_data` and Redis keys `md:*`.
+//! `market_data` and Redis keys `<REDIS_PREFIX>md:*`.
 
 pub mod backfill;
 pub mod config;

@@ -23,7 +23,7 @@ pub struct Config {
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9106")]
     pub metrics_addr: String,
 
-    /// Serve the /sim controls (set prices, inject trades and faults) on the
+    /// Serve the /sim controls (inject trades, designations and faults; set the rate) on the
     /// admin port. Off where anyone but the operator reaches that port.
     #[arg(long, env = "SIM_CONTROLS", default_value_t = true, action = clap::ArgAction::Set)]
     pub controls: bool,

@@ -308,6 +308,24 @@ async fn registration_opens_one_paper_account_even_when_retried() {
         rust_decimal::Decimal::from(10_000_000),
         "credited once"
     );
+    let mut get = |id: String| {
+        let mut users = e.users.clone();
+        async move {
+            users
+                .get_user(pb::GetUserRequest { user_id: id })
+                .await
+                .map(|r| r.into_inner().user.unwrap_or_default())
+        }
+    };
+    let fetched = get(user.id.clone()).await.unwrap();
+    assert_eq!(
+        (fetched.id.as_str(), fetched.email.as_str()),
+        (user.id.as_str(), "alice@example.com")
+    );
+    let missing = get(uuid::Uuid::now_v7().to_string()).await.unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    let malformed = get("alice".into()).await.unwrap_err();
+    assert_eq!(malformed.code(), Code::InvalidArgument, "{malformed:?}");
     let taken = e
         .register("alice@example.com", "another password")
         .await
