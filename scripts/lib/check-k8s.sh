@@ -28,7 +28,9 @@
 #                 release_gate.py) run for real against stand-ins of the Kubernetes API
 #                 (serving and patching the rendered VirtualServices) and Prometheus
 #                 (check_release_gate.py): promotion, rollback after `threshold` failed
-#                 checks, too little traffic, Prometheus down, blue/green pre/post
+#                 checks (weight 0, the candidate scaled to zero, what the release then
+#                 records), too little traffic, Prometheus down, a candidate already
+#                 scaled to zero left alone, blue/green pre/post
 #   5. observability  dashboards, alert rules and METRICS.txt (every metric name real:
 #                 the exchange's own registered in the Rust sources, the others known
 #                 exporter/Istio/kube names), the OpenTelemetry Collector values and
@@ -226,15 +228,24 @@ dry "canary --dry-run" 0 scripts/canary --dry-run -- \
   "kubectl -n exchange create -f" "kubectl -n exchange logs -f job/exchange-gate-inventory-dryrun -c release-gate" \
   "promote (1/2)" "--set services.inventory.canary.weight=100 --set services.inventory.canary.stable.version=v2 --set services.inventory.canary.stable.tag= --wait" \
   "promote (2/2)" "--set services.inventory.canary.candidate.enabled=false --set services.inventory.canary.weight=0"
-# The gate's settings reach its Job; a failed analysis (the Job already rolled back)
-# is recorded in the release as weight 0, and there is no promotion.
-dry "canary --dry-run: a failed analysis is recorded as weight 0" 1 env RELEASE_GATE_TEST_RESULT=failed \
+# The gate's settings reach its Job; a failed analysis (the Job already rolled back
+# and scaled the candidate to zero) is recorded in the release as weight 0 and
+# candidate replicas 0, there is no promotion, and the message says how to try again.
+dry "canary --dry-run: a failed analysis is recorded as weight 0, candidate scaled to zero" 1 env RELEASE_GATE_TEST_RESULT=failed \
   scripts/canary --dry-run --steps 5,50 --samples 3 --threshold 1 --interval 10 --max-p99-ms 300 -- \
   "--set releaseGate.canary.samples=3 --set releaseGate.analysis.threshold=1 --set releaseGate.analysis.intervalSeconds=10" \
   "--set releaseGate.analysis.maxP99Ms=300 --set releaseGate.canary.steps=" "5" "50" "kubectl -n exchange create -f" \
-  "gate rolled inventory v2 back" "--reuse-values --set services.inventory.canary.weight=0 --wait" "failed its analysis"
-if grep -q "promote" "$work/dry-canary___dry_run__a_failed_analysis_is_recorded_as_weight_0.log" 2>/dev/null; then
+  "gate rolled inventory v2 back" \
+  "--reuse-values --set services.inventory.canary.weight=0 --set services.inventory.canary.candidate.replicas=0 --wait" \
+  "failed its analysis" "scripts/deploy canary" "--set services.inventory.canary.weight=0 --set services.inventory.canary.candidate.replicas=1"
+if grep -q "promote" "$work/dry-canary___dry_run__a_failed_analysis_is_recorded_as_weight_0__candidate_scaled_to_zero.log" 2>/dev/null; then
   bad "canary: a failed analysis must not promote"
+fi
+# A gate that did not start (exit 4: it changed nothing) records nothing.
+dry "canary --dry-run: a gate that did not start records nothing" 1 env RELEASE_GATE_TEST_RESULT=refused \
+  scripts/canary --dry-run -- "kubectl -n exchange create -f" "did not start an analysis of inventory v2 and changed nothing"
+if grep -q "helm upgrade" "$work/dry-canary___dry_run__a_gate_that_did_not_start_records_nothing.log" 2>/dev/null; then
+  bad "canary: a gate that did not start must not change the release"
 fi
 # The ingress strips the preview header: the smoke test goes through a port-forward.
 dry "bluegreen-switch back to blue --dry-run (blue is the primary Deployment)" 0 env DRY_RUN=1 scripts/bluegreen-switch --dry-run --to blue -- \
@@ -295,6 +306,80 @@ elif grep -Eq "kubectl (apply|create|label|delete)|helm (upgrade|install)" "$wor
 else
   ok "deploy without Istio refuses before changing anything: $(grep -m1 'Istio is not installed' "$work/no-istio.log" | cut -c1-60)..."
 fi
+# The real (not dry) paths of scripts/canary and scripts/deploy against a stand-in
+# cluster: kubectl and helm log every call; `helm template` is the real one; `helm
+# get values -o json` and `kubectl get deploy -o json` answer from files written here.
+fake="$work/fake-cluster"
+mkdir -p "$fake/bin"
+cat >"$fake/bin/kubectl" <<STUB
+#!/usr/bin/env bash
+echo "kubectl \$*" >>"$fake/calls.log"
+case "\$*" in
+  "config current-context") echo kind-exchange ;;
+  *"get deploy"*"-o json"*) cat "$fake/deployments.json" ;;
+  *"get deploy"*"-o name"*) python3 -c 'import json, sys; [print("deployment.apps/" + d["metadata"]["name"]) for d in json.load(open(sys.argv[1]))["items"]]' "$fake/deployments.json" ;;
+esac
+exit 0
+STUB
+cat >"$fake/bin/helm" <<STUB
+#!/usr/bin/env bash
+echo "helm \$*" >>"$fake/calls.log"
+case "\$1" in
+  template|lint) exec "$HELM" "\$@" ;;
+  get) [[ "\$*" != *"-o json"* ]] || cat "$fake/values.json" ;;
+esac
+exit 0
+STUB
+chmod +x "$fake/bin/kubectl" "$fake/bin/helm"
+# fake_deployments NAME=REPLICAS...: the release's Deployments the stand-in lists.
+fake_deployments() {
+  python3 - "$@" >"$fake/deployments.json" <<'PY'
+import json, sys
+items = []
+for arg in sys.argv[1:]:
+    name, replicas = arg.split("=")
+    track = "canary" if name.endswith("-canary") else "primary"
+    items.append({"metadata": {"name": name, "labels": {"app": name.split("-")[1]}},
+                  "spec": {"replicas": int(replicas), "selector": {"matchLabels": {"exchange.dev/track": track}}}})
+print(json.dumps({"items": items}))
+PY
+}
+# A release whose candidate a failed analysis scaled to zero: scripts/canary prepares
+# no gate and changes nothing, and says how to start the candidate again.
+printf '%s\n' '{"releaseGate": {"enabled": true}, "services": {"inventory": {"canary": {"stable": {"version": "v1"}, "candidate": {"enabled": true, "version": "v2", "replicas": 0}, "weight": 0}}}}' >"$fake/values.json"
+: >"$fake/calls.log"
+status=0
+PATH="$fake/bin:$PATH" scripts/canary >"$work/canary-scaled-down.log" 2>&1 </dev/null || status=$?
+if [[ $status == 0 ]] || ! grep -q "scaled to zero" "$work/canary-scaled-down.log" \
+   || ! grep -q "scripts/deploy canary" "$work/canary-scaled-down.log" \
+   || ! grep -q -- "--set services.inventory.canary.candidate.replicas=1" "$work/canary-scaled-down.log"; then
+  bad "canary of a candidate scaled to zero: should refuse, saying how to start it again (status $status)"; show "$work/canary-scaled-down.log"
+elif grep -Eq "helm (upgrade|template)|kubectl .*(create|get jobs)" "$fake/calls.log"; then
+  bad "canary of a candidate scaled to zero went on to a gate (or changed the cluster)"; show "$fake/calls.log"
+else
+  ok "canary of a candidate scaled to zero: refused before any change ($(grep -m1 -o 'the candidate v2 of inventory is scaled to zero' "$work/canary-scaled-down.log"))"
+fi
+# scripts/deploy canary over that release: a Deployment at 0 replicas runs nothing,
+# so the candidate is started without traffic first (as a new one), unlike one that runs.
+deploy_fake() {
+  : >"$fake/calls.log"
+  PATH="$fake/bin:$PATH" IMAGE_TAG=$TAG REGISTRY=registry.example.com/exchange scripts/deploy canary >"$1" 2>&1 </dev/null
+}
+fake_deployments exchange-inventory=2 exchange-inventory-canary=0
+if ! deploy_fake "$work/deploy-scaled-down.log"; then
+  bad "deploy canary over a candidate scaled to zero failed"; show "$work/deploy-scaled-down.log"
+elif ! in_order "$work/deploy-scaled-down.log" "services.inventory.canary.weight=0" "step 1 of 2" \
+       "--set services.inventory.canary.weight=0 --wait" "step 2 of 2" >"$work/deploy-scaled-down.why"; then
+  bad "deploy canary over a candidate scaled to zero: $(cat "$work/deploy-scaled-down.why")"; show "$work/deploy-scaled-down.log"
+else
+  fake_deployments exchange-inventory=2 exchange-inventory-canary=1
+  deploy_fake "$work/deploy-running.log" || true
+  if grep -q "nothing to start first" "$work/deploy-running.log"; then
+    ok "deploy canary over a candidate scaled to zero starts it without traffic first (one that runs: one upgrade)"
+  else
+    bad "deploy canary over a running candidate should need one upgrade"; show "$work/deploy-running.log"
+  fi
+fi
 dry "deploy --no-mesh --dry-run" 0 env IMAGE_TAG=$TAG scripts/deploy base --no-mesh --dry-run -- \
   "--no-mesh: deploying WITHOUT the mesh" "mutual TLS" "AuthorizationPolicy" \
   "create secret generic exchange-postgresql" "helm upgrade --install exchange helm/exchange -n exchange --set istio.enabled=false"
@@ -347,6 +432,8 @@ renders=(
   "canary-100|-f $CHART/values-canary.yaml --set services.inventory.canary.weight=100|--allow-served-by"
   "canary-promote-1|-f $CHART/values-canary.yaml --set services.inventory.canary.weight=100 --set services.inventory.canary.stable.version=v2|--allow-served-by"
   "canary-promote-2|-f $CHART/values-canary.yaml --set services.inventory.canary.weight=0 --set services.inventory.canary.stable.version=v2 --set services.inventory.canary.candidate.enabled=false|--allow-served-by"
+  # What scripts/canary records after a failed analysis: weight 0, the candidate scaled to zero.
+  "canary-rolled-back|-f $CHART/values-canary.yaml --set services.inventory.canary.weight=0 --set services.inventory.canary.candidate.replicas=0|--expect-scaled-down inventory=v2 --allow-served-by"
   "no-istio-base|--set istio.enabled=false|"
   # The gateway itself as canary and blue/green: its own header routes stay off the ingress.
   "gateway-canary|--set services.gateway.strategy=canary|--expect-canary gateway=v1:v2:10:x-canary=true"
@@ -511,6 +598,7 @@ transitions=(
   "base>rolling" "rolling>base"
   "base>canary-0" "canary-0>canary" "canary>canary-100" "canary-100>canary-promote-1"
   "canary-promote-1>canary-promote-2" "canary-promote-2>base" "canary>base"
+  "canary>canary-rolled-back" "canary-rolled-back>canary-0" "canary-rolled-back>base"
   "base>bluegreen" "bluegreen>bluegreen-switched" "bluegreen-switched>bluegreen" "bluegreen-switched>base"
   "no-istio-base>no-istio"
 )
@@ -524,13 +612,16 @@ for t in "${transitions[@]}"; do
     bad "upgrade ${t/>/ -> }"; grep VIOLATION "$work/transition.log" | head -n 5 | sed 's/^/        | /'
   fi
 done
-# The upgrade scripts/deploy splits in two must be rejected when done at once.
-if "$PY" scripts/lib/k8s/check_rendered.py -n exchange --transition "$work/render-base.yaml" "$work/render-canary.yaml" \
-    --expect-fail "exchange-inventory-canary, whose pods FROM does not run" >"$work/transition.log" 2>&1; then
-  ok "upgrade base -> canary at 10 % in one step: rejected ($(grep -m1 VIOLATION "$work/transition.log" | cut -c11-100)...)"
-else
-  bad "upgrade base -> canary at 10 % in one step should be rejected"; show "$work/transition.log"
-fi
+# The upgrades scripts/deploy splits in two must be rejected when done at once: a
+# candidate that does not exist, or that a failed analysis scaled to zero, at 10 %.
+for from in base canary-rolled-back; do
+  if "$PY" scripts/lib/k8s/check_rendered.py -n exchange --transition "$work/render-$from.yaml" "$work/render-canary.yaml" \
+      --expect-fail "exchange-inventory-canary, whose pods FROM does not run" >"$work/transition.log" 2>&1; then
+    ok "upgrade $from -> canary at 10 % in one step: rejected ($(grep -m1 VIOLATION "$work/transition.log" | cut -c11-100)...)"
+  else
+    bad "upgrade $from -> canary at 10 % in one step should be rejected"; show "$work/transition.log"
+  fi
+done
 if "$PY" scripts/lib/k8s/check_rendered.py -n exchange --transition "$work/render-base.yaml" "$work/render-bluegreen.yaml" \
     --transition-self-test >"$work/transition-self-test.log" 2>&1; then
   ok "$(tail -n1 "$work/transition-self-test.log")"
@@ -540,7 +631,7 @@ fi
 
 # ---------------------------------------------------------------------------------
 step "release gate: the in-cluster analysis, run offline against stand-ins"
-gate_renders=(canary-gate-job canary-0 canary-100 bluegreen-gate-job bluegreen-switched canary canary-failing)
+gate_renders=(canary-gate-job canary-rolled-back canary-100 bluegreen-gate-job bluegreen-switched canary canary-failing)
 missing_render=""
 for r in "${gate_renders[@]}"; do [[ -s $work/render-$r.yaml ]] || missing_render+=" $r"; done
 if [[ -n $missing_render ]]; then
@@ -566,7 +657,7 @@ PY
     bad "release gate demo: the fault should be on the candidate only"; show "$work/gate-demo.log"
   fi
   if "$PY" scripts/lib/k8s/check_release_gate.py --canary "$work/render-canary-gate-job.yaml" \
-      --canary-0 "$work/render-canary-0.yaml" --canary-100 "$work/render-canary-100.yaml" \
+      --canary-rolled-back "$work/render-canary-rolled-back.yaml" --canary-100 "$work/render-canary-100.yaml" \
       --bluegreen "$work/render-bluegreen-gate-job.yaml" --bluegreen-switched "$work/render-bluegreen-switched.yaml" \
       --validate "$VALIDATE" --python python3 >"$work/release-gate.log" 2>&1; then
     ok "$(tail -n1 "$work/release-gate.log")"

@@ -220,14 +220,16 @@ print("" if v is None else v)' "$path" <<<"$json" | grep . || printf '%s' "$defa
 # release_gate MODE SERVICE HELM_ARGS...: one analysis run of the in-cluster release
 # gate (helm/exchange/files/release_gate.py): renders its Job from the chart with the
 # release's own values plus HELM_ARGS (templates/release-gate-job.yaml), creates it,
-# follows its log, and sets GATE_RESULT to passed or failed. The Job does not depend
-# on this shell: closing the laptop leaves it analysing, and it rolls back by itself.
+# follows its log, and sets GATE_RESULT: passed, failed (it rolled back, or tried
+# to: exit 1 or 3) or refused (it did not start and changed nothing: exit 4, e.g. a
+# candidate scaled to zero). The Job does not depend on this shell: closing the
+# laptop leaves it analysing, and it rolls back by itself.
 # In a dry run GATE_RESULT is RELEASE_GATE_TEST_RESULT (default passed).
 GATE_RESULT=""
 release_gate() {
   local mode=$1 service=$2
   shift 2
-  local id job dir deadline status
+  local id job dir deadline status code
   id=$(date +%s)
   [[ $DRY_RUN == 1 ]] && id=dryrun
   job=$(printf '%s-gate-%s-%s' "$FULLNAME" "$service" "$id" | cut -c1-63 | sed 's/-*$//')
@@ -268,7 +270,13 @@ release_gate() {
     status=$(kubectl -n "$NAMESPACE" get job "$job" -o jsonpath='{.status.succeeded}/{.status.failed}' 2>/dev/null || true)
     case $status in
       1/*) GATE_RESULT=passed ;;
-      */1) GATE_RESULT=failed ;;
+      */1)
+        GATE_RESULT=failed
+        # Exit 4: the gate refused to start; anything else that failed may have rolled back.
+        code=$(kubectl -n "$NAMESPACE" get pods -l "job-name=$job" \
+          -o jsonpath='{.items[*].status.containerStatuses[?(@.name=="release-gate")].state.terminated.exitCode}' 2>/dev/null || true)
+        [[ $code == 4 ]] && GATE_RESULT=refused
+        ;;
     esac
     if [[ -n $GATE_RESULT ]]; then rm -rf "$dir"; return 0; fi
     ((SECONDS < deadline)) || die "Job $job has no result after its deadline; see kubectl -n $NAMESPACE describe job $job"

@@ -9,8 +9,11 @@ closed laptop cannot leave the traffic half way. Python 3 standard library only.
              subsets) to the step, then check the candidate once per interval until
              `samples` checks passed; every failed check counts, and after
              `threshold` failed checks the weight goes back to 0 (all to the
-             primary) and the gate exits 1. After the last step the candidate keeps
-             that step's weight (promotion is scripts/canary's: two helm upgrades).
+             primary), the routes pinned to the candidate go, the candidate
+             Deployment is scaled to zero (as Flagger does) and the gate exits 1.
+             After the last step the candidate keeps that step's weight (promotion
+             is scripts/canary's: two helm upgrades). A candidate already scaled to
+             zero is not analysed: the gate says so and changes nothing.
   bluegreen  checks the idle color through the preview route (`pre` checks must
              pass), switches the live route to it, then checks it as the live color
              for a bake time (`bake` checks); `threshold` failed checks before the
@@ -28,11 +31,13 @@ header (pinned to the candidate) or the preview header, so a step always has
 traffic.
 
 It changes nothing but the VirtualServices named by --virtualservice, with JSON
-patches guarded by their resourceVersion (re-read and retried on a conflict). Every
-HTTP call has a timeout; the whole run has a deadline (--deadline, below the Job's
-activeDeadlineSeconds) after which it rolls back; SIGTERM (the Job deleted) rolls
-back too. Exit status: 0 passed, 1 failed and rolled back, 3 the rollback itself
-failed (the message says what to run).
+patches guarded by their resourceVersion (re-read and retried on a conflict), and,
+in a canary rollback, the replica count of the candidate (--workload, through its
+scale subresource). Every HTTP call has a timeout; the whole run has a deadline
+(--deadline, below the Job's activeDeadlineSeconds) after which it rolls back;
+SIGTERM (the Job deleted) rolls back too. Exit status: 0 passed, 1 failed and
+rolled back, 3 the rollback itself failed (the message says what to run), 4 not
+started (nothing was changed: the message says why).
 
 Every option also reads GATE_<OPTION> from the environment (the Job sets those).
 """
@@ -55,7 +60,7 @@ import urllib.request
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 # gRPC status codes that count as failures (as in the chart's dashboards and alerts).
 GRPC_FAILURES = "2|4|13|14|15"
-EXIT_PASSED, EXIT_ROLLED_BACK, EXIT_ROLLBACK_FAILED = 0, 1, 3
+EXIT_PASSED, EXIT_ROLLED_BACK, EXIT_ROLLBACK_FAILED, EXIT_NOT_STARTED = 0, 1, 3, 4
 
 
 def log(msg):
@@ -107,6 +112,28 @@ class Kube:
     def _vs_url(self, name):
         return f"{self.url}/apis/networking.istio.io/v1/namespaces/{self.namespace}/virtualservices/{name}"
 
+    def _scale_url(self, deployment):
+        return f"{self.url}/apis/apps/v1/namespaces/{self.namespace}/deployments/{deployment}/scale"
+
+    def get_replicas(self, deployment):
+        """The replica count Deployment `deployment` asks for (its scale subresource)."""
+        status, data = http("GET", self._scale_url(deployment), headers=self._headers(),
+                            timeout=self.timeout, context=self.context)
+        if status != 200:
+            raise GateError(f"GET Deployment {deployment} scale: HTTP {status}: {data[:200]!r}")
+        try:
+            return int((json.loads(data).get("spec") or {}).get("replicas", 0))
+        except (ValueError, TypeError, AttributeError):
+            raise GateError(f"Deployment {deployment} scale: unreadable answer") from None
+
+    def scale(self, deployment, replicas):
+        body = json.dumps({"spec": {"replicas": replicas}}).encode()
+        status, data = http("PATCH", self._scale_url(deployment) + "?fieldManager=release-gate", body=body,
+                            headers=self._headers("application/merge-patch+json"),
+                            timeout=self.timeout, context=self.context)
+        if status != 200:
+            raise GateError(f"PATCH Deployment {deployment} scale: HTTP {status}: {data[:200]!r}")
+
     def get_vs(self, name):
         status, data = http("GET", self._vs_url(name), headers=self._headers(),
                             timeout=self.timeout, context=self.context)
@@ -141,6 +168,19 @@ def canary_ops(vs, stable, candidate, weight):
             for j, s in enumerate(subsets):
                 want = weight if s == candidate else 100 - weight
                 ops.append({"op": "replace", "path": f"/spec/http/{i}/route/{j}/weight", "value": want})
+    return ops
+
+
+def rollback_ops(vs, stable, candidate):
+    """canary_ops at weight 0, and the removal of every route that sends only to the
+    candidate (the pinned ones): its pods are about to go, and a pinned call to an
+    empty subset gets a 503. Without them pinned calls take the weighted route, as
+    the chart renders a candidate scaled to zero."""
+    ops = canary_ops(vs, stable, candidate, 0)
+    routes = (vs.get("spec") or {}).get("http") or []
+    pinned = [i for i, r in enumerate(routes) if set(route_subsets(r)) == {candidate}]
+    # Highest index first: each removal leaves the indexes before it as they were.
+    ops += [{"op": "remove", "path": f"/spec/http/{i}"} for i in reversed(pinned)]
     return ops
 
 
@@ -425,6 +465,11 @@ class Gate:
     def canary(self):
         a = self.a
         sel = selector(a.workload_namespace or self.kube.namespace, a.app, a.workload, a.version)
+        if self.kube.get_replicas(a.workload) == 0:
+            raise GateError(f"the candidate Deployment {a.workload} is scaled to zero (an earlier analysis failed "
+                            f"and scaled it down): there is nothing to analyse. Start it again without traffic "
+                            f"first: scripts/deploy canary, or helm upgrade <release> helm/exchange --reuse-values "
+                            f"--set services.{a.app}.canary.weight=0 --set services.{a.app}.canary.candidate.replicas=1")
         current = {n: weights(self.kube.get_vs(n), a.candidate_subset) for n in a.virtualservice}
         for n, w in current.items():
             if not w:
@@ -450,16 +495,32 @@ class Gate:
         return EXIT_PASSED
 
     def rollback(self, why):
+        """All traffic to the primary, then the candidate scaled to zero (traffic
+        first: its pods must not go while they still get requests)."""
         a = self.a
-        log(f"FAILED: {why}; rolling back: all traffic to {a.stable_subset}")
+        record = (f"helm upgrade <release> helm/exchange --reuse-values --set services.{a.app}.canary.weight=0 "
+                  f"--set services.{a.app}.canary.candidate.replicas=0")
+        log(f"FAILED: {why}; rolling back: all traffic to {a.stable_subset}, {a.workload} scaled to zero")
         try:
-            self.patch(lambda vs: canary_ops(vs, a.stable_subset, a.candidate_subset, 0),
-                       f"{a.stable_subset} 100 %, {a.candidate_subset} 0 %")
+            self.patch(lambda vs: rollback_ops(vs, a.stable_subset, a.candidate_subset),
+                       f"{a.stable_subset} 100 %, {a.candidate_subset} 0 %, no route pinned to {a.candidate_subset}")
         except GateError as e:
-            log(f"ROLLBACK FAILED: {e}. Run: helm upgrade <release> helm/exchange --reuse-values "
-                f"--set services.{a.app}.canary.weight=0")
+            log(f"ROLLBACK FAILED: {e}. Run: {record}")
             return EXIT_ROLLBACK_FAILED
         log(f"ROLLED BACK: {a.app} {a.version} gets no traffic (weight 0)")
+        for attempt in range(1, self.a.api_attempts + 1):
+            try:
+                self.kube.scale(a.workload, 0)
+                break
+            except GateError as e:
+                if attempt == self.a.api_attempts:
+                    log(f"SCALE-DOWN FAILED: {e}. {a.app} {a.version} gets no traffic, but its pods still run. "
+                        f"Run: {record}")
+                    return EXIT_ROLLBACK_FAILED
+                log(f"  {e}; retrying")
+                time.sleep(min(2 ** attempt * 0.25, 5))
+        log(f"SCALED DOWN: Deployment {a.workload} to 0 replicas; scripts/canary records both in the release "
+            f"(without it: {record})")
         return EXIT_ROLLED_BACK
 
     # blue/green ------------------------------------------------------------------
@@ -640,8 +701,8 @@ def main(argv):
     try:
         status = gate.run()
     except GateError as e:
-        log(f"ERROR: {e}; nothing was changed")
-        status = EXIT_ROLLED_BACK
+        log(f"NOT STARTED: {e}; nothing was changed")
+        status = EXIT_NOT_STARTED
     if a.sidecar:
         quit_sidecar()
     return status

@@ -154,7 +154,9 @@ Each track: suffix (Deployment name suffix), track (the exchange.dev/track label
 which is the Deployment's selector and the DestinationRule subset's labels),
 version, tag, replicas, color (blue/green only), subset (the subset name, empty
 for rolling), role, extraEnv (the candidate's and each color's own, e.g. a
-candidate told to fail for the release gate's rollback demo).
+candidate told to fail for the release gate's rollback demo). A candidate's
+replicas may be 0: scaled down after a failed analysis (scripts/canary records it),
+it keeps its Deployment and subset but gets no route, HPA or PDB.
 
 The primary track keeps one name, one selector and one subset label across every
 strategy (as Flagger's primary does): <component>, exchange.dev/track=primary. It is
@@ -174,7 +176,9 @@ Context: {root, name, svc}.
 {{- $c := $svc.canary -}}
 {{- $tracks = append $tracks (dict "suffix" "" "track" "primary" "version" $c.stable.version "tag" ($c.stable.tag | default $root.Values.global.image.tag | required $need) "replicas" (default $svc.replicas $c.stable.replicas) "subset" "stable" "role" "stable") -}}
 {{- if $c.candidate.enabled -}}
-{{- $tracks = append $tracks (dict "suffix" "canary" "track" "canary" "version" $c.candidate.version "tag" ($c.candidate.tag | default $root.Values.global.image.tag | required $need) "replicas" (default $svc.replicas $c.candidate.replicas) "subset" "canary" "role" "candidate" "extraEnv" $c.candidate.extraEnv) -}}
+{{- /* 0 is a count here, not "unset": a candidate scaled down after a failed analysis. */ -}}
+{{- $replicas := ternary $svc.replicas $c.candidate.replicas (kindIs "invalid" $c.candidate.replicas) -}}
+{{- $tracks = append $tracks (dict "suffix" "canary" "track" "canary" "version" $c.candidate.version "tag" ($c.candidate.tag | default $root.Values.global.image.tag | required $need) "replicas" (int $replicas) "subset" "canary" "role" "candidate" "extraEnv" $c.candidate.extraEnv) -}}
 {{- end -}}
 {{- else if eq $svc.strategy "bluegreen" -}}
 {{- $b := $svc.bluegreen -}}

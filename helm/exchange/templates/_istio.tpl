@@ -1,7 +1,8 @@
 {{/*
 Istio routing per service, from its strategy:
   rolling    one route to the host (no subsets)
-  canary     header -> candidate subset; otherwise weights stable/candidate
+  canary     header -> candidate subset; otherwise weights stable/candidate (a
+             candidate scaled to zero: no header route, weights 100/0)
   bluegreen  preview header -> idle color; otherwise 100% to the live color
 Each route set is rendered once per class of call: streams first (streamPaths: no
 timeout, no retries), then fault injection (istio.fault, only on the unary calls
@@ -149,7 +150,16 @@ response:
 {{- if or (lt $w 0) (gt $w 100) -}}
 {{- fail (printf "services.%s.canary.weight must be 0-100, not %v" $.name $cn.weight) -}}
 {{- end }}
-{{- if not $edge }}
+{{- $running := true -}}
+{{- range $.tracks -}}
+{{- if and (eq .role "candidate") (eq (int .replicas) 0) -}}{{- $running = false -}}{{- end -}}
+{{- end -}}
+{{- if and (not $running) (gt $w 0) -}}
+{{- fail (printf "services.%s.canary: the candidate is scaled to zero (candidate.replicas 0, after a failed analysis), so its weight must be 0, not %d: bring it back first (--set services.%s.canary.candidate.replicas=1), or scripts/deploy canary" $.name $w $.name) -}}
+{{- end }}
+{{- /* A candidate scaled to zero has no pods: a pinned call would get a 503, so the
+pin goes and x-canary requests take the weighted route (the stable version). */}}
+{{- if and (not $edge) $running }}
 {{ include "exchange.istio.route" (merge (dict "name" (printf "%scanary-pinned" $prefix) "header" $cn.header "destinations" (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" "canary" "weight" nil))) $base) }}
 {{- end }}
 {{- $dests := printf "%s\n%s" (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" "stable" "weight" (sub 100 $w))) (include "exchange.istio.destination" (dict "host" $host "port" $port "subset" "canary" "weight" $w)) }}

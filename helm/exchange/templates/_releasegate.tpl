@@ -8,6 +8,22 @@ release-gate-job.yaml; the program is files/release_gate.py).
 {{- if and .Values.releaseGate.enabled .Values.istio.enabled -}}true{{- end -}}
 {{- end -}}
 
+{{/* The candidate Deployment each routed service would have as a canary (<component>-canary), as a YAML list: what the gate may scale to zero. Context: root. */}}
+{{- define "exchange.releaseGate.candidates" -}}
+{{- $root := . -}}
+{{- $out := list -}}
+{{- range $name, $_ := $root.Values.services -}}
+{{- $ctx := dict "root" $root "name" $name -}}
+{{- if include "exchange.enabled" $ctx -}}
+{{- $svc := include "exchange.svc" $ctx | fromYaml -}}
+{{- if has (include "exchange.mainPort" $svc) $svc.servicePorts -}}
+{{- $out = append $out (include "exchange.workloadName" (merge (dict "track" (dict "suffix" "canary")) $ctx)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
 {{/* The VirtualServices of this release (each routed service's, and the ingress one), as a YAML list. Context: root. */}}
 {{- define "exchange.releaseGate.virtualServices" -}}
 {{- $root := . -}}
@@ -49,6 +65,9 @@ virtualServices: {{ $component }}{{ if $svc.ingress }},{{ $component }}-ingress{
 {{- if eq $g.run.mode "canary" }}
 {{- if or (ne $svc.strategy "canary") (not $svc.canary.candidate.enabled) }}
 {{- fail (printf "releaseGate.run: %s is not deployed as a canary with its candidate enabled (services.%s.strategy=canary)" $name $name) }}
+{{- end }}
+{{- if eq (toString $svc.canary.candidate.replicas) "0" }}
+{{- fail (printf "releaseGate.run: the candidate of %s is scaled to zero (services.%s.canary.candidate.replicas=0: an earlier analysis failed); there is nothing to analyse. Start it again first: scripts/deploy canary, or helm upgrade --reuse-values --set services.%s.canary.candidate.replicas=1" $name $name $name) }}
 {{- end }}
 {{- $prev := 0 }}
 {{- range $g.canary.steps }}

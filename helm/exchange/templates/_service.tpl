@@ -16,11 +16,13 @@ Every Kubernetes object of one application service. templates/<service>.yaml cal
 {{- range $track := $tracks }}
 ---
 {{ include "exchange.deployment" (merge (dict "track" $track) $ctx) }}
-{{- if $ctx.svc.autoscaling.enabled }}
+{{- /* A track scaled to zero (a candidate after a failed analysis): an HPA would
+disagree with its count and a PDB would guard no pod. */}}
+{{- if and $ctx.svc.autoscaling.enabled (gt (int $track.replicas) 0) }}
 ---
 {{ include "exchange.hpa" (merge (dict "track" $track) $ctx) }}
 {{- end }}
-{{- if $ctx.svc.pdb.enabled }}
+{{- if and $ctx.svc.pdb.enabled (gt (int $track.replicas) 0) }}
 ---
 {{ include "exchange.pdb" (merge (dict "track" $track) $ctx) }}
 {{- end }}
@@ -234,7 +236,7 @@ metadata:
     exchange.dev/track-role: {{ . }}
     {{- end }}
 spec:
-  {{- if $svc.autoscaling.enabled }}
+  {{- if and $svc.autoscaling.enabled (gt (int $track.replicas) 0) }}
   {{- /*
   The HPA owns the count; the Deployment still states it so that a first install
   starts the HPA's minimum (not 1 pod, which --wait would accept), and an upgrade

@@ -55,8 +55,9 @@ environment variables replaced by the root's own source) and checks:
               parameters (release, namespace, value files, valuesObject), as committed
               and as Argo CD renders it in a cluster that has the Prometheus
               operator's API, and once per release step scripts/canary and
-              scripts/bluegreen-switch take (every canary weight, the abort, the
-              promotion, the blue/green flip) applied as `argocd app set -p`: each
+              scripts/bluegreen-switch take (every canary weight, the abort with
+              what scripts/canary records after a failure, the promotion, the
+              blue/green flip) applied as `argocd app set -p`: each
               render validated by validate-manifests (at the kind node's Kubernetes
               version) and by check_rendered.py's mesh checks in that namespace and
               release (with the Secrets the README's command creates), and each step
@@ -1065,6 +1066,11 @@ def release_steps(checker, app, values):
                     commands = [["$key.weight=$1"]] + commands
             prev, params = "as committed", []
             stepping = [c for c in commands if any("$1" in x for x in c)]
+            # What the script records after a failed analysis (weight 0, and what else
+            # it sets then, such as the candidate scaled to zero): the abort branch,
+            # not a step on the way to promotion.
+            recorded = [c for c in commands if c not in stepping and (f"{key}.weight", "0") in params_of(c)
+                        and not any(k.endswith((".enabled", ".version")) for k, _ in params_of(c))]
             for c in stepping:
                 for w in weights:
                     params = [p for p in params if p[0] not in dict(params_of(c, w))] + params_of(c, w)
@@ -1072,10 +1078,12 @@ def release_steps(checker, app, values):
                     steps.append((label, list(params), prev))
                     prev = label
                 abort = params_of(c, 0)
+                for r in recorded:
+                    abort = [p for p in abort if p[0] not in dict(params_of(r))] + params_of(r)
                 steps.append((f"{strategy} {svc} abort " + " ".join(f"{k.removeprefix(key + '.')}={v}" for k, v in abort),
                               [p for p in params if p[0] not in dict(abort)] + abort, prev))
             for c in commands:
-                if c in stepping:
+                if c in stepping or c in recorded:
                     continue
                 new = params_of(c)
                 params = [p for p in params if p[0] not in dict(new)] + new

@@ -7,8 +7,11 @@ on 127.0.0.1:
 
   Kubernetes API  serves the RENDERED VirtualServices (from helm template) and applies
                   the gate's JSON patches (RFC 6902: test, add, remove, replace) and
-                  merge patches (RFC 7386) to them for real, with resourceVersions; it
-                  wants the ServiceAccount token as a Bearer token
+                  merge patches (RFC 7386) to them for real, with resourceVersions,
+                  and the scale subresource of the rendered Deployments; it wants
+                  the ServiceAccount token as a Bearer token and allows only what the
+                  RENDERED Role bound to the gate's ServiceAccount allows (verb,
+                  resource, name), 403 otherwise
   Prometheus      answers the gate's /api/v1/query from a scenario: it parses the
                   PromQL (which metric: requests, failures or the p99 histogram; the
                   label matchers), so a query for another workload or version, another
@@ -18,15 +21,20 @@ on 127.0.0.1:
                   candidate, preview before the switch, none after)
 
 Scenarios: a healthy canary walks every step; a candidate failing from step 2 is
-rolled back after exactly `threshold` failed checks; too little traffic and an
-unreachable Prometheus roll back (never promote blind); metrics of another version
-only roll back; the run's deadline rolls back; blue/green: a failing idle color is
-never switched to, a failing new live color is switched back, a healthy one stays.
+rolled back after exactly `threshold` failed checks, then scaled to zero (after the
+traffic left it); too little traffic and an unreachable Prometheus roll back (never
+promote blind); metrics of another version only roll back; the run's deadline rolls
+back; a candidate already scaled to zero is not analysed (exit 4, nothing changed);
+a Role without the scale rule leaves the rollback incomplete (exit 3, traffic back
+on the primary); blue/green: a failing idle color is never switched to, a failing
+new live color is switched back, a healthy one stays.
 After each: the VirtualService is asserted route by route (and must equal what
-`helm template` renders for the recorded value, so the upgrade that records it
-changes no route) and still validates with validate-manifests.
+`helm template` renders for the values scripts/canary records: weight 0 and, after
+a failure, candidate replicas 0, so the upgrade that records it changes no route),
+the candidate's replica count equals that render's, and everything still validates
+with validate-manifests.
 
-Usage: check_release_gate.py --canary RENDER --canary-0 RENDER --canary-100 RENDER
+Usage: check_release_gate.py --canary RENDER --canary-rolled-back RENDER --canary-100 RENDER
                              --bluegreen RENDER --bluegreen-switched RENDER
                              [--validate validate-manifests] [--python python3]
   (--canary and --bluegreen: full renders including the gate's Job, i.e. with
@@ -151,11 +159,20 @@ class Quiet(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-class KubeAPI:
-    """The VirtualServices of a render behind the API paths the gate uses."""
+def allowed(rules, group, resource, verb, name):
+    """RBAC: does one of the Role's rules allow verb on resource `name`?"""
+    return any(group in r.get("apiGroups", []) and resource in r.get("resources", [])
+               and verb in r.get("verbs", []) and (not r.get("resourceNames") or name in r["resourceNames"])
+               for r in rules)
 
-    def __init__(self, namespace, objects):
+
+class KubeAPI:
+    """The VirtualServices and Deployments (their scale) of a render behind the API
+    paths the gate uses, allowing what `rules` (the rendered Role) allows."""
+
+    def __init__(self, namespace, objects, rules, deployments=()):
         self.ns = namespace
+        self.rules = rules
         self.lock = threading.Lock()
         self.objects = {}
         self.version = 100
@@ -165,7 +182,11 @@ class KubeAPI:
             self.version += 1
             o["metadata"]["resourceVersion"] = str(self.version)
             self.objects[o["metadata"]["name"]] = o
-        self.history = []          # (name, object after the patch)
+        # Deployment name -> replicas, as rendered (the scale subresource's spec.replicas).
+        self.replicas = {d["metadata"]["name"]: d["spec"].get("replicas", 1) for d in deployments}
+        self.history = []          # (name, object after the patch), VirtualServices
+        self.scales = []           # (name, replicas, VirtualService patches before it)
+        self.forbidden = []        # (verb, resource, name) the Role does not allow
         self.gets = 0
         self.conflict_on_get = 0    # the nth GET is followed by someone else's update
         self.patches_rejected = 0
@@ -173,12 +194,48 @@ class KubeAPI:
         api = self
 
         class H(Quiet):
-            def route(self):
-                u = urllib.parse.urlparse(self.path)
-                m = re.fullmatch(r"/apis/networking\.istio\.io/v1/namespaces/([^/]+)/virtualservices/([^/]+)", u.path)
+            def authorized(self, group, resource, name):
                 if self.headers.get("authorization") != f"Bearer {TOKEN}":
                     api.unauthorized += 1
                     self.reply(401, {"kind": "Status", "code": 401})
+                    return False
+                verb = self.command.lower()
+                if not allowed(api.rules, group, resource, verb, name):
+                    api.forbidden.append((verb, resource, name))
+                    self.reply(403, {"kind": "Status", "code": 403, "reason": "Forbidden"})
+                    return False
+                return True
+
+            def scale_target(self):
+                """The Deployment of a .../deployments/NAME/scale path, else None."""
+                u = urllib.parse.urlparse(self.path)
+                m = re.fullmatch(r"/apis/apps/v1/namespaces/([^/]+)/deployments/([^/]+)/scale", u.path)
+                return (m.group(1), m.group(2)) if m else None
+
+            def scale(self, ns, name):
+                if not self.authorized("apps", "deployments/scale", name):
+                    return
+                if ns != api.ns or name not in api.replicas:
+                    self.reply(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+                    return
+                with api.lock:
+                    if self.command == "PATCH":
+                        body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                        if self.headers.get("content-type", "") != "application/merge-patch+json":
+                            self.reply(415, {"kind": "Status", "code": 415})
+                            return
+                        spec = merge_patch({"spec": {"replicas": api.replicas[name]}}, body)["spec"]
+                        api.replicas[name] = int(spec["replicas"])
+                        api.scales.append((name, api.replicas[name], len(api.history)))
+                    n = api.replicas[name]
+                self.reply(200, {"kind": "Scale", "apiVersion": "autoscaling/v1",
+                                 "metadata": {"name": name, "namespace": ns},
+                                 "spec": {"replicas": n}, "status": {"replicas": n}})
+
+            def route(self):
+                u = urllib.parse.urlparse(self.path)
+                m = re.fullmatch(r"/apis/networking\.istio\.io/v1/namespaces/([^/]+)/virtualservices/([^/]+)", u.path)
+                if not self.authorized("networking.istio.io", "virtualservices", m.group(2) if m else ""):
                     return None
                 if not m or m.group(1) != api.ns or m.group(2) not in api.objects:
                     self.reply(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
@@ -186,6 +243,9 @@ class KubeAPI:
                 return m.group(2)
 
             def do_GET(self):
+                if self.scale_target():
+                    self.scale(*self.scale_target())
+                    return
                 name = self.route()
                 if name:
                     with api.lock:
@@ -198,6 +258,9 @@ class KubeAPI:
                     self.reply(200, obj)
 
             def do_PATCH(self):
+                if self.scale_target():
+                    self.scale(*self.scale_target())
+                    return
                 name = self.route()
                 if not name:
                     return
@@ -306,6 +369,15 @@ class FakeGateway:
 
 
 # ---- the runs ----------------------------------------------------------------------------
+def gate_rules(docs):
+    """The rules of the Role(s) bound to the gate Job's ServiceAccount, as rendered."""
+    sa = find(docs, "Job")["spec"]["template"]["spec"]["serviceAccountName"]
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
+    return [rule for b in docs if b["kind"] == "RoleBinding"
+            and any(x.get("kind") == "ServiceAccount" and x.get("name") == sa for x in b.get("subjects") or [])
+            for rule in roles[b["roleRef"]["name"]].get("rules") or []]
+
+
 def job_env(docs):
     job = find(docs, "Job")
     c = job["spec"]["template"]["spec"]["containers"][0]
@@ -335,7 +407,7 @@ def weighted_routes(vs, stable, candidate):
 
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for a in ("--canary", "--canary-0", "--canary-100", "--bluegreen", "--bluegreen-switched"):
+    for a in ("--canary", "--canary-rolled-back", "--canary-100", "--bluegreen", "--bluegreen-switched"):
         ap.add_argument(a, required=True)
     ap.add_argument("--namespace", default="exchange")
     ap.add_argument("--validate", default="validate-manifests")
@@ -356,7 +428,14 @@ def main(argv):
     samples = int(cenv["GATE_SAMPLES"])
     pin_name, pin_value = cenv["GATE_PIN_HEADER"].split("=", 1)
     canary_vs = [find(canary_docs, "VirtualService", n) for n in vs_names]
-    want0 = {n: find(docs_of(a.canary_0), "VirtualService", n)["spec"] for n in vs_names}
+    canary_rules = gate_rules(canary_docs)
+    cand_deploy = find(canary_docs, "Deployment", cand_workload)
+    # What scripts/canary records after a failure: weight 0, the candidate scaled to zero.
+    rolled_back = docs_of(a.canary_rolled_back)
+    want0 = {n: find(rolled_back, "VirtualService", n)["spec"] for n in vs_names}
+    want0_replicas = find(rolled_back, "Deployment", cand_workload)["spec"].get("replicas", 1)
+    if want0_replicas != 0:
+        raise Fail(f"the rolled-back render states {want0_replicas} replicas for {cand_workload}, not 0")
     want100 = {n: find(docs_of(a.canary_100), "VirtualService", n)["spec"] for n in vs_names}
     stable_workload = next(d["metadata"]["name"] for d in canary_docs if d["kind"] == "Deployment"
                            and d["spec"]["template"]["metadata"]["labels"].get("app") == app
@@ -367,6 +446,7 @@ def main(argv):
     benv = job_env(bg_docs)
     bg_vs_names = benv["GATE_VIRTUALSERVICE"].split(",")
     bg_vs = [find(bg_docs, "VirtualService", n) for n in bg_vs_names]
+    bg_rules = gate_rules(bg_docs)
     bg_switched = {n: find(docs_of(a.bluegreen_switched), "VirtualService", n)["spec"] for n in bg_vs_names}
     bg_from, bg_to = benv["GATE_FROM_COLOR"], benv["GATE_TO_COLOR"]
     bg_key = (benv["GATE_WORKLOAD"], benv["GATE_VERSION"])
@@ -381,8 +461,11 @@ def main(argv):
     def validate(objs, label):
         patched.extend((label, copy.deepcopy(o)) for o in objs)
 
-    def canary_run(label, scenario, want_status, prom_down=False, conflicts=0, extra=()):
-        kube = KubeAPI(ns, canary_vs)
+    def canary_run(label, scenario, want_status, prom_down=False, conflicts=0, extra=(), replicas=None, rules=None):
+        deploy = copy.deepcopy(cand_deploy)
+        if replicas is not None:
+            deploy["spec"]["replicas"] = replicas
+        kube = KubeAPI(ns, canary_vs, canary_rules if rules is None else rules, [deploy])
         kube.conflict_on_get = conflicts
         gw = FakeGateway()
 
@@ -405,10 +488,23 @@ def main(argv):
             raise Fail(f"{label}: exit status {status}, expected {want_status}\n{out}")
         if kube.unauthorized:
             raise Fail(f"{label}: the gate called the API without its ServiceAccount token")
+        if kube.forbidden and rules is None:
+            raise Fail(f"{label}: the rendered Role does not allow the gate's {kube.forbidden[0]}\n{out}")
         walk = [weighted_routes(o, "stable", "canary")[0][2] for n, o in kube.history if n == vs_names[0]]
         return kube, gw, prom, walk, out
 
     def expect_final(kube, want, label):
+        """The routes (and the candidate's replicas) are helm's render of what scripts/canary records."""
+        rendered = cand_deploy["spec"].get("replicas", 1)
+        if want is want0:
+            if kube.replicas[cand_workload] != want0_replicas:
+                raise Fail(f"{label}: {cand_workload} runs {kube.replicas[cand_workload]} replicas after the rollback, "
+                           f"not {want0_replicas} (the rolled-back render)")
+            if [x[2] for x in kube.scales] != [len(kube.history)]:
+                raise Fail(f"{label}: the candidate should be scaled down once, after the routes left it "
+                           f"(scale patches {kube.scales}, route patches {len(kube.history)})")
+        elif kube.scales or kube.replicas[cand_workload] != rendered:
+            raise Fail(f"{label}: the candidate was scaled ({kube.scales}) though it passed")
         for n in vs_names:
             got = kube.objects[n]
             for name, s, c in weighted_routes(got, "stable", "canary"):
@@ -489,6 +585,26 @@ def main(argv):
     expect_final(kube, want0, "deadline")
     passed.append(f"deadline passed at {walk[-2] if len(walk) > 1 else '?'} %: rolled back")
 
+    # 7. a candidate already scaled to zero (an earlier failure): not analysed, nothing changed.
+    kube, gw, prom, walk, out = canary_run("candidate scaled to zero", s_healthy, 4, replicas=0)
+    if kube.history or kube.scales or "scaled to zero" not in out or "scripts/deploy canary" not in out:
+        raise Fail(f"candidate scaled to zero: expected no change and a message saying how to start it again\n{out}")
+    passed.append("candidate already scaled to zero: not analysed (exit 4), nothing changed, told how to start it")
+
+    # 8. a Role that may read the candidate's scale but not change it: the traffic still
+    #    goes back; the gate says the rest failed. Without even `get` it does not start.
+    no_scale = [r for r in canary_rules if "deployments/scale" not in r.get("resources", [])]
+    kube, gw, prom, walk, out = canary_run("no scale rule", s_quiet, 4, rules=no_scale)
+    if kube.history or "NOT STARTED" not in out:
+        raise Fail(f"no scale rule: a gate that cannot read the candidate's scale must not start\n{out}")
+    get_only = [dict(r, verbs=["get"]) if "deployments/scale" in r.get("resources", []) else r for r in canary_rules]
+    kube, gw, prom, walk, out = canary_run("scale-down refused", s_quiet, 3, rules=get_only)
+    if walk[-1:] != [0] or kube.replicas[cand_workload] == 0 or "SCALE-DOWN FAILED" not in out \
+            or f"services.{app}.canary.candidate.replicas=0" not in out:
+        raise Fail(f"scale-down refused: expected the traffic rolled back, exit 3 and the command to finish it\n{out}")
+    passed.append("scale-down refused by RBAC: traffic rolled back, exit 3 naming the upgrade that finishes it "
+                  "(no scale rule at all: not started)")
+
     # blue/green ------------------------------------------------------------------------
     def live_of(vs):
         for r in vs["spec"]["http"]:
@@ -497,7 +613,7 @@ def main(argv):
         return None
 
     def bg_run(label, pre_ok, post_ok, want_status):
-        kube = KubeAPI(ns, bg_vs)
+        kube = KubeAPI(ns, bg_vs, bg_rules)
         gw = FakeGateway()
 
         def scenario(live):

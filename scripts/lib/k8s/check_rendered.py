@@ -43,6 +43,10 @@ objects fit together the way the mesh needs:
               pulled again (IfNotPresent) and changes no pod spec
   replicas    a Deployment an HPA scales states at least the HPA's minimum (a first
               install would otherwise start one pod)
+  scaled down a Deployment scaled to zero (a canary candidate after a failed analysis)
+              gets no share of any route and no header route (its calls would get
+              503s), and no HPA or PodDisruptionBudget names it;
+              --expect-scaled-down APP=VERSION: that Deployment is scaled to zero
   faults      a route with a fault matches named unary calls only: never the
               catch-all, never a stream path, and carries no retries or timeout
               (Istio turns them off on a route with a fault)
@@ -71,8 +75,10 @@ objects fit together the way the mesh needs:
   gate        the release gate's Job: never retried, its own deadline before the
               Job's, cleaned up, a native sidecar; its ServiceAccount bound to a Role
               that may only get/list/patch VirtualServices (each one it patches
-              rendered and named); its calls to Prometheus and the API server allowed
-              by its NetworkPolicy (its load to the gateway is a wired call above)
+              rendered and named) and get/patch the scale of named Deployments (a
+              canary's: its candidate among them); its calls to Prometheus and the API
+              server allowed by its NetworkPolicy (its load to the gateway is a wired
+              call above)
   strategies  --expect-rolling / --expect-canary / --expect-bluegreen assert the
               shape each values-<strategy>.yaml promises
   transition  --transition FROM TO (two renders, upgrade FROM -> TO): no Deployment
@@ -80,7 +86,8 @@ objects fit together the way the mesh needs:
               share of traffic TO routes (every weighted or default route, and the
               Services' selectors) reaches pods of a Deployment FROM already runs,
               whose pods match the destination before and after, so nothing is
-              routed to pods that do not exist yet while the new ones start
+              routed to pods that do not exist yet while the new ones start (a
+              Deployment FROM scales to zero runs no pod)
 
 Exit status 1 when anything is violated (each violation on its own line).
 --self-test breaks a good render in many ways and fails unless every break is caught.
@@ -501,13 +508,21 @@ class Render:
                          s.get("kind") == "ServiceAccount" and s.get("name") == sa for s in b.get("subjects") or [])]
             if not bound or None in bound:
                 self.err(f"{wid}: ServiceAccount {sa} is bound to no rendered Role")
-            names = set()
+            names, scalable = set(), set()
             for role in filter(None, bound):
                 for rule in role.get("rules") or []:
-                    if rule.get("apiGroups") != ["networking.istio.io"] or rule.get("resources") != ["virtualservices"] \
-                            or not set(rule.get("verbs") or []) <= {"get", "list", "patch"}:
-                        self.err(f"{ident(role)}: the gate may only get/list/patch VirtualServices, not {rule}")
-                    names |= set(rule.get("resourceNames") or ["*"])
+                    verbs = set(rule.get("verbs") or [])
+                    if rule.get("apiGroups") == ["networking.istio.io"] and rule.get("resources") == ["virtualservices"] \
+                            and verbs <= {"get", "list", "patch"}:
+                        names |= set(rule.get("resourceNames") or ["*"])
+                    elif rule.get("apiGroups") == ["apps"] and rule.get("resources") == ["deployments/scale"] \
+                            and verbs <= {"get", "patch"} and rule.get("resourceNames"):
+                        scalable |= set(rule["resourceNames"])
+                    else:
+                        self.err(f"{ident(role)}: the gate may only get/list/patch VirtualServices and get/patch "
+                                 f"the scale of named Deployments, not {rule}")
+            if env.get("GATE_MODE") == "canary" and env.get("GATE_WORKLOAD") not in scalable:
+                self.err(f"{wid}: its Role may not scale the candidate {env.get('GATE_WORKLOAD')} to zero after a failed analysis")
             vs = {name_of(v) for v in self.by.get("VirtualService", [])}
             for n in [x for x in env.get("GATE_VIRTUALSERVICE", "").split(",") if x]:
                 if n not in vs:
@@ -1489,6 +1504,50 @@ class Render:
                          f"{want}: a first install starts fewer pods than the minimum (and --wait accepts them)")
 
     @staticmethod
+    def replicas(w):
+        return (w.get("spec") or {}).get("replicas", 1)
+
+    def check_scaled_down(self):
+        """A Deployment scaled to zero (a canary candidate after a failed analysis) has
+        no pods: a route giving it a share, or pinning calls to it, answers 503 (no
+        healthy upstream); an HPA naming it contradicts its count, a PDB guards nothing."""
+        empty = {name_of(w) for w in self.workloads if w["kind"] == "Deployment" and self.replicas(w) == 0}
+        if not empty:
+            return
+        for h in self.by.get("HorizontalPodAutoscaler", []):
+            t = h["spec"].get("scaleTargetRef") or {}
+            if t.get("kind") == "Deployment" and t.get("name") in empty:
+                self.err(f"{ident(h)}: scales Deployment/{t['name']}, which is scaled to zero "
+                         f"(its minReplicas {h['spec'].get('minReplicas', 1)} contradicts that)")
+        for pdb in self.by.get("PodDisruptionBudget", []):
+            hit = sorted(n for n in empty for w in self.workloads
+                         if name_of(w) == n and selects(pdb["spec"].get("selector"), self.tlabels(w)))
+            if hit:
+                self.err(f"{ident(pdb)}: guards {', '.join(hit)}, which is scaled to zero")
+        for vs in self.by.get("VirtualService", []):
+            for i, r in enumerate(vs["spec"].get("http") or []):
+                rid = f"{ident(vs)} route {r.get('name', i)}"
+                dests = r.get("route") or []
+                pinned = any(m.get("headers") for m in r.get("match") or [])
+                for d in dests:
+                    tpls = self.dest_templates(d["destination"])
+                    if not tpls or any(name_of(w) not in empty for w in tpls):
+                        continue
+                    names = ", ".join(sorted(name_of(w) for w in tpls))
+                    weight = d.get("weight", 100)
+                    if pinned and weight:
+                        self.err(f"{rid}: pins calls to {names}, which is scaled to zero (they would get 503s)")
+                    elif weight:
+                        self.err(f"{rid}: sends {weight}% to {names}, which is scaled to zero (503s)")
+
+    def expect_scaled_down(self, app, version):
+        ds = [d for d in self.deployments_of(app) if self.tlabels(d).get("version") == version]
+        if len(ds) != 1:
+            self.err(f"scaled down {app} {version}: expected one Deployment, found {[ident(d) for d in ds]}")
+        elif self.replicas(ds[0]) != 0:
+            self.err(f"scaled down {app} {version}: {ident(ds[0])} states {self.replicas(ds[0])} replicas, not 0")
+
+    @staticmethod
     def route_paths(route):
         out = []
         for m in route.get("match") or []:
@@ -1733,6 +1792,7 @@ def run_checks(docs, namespace, mesh_docs, expectations, provided_secrets=None, 
     r.check_sidecars(allow_open_egress)
     r.check_image_tags()
     r.check_hpa_replicas()
+    r.check_scaled_down()
     r.check_faults()
     r.check_edge_health(allow_health)
     r.check_monitor_labels(DEFAULT_MONITOR_LABELS if monitor_labels is None else monitor_labels)
@@ -1760,12 +1820,14 @@ def transition_errors(from_docs, to_docs, namespace):
     serving_apps = {a.tlabels(w).get("app") for w in old.values()}
 
     def kept(templates, selectors):
-        """Deployments of templates that FROM already runs, unchanged selector, whose FROM
-        pods every selector in selectors selects (they receive the traffic at once)."""
+        """Deployments of templates that FROM already runs (not scaled to zero), unchanged
+        selector, whose FROM pods every selector in selectors selects (they receive the
+        traffic at once)."""
         out = []
         for w in templates:
             o = old.get(name_of(w))
-            if o is None or w["kind"] != "Deployment" or o["spec"].get("selector") != w["spec"].get("selector"):
+            if o is None or w["kind"] != "Deployment" or o["spec"].get("selector") != w["spec"].get("selector") \
+                    or o["spec"].get("replicas", 1) == 0:
                 continue
             if all(selects(sel, a.tlabels(o)) for sel in selectors):
                 out.append(name_of(w))
@@ -1887,6 +1949,9 @@ def parse_expectations(a):
         live, hdr = rest.split(":", 1)
         h, v = hdr.split("=")
         out.append(("bluegreen", (app, live, h, v)))
+    for spec in a.expect_scaled_down or []:
+        app, version = spec.split("=", 1)
+        out.append(("scaled_down", (app, version)))
     if a.expect_store_exporters:
         out.append(("store_exporters", ()))
     if a.expect_ha:
@@ -2005,6 +2070,17 @@ def mutations(prefix):
     def m_canary_header(docs, mesh):
         vs = find(docs, "VirtualService", f"{p}-inventory")
         vs["spec"]["http"] = [x for x in vs["spec"]["http"] if x["name"] != "canary-pinned"]
+
+    def m_scaled_down(docs, mesh):
+        # The candidate at 0 replicas with everything else as at 10 %: weight, pin, HPA, PDB.
+        find(docs, "Deployment", f"{p}-inventory-canary")["spec"]["replicas"] = 0
+
+    def m_scaled_down_pin(docs, mesh):
+        m_scaled_down(docs, mesh)
+        for r in find(docs, "VirtualService", f"{p}-inventory")["spec"]["http"]:
+            for d in r["route"]:
+                if len(r["route"]) > 1:
+                    d["weight"] = 0 if d["destination"]["subset"] == "canary" else 100
 
     def m_rolling_surge(docs, mesh):
         find(docs, "Deployment", f"{p}-order")["spec"]["strategy"]["rollingUpdate"]["maxSurge"] = "25%"
@@ -2255,6 +2331,10 @@ def mutations(prefix):
         ("blue/green live route to both colors", "exactly one color", "bluegreen", m_bg_both),
         ("blue/green preview to the live color", "idle color", "bluegreen", m_bg_preview),
         ("canary without the header pin", "no route matches header", "canary", m_canary_header),
+        ("candidate scaled to zero but weighted", "sends 10% to exchange-inventory-canary, which is scaled to zero", "canary", m_scaled_down),
+        ("candidate scaled to zero but pinned", "pins calls to exchange-inventory-canary, which is scaled to zero", "canary", m_scaled_down_pin),
+        ("candidate scaled to zero under its HPA", "scales Deployment/exchange-inventory-canary, which is scaled to zero", "canary", m_scaled_down),
+        ("candidate scaled to zero with a PDB", "PodDisruptionBudget/exchange-inventory-canary: guards exchange-inventory-canary", "canary", m_scaled_down),
         ("rolling update with the wrong surge", "maxSurge 1", "rolling", m_rolling_surge),
         ("VirtualService to a Service that does not exist", "not a rendered Service", "base", m_vs_host),
         ("AuthorizationPolicy missing a wired caller", "not allowed by any AuthorizationPolicy", "base", m_ap_reserve),
@@ -2318,6 +2398,8 @@ def main(argv):
     ap.add_argument("--expect-rolling", action="append", metavar="APP=VERSION:REPLICAS")
     ap.add_argument("--expect-canary", action="append", metavar="APP=STABLE:CANDIDATE:WEIGHT:HEADER=VALUE")
     ap.add_argument("--expect-bluegreen", action="append", metavar="APP=LIVE:HEADER=VALUE")
+    ap.add_argument("--expect-scaled-down", action="append", metavar="APP=VERSION",
+                    help="that version's Deployment is scaled to zero (a canary candidate after a failed analysis)")
     ap.add_argument("--release", help="the release name: every principal must name one of its ServiceAccounts")
     ap.add_argument("--external-principal", action="append", default=[],
                     help=f"a principal from outside the release that policies may name (default {INGRESS_PRINCIPAL})")
