@@ -31,6 +31,9 @@
 #                 checks (weight 0, the candidate scaled to zero, what the release then
 #                 records), too little traffic, Prometheus down, a candidate already
 #                 scaled to zero left alone, blue/green pre/post
+#   4d. secrets   a changed Secret rolls exactly the pods that read it, an unchanged one
+#                 nothing (check_secret_rolls.py: the chart's lookup of Secrets replaced
+#                 by a stand-in reading the Secrets scripts/deploy creates from a file)
 #   5. observability  dashboards, alert rules and METRICS.txt (every metric name real:
 #                 the exchange's own registered in the Rust sources, the others known
 #                 exporter/Istio/kube names), the OpenTelemetry Collector values and
@@ -665,6 +668,18 @@ PY
   else
     bad "release gate dry run"; tail -n 30 "$work/release-gate.log" | sed 's/^/        | /'
   fi
+fi
+
+# ---------------------------------------------------------------------------------
+step "secrets: a changed Secret rolls the pods that read it, an unchanged one nothing"
+if [[ ! -s $work/secrets ]]; then
+  bad "secret rolls: no list of the Secrets scripts/deploy creates"
+elif "$PY" scripts/lib/k8s/check_secret_rolls.py --helm "$HELM" --validate "$VALIDATE" --secrets "$work/secrets" \
+    -- -f "$work/tag.yaml" -f "$CHART/values-canary.yaml" >"$work/secret-rolls.log" 2>&1; then
+  ok "$(tail -n1 "$work/secret-rolls.log")"
+  grep '^  ok' "$work/secret-rolls.log" | sed 's/^  ok  /        | /'
+else
+  bad "secret rolls"; tail -n 15 "$work/secret-rolls.log" | sed 's/^/        | /'
 fi
 
 # ---------------------------------------------------------------------------------

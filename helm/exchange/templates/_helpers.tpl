@@ -303,6 +303,50 @@ cnpg.io/cluster: {{ include "exchange.componentName" (dict "root" . "name" "post
 {{- printf "REDIS_PASSWORD_%s" (. | upper | replace "-" "_") -}}
 {{- end -}}
 
+{{/*
+The checksum/secrets annotation of a pod template: a SHA-256 over the values of the
+Secret keys its containers read (.refs: "secret/key" strings), so that a change of
+one of them rolls exactly the pods that read it, and an unchanged Secret changes
+nothing. Each Secret comes from the cluster (exchange.lookupSecret) and its uid salts
+the hash: the annotation, readable by whoever may read Deployments, is then no test
+for guessing a weak password. Renders the whole annotation line, or nothing when
+lookup finds none of the Secrets (helm template, Argo CD: no cluster), so such
+renders are stable; nothing either with global.rollOnSecretChange off.
+Context: {root, refs}.
+*/}}
+{{- define "exchange.secretsChecksum" -}}
+{{- $root := .root -}}
+{{- if and $root.Values.global.rollOnSecretChange .refs -}}
+{{- $found := false -}}
+{{- $lines := list -}}
+{{- range $ref := .refs | uniq | sortAlpha -}}
+{{- $name := index (splitList "/" $ref) 0 -}}
+{{- $key := index (splitList "/" $ref) 1 -}}
+{{- $s := include "exchange.lookupSecret" (dict "root" $root "name" $name) | fromYaml -}}
+{{- if $s -}}
+{{- $found = true -}}
+{{- $lines = append $lines (printf "%s %s %s" $ref $s.uid (get ($s.data | default dict) $key)) -}}
+{{- else -}}
+{{- $lines = append $lines (printf "%s absent" $ref) -}}
+{{- end -}}
+{{- end -}}
+{{- if $found -}}
+checksum/secrets: {{ join "\n" $lines | sha256sum }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret keys an env list reads (valueFrom.secretKeyRef), as a YAML list of "secret/key". Context: the env list. */}}
+{{- define "exchange.envSecretRefs" -}}
+{{- $out := list -}}
+{{- range . -}}
+{{- with (.valueFrom).secretKeyRef -}}
+{{- $out = append $out (printf "%s/%s" .name .key) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
 {{/* "true" when a monitoring.* toggle (true|false|auto) is on; auto = the Prometheus operator API exists. */}}
 {{- define "exchange.monitoringOn" -}}
 {{- $v := toString .value -}}

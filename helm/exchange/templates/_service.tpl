@@ -279,6 +279,11 @@ spec:
         {{- end }}
       annotations:
         checksum/config: {{ include "exchange.configMap" . | sha256sum }}
+        {{- $refs := include "exchange.envSecretRefs" (include "exchange.containerEnv" . | fromYamlArray) | fromYamlArray }}
+        {{- with include "exchange.secretsChecksum" (dict "root" $root "refs" $refs) }}
+        # The Secret keys it reads (Helm's lookup): a changed password rolls these pods.
+        {{- . | nindent 8 }}
+        {{- end }}
         kubectl.kubernetes.io/default-container: {{ .name }}
         {{- if $root.Values.istio.enabled }}
         {{- with $svc.ports.metrics }}
@@ -317,43 +322,7 @@ spec:
             - configMapRef:
                 name: {{ include "exchange.componentName" . }}
           env:
-            - name: SERVICE_VERSION
-              value: {{ $track.version | quote }}
-            - name: POD_NAME
-              valueFrom:
-                fieldRef: {fieldPath: metadata.name}
-            - name: POD_NAMESPACE
-              valueFrom:
-                fieldRef: {fieldPath: metadata.namespace}
-            - name: OTEL_RESOURCE_ATTRIBUTES
-              value: {{ printf "service.version=%s,k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)%s" $track.version (ternary (printf ",%s" $root.Values.telemetry.resourceAttributes) "" (ne $root.Values.telemetry.resourceAttributes "")) | quote }}
-            {{- if gt (int ($l.drainDelaySeconds | default 0)) 0 }}
-            - name: DRAIN_DELAY
-              value: {{ printf "%ds" (int $l.drainDelaySeconds) | quote }}
-            {{- end }}
-            - name: SHUTDOWN_TIMEOUT
-              value: {{ printf "%ds" (int $l.shutdownTimeoutSeconds) | quote }}
-            {{- if $svc.database.role }}
-            {{- include "exchange.databaseEnv" . | nindent 12 }}
-            {{- end }}
-            {{- if $svc.redis.enabled }}
-            {{- include "exchange.redisEnv" . | nindent 12 }}
-            {{- end }}
-            {{- $secretName := $svc.secrets.existingSecret | default (printf "%s-secrets" (include "exchange.componentName" .)) }}
-            {{- range $env, $key := $svc.secrets.env }}
-            - name: {{ $env }}
-              valueFrom:
-                secretKeyRef:
-                  name: {{ $secretName }}
-                  key: {{ $key }}
-            {{- end }}
-            {{- with $svc.extraEnv }}
-            {{- toYaml . | nindent 12 }}
-            {{- end }}
-            {{- with $track.extraEnv }}
-            # this track's own (canary.candidate.extraEnv, bluegreen.colors.<color>.extraEnv)
-            {{- toYaml . | nindent 12 }}
-            {{- end }}
+            {{- include "exchange.containerEnv" . | nindent 12 }}
           startupProbe:
             {{- include "exchange.probe" (dict "svc" $svc "kind" "startup") | nindent 12 }}
           readinessProbe:
@@ -395,6 +364,56 @@ spec:
       affinity:
         {{- toYaml . | nindent 8 }}
       {{- end }}
+{{- end -}}
+
+{{/*
+The environment of a service's container (a YAML list): identity, drain timings,
+its database and Redis credentials, its own Secrets, extra entries. The Deployment
+renders it, and reads the Secrets it references for checksum/secrets.
+Context: {root, name, svc, track}.
+*/}}
+{{- define "exchange.containerEnv" -}}
+{{- $root := .root -}}
+{{- $svc := .svc -}}
+{{- $track := .track -}}
+{{- $l := $svc.lifecycle -}}
+- name: SERVICE_VERSION
+  value: {{ $track.version | quote }}
+- name: POD_NAME
+  valueFrom:
+    fieldRef: {fieldPath: metadata.name}
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef: {fieldPath: metadata.namespace}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ printf "service.version=%s,k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)%s" $track.version (ternary (printf ",%s" $root.Values.telemetry.resourceAttributes) "" (ne $root.Values.telemetry.resourceAttributes "")) | quote }}
+{{- if gt (int ($l.drainDelaySeconds | default 0)) 0 }}
+- name: DRAIN_DELAY
+  value: {{ printf "%ds" (int $l.drainDelaySeconds) | quote }}
+{{- end }}
+- name: SHUTDOWN_TIMEOUT
+  value: {{ printf "%ds" (int $l.shutdownTimeoutSeconds) | quote }}
+{{- if $svc.database.role }}
+{{- include "exchange.databaseEnv" . | nindent 0 }}
+{{- end }}
+{{- if $svc.redis.enabled }}
+{{- include "exchange.redisEnv" . | nindent 0 }}
+{{- end }}
+{{- $secretName := $svc.secrets.existingSecret | default (printf "%s-secrets" (include "exchange.componentName" .)) }}
+{{- range $env, $key := $svc.secrets.env }}
+- name: {{ $env }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secretName }}
+      key: {{ $key }}
+{{- end }}
+{{- with $svc.extraEnv }}
+{{- toYaml . | nindent 0 }}
+{{- end }}
+{{- with $track.extraEnv }}
+# this track's own (canary.candidate.extraEnv, bluegreen.colors.<color>.extraEnv)
+{{- toYaml . | nindent 0 }}
+{{- end }}
 {{- end -}}
 
 {{/*
