@@ -308,7 +308,7 @@ async fn registration_opens_one_paper_account_even_when_retried() {
         rust_decimal::Decimal::from(10_000_000),
         "credited once"
     );
-    let mut get = |id: String| {
+    let get = |id: String| {
         let mut users = e.users.clone();
         async move {
             users
