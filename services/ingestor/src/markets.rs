@@ -45,10 +45,14 @@ pub fn select(spec: &str, listed: &[pb::Market]) -> Vec<pb::Market> {
     out
 }
 
+/// Largest market list read (Upbit's, with details, is about 100 KB).
+const MAX_LIST_BYTES: usize = 4 << 20;
+
 /// Reads Upbit's market list, `/v1/market/all?is_details=true`.
 pub struct Lister {
     http: reqwest::Client,
     url: String,
+    max_bytes: usize,
 }
 
 impl Lister {
@@ -61,13 +65,28 @@ impl Lister {
                 "{}/v1/market/all?is_details=true",
                 rest_url.trim_end_matches('/')
             ),
+            max_bytes: MAX_LIST_BYTES,
         })
+    }
+
+    /// The same, refusing a list larger than `max_bytes`.
+    pub fn with_limit(self, max_bytes: usize) -> Self {
+        Self { max_bytes, ..self }
     }
 
     /// The list, once.
     pub async fn fetch(&self) -> anyhow::Result<Vec<pb::Market>> {
-        let resp = self.http.get(&self.url).send().await?.error_for_status()?;
-        let list: Vec<Listed> = resp.json().await?;
+        let mut resp = self.http.get(&self.url).send().await?.error_for_status()?;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await? {
+            anyhow::ensure!(
+                body.len() + chunk.len() <= self.max_bytes,
+                "the market list is larger than {} bytes",
+                self.max_bytes
+            );
+            body.extend_from_slice(&chunk);
+        }
+        let list: Vec<Listed> = serde_json::from_slice(&body)?;
         Ok(list
             .into_iter()
             .filter(|m| upbit::market::MarketCode::parse(&m.market).is_ok())

@@ -142,6 +142,22 @@ impl Pipeline {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_market_list_over_its_size_limit_is_refused() {
+    let (sim, _, running) = start_sim().await;
+    let url = format!("http://{sim}");
+    let whole = ingestor::markets::Lister::new(&url).unwrap().fetch().await;
+    assert_eq!(whole.map(|l| l.len()).ok(), Some(3));
+    let capped = ingestor::markets::Lister::new(&url)
+        .unwrap()
+        .with_limit(100)
+        .fetch()
+        .await;
+    let err = capped.expect_err("three markets with details are over 100 bytes");
+    assert!(err.to_string().contains("larger than 100 bytes"), "{err}");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_the_feed_and_registers_the_selected_markets() {
     let db = TestDb::create().await.unwrap();
     assert_eq!(
