@@ -68,6 +68,23 @@ pub struct Ingest {
     pub draining: CancellationToken,
 }
 
+/// One counter per message type, looked up once per stream (not per round).
+struct PerType {
+    tickers: prometheus::IntCounter,
+    orderbooks: prometheus::IntCounter,
+    trades: prometheus::IntCounter,
+}
+
+impl PerType {
+    fn of(vec: &prometheus::IntCounterVec) -> Self {
+        Self {
+            tickers: vec.with_label_values(&["ticker"]),
+            orderbooks: vec.with_label_values(&["orderbook"]),
+            trades: vec.with_label_values(&["trade"]),
+        }
+    }
+}
+
 /// Events of one round, reduced to what Redis and Postgres get.
 #[derive(Default)]
 struct Round {
@@ -142,6 +159,10 @@ impl Ingest {
         mut stream: Streaming<pb::IngestRequest>,
     ) -> Result<pb::IngestResponse, MarketDataError> {
         let mut response = pb::IngestResponse::default();
+        let (received, published) = (
+            PerType::of(&metrics::EVENTS),
+            PerType::of(&metrics::PUBLISHED),
+        );
         let mut ended = false;
         while !ended {
             let first = tokio::select! {
@@ -162,7 +183,11 @@ impl Ingest {
                     self.markets.register(message).await?;
                 }
             }
-            self.apply(Round::of(messages), &mut response).await?;
+            let round = Round::of(messages);
+            received.tickers.inc_by(round.tickers);
+            received.orderbooks.inc_by(round.orderbooks);
+            received.trades.inc_by(round.batch.trades.len() as u64);
+            self.apply(round, &published, &mut response).await?;
         }
         Ok(response)
     }
@@ -171,37 +196,24 @@ impl Ingest {
     async fn apply(
         &self,
         round: Round,
+        published: &PerType,
         response: &mut pb::IngestResponse,
     ) -> Result<(), MarketDataError> {
         let Round {
             batch,
             rows,
             events,
-            tickers,
-            orderbooks,
+            ..
         } = round;
         response.events_received += events;
-        metrics::EVENTS
-            .with_label_values(&["ticker"])
-            .inc_by(tickers);
-        metrics::EVENTS
-            .with_label_values(&["orderbook"])
-            .inc_by(orderbooks);
-        metrics::EVENTS
-            .with_label_values(&["trade"])
-            .inc_by(batch.trades.len() as u64);
         let started = std::time::Instant::now();
         let span = ingest_span(&batch);
         let applied = self.apply_with_retry(&batch).instrument(span).await?;
         metrics::REDIS_APPLY.observe(started.elapsed().as_secs_f64());
         let now = Utc::now().timestamp_millis();
         let lag = |ts: i64| (now - ts).max(0) as f64 / 1000.0;
-        metrics::PUBLISHED
-            .with_label_values(&["ticker"])
-            .inc_by(applied.tickers as u64);
-        metrics::PUBLISHED
-            .with_label_values(&["orderbook"])
-            .inc_by(applied.orderbooks as u64);
+        published.tickers.inc_by(applied.tickers as u64);
+        published.orderbooks.inc_by(applied.orderbooks as u64);
         for t in &batch.tickers {
             metrics::EVENT_TO_REDIS.observe(lag(t.timestamp));
         }
@@ -222,9 +234,7 @@ impl Ingest {
             }
         }
         response.trades_stored += fresh_count;
-        metrics::PUBLISHED
-            .with_label_values(&["trade"])
-            .inc_by(fresh_count);
+        published.trades.inc_by(fresh_count);
         Ok(())
     }
 
