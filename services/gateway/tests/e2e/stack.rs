@@ -348,23 +348,19 @@ impl Stack {
     }
 
     pub async fn sim_post(&self, path: &str) {
-        let resp = self
-            .http
-            .post(format!("http://{}{path}", self.sim_admin))
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success());
+        self.sim_send(path, None).await;
     }
 
     pub async fn sim_post_json(&self, path: &str, body: serde_json::Value) {
-        let resp = self
-            .http
-            .post(format!("http://{}{path}", self.sim_admin))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        self.sim_send(path, Some(body)).await;
+    }
+
+    async fn sim_send(&self, path: &str, body: Option<serde_json::Value>) {
+        let mut request = self.http.post(format!("http://{}{path}", self.sim_admin));
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        let resp = request.send().await.unwrap();
         assert!(resp.status().is_success(), "{path}: {}", resp.status());
     }
 
