@@ -25,13 +25,29 @@ function step(name, ok, detail = "") {
   if (!ok) process.exit(1);
 }
 
-async function simTrade(market, price, volume, side) {
-  const resp = await fetch(`${SIM}/sim/trade`, {
+async function simPost(path, body) {
+  const resp = await fetch(`${SIM}${path}`, {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ market, price, volume, ask_bid: side }),
+    body: JSON.stringify(body),
   });
-  if (!resp.ok) throw new Error(`sim trade: ${resp.status} ${await resp.text()}`);
+  if (!resp.ok) throw new Error(`sim ${path}: ${resp.status} ${await resp.text()}`);
+}
+
+const simTrade = (market, price, volume, ask_bid) => simPost("/sim/trade", { market, price, volume, ask_bid });
+
+// The badges of a market's row on the board, as "text:title|…".
+const badgesOf = (page, market) => page.$$eval(`tr[data-market="${market}"] .badge`,
+  (bs) => bs.map((b) => `${b.textContent}:${b.title}`).join("|"));
+
+// Reads the market list again (as the page does every minute) until the row's
+// badges are `want`: the change passes the ingestor and two caches on the way.
+async function waitBadges(page, market, want) {
+  await page.waitForFunction(async (market, want) => {
+    await window.exchange.refreshMarkets();
+    const shown = [...document.querySelectorAll(`tr[data-market="${market}"] .badge`)];
+    return shown.map((b) => `${b.textContent}:${b.title}`).join("|") === want;
+  }, { timeout: 20000, polling: 500 }, market, want);
 }
 
 // A WebSocket subscription is not acknowledged, so the first trade after a new one may
@@ -78,11 +94,20 @@ try {
   step("the ticker board shows prices", rows.filter((p) => p !== "—").length >= 2, JSON.stringify(rows));
 
   // The test designated KRW-XRP (Upbit's warning and a caution) before the page loaded.
-  const badges = await page.$$eval('tr[data-market="KRW-XRP"] .badge', (bs) => bs.map((b) => `${b.textContent}:${b.title}`));
-  step("Upbit's designations are badged", JSON.stringify(badges) === JSON.stringify(
-    ["유의:Investment warning", "주의:Caution: PRICE_FLUCTUATIONS"]), JSON.stringify(badges));
-  const plain = await page.$$eval('tr[data-market="KRW-BTC"] .badge', (bs) => bs.length);
-  step("and only those", plain === 0, `${plain} on KRW-BTC`);
+  const designated = "유의:Investment warning|주의:Caution: PRICE_FLUCTUATIONS";
+  const badges = await badgesOf(page, "KRW-XRP");
+  step("Upbit's designations are badged", badges === designated, badges);
+  const plain = await badgesOf(page, "KRW-BTC");
+  step("and only those", plain === "", `${plain} on KRW-BTC`);
+
+  // Upbit lifts the designations while the page is open, then puts them back
+  // (as the test set them, for the next browser).
+  await simPost("/sim/market-event", { market: "KRW-XRP", warning: false, caution: {} });
+  await waitBadges(page, "KRW-XRP", "");
+  step("a lifted designation leaves the open page", true);
+  await simPost("/sim/market-event", { market: "KRW-XRP", warning: true, caution: { PRICE_FLUCTUATIONS: true } });
+  await waitBadges(page, "KRW-XRP", designated);
+  step("and a new one appears on it", await badgesOf(page, "KRW-XRP") === designated);
 
   await page.waitForFunction(() => window.exchange.candles > 0, { timeout: 15000 });
   const before = await page.evaluate(() => window.exchange.lastCandle);

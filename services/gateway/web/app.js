@@ -43,23 +43,46 @@ async function getJson(path) {
 function buildBoard() {
   const body = $("#board tbody");
   body.replaceChildren();
-  for (const m of state.markets) {
-    const tr = document.createElement("tr");
-    tr.dataset.market = m.market;
-    tr.innerHTML = `<td class="name"></td><td class="num price">—</td><td class="num change">—</td><td class="num volume">—</td>`;
-    tr.querySelector(".name").textContent = m.korean_name;
-    // Upbit's designations: 유의 (investment warning), 주의 (caution, with its reasons).
-    const event = m.market_event || {};
-    const reasons = Object.entries(event.caution || {}).filter(([, set]) => set).map(([reason]) => reason);
-    if (event.warning) tr.querySelector(".name").append(badge("유의", "warning", "Investment warning"));
-    if (reasons.length) tr.querySelector(".name").append(badge("주의", "caution", `Caution: ${reasons.join(", ")}`));
-    const small = document.createElement("small");
-    small.textContent = `${m.english_name} · ${m.market}`;
-    tr.querySelector(".name").append(small);
-    tr.addEventListener("click", () => selectMarket(m.market));
-    body.append(tr);
-  }
+  for (const m of state.markets) addRow(body, m);
 }
+
+function addRow(body, m) {
+  const tr = document.createElement("tr");
+  tr.dataset.market = m.market;
+  tr.innerHTML = `<td class="name"></td><td class="num price">—</td><td class="num change">—</td><td class="num volume">—</td>`;
+  renderName(tr.querySelector(".name"), m);
+  tr.addEventListener("click", () => selectMarket(m.market));
+  body.append(tr);
+}
+
+// The market's names and Upbit's designations: 유의 (investment warning), 주의
+// (caution, with its reasons).
+function renderName(cell, m) {
+  cell.textContent = m.korean_name;
+  const event = m.market_event || {};
+  const reasons = Object.entries(event.caution || {}).filter(([, set]) => set).map(([reason]) => reason);
+  if (event.warning) cell.append(badge("유의", "warning", "Investment warning"));
+  if (reasons.length) cell.append(badge("주의", "caution", `Caution: ${reasons.join(", ")}`));
+  const small = document.createElement("small");
+  small.textContent = `${m.english_name} · ${m.market}`;
+  cell.append(small);
+}
+
+// Designations change while the page is open: read the list again now and then
+// and redraw the names (prices stay; a newly listed market gets a row).
+const MARKETS_EVERY_MS = 60_000;
+
+async function refreshMarkets() {
+  const markets = await getJson("/v1/market/all?is_details=true");
+  const body = $("#board tbody");
+  for (const m of markets) {
+    const tr = body.querySelector(`tr[data-market="${CSS.escape(m.market)}"]`);
+    if (tr) renderName(tr.querySelector(".name"), m);
+    else addRow(body, m);
+  }
+  state.markets = markets;
+}
+state.refreshMarkets = refreshMarkets;
 
 function badge(text, kind, title) {
   const b = document.createElement("span");
@@ -578,6 +601,7 @@ async function start() {
     return;
   }
   buildBoard();
+  setInterval(() => refreshMarkets().catch(() => {}), MARKETS_EVERY_MS);
   connect();
   const first = state.markets.find((m) => m.market === "KRW-BTC") || state.markets[0];
   if (first) selectMarket(first.market);

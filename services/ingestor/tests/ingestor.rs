@@ -49,6 +49,7 @@ async fn start_md(db: &TestDb) -> (SocketAddr, Running) {
         write_queue: 10_000,
         stream_buffer: 1024,
         stream_slow_after: Duration::from_secs(5),
+        markets_ttl: Duration::from_secs(10),
         runtime: RuntimeArgs::default(),
     };
     config.runtime.drain_delay = Duration::ZERO;

@@ -53,6 +53,12 @@ pub struct Config {
     #[arg(long, env = "STREAM_SLOW_AFTER", default_value = "5s", value_parser = service_kit::config::parse_duration)]
     pub stream_slow_after: std::time::Duration,
 
+    /// How long the market list (names and Upbit's designations) is served from
+    /// memory. The instance an ingestor streams to updates it at once; every other
+    /// replica and version is at most this stale.
+    #[arg(long, env = "MARKETS_TTL", default_value = "10s", value_parser = service_kit::config::parse_duration)]
+    pub markets_ttl: std::time::Duration,
+
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }

@@ -4,14 +4,11 @@
 //! errors ([`crate::error`]).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use exchange_proto::marketdata::v1 as pb;
 use exchange_proto::marketdata::v1::market_data_service_server::MarketDataService;
 use sqlx::PgPool;
-use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert::{
@@ -66,25 +63,18 @@ impl MarketData {
         pool: PgPool,
         hot: Hot,
         writer: Writer,
-        live: broadcast::Sender<Live>,
-        draining: CancellationToken,
-        stream_buffer: usize,
-        slow_after: Duration,
+        markets: Markets,
+        streams: LiveStreams,
     ) -> Self {
-        let markets = Arc::new(Markets::new(pool.clone()));
+        let markets = Arc::new(markets);
         Self {
             ingest: Ingest {
                 hot: hot.clone(),
                 writer,
                 markets: markets.clone(),
-                draining: draining.clone(),
+                draining: streams.draining.clone(),
             },
-            streams: LiveStreams {
-                live,
-                draining,
-                buffer: stream_buffer,
-                slow_after,
-            },
+            streams,
             pool,
             hot,
             markets,

@@ -160,10 +160,13 @@ impl App {
             self.pool.clone(),
             hot,
             writer,
-            live,
-            draining,
-            self.config.stream_buffer,
-            self.config.stream_slow_after,
+            markets::Markets::new(self.pool.clone(), self.config.markets_ttl),
+            live::LiveStreams {
+                live,
+                draining,
+                buffer: self.config.stream_buffer,
+                slow_after: self.config.stream_slow_after,
+            },
         );
 
         let (pg, pool, redis) = (self.pg, self.pool.clone(), self.redis.clone());

@@ -1,7 +1,13 @@
-//! The market registry: what the ingestors registered, cached in memory and
-//! read again when a request names a market the cache does not have.
+//! The market registry: what the ingestors registered, cached in memory for a
+//! bounded time and read again sooner when a request names a market the cache
+//! does not have.
+//!
+//! Only the instance an ingestor streams to learns of a change as it happens;
+//! the others (replicas, the other version during a canary) see it when their
+//! cache expires, so the time-to-live bounds how stale any of them can be.
 
 use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
 use exchange_proto::marketdata::v1 as pb;
 use sqlx::PgPool;
@@ -12,29 +18,42 @@ use crate::store::{self, MarketRow};
 
 pub struct Markets {
     pool: PgPool,
-    cache: RwLock<Option<Vec<MarketRow>>>,
+    ttl: Duration,
+    cache: RwLock<Option<(Instant, Vec<MarketRow>)>>,
 }
 
 impl Markets {
-    pub fn new(pool: PgPool) -> Self {
+    /// A registry whose cached list is read again once it is `ttl` old.
+    pub fn new(pool: PgPool, ttl: Duration) -> Self {
         Self {
             pool,
+            ttl,
             cache: RwLock::default(),
         }
     }
 
-    /// Every market, from the cache unless `refresh`.
+    /// Every market, from the cache unless `refresh` or the cache has expired.
     pub async fn known(&self, refresh: bool) -> Result<Vec<MarketRow>, MarketDataError> {
-        if !refresh && let Some(cached) = self.cache.read().ok().and_then(|c| c.clone()) {
+        if !refresh && let Some(cached) = self.cached() {
             return Ok(cached);
         }
+        let read_at = Instant::now();
         let rows = store::list_markets(&self.pool)
             .await
             .map_err(|e| MarketDataError::unavailable("the market list", &e))?;
         if let Ok(mut cache) = self.cache.write() {
-            *cache = Some(rows.clone());
+            // A slower read that started earlier never replaces a newer one.
+            if cache.as_ref().is_none_or(|(at, _)| *at <= read_at) {
+                *cache = Some((read_at, rows.clone()));
+            }
         }
         Ok(rows)
+    }
+
+    fn cached(&self) -> Option<Vec<MarketRow>> {
+        let cache = self.cache.read().ok()?;
+        let (at, rows) = cache.as_ref()?;
+        (at.elapsed() < self.ttl).then(|| rows.clone())
     }
 
     /// The requested markets, all checked to exist; all markets (optionally of

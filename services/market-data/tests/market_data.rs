@@ -21,6 +21,7 @@ struct Opts {
     redis_url: String,
     prefix: String,
     write_linger: Duration,
+    markets_ttl: Duration,
 }
 
 impl Opts {
@@ -30,6 +31,7 @@ impl Opts {
             redis_url: test_support::redis_url(),
             prefix: test_support::unique_prefix(),
             write_linger: Duration::from_millis(10),
+            markets_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -54,6 +56,7 @@ fn config(db: &TestDb, opts: &Opts) -> Config {
         write_queue: 100_000,
         stream_buffer: 4096,
         stream_slow_after: Duration::from_millis(500),
+        markets_ttl: opts.markets_ttl,
         runtime: RuntimeArgs::default(),
     }
 }
@@ -650,6 +653,67 @@ async fn two_ingestors_sending_the_same_trades_store_and_publish_them_once() {
     .unwrap();
     a.running.stop().await;
     b.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_designation_reaches_the_replicas_no_ingestor_streams_to() {
+    let db = TestDb::create().await.unwrap();
+    let opts = Opts {
+        markets_ttl: Duration::from_millis(300),
+        ..Opts::new()
+    };
+    // The ingestor streams to `a`; `b` is another replica (or the other version
+    // during a canary) that only ever reads the list.
+    let (a, b) = (start_with(&db, &opts).await, start_with(&db, &opts).await);
+    let (mut ma, mut mb) = (client(a.grpc).await, client(b.grpc).await);
+    let list = |markets: pb::ListMarketsResponse| -> Vec<(String, bool, bool)> {
+        markets
+            .markets
+            .into_iter()
+            .map(|m| {
+                let caution = m.caution.unwrap_or_default().price_fluctuations;
+                (m.market, m.warning, caution)
+            })
+            .collect()
+    };
+    ingest(&mut ma, &["KRW-EVT"], vec![]).await.unwrap();
+    let plain = vec![("KRW-EVT".to_string(), false, false)];
+    for md in [&mut ma, &mut mb] {
+        let seen = md.list_markets(pb::ListMarketsRequest::default()).await;
+        assert_eq!(list(seen.unwrap().into_inner()), plain);
+    }
+
+    let designated = pb::Market {
+        warning: true,
+        caution: Some(pb::MarketCaution {
+            price_fluctuations: true,
+            ..Default::default()
+        }),
+        ..market("KRW-EVT")
+    };
+    let request = pb::IngestRequest {
+        events: vec![],
+        source: "test".into(),
+        markets: vec![designated],
+    };
+    ma.ingest(tokio_stream::iter([request])).await.unwrap();
+    let now = vec![("KRW-EVT".to_string(), true, true)];
+    let seen = ma.list_markets(pb::ListMarketsRequest::default()).await;
+    assert_eq!(
+        list(seen.unwrap().into_inner()),
+        now,
+        "at once where ingested"
+    );
+    let reached = test_support::eventually(Duration::from_secs(10), "the replica", || {
+        let mut mb = mb.clone();
+        let now = now.clone();
+        async move {
+            let seen = mb.list_markets(pb::ListMarketsRequest::default()).await;
+            (list(seen.ok()?.into_inner()) == now).then_some(())
+        }
+    })
+    .await;
+    assert!(reached.is_ok(), "the replica's cached list expires");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

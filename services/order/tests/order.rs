@@ -88,6 +88,7 @@ async fn env() -> Env {
         write_queue: 10_000,
         stream_buffer: 1024,
         stream_slow_after: Duration::from_secs(5),
+        markets_ttl: Duration::from_secs(10),
         runtime: Default::default(),
     };
     config.runtime.drain_delay = Duration::ZERO;

@@ -4,6 +4,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use exchange_proto::marketdata::v1 as pb;
+use exchange_proto::marketdata::v1::market_data_service_client::MarketDataServiceClient;
 use rust_decimal::Decimal;
 use std::str::FromStr;
 use test_support::{TestDb, eventually};
@@ -186,11 +188,40 @@ async fn a_price_the_sim_emits_is_served_by_rest_and_pushed_on_the_websocket() {
 
 /// Waits until `/v1/market/all?is_details=true` shows `market`'s
 /// `market_event` as `expected`, and returns the whole list.
+/// Waits until every market-data instance lists `market` with `expected` as its
+/// `market_event`, then until the gateway does. Only the instance the ingestor
+/// streams to learns of a change at once; the others when their cache expires, so
+/// waiting on the gateway alone could see one instance while the next read asks
+/// another.
 pub(crate) async fn wait_market_event(
     stack: &Stack,
     market: &str,
     expected: &serde_json::Value,
 ) -> serde_json::Value {
+    for addr in &stack.market_datas {
+        let client = MarketDataServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        eventually(
+            Duration::from_secs(20),
+            "market-data's market event",
+            || {
+                let mut client = client.clone();
+                async move {
+                    let listed = client.list_markets(pb::ListMarketsRequest::default());
+                    let listed = listed.await.ok()?.into_inner().markets;
+                    let found = listed.into_iter().find(|m| m.market == market)?;
+                    let event = upbit::market::MarketEvent {
+                        warning: found.warning,
+                        caution: found.caution(),
+                    };
+                    (&serde_json::to_value(event).ok()? == expected).then_some(())
+                }
+            },
+        )
+        .await
+        .unwrap();
+    }
     let url = format!("{}/v1/market/all?is_details=true", stack.gw());
     eventually(Duration::from_secs(20), "the market event", || async {
         let (_, list) = json(stack, &url).await;

@@ -74,6 +74,8 @@ pub struct Stack {
     /// The simulator's admin port, where its controls are.
     pub sim_admin: SocketAddr,
     pub market_data: SocketAddr,
+    /// Every market-data instance (v1, and v2 when asked for).
+    pub market_datas: Vec<SocketAddr>,
     pub order: SocketAddr,
     pub inventory: SocketAddr,
     pub user: SocketAddr,
@@ -125,6 +127,7 @@ impl Stack {
                     write_queue: 100_000,
                     stream_buffer: 1024,
                     stream_slow_after: Duration::from_secs(5),
+                    markets_ttl: Duration::from_secs(1),
                     runtime: RuntimeArgs {
                         service_version: (*version).into(),
                         ..runtime()
@@ -265,6 +268,7 @@ impl Stack {
             sim,
             sim_admin,
             market_data,
+            market_datas,
             order,
             inventory,
             user,
