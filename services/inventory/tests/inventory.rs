@@ -556,6 +556,84 @@ async fn fills_outside_their_orders_terms_are_refused_whole() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_filled_in_slices_pays_the_fee_of_the_whole() {
+    // Fees rounded per fill let small slices go free (security review L11): a
+    // limit bid of 0.5 at 0.0002 KRW spends 0.0001 KRW, whose fee at 0.05 % is
+    // 0.00000005, while each tenth of it alone would round to no fee at all.
+    let db = TestDb::create().await.unwrap();
+    let svc = start(&db).await;
+    let mut inv = client(&svc).await;
+    let user = open(&mut inv).await;
+    let (krw, _) = balance(&mut inv, user, "KRW").await;
+    let bid = Uuid::new_v4();
+    let req = |fills, finalize| {
+        let terms = limit("0.0002", "0.5");
+        settle_req(bid, user, pb::OrderSide::Bid, fills, finalize, terms)
+    };
+    let slice = |seq, fee| fill(seq, "0.0002", "0.05", "0.00001", fee);
+    // What the order's whole fee grows by with each slice: 0, 1, 0, 1, … × 10⁻⁸.
+    let fee_of = |seq: u32| {
+        if seq.is_multiple_of(2) {
+            "0.00000001"
+        } else {
+            "0"
+        }
+    };
+    inv.settle(req(vec![slice(1, fee_of(1))], false))
+        .await
+        .unwrap();
+    let before = snapshot(&mut inv, &db, user).await;
+    for (fee, why) in [
+        ("0.00000002", "more than the whole fee grows by"),
+        ("0.000000005", "not rounded to 8 places"),
+    ] {
+        let err = inv.settle(req(vec![slice(2, fee)], false)).await;
+        let err = err.unwrap_err();
+        assert_eq!(
+            service_kit::grpc::error_name(&err),
+            Some("fill_refused"),
+            "{why}: {err:?}"
+        );
+        assert_eq!(snapshot(&mut inv, &db, user).await, before, "{why}");
+    }
+    let rest = (2..=10).map(|seq| slice(seq, fee_of(seq))).collect();
+    inv.settle(req(rest, true)).await.unwrap();
+    assert_eq!(
+        balance(&mut inv, user, "KRW").await,
+        (krw - dec("0.0001") - dec("0.00000005"), Decimal::ZERO),
+        "the funds and the fee of the whole order, nothing left locked"
+    );
+    assert_eq!(balance(&mut inv, user, "BTC").await.0, dec("0.5"));
+    let mut admin = db.admin().await.unwrap();
+    let fees: Decimal = sqlx::query_scalar(
+        "SELECT -sum(locked_delta) FROM inventory.ledger WHERE order_id = $1 AND kind = 'fee'",
+    )
+    .bind(bid)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(fees, dec("0.00000005"), "five fee rows of 10⁻⁸");
+
+    // The release before rounded each fill's fee alone; its order pods may
+    // still be running during a release, so their fills are not refused.
+    let older = Uuid::new_v4();
+    let terms = limit("0.0002", "0.5");
+    let fills = (1..=3).map(|seq| slice(seq, "0")).collect();
+    inv.settle(settle_req(
+        older,
+        user,
+        pb::OrderSide::Bid,
+        fills,
+        false,
+        terms,
+    ))
+    .await
+    .unwrap();
+    assert_ledger_matches(&db).await;
+    svc.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_change_nothing() {
     let db = TestDb::create().await.unwrap();
     let svc = start(&db).await;

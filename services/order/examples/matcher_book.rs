@@ -33,6 +33,7 @@ fn resting(side: Side, price: i64, since_ms: i64) -> Resting {
         remaining: Decimal::new(1, 3),
         trades_count: 0,
         fee_rate: Decimal::new(5, 4),
+        executed_funds: Decimal::ZERO,
         since_ms,
     }
 }

@@ -19,6 +19,8 @@ pub struct Resting {
     pub remaining: Decimal,
     pub trades_count: i32,
     pub fee_rate: Decimal,
+    /// Funds it has executed so far: its next fill's fee depends on them.
+    pub executed_funds: Decimal,
     /// When the order opened: it takes part in trades from then on.
     pub since_ms: i64,
 }
@@ -35,6 +37,7 @@ impl Resting {
             remaining: row.volume? - row.executed_volume,
             trades_count: row.trades_count,
             fee_rate: row.fee_rate,
+            executed_funds: row.executed_funds,
             since_ms: row.opened_at.unwrap_or(row.created_at).timestamp_millis(),
         })
     }
@@ -143,6 +146,7 @@ mod tests {
             remaining: Decimal::ONE,
             trades_count: 0,
             fee_rate: Decimal::ZERO,
+            executed_funds: Decimal::ZERO,
             since_ms,
         }
     }

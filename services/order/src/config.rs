@@ -40,7 +40,8 @@ pub struct Config {
     )]
     pub market_data_url: String,
 
-    /// Trading fee rate, charged on each execution (0.0005 = 0.05%).
+    /// Trading fee rate (0.0005 = 0.05%). Each execution pays what the order's fee on
+    /// all its executed funds, rounded down to 8 places once, grows by.
     #[arg(long, env = "FEE_RATE", default_value = "0.0005")]
     pub fee_rate: Decimal,
 

@@ -258,10 +258,15 @@ fn add(a: Decimal, b: Decimal) -> Result<Decimal, OrderError> {
     a.checked_add(b).ok_or_else(too_large)
 }
 
-/// Fee of a fill: rounded down to 8 decimals, so fees never exceed what was
-/// reserved for them (inventory checks fills against exactly this rule).
-pub fn fee(funds: Decimal, rate: Decimal) -> Result<Decimal, OrderError> {
-    Ok(floor8(mul(funds, rate)?))
+/// Fee of a fill of `funds` on an order that had executed `before`: what the
+/// fee on all its executed funds, rounded down to 8 decimals once, grows by.
+/// However an order is sliced into fills, its fees add up to its funds × rate
+/// rounded down, never more than was reserved for them, and never to a sum of
+/// per-fill roundings that lets small slices go free. Inventory checks fills
+/// against exactly this rule.
+pub fn fee(before: Decimal, funds: Decimal, rate: Decimal) -> Result<Decimal, OrderError> {
+    let after = add(before, funds)?;
+    Ok(floor8(mul(after, rate)?) - floor8(mul(before, rate)?))
 }
 
 /// A decimal written by a client (empty = not given): a plain positive
@@ -480,9 +485,11 @@ pub fn placed_state(order: &Validated, fills: &[Exec]) -> State {
 
 /// The executions of an order taking from `levels` (best first: asks for
 /// bids, bids for asks). A `Price` order spends up to its total; others fill up
-/// to their volume; a limit stops at its price. Fees are per execution.
+/// to their volume; a limit stops at its price. Fees follow [`fee`]: the order
+/// has executed nothing before.
 pub fn walk(order: &Validated, levels: &[Level]) -> Result<Vec<Exec>, OrderError> {
     let mut out = Vec::new();
+    let mut executed_funds = Decimal::ZERO;
     let budgeted = order.budget().is_some();
     let mut budget = order.budget().unwrap_or_default();
     let mut remaining = order.volume.unwrap_or_default();
@@ -514,8 +521,9 @@ pub fn walk(order: &Validated, levels: &[Level]) -> Result<Vec<Exec>, OrderError
             price: level.price,
             volume,
             funds,
-            fee: fee(funds, order.fee_rate)?,
+            fee: fee(executed_funds, funds, order.fee_rate)?,
         });
+        executed_funds = add(executed_funds, funds)?;
         budget -= funds;
         remaining -= volume;
         if !budgeted && remaining <= Decimal::ZERO {
@@ -765,6 +773,48 @@ mod tests {
         )
         .unwrap();
         assert!(walk(&sell, &[lv("99999999999999999999", "10000000000")]).is_err());
+    }
+
+    #[test]
+    fn fees_add_up_to_the_whole_orders_fee_however_it_is_sliced() {
+        // A minimum-size order on a BTC market: per-fill rounding let slices of
+        // under 0.00002 BTC go free (security review L11).
+        let rate = d(FEE);
+        let whole = fee(Decimal::ZERO, d("0.00005"), rate).unwrap();
+        assert_eq!(whole, d("0.00000002"));
+        for slices in [
+            vec!["0.00005"],
+            vec!["0.00001"; 5],
+            vec!["0.00003", "0.00001", "0.00001"],
+        ] {
+            let mut before = Decimal::ZERO;
+            let mut paid = Decimal::ZERO;
+            for funds in slices.iter().map(|f| d(f)) {
+                let charged = fee(before, funds, rate).unwrap();
+                assert!(charged >= Decimal::ZERO);
+                paid += charged;
+                before += funds;
+            }
+            assert_eq!(paid, whole, "{slices:?}");
+        }
+        // And in a walk over several levels.
+        let order = validate(
+            "BTC-ETH",
+            Side::Bid,
+            OrdType::Limit,
+            Some(d("0.02")),
+            Some(d("0.005")),
+            rate,
+            None,
+        )
+        .unwrap();
+        let asks = [lv("0.01999", "0.001"), lv("0.02", "0.004")];
+        let execs = walk(&order, &asks).unwrap();
+        let funds: Decimal = execs.iter().map(|e| e.funds).sum();
+        let paid: Decimal = execs.iter().map(|e| e.fee).sum();
+        assert_eq!(paid, fee(Decimal::ZERO, funds, rate).unwrap());
+        assert_eq!(execs[0].fee, Decimal::ZERO, "under the rounding alone");
+        assert_eq!(paid, d("0.00000004"));
     }
 
     #[test]

@@ -340,7 +340,7 @@ impl<'a> Matcher<'a> {
                         price: open.price,
                         volume: take,
                         funds,
-                        fee: domain::fee(funds, open.fee_rate)?,
+                        fee: domain::fee(open.executed_funds, funds, open.fee_rate)?,
                     })
                 }) {
                 Ok(exec) => exec,

@@ -726,6 +726,67 @@ async fn limit_orders_rest_fill_on_crossing_trades_and_cancel_releases_funds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resting_order_filled_in_slices_pays_the_fee_of_the_whole() {
+    // At this rate each slice's fee has more than 8 decimals: rounding each one
+    // down alone would pay 629.62333269, rounding the order's once 629.62333270.
+    let rate = dec("0.00033333");
+    let mut env = env().await;
+    env.with_order_service_using(|c| c.fee_rate = rate).await;
+    let mut orders = env.orders();
+    let user = env.new_user().await;
+    let bid = place(
+        user,
+        "KRW-ETH",
+        pb::Side::Bid,
+        pb::OrderType::Limit,
+        "5100000",
+        "0.5",
+    );
+    let resting = orders.place_order(bid).await.unwrap().into_inner().order;
+    let resting = resting.unwrap();
+    assert_eq!(resting.state, pb::OrderState::Wait as i32);
+    // Three live trades fill it a slice at a time, each after the last is recorded.
+    let slice = "0.12345679";
+    let mut volume = Decimal::ZERO;
+    for id in 1..=3 {
+        env.feed(vec![trade("KRW-ETH", "5100000", slice, id)]).await;
+        volume += dec(slice);
+        let what = format!("slice {id}");
+        executed(&orders, user, &resting.uuid, &volume.to_string(), &what).await;
+    }
+    let filled = executed(&orders, user, &resting.uuid, "0.37037037", "three slices").await;
+    let funds = dec(&filled.executed_funds);
+    assert_eq!(funds, dec("1888888.887"));
+    let paid: Decimal = filled.trades.iter().map(|t| dec(&t.fee)).sum();
+    assert_eq!(filled.trades.len(), 3);
+    assert_eq!(
+        paid,
+        dec("629.62333270"),
+        "the whole order's fee, rounded once"
+    );
+    assert_eq!(dec(&filled.paid_fee), paid);
+    let cancelled = orders
+        .cancel_order(pb::CancelOrderRequest {
+            user_id: user.to_string(),
+            uuid: resting.uuid.clone(),
+            identifier: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        cancelled.into_inner().order.unwrap().state,
+        pb::OrderState::Cancel as i32
+    );
+    // Inventory accepted every fee, and charged exactly them.
+    assert_eq!(
+        env.balance(user, "KRW").await,
+        (dec("10000000") - funds - paid, dec("0"))
+    );
+    env.assert_books_balance().await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_orders_never_overdraw_and_retries_make_one_order() {
     let mut env = env().await;
     env.with_order_service().await;
