@@ -97,6 +97,32 @@ impl MarketState {
     }
 }
 
+/// `market_warning` of a ticker: whether Upbit designated the market for an
+/// investment warning (유의). Upbit deprecated it for `market_event` of
+/// `market/all`, and still sends it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Default)]
+pub enum MarketWarning {
+    #[default]
+    #[serde(rename = "NONE")]
+    None,
+    #[serde(rename = "CAUTION")]
+    Caution,
+}
+
+impl MarketWarning {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "NONE",
+            Self::Caution => "CAUTION",
+        }
+    }
+
+    /// `Caution` when the market is under an investment warning.
+    pub fn of(warning: bool) -> Self {
+        if warning { Self::Caution } else { Self::None }
+    }
+}
+
 /// A ticker message.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct Ticker {
@@ -153,6 +179,8 @@ pub struct Ticker {
     pub market_state: MarketState,
     #[serde(alias = "dd", default)]
     pub delisting_date: Option<String>,
+    #[serde(alias = "mw", default)]
+    pub market_warning: MarketWarning,
     #[serde(alias = "tms", default)]
     pub timestamp: i64,
     #[serde(alias = "st", default)]

@@ -467,7 +467,7 @@ pub fn ticker(t: &Ticker, format: Format) -> String {
             .str("market_state", "ms", t.market_state.as_str())
             .bool("is_trading_suspended", "its", false)
             .opt_str("delisting_date", "dd", t.delisting_date.as_deref())
-            .str("market_warning", "mw", "NONE")
+            .str("market_warning", "mw", t.market_warning.as_str())
             .int("timestamp", "tms", t.timestamp)
             .str("stream_type", "st", t.stream_type.as_str());
         o.close();

@@ -115,6 +115,7 @@ pub fn ticker(t: &pb::Ticker, snapshot: bool) -> Option<upbit::Ticker> {
             _ => MarketState::Active,
         },
         delisting_date: None,
+        market_warning: upbit::MarketWarning::of(t.warning),
         timestamp: t.timestamp,
         stream_type: stream(snapshot),
     })

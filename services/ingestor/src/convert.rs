@@ -2,7 +2,7 @@
 
 use exchange_proto::marketdata::v1 as pb;
 use rust_decimal::Decimal;
-use upbit::{AskBid, Change, MarketState};
+use upbit::{AskBid, Change, MarketState, MarketWarning};
 
 /// The normalised text (`148601000`, `0.00016823`), written without `Display`.
 fn d(v: Decimal) -> String {
@@ -60,6 +60,7 @@ pub fn ticker(t: &upbit::Ticker) -> pb::Ticker {
             MarketState::Delisted => pb::MarketState::Delisted,
         } as i32,
         timestamp: t.timestamp,
+        warning: t.market_warning == MarketWarning::Caution,
     }
 }
 
@@ -344,6 +345,14 @@ pub mod direct {
                     24
                 }
                 "delisting_date" | "dd" => slot!(25, opt_string(val(r)?)?),
+                "market_warning" | "mw" => {
+                    t.warning = match val(r)? {
+                        Value::Str("NONE") => false,
+                        Value::Str("CAUTION") => true,
+                        _ => return None,
+                    };
+                    28
+                }
                 "timestamp" | "tms" => slot!(26, t.timestamp = int(val(r)?)?),
                 "stream_type" | "st" => slot!(27, stream_type(val(r)?)?),
                 _ => return Some(None),
@@ -446,6 +455,7 @@ mod tests {
         )
         .unwrap();
         let mut engine = Engine::new(markets, 11);
+        assert!(engine.set_warning("KRW-DOGE", true));
         let mut out = Vec::new();
         for n in 0..3_000 {
             for payload in engine.step(1_751_606_040_365 + n) {
@@ -548,6 +558,21 @@ mod tests {
         }
         let ticker = br#"{"ty":"ticker","cd":"KRW-ETH","tp":5200000,"ab":null,"h52wp":null,"ms":"PREVIEW","dd":null,"tms":1}"#;
         assert!(agrees(ticker));
+        // Upbit's investment warning on the ticker.
+        let warned = br#"{"ty":"ticker","cd":"KRW-ETH","tp":5200000,"mw":"CAUTION","tms":1}"#;
+        assert!(agrees(warned));
+        let Some(Event::Ticker(t)) = fast(warned) else {
+            panic!("a ticker")
+        };
+        assert!(t.warning, "CAUTION is a warning");
+        let plain =
+            br#"{"ty":"ticker","cd":"KRW-ETH","tp":5200000,"market_warning":"NONE","tms":1}"#;
+        assert!(agrees(plain));
+        let odd = br#"{"ty":"ticker","cd":"KRW-ETH","tp":5200000,"mw":"WARNING","tms":1}"#;
+        assert!(
+            !agrees(odd),
+            "an unknown warning is left to the full parser"
+        );
         let book = br#"{"type":"orderbook","code":"KRW-XRP","orderbook_units":[],"timestamp":5,"level":0}"#;
         assert!(agrees(book));
         let bad_unit =

@@ -10,7 +10,8 @@
 //! - `POST /sim/stall?secs=N` — send no data frames for N seconds
 //! - `POST /sim/malformed?count=N` — send the next N data frames malformed
 //! - `POST /sim/market-event` `{"market","warning"?,"caution"?:{"PRICE_FLUCTUATIONS":true,…}}`
-//!   — designate a market as Upbit does (`/v1/market/all?is_details=true`)
+//!   — designate a market as Upbit does (`/v1/market/all?is_details=true`; the
+//!   warning also sets its tickers' `market_warning` to `CAUTION`)
 //!
 //! `/metrics` has the process's common metrics and the simulator's `upbit_sim_*`.
 

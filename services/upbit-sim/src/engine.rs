@@ -16,7 +16,9 @@ use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
 use upbit::market::{is_on_tick, tick_size};
 use upbit::write::{self, Format};
-use upbit::{AskBid, Change, MarketState, Orderbook, OrderbookUnit, StreamType, Ticker, Trade};
+use upbit::{
+    AskBid, Change, MarketState, MarketWarning, Orderbook, OrderbookUnit, StreamType, Ticker, Trade,
+};
 
 use crate::markets::MarketSpec;
 
@@ -240,6 +242,9 @@ struct Book {
     low_52w: Decimal,
     ticker: Option<Ticker>,
     orderbook: Option<Orderbook>,
+    /// Under Upbit's investment warning (`POST /sim/market-event`): its
+    /// tickers say `market_warning: CAUTION`.
+    warning: bool,
     trades: VecDeque<Trade>,
     candles: VecDeque<SimCandle>,
 }
@@ -376,6 +381,7 @@ impl Engine {
                 low_52w: upbit::market::floor_to_tick(&quote, price * Decimal::new(6, 1)),
                 ticker: None,
                 orderbook: None,
+                warning: false,
                 trades: VecDeque::with_capacity(RECENT_TRADES),
                 candles: VecDeque::new(),
                 spec,
@@ -590,6 +596,7 @@ impl Engine {
             lowest_52_week_date: Some("2025-08-05".into()),
             market_state: MarketState::Active,
             delisting_date: None,
+            market_warning: MarketWarning::of(book.warning),
             timestamp: ts,
             stream_type: StreamType::Realtime,
         };
@@ -661,6 +668,19 @@ impl Engine {
                 });
             }
         }
+    }
+
+    /// Puts a market under Upbit's investment warning, or lifts it: its next
+    /// ticker, and the one it shows now, say so. False when the market is unknown.
+    pub fn set_warning(&mut self, code: &str, warning: bool) -> bool {
+        let Some(book) = self.index.get(code).map(|i| &mut self.books[*i]) else {
+            return false;
+        };
+        book.warning = warning;
+        if let Some(ticker) = &mut book.ticker {
+            ticker.market_warning = MarketWarning::of(warning);
+        }
+        true
     }
 
     /// Current ticker of a market (None before its first trade or when unknown).
@@ -930,5 +950,32 @@ mod tests {
             e.inject("KRW-NOPE", p("1"), p("1"), AskBid::Bid, 0),
             Err(InjectError::UnknownMarket(_))
         ));
+    }
+    #[test]
+    fn a_warned_markets_tickers_say_caution_until_it_is_lifted() {
+        let mut e = engine(1);
+        let p = |s| Decimal::from_str(s).unwrap();
+        let at = 1_700_000_040_000;
+        let warning = |e: &Engine| e.ticker("KRW-BTC").map(|t| t.market_warning);
+        e.inject("KRW-BTC", p("148001000"), p("0.5"), AskBid::Bid, at)
+            .unwrap();
+        assert_eq!(warning(&e), Some(MarketWarning::None));
+        assert!(e.set_warning("KRW-BTC", true));
+        assert_eq!(warning(&e), Some(MarketWarning::Caution), "the kept ticker");
+        let [_, ticker, _] = e
+            .inject("KRW-BTC", p("148002000"), p("0.5"), AskBid::Bid, at + 1)
+            .unwrap();
+        let Payload::Ticker(t) = ticker else {
+            panic!("a ticker second: {ticker:?}")
+        };
+        assert_eq!(t.market_warning, MarketWarning::Caution, "the next one");
+        assert!(
+            write::ticker(&t, Format::Simple).contains(r#""mw":"CAUTION""#),
+            "as Upbit writes it"
+        );
+        assert!(e.set_warning("KRW-BTC", false));
+        assert_eq!(warning(&e), Some(MarketWarning::None));
+        assert!(!e.set_warning("KRW-NOPE", true), "an unknown market");
+        assert_eq!(warning(&e), Some(MarketWarning::None), "others unchanged");
     }
 }

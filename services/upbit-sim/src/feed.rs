@@ -112,11 +112,14 @@ impl Sim {
         events.get(code).copied().unwrap_or_default()
     }
 
-    /// Designates a market as Upbit would: `market/all?is_details=true` shows it.
+    /// Designates a market as Upbit would: `market/all?is_details=true` shows it,
+    /// and its tickers' `market_warning` follows the investment warning.
     pub fn set_market_event(&self, code: &str, event: MarketEvent) -> Result<(), String> {
         if !self.markets.iter().any(|m| m.code.as_str() == code) {
             return Err(format!("{code} is not a simulated market"));
         }
+        // The engine first, so no ticker says less than market/all once it returns.
+        self.engine().set_warning(code, event.warning);
         let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
         events.insert(code.to_owned(), event);
         Ok(())

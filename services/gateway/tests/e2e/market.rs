@@ -281,6 +281,20 @@ async fn upbit_warning_and_caution_designations_follow_the_source_while_running(
         ),
         "{native}"
     );
+    // The feed's tickers carry the warning too (Upbit's deprecated
+    // `market_warning`), from the source's next ticker on.
+    let mut ws = ws_connect(stack.gateways[0].http).await;
+    let request = r#"[{"ticket":"mw"},{"type":"ticker","codes":["KRW-XRP"],"is_only_realtime":true},{"format":"SIMPLE"}]"#;
+    ws_subscribe(&stack, &mut ws, request, 1.0).await;
+    let ticker_at = |price: &'static str| {
+        move |m| match m {
+            Message::Ticker(t) if t.trade_price == dec(price) => Some(t.market_warning),
+            _ => None,
+        }
+    };
+    stack.sim_trade("KRW-XRP", "3301", "1", "BID", None).await;
+    let warned = ws_wait(&mut ws, Duration::from_secs(20), ticker_at("3301")).await;
+    assert_eq!(warned, upbit::MarketWarning::Caution);
 
     // And lifted again.
     stack
@@ -291,6 +305,9 @@ async fn upbit_warning_and_caution_designations_follow_the_source_while_running(
         .await;
     let lifted = serde_json::to_value(upbit::market::MarketEvent::default()).unwrap();
     wait_market_event(&stack, "KRW-XRP", &lifted).await;
+    stack.sim_trade("KRW-XRP", "3302", "1", "BID", None).await;
+    let plain = ws_wait(&mut ws, Duration::from_secs(20), ticker_at("3302")).await;
+    assert_eq!(plain, upbit::MarketWarning::None);
     stack.stop().await;
 }
 
