@@ -183,15 +183,61 @@ macro_rules! from_stored_name {
 }
 from_stored_name!(Side, OrdType, State);
 
+/// What an order trades, in the only shapes its type and side allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Amounts {
+    /// A limit order: this volume, at this price or better.
+    Limit { price: Decimal, volume: Decimal },
+    /// A market buy (`price`) or best bid: spend this total.
+    Total(Decimal),
+    /// A market sell (`market`) or best ask: sell this volume.
+    Volume(Decimal),
+}
+
+impl Amounts {
+    /// The order's `price` as Upbit shows and stores it: the limit price, or
+    /// the total of a market buy.
+    pub fn price(self) -> Option<Decimal> {
+        match self {
+            Self::Limit { price, .. } => Some(price),
+            Self::Total(total) => Some(total),
+            Self::Volume(_) => None,
+        }
+    }
+
+    /// The order's `volume` (none for a market buy).
+    pub fn volume(self) -> Option<Decimal> {
+        match self {
+            Self::Limit { volume, .. } | Self::Volume(volume) => Some(volume),
+            Self::Total(_) => None,
+        }
+    }
+
+    /// The amounts of a stored order, read back from its [`Self::price`] and
+    /// [`Self::volume`]; none when they do not fit its type and side.
+    pub fn stored(
+        ord_type: OrdType,
+        side: Side,
+        price: Option<Decimal>,
+        volume: Option<Decimal>,
+    ) -> Option<Self> {
+        use OrdType::{Best, Limit, Market, Price};
+        match (ord_type, side, price, volume) {
+            (Limit, _, Some(price), Some(volume)) => Some(Self::Limit { price, volume }),
+            (Price | Best, Side::Bid, Some(total), None) => Some(Self::Total(total)),
+            (Market | Best, Side::Ask, None, Some(volume)) => Some(Self::Volume(volume)),
+            _ => None,
+        }
+    }
+}
+
 /// A validated order, ready to be persisted.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Validated {
     pub market: MarketCode,
     pub side: Side,
     pub ord_type: OrdType,
-    /// Limit price, or the total for `Price` orders.
-    pub price: Option<Decimal>,
-    pub volume: Option<Decimal>,
+    pub amounts: Amounts,
     /// What inventory must lock: the quote currency for bids, the base for asks.
     pub reserve_currency: String,
     pub reserve_amount: Decimal,
@@ -203,8 +249,8 @@ pub struct Validated {
 impl Validated {
     /// The total a budget order spends (a market buy, a best bid).
     pub fn budget(&self) -> Option<Decimal> {
-        match (self.ord_type, self.side) {
-            (OrdType::Price, _) | (OrdType::Best, Side::Bid) => self.price,
+        match self.amounts {
+            Amounts::Total(total) => Some(total),
             _ => None,
         }
     }
@@ -307,7 +353,7 @@ pub fn validate(
     {
         return Err(OrderError::invalid("volume has more than 8 decimal places"));
     }
-    let (total, reserve_currency, reserve_amount) = match (ord_type, side) {
+    let (amounts, total, reserve_currency, reserve_amount) = match (ord_type, side) {
         (OrdType::Limit, _) => {
             let (Some(p), Some(v)) = (price, volume) else {
                 return Err(OrderError::invalid("a limit order needs price and volume"));
@@ -319,13 +365,18 @@ pub fn validate(
                 ));
             }
             let total = mul(p, v)?;
+            let amounts = Amounts::Limit {
+                price: p,
+                volume: v,
+            };
             match side {
                 Side::Bid => (
+                    amounts,
                     total,
                     quote.clone(),
                     add(total, ceil8(mul(total, fee_rate)?))?,
                 ),
-                Side::Ask => (total, market.base().to_owned(), v),
+                Side::Ask => (amounts, total, market.base().to_owned(), v),
             }
         }
         (OrdType::Price | OrdType::Best, Side::Bid) => {
@@ -344,6 +395,7 @@ pub fn validate(
                 return Err(OrderError::invalid("price has more than 8 decimal places"));
             }
             (
+                Amounts::Total(total),
                 total,
                 quote.clone(),
                 add(total, ceil8(mul(total, fee_rate)?))?,
@@ -363,7 +415,12 @@ pub fn validate(
             }
             let reference = reference_price
                 .ok_or_else(|| OrderError::invalid("no bids in the orderbook to sell into"))?;
-            (mul(reference, v)?, market.base().to_owned(), v)
+            (
+                Amounts::Volume(v),
+                mul(reference, v)?,
+                market.base().to_owned(),
+                v,
+            )
         }
         (OrdType::Price, Side::Ask) => {
             return Err(OrderError::invalid(
@@ -392,8 +449,7 @@ pub fn validate(
         market,
         side,
         ord_type,
-        price,
-        volume,
+        amounts,
         reserve_currency,
         reserve_amount,
         fee_rate,
@@ -492,14 +548,16 @@ pub fn walk(order: &Validated, levels: &[Level]) -> Result<Vec<Exec>, OrderError
     let mut executed_funds = Decimal::ZERO;
     let budgeted = order.budget().is_some();
     let mut budget = order.budget().unwrap_or_default();
-    let mut remaining = order.volume.unwrap_or_default();
+    let mut remaining = order.amounts.volume().unwrap_or_default();
+    let limit = match order.amounts {
+        Amounts::Limit { price, .. } => Some(price),
+        _ => None,
+    };
     for level in levels {
         if level.size <= Decimal::ZERO || level.price <= Decimal::ZERO {
             continue;
         }
-        if order.ord_type == OrdType::Limit
-            && let Some(limit) = order.price
-        {
+        if let Some(limit) = limit {
             let crosses = match order.side {
                 Side::Bid => level.price <= limit,
                 Side::Ask => level.price >= limit,
@@ -544,7 +602,7 @@ pub fn fully_filled(order: &Validated, execs: &[Exec]) -> bool {
             let last = execs.last().map(|e| e.price).unwrap_or(total);
             total - spent < last * Decimal::new(1, VOLUME_SCALE)
         }
-        None => executed >= order.volume.unwrap_or_default(),
+        None => executed >= order.amounts.volume().unwrap_or_default(),
     }
 }
 
@@ -773,6 +831,46 @@ mod tests {
         )
         .unwrap();
         assert!(walk(&sell, &[lv("99999999999999999999", "10000000000")]).is_err());
+    }
+
+    #[test]
+    fn amounts_read_back_from_storage_as_validated_and_odd_rows_are_refused() {
+        let cases = [
+            (Side::Bid, OrdType::Limit, Some("100000000"), Some("0.01")),
+            (Side::Ask, OrdType::Limit, Some("100000000"), Some("0.01")),
+            (Side::Bid, OrdType::Price, Some("10000"), None),
+            (Side::Bid, OrdType::Best, Some("10000"), None),
+            (Side::Ask, OrdType::Market, None, Some("0.01")),
+            (Side::Ask, OrdType::Best, None, Some("0.01")),
+        ];
+        for (side, ord_type, price, volume) in cases {
+            let (price, volume) = (price.map(d), volume.map(d));
+            let order = validate(
+                "KRW-BTC",
+                side,
+                ord_type,
+                price,
+                volume,
+                d(FEE),
+                Some(d("100000000")),
+            )
+            .unwrap();
+            let (p, v) = (order.amounts.price(), order.amounts.volume());
+            assert_eq!((p, v), (price, volume), "{side:?} {ord_type:?}");
+            let back = Amounts::stored(ord_type, side, p, v);
+            assert_eq!(back, Some(order.amounts), "{side:?} {ord_type:?}");
+        }
+        let (one, none) = (Some(d("1")), None);
+        for (side, ord_type, price, volume) in [
+            (Side::Bid, OrdType::Limit, one, none),
+            (Side::Bid, OrdType::Price, one, one),
+            (Side::Ask, OrdType::Price, one, none),
+            (Side::Bid, OrdType::Market, none, one),
+            (Side::Ask, OrdType::Best, one, one),
+        ] {
+            let back = Amounts::stored(ord_type, side, price, volume);
+            assert_eq!(back, None, "{side:?} {ord_type:?} {price:?} {volume:?}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use exchange_proto::order::v1 as pb;
 use exchange_proto::order::v1::order_service_server::OrderService;
-use rust_decimal::{Decimal, RoundingStrategy};
+use rust_decimal::Decimal;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::domain::{OrdType, Side, SmpType, State, TimeInForce};
 use crate::error::OrderError;
+use crate::holding::Holding;
 use crate::metrics;
 use crate::service::{Orders, Place, View};
 use crate::store;
@@ -83,35 +84,7 @@ fn ord_type(t: OrdType) -> pb::OrderType {
 /// The order as clients see it (Upbit's fields).
 pub fn order_pb(view: &View) -> pb::Order {
     let o = &view.order;
-    let ceil8 = |d: Decimal| d.round_dp_with_strategy(8, RoundingStrategy::AwayFromZero);
-    let open = matches!(o.state, State::Wait | State::Pending);
-    let (volume, remaining_volume) = match o.volume {
-        Some(v) => (text(v), text((v - o.executed_volume).max(Decimal::ZERO))),
-        None => (String::new(), String::new()),
-    };
-    let bid = o.side == Side::Bid;
-    let reserved_fee = if bid {
-        let total = match (o.ord_type, o.price, o.volume) {
-            (OrdType::Limit, Some(p), Some(v)) => p * v,
-            (_, Some(total), _) => total,
-            _ => Decimal::ZERO,
-        };
-        ceil8(total * o.fee_rate)
-    } else {
-        Decimal::ZERO
-    };
-    let remaining_fee = if open && bid {
-        (reserved_fee - o.paid_fee).max(Decimal::ZERO)
-    } else {
-        Decimal::ZERO
-    };
-    let locked = if !open {
-        Decimal::ZERO
-    } else if bid {
-        (o.reserved_amount - o.executed_funds - o.paid_fee).max(Decimal::ZERO)
-    } else {
-        (o.reserved_amount - o.executed_volume).max(Decimal::ZERO)
-    };
+    let held = Holding::of(o);
     pb::Order {
         uuid: o.id.to_string(),
         user_id: o.user_id.to_string(),
@@ -119,12 +92,12 @@ pub fn order_pb(view: &View) -> pb::Order {
         side: side(o.side) as i32,
         ord_type: ord_type(o.ord_type) as i32,
         price: o.price.map(text).unwrap_or_default(),
-        volume,
-        remaining_volume,
-        reserved_fee: text(reserved_fee),
-        remaining_fee: text(remaining_fee),
+        volume: o.volume.map(text).unwrap_or_default(),
+        remaining_volume: held.remaining_volume.map(text).unwrap_or_default(),
+        reserved_fee: text(held.reserved_fee),
+        remaining_fee: text(held.remaining_fee),
         paid_fee: text(o.paid_fee),
-        locked: text(locked),
+        locked: text(held.locked),
         executed_volume: text(o.executed_volume),
         executed_funds: text(o.executed_funds),
         state: state(o.state) as i32,

@@ -11,6 +11,7 @@ pub mod config;
 pub mod domain;
 mod error;
 mod grpc;
+mod holding;
 pub mod matcher;
 mod metrics;
 pub mod record;

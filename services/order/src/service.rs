@@ -43,7 +43,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::domain::{
-    self, Exec, Level, OrdType, Placement, Side, SmpType, State, TimeInForce, Validated,
+    self, Amounts, Exec, Level, OrdType, Placement, Side, SmpType, State, TimeInForce, Validated,
 };
 use crate::error::OrderError;
 use crate::record::{self, Record};
@@ -167,12 +167,12 @@ fn terms(order: &Validated) -> inv::OrderTerms {
     let text = |d: Option<Decimal>| d.map(decimal::to_wire).unwrap_or_default();
     // A best order is checked as the market order of its side: its fills are
     // bounded by its budget or volume, at whatever the best price was.
-    let (kind, price, volume, budget) = match (order.ord_type, order.side) {
-        (OrdType::Limit, _) => (inv::OrderKind::Limit, order.price, order.volume, None),
-        (OrdType::Price | OrdType::Best, Side::Bid) => {
-            (inv::OrderKind::Price, None, None, order.price)
+    let (kind, price, volume, budget) = match order.amounts {
+        Amounts::Limit { price, volume } => {
+            (inv::OrderKind::Limit, Some(price), Some(volume), None)
         }
-        (_, _) => (inv::OrderKind::Market, None, order.volume, None),
+        Amounts::Total(total) => (inv::OrderKind::Price, None, None, Some(total)),
+        Amounts::Volume(volume) => (inv::OrderKind::Market, None, Some(volume), None),
     };
     inv::OrderTerms {
         kind: kind as i32,
@@ -414,8 +414,8 @@ impl Orders {
             market: order.market.as_str(),
             side: order.side.as_str(),
             ord_type: order.ord_type.as_str(),
-            price: order.price,
-            volume: order.volume,
+            price: order.amounts.price(),
+            volume: order.amounts.volume(),
             reserved_currency: &order.reserve_currency,
             reserved_amount: order.reserve_amount,
             fee_rate: order.fee_rate,
@@ -549,8 +549,8 @@ impl Orders {
             market: order.market.as_str().to_owned(),
             side: order.side,
             ord_type: order.ord_type,
-            price: order.price,
-            volume: order.volume,
+            price: order.amounts.price(),
+            volume: order.amounts.volume(),
             state,
             reserved_currency: order.reserve_currency.clone(),
             reserved_amount: order.reserve_amount,

@@ -308,6 +308,15 @@ async fn executed(
     .unwrap()
 }
 
+/// A request to cancel `user`'s order `uuid`.
+fn cancel(user: Uuid, uuid: &str) -> pb::CancelOrderRequest {
+    pb::CancelOrderRequest {
+        user_id: user.to_string(),
+        uuid: uuid.to_owned(),
+        identifier: String::new(),
+    }
+}
+
 fn error_name(s: &tonic::Status) -> Option<&str> {
     service_kit::grpc::error_name(s)
 }
@@ -693,11 +702,7 @@ async fn limit_orders_rest_fill_on_crossing_trades_and_cancel_releases_funds() {
         "0.1 of 0.2: the trade had 0.3, 0.2 went to the better bid"
     );
     let cancelled = orders
-        .cancel_order(pb::CancelOrderRequest {
-            user_id: user.to_string(),
-            uuid: other.uuid.clone(),
-            identifier: String::new(),
-        })
+        .cancel_order(cancel(user, &other.uuid))
         .await
         .unwrap()
         .into_inner()
@@ -705,11 +710,7 @@ async fn limit_orders_rest_fill_on_crossing_trades_and_cancel_releases_funds() {
         .unwrap();
     assert_eq!(cancelled.state, pb::OrderState::Cancel as i32);
     let again = orders
-        .cancel_order(pb::CancelOrderRequest {
-            user_id: user.to_string(),
-            uuid: other.uuid.clone(),
-            identifier: String::new(),
-        })
+        .cancel_order(cancel(user, &other.uuid))
         .await
         .unwrap_err();
     assert_eq!(error_name(&again), Some("order_not_cancellable"));
@@ -766,11 +767,7 @@ async fn a_resting_order_filled_in_slices_pays_the_fee_of_the_whole() {
     );
     assert_eq!(dec(&filled.paid_fee), paid);
     let cancelled = orders
-        .cancel_order(pb::CancelOrderRequest {
-            user_id: user.to_string(),
-            uuid: resting.uuid.clone(),
-            identifier: String::new(),
-        })
+        .cancel_order(cancel(user, &resting.uuid))
         .await
         .unwrap();
     assert_eq!(
@@ -912,11 +909,7 @@ async fn users_see_only_their_orders_and_bad_orders_are_named() {
         (Code::NotFound, Some("order_not_found"))
     );
     let err = orders
-        .cancel_order(pb::CancelOrderRequest {
-            user_id: bob.to_string(),
-            uuid: order.uuid.clone(),
-            identifier: String::new(),
-        })
+        .cancel_order(cancel(bob, &order.uuid))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -1541,11 +1534,7 @@ async fn a_stale_book_fills_nothing_and_open_orders_are_capped() {
         "nothing reserved for it"
     );
     orders
-        .cancel_order(pb::CancelOrderRequest {
-            user_id: user.to_string(),
-            uuid: open[0].uuid.clone(),
-            identifier: String::new(),
-        })
+        .cancel_order(cancel(user, &open[0].uuid))
         .await
         .unwrap();
     orders.place_order(bid("5003000")).await.unwrap();

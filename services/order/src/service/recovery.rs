@@ -8,7 +8,7 @@ use exchange_proto::inventory::v1 as inv;
 use uuid::Uuid;
 
 use super::{CONFIRM_BATCH, Orders, Outcome, unavailable};
-use crate::domain::{self, OrdType, Placement, SmpType, State, TimeInForce, Validated};
+use crate::domain::{self, Amounts, OrdType, Placement, SmpType, State, TimeInForce, Validated};
 use crate::error::OrderError;
 use crate::record::Record;
 use crate::store::{self, OrderRow};
@@ -230,12 +230,17 @@ impl Orders {
         let (side, ord_type) = (row.side, row.ord_type);
         let market = upbit::market::MarketCode::parse(&row.market)
             .map_err(|e| OrderError::Internal(e.to_string()))?;
+        let amounts = Amounts::stored(ord_type, side, row.price, row.volume).ok_or_else(|| {
+            OrderError::Internal(format!(
+                "order {} has a price and volume its type does not allow",
+                row.id
+            ))
+        })?;
         let order = Validated {
             market,
             side,
             ord_type,
-            price: row.price,
-            volume: row.volume,
+            amounts,
             reserve_currency: row.reserved_currency.clone(),
             reserve_amount: row.reserved_amount,
             fee_rate: row.fee_rate,
