@@ -69,18 +69,24 @@ function renderName(cell, m) {
 }
 
 // Designations change while the page is open: read the list again now and then
-// and redraw the names (prices stay; a newly listed market gets a row).
+// and redraw the names (prices stay). A newly listed market gets a row, and the
+// subscription is sent again to include it.
 const MARKETS_EVERY_MS = 60_000;
 
 async function refreshMarkets() {
   const markets = await getJson("/v1/market/all?is_details=true");
   const body = $("#board tbody");
+  let added = false;
   for (const m of markets) {
     const tr = body.querySelector(`tr[data-market="${CSS.escape(m.market)}"]`);
     if (tr) renderName(tr.querySelector(".name"), m);
-    else addRow(body, m);
+    else {
+      addRow(body, m);
+      added = true;
+    }
   }
   state.markets = markets;
+  if (added) subscribe();
 }
 state.refreshMarkets = refreshMarkets;
 
