@@ -99,14 +99,16 @@ impl MarketState {
 
 /// `market_warning` of a ticker: whether Upbit designated the market for an
 /// investment warning (유의). Upbit deprecated it for `market_event` of
-/// `market/all`, and still sends it.
+/// `market/all`, and still sends it. A value Upbit may add later reads as
+/// `None`: a deprecated hint never costs the ticker that carries it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Default)]
 pub enum MarketWarning {
-    #[default]
-    #[serde(rename = "NONE")]
-    None,
     #[serde(rename = "CAUTION")]
     Caution,
+    // Last: serde's `other` must be.
+    #[default]
+    #[serde(rename = "NONE", other)]
+    None,
 }
 
 impl MarketWarning {

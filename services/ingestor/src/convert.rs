@@ -573,6 +573,10 @@ mod tests {
             !agrees(odd),
             "an unknown warning is left to the full parser"
         );
+        let Some(Event::Ticker(t)) = full(odd) else {
+            panic!("the full parser keeps the ticker")
+        };
+        assert!(!t.warning, "and reads an unknown warning as none");
         let book = br#"{"type":"orderbook","code":"KRW-XRP","orderbook_units":[],"timestamp":5,"level":0}"#;
         assert!(agrees(book));
         let bad_unit =
