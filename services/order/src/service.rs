@@ -197,6 +197,9 @@ enum Outcome {
 /// Most order ids one confirmation call carries.
 const CONFIRM_BATCH: usize = 500;
 
+/// Most fills one Settle call carries: inventory refuses more.
+const SETTLE_BATCH: usize = 1000;
+
 /// Confirms stored orders to inventory, in batches as they come (while one call
 /// is out, the next batch gathers). An id not confirmed here (inventory away,
 /// the queue full, the process stopping) is confirmed by recovery, which finds
@@ -737,19 +740,36 @@ impl Orders {
     }
 
     /// Settles every recorded execution of an order and, with `finalize`,
-    /// releases the rest of its reservation.
+    /// releases the rest of its reservation. An order with more executions
+    /// than one call carries sends those inventory has not applied yet, in
+    /// order, [`SETTLE_BATCH`] at a time, finalizing with the last batch.
     async fn settle_all(&self, order: &OrderRow, finalize: bool) -> Result<(), OrderError> {
         let executions = store::executions(&self.pool, order.id).await?;
-        let fills = executions
+        let applied = if executions.len() > SETTLE_BATCH {
+            self.reservation(order.id).await?.last_fill_seq
+        } else {
+            0
+        };
+        let fills: Vec<inv::Fill> = executions
             .iter()
+            .filter(|e| i64::from(e.seq) > i64::from(applied))
             .map(|e| fill(e.seq as usize, &exec_of(e)))
             .collect();
-        let request = self.settle_request(order, fills, finalize)?;
-        self.inventory
-            .clone()
-            .settle(request)
-            .await
-            .map_err(|s| unavailable("inventory", &s))?;
+        let mut batches: Vec<Vec<inv::Fill>> =
+            fills.chunks(SETTLE_BATCH).map(<[_]>::to_vec).collect();
+        if batches.is_empty() {
+            // Nothing left to apply: the call still releases, when finalizing.
+            batches.push(Vec::new());
+        }
+        let count = batches.len();
+        for (i, batch) in batches.into_iter().enumerate() {
+            let request = self.settle_request(order, batch, finalize && i + 1 == count)?;
+            self.inventory
+                .clone()
+                .settle(request)
+                .await
+                .map_err(|s| unavailable("inventory", &s))?;
+        }
         Ok(())
     }
 

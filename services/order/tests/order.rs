@@ -1706,3 +1706,104 @@ async fn recovery_settles_a_fill_behind_hundreds_of_settled_ones() {
     env.assert_books_balance().await;
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_with_more_fills_than_one_settle_call_carries_settles_and_releases() {
+    // Inventory takes at most 1,000 fills a call; this order gets 1,050 while
+    // inventory is away, so settling them on cancel takes two calls.
+    const FILLS: i64 = 1050;
+    let mut env = env().await;
+    let inventory = test_support::TcpProxy::start(env.inventory_addr)
+        .await
+        .unwrap();
+    let via = format!("http://{}", inventory.addr);
+    env.with_order_service_using(|c| c.inventory_url = via)
+        .await;
+    let mut orders = env.orders();
+    let user = env.new_user().await;
+    let bid = place(
+        user,
+        "KRW-ETH",
+        pb::Side::Bid,
+        pb::OrderType::Limit,
+        "5100000",
+        "0.5",
+    );
+    let resting = orders.place_order(bid).await.unwrap().into_inner().order;
+    let resting = resting.unwrap();
+    assert_eq!(resting.state, pb::OrderState::Wait as i32);
+    inventory.cut();
+    let trades = (1..=FILLS)
+        .map(|sid| trade("KRW-ETH", "5100000", "0.0001", sid))
+        .collect();
+    env.feed(trades).await;
+    let filled = eventually(Duration::from_secs(90), "every fill recorded", || {
+        let request = pb::GetOrderRequest {
+            user_id: user.to_string(),
+            uuid: resting.uuid.clone(),
+            identifier: String::new(),
+        };
+        let mut orders = orders.clone();
+        async move {
+            let o = orders.get_order(request).await.ok()?.into_inner().order?;
+            (o.executed_volume == "0.105").then_some(o)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(filled.trades_count, FILLS as u32);
+    assert_eq!(env.balance(user, "ETH").await, (dec("0"), dec("0")));
+    inventory.restore();
+    let cancelled = orders
+        .cancel_order(cancel(user, &resting.uuid))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(cancelled.state, pb::OrderState::Cancel as i32);
+    let funds = dec(&cancelled.executed_funds);
+    let fee = dec(&cancelled.paid_fee);
+    assert_eq!(funds, dec("535500"));
+    // Every fill credited, the rest of the bid's KRW released: nothing locked.
+    let direct = env.inventory.clone();
+    let settled = eventually(Duration::from_secs(30), "the order settled", || {
+        let mut direct = direct.clone();
+        async move {
+            let balances = direct
+                .get_balances(inv::GetBalancesRequest {
+                    user_id: user.to_string(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .balances;
+            let of = |c: &str| {
+                balances
+                    .iter()
+                    .find(|b| b.currency == c)
+                    .map(|b| (dec(&b.balance), dec(&b.locked)))
+            };
+            let krw = of("KRW")?;
+            (of("ETH")?.0 == dec("0.105") && krw.1 == Decimal::ZERO).then_some(krw)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(settled, (dec("10000000") - funds - fee, dec("0")));
+    let reservation = env
+        .inventory
+        .clone()
+        .get_reservation(inv::GetReservationRequest {
+            order_id: resting.uuid.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (reservation.last_fill_seq, reservation.released),
+        (FILLS as u32, true)
+    );
+    env.assert_books_balance().await;
+    env.stop().await;
+}
