@@ -1585,6 +1585,58 @@ class Render:
                     self.err(f"{rid}: carries retries/timeout beside a fault, which Istio does not apply: the render "
                              f"would promise retries that never happen")
 
+    @staticmethod
+    def try_seconds(route):
+        """How long one attempt of a unary route may take: its per-try timeout, within
+        its route timeout (None: no bound, or not a unary route)."""
+        if route.get("fault") or Render.is_stream_route(route):
+            return None
+        bounds = [duration_seconds(route["timeout"])] if route.get("timeout") else []
+        retries = route.get("retries") or {}
+        if retries.get("attempts") and retries.get("perTryTimeout"):
+            bounds.append(duration_seconds(retries["perTryTimeout"]))
+        bounds = [b for b in bounds if b is not None]
+        return min(bounds) if bounds else None
+
+    # Work a placement does besides waiting on inventory (book, market list, database).
+    PLACEMENT_SLACK = 2
+
+    def check_placement_timeouts(self):
+        """A placement waits up to PLAN_TTL on inventory, then answers PENDING. A mesh
+        timeout shorter than that resets a placement that goes on to execute, and the
+        client, told it failed, places it again: every route to a pod with PLAN_TTL must
+        give an attempt longer than PLAN_TTL, and the edge routes longer still."""
+        longest = 0
+        for vs in self.by.get("VirtualService", []):
+            for i, r in enumerate(vs["spec"].get("http") or []):
+                limit = self.try_seconds(r)
+                if limit is None:
+                    continue
+                for d in r.get("route") or []:
+                    for w in self.dest_templates(d["destination"]):
+                        for c in self.template(w)["spec"].get("containers") or []:
+                            ttl = duration_seconds(self.env_of(c).get("PLAN_TTL", ""))
+                            if ttl is None:
+                                continue
+                            need = ttl + self.PLACEMENT_SLACK
+                            longest = max(longest, limit)
+                            if limit < need:
+                                self.err(f"{ident(vs)} route {r.get('name', i)}: an attempt may take {limit:g} s, but a "
+                                         f"placement to {ident(w)} waits up to PLAN_TTL {ttl:g} s (+{self.PLACEMENT_SLACK} s): "
+                                         f"the mesh would reset placements that execute, and their retries place them "
+                                         f"twice (raise timeout and retries.perTryTimeout)")
+        if not longest:
+            return
+        for vs in self.by.get("VirtualService", []):
+            if all(g == "mesh" for g in vs["spec"].get("gateways") or ["mesh"]):
+                continue
+            for i, r in enumerate(vs["spec"].get("http") or []):
+                limit = self.try_seconds(r)
+                if limit is not None and limit <= longest:
+                    self.err(f"{ident(vs)} route {r.get('name', i)}: the edge gives an attempt {limit:g} s, no longer than "
+                             f"a placement's route inside the mesh ({longest:g} s): the ingress would answer a placement "
+                             f"that executes as failed (raise timeout and retries.perTryTimeout)")
+
     def check_edge_health(self, allow=False):
         """The services' probe paths are for the kubelet: the ingress answers them itself."""
         if allow:
@@ -1794,6 +1846,7 @@ def run_checks(docs, namespace, mesh_docs, expectations, provided_secrets=None, 
     r.check_hpa_replicas()
     r.check_scaled_down()
     r.check_faults()
+    r.check_placement_timeouts()
     r.check_edge_health(allow_health)
     r.check_monitor_labels(DEFAULT_MONITOR_LABELS if monitor_labels is None else monitor_labels)
     for kind, args in expectations:

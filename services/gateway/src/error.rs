@@ -34,6 +34,17 @@ impl ApiError {
         }
     }
 
+    /// A placement whose answer never came back: the order may have been
+    /// made, so the client is told to look before placing it again, never
+    /// simply to retry (a retry with a new key would be a second order).
+    pub fn placement(status: tonic::Status) -> Self {
+        let mut e = Self::from(status);
+        if matches!(e.name.as_str(), "service_unavailable" | "timeout") {
+            e.message = UNKNOWN_PLACEMENT.to_owned();
+        }
+        e
+    }
+
     /// The error with a `Retry-After` header.
     pub fn with_retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);
@@ -59,6 +70,10 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "404", "Code not found")
     }
 }
+
+/// What a client is told when a placement's outcome is not known.
+pub const UNKNOWN_PLACEMENT: &str = "the order may have been placed: look it up (by identifier) \
+     or repeat the request with the same Idempotency-Key, rather than placing it anew";
 
 /// HTTP status and default error name for a gRPC code.
 pub fn classify(code: Code) -> (StatusCode, &'static str) {
@@ -216,6 +231,31 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_placement_without_an_answer_is_never_told_to_retry() {
+        for status in [
+            tonic::Status::unavailable("inventory slow"),
+            tonic::Status::deadline_exceeded("deadline"),
+            tonic::Status::cancelled("reset by the mesh"),
+        ] {
+            let e = ApiError::placement(status);
+            assert_eq!(e.message, UNKNOWN_PLACEMENT);
+            assert!(e.status.is_server_error());
+        }
+        // A definite refusal keeps its own words.
+        let mut named = tonic::Status::unavailable("KRW-BTC's orderbook is stale");
+        named
+            .metadata_mut()
+            .insert(ERROR_NAME, "market_data_stale".parse().unwrap());
+        let e = ApiError::placement(named);
+        assert_eq!(e.message, "KRW-BTC's orderbook is stale");
+        let e = ApiError::placement(tonic::Status::invalid_argument("bad price"));
+        assert_eq!(
+            (e.status, e.message.as_str()),
+            (StatusCode::BAD_REQUEST, "bad price")
+        );
+    }
 
     #[test]
     fn a_call_broken_on_its_way_is_a_503_and_a_service_failure_a_500() {

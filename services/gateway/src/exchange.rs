@@ -220,7 +220,8 @@ pub(crate) async fn place_order(
     gw.order
         .clone()
         .place_order(request)
-        .await?
+        .await
+        .map_err(ApiError::placement)?
         .into_inner()
         .order
         .ok_or_else(no_order)

@@ -182,7 +182,8 @@ async fn admit(State(gw): State<Shared>, ip: ClientIp, request: Request, next: N
         Err(_) => ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "request_timeout",
-            "the request was not completed in time",
+            "the request was not completed in time; one that places an order may have \
+             placed it: look before repeating it",
         )
         .into_response(),
     }

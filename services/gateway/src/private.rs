@@ -531,7 +531,13 @@ pub async fn place_order(
         },
         request_key,
     )?;
-    let r = gw.order.clone().place_order(request).await?.into_inner();
+    let r = gw
+        .order
+        .clone()
+        .place_order(request)
+        .await
+        .map_err(ApiError::placement)?
+        .into_inner();
     let order = r.order.ok_or_else(|| {
         ApiError::new(StatusCode::BAD_GATEWAY, "server_error", "no order returned")
     })?;
