@@ -738,13 +738,13 @@ fn check_times(claims: &serde_json::Value, now: i64) -> Result<(), UserError> {
             })
             .transpose()
     };
-    if time("exp")?.is_some_and(|exp| exp + CLOCK_SKEW_SECS < now) {
+    if time("exp")?.is_some_and(|exp| exp.saturating_add(CLOCK_SKEW_SECS) < now) {
         return Err(UserError::Token(
             "jwt_verification",
             "the token has expired".into(),
         ));
     }
-    if time("iat")?.is_some_and(|iat| iat - CLOCK_SKEW_SECS > now) {
+    if time("iat")?.is_some_and(|iat| iat.saturating_sub(CLOCK_SKEW_SECS) > now) {
         return Err(UserError::Token(
             "jwt_verification",
             "the token is issued in the future".into(),
@@ -778,4 +778,26 @@ async fn dummy_hash() -> String {
         })
         .await
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_times_at_the_ends_of_the_range_are_judged_not_overflowed() {
+        let now = 1_700_000_000;
+        let at = |claims: serde_json::Value| check_times(&claims, now).is_ok();
+        // A token valid forever, and one issued at the dawn of time, pass.
+        assert!(at(serde_json::json!({"exp": i64::MAX})));
+        assert!(at(serde_json::json!({"iat": i64::MIN})));
+        // Expired long ago, or issued in the far future: refused.
+        assert!(!at(serde_json::json!({"exp": i64::MIN})));
+        assert!(!at(serde_json::json!({"iat": i64::MAX})));
+        // Within the allowed skew either way.
+        assert!(at(
+            serde_json::json!({"exp": now - CLOCK_SKEW_SECS, "iat": now + CLOCK_SKEW_SECS})
+        ));
+        assert!(!at(serde_json::json!({"exp": now - CLOCK_SKEW_SECS - 1})));
+    }
 }
