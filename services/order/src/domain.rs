@@ -213,6 +213,24 @@ impl Amounts {
         }
     }
 
+    /// The limit price of a limit order.
+    pub fn limit_price(self) -> Option<Decimal> {
+        match self {
+            Self::Limit { price, .. } => Some(price),
+            Self::Total(_) | Self::Volume(_) => None,
+        }
+    }
+
+    /// The most quote a bid spends: price × volume of a limit, the total of a
+    /// market buy (none for a sell by volume).
+    pub fn most_spent(self) -> Option<Decimal> {
+        match self {
+            Self::Limit { price, volume } => price.checked_mul(volume),
+            Self::Total(total) => Some(total),
+            Self::Volume(_) => None,
+        }
+    }
+
     /// The amounts of a stored order, read back from its [`Self::price`] and
     /// [`Self::volume`]; none when they do not fit its type and side.
     pub fn stored(
@@ -549,10 +567,7 @@ pub fn walk(order: &Validated, levels: &[Level]) -> Result<Vec<Exec>, OrderError
     let budgeted = order.budget().is_some();
     let mut budget = order.budget().unwrap_or_default();
     let mut remaining = order.amounts.volume().unwrap_or_default();
-    let limit = match order.amounts {
-        Amounts::Limit { price, .. } => Some(price),
-        _ => None,
-    };
+    let limit = order.amounts.limit_price();
     for level in levels {
         if level.size <= Decimal::ZERO || level.price <= Decimal::ZERO {
             continue;

@@ -3,7 +3,7 @@
 
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use crate::domain::{OrdType, Side, State};
+use crate::domain::{Amounts, Side, State};
 use crate::store::OrderRow;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,11 +24,9 @@ impl Holding {
         let open = matches!(o.state, State::Wait | State::Pending);
         let bid = o.side == Side::Bid;
         let reserved_fee = if bid {
-            let total = match (o.ord_type, o.price, o.volume) {
-                (OrdType::Limit, Some(p), Some(v)) => p * v,
-                (_, Some(total), _) => total,
-                _ => Decimal::ZERO,
-            };
+            let total = Amounts::stored(o.ord_type, o.side, o.price, o.volume)
+                .and_then(Amounts::most_spent)
+                .unwrap_or_default();
             (total * o.fee_rate).round_dp_with_strategy(8, RoundingStrategy::AwayFromZero)
         } else {
             Decimal::ZERO
@@ -65,6 +63,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::domain::OrdType;
 
     fn d(s: &str) -> Decimal {
         Decimal::from_str(s).unwrap()
