@@ -31,3 +31,8 @@ pub mod write;
 
 pub use parse::{ParseError, parse_message};
 pub use types::*;
+
+/// The `min` of Upbit's `Remaining-Req` header (`group=candle; min=1800;
+/// sec=9`): deprecated, and sent as this fixed value whatever is left; `sec`
+/// is what counts.
+pub const DEPRECATED_MIN: u32 = 1800;

@@ -112,7 +112,7 @@ pub struct Event {
     /// One per format, for tickers, trades and plain orderbooks.
     frames: [OnceLock<Bytes>; 4],
     /// Orderbooks cut or grouped otherwise.
-    shaped: Mutex<Vec<(Shape, Bytes)>>,
+    shaped: Mutex<Vec<(Shape, Option<Bytes>)>>,
 }
 
 fn format_index(format: Format) -> usize {
@@ -133,14 +133,16 @@ impl Event {
         }
     }
 
-    /// The frame in `shape`, rendered once for all who ask alike.
-    pub fn frame(&self, shape: Shape) -> Bytes {
+    /// The frame in `shape`, rendered once for all who ask alike; none for an
+    /// orderbook its market cannot group by the shape's level.
+    pub fn frame(&self, shape: Shape) -> Option<Bytes> {
         let plain = !matches!(self.payload, Payload::Orderbook(_))
             || (shape.depth == DEFAULT_ORDERBOOK_DEPTH && shape.level.is_zero());
         if plain {
             return self.frames[format_index(shape.format)]
-                .get_or_init(|| render(&self.payload, shape))
-                .clone();
+                .get_or_init(|| render(&self.payload, shape).unwrap_or_default())
+                .clone()
+                .into();
         }
         let mut shaped = self.shaped.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, bytes)) = shaped.iter().find(|(s, _)| *s == shape) {
@@ -154,31 +156,34 @@ impl Event {
     }
 }
 
-/// `payload` written in `shape`.
-pub fn render(payload: &Payload, shape: Shape) -> Bytes {
-    Bytes::from(match payload {
+/// `payload` written in `shape` (none: see [`shaped_book`]).
+pub fn render(payload: &Payload, shape: Shape) -> Option<Bytes> {
+    Some(Bytes::from(match payload {
         Payload::Ticker(t) => write::ticker(t, shape.format),
         Payload::Trade(t) => write::trade(t, shape.format),
-        Payload::Orderbook(o) => write::orderbook(&shaped_book(o, shape), shape.format),
-    })
+        Payload::Orderbook(o) => write::orderbook(&shaped_book(o, shape)?, shape.format),
+    }))
 }
 
-/// `book` cut to the shape's depth and grouped by its level where the market
-/// allows it (KRW, a multiple of its price unit).
-pub fn shaped_book(book: &upbit::Orderbook, shape: Shape) -> upbit::Orderbook {
+/// `book` cut to the shape's depth and grouped by its level. As on Upbit, a
+/// level the market does not support (not a KRW market, or not a multiple of
+/// its price unit) yields nothing.
+pub fn shaped_book(book: &upbit::Orderbook, shape: Shape) -> Option<upbit::Orderbook> {
+    if !shape.level.is_zero() && !groupable(book, shape.level) {
+        return None;
+    }
+    Some(book.clone().grouped(shape.level, shape.depth))
+}
+
+/// Whether `book` may be grouped by `level`: a KRW market (the only ones
+/// Upbit groups) and a multiple of the price unit at its best ask.
+pub fn groupable(book: &upbit::Orderbook, level: Decimal) -> bool {
     let price = book
         .orderbook_units
         .first()
         .map(|u| u.ask_price)
         .unwrap_or_default();
-    let level = if book.code.starts_with("KRW-")
-        && (shape.level % upbit::market::krw_tick(price)).is_zero()
-    {
-        shape.level
-    } else {
-        Decimal::ZERO
-    };
-    book.clone().grouped(level, shape.depth)
+    book.code.starts_with("KRW-") && (level % upbit::market::krw_tick(price)).is_zero()
 }
 
 /// The subscribers' side of one type and market: a ring of its events. Its
@@ -598,17 +603,17 @@ mod tests {
     #[test]
     fn an_event_is_rendered_once_per_shape_and_each_shape_as_asked() {
         let event = Event::new(Payload::Orderbook(book()));
-        let plain = event.frame(Shape::plain(Format::Default));
-        let again = event.frame(Shape::plain(Format::Default));
+        let plain = event.frame(Shape::plain(Format::Default)).unwrap();
+        let again = event.frame(Shape::plain(Format::Default)).unwrap();
         assert_eq!(plain.as_ptr(), again.as_ptr(), "the same bytes, not a copy");
-        let simple = event.frame(Shape::plain(Format::Simple));
+        let simple = event.frame(Shape::plain(Format::Simple)).unwrap();
         assert_ne!(plain, simple);
         let five = Shape {
             depth: 5,
             ..Shape::plain(Format::Default)
         };
-        let cut = event.frame(five);
-        assert_eq!(cut.as_ptr(), event.frame(five).as_ptr());
+        let cut = event.frame(five).unwrap();
+        assert_eq!(cut.as_ptr(), event.frame(five).unwrap().as_ptr());
         let units = |b: &Bytes| match upbit::parse_message(b) {
             Ok(upbit::Message::Orderbook(o)) => o.orderbook_units.len(),
             other => panic!("{other:?}"),
@@ -622,8 +627,20 @@ mod tests {
             ..Shape::plain(Format::Default)
         };
         assert!(
-            units(&event.frame(grouped)) < units(&plain),
+            units(&event.frame(grouped).unwrap()) < units(&plain),
             "grouped by 10,000"
         );
+        // Not a multiple of the price unit: nothing, as on Upbit (never the
+        // book ungrouped under a level it was not grouped by).
+        let odd = Shape {
+            level: Decimal::from(12_345),
+            ..Shape::plain(Format::Default)
+        };
+        assert_eq!(event.frame(odd), None);
+        let mut btc = book();
+        btc.code = "BTC-ETH".into();
+        let other = Event::new(Payload::Orderbook(btc));
+        assert_eq!(other.frame(grouped), None, "only KRW markets are grouped");
+        assert!(other.frame(Shape::plain(Format::Default)).is_some());
     }
 }

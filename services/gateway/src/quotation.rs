@@ -49,19 +49,26 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for QueryList {
         _: &S,
     ) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or("");
-        Ok(Self(
-            url::form_urlencoded::parse(query.as_bytes())
-                .into_owned()
-                .take(MAX_PARAMS)
-                .collect(),
-        ))
+        let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .take(MAX_PARAMS + 1)
+            .collect();
+        if params.len() > MAX_PARAMS {
+            // Never a shorter answer than asked for: a client would miss markets.
+            return Err(ApiError::bad_request(format!(
+                "at most {MAX_PARAMS} query parameters per request"
+            )));
+        }
+        Ok(Self(params))
     }
 }
 
 type Params = QueryList;
 
-/// Most query parameters read from one request.
-const MAX_PARAMS: usize = 64;
+/// Most query parameters one request may have: every market a request may
+/// name as a key of its own (`markets=A&markets=B`, as pyupbit sends them),
+/// and the rest.
+const MAX_PARAMS: usize = upbit::query::MAX_MARKETS + 64;
 
 fn param<'a>(q: &'a QueryList, key: &str) -> Option<&'a str> {
     q.get(key)
@@ -305,7 +312,7 @@ pub async fn orderbook(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Res
             };
             // As on Upbit: a level the market does not support yields nothing
             // for it (`[]` for a request of that market alone), not an error.
-            if !level.is_zero() && !groupable(&book, level) {
+            if !level.is_zero() && !crate::fanout::groupable(&book, level) {
                 continue;
             }
             grouped.push(book.grouped(level, depth as usize));
@@ -313,17 +320,6 @@ pub async fn orderbook(State(gw): State<Shared>, ip: ClientIp, q: Params) -> Res
         Ok(rest::array(grouped.iter().map(rest::orderbook)))
     })
     .await
-}
-
-/// Whether `book` may be grouped by `level`: a KRW market (the only ones
-/// Upbit groups) and a multiple of the price unit at its best ask.
-fn groupable(book: &upbit::Orderbook, level: rust_decimal::Decimal) -> bool {
-    let price = book
-        .orderbook_units
-        .first()
-        .map(|u| u.ask_price)
-        .unwrap_or_default();
-    book.code.starts_with("KRW-") && (level % upbit::market::krw_tick(price)).is_zero()
 }
 
 /// The last trade price of each of `markets` (zero when unknown).
@@ -536,6 +532,29 @@ pub async fn candles_years(State(gw): State<Shared>, ip: ClientIp, q: Params) ->
 /// Trades read at most for one `/v1/candles/seconds` answer.
 const MAX_SECOND_TRADES: usize = 2000;
 
+/// The start of the second `ms` falls in.
+fn second(ms: i64) -> i64 {
+    ms.div_euclid(1000) * 1000
+}
+
+/// Trades (newest first) without their oldest second's, unless every trade
+/// before it was read (`all_read`): reading stopped somewhere in that second,
+/// so its candle would miss trades and a client paging back with `to` would
+/// never see it whole. A second that is all there is stays, whole or not.
+fn whole_seconds(pieces: &[rest::RestCandle], all_read: bool) -> &[rest::RestCandle] {
+    let Some(oldest) = pieces.last().map(|p| second(p.start)) else {
+        return pieces;
+    };
+    if all_read {
+        return pieces;
+    }
+    let newer = pieces
+        .iter()
+        .rposition(|p| second(p.start) != oldest)
+        .map_or(0, |i| i + 1);
+    if newer == 0 { pieces } else { &pieces[..newer] }
+}
+
 /// `/v1/candles/seconds`: one-second candles folded from the market's trades
 /// (market-data keeps no second candles), before `to`; seconds without trades
 /// have no candle, as on Upbit.
@@ -546,7 +565,7 @@ pub async fn candles_seconds(State(gw): State<Shared>, ip: ClientIp, q: Params) 
         let to = query::to_time(param(&q, "to"))?;
         let mut pieces: Vec<rest::RestCandle> = Vec::new();
         let mut cursor = None;
-        let second = |ms: i64| ms.div_euclid(1000) * 1000;
+        let mut all_read;
         loop {
             let trades = gw
                 .md
@@ -562,6 +581,7 @@ pub async fn candles_seconds(State(gw): State<Shared>, ip: ClientIp, q: Params) 
                 .map_err(market_error)?
                 .into_inner()
                 .trades;
+            all_read = trades.len() < query::MAX_TRADES as usize;
             let Some(last) = trades.last() else { break };
             cursor = Some(last.sequential_id);
             pieces.extend(
@@ -569,16 +589,15 @@ pub async fn candles_seconds(State(gw): State<Shared>, ip: ClientIp, q: Params) 
                     .iter()
                     .filter_map(|t| convert::skipped(convert::trade_piece(t), "trade", &t.market)),
             );
+            // Past `count` seconds back, every newer second is whole.
             let seconds = pieces.first().map_or(0, |p| second(p.start))
                 - pieces.last().map_or(0, |p| second(p.start));
-            if trades.len() < query::MAX_TRADES as usize
-                || pieces.len() >= MAX_SECOND_TRADES
-                || seconds / 1000 >= count as i64
-            {
+            if all_read || pieces.len() >= MAX_SECOND_TRADES || seconds / 1000 > count as i64 {
                 break;
             }
         }
-        let candles = fold_candles(&pieces, second, count, false);
+        let pieces = whole_seconds(&pieces, all_read);
+        let candles = fold_candles(pieces, second, count, false);
         Ok(rest::array(candles.iter().map(rest::candle)))
     })
     .await
@@ -643,4 +662,44 @@ pub async fn candles_months(State(gw): State<Shared>, ip: ClientIp, q: Params) -
         candles(&gw, &q, pb::CandleInterval::Month1, None).await
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use rust_decimal::Decimal;
+
+    use super::*;
+
+    fn piece(ms: i64) -> rest::RestCandle {
+        rest::RestCandle {
+            market: "KRW-BTC".into(),
+            start: ms,
+            opening_price: Decimal::ONE,
+            high_price: Decimal::ONE,
+            low_price: Decimal::ONE,
+            trade_price: Decimal::ONE,
+            timestamp: ms,
+            candle_acc_trade_price: Decimal::ONE,
+            candle_acc_trade_volume: Decimal::ONE,
+            unit: None,
+            day: None,
+            first_day_of_period: false,
+        }
+    }
+
+    #[test]
+    fn a_second_read_in_part_is_left_for_the_next_page() {
+        // Newest first: one trade at 10.2 s, three in the second starting at 5 s.
+        let pieces = [piece(10_200), piece(5_900), piece(5_500), piece(5_100)];
+        let starts = |p: &[rest::RestCandle]| p.iter().map(|c| c.start).collect::<Vec<_>>();
+        assert_eq!(starts(whole_seconds(&pieces, false)), vec![10_200]);
+        // Reading reached the market's first trade: the oldest second is whole.
+        assert_eq!(starts(whole_seconds(&pieces, true)), starts(&pieces));
+        // One second only: kept (nothing else to answer with).
+        assert_eq!(whole_seconds(&pieces[1..], false).len(), 3);
+        assert!(whole_seconds(&[], false).is_empty());
+        // So the candle of the 5 s second never appears with part of its trades.
+        let candles = fold_candles(whole_seconds(&pieces, false), second, 200, false);
+        assert_eq!(starts(&candles), vec![10_000]);
+    }
 }

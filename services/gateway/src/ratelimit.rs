@@ -68,7 +68,7 @@ impl Decision {
         };
         HeaderValue::from_str(&format!(
             "group={group}; min={}; sec={sec}",
-            sec.saturating_mul(60)
+            upbit::DEPRECATED_MIN
         ))
         .ok()
     }

@@ -548,9 +548,11 @@ fn part(
         let live = futures_util::stream::select_all(live);
         match candles {
             None => first
-                .chain(live.map(|(event, shape)| match event {
-                    Ok(event) => Out::Frame(event.frame(shape)),
-                    Err(_lagged) => Out::Slow,
+                .chain(live.filter_map(|(event, shape)| {
+                    std::future::ready(match event {
+                        Ok(event) => event.frame(shape).map(Out::Frame),
+                        Err(_lagged) => Some(Out::Slow),
+                    })
                 }))
                 .boxed(),
             Some(mut candles) => first
@@ -670,10 +672,8 @@ async fn snapshot(
                         .and_then(|i| shapes.get(i))?;
                     let full = convert::orderbook(o, upbit::request::DEFAULT_ORDERBOOK_DEPTH, true);
                     let book = convert::skipped(full, "orderbook", &o.market)?;
-                    Some(Bytes::from(write::orderbook(
-                        &fanout::shaped_book(&book, *shape),
-                        format,
-                    )))
+                    let shaped = fanout::shaped_book(&book, *shape)?;
+                    Some(Bytes::from(write::orderbook(&shaped, format)))
                 })
                 .collect()
         }

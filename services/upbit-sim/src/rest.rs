@@ -41,7 +41,7 @@ impl IntoResponse for Reply {
         let value = format!(
             "group={}; min={}; sec={}",
             self.group,
-            self.remaining.saturating_mul(60),
+            upbit::DEPRECATED_MIN,
             self.remaining
         );
         if let Ok(v) = HeaderValue::from_str(&value) {

@@ -119,6 +119,28 @@ async fn a_price_the_sim_emits_is_served_by_rest_and_pushed_on_the_websocket() {
         .map(|a| a.iter().filter_map(|t| t["market"].as_str()).collect())
         .unwrap_or_default();
     assert_eq!((status, codes), (200, vec!["KRW-BTC", "KRW-ETH"]), "{both}");
+    // However many keys: the last market of 70 is answered, never dropped.
+    let many = format!("{}markets=KRW-ETH", "markets=KRW-BTC&".repeat(69));
+    let (status, long) = json(&stack, &format!("{}/v1/ticker?{many}", stack.gw())).await;
+    let answered = long
+        .as_array()
+        .map(|a| a.iter().any(|t| t["market"] == "KRW-ETH"));
+    assert_eq!((status, answered), (200, Some(true)), "{long}");
+    // More parameters than any request needs is refused, not cut short.
+    let (status, refused) = json(
+        &stack,
+        &format!(
+            "{}/v1/ticker?{}",
+            stack.gw(),
+            "markets=KRW-BTC&".repeat(1100)
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, refused["error"]["name"].as_str()),
+        (400, Some("validation_error")),
+        "{refused}"
+    );
     let (_, details) = json(
         &stack,
         &format!("{}/v1/market/all?isDetails=true", stack.gw()),
