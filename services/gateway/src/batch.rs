@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::auth::UpbitRequest;
 use crate::error::ApiError;
-use crate::exchange::{admit, admit_window, cancel_one, order_params, place_order};
+use crate::exchange::{admit, admit_window, cancel_one, get_one, order_params, place_order};
 use crate::idempotency::RequestKey;
 use crate::private::{OrderParams, place_request};
 use crate::state::Shared;
@@ -242,8 +242,11 @@ pub async fn cancel_open(
 /// replacement (`new_ord_type`, `new_price`, `new_volume` — `remain_only` for
 /// what the cancelled order had left — `new_identifier`,
 /// `new_time_in_force`, `new_smp_type`). Answers the cancelled order with
-/// `new_order_uuid` and `new_order_identifier`. If the replacement is refused
-/// (say, for funds), the cancel stands and the refusal is the answer.
+/// `new_order_uuid` and `new_order_identifier`. A replacement that would be
+/// refused whatever the funds (its price, total, identifier, the book) is
+/// refused before the cancel, which then does not happen; one refused after
+/// the cancel (say, for funds) leaves the cancel standing, and the refusal is
+/// the answer.
 pub async fn cancel_and_new(
     State(gw): State<Shared>,
     RequestKey(request_key): RequestKey,
@@ -264,26 +267,38 @@ pub async fn cancel_and_new(
         let new_ord_type = req
             .param("new_ord_type")
             .ok_or_else(|| ApiError::bad_request("new_ord_type is required"))?;
-        let cancelled = cancel_one(&gw, req.user, uuid, identifier).await?;
-        let volume = match req.param("new_volume") {
-            Some("remain_only") => cancelled.remaining_volume.clone(),
-            other => other.unwrap_or_default().to_owned(),
+        // The replacement of `prev`, as the request describes it.
+        let replacement = |prev: &pb::Order, request_key: String| {
+            let volume = match req.param("new_volume") {
+                Some("remain_only") => prev.remaining_volume.clone(),
+                other => other.unwrap_or_default().to_owned(),
+            };
+            place_request(
+                req.user,
+                OrderParams {
+                    market: &prev.market,
+                    side: views::side(prev.side),
+                    ord_type: new_ord_type,
+                    price: req.param("new_price").unwrap_or_default().to_owned(),
+                    volume,
+                    identifier: req.param("new_identifier").map(str::to_owned),
+                    time_in_force: req.param("new_time_in_force"),
+                    smp_type: req.param("new_smp_type"),
+                },
+                request_key,
+            )
         };
-        let side = views::side(cancelled.side);
-        let mut request = place_request(
-            req.user,
-            OrderParams {
-                market: &cancelled.market,
-                side,
-                ord_type: new_ord_type,
-                price: req.param("new_price").unwrap_or_default().to_owned(),
-                volume,
-                identifier: req.param("new_identifier").map(str::to_owned),
-                time_in_force: req.param("new_time_in_force"),
-                smp_type: req.param("new_smp_type"),
-            },
-            format!("{request_key}:new"),
-        )?;
+        // A replacement that would be refused (off tick, under the minimum, a
+        // used identifier, a stale book) is refused before anything is
+        // cancelled: the order the client has stays.
+        let prev = get_one(&gw, req.user, uuid.clone(), identifier.clone()).await?;
+        if prev.state == pb::OrderState::Wait as i32 {
+            let mut test = replacement(&prev, String::new())?;
+            test.test = true;
+            place_order(&gw, test).await?;
+        }
+        let cancelled = cancel_one(&gw, req.user, uuid, identifier).await?;
+        let mut request = replacement(&cancelled, format!("{request_key}:new"))?;
         request.request_key.truncate(128);
         let placed = place_order(&gw, request).await?;
         let mut body = views::upbit_order(&cancelled, false);

@@ -116,6 +116,26 @@ pub(crate) async fn cancel_one(
         .ok_or_else(no_order)
 }
 
+/// One of `user`'s orders by uuid or identifier.
+pub(crate) async fn get_one(
+    gw: &Shared,
+    user: uuid::Uuid,
+    uuid: String,
+    identifier: String,
+) -> Result<pb::Order, ApiError> {
+    gw.order
+        .clone()
+        .get_order(pb::GetOrderRequest {
+            user_id: user.to_string(),
+            uuid,
+            identifier,
+        })
+        .await?
+        .into_inner()
+        .order
+        .ok_or_else(no_order)
+}
+
 pub async fn accounts(State(gw): State<Shared>, req: UpbitRequest) -> Result<Response, ApiError> {
     let counted = admit(&gw, &req, Permission::ViewAccounts, "default").await?;
     let body = async {
@@ -258,17 +278,7 @@ pub async fn get(State(gw): State<Shared>, req: UpbitRequest) -> Result<Response
     let counted = admit(&gw, &req, Permission::ViewOrders, "default").await?;
     let body = async {
         let (uuid, identifier) = which(&req)?;
-        let r = gw
-            .order
-            .clone()
-            .get_order(pb::GetOrderRequest {
-                user_id: req.user.to_string(),
-                uuid,
-                identifier,
-            })
-            .await?
-            .into_inner();
-        let order = r.order.ok_or_else(no_order)?;
+        let order = get_one(&gw, req.user, uuid, identifier).await?;
         Ok::<_, ApiError>(views::upbit_order(&order, true))
     }
     .await;

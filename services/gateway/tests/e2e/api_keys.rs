@@ -344,6 +344,29 @@ async fn orders_are_listed_cancelled_replaced_and_tested_in_batches_as_upbit_doe
     assert_eq!(cancelled["success"]["orders"][0]["market"], "KRW-ETH");
     assert_eq!(cancelled["failed"]["orders"][0]["uuid"], nobody.to_string());
 
+    // A replacement that would be refused is refused before the cancel: b1 stays.
+    let (status, refused) = call(
+        reqwest::Method::POST,
+        "/v1/orders/cancel_and_new",
+        format!(
+            "prev_order_uuid={}&new_ord_type=limit&new_price=3100500&new_volume=remain_only",
+            uuids[1]
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, refused["error"]["name"].as_str()),
+        (400, Some("invalid_price_bid")),
+        "{refused}"
+    );
+    let (_, kept) = call(
+        reqwest::Method::GET,
+        "/v1/order",
+        format!("uuid={}", uuids[1]),
+    )
+    .await;
+    assert_eq!(kept["state"], "wait", "{kept}");
+
     // Cancel and replace what is left of b1 at a new price.
     let (status, replaced) = call(
         reqwest::Method::POST,
