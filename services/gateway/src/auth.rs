@@ -133,17 +133,25 @@ impl TokenCache {
 
 /// When a (verified) access token expires, read from its payload.
 fn expiry(token: &str) -> Option<Instant> {
+    let exp = claims(token)?.get("exp")?.as_i64()?;
+    let left = exp.saturating_sub(chrono::Utc::now().timestamp());
+    (left > 0).then(|| Instant::now() + Duration::from_secs(left as u64))
+}
+
+/// A JWT's claims, read without verifying it (the user service verifies).
+fn claims(token: &str) -> Option<serde_json::Value> {
     use base64::Engine as _;
     let payload = token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)
         .ok()?;
-    let exp = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()?
-        .get("exp")?
-        .as_i64()?;
-    let left = exp - chrono::Utc::now().timestamp();
-    (left > 0).then(|| Instant::now() + Duration::from_secs(left as u64))
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The API key an Upbit request's bearer token names (its `access_key`).
+pub fn access_key(headers: &HeaderMap) -> Option<String> {
+    let jwt = bearer(headers).ok()?;
+    Some(claims(jwt)?.get("access_key")?.as_str()?.to_owned())
 }
 
 /// A user of the native API.

@@ -103,6 +103,12 @@ pub struct Config {
     #[arg(long, env = "WS_STALL_TIMEOUT", default_value = "10s", value_parser = service_kit::config::parse_duration)]
     pub ws_stall_timeout: std::time::Duration,
 
+    /// How often a private WebSocket's credentials are checked again: a key
+    /// revoked or expired, or a page's session ended or its token expired,
+    /// closes the connection (4001) within this long.
+    #[arg(long, env = "WS_RECHECK", default_value = "60s", value_parser = service_kit::config::parse_duration)]
+    pub ws_recheck: std::time::Duration,
+
     /// Close WebSocket connections that send nothing (not even a ping) for this long.
     #[arg(long, env = "WS_IDLE_TIMEOUT", default_value = "120s", value_parser = service_kit::config::parse_duration)]
     pub ws_idle_timeout: std::time::Duration,

@@ -44,7 +44,7 @@ pub fn router(gw: Shared) -> Router {
         .route_layer(middleware::from_fn_with_state(gw.clone(), origin_limit));
     let api = Router::new()
         .merge(public)
-        .route("/websocket/v1/private", get(ws_private::upgrade))
+        .route("/websocket/v1/private", get(ws_private::upgrade_key))
         // Native API.
         .route("/api/v1/markets", get(native::markets))
         .route("/api/v1/tickers", get(native::tickers))

@@ -122,6 +122,7 @@ impl App {
         gw.markets_ttl = config.markets_ttl;
         gw.request_timeout = config.request_timeout;
         gw.ws_stall = config.ws_stall_timeout;
+        gw.ws_recheck = config.ws_recheck;
         gw.trust_traceparent = config.trust_traceparent;
         gw.tickers = Arc::new(board::TickerBoard::new(config.tickers_from_memory));
         let gw = Arc::new(gw);

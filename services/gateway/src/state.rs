@@ -99,6 +99,8 @@ pub struct Gateway {
     /// Longest a WebSocket write may wait for the client to read before the
     /// connection is closed as too slow.
     pub ws_stall: Duration,
+    /// How often a private WebSocket's credentials are checked again.
+    pub ws_recheck: Duration,
     /// Proxies whose X-Forwarded-For entries are trusted (see [`ClientIp`]).
     pub trusted_proxies: usize,
     /// Longest time a request may take to be read and answered.
@@ -150,6 +152,7 @@ impl Gateway {
             ws_open: Arc::new(WsSlots::default()),
             fanout,
             ws_stall: Duration::from_secs(10),
+            ws_recheck: Duration::from_secs(60),
             trusted_proxies: 0,
             request_timeout: Duration::from_secs(30),
             trust_traceparent: false,

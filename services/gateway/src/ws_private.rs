@@ -44,12 +44,73 @@ pub const ASSET_POLL: Duration = Duration::from_secs(2);
 /// finished ones are forgotten first.
 const MAX_TRACKED: usize = 10_000;
 
-/// Upgrades an authenticated request within the connection limits.
-pub async fn upgrade(
+/// What a private connection was opened with, checked again every
+/// `WS_RECHECK` while it is open.
+#[derive(Clone, Debug)]
+pub enum Credential {
+    /// An Upbit API key (its access key).
+    Key(String),
+    /// A page's access token.
+    Token(String),
+}
+
+impl Credential {
+    /// Whether it still lets `user` in: false once the key is revoked or
+    /// expired, or the session ended or its token expired. True when the user
+    /// service cannot say (away): the connection stays, degraded, rather than
+    /// every private stream dropping with it.
+    async fn holds(&self, gw: &Shared, user: Uuid) -> bool {
+        match self {
+            Credential::Token(token) => match NativeUser::verify(gw, token).await {
+                Ok(NativeUser(verified)) => verified == user,
+                Err(e) => e.status != StatusCode::UNAUTHORIZED,
+            },
+            Credential::Key(access_key) => {
+                let listed = gw
+                    .user
+                    .clone()
+                    .list_api_keys(exchange_proto::user::v1::ListApiKeysRequest {
+                        user_id: user.to_string(),
+                    })
+                    .await;
+                let Ok(listed) = listed else { return true };
+                let now = chrono::Utc::now().timestamp_millis();
+                listed.into_inner().api_keys.iter().any(|k| {
+                    k.access_key == *access_key
+                        && !k.revoked
+                        && (k.expire_at == 0 || k.expire_at > now)
+                })
+            }
+        }
+    }
+}
+
+/// `/websocket/v1/private`: upgrades an Upbit-signed request within the
+/// connection limits.
+pub async fn upgrade_key(
     ws: WebSocketUpgrade,
     State(gw): State<Shared>,
     ip: ClientIp,
+    headers: HeaderMap,
     req: UpbitRequest,
+) -> Result<Response, ApiError> {
+    let key = crate::auth::access_key(&headers).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "jwt_verification",
+            "no access_key",
+        )
+    })?;
+    Ok(upgrade(ws, gw, ip, req, Credential::Key(key)))
+}
+
+/// Upgrades an authenticated request within the connection limits.
+fn upgrade(
+    ws: WebSocketUpgrade,
+    gw: Shared,
+    ip: ClientIp,
+    req: UpbitRequest,
+    credential: Credential,
 ) -> Response {
     let slot = match admit(&gw, ip) {
         Ok(slot) => slot,
@@ -59,7 +120,7 @@ pub async fn upgrade(
     crate::ws::bounded(ws, &gw.limits).on_upgrade(move |socket| {
         scope
             .run(async move {
-                serve(socket, &gw, req).await;
+                serve(socket, &gw, req, credential).await;
                 drop(slot);
             })
             .instrument(session)
@@ -103,7 +164,14 @@ pub async fn upgrade_page(
         params: Vec::new(),
         permissions: vec![Permission::ViewOrders, Permission::ViewAccounts],
     };
-    Ok(upgrade(ws.protocols([PAGE_PROTOCOL]), State(gw), ip, req).await)
+    let credential = Credential::Token(token.to_owned());
+    Ok(upgrade(
+        ws.protocols([PAGE_PROTOCOL]),
+        gw,
+        ip,
+        req,
+        credential,
+    ))
 }
 
 fn out_of_scope(what: &str) -> ErrorBody {
@@ -310,8 +378,12 @@ async fn next_update(
     }
 }
 
-async fn serve(socket: WebSocket, gw: &Shared, req: UpbitRequest) {
+async fn serve(socket: WebSocket, gw: &Shared, req: UpbitRequest, credential: Credential) {
     let user = req.user;
+    // At least a second apart (an interval of zero would not be one).
+    let mut recheck = tokio::time::interval(gw.ws_recheck.max(Duration::from_secs(1)));
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    recheck.reset();
     let (mut sink, stream) = socket.split();
     let mut incoming = spawn_reader(stream);
     let mut window = RequestWindow::default();
@@ -415,6 +487,12 @@ async fn serve(socket: WebSocket, gw: &Shared, req: UpbitRequest) {
             _ = &mut idle => {
                 crate::ws::close(&mut sink, gw, 1000, "idle timeout").await;
                 break;
+            }
+            _ = recheck.tick() => {
+                if !credential.holds(gw, user).await {
+                    crate::ws::close(&mut sink, gw, 4001, "the credentials no longer verify").await;
+                    break;
+                }
             }
             _ = gw.draining.cancelled() => {
                 crate::ws::close(&mut sink, gw, 1001, "server shutting down").await;

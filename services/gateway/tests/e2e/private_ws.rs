@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use test_support::{TestDb, eventually};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::stack::{Options, Stack, Ws, ws_next, ws_send};
+use crate::stack::{Options, Stack, Ws, ws_close_code, ws_next, ws_send};
 use crate::trading::{PASSWORD, upbit_jwt};
 
 async fn private_ws(stack: &Stack, key: &(String, String)) -> Result<Ws, u16> {
@@ -197,6 +197,19 @@ async fn a_bot_sees_its_orders_open_fill_and_its_balances_move() {
         btc["uuid"]
     );
 
+    // A revoked key's socket is closed (4001) within the recheck, not left
+    // streaming to whoever holds it.
+    let mut watching = private_ws(&stack, &key).await.unwrap();
+    ws_send(&mut watching, r#"[{"ticket":"bot"},{"type":"myAsset"}]"#).await;
+    ws_send(&mut watching, "PING").await;
+    next_where(&mut watching, "PING's answer", |v| v["status"] == "UP").await;
+    let (status, _) = pat.delete(&format!("/api/v1/api-keys/{}", key.0)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        ws_close_code(&mut watching, Duration::from_secs(10)).await,
+        Some(4001)
+    );
+
     // A key that may only trade cannot watch.
     let blind = key_with(json!(["make_orders"])).await;
     let mut ws = private_ws(&stack, &blind).await.unwrap();
@@ -297,5 +310,16 @@ async fn a_signed_in_page_sees_its_own_orders_over_its_token() {
         })
     })
     .await;
+    // Still open after several rechecks while the session lasts...
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ws_send(&mut ws, "PING").await;
+    next_where(&mut ws, "PING's answer", |v| v["status"] == "UP").await;
+    // ...and closed once pat signs out.
+    let (status, _) = pat.post("/api/v1/auth/logout", json!({})).await;
+    assert!(status < 300, "{status}");
+    assert_eq!(
+        ws_close_code(&mut ws, Duration::from_secs(10)).await,
+        Some(4001)
+    );
     stack.stop().await;
 }

@@ -215,6 +215,9 @@ impl Stack {
             (config.rate_limit_default, config.rate_limit_order) = options.private_limits;
             config.ws_connect_limit = 0;
             config.ws_max_connections_per_ip = options.ws_per_ip;
+            // Private sockets' credentials checked every second: a revoked key
+            // shows at once, and every private-socket test runs the check.
+            config.ws_recheck = Duration::from_secs(1);
             if options.ws_buffer > 0 {
                 config.ws_buffer = options.ws_buffer;
                 config.ws_stall_timeout = Duration::from_secs(2);
@@ -418,6 +421,19 @@ pub async fn ws_send(ws: &mut Ws, text: &str) {
 }
 
 /// The next frame's bytes within `wait` (None on timeout or close).
+/// The code the server closes `ws` with within `wait`, skipping the frames
+/// before it (None: not closed, or closed without a code).
+pub async fn ws_close_code(ws: &mut Ws, wait: Duration) -> Option<u16> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) | Ok(None) | Ok(Some(Err(_))) => return None,
+            Ok(Some(Ok(WsMessage::Close(frame)))) => return frame.map(|f| f.code.into()),
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
 pub async fn ws_next(ws: &mut Ws, wait: Duration) -> Option<Vec<u8>> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {

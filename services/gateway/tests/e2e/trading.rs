@@ -128,7 +128,7 @@ impl Client<'_> {
             )
             .await
     }
-    async fn delete(&self, path: &str) -> (u16, Value) {
+    pub(crate) async fn delete(&self, path: &str) -> (u16, Value) {
         self.stack
             .call(reqwest::Method::DELETE, path, Some(&self.token), None)
             .await
