@@ -7,6 +7,7 @@ use exchange_proto::order::v1::order_service_server::OrderService;
 use rust_decimal::Decimal;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -24,11 +25,22 @@ type BoxStream<T> =
 pub struct Order {
     orders: Arc<Orders>,
     changes: broadcast::Sender<Change>,
+    /// Ends the update streams once the server drains: a follower reconnects
+    /// to another replica rather than hold this one's shutdown open.
+    draining: CancellationToken,
 }
 
 impl Order {
-    pub fn new(orders: Arc<Orders>, changes: broadcast::Sender<Change>) -> Self {
-        Self { orders, changes }
+    pub fn new(
+        orders: Arc<Orders>,
+        changes: broadcast::Sender<Change>,
+        draining: CancellationToken,
+    ) -> Self {
+        Self {
+            orders,
+            changes,
+            draining,
+        }
     }
 }
 
@@ -327,11 +339,12 @@ impl OrderService for Order {
         let user = user(&request.into_inner().user_id)?;
         let mut changes = self.changes.subscribe();
         let (tx, rx) = mpsc::channel(64);
-        let orders = self.orders.clone();
+        let (orders, draining) = (self.orders.clone(), self.draining.clone());
         tokio::spawn(async move {
             loop {
                 let change = tokio::select! {
                     _ = tx.closed() => return,
+                    _ = draining.cancelled() => return,
                     c = changes.recv() => c,
                 };
                 let (order, owner) = match change {
@@ -342,7 +355,10 @@ impl OrderService for Order {
                 if owner != user {
                     continue;
                 }
-                let update = match orders.get(user, Some(order), None).await {
+                let update = match orders
+                    .get_with(user, Some(order), None, crate::service::UPDATE_TRADES)
+                    .await
+                {
                     Ok(view) => Ok(pb::StreamOrderUpdatesResponse {
                         order: Some(order_pb(&view)),
                     }),

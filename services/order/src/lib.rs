@@ -128,7 +128,9 @@ impl App {
                 Box::pin(matcher::run(orders, options, every, min_age, stop)).await
             });
         }
-        let routes = Routes::new(OrderServiceServer::new(grpc::Order::new(orders, changes)));
+        let routes = Routes::new(OrderServiceServer::new(grpc::Order::new(
+            orders, changes, draining,
+        )));
         self.server
             .serve_grpc(Some(routes), DESCRIPTORS, ready)
             .await

@@ -197,6 +197,17 @@ enum Outcome {
 /// Most order ids one confirmation call carries.
 const CONFIRM_BATCH: usize = 500;
 
+/// Most executions an order is shown with (its last ones; `trades_count`
+/// counts them all): an order sliced by tens of thousands of trades would
+/// otherwise outgrow a gRPC message.
+pub const MAX_VIEW_TRADES: usize = 10_000;
+
+/// Executions an order update on the stream carries: its last ones. Each fill
+/// is its own update, so a follower misses none unless it falls this far
+/// behind, and an order's updates cost the same at its thousandth fill as at
+/// its first.
+pub const UPDATE_TRADES: usize = 100;
+
 /// Most fills one Settle call carries: inventory refuses more.
 const SETTLE_BATCH: usize = 1000;
 
@@ -342,7 +353,12 @@ impl Orders {
     }
 
     pub async fn view(&self, order: OrderRow) -> Result<View, OrderError> {
-        let executions = store::executions(&self.pool, order.id).await?;
+        self.view_with(order, MAX_VIEW_TRADES).await
+    }
+
+    /// The order with its last `trades` executions.
+    pub async fn view_with(&self, order: OrderRow, trades: usize) -> Result<View, OrderError> {
+        let executions = store::last_executions(&self.pool, order.id, trades).await?;
         Ok(View { order, executions })
     }
 
@@ -848,12 +864,23 @@ impl Orders {
         id: Option<Uuid>,
         identifier: Option<&str>,
     ) -> Result<View, OrderError> {
+        self.get_with(user, id, identifier, MAX_VIEW_TRADES).await
+    }
+
+    /// [`Self::get`] with the order's last `trades` executions only.
+    pub async fn get_with(
+        &self,
+        user: Uuid,
+        id: Option<Uuid>,
+        identifier: Option<&str>,
+        trades: usize,
+    ) -> Result<View, OrderError> {
         if id.is_none() && identifier.is_none() {
             return Err(OrderError::invalid("uuid or identifier is required"));
         }
         let order = store::get_for_user(&self.pool, user, id, identifier)
             .await?
             .ok_or(OrderError::NotFound)?;
-        self.view(order).await
+        self.view_with(order, trades).await
     }
 }

@@ -543,6 +543,22 @@ pub async fn get_for_user(
     .await
 }
 
+/// The last `limit` executions of an order, oldest first.
+pub async fn last_executions(
+    pool: &PgPool,
+    id: Uuid,
+    limit: usize,
+) -> Result<Vec<ExecRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT * FROM (SELECT seq, price, volume, funds, fee, trend, created_at FROM executions
+                        WHERE order_id = $1 ORDER BY seq DESC LIMIT $2) last ORDER BY seq",
+    )
+    .bind(id)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await
+}
+
 pub async fn executions(pool: &PgPool, id: Uuid) -> Result<Vec<ExecRow>, sqlx::Error> {
     sqlx::query_as("SELECT seq, price, volume, funds, fee, trend, created_at FROM executions WHERE order_id = $1 ORDER BY seq")
         .bind(id)

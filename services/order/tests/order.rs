@@ -1752,8 +1752,20 @@ async fn an_order_with_more_fills_than_one_settle_call_carries_settles_and_relea
     .await
     .unwrap();
     assert_eq!(filled.trades_count, FILLS as u32);
+    assert_eq!(
+        filled.trades.len(),
+        FILLS as usize,
+        "GetOrder shows them all"
+    );
     assert_eq!(env.balance(user, "ETH").await, (dec("0"), dec("0")));
     inventory.restore();
+    let mut updates = orders
+        .stream_order_updates(pb::StreamOrderUpdatesRequest {
+            user_id: user.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let cancelled = orders
         .cancel_order(cancel(user, &resting.uuid))
         .await
@@ -1765,6 +1777,23 @@ async fn an_order_with_more_fills_than_one_settle_call_carries_settles_and_relea
     let funds = dec(&cancelled.executed_funds);
     let fee = dec(&cancelled.paid_fee);
     assert_eq!(funds, dec("535500"));
+    // An update carries the order's last 100 executions, not all of them.
+    let update = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let o = updates.message().await.unwrap().unwrap().order.unwrap();
+            if o.state == pb::OrderState::Cancel as i32 {
+                return o;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let seqs: Vec<u32> = update.trades.iter().map(|t| t.seq).collect();
+    assert_eq!(update.trades_count, FILLS as u32);
+    assert_eq!(
+        seqs,
+        ((FILLS as u32 - 99)..=FILLS as u32).collect::<Vec<_>>()
+    );
     // Every fill credited, the rest of the bid's KRW released: nothing locked.
     let direct = env.inventory.clone();
     let settled = eventually(Duration::from_secs(30), "the order settled", || {
@@ -1805,5 +1834,8 @@ async fn an_order_with_more_fills_than_one_settle_call_carries_settles_and_relea
         (FILLS as u32, true)
     );
     env.assert_books_balance().await;
+    // A follower still streaming does not hold the service's shutdown open:
+    // draining ends the stream.
     env.stop().await;
+    assert!(updates.message().await.is_ok_and(|m| m.is_none()), "ended");
 }
