@@ -536,6 +536,7 @@ fn part(
     let span = span.clone();
     futures_util::stream::once(async move {
         let (frames, candles) = snapshot(&gw, &sub, format, &shapes).instrument(span).await;
+        let following = !live.is_empty();
         let first = futures_util::stream::iter(frames.into_iter().map(Out::Frame));
         let live = live.into_iter().map(|(feed, rx, shape)| {
             BroadcastStream::new(rx)
@@ -555,40 +556,72 @@ fn part(
                     })
                 }))
                 .boxed(),
-            Some(mut candles) => first
-                .chain(live.filter_map(move |(event, _)| {
-                    std::future::ready(match event {
-                        Ok(event) => candles.add(&event.payload, format).map(Out::Frame),
-                        Err(_lagged) => Some(Out::Slow),
-                    })
-                }))
-                .boxed(),
+            // Nothing live to build candles from (`is_only_snapshot`).
+            Some(_) if !following => first.boxed(),
+            Some(mut candles) => {
+                let mut every = tokio::time::interval(CANDLE_EVERY);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let ticks = tokio_stream::wrappers::IntervalStream::new(every).map(|_| None);
+                let trades = live.map(|(event, _)| Some(event));
+                let inputs = futures_util::stream::select(trades, ticks);
+                first
+                    .chain(inputs.flat_map(move |input| {
+                        futures_util::stream::iter(match input {
+                            Some(Ok(event)) => {
+                                candles.add(&event.payload);
+                                Vec::new()
+                            }
+                            Some(Err(_lagged)) => vec![Out::Slow],
+                            None => candles.flush(format),
+                        })
+                    }))
+                    .boxed()
+            }
         }
     })
     .flatten()
     .boxed()
 }
 
+/// How often live candles changed by trades are sent: as on Upbit, at most
+/// once a second each, and only when a trade changed them.
+const CANDLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The live candles of one candle type object, built from trades: each trade
-/// updates its period's candle (a new period starts from that trade) and the
-/// candle is sent.
+/// updates its period's candle (a new period starts from that trade); the
+/// candles trades changed are sent every [`CANDLE_EVERY`].
 struct Candles {
     name: String,
     /// Milliseconds.
     period: i64,
     current: HashMap<String, upbit::Candle>,
+    /// Candles changed since the last send: a period's last state, and the
+    /// one before it when a new period started in between (each is sent).
+    changed: Vec<upbit::Candle>,
 }
 
 impl Candles {
-    fn add(&mut self, payload: &Payload, format: Format) -> Option<Bytes> {
+    fn add(&mut self, payload: &Payload) {
         let Payload::Trade(t) = payload else {
-            return None;
+            return;
         };
-        let candle =
-            convert::candle_with_trade(self.current.remove(&t.code), &self.name, self.period, t);
-        let frame = write::candle(&candle, format);
+        let before = self.current.remove(&t.code);
+        let candle = convert::candle_with_trade(before, &self.name, self.period, t);
+        match self.changed.iter_mut().find(|c| {
+            c.code == candle.code && c.candle_date_time_utc == candle.candle_date_time_utc
+        }) {
+            Some(pending) => *pending = candle.clone(),
+            None => self.changed.push(candle.clone()),
+        }
         self.current.insert(t.code.clone(), candle);
-        Some(Bytes::from(frame))
+    }
+
+    /// The frames of the candles changed since the last call, oldest first.
+    fn flush(&mut self, format: Format) -> Vec<Out> {
+        self.changed
+            .drain(..)
+            .map(|c| Out::Frame(Bytes::from(write::candle(&c, format))))
+            .collect()
     }
 }
 
@@ -701,6 +734,7 @@ async fn candle_snapshot(
         name: name.to_owned(),
         period,
         current: HashMap::new(),
+        changed: Vec::new(),
     };
     let mut frames = Vec::new();
     if let Some(interval) = minute_interval(seconds) {
@@ -744,4 +778,76 @@ pub(crate) fn init_metrics() {
         SUBSCRIPTIONS.with_label_values(&[label]);
     }
     fanout::init_metrics();
+}
+
+#[cfg(test)]
+mod tests {
+    use rust_decimal::Decimal;
+
+    use super::*;
+
+    fn trade(price: &str, at_ms: i64) -> Payload {
+        let t = pb::Trade {
+            market: "KRW-BTC".into(),
+            trade_price: price.into(),
+            trade_volume: "0.1".into(),
+            trade_timestamp: at_ms,
+            timestamp: at_ms,
+            ..Default::default()
+        };
+        Payload::Trade(convert::trade(&t, false).unwrap())
+    }
+
+    fn sent(out: Vec<Out>) -> Vec<upbit::Candle> {
+        out.into_iter()
+            .map(|o| match o {
+                Out::Frame(b) => match upbit::parse_message(&b) {
+                    Ok(upbit::Message::Candle(c)) => c,
+                    other => panic!("{other:?}"),
+                },
+                Out::Slow => panic!("slow"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn candles_are_sent_at_most_once_a_period_and_only_when_changed() {
+        let mut candles = Candles {
+            name: "candle.1m".into(),
+            period: 60_000,
+            current: HashMap::new(),
+            changed: Vec::new(),
+        };
+        let minute = 1_700_000_040_000; // a minute's start
+        for (i, price) in ["100", "105", "99", "101"].iter().enumerate() {
+            candles.add(&trade(price, minute + i as i64 * 100));
+        }
+        // Four trades in one minute: one frame, the minute as it stands.
+        let once = sent(candles.flush(Format::Default));
+        assert_eq!(once.len(), 1);
+        let c = &once[0];
+        assert_eq!(
+            (c.opening_price, c.high_price, c.low_price, c.trade_price),
+            (
+                Decimal::from(100),
+                Decimal::from(105),
+                Decimal::from(99),
+                Decimal::from(101)
+            )
+        );
+        // Nothing changed: nothing sent.
+        assert!(candles.flush(Format::Default).is_empty());
+        // A trade that ends the minute and starts the next: both are sent,
+        // oldest first, the new one from that trade alone.
+        candles.add(&trade("102", minute + 59_900));
+        candles.add(&trade("103", minute + 60_100));
+        let both = sent(candles.flush(Format::Default));
+        assert_eq!(both.len(), 2);
+        assert_eq!(both[0].trade_price, Decimal::from(102));
+        assert_eq!(
+            (both[1].opening_price, both[1].trade_price),
+            (Decimal::from(103), Decimal::from(103))
+        );
+        assert!(both[0].candle_date_time_utc < both[1].candle_date_time_utc);
+    }
 }
