@@ -3,7 +3,6 @@
 //! `/v1/candles/days`, with Upbit's field names, `Remaining-Req` header, per-IP
 //! group limits (429) and error bodies.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -65,7 +64,25 @@ fn not_found() -> (StatusCode, ErrorResponse) {
     )
 }
 
-type Params = Query<HashMap<String, String>>;
+/// A request's query parameters in order, repeated keys included.
+type Params = Query<Vec<(String, String)>>;
+
+/// The first value of `key`.
+fn get<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// Every value of `key` (`markets=A&markets=B`, as pyupbit sends lists, or
+/// `markets[]=…`) joined by commas, as a comma list reads.
+fn list(q: &[(String, String)], key: &str) -> Option<String> {
+    let array = format!("{key}[]");
+    let values: Vec<&str> = q
+        .iter()
+        .filter(|(k, _)| *k == key || *k == array)
+        .map(|(_, v)| v.as_str())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
 
 fn limited(
     app: &AppState,
@@ -102,7 +119,7 @@ pub async fn market_all(
         // Upbit's `is_details`, and `isDetails` as pyupbit sends it.
         let details = ["is_details", "isDetails"]
             .iter()
-            .any(|k| q.get(*k).is_some_and(|v| v.eq_ignore_ascii_case("true")));
+            .any(|k| get(&q, k).is_some_and(|v| v.eq_ignore_ascii_case("true")));
         let list: Vec<MarketInfo> = app
             .sim
             .markets()
@@ -124,7 +141,7 @@ pub async fn ticker(
     Query(q): Params,
 ) -> Response {
     limited(&app, peer, "ticker", || {
-        let codes = query::markets(q.get("markets").map(String::as_str)).map_err(bad)?;
+        let codes = query::markets(list(&q, "markets").as_deref()).map_err(bad)?;
         let engine = app.sim.engine();
         let mut items = Vec::with_capacity(codes.len());
         for code in &codes {
@@ -146,7 +163,7 @@ pub async fn ticker_all(
 ) -> Response {
     limited(&app, peer, "ticker", || {
         let quotes =
-            query::quote_currencies(q.get("quote_currencies").map(String::as_str)).map_err(bad)?;
+            query::quote_currencies(list(&q, "quote_currencies").as_deref()).map_err(bad)?;
         let engine = app.sim.engine();
         let items = app
             .sim
@@ -165,14 +182,10 @@ pub async fn orderbook(
     Query(q): Params,
 ) -> Response {
     limited(&app, peer, "orderbook", || {
-        let codes = query::markets(q.get("markets").map(String::as_str)).map_err(bad)?;
-        let depth = query::count(
-            q.get("count").map(String::as_str),
-            30,
-            query::MAX_ORDERBOOK_DEPTH,
-        )
-        .map_err(bad)? as usize;
-        if let Some(level) = q.get("level").filter(|l| !l.is_empty() && *l != "0") {
+        let codes = query::markets(list(&q, "markets").as_deref()).map_err(bad)?;
+        let depth =
+            query::count(get(&q, "count"), 30, query::MAX_ORDERBOOK_DEPTH).map_err(bad)? as usize;
+        if let Some(level) = get(&q, "level").filter(|l| !l.is_empty() && *l != "0") {
             return Err(bad(InvalidParam(format!(
                 "level {level} is not supported; only 0"
             ))));
@@ -201,22 +214,17 @@ pub async fn trades(
     Query(q): Params,
 ) -> Response {
     limited(&app, peer, "trade", || {
-        let code = query::market(q.get("market").map(String::as_str)).map_err(bad)?;
-        let count = query::count(q.get("count").map(String::as_str), 1, query::MAX_TRADES)
-            .map_err(bad)? as usize;
-        let cursor = match q.get("cursor").filter(|c| !c.is_empty()) {
+        let code = query::market(get(&q, "market")).map_err(bad)?;
+        let count = query::count(get(&q, "count"), 1, query::MAX_TRADES).map_err(bad)? as usize;
+        let cursor = match get(&q, "cursor").filter(|c| !c.is_empty()) {
             Some(c) => Some(
                 c.parse::<i64>()
                     .map_err(|_| bad(InvalidParam("cursor must be a sequential_id".into())))?,
             ),
             None => None,
         };
-        let to = query::trades_to(
-            q.get("to").map(String::as_str),
-            q.get("days_ago").map(String::as_str),
-            crate::feed::now_ms(),
-        )
-        .map_err(bad)?;
+        let to = query::trades_to(get(&q, "to"), get(&q, "days_ago"), crate::feed::now_ms())
+            .map_err(bad)?;
         let engine = app.sim.engine();
         if !engine.has_market(code.as_str()) {
             return Err(not_found());
@@ -265,14 +273,13 @@ fn aggregate(candles: &[SimCandle], period_ms: i64, to: i64, count: u32) -> Vec<
 
 fn candles_reply(
     app: &AppState,
-    q: &HashMap<String, String>,
+    q: &[(String, String)],
     period_ms: i64,
     unit: Option<u32>,
 ) -> Result<String, (StatusCode, ErrorResponse)> {
-    let code = query::market(q.get("market").map(String::as_str)).map_err(bad)?;
-    let count =
-        query::count(q.get("count").map(String::as_str), 1, query::MAX_CANDLES).map_err(bad)?;
-    let to = query::to_time(q.get("to").map(String::as_str))
+    let code = query::market(get(q, "market")).map_err(bad)?;
+    let count = query::count(get(q, "count"), 1, query::MAX_CANDLES).map_err(bad)?;
+    let to = query::to_time(get(q, "to"))
         .map_err(bad)?
         .unwrap_or_else(|| crate::feed::now_ms() + 1);
     let engine = app.sim.engine();

@@ -180,7 +180,15 @@ fn handle_request(
             let result: Vec<serde_json::Value> = subs
                 .list
                 .iter()
-                .map(|s| serde_json::json!({"type": s.data_type.as_str(), "codes": s.codes, "level": s.level.clone().unwrap_or_else(|| "0".into())}))
+                .map(|s| {
+                    // `level` is the orderbook's only, a number (as Upbit lists it).
+                    let mut v = serde_json::json!({"type": s.data_type.as_str(), "codes": s.codes});
+                    if s.data_type == DataType::Orderbook {
+                        let level = s.level.as_deref().unwrap_or("0");
+                        v["level"] = serde_json::Value::from(level.parse::<f64>().unwrap_or(0.0));
+                    }
+                    v
+                })
                 .collect();
             let body = serde_json::json!({"method": "LIST_SUBSCRIPTIONS", "result": result, "ticket": ticket});
             vec![Message::Binary(body.to_string().into_bytes().into())]

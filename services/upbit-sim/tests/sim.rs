@@ -263,6 +263,10 @@ async fn ping_list_and_error_frames() {
     let bytes = next_frame(&mut ws, Duration::from_secs(5)).await.unwrap();
     let list: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(list["result"][0]["codes"][0], "KRW-XRP", "{list}");
+    assert!(
+        list["result"][0].get("level").is_none(),
+        "level is the orderbook's only: {list}"
+    );
     // The connection survived all of it.
     sim.trade("KRW-XRP", "3200", "10", "ASK").await;
     assert!(matches!(next_message(&mut ws).await, Message::Trade(t) if t.code == "KRW-XRP"));
@@ -467,6 +471,20 @@ async fn rest_quotation_shapes_errors_and_limits() {
     );
     let tickers: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(tickers[0]["market"], "KRW-BTC");
+    // A list sent as repeated keys (pyupbit) reads as the comma list does.
+    let both: serde_json::Value = sim
+        .get("/v1/ticker?markets=KRW-BTC&markets=KRW-ETH")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let codes: Vec<&str> = both
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["market"].as_str())
+        .collect();
+    assert_eq!(codes, ["KRW-BTC", "KRW-ETH"], "{both}");
     assert_eq!(tickers[0]["trade_price"].to_string(), "159900000");
     assert!(
         tickers[0]["trade_date"].as_str().unwrap().len() == 8,
