@@ -273,7 +273,14 @@ impl FromRequest<Shared> for UpbitRequest {
                 upbit::signing::from_query(text)?
             })?;
         }
-        let jwt = bearer(&parts.headers)?.to_owned();
+        // Upbit names a missing or malformed token `jwt_verification`, which
+        // clients (ccxt) map to an authentication error.
+        let jwt = bearer(&parts.headers)
+            .map_err(|e| ApiError {
+                name: "jwt_verification".into(),
+                ..e
+            })?
+            .to_owned();
         let mut hashed = signed.hashed().into_iter();
         let upbit = pb::UpbitToken {
             jwt,

@@ -335,6 +335,21 @@ async fn users_reach_only_their_own_orders_and_bad_tokens_are_refused() {
         (status, body["error"]["name"].as_str()),
         (401, Some("no_authorization_token"))
     );
+    // Upbit's API names a missing token as Upbit does.
+    for auth in [None, Some("")] {
+        let mut req = stack.http.get(format!("{}/v1/accounts", stack.gw()));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(
+            (status, body["error"]["name"].as_str()),
+            (401, Some("jwt_verification")),
+            "{body}"
+        );
+    }
     stack.stop().await;
 }
 
