@@ -24,12 +24,24 @@ pub struct RuntimeArgs {
     /// Deadline for in-flight requests and streams to finish once draining starts.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+}
 
+/// Settings of a service that serves gRPC (the gateway serves none).
+#[derive(Args, Clone, Debug)]
+pub struct GrpcArgs {
     /// Serve gRPC server reflection (what grpcurl uses to list and call the
     /// API). It describes every method to whoever can reach the port: the chart
     /// turns it off unless asked.
     #[arg(long, env = "GRPC_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub grpc_reflection: bool,
+}
+
+impl Default for GrpcArgs {
+    fn default() -> Self {
+        Self {
+            grpc_reflection: true,
+        }
+    }
 }
 
 impl Default for RuntimeArgs {
@@ -39,7 +51,6 @@ impl Default for RuntimeArgs {
             pod_name: None,
             drain_delay: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(20),
-            grpc_reflection: true,
         }
     }
 }

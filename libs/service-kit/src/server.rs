@@ -2,7 +2,7 @@
 //! every service's `lib.rs` reads the same way:
 //!
 //! ```text
-//! let server = Server::bind(grpc_addr, metrics_addr, "order", &runtime, &[NAME], stop).await?;
+//! let server = Server::bind(Some((grpc_addr, &grpc)), metrics_addr, "order", &runtime, &[NAME], stop).await?;
 //! // build state; spawn background work with server.spawn(..)
 //! server.serve_grpc(routes, &[DESCRIPTORS], ready_future).await
 //! ```
@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
-use crate::config::RuntimeArgs;
+use crate::config::{GrpcArgs, RuntimeArgs};
 use crate::health::{Health, HealthService};
 use crate::lifecycle::Lifecycle;
 
@@ -38,19 +38,20 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the gRPC port (when `grpc_addr` is given) and the admin port, and sets
-    /// up health (NOT_SERVING until [`Server::serve_grpc`]'s ready future resolves)
-    /// and the shutdown sequence triggered by `stop`.
+    /// Binds the gRPC port (when `grpc` gives its address and settings) and the
+    /// admin port, and sets up health (NOT_SERVING until [`Server::serve_grpc`]'s
+    /// ready future resolves) and the shutdown sequence triggered by `stop`.
     pub async fn bind(
-        grpc_addr: Option<&str>,
+        grpc: Option<(&str, &GrpcArgs)>,
         admin_addr: &str,
         service: &str,
         runtime: &RuntimeArgs,
         grpc_services: &[&str],
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let grpc = match grpc_addr {
-            Some(addr) => Some(bind(addr, "GRPC_ADDR").await?),
+        let reflection = grpc.is_some_and(|(_, args)| args.grpc_reflection);
+        let grpc = match grpc {
+            Some((addr, _)) => Some(bind(addr, "GRPC_ADDR").await?),
             None => None,
         };
         let admin = bind(admin_addr, "METRICS_ADDR").await?;
@@ -63,7 +64,7 @@ impl Server {
             admin_addr: admin.local_addr()?,
             admin,
             served_by: runtime.identity(service).served_by(),
-            reflection: runtime.grpc_reflection,
+            reflection,
             health,
             health_service,
             lifecycle,

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use service_kit::config::{RuntimeArgs, parse_duration};
+use service_kit::config::{GrpcArgs, RuntimeArgs, parse_duration};
 
 #[derive(Parser, Clone, Debug)]
 #[command(
@@ -84,6 +84,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+
+    #[command(flatten)]
+    pub grpc: GrpcArgs,
 }
 
 fn parse_format(text: &str) -> Result<upbit::write::Format, String> {

@@ -51,6 +51,7 @@ async fn start_md(db: &TestDb) -> (SocketAddr, Running) {
         stream_slow_after: Duration::from_secs(5),
         markets_ttl: Duration::from_secs(10),
         runtime: RuntimeArgs::default(),
+        grpc: Default::default(),
     };
     config.runtime.drain_delay = Duration::ZERO;
     let stop = CancellationToken::new();

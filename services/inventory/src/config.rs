@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use rust_decimal::Decimal;
-use service_kit::config::RuntimeArgs;
+use service_kit::config::{GrpcArgs, RuntimeArgs};
 use service_kit::postgres::DbArgs;
 
 #[derive(Parser, Clone, Debug)]
@@ -50,6 +50,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+
+    #[command(flatten)]
+    pub grpc: GrpcArgs,
 }
 
 impl Config {

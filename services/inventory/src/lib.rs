@@ -37,7 +37,7 @@ impl App {
     pub async fn build(config: Config, stop: CancellationToken) -> anyhow::Result<Self> {
         metrics::init();
         let server = Server::bind(
-            Some(&config.grpc_addr),
+            Some((&config.grpc_addr, &config.grpc)),
             &config.metrics_addr,
             "inventory",
             &config.runtime,

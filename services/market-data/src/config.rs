@@ -1,7 +1,7 @@
 //! Configuration from flags or environment variables (`--help` lists them).
 
 use clap::Parser;
-use service_kit::config::RuntimeArgs;
+use service_kit::config::{GrpcArgs, RuntimeArgs};
 use service_kit::postgres::DbArgs;
 
 #[derive(Parser, Clone, Debug)]
@@ -61,4 +61,7 @@ pub struct Config {
 
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+
+    #[command(flatten)]
+    pub grpc: GrpcArgs,
 }

@@ -58,6 +58,7 @@ fn config(db: &TestDb, opts: &Opts) -> Config {
         stream_slow_after: Duration::from_millis(500),
         markets_ttl: opts.markets_ttl,
         runtime: RuntimeArgs::default(),
+        grpc: Default::default(),
     }
 }
 

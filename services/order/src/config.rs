@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use rust_decimal::Decimal;
-use service_kit::config::{RuntimeArgs, parse_duration};
+use service_kit::config::{GrpcArgs, RuntimeArgs, parse_duration};
 use service_kit::postgres::DbArgs;
 
 use crate::service::Fault;
@@ -84,6 +84,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+
+    #[command(flatten)]
+    pub grpc: GrpcArgs,
 }
 
 impl Config {

@@ -90,6 +90,7 @@ async fn env() -> Env {
         stream_slow_after: Duration::from_secs(5),
         markets_ttl: Duration::from_secs(10),
         runtime: Default::default(),
+        grpc: Default::default(),
     };
     config.runtime.drain_delay = Duration::ZERO;
     let stop = CancellationToken::new();

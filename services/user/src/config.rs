@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use service_kit::config::{RuntimeArgs, parse_duration};
+use service_kit::config::{GrpcArgs, RuntimeArgs, parse_duration};
 use service_kit::postgres::DbArgs;
 
 #[derive(Parser, Clone, Debug)]
@@ -77,6 +77,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+
+    #[command(flatten)]
+    pub grpc: GrpcArgs,
 }
 
 impl Config {

@@ -59,7 +59,7 @@ impl App {
             )?,
         };
         let server = Server::bind(
-            Some(&config.grpc_addr),
+            Some((&config.grpc_addr, &config.grpc)),
             &config.metrics_addr,
             "user",
             &config.runtime,

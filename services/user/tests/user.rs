@@ -251,7 +251,7 @@ async fn racing_key_creations_stop_at_the_limit() {
 async fn reflection_can_be_turned_off() {
     let db = TestDb::create().await.unwrap();
     let inv = start_inventory(&db).await;
-    let svc = start_user_with(&db, inv.grpc, |c| c.runtime.grpc_reflection = false).await;
+    let svc = start_user_with(&db, inv.grpc, |c| c.grpc.grpc_reflection = false).await;
     test_support::wait_serving(svc.grpc, "", Duration::from_secs(30))
         .await
         .unwrap();

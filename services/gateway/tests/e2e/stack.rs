@@ -132,6 +132,7 @@ impl Stack {
                         service_version: (*version).into(),
                         ..runtime()
                     },
+                    grpc: Default::default(),
                 },
                 stop.clone(),
             )
