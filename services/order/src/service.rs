@@ -276,11 +276,17 @@ impl Orders {
         self.market_data.clone()
     }
 
+    /// Whether `market` is listed, from a list read at most 30 s ago. A market
+    /// missing from it is looked up again (it may be new), but at most once a
+    /// second: orders for unlisted codes cannot turn into a market-data call
+    /// each.
     async fn known_market(&self, market: &str) -> Result<bool, OrderError> {
         let cached = self.markets.read().ok().and_then(|m| m.clone());
         let list = match cached {
             Some((at, list))
-                if at.elapsed() < Duration::from_secs(30) && list.iter().any(|m| m == market) =>
+                if at.elapsed() < Duration::from_secs(30)
+                    && (at.elapsed() < Duration::from_secs(1)
+                        || list.iter().any(|m| m == market)) =>
             {
                 list
             }

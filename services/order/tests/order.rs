@@ -1840,3 +1840,48 @@ async fn an_order_with_more_fills_than_one_settle_call_carries_settles_and_relea
     env.stop().await;
     assert!(updates.message().await.is_ok_and(|m| m.is_none()), "ended");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_for_unlisted_markets_cost_market_data_a_look_a_second_at_most() {
+    let mut env = env().await;
+    let svc = start_order(&env, |_| {}).await;
+    test_support::wait_serving(svc.grpc, "", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut orders = OrderServiceClient::connect(format!("http://{}", svc.grpc))
+        .await
+        .unwrap();
+    let admin = svc.admin;
+    env.running.push(svc.running);
+    let user = env.new_user().await;
+    let looks = || {
+        test_support::read_metric(
+            admin,
+            "grpc_client_handled_total",
+            &["grpc_method=\"ListMarkets\""],
+        )
+    };
+    let before = looks().await;
+    let started = std::time::Instant::now();
+    for _ in 0..30 {
+        let refused = orders
+            .place_order(place(
+                user,
+                "KRW-ZZZZ",
+                pb::Side::Bid,
+                pb::OrderType::Limit,
+                "1000",
+                "10",
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let looked = looks().await - before;
+    assert!(
+        looked <= seconds.ceil() + 1.0,
+        "{looked} market list reads for 30 orders in {seconds:.2} s"
+    );
+    env.stop().await;
+}
