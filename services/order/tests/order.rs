@@ -318,6 +318,28 @@ fn cancel(user: Uuid, uuid: &str) -> pb::CancelOrderRequest {
     }
 }
 
+/// `user`'s balances as (balance, locked) by currency; none while inventory
+/// cannot be reached.
+async fn balances(
+    mut inventory: InventoryServiceClient<Channel>,
+    user: Uuid,
+) -> Option<std::collections::HashMap<String, (Decimal, Decimal)>> {
+    let listed = inventory
+        .get_balances(inv::GetBalancesRequest {
+            user_id: user.to_string(),
+        })
+        .await
+        .ok()?
+        .into_inner()
+        .balances;
+    Some(
+        listed
+            .into_iter()
+            .map(|b| (b.currency, (dec(&b.balance), dec(&b.locked))))
+            .collect(),
+    )
+}
+
 fn error_name(s: &tonic::Status) -> Option<&str> {
     service_kit::grpc::error_name(s)
 }
@@ -1671,19 +1693,10 @@ async fn recovery_settles_a_fill_behind_hundreds_of_settled_ones() {
     inventory.restore();
     let mut direct = env.inventory.clone();
     eventually(Duration::from_secs(30), "the fill settled", || {
-        let mut direct = direct.clone();
+        let direct = direct.clone();
         async move {
-            let b = direct
-                .get_balances(inv::GetBalancesRequest {
-                    user_id: user.to_string(),
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .balances;
-            b.iter()
-                .any(|b| b.currency == "BTC" && b.balance == "0.0004")
-                .then_some(())
+            let b = balances(direct, user).await?;
+            (b.get("BTC")?.0 == dec("0.0004")).then_some(())
         }
     })
     .await
@@ -1798,24 +1811,11 @@ async fn an_order_with_more_fills_than_one_settle_call_carries_settles_and_relea
     // Every fill credited, the rest of the bid's KRW released: nothing locked.
     let direct = env.inventory.clone();
     let settled = eventually(Duration::from_secs(30), "the order settled", || {
-        let mut direct = direct.clone();
+        let direct = direct.clone();
         async move {
-            let balances = direct
-                .get_balances(inv::GetBalancesRequest {
-                    user_id: user.to_string(),
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .balances;
-            let of = |c: &str| {
-                balances
-                    .iter()
-                    .find(|b| b.currency == c)
-                    .map(|b| (dec(&b.balance), dec(&b.locked)))
-            };
-            let krw = of("KRW")?;
-            (of("ETH")?.0 == dec("0.105") && krw.1 == Decimal::ZERO).then_some(krw)
+            let b = balances(direct, user).await?;
+            let krw = *b.get("KRW")?;
+            (b.get("ETH")?.0 == dec("0.105") && krw.1 == Decimal::ZERO).then_some(krw)
         }
     })
     .await
