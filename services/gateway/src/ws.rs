@@ -144,8 +144,14 @@ pub(crate) fn error_frame(e: &upbit::error::ErrorBody) -> Message {
 }
 
 async fn connection(socket: WebSocket, gw: Shared) {
+    counted(serve(socket, &gw)).await;
+}
+
+/// Runs a connection (public or private) counted in `gateway_ws_connections`
+/// while open, and in `gateway_ws_closed_total` by why it ended.
+pub(crate) async fn counted(session: impl std::future::Future<Output = &'static str>) {
     CONNECTIONS.inc();
-    let reason = serve(socket, &gw).await;
+    let reason = session.await;
     CLOSED.with_label_values(&[reason]).inc();
     CONNECTIONS.dec();
 }

@@ -120,7 +120,7 @@ fn upgrade(
     crate::ws::bounded(ws, &gw.limits).on_upgrade(move |socket| {
         scope
             .run(async move {
-                serve(socket, &gw, req, credential).await;
+                crate::ws::counted(serve(socket, &gw, req, credential)).await;
                 drop(slot);
             })
             .instrument(session)
@@ -378,7 +378,13 @@ async fn next_update(
     }
 }
 
-async fn serve(socket: WebSocket, gw: &Shared, req: UpbitRequest, credential: Credential) {
+/// Serves one private connection; why it ended.
+async fn serve(
+    socket: WebSocket,
+    gw: &Shared,
+    req: UpbitRequest,
+    credential: Credential,
+) -> &'static str {
     let user = req.user;
     // At least a second apart (an interval of zero would not be one).
     let mut recheck = tokio::time::interval(gw.ws_recheck.max(Duration::from_secs(1)));
@@ -405,7 +411,7 @@ async fn serve(socket: WebSocket, gw: &Shared, req: UpbitRequest, credential: Cr
             received = incoming.recv() => {
                 idle.as_mut().reset(tokio::time::Instant::now() + gw.limits.ws_idle);
                 let text = match received {
-                    None => break,
+                    None => break "client",
                     Some(Incoming::Heard) => continue,
                     Some(Incoming::Text(t)) => t,
                 };
@@ -486,17 +492,17 @@ async fn serve(socket: WebSocket, gw: &Shared, req: UpbitRequest, credential: Cr
             }
             _ = &mut idle => {
                 crate::ws::close(&mut sink, gw, 1000, "idle timeout").await;
-                break;
+                break "idle";
             }
             _ = recheck.tick() => {
                 if !credential.holds(gw, user).await {
                     crate::ws::close(&mut sink, gw, 4001, "the credentials no longer verify").await;
-                    break;
+                    break "credentials";
                 }
             }
             _ = gw.draining.cancelled() => {
                 crate::ws::close(&mut sink, gw, 1001, "server shutting down").await;
-                break;
+                break "shutdown";
             }
         }
         if out.is_empty() {
@@ -509,8 +515,10 @@ async fn serve(socket: WebSocket, gw: &Shared, req: UpbitRequest, credential: Cr
             }
             sink.flush().await
         });
-        if !matches!(written.await, Ok(Ok(()))) {
-            break;
+        match written.await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break "client",
+            Err(_stalled) => break "slow",
         }
     }
 }

@@ -209,6 +209,18 @@ async fn a_bot_sees_its_orders_open_fill_and_its_balances_move() {
         ws_close_code(&mut watching, Duration::from_secs(10)).await,
         Some(4001)
     );
+    // Counted by why it closed (the first socket on this key closes too).
+    eventually(Duration::from_secs(5), "closes counted", || async {
+        let closed = test_support::read_metric(
+            stack.gateways[0].admin,
+            "gateway_ws_closed_total",
+            &["reason=\"credentials\""],
+        )
+        .await;
+        (closed >= 1.0).then_some(())
+    })
+    .await
+    .unwrap();
 
     // A key that may only trade cannot watch.
     let blind = key_with(json!(["make_orders"])).await;
