@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::auth::UpbitRequest;
 use crate::error::ApiError;
 use crate::exchange::{admit, admit_window, cancel_one, get_one, order_params, place_order};
-use crate::idempotency::RequestKey;
+use crate::idempotency::{RequestKey, kept_by_retries};
 use crate::private::{OrderParams, place_request};
 use crate::state::Shared;
 use crate::views;
@@ -246,7 +246,9 @@ pub async fn cancel_open(
 /// refused whatever the funds (its price, total, identifier, the book) is
 /// refused before the cancel, which then does not happen; one refused after
 /// the cancel (say, for funds) leaves the cancel standing, and the refusal is
-/// the answer.
+/// the answer. A retry (the same `Idempotency-Key`, or `X-Request-Id`) of a
+/// request that went through gets the same answer, not a refusal to cancel
+/// the order again.
 pub async fn cancel_and_new(
     State(gw): State<Shared>,
     RequestKey(request_key): RequestKey,
@@ -297,10 +299,27 @@ pub async fn cancel_and_new(
             test.test = true;
             place_order(&gw, test).await?;
         }
-        let cancelled = cancel_one(&gw, req.user, uuid, identifier).await?;
-        let mut request = replacement(&cancelled, format!("{request_key}:new"))?;
-        request.request_key.truncate(128);
-        let placed = place_order(&gw, request).await?;
+        let mut new_key = format!("{request_key}:new");
+        new_key.truncate(128);
+        let (cancelled, placed) = match cancel_one(&gw, req.user, uuid, identifier).await {
+            Ok(cancelled) => {
+                let request = replacement(&cancelled, new_key)?;
+                (cancelled, place_order(&gw, request).await?)
+            }
+            // A retry of a request whose first attempt cancelled the order:
+            // the replacement that attempt placed, if it did (placing none).
+            Err(refused)
+                if kept_by_retries(&request_key) && prev.state == pb::OrderState::Cancel as i32 =>
+            {
+                let mut request = replacement(&prev, new_key)?;
+                request.only_existing = true;
+                match place_order(&gw, request).await {
+                    Ok(placed) => (prev, placed),
+                    Err(_) => return Err(refused),
+                }
+            }
+            Err(refused) => return Err(refused),
+        };
         let mut body = views::upbit_order(&cancelled, false);
         body["new_order_uuid"] = Value::from(placed.uuid);
         body["new_order_identifier"] = (!placed.identifier.is_empty())

@@ -16,6 +16,16 @@ const MAX_PLAIN: usize = 100;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestKey(pub String);
 
+/// Whether `key` came with the request (`Idempotency-Key`, or the
+/// `X-Request-Id` every retry of it carries), so a retry has the same one;
+/// a key the gateway made up is new on every attempt.
+pub fn kept_by_retries(key: &str) -> bool {
+    !key.starts_with(MADE_UP)
+}
+
+/// The prefix of a key the gateway made up.
+const MADE_UP: &str = "gw:";
+
 fn key(kind: &str, value: &str) -> String {
     if value.len() <= MAX_PLAIN {
         format!("{kind}:{value}")
@@ -42,7 +52,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestKey {
         {
             return Ok(Self(key("rid", v)));
         }
-        Ok(Self(format!("gw:{}", uuid::Uuid::new_v4())))
+        Ok(Self(format!("{MADE_UP}{}", uuid::Uuid::new_v4())))
     }
 }
 

@@ -504,6 +504,7 @@ pub fn place_request(
         time_in_force: time_in_force as i32,
         smp_type: o.smp_type.unwrap_or_default().to_owned(),
         test: false,
+        only_existing: false,
     })
 }
 

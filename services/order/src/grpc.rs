@@ -199,6 +199,13 @@ impl OrderService for Order {
             time_in_force,
             smp_type,
         };
+        if req.only_existing {
+            let view = self.orders.existing(place).await?;
+            return Ok(Response::new(pb::PlaceOrderResponse {
+                order: Some(order_pb(&view)),
+                created: false,
+            }));
+        }
         if req.test {
             let view = self.orders.test(place).await?;
             return Ok(Response::new(pb::PlaceOrderResponse {

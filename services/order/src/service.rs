@@ -368,6 +368,16 @@ impl Orders {
         Ok(View { order, executions })
     }
 
+    /// The order an earlier request with this request's key made (as
+    /// [`Self::place`] would answer a retry), placing nothing: `NotFound` when
+    /// there is none.
+    pub async fn existing(&self, req: Place<'_>) -> Result<View, OrderError> {
+        if req.request_key.is_none() {
+            return Err(OrderError::invalid("only_existing needs a request_key"));
+        }
+        self.retried(&req).await?.ok_or(OrderError::NotFound)
+    }
+
     /// The answer to a request whose key the user sent before: the order it
     /// made, if this request asks for the same order.
     async fn retried(&self, req: &Place<'_>) -> Result<Option<View>, OrderError> {

@@ -18,6 +18,18 @@ pub(crate) async fn signed(
     path: &str,
     query: &str,
 ) -> (u16, Value) {
+    signed_with(stack, key, method, path, query, &[]).await
+}
+
+/// [`signed`] with more headers.
+pub(crate) async fn signed_with(
+    stack: &Stack,
+    key: &(String, String),
+    method: reqwest::Method,
+    path: &str,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
     let decoded = url::form_urlencoded::parse(query.as_bytes())
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
@@ -28,13 +40,11 @@ pub(crate) async fn signed(
     } else {
         format!("{}{path}?{query}", stack.gw())
     };
-    let resp = stack
-        .http
-        .request(method, url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let mut request = stack.http.request(method, url).bearer_auth(token);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let resp = request.send().await.unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
@@ -368,16 +378,36 @@ async fn orders_are_listed_cancelled_replaced_and_tested_in_batches_as_upbit_doe
     assert_eq!(kept["state"], "wait", "{kept}");
 
     // Cancel and replace what is left of b1 at a new price.
-    let (status, replaced) = call(
-        reqwest::Method::POST,
-        "/v1/orders/cancel_and_new",
-        format!(
-            "prev_order_uuid={}&new_ord_type=limit&new_price=3100000&new_volume=remain_only&new_identifier=b1-new",
-            uuids[1]
-        ),
-    )
-    .await;
+    let replace = format!(
+        "prev_order_uuid={}&new_ord_type=limit&new_price=3100000&new_volume=remain_only&new_identifier=b1-new",
+        uuids[1]
+    );
+    let keyed = |idempotency: &'static str| {
+        let (stack, key, replace) = (&stack, &key, replace.clone());
+        async move {
+            signed_with(
+                stack,
+                key,
+                reqwest::Method::POST,
+                "/v1/orders/cancel_and_new",
+                &replace,
+                &[("idempotency-key", idempotency)],
+            )
+            .await
+        }
+    };
+    let (status, replaced) = keyed("replace-b1").await;
     assert_eq!(status, 201, "{replaced}");
+    // Its retry (the answer was lost) gets the same answer, placing nothing;
+    // the same request under another key is refused: b1 is cancelled.
+    let (status, again) = keyed("replace-b1").await;
+    assert_eq!(
+        (status, &again["new_order_uuid"]),
+        (201, &replaced["new_order_uuid"]),
+        "{again}"
+    );
+    let (status, refused) = keyed("replace-b1-other").await;
+    assert_eq!(status, 400, "{refused}");
     assert_eq!(
         (replaced["uuid"].as_str(), replaced["state"].as_str()),
         (Some(uuids[1].as_str()), Some("cancel")),
